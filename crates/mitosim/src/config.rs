@@ -1,0 +1,356 @@
+//! Every parameter of a simulated dataset. A preset is just a config; the
+//! `simulation.toml` written beside a dataset is this struct, seed included,
+//! and regenerates it bit for bit.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::SimError;
+
+/// The whole simulation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimConfig {
+    /// Fixes every random choice: drugs, programs, cells, noise.
+    pub seed: u64,
+    pub library: LibraryConfig,
+    pub layout: LayoutConfig,
+    pub biology: BiologyConfig,
+    pub imaging: ImagingConfig,
+}
+
+/// Which drugs, and how many of each MoA.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LibraryConfig {
+    /// A TSV/CSV with columns `name, moa, smiles`; empty for the built-in library.
+    pub table: Option<PathBuf>,
+    /// Keep only MoAs with at least this many drugs (before the caps below).
+    pub min_drugs_per_moa: usize,
+    /// Keep the MoAs with the most drugs, at most this many (0: all). The
+    /// DMSO control is always added on top.
+    pub max_moas: usize,
+    /// At most this many drugs per MoA, chosen by the seed (0: all).
+    pub drugs_per_moa: usize,
+    /// Drugs per MoA held out of training and written to `novel/`.
+    pub novel_drugs_per_moa: usize,
+}
+
+/// How many cells, frames and pixels, and how they are split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LayoutConfig {
+    /// Replicate experiments `l1`, `l2`, ...
+    pub replicates: usize,
+    /// Cells per drug per replicate in each split.
+    pub train_cells: usize,
+    pub query_cells: usize,
+    pub gallery_cells: usize,
+    /// Cells per novel drug per replicate (all written to `novel/`).
+    pub novel_cells: usize,
+    /// Time points per video (MitoReID: 16).
+    pub frames: usize,
+    /// Crop side in pixels.
+    pub size: usize,
+    pub format: FrameFormat,
+}
+
+/// How frames are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FrameFormat {
+    /// One 8-bit PNG per frame: `1.png .. T.png`.
+    Png,
+    /// One 16-bit multi-page TIFF stack per cell: `stack.tif`.
+    Tiff,
+}
+
+impl std::str::FromStr for FrameFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "png" => Ok(Self::Png),
+            "tiff" | "tif" => Ok(Self::Tiff),
+            other => Err(format!("unknown frame format {other:?}: expected png or tiff")),
+        }
+    }
+}
+
+/// Where the biological signal lives, and how uneven cells are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BiologyConfig {
+    /// How much of a drug's deviation from its MoA program comes from its
+    /// structure (fixed random projection of its Morgan fingerprint) rather
+    /// than from pure noise. 0: the molecule says nothing beyond its MoA.
+    pub structure_coupling: f64,
+    /// Size of the drug-specific deviation from the MoA program.
+    pub drug_effect_scale: f64,
+    /// Share of MoAs without a known biology whose programs are weak, close to
+    /// the DMSO control.
+    pub weak_moa_fraction: f64,
+    /// Share of cells that barely respond.
+    pub weak_responder_fraction: f64,
+    /// Standard deviation of a cell's response timing, in units of the movie.
+    pub timing_jitter: f64,
+    /// Mitochondrial filaments per cell, range.
+    pub filaments: [usize; 2],
+}
+
+/// The microscope.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImagingConfig {
+    /// Gaussian point-spread function sigma, in pixels at 64 x 64.
+    pub psf_sigma: f64,
+    /// Background level as a fraction of full scale, range over replicates.
+    pub background: [f64; 2],
+    /// Photons per unit of signal (Poisson part of the noise), range over replicates.
+    pub photons: [f64; 2],
+    /// Read noise sigma as a fraction of full scale, range over replicates.
+    pub read_noise: [f64; 2],
+    /// Fraction of signal lost to photobleaching by the last frame.
+    pub bleaching: f64,
+    /// Stage drift per frame, pixels (random walk sigma).
+    pub drift: f64,
+    /// Per-cell dye loading spread (log-normal sigma): why brightness
+    /// alone cannot name a MoA.
+    pub cell_gain_spread: f64,
+    /// Replicate gain spread (log-normal sigma).
+    pub replicate_gain_spread: f64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self::preset("demo").expect("demo preset exists")
+    }
+}
+
+impl Default for LibraryConfig {
+    fn default() -> Self {
+        Self { table: None, min_drugs_per_moa: 1, max_moas: 11, drugs_per_moa: 5, novel_drugs_per_moa: 1 }
+    }
+}
+
+impl Default for LayoutConfig {
+    fn default() -> Self {
+        Self {
+            replicates: 3,
+            train_cells: 6,
+            query_cells: 2,
+            gallery_cells: 2,
+            novel_cells: 2,
+            frames: 16,
+            size: 64,
+            format: FrameFormat::Png,
+        }
+    }
+}
+
+impl Default for BiologyConfig {
+    fn default() -> Self {
+        Self {
+            structure_coupling: 0.7,
+            drug_effect_scale: 1.0,
+            weak_moa_fraction: 0.3,
+            weak_responder_fraction: 0.25,
+            timing_jitter: 0.08,
+            filaments: [14, 30],
+        }
+    }
+}
+
+impl Default for ImagingConfig {
+    fn default() -> Self {
+        Self {
+            psf_sigma: 0.9,
+            background: [0.03, 0.08],
+            photons: [150.0, 300.0],
+            read_noise: [0.008, 0.02],
+            bleaching: 0.25,
+            drift: 0.35,
+            cell_gain_spread: 0.45,
+            replicate_gain_spread: 0.15,
+        }
+    }
+}
+
+pub const PRESETS: [&str; 4] = ["tiny", "demo", "bench", "mito"];
+
+/// Where the benchmark presets find their drug table (relative to the repository root).
+pub const LAUNCHED_DRUGS: &str = "../shared/data/launched_drugs.tsv";
+
+impl SimConfig {
+    /// A named preset:
+    /// - `tiny`: 5 MoAs + DMSO, 3 drugs each, 64 x 64, a few cells (tests);
+    /// - `demo`: 11 MoAs + DMSO, 5 drugs each, 64 x 64;
+    /// - `bench`: the 38 largest MoAs of the launched-drug table, 5 drugs each, 112 x 112;
+    /// - `mito`: MitoReID scale: 38 MoAs, every drug (about 1,000), 112 x 112.
+    pub fn preset(name: &str) -> Result<Self, SimError> {
+        let mut c = Self {
+            seed: 0,
+            library: LibraryConfig { table: None, min_drugs_per_moa: 1, max_moas: 11, drugs_per_moa: 5, novel_drugs_per_moa: 1 },
+            layout: LayoutConfig {
+                replicates: 3,
+                train_cells: 6,
+                query_cells: 2,
+                gallery_cells: 2,
+                novel_cells: 2,
+                frames: 16,
+                size: 64,
+                format: FrameFormat::Png,
+            },
+            biology: BiologyConfig::default(),
+            imaging: ImagingConfig::default(),
+        };
+        match name {
+            "demo" => {}
+            "tiny" => {
+                c.library.max_moas = 5;
+                c.library.drugs_per_moa = 3;
+                c.layout.train_cells = 2;
+                c.layout.query_cells = 1;
+                c.layout.gallery_cells = 1;
+                c.layout.novel_cells = 1;
+            }
+            "bench" => {
+                c.library.table = Some(LAUNCHED_DRUGS.into());
+                c.library.min_drugs_per_moa = 6;
+                c.library.max_moas = 38;
+                c.library.drugs_per_moa = 5;
+                c.layout.size = 112;
+                c.layout.train_cells = 4;
+                c.layout.query_cells = 2;
+                c.layout.gallery_cells = 2;
+                c.layout.novel_cells = 2;
+            }
+            "mito" => {
+                c.library.table = Some(LAUNCHED_DRUGS.into());
+                c.library.min_drugs_per_moa = 6;
+                c.library.max_moas = 38;
+                c.library.drugs_per_moa = 0;
+                c.library.novel_drugs_per_moa = 1;
+                c.layout.size = 112;
+                // ~1,000 drugs x 3 replicates x 12 cells: about 35k videos.
+                c.layout.train_cells = 8;
+                c.layout.query_cells = 2;
+                c.layout.gallery_cells = 2;
+                c.layout.novel_cells = 3;
+            }
+            other => return Err(SimError::UnknownPreset(other.into())),
+        }
+        Ok(c)
+    }
+
+    /// Read a config file; unknown fields and bad values are errors naming the field.
+    pub fn from_toml_file(path: &Path) -> Result<Self, SimError> {
+        let text = std::fs::read_to_string(path).map_err(SimError::io(path))?;
+        Self::from_toml_str(&text).map_err(|e| match e {
+            SimError::Parse { reason, .. } => SimError::Parse { path: path.into(), reason },
+            other => other,
+        })
+    }
+
+    pub fn from_toml_str(text: &str) -> Result<Self, SimError> {
+        let config: Self = toml::from_str(text)
+            .map_err(|e| SimError::Parse { path: "<config>".into(), reason: e.to_string() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+
+    /// Check every field that could make a dataset meaningless.
+    pub fn validate(&self) -> Result<(), SimError> {
+        let l = &self.layout;
+        if l.frames < 2 {
+            return Err(SimError::config("layout.frames", format!("{} frames: a video needs at least 2", l.frames)));
+        }
+        if l.size < 16 {
+            return Err(SimError::config("layout.size", format!("{} pixels: crops must be at least 16 x 16", l.size)));
+        }
+        if l.size > 1024 {
+            return Err(SimError::config("layout.size", format!("{} pixels: at most 1024", l.size)));
+        }
+        if l.replicates == 0 || l.replicates > 9 {
+            return Err(SimError::config("layout.replicates", format!("{}: expected 1 to 9", l.replicates)));
+        }
+        for (field, n) in [("layout.train_cells", l.train_cells), ("layout.query_cells", l.query_cells), ("layout.gallery_cells", l.gallery_cells)] {
+            if n == 0 {
+                return Err(SimError::config(field, "0 cells: every split needs at least one cell per drug"));
+            }
+        }
+        if self.library.drugs_per_moa == 1 && self.library.novel_drugs_per_moa >= 1 {
+            return Err(SimError::config(
+                "library.novel_drugs_per_moa",
+                "holding out a drug leaves no training drug when drugs_per_moa = 1",
+            ));
+        }
+        let b = &self.biology;
+        if !(0.0..=1.0).contains(&b.structure_coupling) {
+            return Err(SimError::config("biology.structure_coupling", format!("{}: expected a value in [0, 1]", b.structure_coupling)));
+        }
+        for (field, v) in [("biology.weak_moa_fraction", b.weak_moa_fraction), ("biology.weak_responder_fraction", b.weak_responder_fraction)] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(SimError::config(field, format!("{v}: expected a value in [0, 1]")));
+            }
+        }
+        if b.filaments[0] == 0 || b.filaments[0] > b.filaments[1] {
+            return Err(SimError::config("biology.filaments", format!("{:?}: expected [min, max] with 1 <= min <= max", b.filaments)));
+        }
+        let i = &self.imaging;
+        for (field, r) in [("imaging.background", i.background), ("imaging.photons", i.photons), ("imaging.read_noise", i.read_noise)] {
+            if !(r[0] >= 0.0 && r[0] <= r[1]) {
+                return Err(SimError::config(field, format!("{r:?}: expected [low, high] with 0 <= low <= high")));
+            }
+        }
+        if i.photons[0] <= 0.0 {
+            return Err(SimError::config("imaging.photons", "must be positive"));
+        }
+        if !(i.psf_sigma > 0.0) {
+            return Err(SimError::config("imaging.psf_sigma", format!("{}: must be positive", i.psf_sigma)));
+        }
+        if !(0.0..1.0).contains(&i.bleaching) {
+            return Err(SimError::config("imaging.bleaching", format!("{}: expected a value in [0, 1)", i.bleaching)));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_round_trip_through_toml() {
+        for name in PRESETS {
+            let c = SimConfig::preset(name).unwrap();
+            c.validate().unwrap();
+            assert_eq!(SimConfig::from_toml_str(&c.to_toml()).unwrap(), c, "{name}");
+        }
+    }
+
+    #[test]
+    fn bad_configs_name_the_field() {
+        let err = |toml: &str| SimConfig::from_toml_str(toml).unwrap_err().to_string();
+        assert!(err("[layout]\nframes = 1").contains("layout.frames"));
+        assert!(err("[layout]\nsize = 8").contains("layout.size"));
+        assert!(err("[biology]\nstructure_coupling = 1.5").contains("structure_coupling"));
+        assert!(err("[layout]\ntrain_cells = 0").contains("layout.train_cells"));
+        let unknown = err("[layout]\nframez = 16");
+        assert!(unknown.contains("framez"), "{unknown}");
+        assert!(SimConfig::preset("huge").unwrap_err().to_string().contains("tiny, demo, bench, mito"));
+    }
+
+    #[test]
+    fn partial_configs_fill_in_documented_defaults() {
+        let c = SimConfig::from_toml_str("seed = 9\n[layout]\nsize = 32").unwrap();
+        assert_eq!(c.seed, 9);
+        assert_eq!(c.layout.size, 32);
+        assert_eq!(c.layout.frames, 16);
+        assert_eq!(c.biology.structure_coupling, 0.7);
+    }
+}

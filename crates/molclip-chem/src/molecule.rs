@@ -1,0 +1,466 @@
+//! Parsing and sanitisation: a SMILES string becomes a [`Molecule`] the way
+//! RDKit's `Chem.MolFromSmiles` sees it.
+
+use chematic_smiles as cs;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ChemError;
+use crate::fingerprint::{Fingerprint, FingerprintConfig};
+use crate::graph::{
+    AtomFeatures, BondFeatures, BondStereo, BondType, ChiralTag, Graph, Hybridization,
+};
+
+/// What to encode when the SMILES holds several disconnected pieces (salts,
+/// counter-ions, hydrates, co-crystals).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FragmentPolicy {
+    /// The largest organic fragment (RDKit's `LargestFragmentChooser` with
+    /// `preferOrganic`): most atoms counting hydrogens, then heavier, then by
+    /// canonical SMILES. The encoders' default: a hydrochloride is its base.
+    #[default]
+    Largest,
+    /// Every fragment, as written.
+    Whole,
+}
+
+impl FragmentPolicy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Largest => "largest",
+            Self::Whole => "whole",
+        }
+    }
+}
+
+impl std::str::FromStr for FragmentPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "largest" => Ok(Self::Largest),
+            "whole" => Ok(Self::Whole),
+            other => Err(format!("unknown fragment policy {other:?}: expected \"largest\" or \"whole\"")),
+        }
+    }
+}
+
+/// A sanitised molecule: its RDKit-order graph, canonical SMILES and the
+/// chematic molecule the fingerprints are computed from.
+#[derive(Clone)]
+pub struct Molecule {
+    input: String,
+    inner: cs::parser::Molecule,
+    graph: Graph,
+    canonical: String,
+    input_fragments: usize,
+    policy: FragmentPolicy,
+}
+
+impl Molecule {
+    /// Parse with the whole input kept ([`FragmentPolicy::Whole`]).
+    pub fn parse(smiles: &str) -> Result<Self, ChemError> {
+        Self::parse_with(smiles, FragmentPolicy::Whole)
+    }
+
+    /// Parse, then keep the fragment(s) the policy asks for. CXSMILES
+    /// extensions after the first blank (`|...|`) are accepted and ignored, as
+    /// they change neither the graph nor the canonical SMILES.
+    pub fn parse_with(smiles: &str, policy: FragmentPolicy) -> Result<Self, ChemError> {
+        let input = smiles.trim();
+        let base = input.split(char::is_whitespace).next().unwrap_or("");
+        if base.is_empty() {
+            return Err(ChemError::Empty);
+        }
+        let whole = Self::sanitize(input, base)?;
+        let input_fragments = whole.graph.fragments().len();
+        if policy == FragmentPolicy::Whole || input_fragments == 1 {
+            return Ok(Self { policy, input_fragments, ..whole });
+        }
+        let keep = whole.largest_organic_fragment()?;
+        let params = cs::RdkitSmilesParams { canonical: false, ..Default::default() };
+        let fragment_smiles = cs::rdkit_fragment_smiles(&whole.inner, &keep, None, &params)
+            .map_err(|e| ChemError::Unsupported { smiles: input.into(), reason: e.to_string() })?;
+        let fragment = Self::sanitize(input, &fragment_smiles)?;
+        Ok(Self { policy, input_fragments, ..fragment })
+    }
+
+    fn sanitize(input: &str, base: &str) -> Result<Self, ChemError> {
+        let parsed = cs::parse(base).map_err(|e| syntax_error(input, base, &e))?;
+        // RDKit drops explicit [H] atoms on read; chematic models that as a
+        // separate hydrogen-suppressed molecule in RDKit's atom order.
+        let suppressed = cs::rdkit_hydrogen_suppressed(&parsed);
+        let hydrogens_removed = suppressed.is_some();
+        let inner = suppressed.unwrap_or(parsed);
+        let view = cs::rdkit_mol_view(&inner).map_err(|e| match e {
+            cs::RdkitSmilesError::Sanitization(reason) => ChemError::Sanitization {
+                smiles: input.into(),
+                // Atom numbers in the message are input atom numbers unless
+                // hydrogens were removed first.
+                position: (!hydrogens_removed)
+                    .then(|| first_number(&reason))
+                    .flatten()
+                    .and_then(|atom| atom_positions(base).get(atom).copied()),
+                reason,
+            },
+            cs::RdkitSmilesError::Unsupported(reason) => {
+                ChemError::Unsupported { smiles: input.into(), reason }
+            }
+        })?;
+        let canonical = cs::rdkit_canonical_smiles(&inner)
+            .map_err(|e| ChemError::Unsupported { smiles: input.into(), reason: e.to_string() })?;
+        let mut graph = graph_of(&view);
+        if !hydrogens_removed {
+            if let Some(cx) = input.get(base.len()..).map(str::trim).filter(|s| s.starts_with('|')) {
+                apply_cx_bond_marks(&mut graph, &view.chematic_bond, cx);
+            }
+        }
+        Ok(Self {
+            input: input.into(),
+            inner,
+            graph,
+            canonical,
+            input_fragments: 1,
+            policy: FragmentPolicy::Whole,
+        })
+    }
+
+    fn largest_organic_fragment(&self) -> Result<Vec<usize>, ChemError> {
+        let frags = self.graph.fragments();
+        let params = cs::RdkitSmilesParams::default();
+        let mut best: Option<((bool, u32, u64, std::cmp::Reverse<String>), Vec<usize>)> = None;
+        for atoms in frags {
+            let organic = atoms.iter().any(|&a| self.graph.atoms[a].atomic_num == 6);
+            let n_atoms: u32 = atoms.iter().map(|&a| 1 + self.graph.atoms[a].total_h).sum();
+            // Integer milli-daltons keep the ordering total.
+            let mass: u64 = atoms
+                .iter()
+                .map(|&a| {
+                    let at = &self.graph.atoms[a];
+                    (average_mass(at.atomic_num) * 1000.0) as u64 + at.total_h as u64 * 1008
+                })
+                .sum();
+            let smiles = cs::rdkit_fragment_smiles(&self.inner, &atoms, None, &params)
+                .map_err(|e| ChemError::Unsupported { smiles: self.input.clone(), reason: e.to_string() })?;
+            let key = (organic, n_atoms, mass, std::cmp::Reverse(smiles));
+            if best.as_ref().is_none_or(|(k, _)| key > *k) {
+                best = Some((key, atoms));
+            }
+        }
+        Ok(best.map(|(_, a)| a).unwrap_or_default())
+    }
+
+    /// The SMILES as given (trimmed).
+    pub fn input(&self) -> &str {
+        &self.input
+    }
+    /// RDKit's canonical SMILES of the encoded molecule (after the fragment policy).
+    pub fn canonical_smiles(&self) -> &str {
+        &self.canonical
+    }
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+    /// Disconnected pieces in the input, before the fragment policy.
+    pub fn input_fragments(&self) -> usize {
+        self.input_fragments
+    }
+    /// Disconnected pieces in the encoded molecule.
+    pub fn num_fragments(&self) -> usize {
+        self.graph.fragments().len()
+    }
+    pub fn fragment_policy(&self) -> FragmentPolicy {
+        self.policy
+    }
+    /// Morgan (ECFP-style) fingerprint, bit-identical to RDKit's Morgan generator.
+    pub fn morgan(&self, config: &FingerprintConfig) -> Result<Fingerprint, ChemError> {
+        Fingerprint::morgan(&self.inner, config)
+    }
+}
+
+impl std::fmt::Debug for Molecule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Molecule")
+            .field("input", &self.input)
+            .field("canonical", &self.canonical)
+            .field("atoms", &self.graph.atoms.len())
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+fn graph_of(view: &cs::RdkitMolView) -> Graph {
+    let mut atom_in_ring = vec![false; view.atoms.len()];
+    for ring in &view.atom_rings {
+        for &a in ring {
+            atom_in_ring[a] = true;
+        }
+    }
+    let mut bond_in_ring = vec![false; view.bonds.len()];
+    for ring in &view.bond_rings {
+        for &b in ring {
+            bond_in_ring[b] = true;
+        }
+    }
+    let atoms = view
+        .atoms
+        .iter()
+        .enumerate()
+        .map(|(i, a)| AtomFeatures {
+            atomic_num: a.atomic_num,
+            degree: view.degree(i) as u32,
+            formal_charge: a.formal_charge,
+            total_h: a.total_num_hs,
+            aromatic: a.is_aromatic,
+            hybridization: match a.hybridization {
+                1 => Hybridization::S,
+                2 => Hybridization::Sp,
+                3 => Hybridization::Sp2,
+                4 => Hybridization::Sp3,
+                5 => Hybridization::Sp3d,
+                6 => Hybridization::Sp3d2,
+                7 => Hybridization::Sp2d,
+                _ => Hybridization::Unspecified,
+            },
+            in_ring: atom_in_ring[i],
+            chiral_tag: match a.chiral_tag {
+                0 => ChiralTag::Unspecified,
+                1 => ChiralTag::TetrahedralCw,
+                2 => ChiralTag::TetrahedralCcw,
+                6 => ChiralTag::SquarePlanar,
+                7 => ChiralTag::TrigonalBipyramidal,
+                8 => ChiralTag::Octahedral,
+                _ => ChiralTag::Other,
+            },
+        })
+        .collect();
+    let bonds = view
+        .bonds
+        .iter()
+        .enumerate()
+        .map(|(i, b)| BondFeatures {
+            begin: b.begin,
+            end: b.end,
+            bond_type: match b.bond_type {
+                2 => BondType::Double,
+                3 => BondType::Triple,
+                4 => BondType::Quadruple,
+                12 => BondType::Aromatic,
+                17 => BondType::Dative,
+                _ => BondType::Single,
+            },
+            conjugated: b.is_conjugated,
+            in_ring: bond_in_ring[i],
+            stereo: match b.stereo {
+                1 => BondStereo::Any,
+                2 => BondStereo::Z,
+                3 => BondStereo::E,
+                _ => BondStereo::None,
+            },
+        })
+        .collect();
+    Graph { atoms, bonds }
+}
+
+/// RDKit reads two CXSMILES fields that change the graph it reports:
+/// wedge and wavy marks (`wU`, `wD`, `w` as `atom.bond`) make the bond begin
+/// at the marked atom, and a wavy bond leaves the double bonds beside it with
+/// unknown geometry (`STEREOANY`). CX bond numbers count bonds in the order
+/// the SMILES writes them, which is chematic's bond order.
+fn apply_cx_bond_marks(graph: &mut Graph, chematic_bond: &[usize], cx: &str) {
+    let body = cx.trim_start_matches('|');
+    let body = &body[..body.find('|').unwrap_or(body.len())];
+    // Coordinates `(x,y,z;...)` hold commas of their own.
+    let mut flat = String::new();
+    let mut depth = 0;
+    for c in body.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            _ if depth == 0 => flat.push(c),
+            _ => {}
+        }
+    }
+    let mut field = "";
+    let mut marks: Vec<(bool, usize, usize)> = Vec::new();
+    for token in flat.split(',') {
+        let item = match token.split_once(':') {
+            Some((name, rest)) if name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '&') => {
+                field = name;
+                rest
+            }
+            _ => token,
+        };
+        if !matches!(field, "wU" | "wD" | "w") {
+            continue;
+        }
+        if let Some((a, b)) = item.split_once('.') {
+            if let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>()) {
+                marks.push((field == "w", a, b));
+            }
+        }
+    }
+    for (wavy, atom, written) in marks {
+        let Some(bond) = chematic_bond.iter().position(|&c| c == written) else { continue };
+        let b = &mut graph.bonds[bond];
+        if b.end == atom {
+            std::mem::swap(&mut b.begin, &mut b.end);
+        }
+        if b.begin != atom || !wavy {
+            continue;
+        }
+        let ends = [b.begin, b.end];
+        for (i, other) in graph.bonds.iter_mut().enumerate() {
+            let touches = ends.contains(&other.begin) || ends.contains(&other.end);
+            if i != bond && touches && other.bond_type == BondType::Double && other.stereo == BondStereo::None {
+                other.stereo = BondStereo::Any;
+            }
+        }
+    }
+}
+
+fn syntax_error(input: &str, base: &str, e: &cs::SmilesError) -> ChemError {
+    use cs::SmilesError as E;
+    let byte = match e {
+        E::UnexpectedEnd { pos }
+        | E::UnknownElement { pos, .. }
+        | E::UnmatchedExtendedRingClosure { pos, .. }
+        | E::MismatchedParentheses { pos }
+        | E::InvalidBracketAtom { pos, .. }
+        | E::ConflictingRingBond { pos, .. }
+        | E::ConflictingExtendedRingBond { pos, .. }
+        | E::NestingTooDeep { pos }
+        | E::UnexpectedCharacter { pos }
+        | E::UnsupportedChiralityClass { pos, .. } => *pos,
+        E::InvalidValence { atom, .. } => atom_positions(base).get(*atom).copied().unwrap_or(0),
+        E::UnmatchedRingClosure { ring_num, .. } => {
+            ring_opening(base, &ring_num.to_string()).unwrap_or(base.len())
+        }
+        E::EmptyInput => 0,
+        E::ResourceLimit { .. } => 0,
+    };
+    let position = base.get(..byte.min(base.len())).map_or(byte, |s| s.chars().count());
+    // chematic's own text repeats the position; keep only the reason.
+    let text = e.to_string();
+    let reason = match text.find(" at position ") {
+        Some(at) => {
+            let rest = &text[at + " at position ".len()..];
+            let rest = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+            format!("{}{}", &text[..at], rest)
+        }
+        None => text,
+    };
+    ChemError::Syntax { smiles: input.into(), position, reason }
+}
+
+/// Character position of each atom token, in input atom order.
+fn atom_positions(smiles: &str) -> Vec<usize> {
+    let chars: Vec<char> = smiles.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            '[' => {
+                out.push(i);
+                while i < chars.len() && chars[i] != ']' {
+                    i += 1;
+                }
+            }
+            'B' | 'C' if matches!(chars.get(i + 1), Some('r') | Some('l')) => {
+                out.push(i);
+                i += 1;
+            }
+            'B' | 'C' | 'N' | 'O' | 'P' | 'S' | 'F' | 'I' | '*' | 'b' | 'c' | 'n' | 'o' | 'p'
+            | 's' => out.push(i),
+            '%' => i += 2,
+            _ => {}
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Byte offset of the ring-bond label `label` that is opened and never closed.
+fn ring_opening(smiles: &str, label: &str) -> Option<usize> {
+    let bytes = smiles.as_bytes();
+    let mut open: Option<usize> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'[' => {
+                while i < bytes.len() && bytes[i] != b']' {
+                    i += 1;
+                }
+            }
+            b'%' => {
+                let len = if bytes.get(i + 1) == Some(&b'(') {
+                    smiles[i..].find(')').map_or(1, |e| e + 1)
+                } else {
+                    3
+                };
+                let end = (i + len).min(bytes.len());
+                let text = smiles.get(i + 1..end).unwrap_or("").trim_matches(|c| c == '(' || c == ')');
+                if text == label {
+                    open = if open.is_some() { None } else { Some(i) };
+                }
+                i = end - 1;
+            }
+            c if c.is_ascii_digit() && label.len() == 1 && c == label.as_bytes()[0] => {
+                open = if open.is_some() { None } else { Some(i) };
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    open
+}
+
+fn first_number(text: &str) -> Option<usize> {
+    let start = text.find(|c: char| c.is_ascii_digit())?;
+    let digits: String = text[start..].chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok()
+}
+
+/// Standard atomic weights for the elements drugs carry; anything else falls
+/// back to twice the atomic number, which only matters for tie-breaking.
+fn average_mass(z: u32) -> f64 {
+    match z {
+        1 => 1.008,
+        3 => 6.94,
+        5 => 10.81,
+        6 => 12.011,
+        7 => 14.007,
+        8 => 15.999,
+        9 => 18.998,
+        11 => 22.990,
+        12 => 24.305,
+        13 => 26.982,
+        14 => 28.085,
+        15 => 30.974,
+        16 => 32.06,
+        17 => 35.45,
+        19 => 39.098,
+        20 => 40.078,
+        26 => 55.845,
+        29 => 63.546,
+        30 => 65.38,
+        33 => 74.922,
+        34 => 78.971,
+        35 => 79.904,
+        53 => 126.904,
+        78 => 195.084,
+        79 => 196.967,
+        z => 2.0 * z as f64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atom_positions_skip_ring_digits_and_two_letter_elements() {
+        assert_eq!(atom_positions("ClC1=CC=C1[Na+]"), vec![0, 2, 5, 6, 8, 10]);
+        assert_eq!(atom_positions("C%12CC%12"), vec![0, 4, 5]);
+    }
+}

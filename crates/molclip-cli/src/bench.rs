@@ -1,0 +1,139 @@
+//! `molclip bench`: speed tables. Every ratio compares against a reference
+//! measured in the same run on the same machine.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use rayon::prelude::*;
+
+use mitosim::{DatasetPlan, SimConfig};
+use molclip_chem::{featurize_smiles, FeaturizeOptions, FragmentPolicy};
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Simulator throughput (frames per second) per preset, rendering only and written to disk.
+    Simulate {
+        /// Presets to measure.
+        #[arg(long, value_delimiter = ',', default_value = "tiny,demo,bench,mito")]
+        presets: Vec<String>,
+        /// At most this many cells per preset (the full-size time is projected).
+        #[arg(long, default_value_t = 600)]
+        cells: usize,
+    },
+    /// Featurizing the 1,000 oracle drugs, against RDKit in Python doing the same.
+    Chem {
+        #[arg(long, default_value = "../shared/chem/rdkit_oracle.jsonl")]
+        oracle: PathBuf,
+        /// The Python reference script.
+        #[arg(long, default_value = "benches/chem_rdkit.py")]
+        script: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+    },
+}
+
+pub fn run(cmd: BenchCommand, quiet: bool) -> Result<()> {
+    match cmd {
+        BenchCommand::Simulate { presets, cells } => bench_simulate(&presets, cells, quiet),
+        BenchCommand::Chem { oracle, script, repeats } => bench_chem(&oracle, &script, repeats),
+    }
+}
+
+fn bench_simulate(presets: &[String], max_cells: usize, quiet: bool) -> Result<()> {
+    println!("simulator throughput on {} threads (frames of the preset's size, 16 per cell)", rayon::current_num_threads());
+    println!("{:<7} {:>5} {:>8} {:>8} {:>12} {:>12} {:>14}", "preset", "size", "cells", "total", "render f/s", "write f/s", "full dataset");
+    for name in presets {
+        let config = SimConfig::preset(name)?;
+        let mut plan = match DatasetPlan::new(config, Path::new(".")) {
+            Ok(p) => p,
+            Err(e) => {
+                println!("{name:<7} skipped: {e}");
+                continue;
+            }
+        };
+        let total_cells = plan.jobs.len();
+        // A spread-out sample of the full plan, so every MoA and replicate is represented.
+        let step = (total_cells / max_cells.max(1)).max(1);
+        plan.jobs = plan.jobs.iter().step_by(step).take(max_cells).cloned().collect();
+        let frames = plan.frames();
+        let start = Instant::now();
+        let checksum: f64 = plan.jobs.par_iter().map(|j| mitosim::render_cell_video(&plan, j)[0][0] as f64).sum();
+        let render = start.elapsed().as_secs_f64();
+        let dir = std::env::temp_dir().join(format!("molclip-bench-sim-{}-{name}", std::process::id()));
+        let report = mitosim::generate(&plan, &dir, true, &|| {})?;
+        std::fs::remove_dir_all(&dir).ok();
+        let write_fps = frames as f64 / report.seconds;
+        let full = total_cells as f64 * plan.config.layout.frames as f64 / write_fps;
+        let _ = (checksum, quiet);
+        println!(
+            "{:<7} {:>5} {:>8} {:>8} {:>12.0} {:>12.0} {:>12.1} s",
+            name,
+            plan.config.layout.size,
+            plan.jobs.len(),
+            total_cells,
+            frames as f64 / render,
+            write_fps,
+            full
+        );
+    }
+    Ok(())
+}
+
+fn bench_chem(oracle: &Path, script: &Path, repeats: usize) -> Result<()> {
+    let text = std::fs::read_to_string(oracle).with_context(|| format!("reading {}", oracle.display()))?;
+    let smiles: Vec<String> = text
+        .lines()
+        .map(|l| Ok(serde_json::from_str::<serde_json::Value>(l)?["smiles"].as_str().unwrap_or("").to_string()))
+        .collect::<Result<_>>()?;
+    let options = FeaturizeOptions { fragments: FragmentPolicy::Whole, ..Default::default() };
+    let time = |parallel: bool| -> f64 {
+        (0..repeats.max(1))
+            .map(|_| {
+                let start = Instant::now();
+                let ok = if parallel {
+                    smiles.par_iter().filter(|s| !featurize_smiles("", s, &options).is_err()).count()
+                } else {
+                    smiles.iter().filter(|s| !featurize_smiles("", s, &options).is_err()).count()
+                };
+                assert_eq!(ok, smiles.len());
+                start.elapsed().as_secs_f64()
+            })
+            .fold(f64::MAX, f64::min)
+    };
+    let serial = time(false);
+    let parallel = time(true);
+    println!("featurizing {} drugs (parse, sanitise, canonical SMILES, atom/bond features, Morgan r2/2048); best of {repeats}", smiles.len());
+    println!("{:<34} {:>10} {:>12} {:>10}", "implementation", "seconds", "mol/s", "vs RDKit");
+    let output = Command::new("python3").arg(script).arg(oracle).arg(repeats.to_string()).output();
+    let rdkit = match output {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok(),
+        Ok(o) => {
+            eprintln!("RDKit reference failed: {}", String::from_utf8_lossy(&o.stderr).trim());
+            None
+        }
+        Err(e) => {
+            eprintln!("RDKit reference not run (python3: {e})");
+            None
+        }
+    };
+    let n = smiles.len() as f64;
+    let ratio = |s: f64| rdkit.map_or("-".to_string(), |r| format!("{:.2}x", r / s));
+    if let Some(r) = rdkit {
+        println!("{:<34} {:>10.3} {:>12.0} {:>10}", "RDKit (Python, 1 thread)", r, n / r, "1.00x");
+    }
+    println!("{:<34} {:>10.3} {:>12.0} {:>10}", "molclip-chem (1 thread)", serial, n / serial, ratio(serial));
+    println!(
+        "{:<34} {:>10.3} {:>12.0} {:>10}",
+        format!("molclip-chem ({} threads)", rayon::current_num_threads()),
+        parallel,
+        n / parallel,
+        ratio(parallel)
+    );
+    if rdkit.is_none() {
+        bail!("no RDKit reference time: install it with `pip install rdkit`");
+    }
+    Ok(())
+}

@@ -1,0 +1,247 @@
+//! `molclip`: the command-line tool. Argument parsing and wiring only; the
+//! work is done by the library crates.
+
+mod bench;
+mod progress;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use mitosim::{DatasetPlan, FrameFormat, SimConfig};
+use molclip_chem::{FeaturizeOptions, FingerprintConfig, FragmentPolicy};
+use molclip_data::DatasetIndex;
+
+#[derive(Parser)]
+#[command(name = "molclip", version, about = "Drug mechanism of action from mitochondrial time-lapse videos, helped by chemical structure (MolCLIP)")]
+struct Cli {
+    /// No progress bars.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a simulated MitoDataset (MitoReID layout).
+    Simulate(SimulateArgs),
+    /// Validate a dataset and summarise it; optionally draw a montage and measure difficulty.
+    Inspect(InspectArgs),
+    /// Chemistry tools.
+    #[command(subcommand)]
+    Chem(ChemCommand),
+    /// Speed tables against reference implementations, measured in the same run.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[derive(Args)]
+struct SimulateArgs {
+    /// tiny, demo, bench or mito.
+    #[arg(long, default_value = "demo")]
+    preset: String,
+    /// A TOML config (a full config, e.g. a dataset's simulation.toml); overrides --preset.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// How much drug effects follow structure, in [0, 1].
+    #[arg(long)]
+    structure_coupling: Option<f64>,
+    /// A drug table (TSV/CSV with name, moa, smiles) instead of the built-in library.
+    #[arg(long)]
+    drugs: Option<PathBuf>,
+    /// With --drugs: keep MoAs with at least this many drugs.
+    #[arg(long)]
+    min_drugs_per_moa: Option<usize>,
+    /// png (8-bit frames) or tiff (16-bit multi-page stacks).
+    #[arg(long)]
+    format: Option<FrameFormat>,
+    #[arg(long, default_value = "data/demo")]
+    out: PathBuf,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    dir: PathBuf,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Draw frames 1, 4, 8, 12, 16 of one cell per MoA into this PNG.
+    #[arg(long)]
+    montage: Option<PathBuf>,
+    /// Nearest-neighbour MoA accuracy on handcrafted features (train vs gallery).
+    #[arg(long)]
+    difficulty: bool,
+}
+
+#[derive(Subcommand)]
+enum ChemCommand {
+    /// SMILES table -> JSONL of graphs and fingerprints (schema of rdkit_oracle.jsonl).
+    Featurize(FeaturizeArgs),
+}
+
+#[derive(Args)]
+struct FeaturizeArgs {
+    /// TSV or CSV with a `smiles` column (and `name`); `#` lines are comments.
+    #[arg(long)]
+    input: PathBuf,
+    #[arg(long)]
+    output: PathBuf,
+    #[arg(long, default_value_t = 2)]
+    radius: u32,
+    #[arg(long, default_value_t = 2048)]
+    bits: usize,
+    /// largest (largest organic fragment) or whole.
+    #[arg(long, default_value = "largest")]
+    fragments: FragmentPolicy,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let quiet = cli.quiet;
+    match cli.command {
+        Command::Simulate(args) => simulate(args, quiet),
+        Command::Inspect(args) => inspect(args),
+        Command::Chem(ChemCommand::Featurize(args)) => featurize(args),
+        Command::Bench(cmd) => bench::run(cmd, quiet),
+    }
+}
+
+/// The config a simulate invocation asks for: preset or file, then flags.
+fn simulation_config(args: &SimulateArgs) -> Result<SimConfig> {
+    let mut config = match &args.config {
+        Some(path) => SimConfig::from_toml_file(path)?,
+        None => SimConfig::preset(&args.preset)?,
+    };
+    if let Some(seed) = args.seed {
+        config.seed = seed;
+    }
+    if let Some(c) = args.structure_coupling {
+        config.biology.structure_coupling = c;
+    }
+    if let Some(drugs) = &args.drugs {
+        config.library.table = Some(drugs.clone());
+    }
+    if let Some(k) = args.min_drugs_per_moa {
+        config.library.min_drugs_per_moa = k;
+    }
+    if let Some(f) = args.format {
+        config.layout.format = f;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn simulate(args: SimulateArgs, quiet: bool) -> Result<()> {
+    let config = simulation_config(&args)?;
+    let plan = DatasetPlan::new(config, Path::new(".")).context("planning the simulation")?;
+    let bar = progress::bar(plan.jobs.len() as u64, "simulating cells", quiet);
+    let report = mitosim::generate(&plan, &args.out, args.force, &|| bar.inc(1))
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    bar.finish_and_clear();
+    println!(
+        "wrote {}: {} MoAs, {} drugs ({} novel), {} cells, {} frames of {}x{} in {:.1} s ({:.0} frames/s)",
+        args.out.display(),
+        report.moas,
+        report.drugs,
+        plan.library.novel_drugs().count(),
+        report.cells,
+        report.frames,
+        plan.config.layout.size,
+        plan.config.layout.size,
+        report.seconds,
+        report.frames as f64 / report.seconds
+    );
+    Ok(())
+}
+
+fn inspect(args: InspectArgs) -> Result<()> {
+    let index = DatasetIndex::scan(&args.dir)?;
+    index.verify_frames()?;
+    let counts = index.counts();
+    let difficulty = if args.difficulty { Some(molclip_data::difficulty::difficulty(&index)?) } else { None };
+    if let Some(path) = &args.montage {
+        molclip_data::montage::write_montage(&index, path)?;
+    }
+    if args.json {
+        let mut value = serde_json::json!({
+            "root": args.dir,
+            "cells": index.cells.len(),
+            "drugs": index.annotation.drugs.len(),
+            "splits": counts,
+        });
+        if let Some(d) = &difficulty {
+            value["difficulty"] = serde_json::to_value(d)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        let sizes: std::collections::BTreeSet<(u32, u32, usize)> = index.cells.iter().map(|c| (c.width, c.height, c.n_frames)).collect();
+        println!("{}: valid. {} cells, {} annotated drugs", args.dir.display(), index.cells.len(), index.annotation.drugs.len());
+        for (w, h, t) in &sizes {
+            println!("  videos of {t} frames, {w}x{h}");
+        }
+        println!("  {:<10} {:<8} {:>6} {:>5} {:>7} {:>8}", "replicate", "split", "drugs", "MoAs", "cells", "frames");
+        for c in &counts {
+            let rep = if c.replicate.is_empty() { "-" } else { &c.replicate };
+            println!("  {:<10} {:<8} {:>6} {:>5} {:>7} {:>8}", rep, c.split, c.drugs, c.moas, c.cells, c.frames);
+        }
+        if let Some(d) = &difficulty {
+            println!("difficulty: nearest-neighbour MoA accuracy, gallery ({} cells) vs train ({} cells), {} MoAs", d.gallery_cells, d.train_cells, d.moas);
+            println!("  chance (1 / MoAs)                      {:>6.1}%", d.chance);
+            println!("  majority class                         {:>6.1}%", d.majority_baseline);
+            println!("  (a) last-frame intensity histogram     {:>6.1}%", d.last_frame_histogram);
+            println!("  (b) mean-intensity trajectory          {:>6.1}%", d.brightness_trajectory);
+            println!("  (c) texture + shape over time          {:>6.1}%", d.texture_shape_trajectory);
+        }
+        if let Some(path) = &args.montage {
+            println!("montage: {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+fn featurize(args: FeaturizeArgs) -> Result<()> {
+    let rows = molclip_chem::read_smiles_table(&args.input)?;
+    let options = FeaturizeOptions { fingerprint: FingerprintConfig { radius: args.radius, n_bits: args.bits }, fragments: args.fragments };
+    // Refuse a bad radius or width once, not once per row.
+    molclip_chem::Molecule::parse("C")?.morgan(&options.fingerprint)?;
+    let records = molclip_chem::featurize_rows(&rows, &options);
+    let mut text = String::new();
+    let mut failed = 0;
+    for (row, record) in rows.iter().zip(&records) {
+        if record.is_err() {
+            failed += 1;
+            eprintln!("{}:{}: {}", args.input.display(), row.line, record.to_json()["error"].as_str().unwrap_or(""));
+        }
+        text.push_str(&record.to_json().to_string());
+        text.push('\n');
+    }
+    write_atomically(&args.output, text.as_bytes())?;
+    println!("featurized {} of {} molecules into {}", rows.len() - failed, rows.len(), args.output.display());
+    if failed > 0 {
+        eprintln!("{failed} row(s) failed; their lines hold {{name, smiles, error}}");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Write then rename, so a reader never sees half a file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}

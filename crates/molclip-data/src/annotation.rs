@@ -1,0 +1,90 @@
+//! The drug table of a dataset: `annotation.csv` with at least `index`
+//! (the drug folder name), `drug_id` and `moa_id`; `name`, `smiles` and
+//! `moa` when present.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::error::DataError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrugRecord {
+    pub index: String,
+    pub drug_id: usize,
+    pub moa_id: usize,
+    pub name: Option<String>,
+    pub smiles: Option<String>,
+    pub moa: Option<String>,
+}
+
+/// Drugs by folder name.
+#[derive(Debug, Clone, Default)]
+pub struct Annotation {
+    pub drugs: BTreeMap<String, DrugRecord>,
+}
+
+impl Annotation {
+    pub fn read_csv(path: &Path) -> Result<Self, DataError> {
+        let mut reader = csv::Reader::from_path(path).map_err(|e| DataError::invalid(path, e.to_string()))?;
+        let headers: Vec<String> = reader
+            .headers()
+            .map_err(|e| DataError::invalid(path, e.to_string()))?
+            .iter()
+            .map(|h| h.trim().to_lowercase())
+            .collect();
+        let col = |name: &str| headers.iter().position(|h| h == name);
+        let need = |name: &str| {
+            col(name).ok_or_else(|| {
+                DataError::invalid(path, format!("no `{name}` column (expected at least index, drug_id, moa_id; found {})", headers.join(", ")))
+            })
+        };
+        let (c_index, c_drug, c_moa) = (need("index")?, need("drug_id")?, need("moa_id")?);
+        let (c_name, c_smiles, c_moa_name) = (col("name"), col("smiles"), col("moa"));
+        let mut drugs = BTreeMap::new();
+        for (row, record) in reader.records().enumerate() {
+            let line = row + 2;
+            let record = record.map_err(|e| DataError::invalid(path, format!("line {line}: {e}")))?;
+            let get = |c: usize| record.get(c).unwrap_or("").trim().to_string();
+            let int = |c: usize, what: &str| {
+                get(c).parse::<usize>().map_err(|_| {
+                    DataError::invalid(path, format!("line {line}: {what} {:?} is not a non-negative integer", get(c)))
+                })
+            };
+            let opt = |c: Option<usize>| c.map(get).filter(|s| !s.is_empty());
+            let rec = DrugRecord {
+                index: get(c_index),
+                drug_id: int(c_drug, "drug_id")?,
+                moa_id: int(c_moa, "moa_id")?,
+                name: opt(c_name),
+                smiles: opt(c_smiles),
+                moa: opt(c_moa_name),
+            };
+            if rec.index.is_empty() {
+                return Err(DataError::invalid(path, format!("line {line}: empty index")));
+            }
+            if drugs.insert(rec.index.clone(), rec).is_some() {
+                return Err(DataError::invalid(path, format!("line {line}: index {:?} appears twice", get(c_index))));
+            }
+        }
+        Ok(Self { drugs })
+    }
+
+    /// The record for a drug folder; the part after `-` is a suffix (`12-a` is drug `12`).
+    pub fn lookup(&self, folder: &str) -> Option<&DrugRecord> {
+        self.drugs.get(folder).or_else(|| self.drugs.get(drug_key(folder)))
+    }
+
+    /// MoA name for an id (falls back to the id itself).
+    pub fn moa_name(&self, moa_id: usize) -> String {
+        self.drugs
+            .values()
+            .find(|d| d.moa_id == moa_id)
+            .and_then(|d| d.moa.clone())
+            .unwrap_or_else(|| format!("moa {moa_id}"))
+    }
+}
+
+/// The drug id part of a folder name: everything before the first `-`.
+pub fn drug_key(folder: &str) -> &str {
+    folder.split('-').next().unwrap_or(folder)
+}

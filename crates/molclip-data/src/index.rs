@@ -1,0 +1,286 @@
+//! The dataset index: every cell video of a MitoReID-layout folder, with
+//! its replicate, split, drug and MoA, validated. A scan reports every
+//! problem it finds, not only the first.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use crate::annotation::Annotation;
+use crate::error::DataError;
+
+pub const SPLITS: [&str; 3] = ["train", "query", "gallery"];
+pub const FRAME_EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "tif", "tiff"];
+
+/// Something wrong with the dataset, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.message)
+    }
+}
+
+fn problem(path: &Path, message: impl Into<String>) -> Problem {
+    Problem { path: path.into(), message: message.into() }
+}
+
+/// How a cell's frames are stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameSource {
+    /// One image per time point, in time order.
+    Files(Vec<PathBuf>),
+    /// One multi-page TIFF, a page per time point.
+    Stack(PathBuf),
+}
+
+/// One single-cell video.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CellVideo {
+    pub dir: PathBuf,
+    /// `l1`, `l2`, ... (for `novel/`, read from a `l<N>-` cell-name prefix when there is one).
+    pub replicate: String,
+    /// `train`, `query`, `gallery` or `novel`.
+    pub split: String,
+    /// Drug folder name, suffix included.
+    pub drug_folder: String,
+    pub drug_id: usize,
+    pub moa_id: usize,
+    pub source: FrameSource,
+    pub n_frames: usize,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// A validated dataset.
+#[derive(Debug, Clone)]
+pub struct DatasetIndex {
+    pub root: PathBuf,
+    pub annotation: Annotation,
+    pub cells: Vec<CellVideo>,
+}
+
+/// Counts for one replicate and split.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SplitCounts {
+    pub replicate: String,
+    pub split: String,
+    pub drugs: usize,
+    pub moas: usize,
+    pub cells: usize,
+    pub frames: usize,
+}
+
+fn sorted_dirs(path: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(DataError::io(path))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    Ok(dirs)
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+impl DatasetIndex {
+    /// Scan and validate `root`. Every problem found is returned together.
+    pub fn scan(root: &Path) -> Result<Self, DataError> {
+        if !root.is_dir() {
+            return Err(DataError::invalid(root, "not a directory: expected a dataset in the MitoReID layout (annotation.csv, l1/train/<drug>/<cell>/1.png ...)"));
+        }
+        let csv = root.join("annotation.csv");
+        if !csv.exists() {
+            return Err(DataError::invalid(&csv, "missing: every dataset needs annotation.csv with columns index, drug_id, moa_id"));
+        }
+        let annotation = Annotation::read_csv(&csv)?;
+
+        let mut replicates: Vec<(usize, PathBuf)> = sorted_dirs(root)?
+            .into_iter()
+            .filter_map(|p| {
+                let name = file_name(&p);
+                name.strip_prefix('l').and_then(|n| n.parse::<usize>().ok()).map(|n| (n, p))
+            })
+            .collect();
+        replicates.sort();
+        let mut problems = Vec::new();
+        if replicates.is_empty() {
+            problems.push(problem(root, "no replicate folders: expected l1, l2, ..."));
+        }
+        // (replicate, split, drug folder, cell dir)
+        let mut cell_dirs: Vec<(String, String, String, PathBuf)> = Vec::new();
+        for (_, rep) in &replicates {
+            let rep_name = file_name(rep);
+            for split in SPLITS {
+                let split_dir = rep.join(split);
+                if !split_dir.is_dir() {
+                    problems.push(problem(&split_dir, "missing split folder"));
+                    continue;
+                }
+                let before = cell_dirs.len();
+                for drug in sorted_dirs(&split_dir)? {
+                    for cell in sorted_dirs(&drug)? {
+                        cell_dirs.push((rep_name.clone(), split.into(), file_name(&drug), cell));
+                    }
+                }
+                if cell_dirs.len() == before {
+                    problems.push(problem(&split_dir, "empty split: no <drug>/<cell> folders"));
+                }
+            }
+        }
+        let novel = root.join("novel");
+        if novel.is_dir() {
+            for drug in sorted_dirs(&novel)? {
+                for cell in sorted_dirs(&drug)? {
+                    let name = file_name(&cell);
+                    let rep = name.split('-').next().filter(|p| p.starts_with('l') && p[1..].parse::<usize>().is_ok());
+                    cell_dirs.push((rep.unwrap_or("").into(), "novel".into(), file_name(&drug), cell));
+                }
+            }
+        }
+        let mut unannotated = BTreeSet::new();
+        let results: Vec<Result<CellVideo, Vec<Problem>>> = cell_dirs
+            .into_par_iter()
+            .map(|(replicate, split, drug_folder, dir)| {
+                let Some(record) = annotation.lookup(&drug_folder) else {
+                    return Err(vec![problem(dir.parent().unwrap_or(&dir), format!("drug folder {drug_folder:?} has no row in annotation.csv"))]);
+                };
+                let (source, n_frames, width, height) = scan_cell(&dir)?;
+                Ok(CellVideo { dir, replicate, split, drug_folder, drug_id: record.drug_id, moa_id: record.moa_id, source, n_frames, width, height })
+            })
+            .collect();
+        let mut cells = Vec::with_capacity(results.len());
+        for r in results {
+            match r {
+                Ok(c) => cells.push(c),
+                Err(ps) => {
+                    for p in ps {
+                        // One line per unannotated drug folder, not per cell.
+                        if p.message.contains("no row in annotation.csv") && !unannotated.insert(p.path.clone()) {
+                            continue;
+                        }
+                        problems.push(p);
+                    }
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(Self { root: root.into(), annotation, cells })
+        } else {
+            Err(DataError::Problems(problems))
+        }
+    }
+
+    pub fn counts(&self) -> Vec<SplitCounts> {
+        let mut groups: BTreeMap<(String, String), Vec<&CellVideo>> = BTreeMap::new();
+        for c in &self.cells {
+            groups.entry((c.replicate.clone(), c.split.clone())).or_default().push(c);
+        }
+        groups
+            .into_iter()
+            .map(|((replicate, split), cells)| SplitCounts {
+                drugs: cells.iter().map(|c| c.drug_id).collect::<BTreeSet<_>>().len(),
+                moas: cells.iter().map(|c| c.moa_id).collect::<BTreeSet<_>>().len(),
+                frames: cells.iter().map(|c| c.n_frames).sum(),
+                cells: cells.len(),
+                replicate,
+                split,
+            })
+            .collect()
+    }
+
+    /// Decode every frame of every cell (in parallel), reporting each
+    /// corrupt or truncated file. `scan` reads headers only.
+    pub fn verify_frames(&self) -> Result<(), DataError> {
+        let problems: Vec<Problem> = self
+            .cells
+            .par_iter()
+            .flat_map_iter(|cell| match crate::frames::read_video(cell) {
+                Ok(v) if v.frames.len() == cell.n_frames => vec![],
+                Ok(v) => vec![problem(&cell.dir, format!("{} frames decoded, {} expected", v.frames.len(), cell.n_frames))],
+                Err(DataError::Invalid { path, reason }) => vec![Problem { path, message: reason }],
+                Err(e) => vec![problem(&cell.dir, e.to_string())],
+            })
+            .collect();
+        if problems.is_empty() { Ok(()) } else { Err(DataError::Problems(problems)) }
+    }
+
+    pub fn split<'a>(&'a self, split: &'a str) -> impl Iterator<Item = &'a CellVideo> + 'a {
+        self.cells.iter().filter(move |c| c.split == split)
+    }
+}
+
+/// Frames of one cell folder: numbered images `1..T` or one TIFF stack.
+fn scan_cell(dir: &Path) -> Result<(FrameSource, usize, u32, u32), Vec<Problem>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| vec![problem(dir, format!("cannot read: {e}"))])?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .filter(|p| p.extension().is_some_and(|e| FRAME_EXTENSIONS.contains(&e.to_string_lossy().to_lowercase().as_str())))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(vec![problem(dir, "no frames: expected 1.png .. T.png (or jpg/tif), or one multi-page TIFF")]);
+    }
+    let mut problems = Vec::new();
+    let mut numbered: Vec<(usize, PathBuf)> = Vec::new();
+    for f in &files {
+        let stem = f.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        match stem.parse::<usize>() {
+            Ok(n) => numbered.push((n, f.clone())),
+            Err(_) if files.len() == 1 => {}
+            Err(_) => problems.push(problem(f, "frame name is not a number: expected 1, 2, ... T")),
+        }
+    }
+    if files.len() == 1 && numbered.is_empty() {
+        // A single non-numbered TIFF: a stack.
+        let path = files.remove(0);
+        return match crate::frames::tiff_pages(&path) {
+            Ok((n, w, h)) if n >= 1 => Ok((FrameSource::Stack(path), n, w, h)),
+            Ok(_) => Err(vec![problem(&path, "TIFF stack has no pages")]),
+            Err(e) => Err(vec![problem(&path, format!("not a readable TIFF stack: {e}"))]),
+        };
+    }
+    numbered.sort_by_key(|(n, _)| *n);
+    for w in numbered.windows(2) {
+        if w[0].0 == w[1].0 {
+            problems.push(problem(&w[1].1, format!("frame {} appears twice", w[0].0)));
+        }
+    }
+    let n = numbered.last().map_or(0, |(n, _)| *n);
+    let present: BTreeSet<usize> = numbered.iter().map(|(n, _)| *n).collect();
+    let missing: Vec<String> = (1..=n).filter(|i| !present.contains(i)).map(|i| i.to_string()).collect();
+    if !missing.is_empty() {
+        problems.push(problem(dir, format!("missing frame(s) {} of 1..{n}", missing.join(", "))));
+    }
+    if present.contains(&0) {
+        problems.push(problem(dir, "frame 0: frames are numbered from 1"));
+    }
+    let mut size = None;
+    for (_, f) in &numbered {
+        match image::image_dimensions(f) {
+            Ok(dims) => match size {
+                None => size = Some(dims),
+                Some(first) if first != dims => problems.push(problem(
+                    f,
+                    format!("frame is {}x{}, but the cell's first frame is {}x{}", dims.0, dims.1, first.0, first.1),
+                )),
+                _ => {}
+            },
+            Err(e) => problems.push(problem(f, format!("unreadable image: {e}"))),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let (w, h) = size.unwrap_or((0, 0));
+    Ok((FrameSource::Files(numbered.into_iter().map(|(_, p)| p).collect()), n, w, h))
+}

@@ -1,0 +1,124 @@
+//! A picture of the dynamics: one row per MoA, chosen frames of one cell,
+//! labelled with the MoA and the frame numbers.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use font8x8::UnicodeFonts;
+
+use crate::error::DataError;
+use crate::frames::{read_video, Video};
+use crate::index::{CellVideo, DatasetIndex};
+
+const LABEL_WIDTH: usize = 8 * 30 + 8;
+const HEADER: usize = 14;
+const GAP: usize = 4;
+
+fn draw_text(canvas: &mut [u8], width: usize, x0: usize, y0: usize, text: &str, value: u8) {
+    for (k, ch) in text.chars().enumerate() {
+        let Some(glyph) = font8x8::BASIC_FONTS.get(ch) else { continue };
+        for (row, bits) in glyph.iter().enumerate() {
+            for col in 0..8 {
+                if bits & (1 << col) != 0 {
+                    let (x, y) = (x0 + k * 8 + col, y0 + row);
+                    if x < width && y * width + x < canvas.len() {
+                        canvas[y * width + x] = value;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// 1-based frame numbers to show for a `t`-frame video: 1, 4, 8, 12, 16 at
+/// T = 16, spread the same way otherwise.
+pub fn montage_frames(t: usize) -> Vec<usize> {
+    if t == 16 {
+        return vec![1, 4, 8, 12, 16];
+    }
+    let mut v: Vec<usize> = (0..5).map(|k| 1 + (k * (t - 1) + 2) / 4).collect();
+    v.dedup();
+    v
+}
+
+/// Per MoA, the train cell (among the first few) that changes most between
+/// its first and last frame, so a weak responder does not stand for its MoA.
+fn pick_cells(index: &DatasetIndex) -> Result<Vec<(usize, Video)>, DataError> {
+    let mut by_moa: BTreeMap<usize, Vec<&CellVideo>> = BTreeMap::new();
+    for c in index.split("train") {
+        by_moa.entry(c.moa_id).or_default().push(c);
+    }
+    let mut rows = Vec::new();
+    for (moa, cells) in by_moa {
+        let mut best: Option<(f64, Video)> = None;
+        for cell in cells.iter().step_by((cells.len() / 8).max(1)).take(8) {
+            let video = read_video(cell)?;
+            let norm = |f: &[f32]| -> Vec<f32> {
+                let m = f.iter().sum::<f32>() / f.len() as f32;
+                f.iter().map(|v| v / m.max(1e-6)).collect()
+            };
+            let (first, last) = (norm(&video.frames[0]), norm(video.frames.last().unwrap()));
+            let change: f64 = first.iter().zip(&last).map(|(a, b)| (a - b).abs() as f64).sum();
+            if best.as_ref().is_none_or(|(c, _)| change > *c) {
+                best = Some((change, video));
+            }
+        }
+        if let Some((_, v)) = best {
+            rows.push((moa, v));
+        }
+    }
+    Ok(rows)
+}
+
+/// Write the montage PNG.
+pub fn write_montage(index: &DatasetIndex, out: &Path) -> Result<(), DataError> {
+    let rows = pick_cells(index)?;
+    if rows.is_empty() {
+        return Err(DataError::invalid(&index.root, "no train cells to draw"));
+    }
+    let t = rows[0].1.frames.len();
+    let shown = montage_frames(t);
+    let (fw, fh) = (rows[0].1.width, rows[0].1.height);
+    let zoom = if fw <= 64 { 2 } else { 1 };
+    let (tw, th) = (fw * zoom, fh * zoom);
+    let width = LABEL_WIDTH + shown.len() * (tw + GAP);
+    let height = HEADER + rows.len() * (th + GAP);
+    let mut canvas = vec![24u8; width * height];
+    for (k, f) in shown.iter().enumerate() {
+        draw_text(&mut canvas, width, LABEL_WIDTH + k * (tw + GAP), 3, &format!("t={f}"), 230);
+    }
+    for (r, (moa, video)) in rows.iter().enumerate() {
+        let y0 = HEADER + r * (th + GAP);
+        let mut label = index.annotation.moa_name(*moa);
+        label.truncate(30);
+        draw_text(&mut canvas, width, 4, y0 + th / 2 - 4, &label, 230);
+        // One contrast for the whole video, so dimming and bleaching show.
+        let mut all: Vec<f32> = video.frames.iter().flatten().copied().collect();
+        all.sort_by(f32::total_cmp);
+        let lo = all[all.len() / 100];
+        let hi = all[all.len() * 998 / 1000].max(lo + 1e-6);
+        for (k, &f) in shown.iter().enumerate() {
+            let frame = &video.frames[f - 1];
+            let x0 = LABEL_WIDTH + k * (tw + GAP);
+            for y in 0..th {
+                for x in 0..tw {
+                    let v = (frame[(y / zoom) * fw + x / zoom] - lo) / (hi - lo);
+                    canvas[(y0 + y) * width + x0 + x] = (v.clamp(0.0, 1.0) * 255.0) as u8;
+                }
+            }
+        }
+    }
+    image::save_buffer(out, &canvas, width as u32, height as u32, image::ExtendedColorType::L8)
+        .map_err(|e| DataError::invalid(out, format!("cannot write montage: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn montage_frames_spread_over_the_video() {
+        assert_eq!(super::montage_frames(16), vec![1, 4, 8, 12, 16]);
+        assert_eq!(super::montage_frames(5), vec![1, 2, 3, 4, 5]);
+        assert_eq!(super::montage_frames(2), vec![1, 2]);
+        assert_eq!(*super::montage_frames(40).last().unwrap(), 40);
+    }
+}
