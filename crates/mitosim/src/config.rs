@@ -133,6 +133,20 @@ impl Default for LibraryConfig {
     }
 }
 
+impl LibraryConfig {
+    /// The 38 largest MoAs (more than 5 drugs each, as in MitoReID) of the
+    /// launched-drug table, at most `drugs_per_moa` drugs each (0: all).
+    fn launched_drugs(drugs_per_moa: usize) -> Self {
+        Self { table: Some(LAUNCHED_DRUGS.into()), min_drugs_per_moa: 6, max_moas: 38, drugs_per_moa, novel_drugs_per_moa: 1 }
+    }
+}
+
+impl LayoutConfig {
+    fn set_cells(&mut self, train: usize, query: usize, gallery: usize, novel: usize) {
+        (self.train_cells, self.query_cells, self.gallery_cells, self.novel_cells) = (train, query, gallery, novel);
+    }
+}
+
 impl Default for LayoutConfig {
     fn default() -> Self {
         Self {
@@ -190,17 +204,8 @@ impl SimConfig {
     pub fn preset(name: &str) -> Result<Self, SimError> {
         let mut c = Self {
             seed: 0,
-            library: LibraryConfig { table: None, min_drugs_per_moa: 1, max_moas: 11, drugs_per_moa: 5, novel_drugs_per_moa: 1 },
-            layout: LayoutConfig {
-                replicates: 3,
-                train_cells: 6,
-                query_cells: 2,
-                gallery_cells: 2,
-                novel_cells: 2,
-                frames: 16,
-                size: 64,
-                format: FrameFormat::Png,
-            },
+            library: LibraryConfig::default(),
+            layout: LayoutConfig::default(),
             biology: BiologyConfig::default(),
             imaging: ImagingConfig::default(),
         };
@@ -209,34 +214,18 @@ impl SimConfig {
             "tiny" => {
                 c.library.max_moas = 5;
                 c.library.drugs_per_moa = 3;
-                c.layout.train_cells = 2;
-                c.layout.query_cells = 1;
-                c.layout.gallery_cells = 1;
-                c.layout.novel_cells = 1;
+                c.layout.set_cells(2, 1, 1, 1);
             }
             "bench" => {
-                c.library.table = Some(LAUNCHED_DRUGS.into());
-                c.library.min_drugs_per_moa = 6;
-                c.library.max_moas = 38;
-                c.library.drugs_per_moa = 5;
+                c.library = LibraryConfig::launched_drugs(5);
                 c.layout.size = 112;
-                c.layout.train_cells = 4;
-                c.layout.query_cells = 2;
-                c.layout.gallery_cells = 2;
-                c.layout.novel_cells = 2;
+                c.layout.set_cells(4, 2, 2, 2);
             }
             "mito" => {
-                c.library.table = Some(LAUNCHED_DRUGS.into());
-                c.library.min_drugs_per_moa = 6;
-                c.library.max_moas = 38;
-                c.library.drugs_per_moa = 0;
-                c.library.novel_drugs_per_moa = 1;
+                c.library = LibraryConfig::launched_drugs(0);
                 c.layout.size = 112;
                 // ~1,000 drugs x 3 replicates x 12 cells: about 35k videos.
-                c.layout.train_cells = 8;
-                c.layout.query_cells = 2;
-                c.layout.gallery_cells = 2;
-                c.layout.novel_cells = 3;
+                c.layout.set_cells(8, 2, 2, 3);
             }
             other => return Err(SimError::UnknownPreset(other.into())),
         }
