@@ -28,8 +28,6 @@ use crate::error::SimError;
 use crate::imaging::{expose, gaussian_blur, Replicate};
 use crate::library::DrugLibrary;
 
-pub const SPLITS: [&str; 3] = ["train", "query", "gallery"];
-
 /// One video to render.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CellJob {

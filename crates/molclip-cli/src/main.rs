@@ -116,7 +116,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Simulate(args) => simulate(args, quiet),
         Command::Inspect(args) => inspect(args),
         Command::Chem(ChemCommand::Featurize(args)) => featurize(args),
-        Command::Bench(cmd) => bench::run(cmd, quiet),
+        Command::Bench(cmd) => bench::run(cmd),
     }
 }
 
