@@ -222,11 +222,12 @@ fn featurize(args: FeaturizeArgs) -> Result<()> {
     let mut text = String::new();
     let mut failed = 0;
     for (row, record) in rows.iter().zip(&records) {
+        let json = record.to_json();
         if record.is_err() {
             failed += 1;
-            eprintln!("{}:{}: {}", args.input.display(), row.line, record.to_json()["error"].as_str().unwrap_or(""));
+            eprintln!("{}:{}: {}", args.input.display(), row.line, json["error"].as_str().unwrap_or(""));
         }
-        text.push_str(&record.to_json().to_string());
+        text.push_str(&json.to_string());
         text.push('\n');
     }
     write_atomically(&args.output, text.as_bytes())?;
