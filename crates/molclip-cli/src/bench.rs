@@ -23,6 +23,22 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 600)]
         cells: usize,
     },
+    /// ReID evaluation on random clustered embeddings, against a NumPy full-sort reference.
+    Evaluate {
+        /// Query (= gallery) sizes; the NumPy reference runs only up to --reference-max.
+        #[arg(long, value_delimiter = ',', default_value = "5000,20000,35600")]
+        sizes: Vec<usize>,
+        #[arg(long, default_value_t = 512)]
+        dim: usize,
+        /// Largest size the NumPy reference is run at (it holds the full N x N matrix).
+        #[arg(long, default_value_t = 20000)]
+        reference_max: usize,
+        #[arg(long, default_value = "benches/eval_reference.py")]
+        script: PathBuf,
+    },
+    /// (internal) evaluate once in this process and print seconds and peak memory.
+    #[command(hide = true)]
+    EvaluateOnce { embeddings: PathBuf, metadata: PathBuf },
     /// Featurizing the 1,000 oracle drugs, against RDKit in Python doing the same.
     Chem {
         #[arg(long, default_value = "../shared/chem/rdkit_oracle.jsonl")]
@@ -38,6 +54,8 @@ pub enum BenchCommand {
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Simulate { presets, cells } => bench_simulate(&presets, cells),
+        BenchCommand::Evaluate { sizes, dim, reference_max, script } => bench_evaluate(&sizes, dim, reference_max, &script),
+        BenchCommand::EvaluateOnce { embeddings, metadata } => evaluate_once(&embeddings, &metadata),
         BenchCommand::Chem { oracle, script, repeats } => bench_chem(&oracle, &script, repeats),
     }
 }
@@ -135,6 +153,63 @@ fn bench_chem(oracle: &Path, script: &Path, repeats: usize) -> Result<()> {
     );
     if rdkit.is_none() {
         bail!("no RDKit reference time: install it with `pip install rdkit`");
+    }
+    Ok(())
+}
+
+/// Peak resident memory of this process, MiB (Linux `VmHWM`).
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn evaluate_once(embeddings: &Path, metadata: &Path) -> Result<()> {
+    let start = Instant::now();
+    let features = molclip_eval::npy::read_npy(embeddings)?;
+    let set = molclip_eval::EmbeddingSet::from_files(&features, metadata)?;
+    drop(features);
+    let e = molclip_eval::evaluate(&set.query.0, &set.query.1, &set.gallery.0, &set.gallery.1, molclip_eval::DEFAULT_MAX_RANK)?;
+    println!(
+        "{}",
+        serde_json::json!({"seconds": start.elapsed().as_secs_f64(), "peak_rss_mib": peak_rss_mib(), "drug": e.drug, "moa": e.moa})
+    );
+    Ok(())
+}
+
+fn run_json(cmd: &mut Command) -> Result<serde_json::Value> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+fn bench_evaluate(sizes: &[usize], dim: usize, reference_max: usize, script: &Path) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let dir = tempfile::tempdir()?;
+    println!("ReID evaluation, N queries x N gallery, {dim}-d, both tasks; separate processes, times include reading the files");
+    println!("{:>6} {:<20} {:>9} {:>10} {:>9} {:>10} {:>14}", "N", "implementation", "seconds", "peak MiB", "speed-up", "mAP drug", "max |diff mAP|");
+    for &n in sizes {
+        let (features, rows) = molclip_eval::synthetic::clustered_embeddings(n, dim, 7);
+        let (e, m) = (dir.path().join(format!("e{n}.npy")), dir.path().join(format!("m{n}.csv")));
+        molclip_eval::npy::write_npy_f32(&e, rows.len(), dim, &features)?;
+        std::fs::write(&m, molclip_eval::synthetic::metadata_csv(&rows))?;
+        drop(features);
+        let ours = run_json(Command::new(&exe).args(["bench", "evaluate-once"]).arg(&e).arg(&m))?;
+        let num = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+        let reference = if n <= reference_max { Some(run_json(Command::new("python3").arg(script).arg(&e).arg(&m))?) } else { None };
+        if let Some(r) = &reference {
+            println!("{:>6} {:<20} {:>9.2} {:>10.0} {:>9} {:>10.4} {:>14}", n, "NumPy full sort", num(r, "seconds"), num(r, "peak_rss_mib"), "1.00x", num(&r["drug"], "mAP"), "");
+        }
+        let diff = reference.as_ref().map_or("-".to_string(), |r| {
+            let d = ["drug", "moa"].iter().map(|t| (num(&ours[t], "mAP") - num(&r[t], "mAP")).abs()).fold(0.0, f64::max);
+            format!("{d:.1e}")
+        });
+        let speedup = reference.as_ref().map_or("-".to_string(), |r| format!("{:.1}x", num(r, "seconds") / num(&ours, "seconds")));
+        println!("{:>6} {:<20} {:>9.2} {:>10.0} {:>9} {:>10.4} {:>14}", n, "molclip-eval", num(&ours, "seconds"), num(&ours, "peak_rss_mib"), speedup, num(&ours["drug"], "mAP"), diff);
+        std::fs::remove_file(&e).ok();
     }
     Ok(())
 }

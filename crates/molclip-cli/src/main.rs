@@ -29,6 +29,8 @@ enum Command {
     Simulate(SimulateArgs),
     /// Validate a dataset and summarise it; optionally draw a montage and measure difficulty.
     Inspect(InspectArgs),
+    /// Re-identification metrics (mAP, CMC) for drug identification and MoA recognition.
+    Evaluate(EvaluateArgs),
     /// Chemistry tools.
     #[command(subcommand)]
     Chem(ChemCommand),
@@ -80,6 +82,31 @@ struct InspectArgs {
     difficulty: bool,
 }
 
+#[derive(Args)]
+pub struct EvaluateArgs {
+    /// Features, float32 or float64 .npy of shape [N, D].
+    #[arg(long)]
+    embeddings: PathBuf,
+    /// CSV with columns set (query, gallery, novel, train), replicate, drug, moa; one row per embedding row.
+    #[arg(long)]
+    metadata: PathBuf,
+    /// Write {"drug": {...}, "moa": {...}} (percentages) here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the CMC curves (rank, drug, moa) here.
+    #[arg(long)]
+    cmc_csv: Option<PathBuf>,
+    /// CMC curve length.
+    #[arg(long, default_value_t = molclip_eval::DEFAULT_MAX_RANK)]
+    max_rank: usize,
+    /// Nearest gallery videos that vote on a novel drug's MoA.
+    #[arg(long, default_value_t = 10)]
+    novel_k: usize,
+    /// Write the novel drugs' MoA confusion matrix (rows true, columns predicted) here.
+    #[arg(long)]
+    confusion_csv: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum ChemCommand {
     /// SMILES table -> JSONL of graphs and fingerprints (schema of rdkit_oracle.jsonl).
@@ -115,6 +142,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Simulate(args) => simulate(args, quiet),
         Command::Inspect(args) => inspect(args),
+        Command::Evaluate(args) => evaluate(args),
         Command::Chem(ChemCommand::Featurize(args)) => featurize(args),
         Command::Bench(cmd) => bench::run(cmd),
     }
@@ -239,8 +267,68 @@ fn featurize(args: FeaturizeArgs) -> Result<()> {
     Ok(())
 }
 
+fn evaluate(args: EvaluateArgs) -> Result<()> {
+    let features = molclip_eval::npy::read_npy(&args.embeddings)?;
+    let set = molclip_eval::EmbeddingSet::from_files(&features, &args.metadata)?;
+    let ((q, qm), (g, gm)) = (&set.query, &set.gallery);
+    let result = molclip_eval::evaluate(q, qm, g, gm, args.max_rank)?;
+    println!("{} queries, {} gallery videos, {}-d features", qm.len(), gm.len(), features.cols);
+    println!("{:<18} {:>7} {:>7} {:>7} {:>7} {:>8}", "task", "mAP", "rank-1", "rank-5", "rank-10", "queries");
+    for (name, m) in [("drug identification", &result.drug), ("MoA recognition", &result.moa)] {
+        println!("{:<18} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>8}", name, m.map, m.rank1, m.rank5, m.rank10, m.valid_queries);
+    }
+    let mut json = serde_json::to_value(&result)?;
+    if !set.novel.1.is_empty() {
+        let (n, nm) = &set.novel;
+        let novel = molclip_eval::novel_moa_votes(n, nm, g, gm, args.novel_k)?;
+        println!(
+            "novel drugs: MoA named right for {:.1}% of {} drugs ({:.1}% of {} videos), {} nearest gallery videos voting",
+            novel.drug_accuracy,
+            novel.drugs.len(),
+            novel.video_accuracy,
+            novel.videos,
+            novel.k
+        );
+        let drugs: Vec<serde_json::Value> = novel
+            .drugs
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "drug": set.drugs.names[d.drug as usize],
+                    "moa": set.moas.names[d.moa as usize],
+                    "predicted": set.moas.names[d.predicted as usize],
+                    "videos": d.videos,
+                    "correct": d.moa == d.predicted,
+                })
+            })
+            .collect();
+        json["novel"] = serde_json::json!({
+            "k": novel.k,
+            "drug_accuracy": novel.drug_accuracy,
+            "video_accuracy": novel.video_accuracy,
+            "drugs": drugs,
+        });
+        if let Some(path) = &args.confusion_csv {
+            write_atomically(path, novel.confusion_csv(&set.moas.names).as_bytes())?;
+        }
+    } else if args.confusion_csv.is_some() {
+        anyhow::bail!("--confusion-csv needs novel rows (set = novel) in {}", args.metadata.display());
+    }
+    if let Some(path) = &args.json {
+        write_atomically(path, serde_json::to_string_pretty(&json)?.as_bytes())?;
+    }
+    if let Some(path) = &args.cmc_csv {
+        let mut text = String::from("rank,drug,moa\n");
+        for (k, (d, m)) in result.drug.cmc.iter().zip(&result.moa.cmc).enumerate() {
+            text.push_str(&format!("{},{d},{m}\n", k + 1));
+        }
+        write_atomically(path, text.as_bytes())?;
+    }
+    Ok(())
+}
+
 /// Write then rename, so a reader never sees half a file.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
