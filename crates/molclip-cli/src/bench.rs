@@ -36,6 +36,14 @@ pub enum BenchCommand {
         #[arg(long, default_value = "benches/eval_reference.py")]
         script: PathBuf,
     },
+    /// Decoding and augmenting videos of the bench preset (112 x 112), against PIL + NumPy.
+    Data {
+        /// Videos to read.
+        #[arg(long, default_value_t = 300)]
+        videos: usize,
+        #[arg(long, default_value = "benches/data_reference.py")]
+        script: PathBuf,
+    },
     /// (internal) evaluate once in this process and print seconds and peak memory.
     #[command(hide = true)]
     EvaluateOnce { embeddings: PathBuf, metadata: PathBuf },
@@ -55,6 +63,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Simulate { presets, cells } => bench_simulate(&presets, cells),
         BenchCommand::Evaluate { sizes, dim, reference_max, script } => bench_evaluate(&sizes, dim, reference_max, &script),
+        BenchCommand::Data { videos, script } => bench_data(videos, &script),
         BenchCommand::EvaluateOnce { embeddings, metadata } => evaluate_once(&embeddings, &metadata),
         BenchCommand::Chem { oracle, script, repeats } => bench_chem(&oracle, &script, repeats),
     }
@@ -101,6 +110,22 @@ fn bench_simulate(presets: &[String], max_cells: usize) -> Result<()> {
     Ok(())
 }
 
+/// Run a Python reference that prints one number; `None` (with the reason
+/// on stderr) when it cannot run.
+fn python_number(cmd: &mut Command) -> Option<f64> {
+    match cmd.output() {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok(),
+        Ok(o) => {
+            eprintln!("Python reference failed: {}", String::from_utf8_lossy(&o.stderr).trim());
+            None
+        }
+        Err(e) => {
+            eprintln!("Python reference not run (python3: {e})");
+            None
+        }
+    }
+}
+
 fn bench_chem(oracle: &Path, script: &Path, repeats: usize) -> Result<()> {
     let text = std::fs::read_to_string(oracle).with_context(|| format!("reading {}", oracle.display()))?;
     let smiles: Vec<String> = text
@@ -126,18 +151,7 @@ fn bench_chem(oracle: &Path, script: &Path, repeats: usize) -> Result<()> {
     let parallel = time(true);
     println!("featurizing {} drugs (parse, sanitise, canonical SMILES, atom/bond features, Morgan r2/2048); best of {repeats}", smiles.len());
     println!("{:<34} {:>10} {:>12} {:>10}", "implementation", "seconds", "mol/s", "vs RDKit");
-    let output = Command::new("python3").arg(script).arg(oracle).arg(repeats.to_string()).output();
-    let rdkit = match output {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok(),
-        Ok(o) => {
-            eprintln!("RDKit reference failed: {}", String::from_utf8_lossy(&o.stderr).trim());
-            None
-        }
-        Err(e) => {
-            eprintln!("RDKit reference not run (python3: {e})");
-            None
-        }
-    };
+    let rdkit = python_number(Command::new("python3").arg(script).arg(oracle).arg(repeats.to_string()));
     let n = smiles.len() as f64;
     let ratio = |s: f64| rdkit.map_or("-".to_string(), |r| format!("{:.2}x", r / s));
     if let Some(r) = rdkit {
@@ -211,5 +225,51 @@ fn bench_evaluate(sizes: &[usize], dim: usize, reference_max: usize, script: &Pa
         println!("{:>6} {:<20} {:>9.2} {:>10.0} {:>9} {:>10.4} {:>14}", n, "molclip-eval", num(&ours, "seconds"), num(&ours, "peak_rss_mib"), speedup, num(&ours["drug"], "mAP"), diff);
         std::fs::remove_file(&e).ok();
     }
+    Ok(())
+}
+
+fn bench_data(videos: usize, script: &Path) -> Result<()> {
+    use molclip_data::loader::{DataConfig, Mode, VideoDataset};
+    // A slice of the bench preset: every MoA, two drugs each, 112 x 112.
+    let mut config = SimConfig::preset("bench")?;
+    config.library.drugs_per_moa = 2;
+    config.layout.train_cells = 4;
+    (config.layout.query_cells, config.layout.gallery_cells) = (1, 1);
+    let plan = DatasetPlan::new(config, Path::new("."))?;
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().join("bench");
+    mitosim::generate(&plan, &root, false, &|| {})?;
+    let index = molclip_data::DatasetIndex::scan(&root)?;
+    let cells: Vec<_> = index.split("train").take(videos).cloned().collect();
+    let n = cells.len();
+    let list = dir.path().join("cells.txt");
+    std::fs::write(&list, cells.iter().map(|c| format!("{}\n", c.dir.display())).collect::<String>())?;
+    let ds = VideoDataset::new(cells, DataConfig { cache: false, ..DataConfig::default() })?;
+    let frames = 16.0 * n as f64;
+    let time_with = |threads: usize| -> Result<f64> {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+        let start = Instant::now();
+        pool.install(|| -> Result<()> {
+            for batch in molclip_data::sampler::sequential_batches(n, 16) {
+                std::hint::black_box(ds.batch(&batch, Mode::Train { seed: 0, epoch: 0 })?);
+            }
+            Ok(())
+        })?;
+        Ok(frames / start.elapsed().as_secs_f64())
+    };
+    // Warm the page cache once, so both sides read from memory.
+    time_with(rayon::current_num_threads())?;
+    let one = time_with(1)?;
+    let all = time_with(rayon::current_num_threads())?;
+    let reference = python_number(Command::new("python3").arg(script).arg(&list));
+    println!("decode + augment (resize 128, rotate, flip, crop 112, jitter, normalise), {n} videos x 16 frames of 112 x 112 PNG");
+    println!("{:<34} {:>12} {:>16}", "implementation", "frames/s", "vs Python/core");
+    let ratio = |fps: f64, cores: f64| reference.map_or("-".into(), |r| format!("{:.1}x", fps / cores / r));
+    if let Some(r) = reference {
+        println!("{:<34} {:>12.0} {:>16}", "PIL + NumPy (1 process)", r, "1.0x");
+    }
+    println!("{:<34} {:>12.0} {:>16}", "molclip-data (1 thread)", one, ratio(one, 1.0));
+    let threads = rayon::current_num_threads();
+    println!("{:<34} {:>12.0} {:>16}", format!("molclip-data ({threads} threads)"), all, ratio(all, threads as f64));
     Ok(())
 }

@@ -27,13 +27,16 @@ struct Cli {
 enum Command {
     /// Write a simulated MitoDataset (MitoReID layout).
     Simulate(SimulateArgs),
-    /// Validate a dataset and summarise it; optionally draw a montage and measure difficulty.
+    /// Validate a dataset (folder or manifest CSV) and summarise it; optionally draw a montage and measure difficulty.
     Inspect(InspectArgs),
     /// Re-identification metrics (mAP, CMC) for drug identification and MoA recognition.
     Evaluate(EvaluateArgs),
     /// Chemistry tools.
     #[command(subcommand)]
     Chem(ChemCommand),
+    /// Data tools.
+    #[command(subcommand)]
+    Data(DataCommand),
     /// Speed tables against reference implementations, measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -108,6 +111,19 @@ pub struct EvaluateArgs {
 }
 
 #[derive(Subcommand)]
+enum DataCommand {
+    /// Pixel mean and std over the training split, written to a config's [data.normalize].
+    Stats {
+        /// A dataset folder (MitoReID layout) or a manifest CSV.
+        dir: PathBuf,
+        /// A TOML config whose [data] section says how frames are read; the
+        /// result is written back into it. Without it, the section is printed.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum ChemCommand {
     /// SMILES table -> JSONL of graphs and fingerprints (schema of rdkit_oracle.jsonl).
     Featurize(FeaturizeArgs),
@@ -144,6 +160,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Inspect(args) => inspect(args),
         Command::Evaluate(args) => evaluate(args),
         Command::Chem(ChemCommand::Featurize(args)) => featurize(args),
+        Command::Data(DataCommand::Stats { dir, config }) => data_stats(&dir, config.as_deref(), quiet),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }
@@ -197,7 +214,7 @@ fn simulate(args: SimulateArgs, quiet: bool) -> Result<()> {
 }
 
 fn inspect(args: InspectArgs) -> Result<()> {
-    let index = DatasetIndex::scan(&args.dir)?;
+    let index = DatasetIndex::open(&args.dir)?;
     index.verify_frames()?;
     let counts = index.counts();
     let difficulty = if args.difficulty { Some(molclip_data::difficulty::difficulty(&index)?) } else { None };
@@ -237,6 +254,40 @@ fn inspect(args: InspectArgs) -> Result<()> {
         if let Some(path) = &args.montage {
             println!("montage: {}", path.display());
         }
+    }
+    Ok(())
+}
+
+fn data_stats(dir: &Path, config: Option<&Path>, quiet: bool) -> Result<()> {
+    let mut table: toml::Table = match config {
+        Some(path) if path.exists() => {
+            std::fs::read_to_string(path)?.parse().with_context(|| format!("parsing {}", path.display()))?
+        }
+        _ => toml::Table::new(),
+    };
+    let data: molclip_data::loader::DataConfig = match table.get("data") {
+        Some(v) => v.clone().try_into().with_context(|| format!("[data] in {}", config.map_or("".into(), |p| p.display().to_string())))?,
+        None => Default::default(),
+    };
+    let index = DatasetIndex::open(dir)?;
+    let cells: Vec<_> = index.split("train").cloned().collect();
+    anyhow::ensure!(!cells.is_empty(), "{}: the train split is empty", dir.display());
+    let bar = progress::bar(1, "reading the train split", quiet);
+    let stats = molclip_data::loader::pixel_stats(&cells, &data.frames)?;
+    bar.finish_and_clear();
+    println!("train split of {}: {} videos, pixel mean {:.6}, std {:.6}", dir.display(), cells.len(), stats.mean, stats.std);
+    let section = table.entry("data").or_insert_with(|| toml::Value::Table(Default::default()));
+    let section = section.as_table_mut().context("`data` in the config is not a table")?;
+    let normalize = section.entry("normalize").or_insert_with(|| toml::Value::Table(Default::default()));
+    let normalize = normalize.as_table_mut().context("`data.normalize` in the config is not a table")?;
+    normalize.insert("mean".into(), toml::Value::Float(stats.mean as f64));
+    normalize.insert("std".into(), toml::Value::Float(stats.std as f64));
+    match config {
+        Some(path) => {
+            write_atomically(path, toml::to_string_pretty(&table)?.as_bytes())?;
+            println!("wrote [data.normalize] to {}", path.display());
+        }
+        None => print!("[data.normalize]\nmean = {}\nstd = {}\n", stats.mean, stats.std),
     }
     Ok(())
 }

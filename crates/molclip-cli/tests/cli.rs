@@ -79,3 +79,23 @@ fn featurize_writes_every_row_and_fails_on_bad_ones() {
     assert!(v["morgan1_1024"].is_array());
     assert_eq!(v["name"], "row2");
 }
+
+#[test]
+fn data_stats_writes_the_config_and_names_bad_fields() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("tiny");
+    assert!(molclip(&["simulate", "--preset", "tiny", "--out", out.to_str().unwrap(), "-q"]).status.success());
+    let cfg = tmp.path().join("run.toml");
+    std::fs::write(&cfg, "seed = 3\n[data.frames]\nframes = 8\n").unwrap();
+    let o = molclip(&["data", "stats", out.to_str().unwrap(), "--config", cfg.to_str().unwrap(), "-q"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let table: toml::Table = std::fs::read_to_string(&cfg).unwrap().parse().unwrap();
+    assert_eq!(table["seed"].as_integer(), Some(3));
+    assert_eq!(table["data"]["frames"]["frames"].as_integer(), Some(8));
+    let (mean, std) = (table["data"]["normalize"]["mean"].as_float().unwrap(), table["data"]["normalize"]["std"].as_float().unwrap());
+    assert!(mean > 0.0 && mean < 0.5 && std > 0.0 && std < 0.5, "{mean} {std}");
+    std::fs::write(&cfg, "[data.frames]\nframez = 8\n").unwrap();
+    let o = molclip(&["data", "stats", out.to_str().unwrap(), "--config", cfg.to_str().unwrap(), "-q"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("framez"), "{}", text(&o));
+}

@@ -97,11 +97,7 @@ impl DatasetIndex {
         if !root.is_dir() {
             return Err(DataError::invalid(root, "not a directory: expected a dataset in the MitoReID layout (annotation.csv, l1/train/<drug>/<cell>/1.png ...)"));
         }
-        let csv = root.join("annotation.csv");
-        if !csv.exists() {
-            return Err(DataError::invalid(&csv, "missing: every dataset needs annotation.csv with columns index, drug_id, moa_id"));
-        }
-        let annotation = Annotation::read_csv(&csv)?;
+        let annotation = Annotation::read_dir(root)?;
 
         let mut replicates: Vec<(usize, PathBuf)> = sorted_dirs(root)?
             .into_iter()
@@ -179,6 +175,83 @@ impl DatasetIndex {
         }
     }
 
+    /// A dataset in another layout, listed by a manifest CSV with columns
+    /// `path, drug, replicate, split`: `path` (relative to the manifest) is a
+    /// folder of numbered frames or one multi-page TIFF / OME-TIFF per cell;
+    /// `drug` is an annotation `index`. The annotation sits beside the manifest.
+    pub fn from_manifest(manifest: &Path) -> Result<Self, DataError> {
+        let base = manifest.parent().unwrap_or(Path::new("."));
+        let annotation = Annotation::read_dir(base)?;
+        let mut reader = csv::Reader::from_path(manifest).map_err(|e| DataError::invalid(manifest, e.to_string()))?;
+        let headers: Vec<String> = reader.headers().map_err(|e| DataError::invalid(manifest, e.to_string()))?.iter().map(|h| h.trim().to_lowercase()).collect();
+        let col = |name: &str| {
+            headers.iter().position(|h| h == name).ok_or_else(|| {
+                DataError::invalid(manifest, format!("no `{name}` column (expected path, drug, replicate, split; found {})", headers.join(", ")))
+            })
+        };
+        let (c_path, c_drug, c_rep, c_split) = (col("path")?, col("drug")?, col("replicate")?, col("split")?);
+        let mut problems = Vec::new();
+        let mut cells = Vec::new();
+        for (i, record) in reader.records().enumerate() {
+            let line = i + 2;
+            let at = PathBuf::from(format!("{}:{line}", manifest.display()));
+            let record = match record {
+                Ok(r) => r,
+                Err(e) => {
+                    problems.push(problem(&at, e.to_string()));
+                    continue;
+                }
+            };
+            let get = |c: usize| record.get(c).unwrap_or("").trim().to_string();
+            let (path, drug, replicate, split) = (base.join(get(c_path)), get(c_drug), get(c_rep), get(c_split));
+            if !SPLITS.contains(&split.as_str()) && split != "novel" {
+                problems.push(problem(&at, format!("split {split:?}: expected train, query, gallery or novel")));
+                continue;
+            }
+            let Some(record) = annotation.lookup(&drug) else {
+                problems.push(problem(&at, format!("drug {drug:?} has no row in the annotation")));
+                continue;
+            };
+            let scanned = if path.is_dir() {
+                scan_cell(&path)
+            } else if path.is_file() {
+                crate::frames::stack_layout(&path)
+                    .map(|l| (FrameSource::Stack(path.clone()), l.frames, l.width, l.height))
+                    .map_err(|e| vec![problem(&path, format!("not a readable TIFF stack: {e}"))])
+            } else {
+                Err(vec![problem(&path, format!("listed at {} but does not exist", at.display()))])
+            };
+            match scanned {
+                Ok((source, n_frames, width, height)) => cells.push(CellVideo {
+                    dir: path,
+                    replicate,
+                    split,
+                    drug_folder: drug,
+                    drug_id: record.drug_id,
+                    moa_id: record.moa_id,
+                    source,
+                    n_frames,
+                    width,
+                    height,
+                }),
+                Err(ps) => problems.extend(ps),
+            }
+        }
+        if cells.is_empty() && problems.is_empty() {
+            problems.push(problem(manifest, "no rows: the manifest lists no cells"));
+        }
+        if problems.is_empty() {
+            Ok(Self { root: base.into(), annotation, cells })
+        } else {
+            Err(DataError::Problems(problems))
+        }
+    }
+
+    /// A dataset folder in the MitoReID layout, or a manifest CSV file.
+    pub fn open(path: &Path) -> Result<Self, DataError> {
+        if path.is_file() { Self::from_manifest(path) } else { Self::scan(path) }
+    }
+
     pub fn counts(&self) -> Vec<SplitCounts> {
         let mut groups: BTreeMap<(String, String), Vec<&CellVideo>> = BTreeMap::new();
         for c in &self.cells {
@@ -243,9 +316,8 @@ fn scan_cell(dir: &Path) -> Result<(FrameSource, usize, u32, u32), Vec<Problem>>
     if files.len() == 1 && numbered.is_empty() {
         // A single non-numbered TIFF: a stack.
         let path = files.remove(0);
-        return match crate::frames::tiff_pages(&path) {
-            Ok((n, w, h)) if n >= 1 => Ok((FrameSource::Stack(path), n, w, h)),
-            Ok(_) => Err(vec![problem(&path, "TIFF stack has no pages")]),
+        return match crate::frames::stack_layout(&path) {
+            Ok(l) => Ok((FrameSource::Stack(path), l.frames, l.width, l.height)),
             Err(e) => Err(vec![problem(&path, format!("not a readable TIFF stack: {e}"))]),
         };
     }

@@ -3,13 +3,16 @@
 //! inspection tools (`molclip inspect`): counts, montage, difficulty.
 
 pub mod annotation;
+pub mod augment;
 pub mod difficulty;
 mod error;
 pub mod frames;
 pub mod index;
+pub mod loader;
 pub mod montage;
+pub mod sampler;
 
 pub use annotation::{Annotation, DrugRecord};
 pub use error::DataError;
-pub use frames::{read_video, Video};
+pub use frames::{read_video, read_video_with, FrameOptions, ShortVideoPolicy, Video};
 pub use index::{CellVideo, DatasetIndex, Problem, SplitCounts};
