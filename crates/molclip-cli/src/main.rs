@@ -324,9 +324,9 @@ fn evaluate(args: EvaluateArgs) -> Result<()> {
     let ((q, qm), (g, gm)) = (&set.query, &set.gallery);
     let result = molclip_eval::evaluate(q, qm, g, gm, args.max_rank)?;
     println!("{} queries, {} gallery videos, {}-d features", qm.len(), gm.len(), features.cols);
-    println!("{:<18} {:>7} {:>7} {:>7} {:>7} {:>8}", "task", "mAP", "rank-1", "rank-5", "rank-10", "queries");
+    println!("{:<20} {:>7} {:>7} {:>7} {:>7} {:>8}", "task", "mAP", "rank-1", "rank-5", "rank-10", "queries");
     for (name, m) in [("drug identification", &result.drug), ("MoA recognition", &result.moa)] {
-        println!("{:<18} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>8}", name, m.map, m.rank1, m.rank5, m.rank10, m.valid_queries);
+        println!("{:<20} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>8}", name, m.map, m.rank1, m.rank5, m.rank10, m.valid_queries);
     }
     let mut json = serde_json::to_value(&result)?;
     if !set.novel.1.is_empty() {
