@@ -157,7 +157,7 @@ fn run(cli: Cli) -> Result<()> {
     let quiet = cli.quiet;
     match cli.command {
         Command::Simulate(args) => simulate(args, quiet),
-        Command::Inspect(args) => inspect(args),
+        Command::Inspect(args) => inspect(args, quiet),
         Command::Evaluate(args) => evaluate(args),
         Command::Chem(ChemCommand::Featurize(args)) => featurize(args),
         Command::Data(DataCommand::Stats { dir, config }) => data_stats(&dir, config.as_deref(), quiet),
@@ -213,9 +213,12 @@ fn simulate(args: SimulateArgs, quiet: bool) -> Result<()> {
     Ok(())
 }
 
-fn inspect(args: InspectArgs) -> Result<()> {
-    let index = DatasetIndex::open(&args.dir)?;
-    index.verify_frames()?;
+fn inspect(args: InspectArgs, quiet: bool) -> Result<()> {
+    let bar = progress::bar(0, "scanning cells", quiet);
+    let index = DatasetIndex::open_with_progress(&args.dir, &progress::scan_callback(&bar))?;
+    bar.set_message("decoding frames");
+    index.verify_frames_with_progress(&progress::scan_callback(&bar))?;
+    bar.finish_and_clear();
     let counts = index.counts();
     let difficulty = if args.difficulty { Some(molclip_data::difficulty::difficulty(&index)?) } else { None };
     if let Some(path) = &args.montage {
@@ -269,12 +272,12 @@ fn data_stats(dir: &Path, config: Option<&Path>, quiet: bool) -> Result<()> {
         Some(v) => v.clone().try_into().with_context(|| format!("[data] in {}", config.map_or("".into(), |p| p.display().to_string())))?,
         None => Default::default(),
     };
-    let index = DatasetIndex::open(dir)?;
+    let bar = progress::bar(0, "scanning cells", quiet);
+    let index = DatasetIndex::open_with_progress(dir, &progress::scan_callback(&bar))?;
+    bar.finish_and_clear();
     let cells: Vec<_> = index.split("train").cloned().collect();
     anyhow::ensure!(!cells.is_empty(), "{}: the train split is empty", dir.display());
-    let bar = progress::bar(1, "reading the train split", quiet);
     let stats = molclip_data::loader::pixel_stats(&cells, &data.frames)?;
-    bar.finish_and_clear();
     println!("train split of {}: {} videos, pixel mean {:.6}, std {:.6}", dir.display(), cells.len(), stats.mean, stats.std);
     let section = table.entry("data").or_insert_with(|| toml::Value::Table(Default::default()));
     let section = section.as_table_mut().context("`data` in the config is not a table")?;

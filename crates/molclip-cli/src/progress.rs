@@ -14,3 +14,14 @@ pub fn bar(len: u64, message: &'static str, quiet: bool) -> ProgressBar {
     bar.set_message(message);
     bar
 }
+
+/// A bar driven by a library's progress callback (total first, then ticks).
+pub fn scan_callback(bar: &ProgressBar) -> impl Fn(molclip_data::index::Progress) + Sync + '_ {
+    move |p| match p {
+        molclip_data::index::Progress::Total(n) => {
+            bar.set_length(n as u64);
+            bar.set_position(0);
+        }
+        molclip_data::index::Progress::Cell => bar.inc(1),
+    }
+}

@@ -31,6 +31,16 @@ fn problem(path: &Path, message: impl Into<String>) -> Problem {
     Problem { path: path.into(), message: message.into() }
 }
 
+/// Progress of a long scan: the number of cells once known, then one tick per cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    Total(usize),
+    Cell,
+}
+
+/// A progress callback that ignores everything.
+pub fn no_progress(_: Progress) {}
+
 /// How a cell's frames are stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FrameSource {
@@ -94,6 +104,11 @@ fn file_name(p: &Path) -> String {
 impl DatasetIndex {
     /// Scan and validate `root`. Every problem found is returned together.
     pub fn scan(root: &Path) -> Result<Self, DataError> {
+        Self::scan_with_progress(root, &no_progress)
+    }
+
+    /// [`DatasetIndex::scan`], reporting progress to `progress`.
+    pub fn scan_with_progress(root: &Path, progress: &(dyn Fn(Progress) + Sync)) -> Result<Self, DataError> {
         if !root.is_dir() {
             return Err(DataError::invalid(root, "not a directory: expected a dataset in the MitoReID layout (annotation.csv, l1/train/<drug>/<cell>/1.png ...)"));
         }
@@ -143,9 +158,11 @@ impl DatasetIndex {
             }
         }
         let mut unannotated = BTreeSet::new();
+        progress(Progress::Total(cell_dirs.len()));
         let results: Vec<Result<CellVideo, Vec<Problem>>> = cell_dirs
             .into_par_iter()
             .map(|(replicate, split, drug_folder, dir)| {
+                progress(Progress::Cell);
                 let Some(record) = annotation.lookup(&drug_folder) else {
                     return Err(vec![problem(dir.parent().unwrap_or(&dir), format!("drug folder {drug_folder:?} has no row in annotation.csv"))]);
                 };
@@ -249,7 +266,11 @@ impl DatasetIndex {
 
     /// A dataset folder in the MitoReID layout, or a manifest CSV file.
     pub fn open(path: &Path) -> Result<Self, DataError> {
-        if path.is_file() { Self::from_manifest(path) } else { Self::scan(path) }
+        Self::open_with_progress(path, &no_progress)
+    }
+
+    pub fn open_with_progress(path: &Path, progress: &(dyn Fn(Progress) + Sync)) -> Result<Self, DataError> {
+        if path.is_file() { Self::from_manifest(path) } else { Self::scan_with_progress(path, progress) }
     }
 
     pub fn counts(&self) -> Vec<SplitCounts> {
@@ -273,9 +294,15 @@ impl DatasetIndex {
     /// Decode every frame of every cell (in parallel), reporting each
     /// corrupt or truncated file. `scan` reads headers only.
     pub fn verify_frames(&self) -> Result<(), DataError> {
+        self.verify_frames_with_progress(&no_progress)
+    }
+
+    pub fn verify_frames_with_progress(&self, progress: &(dyn Fn(Progress) + Sync)) -> Result<(), DataError> {
+        progress(Progress::Total(self.cells.len()));
         let problems: Vec<Problem> = self
             .cells
             .par_iter()
+            .inspect(|_| progress(Progress::Cell))
             .flat_map_iter(|cell| match crate::frames::read_video(cell) {
                 Ok(v) if v.frames.len() == cell.n_frames => vec![],
                 Ok(v) => vec![problem(&cell.dir, format!("{} frames decoded, {} expected", v.frames.len(), cell.n_frames))],

@@ -136,3 +136,24 @@ fn difficulty_and_montage_run_on_a_simulated_dataset() {
     // Six MoA rows of 2x-zoomed 64-pixel frames.
     assert!(img.height() as usize >= 6 * 128);
 }
+
+#[test]
+fn scans_report_progress_per_cell() {
+    use molclip_data::index::Progress;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tiny(tmp.path(), FrameFormat::Png);
+    let (total, ticks) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let progress = |p: Progress| match p {
+        Progress::Total(n) => total.store(n, Ordering::SeqCst),
+        Progress::Cell => {
+            ticks.fetch_add(1, Ordering::SeqCst);
+        }
+    };
+    let index = DatasetIndex::scan_with_progress(&root, &progress).unwrap();
+    assert_eq!(total.load(Ordering::SeqCst), index.cells.len());
+    assert_eq!(ticks.load(Ordering::SeqCst), index.cells.len());
+    ticks.store(0, Ordering::SeqCst);
+    index.verify_frames_with_progress(&progress).unwrap();
+    assert_eq!(ticks.load(Ordering::SeqCst), index.cells.len());
+}
