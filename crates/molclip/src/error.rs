@@ -1,0 +1,23 @@
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error("config field `{field}`: {message}")]
+    Config { field: String, message: String },
+    #[error("weight `{name}`: expected shape {expected:?}, the file has {found:?}")]
+    WeightShape { name: String, expected: Vec<usize>, found: Vec<usize> },
+    #[error("{path}: {message}")]
+    Weights { path: String, message: String },
+    #[error("{0}")]
+    Input(String),
+}
+
+pub type Result<T> = std::result::Result<T, ModelError>;
+
+impl ModelError {
+    pub fn config(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Config { field: field.into(), message: message.into() }
+    }
+}

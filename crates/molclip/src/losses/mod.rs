@@ -1,0 +1,127 @@
+//! The losses of METHOD.md section 2 and their weighted sum:
+//! w_clip·L_clip + w_triplet·L_triplet + w_ce·L_ce + w_center·L_center.
+
+pub mod center;
+pub mod clip_loss;
+pub mod cross_entropy;
+pub mod triplet;
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+pub use center::CenterLoss;
+pub use clip_loss::{clip_loss, inverse_temperature};
+pub use cross_entropy::{accuracy, cross_entropy};
+pub use triplet::{batch_hard_triplet, euclidean_distances};
+
+use crate::error::{ModelError, Result};
+use crate::nn::Vb;
+
+/// Loss weights and their parameters. A weight of 0 switches a term off.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LossConfig {
+    /// Symmetric multi-positive InfoNCE between videos and molecules.
+    pub clip: f64,
+    /// Batch-hard triplet on the video feature before BNNeck.
+    pub triplet: f64,
+    pub margin: f64,
+    /// Cross-entropy of the classifier of the identity being learned (drug, then MoA).
+    pub ce: f64,
+    pub label_smoothing: f64,
+    /// Centre loss on the video feature before BNNeck (MitoReID: 0.01).
+    pub center: f64,
+}
+
+impl Default for LossConfig {
+    fn default() -> Self {
+        Self { clip: 1.0, triplet: 1.0, margin: 0.3, ce: 1.0, label_smoothing: 0.1, center: 0.0 }
+    }
+}
+
+impl LossConfig {
+    pub fn validate(&self) -> Result<()> {
+        for (field, v) in [("clip", self.clip), ("triplet", self.triplet), ("ce", self.ce), ("center", self.center), ("margin", self.margin)] {
+            if !(v >= 0.0) || !v.is_finite() {
+                return Err(ModelError::config(format!("loss.{field}"), format!("{v} is not a finite number >= 0")));
+            }
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return Err(ModelError::config("loss.label_smoothing", format!("{} is not in [0, 1)", self.label_smoothing)));
+        }
+        Ok(())
+    }
+}
+
+/// What the CLIP term needs, when the model has a molecule branch.
+pub struct ClipInputs<'a> {
+    /// `[B, d]` unit-norm video embeddings.
+    pub videos: &'a Tensor,
+    /// `[P, d]` unit-norm molecule embeddings.
+    pub molecules: &'a Tensor,
+    pub video_drugs: &'a [u32],
+    pub molecule_drugs: &'a [u32],
+    pub logit_scale: &'a Tensor,
+    pub max_logit_scale: f64,
+}
+
+/// What the metric and classification terms need.
+pub struct MetricInputs<'a> {
+    /// `[B, D]` feature before BNNeck.
+    pub feature: &'a Tensor,
+    /// `[B, classes]` logits of the head being trained, if any.
+    pub logits: Option<&'a Tensor>,
+    /// The identity being learned (drug or MoA) of each video.
+    pub labels: &'a [u32],
+}
+
+/// The total and each weighted term, by name, for logs and for naming a NaN.
+pub struct LossTerms {
+    pub total: Tensor,
+    pub terms: Vec<(&'static str, Tensor)>,
+}
+
+/// The configured sum of losses, with the centre-loss centres it owns.
+#[derive(Clone, Debug)]
+pub struct Criterion {
+    cfg: LossConfig,
+    center: Option<CenterLoss>,
+}
+
+impl Criterion {
+    /// `classes` and `dim`: of the identity being learned, for the centre loss.
+    pub fn new(vb: &Vb, cfg: &LossConfig, classes: usize, dim: usize) -> Result<Self> {
+        cfg.validate()?;
+        let center = if cfg.center > 0.0 { Some(CenterLoss::new(&vb.pp("center_loss"), classes, dim)?) } else { None };
+        Ok(Self { cfg: cfg.clone(), center })
+    }
+
+    pub fn forward(&self, metric: &MetricInputs, clip: Option<&ClipInputs>) -> Result<LossTerms> {
+        let mut terms: Vec<(&'static str, Tensor)> = Vec::new();
+        if self.cfg.clip > 0.0 {
+            if let Some(c) = clip {
+                let l = clip_loss(c.videos, c.molecules, c.video_drugs, c.molecule_drugs, c.logit_scale, c.max_logit_scale)?;
+                terms.push(("clip", (l * self.cfg.clip)?));
+            }
+        }
+        if self.cfg.triplet > 0.0 {
+            terms.push(("triplet", (batch_hard_triplet(metric.feature, metric.labels, self.cfg.margin)? * self.cfg.triplet)?));
+        }
+        if self.cfg.ce > 0.0 {
+            if let Some(logits) = metric.logits {
+                terms.push(("ce", (cross_entropy(logits, metric.labels, self.cfg.label_smoothing)? * self.cfg.ce)?));
+            }
+        }
+        if let Some(center) = &self.center {
+            terms.push(("center", (center.forward(metric.feature, metric.labels)? * self.cfg.center)?));
+        }
+        let mut total = match terms.first() {
+            Some((_, t)) => t.clone(),
+            None => return Err(ModelError::config("loss", "every loss term is switched off or has no input")),
+        };
+        for (_, t) in terms.iter().skip(1) {
+            total = (total + t)?;
+        }
+        Ok(LossTerms { total, terms })
+    }
+}

@@ -1,0 +1,52 @@
+//! Temporal aggregation: per-time-step features to one video feature.
+//!
+//! Attention pooling learns which time points matter (a learned query attends over the
+//! frame features); its weights are returned so that reports can show them. Mean pooling is
+//! the ablation.
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::nn::{softmax_last_dim, Init, Linear, Vb};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pooling {
+    #[default]
+    Attention,
+    Mean,
+}
+
+#[derive(Clone, Debug)]
+pub enum TemporalPool {
+    Attention { key: Linear, query: Tensor },
+    Mean,
+}
+
+impl TemporalPool {
+    pub fn new(vb: &Vb, pooling: Pooling, dim: usize) -> Result<Self> {
+        Ok(match pooling {
+            Pooling::Attention => TemporalPool::Attention {
+                key: Linear::new(&vb.pp("key"), dim, dim, true)?,
+                query: vb.param("query", &[dim], Init::TruncNormal(0.02))?,
+            },
+            Pooling::Mean => TemporalPool::Mean,
+        })
+    }
+
+    /// `x`: `[B, T, D]`. Returns the pooled `[B, D]` and the weight of each time step `[B, T]`
+    /// (uniform for mean pooling).
+    pub fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, t, d) = x.dims3()?;
+        let weights = match self {
+            TemporalPool::Attention { key, query } => {
+                let scores = key.forward(x)?.reshape((b * t, d))?.matmul(&query.reshape((d, 1))?)?;
+                softmax_last_dim(&(scores.reshape((b, t))? * (d as f64).powf(-0.5))?)?
+            }
+            TemporalPool::Mean => Tensor::full(1.0 / t as f32, (b, t), x.device())?,
+        };
+        let pooled = weights.unsqueeze(1)?.matmul(x)?.squeeze(1)?;
+        Ok((pooled, weights))
+    }
+}

@@ -1,0 +1,208 @@
+//! Inflated 3D ResNet (I3D-ResNet), the video encoder of MitoReID.
+//!
+//! Carreira & Zisserman, "Quo Vadis, Action Recognition?" (CVPR 2017) for the inflation;
+//! He et al., "Deep Residual Learning" (CVPR 2016) for the ResNet; the weight names follow
+//! torchvision's `resnet18` / `resnet50` (`layer1.0.conv1.weight`, `layer1.0.downsample.0.weight`).
+//! Inflation as in the I3D ResNets: the stem is 5×7×7, the first convolution of each block is
+//! temporal (3×3×3 in basic blocks, 3×1×1 in bottlenecks), the others are 1×k×k.
+//!
+//! MitoReID's *modified* variant halves time only in the first two downsampling stages (the
+//! stem's pooling and `layer2`), keeping 4 time steps out of 16; the *standard* one also halves
+//! it in `layer3` and `layer4`, which costs about 7 mAP points there.
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+use crate::nn::{conv3d, max_pool3d, BatchNorm, Init, Vb, Window3d};
+
+/// Where time is downsampled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum TemporalDownsampling {
+    /// Stem pooling and `layer2` only (MitoReID).
+    #[default]
+    Modified,
+    /// Stem pooling and `layer2`..`layer4`.
+    Standard,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct I3dConfig {
+    /// 18, 34 (basic blocks) or 50 (bottlenecks). Set by the encoder's name
+    /// (`i3d-resnet18`, `i3d-resnet50`) in a model config.
+    #[serde(skip)]
+    pub depth: usize,
+    /// Image channels (1 for a single fluorescence channel).
+    pub in_channels: usize,
+    /// Channels of the stem and `layer1`; doubled at each later stage. ResNet uses 64.
+    pub width: usize,
+    pub temporal: TemporalDownsampling,
+}
+
+impl Default for I3dConfig {
+    fn default() -> Self {
+        Self { depth: 18, in_channels: 1, width: 64, temporal: TemporalDownsampling::Modified }
+    }
+}
+
+impl I3dConfig {
+    pub fn resnet18() -> Self {
+        Self::default()
+    }
+
+    pub fn resnet50() -> Self {
+        Self { depth: 50, ..Self::default() }
+    }
+
+    fn blocks(&self) -> Result<(&'static [usize; 4], bool)> {
+        match self.depth {
+            18 => Ok((&[2, 2, 2, 2], false)),
+            34 => Ok((&[3, 4, 6, 3], false)),
+            50 => Ok((&[3, 4, 6, 3], true)),
+            d => Err(ModelError::config("i3d.depth", format!("{d} is not one of 18, 34, 50"))),
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.blocks()?;
+        if self.in_channels == 0 || self.width == 0 {
+            return Err(ModelError::config("i3d.width", "in_channels and width must be positive"));
+        }
+        Ok(())
+    }
+
+    /// Size of the feature of each remaining time step.
+    pub fn out_dim(&self) -> usize {
+        let expansion = if self.depth >= 50 { 4 } else { 1 };
+        self.width * 8 * expansion
+    }
+
+    fn time_strides(&self) -> [usize; 4] {
+        match self.temporal {
+            TemporalDownsampling::Modified => [1, 2, 1, 1],
+            TemporalDownsampling::Standard => [1, 2, 2, 2],
+        }
+    }
+}
+
+/// Convolution (no bias) followed by batch norm, the unit every block is made of.
+#[derive(Clone, Debug)]
+struct ConvBn {
+    weight: Tensor,
+    window: Window3d,
+    bn: BatchNorm,
+}
+
+impl ConvBn {
+    fn new(vb_conv: &Vb, vb_bn: &Vb, c_in: usize, c_out: usize, window: Window3d) -> Result<Self> {
+        let [kt, kh, kw] = window.kernel;
+        let init = Init::pytorch_default(c_in * kt * kh * kw);
+        let weight = vb_conv.param("weight", &[c_out, c_in, kt, kh, kw], init)?;
+        Ok(Self { weight, window, bn: BatchNorm::new(vb_bn, c_out)? })
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.bn.forward_t(&conv3d(x, &self.weight, self.window)?, train)
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Block {
+    convs: Vec<ConvBn>,
+    downsample: Option<ConvBn>,
+}
+
+impl Block {
+    /// `stride`: (time, space) stride of the block.
+    fn new(vb: &Vb, c_in: usize, planes: usize, stride: (usize, usize), bottleneck: bool) -> Result<Self> {
+        let (st, ss) = stride;
+        let c_out = if bottleneck { planes * 4 } else { planes };
+        let convs = if bottleneck {
+            vec![
+                ConvBn::new(&vb.pp("conv1"), &vb.pp("bn1"), c_in, planes, Window3d::new([3, 1, 1], [1, 1, 1], [1, 0, 0]))?,
+                ConvBn::new(&vb.pp("conv2"), &vb.pp("bn2"), planes, planes, Window3d::new([1, 3, 3], [st, ss, ss], [0, 1, 1]))?,
+                ConvBn::new(&vb.pp("conv3"), &vb.pp("bn3"), planes, c_out, Window3d::new([1, 1, 1], [1, 1, 1], [0, 0, 0]))?,
+            ]
+        } else {
+            vec![
+                ConvBn::new(&vb.pp("conv1"), &vb.pp("bn1"), c_in, planes, Window3d::new([3, 3, 3], [st, ss, ss], [1, 1, 1]))?,
+                ConvBn::new(&vb.pp("conv2"), &vb.pp("bn2"), planes, c_out, Window3d::new([1, 3, 3], [1, 1, 1], [0, 1, 1]))?,
+            ]
+        };
+        let downsample = if c_in != c_out || st != 1 || ss != 1 {
+            let ds = vb.pp("downsample");
+            Some(ConvBn::new(&ds.pp(0), &ds.pp(1), c_in, c_out, Window3d::new([1, 1, 1], [st, ss, ss], [0, 0, 0]))?)
+        } else {
+            None
+        };
+        Ok(Self { convs, downsample })
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut y = x.clone();
+        let last = self.convs.len() - 1;
+        for (i, conv) in self.convs.iter().enumerate() {
+            y = conv.forward_t(&y, train)?;
+            if i < last {
+                y = y.relu()?;
+            }
+        }
+        let shortcut = match &self.downsample {
+            Some(ds) => ds.forward_t(x, train)?,
+            None => x.clone(),
+        };
+        Ok((y + shortcut)?.relu()?)
+    }
+}
+
+/// I3D-ResNet: `[B, C, T, H, W]` videos to one feature per remaining time step.
+#[derive(Clone, Debug)]
+pub struct I3dResNet {
+    stem: ConvBn,
+    pool: Window3d,
+    layers: Vec<Vec<Block>>,
+    out_dim: usize,
+}
+
+impl I3dResNet {
+    pub fn new(vb: &Vb, cfg: &I3dConfig) -> Result<Self> {
+        cfg.validate()?;
+        let (blocks, bottleneck) = cfg.blocks()?;
+        let stem = ConvBn::new(&vb.pp("conv1"), &vb.pp("bn1"), cfg.in_channels, cfg.width, Window3d::new([5, 7, 7], [1, 2, 2], [2, 3, 3]))?;
+        let pool = Window3d::new([3, 3, 3], [2, 2, 2], [1, 1, 1]);
+        let expansion = if bottleneck { 4 } else { 1 };
+        let mut c_in = cfg.width;
+        let mut layers = Vec::new();
+        for (stage, (&n, &st)) in blocks.iter().zip(cfg.time_strides().iter()).enumerate() {
+            let planes = cfg.width << stage;
+            let ss = if stage == 0 { 1 } else { 2 };
+            let vb_layer = vb.pp(format!("layer{}", stage + 1));
+            let mut layer = Vec::new();
+            for i in 0..n {
+                let stride = if i == 0 { (st, ss) } else { (1, 1) };
+                layer.push(Block::new(&vb_layer.pp(i), c_in, planes, stride, bottleneck)?);
+                c_in = planes * expansion;
+            }
+            layers.push(layer);
+        }
+        Ok(Self { stem, pool, layers, out_dim: cfg.out_dim() })
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.out_dim
+    }
+
+    /// `x`: `[B, C, T, H, W]`. Returns `[B, T', D]`: the feature map averaged over space.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut y = max_pool3d(&self.stem.forward_t(x, train)?.relu()?, self.pool)?;
+        for layer in &self.layers {
+            for block in layer {
+                y = block.forward_t(&y, train)?;
+            }
+        }
+        // [B, D, T', H', W'] -> [B, T', D]
+        Ok(y.mean(4)?.mean(3)?.transpose(1, 2)?.contiguous()?)
+    }
+}

@@ -1,0 +1,157 @@
+//! The video branch: encoder, temporal aggregation, BNNeck and classifier heads.
+//!
+//! BNNeck (Luo et al., "Bag of Tricks and a Strong Baseline for Deep Person
+//! Re-identification", CVPRW 2019): metric losses see the feature before the batch norm,
+//! classifiers and retrieval the feature after it.
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use super::aggregation::{Pooling, TemporalPool};
+use super::frame_vit::{FrameVit, FrameVitConfig};
+use super::i3d_resnet::{I3dConfig, I3dResNet};
+use crate::error::{ModelError, Result};
+use crate::nn::{BatchNorm, Linear, Vb};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum VideoEncoderKind {
+    #[serde(rename = "i3d-resnet18")]
+    #[default]
+    I3dResnet18,
+    #[serde(rename = "i3d-resnet50")]
+    I3dResnet50,
+    #[serde(rename = "frame-vit")]
+    FrameVit,
+}
+
+impl VideoEncoderKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::I3dResnet18 => "i3d-resnet18",
+            Self::I3dResnet50 => "i3d-resnet50",
+            Self::FrameVit => "frame-vit",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct VideoConfig {
+    /// `i3d-resnet18` (default), `i3d-resnet50` or `frame-vit`.
+    pub encoder: VideoEncoderKind,
+    /// `attention` (default) or `mean`.
+    pub pooling: Pooling,
+    pub i3d: I3dConfig,
+    pub vit: FrameVitConfig,
+}
+
+impl VideoConfig {
+    pub fn i3d_config(&self) -> I3dConfig {
+        let depth = if self.encoder == VideoEncoderKind::I3dResnet50 { 50 } else { 18 };
+        I3dConfig { depth, ..self.i3d.clone() }
+    }
+
+    pub fn feature_dim(&self) -> usize {
+        match self.encoder {
+            VideoEncoderKind::FrameVit => self.vit.dim,
+            _ => self.i3d_config().out_dim(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        match self.encoder {
+            VideoEncoderKind::FrameVit => self.vit.validate(),
+            _ => self.i3d_config().validate(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum VideoEncoder {
+    I3d(I3dResNet),
+    FrameVit(FrameVit),
+}
+
+impl VideoEncoder {
+    pub fn new(vb: &Vb, cfg: &VideoConfig) -> Result<Self> {
+        Ok(match cfg.encoder {
+            VideoEncoderKind::FrameVit => Self::FrameVit(FrameVit::new(vb, &cfg.vit)?),
+            _ => Self::I3d(I3dResNet::new(vb, &cfg.i3d_config())?),
+        })
+    }
+
+    /// `x`: `[B, T, C, H, W]`. Returns `[B, T', D]` (T' < T where the I3D downsamples time).
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        match self {
+            Self::I3d(m) => m.forward_t(&x.permute((0, 2, 1, 3, 4))?.contiguous()?, train),
+            Self::FrameVit(m) => m.forward(x),
+        }
+    }
+}
+
+/// What the video branch computes for a batch.
+#[derive(Clone, Debug)]
+pub struct VideoOutput {
+    /// `[B, T', D]`: one feature per remaining time step.
+    pub time_features: Tensor,
+    /// `[B, T']`: the temporal pooling weights.
+    pub attention: Tensor,
+    /// `[B, D]`: the pooled feature before BNNeck (metric losses).
+    pub feature: Tensor,
+    /// `[B, D]`: after BNNeck (classifiers, retrieval).
+    pub neck_feature: Tensor,
+    pub drug_logits: Option<Tensor>,
+    pub moa_logits: Option<Tensor>,
+}
+
+#[derive(Clone, Debug)]
+pub struct VideoModel {
+    encoder: VideoEncoder,
+    pool: TemporalPool,
+    neck: BatchNorm,
+    drug_classifier: Option<Linear>,
+    moa_classifier: Option<Linear>,
+    dim: usize,
+}
+
+impl VideoModel {
+    /// `drugs` / `moas`: classes of the classifier heads (0: no head).
+    pub fn new(vb: &Vb, cfg: &VideoConfig, drugs: usize, moas: usize) -> Result<Self> {
+        cfg.validate()?;
+        let dim = cfg.feature_dim();
+        let head = |name: &str, n: usize| -> Result<Option<Linear>> {
+            if n == 0 { Ok(None) } else { Ok(Some(Linear::new(&vb.pp(name), dim, n, false)?)) }
+        };
+        Ok(Self {
+            encoder: VideoEncoder::new(&vb.pp("encoder"), cfg)?,
+            pool: TemporalPool::new(&vb.pp("pool"), cfg.pooling, dim)?,
+            neck: BatchNorm::without_bias_training(&vb.pp("neck"), dim)?,
+            drug_classifier: head("drug_classifier", drugs)?,
+            moa_classifier: head("moa_classifier", moas)?,
+            dim,
+        })
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// `x`: `[B, T, C, H, W]`; `train` selects batch statistics in the batch norms.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<VideoOutput> {
+        if x.rank() != 5 {
+            return Err(ModelError::Input(format!("videos must be [B, T, C, H, W], got {:?}", x.dims())));
+        }
+        let time_features = self.encoder.forward_t(x, train)?;
+        let (feature, attention) = self.pool.forward(&time_features)?;
+        let neck_feature = self.neck.forward_t(&feature, train)?;
+        let logits = |head: &Option<Linear>| head.as_ref().map(|h| h.forward(&neck_feature)).transpose();
+        Ok(VideoOutput {
+            drug_logits: logits(&self.drug_classifier)?,
+            moa_logits: logits(&self.moa_classifier)?,
+            time_features,
+            attention,
+            feature,
+            neck_feature,
+        })
+    }
+}

@@ -1,0 +1,554 @@
+//! 3D convolution and 3D max pooling, which candle lacks.
+//!
+//! On the CPU both are custom ops with hand-written backward passes: the convolution is
+//! vol2col + one GEMM per video (forward), Wᵀ·dY + col2vol (input gradient) and dY·colᵀ
+//! (weight gradient), all on the `gemm` crate. candle's own CPU conv2d and its transpose are
+//! direct loops, several times slower. On other devices the same maths is composed from
+//! candle ops (strided slices, stack, matmul), so autograd comes for free; the tests check
+//! that both paths agree with each other and with PyTorch.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Device, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::error::Result;
+
+/// Kernel, stride and padding of a 3D window, as (time, height, width).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window3d {
+    pub kernel: [usize; 3],
+    pub stride: [usize; 3],
+    pub padding: [usize; 3],
+}
+
+impl Window3d {
+    pub fn new(kernel: [usize; 3], stride: [usize; 3], padding: [usize; 3]) -> Self {
+        Self { kernel, stride, padding }
+    }
+
+    pub fn out_dims(&self, input: [usize; 3]) -> Result<[usize; 3]> {
+        let mut out = [0; 3];
+        for i in 0..3 {
+            let padded = input[i] + 2 * self.padding[i];
+            if padded < self.kernel[i] {
+                return Err(crate::error::ModelError::Input(format!(
+                    "3D window {:?} larger than the padded input {:?} (dimension {i})",
+                    self.kernel, input
+                )));
+            }
+            out[i] = (padded - self.kernel[i]) / self.stride[i] + 1;
+        }
+        Ok(out)
+    }
+
+    fn taps(&self) -> usize {
+        self.kernel.iter().product()
+    }
+
+    fn is_pointwise(&self) -> bool {
+        self.kernel == [1, 1, 1] && self.stride == [1, 1, 1] && self.padding == [0, 0, 0]
+    }
+}
+
+/// `F.conv3d(x, weight, stride, padding)` without bias: x `[B, C, T, H, W]`, weight
+/// `[O, C, kt, kh, kw]`.
+pub fn conv3d(x: &Tensor, weight: &Tensor, window: Window3d) -> Result<Tensor> {
+    let (_, c, t, h, w) = x.dims5()?;
+    let (_, wc, kt, kh, kw) = weight.dims5()?;
+    if wc != c || [kt, kh, kw] != window.kernel {
+        return Err(crate::error::ModelError::Input(format!(
+            "conv3d: input has {c} channels, weight {:?} with window {:?}",
+            weight.dims(),
+            window.kernel
+        )));
+    }
+    window.out_dims([t, h, w])?;
+    if matches!(x.device(), Device::Cpu) && x.dtype() == candle_core::DType::F32 {
+        Ok(x.contiguous()?.apply_op2(&weight.contiguous()?, Conv3dCpu { window })?)
+    } else {
+        conv3d_composed(x, weight, window)
+    }
+}
+
+/// `F.max_pool3d(x, kernel, stride, padding)` (padding counts as -inf).
+pub fn max_pool3d(x: &Tensor, window: Window3d) -> Result<Tensor> {
+    let (_, _, t, h, w) = x.dims5()?;
+    window.out_dims([t, h, w])?;
+    if matches!(x.device(), Device::Cpu) && x.dtype() == candle_core::DType::F32 {
+        Ok(x.contiguous()?.apply_op1(MaxPool3dCpu { window })?)
+    } else {
+        max_pool3d_composed(x, window)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Composed from candle ops (any device).
+
+/// `len` elements of `dim` starting at `start`, every `step`.
+fn strided(x: &Tensor, dim: usize, start: usize, len: usize, step: usize) -> Result<Tensor> {
+    if step == 1 {
+        return Ok(x.narrow(dim, start, len)?);
+    }
+    let need = len * step;
+    let avail = x.dim(dim)? - start;
+    let mut y = x.narrow(dim, start, avail.min(need))?;
+    if avail < need {
+        y = y.pad_with_zeros(dim, 0, need - avail)?;
+    }
+    let mut dims = y.dims().to_vec();
+    dims[dim] = len;
+    dims.insert(dim + 1, step);
+    Ok(y.reshape(dims)?.narrow(dim + 1, 0, 1)?.squeeze(dim + 1)?)
+}
+
+/// The input seen by each tap of the window: `[B, C, taps, To, Ho, Wo]`.
+fn windows(xp: &Tensor, window: Window3d, out: [usize; 3]) -> Result<Tensor> {
+    let mut taps = Vec::with_capacity(window.taps());
+    for a in 0..window.kernel[0] {
+        for b in 0..window.kernel[1] {
+            for c in 0..window.kernel[2] {
+                let v = strided(xp, 2, a, out[0], window.stride[0])?;
+                let v = strided(&v, 3, b, out[1], window.stride[1])?;
+                taps.push(strided(&v, 4, c, out[2], window.stride[2])?);
+            }
+        }
+    }
+    Ok(Tensor::stack(&taps, 2)?)
+}
+
+pub(crate) fn conv3d_composed(x: &Tensor, weight: &Tensor, window: Window3d) -> Result<Tensor> {
+    let (b, c, t, h, w) = x.dims5()?;
+    let o = weight.dim(0)?;
+    let out = window.out_dims([t, h, w])?;
+    let [pt, ph, pw] = window.padding;
+    let xp = x.pad_with_zeros(2, pt, pt)?.pad_with_zeros(3, ph, ph)?.pad_with_zeros(4, pw, pw)?;
+    let n = out.iter().product::<usize>();
+    let col = windows(&xp, window, out)?.reshape((b, c * window.taps(), n))?;
+    let y = weight.reshape((1, o, c * window.taps()))?.broadcast_matmul(&col)?;
+    Ok(y.reshape((b, o, out[0], out[1], out[2]))?)
+}
+
+fn pad_neg_inf(x: &Tensor, dim: usize, pad: usize) -> Result<Tensor> {
+    if pad == 0 {
+        return Ok(x.clone());
+    }
+    let mut dims = x.dims().to_vec();
+    dims[dim] = pad;
+    let fill = Tensor::full(f32::NEG_INFINITY, dims, x.device())?.to_dtype(x.dtype())?;
+    Ok(Tensor::cat(&[&fill, x, &fill], dim)?)
+}
+
+pub(crate) fn max_pool3d_composed(x: &Tensor, window: Window3d) -> Result<Tensor> {
+    let (_, _, t, h, w) = x.dims5()?;
+    let out = window.out_dims([t, h, w])?;
+    let [pt, ph, pw] = window.padding;
+    let xp = pad_neg_inf(&pad_neg_inf(&pad_neg_inf(x, 2, pt)?, 3, ph)?, 4, pw)?;
+    Ok(windows(&xp, window, out)?.max(2)?)
+}
+
+// ---------------------------------------------------------------------------------------
+// CPU kernels.
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    let data = match s {
+        CpuStorage::F32(v) => v.as_slice(),
+        _ => candle_core::bail!("conv3d/max_pool3d: only f32 on the CPU"),
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("conv3d/max_pool3d: input must be contiguous"),
+    }
+}
+
+fn dims5(l: &Layout) -> candle_core::Result<[usize; 5]> {
+    let (a, b, c, d, e) = l.shape().dims5()?;
+    Ok([a, b, c, d, e])
+}
+
+/// Fills `col` (`[C·taps, To·Ho·Wo]`) with the window contents of one video `[C, T, H, W]`.
+fn vol2col(x: &[f32], dims: [usize; 3], window: Window3d, out: [usize; 3], col: &mut [f32]) {
+    let n = out.iter().product::<usize>();
+    let [kt, kh, kw] = window.kernel;
+    let [st, sh, sw] = window.stride;
+    let [pt, ph, pw] = window.padding;
+    let [t, h, w] = dims;
+    col.par_chunks_mut(n).enumerate().for_each(|(row, dst)| {
+        let (ci, tap) = (row / (kt * kh * kw), row % (kt * kh * kw));
+        let (a, b, cc) = (tap / (kh * kw), (tap / kw) % kh, tap % kw);
+        let src = &x[ci * t * h * w..(ci + 1) * t * h * w];
+        let mut i = 0;
+        for ot in 0..out[0] {
+            let it = (ot * st + a) as isize - pt as isize;
+            for oh in 0..out[1] {
+                let ih = (oh * sh + b) as isize - ph as isize;
+                let seg = &mut dst[i..i + out[2]];
+                i += out[2];
+                if it < 0 || it >= t as isize || ih < 0 || ih >= h as isize {
+                    seg.fill(0.0);
+                    continue;
+                }
+                let line = &src[(it as usize * h + ih as usize) * w..][..w];
+                for (ow, d) in seg.iter_mut().enumerate() {
+                    let iw = (ow * sw + cc) as isize - pw as isize;
+                    *d = if iw < 0 || iw >= w as isize { 0.0 } else { line[iw as usize] };
+                }
+            }
+        }
+    });
+}
+
+/// Adds the window contents `col` back into the video gradient `gx` (`[C, T, H, W]`).
+fn col2vol(col: &[f32], c: usize, dims: [usize; 3], window: Window3d, out: [usize; 3], gx: &mut [f32]) {
+    let n = out.iter().product::<usize>();
+    let taps = window.taps();
+    let [_, kh, kw] = window.kernel;
+    let [st, sh, sw] = window.stride;
+    let [pt, ph, pw] = window.padding;
+    let [t, h, w] = dims;
+    gx.par_chunks_mut(t * h * w).enumerate().take(c).for_each(|(ci, dst)| {
+        for tap in 0..taps {
+            let (a, b, cc) = (tap / (kh * kw), (tap / kw) % kh, tap % kw);
+            let src = &col[(ci * taps + tap) * n..][..n];
+            let mut i = 0;
+            for ot in 0..out[0] {
+                let it = (ot * st + a) as isize - pt as isize;
+                for oh in 0..out[1] {
+                    let ih = (oh * sh + b) as isize - ph as isize;
+                    let seg = &src[i..i + out[2]];
+                    i += out[2];
+                    if it < 0 || it >= t as isize || ih < 0 || ih >= h as isize {
+                        continue;
+                    }
+                    let line = &mut dst[(it as usize * h + ih as usize) * w..][..w];
+                    for (ow, g) in seg.iter().enumerate() {
+                        let iw = (ow * sw + cc) as isize - pw as isize;
+                        if iw >= 0 && iw < w as isize {
+                            line[iw as usize] += g;
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// dst[m×n] (row-major) = (accumulate ? dst : 0) + lhs · rhs, with explicit strides
+/// (column stride, row stride) for both operands.
+#[allow(clippy::too_many_arguments)]
+fn gemm_f32(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_strides: (isize, isize),
+    rhs: &[f32],
+    rhs_strides: (isize, isize),
+) {
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 && m * n * k > 1 << 16 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: the slices are at least as large as the strided views the sizes describe.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_strides.0,
+            lhs_strides.1,
+            rhs.as_ptr(),
+            rhs_strides.0,
+            rhs_strides.1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+struct Conv3dCpu {
+    window: Window3d,
+}
+
+impl CustomOp2 for Conv3dCpu {
+    fn name(&self) -> &'static str {
+        "conv3d"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1)?;
+        let wt = f32_slice(s2, l2)?;
+        let [b, c, t, h, w] = dims5(l1)?;
+        let o = l2.shape().dims()[0];
+        let out = self.window.out_dims([t, h, w]).map_err(candle_core::Error::wrap)?;
+        let (n, ck, vol) = (out.iter().product::<usize>(), c * self.window.taps(), c * t * h * w);
+        let mut y = vec![0f32; b * o * n];
+        let mut col = if self.window.is_pointwise() { Vec::new() } else { vec![0f32; ck * n] };
+        for bi in 0..b {
+            let xb = &x[bi * vol..(bi + 1) * vol];
+            let col_ref: &[f32] = if self.window.is_pointwise() {
+                xb
+            } else {
+                vol2col(xb, [t, h, w], self.window, out, &mut col);
+                &col
+            };
+            gemm_f32(o, n, ck, &mut y[bi * o * n..(bi + 1) * o * n], false, wt, (1, ck as isize), col_ref, (1, n as isize));
+        }
+        Ok((CpuStorage::F32(y), Shape::from(vec![b, o, out[0], out[1], out[2]])))
+    }
+
+    fn bwd(&self, x: &Tensor, weight: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let (_, _, t, h, w) = x.dims5()?;
+        let gx = grad.apply_op2_no_bwd(weight, &Conv3dGradInput { window: self.window, input: [t, h, w] })?;
+        let gw = x.apply_op2_no_bwd(&grad, &Conv3dGradWeight { window: self.window })?;
+        Ok((Some(gx), Some(gw)))
+    }
+}
+
+struct Conv3dGradInput {
+    window: Window3d,
+    input: [usize; 3],
+}
+
+impl CustomOp2 for Conv3dGradInput {
+    fn name(&self) -> &'static str {
+        "conv3d-grad-input"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let gy = f32_slice(s1, l1)?;
+        let wt = f32_slice(s2, l2)?;
+        let [b, o, ot, oh, ow] = dims5(l1)?;
+        let c = l2.shape().dims()[1];
+        let [t, h, w] = self.input;
+        let (n, ck, vol) = (ot * oh * ow, c * self.window.taps(), c * t * h * w);
+        let mut gx = vec![0f32; b * vol];
+        let mut gcol = if self.window.is_pointwise() { Vec::new() } else { vec![0f32; ck * n] };
+        for bi in 0..b {
+            let gyb = &gy[bi * o * n..(bi + 1) * o * n];
+            let gxb = &mut gx[bi * vol..(bi + 1) * vol];
+            // Wᵀ: element (ck, o) of the transpose sits at o·CK + ck.
+            if self.window.is_pointwise() {
+                gemm_f32(ck, n, o, gxb, false, wt, (ck as isize, 1), gyb, (1, n as isize));
+            } else {
+                gemm_f32(ck, n, o, &mut gcol, false, wt, (ck as isize, 1), gyb, (1, n as isize));
+                col2vol(&gcol, c, [t, h, w], self.window, [ot, oh, ow], gxb);
+            }
+        }
+        Ok((CpuStorage::F32(gx), Shape::from(vec![b, c, t, h, w])))
+    }
+}
+
+struct Conv3dGradWeight {
+    window: Window3d,
+}
+
+impl CustomOp2 for Conv3dGradWeight {
+    fn name(&self) -> &'static str {
+        "conv3d-grad-weight"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1)?;
+        let gy = f32_slice(s2, l2)?;
+        let [b, c, t, h, w] = dims5(l1)?;
+        let [_, o, ot, oh, ow] = dims5(l2)?;
+        let (n, ck, vol) = (ot * oh * ow, c * self.window.taps(), c * t * h * w);
+        let mut gw = vec![0f32; o * ck];
+        let mut col = if self.window.is_pointwise() { Vec::new() } else { vec![0f32; ck * n] };
+        for bi in 0..b {
+            let xb = &x[bi * vol..(bi + 1) * vol];
+            let col_ref: &[f32] = if self.window.is_pointwise() {
+                xb
+            } else {
+                vol2col(xb, [t, h, w], self.window, [ot, oh, ow], &mut col);
+                &col
+            };
+            // colᵀ: element (n, ck) sits at ck·N + n.
+            gemm_f32(o, ck, n, &mut gw, bi > 0, &gy[bi * o * n..(bi + 1) * o * n], (1, n as isize), col_ref, (n as isize, 1));
+        }
+        let [kt, kh, kw] = self.window.kernel;
+        Ok((CpuStorage::F32(gw), Shape::from(vec![o, c, kt, kh, kw])))
+    }
+}
+
+struct MaxPool3dCpu {
+    window: Window3d,
+}
+
+/// For each output element, the flat index (within its channel) of the first maximum of its
+/// window, scanning time, then height, then width, as PyTorch does; `usize::MAX` if the window
+/// holds only padding.
+fn pool_argmax(x: &[f32], planes: usize, dims: [usize; 3], window: Window3d, out: [usize; 3]) -> Vec<usize> {
+    let [t, h, w] = dims;
+    let vol = t * h * w;
+    let n = out.iter().product::<usize>();
+    let mut arg = vec![usize::MAX; planes * n];
+    arg.par_chunks_mut(n).enumerate().for_each(|(p, dst)| {
+        let src = &x[p * vol..(p + 1) * vol];
+        let mut i = 0;
+        for ot in 0..out[0] {
+            for oh in 0..out[1] {
+                for ow in 0..out[2] {
+                    let mut best = f32::NEG_INFINITY;
+                    let mut at = usize::MAX;
+                    for a in 0..window.kernel[0] {
+                        let it = (ot * window.stride[0] + a) as isize - window.padding[0] as isize;
+                        if it < 0 || it >= t as isize {
+                            continue;
+                        }
+                        for b in 0..window.kernel[1] {
+                            let ih = (oh * window.stride[1] + b) as isize - window.padding[1] as isize;
+                            if ih < 0 || ih >= h as isize {
+                                continue;
+                            }
+                            for c in 0..window.kernel[2] {
+                                let iw = (ow * window.stride[2] + c) as isize - window.padding[2] as isize;
+                                if iw < 0 || iw >= w as isize {
+                                    continue;
+                                }
+                                let idx = (it as usize * h + ih as usize) * w + iw as usize;
+                                let v = src[idx];
+                                if v > best || v.is_nan() || at == usize::MAX {
+                                    best = v;
+                                    at = idx;
+                                }
+                            }
+                        }
+                    }
+                    dst[i] = at;
+                    i += 1;
+                }
+            }
+        }
+    });
+    arg
+}
+
+impl CustomOp1 for MaxPool3dCpu {
+    fn name(&self) -> &'static str {
+        "max-pool3d"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l)?;
+        let [b, c, t, h, w] = dims5(l)?;
+        let out = self.window.out_dims([t, h, w]).map_err(candle_core::Error::wrap)?;
+        let n = out.iter().product::<usize>();
+        let vol = t * h * w;
+        let arg = pool_argmax(x, b * c, [t, h, w], self.window, out);
+        let y: Vec<f32> = arg
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| if a == usize::MAX { f32::NEG_INFINITY } else { x[(i / n) * vol + a] })
+            .collect();
+        Ok((CpuStorage::F32(y), Shape::from(vec![b, c, out[0], out[1], out[2]])))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let grad = grad.contiguous()?;
+        Ok(Some(x.apply_op2_no_bwd(&grad, &MaxPool3dGrad { window: self.window })?))
+    }
+}
+
+struct MaxPool3dGrad {
+    window: Window3d,
+}
+
+impl CustomOp2 for MaxPool3dGrad {
+    fn name(&self) -> &'static str {
+        "max-pool3d-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1)?;
+        let gy = f32_slice(s2, l2)?;
+        let [b, c, t, h, w] = dims5(l1)?;
+        let [_, _, ot, oh, ow] = dims5(l2)?;
+        let (n, vol) = (ot * oh * ow, t * h * w);
+        let arg = pool_argmax(x, b * c, [t, h, w], self.window, [ot, oh, ow]);
+        let mut gx = vec![0f32; b * c * vol];
+        gx.par_chunks_mut(vol).enumerate().for_each(|(p, dst)| {
+            for i in 0..n {
+                let a = arg[p * n + i];
+                if a != usize::MAX {
+                    dst[a] += gy[p * n + i];
+                }
+            }
+        });
+        Ok((CpuStorage::F32(gx), Shape::from(vec![b, c, t, h, w])))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Var};
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let n: usize = shape.iter().product();
+        Tensor::from_vec((0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>(), shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// The CPU kernels and the op composition must agree, forward and backward, for every
+    /// kind of window the encoders use.
+    #[test]
+    fn cpu_kernels_match_composed_ops() {
+        let windows = [
+            Window3d::new([3, 3, 3], [1, 1, 1], [1, 1, 1]),
+            Window3d::new([3, 3, 3], [2, 2, 2], [1, 1, 1]),
+            Window3d::new([1, 3, 3], [1, 2, 2], [0, 1, 1]),
+            Window3d::new([5, 7, 7], [1, 2, 2], [2, 3, 3]),
+            Window3d::new([3, 1, 1], [1, 1, 1], [1, 0, 0]),
+            Window3d::new([1, 1, 1], [1, 1, 1], [0, 0, 0]),
+            Window3d::new([1, 1, 1], [2, 2, 2], [0, 0, 0]),
+        ];
+        for (i, win) in windows.iter().enumerate() {
+            let x = Var::from_tensor(&rand(&[2, 3, 5, 9, 8], i as u64)).unwrap();
+            let wt = Var::from_tensor(&rand(&[4, 3, win.kernel[0], win.kernel[1], win.kernel[2]], 100 + i as u64)).unwrap();
+            let probe = rand(&[2, 4, 5, 9, 8], 7);
+            let run = |f: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>| {
+                let y = f(x.as_tensor(), wt.as_tensor()).unwrap();
+                let p = probe.narrow(2, 0, y.dim(2).unwrap()).unwrap().narrow(3, 0, y.dim(3).unwrap()).unwrap().narrow(4, 0, y.dim(4).unwrap()).unwrap();
+                let g = (&y * &p).unwrap().sum_all().unwrap().backward().unwrap();
+                (y, g.get(&x).unwrap().clone(), g.get(&wt).unwrap().clone())
+            };
+            let (y1, gx1, gw1) = run(&|x, w| conv3d(x, w, *win));
+            let (y2, gx2, gw2) = run(&|x, w| conv3d_composed(x, w, *win));
+            assert_eq!(y1.dims(), y2.dims(), "{win:?}");
+            assert!(max_abs_diff(&y1, &y2) < 1e-4, "forward {win:?}");
+            assert!(max_abs_diff(&gx1, &gx2) < 1e-4, "grad input {win:?}");
+            assert!(max_abs_diff(&gw1, &gw2) < 1e-4, "grad weight {win:?}");
+        }
+    }
+
+    #[test]
+    fn max_pool_matches_composed_ops() {
+        let win = Window3d::new([3, 3, 3], [2, 2, 2], [1, 1, 1]);
+        let x = Var::from_tensor(&rand(&[2, 3, 6, 9, 8], 1)).unwrap();
+        let y1 = max_pool3d(x.as_tensor(), win).unwrap();
+        let y2 = max_pool3d_composed(x.as_tensor(), win).unwrap();
+        assert_eq!(y1.dims(), &[2, 3, 3, 5, 4]);
+        assert!(max_abs_diff(&y1, &y2) == 0.0);
+        let probe = rand(y1.dims(), 2);
+        let g1 = (&y1 * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (&y2 * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        // Random inputs have no ties, so both routes pick the same maxima.
+        assert!(max_abs_diff(g1.get(&x).unwrap(), g2.get(&x).unwrap()) < 1e-6);
+        assert_eq!(y1.dtype(), DType::F32);
+    }
+}

@@ -1,0 +1,181 @@
+//! The small layers every model uses, with PyTorch's names, defaults and numerics.
+
+use candle_core::{DType, Tensor, Var, D};
+
+use super::params::{Init, Vb};
+use crate::error::Result;
+
+/// `nn.Linear`: y = x Wᵀ + b, over the last dimension of any input.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(vb: &Vb, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
+        let init = Init::pytorch_default(in_dim);
+        let weight = vb.param("weight", &[out_dim, in_dim], init)?;
+        let bias = if bias { Some(vb.param("bias", &[out_dim], init)?) } else { None };
+        Ok(Self { weight, bias })
+    }
+
+    pub fn from_tensors(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_dim = *dims.last().expect("linear input has at least one dimension");
+        let rows = x.elem_count() / in_dim.max(1);
+        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out_dims = dims;
+        *out_dims.last_mut().unwrap() = self.weight.dim(0)?;
+        Ok(y.reshape(out_dims)?)
+    }
+}
+
+/// `nn.LayerNorm` over the last dimension.
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(vb: &Vb, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self { weight: vb.param("weight", &[dim], Init::Ones)?, bias: vb.param("bias", &[dim], Init::Zeros)?, eps })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centred = x.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        Ok(normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
+    }
+}
+
+/// `nn.BatchNorm1d/2d/3d`: normalises dimension 1 of `[B, C, ...]` with batch statistics while
+/// training (updating the running ones, momentum 0.1, unbiased variance) and with the running
+/// statistics in evaluation.
+#[derive(Clone, Debug)]
+pub struct BatchNorm {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Var,
+    running_var: Var,
+    num_batches_tracked: Var,
+    eps: f64,
+    momentum: f64,
+}
+
+impl BatchNorm {
+    pub fn new(vb: &Vb, channels: usize) -> Result<Self> {
+        Self::build(vb, channels, true)
+    }
+
+    /// BNNeck: the bias stays at zero (not trained), as in the re-identification baselines.
+    pub fn without_bias_training(vb: &Vb, channels: usize) -> Result<Self> {
+        Self::build(vb, channels, false)
+    }
+
+    fn build(vb: &Vb, channels: usize, train_bias: bool) -> Result<Self> {
+        let weight = vb.param("weight", &[channels], Init::Ones)?;
+        let bias = if train_bias {
+            vb.param("bias", &[channels], Init::Zeros)?
+        } else {
+            vb.fixed("bias", &[channels], Init::Zeros)?
+        };
+        Ok(Self {
+            weight,
+            bias,
+            running_mean: vb.buffer("running_mean", &[channels], DType::F32, Init::Zeros)?,
+            running_var: vb.buffer("running_var", &[channels], DType::F32, Init::Ones)?,
+            num_batches_tracked: vb.buffer("num_batches_tracked", &[], DType::I64, Init::Zeros)?,
+            eps: 1e-5,
+            momentum: 0.1,
+        })
+    }
+
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let (b, c) = (dims[0], dims[1]);
+        let m: usize = dims[2..].iter().product();
+        let x3 = x.reshape((b, c, m))?;
+        let (mean, var) = if train {
+            // Per channel over batch and space-time; the transpose makes the reductions run
+            // over the contiguous last dimension.
+            let per_channel = x3.transpose(0, 1)?.reshape((c, b * m))?;
+            let mean = per_channel.mean_keepdim(1)?;
+            let var = per_channel.broadcast_sub(&mean)?.sqr()?.mean_keepdim(1)?;
+            let n = (b * m) as f64;
+            let unbiased = if n > 1.0 { (var.detach() * (n / (n - 1.0)))? } else { var.detach() };
+            let mom = self.momentum;
+            let rm = ((self.running_mean.as_tensor() * (1.0 - mom))? + (mean.detach().flatten_all()? * mom)?)?;
+            let rv = ((self.running_var.as_tensor() * (1.0 - mom))? + (unbiased.flatten_all()? * mom)?)?;
+            self.running_mean.set(&rm)?;
+            self.running_var.set(&rv)?;
+            let tracked = self.num_batches_tracked.as_tensor().to_dtype(DType::F64)?;
+            self.num_batches_tracked.set(&(tracked + 1.0)?.to_dtype(DType::I64)?)?;
+            (mean.reshape((1, c, 1))?, var.reshape((1, c, 1))?)
+        } else {
+            (
+                self.running_mean.as_tensor().reshape((1, c, 1))?,
+                self.running_var.as_tensor().reshape((1, c, 1))?,
+            )
+        };
+        // Fold the affine into one scale and shift: two passes over the activations.
+        let scale = self.weight.reshape((1, c, 1))?.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        let shift = self.bias.reshape((1, c, 1))?.broadcast_sub(&mean.broadcast_mul(&scale)?)?;
+        let y = x3.broadcast_mul(&scale)?.broadcast_add(&shift)?;
+        Ok(y.reshape(dims)?)
+    }
+}
+
+/// `nn.Embedding`, default init N(0, 1).
+#[derive(Clone, Debug)]
+pub struct Embedding {
+    weight: Tensor,
+}
+
+impl Embedding {
+    pub fn new(vb: &Vb, count: usize, dim: usize) -> Result<Self> {
+        Ok(Self { weight: vb.param("weight", &[count, dim], Init::Normal(1.0))? })
+    }
+
+    /// `ids`: a U32 vector.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        Ok(self.weight.index_select(ids, 0)?)
+    }
+}
+
+/// Softmax over the last dimension, differentiable (candle's fused softmax has no backward).
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}
+
+/// log-softmax over the last dimension.
+pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    Ok(shifted.broadcast_sub(&lse)?)
+}
+
+/// Rows scaled to unit L2 norm (as `F.normalize`, eps 1e-12).
+pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
+    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
+    Ok(x.broadcast_div(&norm)?)
+}

@@ -1,0 +1,209 @@
+//! AdamW and SGD (Nesterov) with PyTorch's update rules, and their state as named tensors,
+//! so that a checkpoint holds the moments and a resumed run continues exactly.
+//! (candle-nn's optimisers keep their state private.)
+
+use std::collections::HashMap;
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    #[default]
+    AdamW,
+    Sgd,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimizerConfig {
+    /// `adamw` (default) or `sgd`.
+    pub kind: OptimizerKind,
+    pub lr: f64,
+    pub weight_decay: f64,
+    /// AdamW.
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// SGD.
+    pub momentum: f64,
+    pub nesterov: bool,
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        Self {
+            kind: OptimizerKind::AdamW,
+            lr: 3e-4,
+            weight_decay: 0.05,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            momentum: 0.9,
+            nesterov: true,
+        }
+    }
+}
+
+impl OptimizerConfig {
+    pub fn validate(&self) -> Result<()> {
+        let checks = [
+            ("optimizer.lr", self.lr > 0.0 && self.lr.is_finite()),
+            ("optimizer.weight_decay", self.weight_decay >= 0.0),
+            ("optimizer.beta1", (0.0..1.0).contains(&self.beta1)),
+            ("optimizer.beta2", (0.0..1.0).contains(&self.beta2)),
+            ("optimizer.eps", self.eps > 0.0),
+            ("optimizer.momentum", (0.0..1.0).contains(&self.momentum)),
+        ];
+        for (field, ok) in checks {
+            if !ok {
+                return Err(ModelError::config(field, "out of range (lr > 0, weight_decay >= 0, betas and momentum in [0, 1), eps > 0)"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One optimiser over a fixed, named list of parameters.
+pub struct Optimizer {
+    cfg: OptimizerConfig,
+    params: Vec<(String, Var)>,
+    /// AdamW: first and second moments; SGD: the momentum buffer (second unused).
+    state: Vec<(Option<Tensor>, Option<Tensor>)>,
+    steps: u64,
+}
+
+impl Optimizer {
+    pub fn new(params: Vec<(String, Var)>, cfg: &OptimizerConfig) -> Result<Self> {
+        cfg.validate()?;
+        let state = vec![(None, None); params.len()];
+        Ok(Self { cfg: cfg.clone(), params, state, steps: 0 })
+    }
+
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    pub fn params(&self) -> &[(String, Var)] {
+        &self.params
+    }
+
+    /// One update with learning rate `lr` (the schedule's current value). Parameters without a
+    /// gradient (unused this step) are left alone, as in PyTorch.
+    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        self.steps += 1;
+        let t = self.steps as i32;
+        let c = &self.cfg;
+        for ((_, var), (s1, s2)) in self.params.iter().zip(self.state.iter_mut()) {
+            let Some(g) = grads.get(var.as_tensor()) else { continue };
+            let p = var.as_tensor();
+            match c.kind {
+                OptimizerKind::AdamW => {
+                    let m = match s1.take() {
+                        Some(m) => ((m * c.beta1)? + (g * (1.0 - c.beta1))?)?,
+                        None => (g * (1.0 - c.beta1))?,
+                    };
+                    let v = match s2.take() {
+                        Some(v) => ((v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?,
+                        None => (g.sqr()? * (1.0 - c.beta2))?,
+                    };
+                    let bc1 = 1.0 - c.beta1.powi(t);
+                    let bc2 = 1.0 - c.beta2.powi(t);
+                    let denom = ((v.sqrt()? / bc2.sqrt())? + c.eps)?;
+                    let decayed = (p * (1.0 - lr * c.weight_decay))?;
+                    let update = ((&m / denom)? * (lr / bc1))?;
+                    var.set(&(decayed - update)?)?;
+                    *s1 = Some(m);
+                    *s2 = Some(v);
+                }
+                OptimizerKind::Sgd => {
+                    let g = if c.weight_decay > 0.0 { (g + (p * c.weight_decay)?)? } else { g.clone() };
+                    let direction = if c.momentum > 0.0 {
+                        let buf = match s1.take() {
+                            Some(b) => ((b * c.momentum)? + &g)?,
+                            None => g.clone(),
+                        };
+                        let d = if c.nesterov { (&g + (&buf * c.momentum)?)? } else { buf.clone() };
+                        *s1 = Some(buf);
+                        d
+                    } else {
+                        g
+                    };
+                    var.set(&(p - (direction * lr)?)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The state as named tensors: `step`, and `exp_avg.<param>` / `exp_avg_sq.<param>`
+    /// (AdamW) or `momentum_buffer.<param>` (SGD), PyTorch's names.
+    pub fn state_tensors(&self) -> Result<HashMap<String, Tensor>> {
+        let mut out = HashMap::new();
+        let device = self.params.first().map(|(_, v)| v.device().clone()).unwrap_or(candle_core::Device::Cpu);
+        out.insert("step".to_string(), Tensor::new(&[self.steps as i64], &device)?);
+        let (n1, n2) = self.state_names();
+        for ((name, _), (s1, s2)) in self.params.iter().zip(&self.state) {
+            if let Some(t) = s1 {
+                out.insert(format!("{n1}.{name}"), t.clone());
+            }
+            if let Some(t) = s2 {
+                out.insert(format!("{n2}.{name}"), t.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Restores what [`Optimizer::state_tensors`] wrote.
+    pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        let step = tensors
+            .get("step")
+            .ok_or_else(|| ModelError::Weights { path: "optimizer state".into(), message: "no `step`".into() })?;
+        self.steps = step.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?[0] as u64;
+        let (n1, n2) = self.state_names();
+        for ((name, var), (s1, s2)) in self.params.iter().zip(self.state.iter_mut()) {
+            for (slot, prefix) in [(s1, n1), (s2, n2)] {
+                *slot = match tensors.get(&format!("{prefix}.{name}")) {
+                    Some(t) if t.dims() == var.dims() => Some(t.to_device(var.device())?.to_dtype(var.dtype())?),
+                    Some(t) => {
+                        return Err(ModelError::WeightShape { name: format!("{prefix}.{name}"), expected: var.dims().to_vec(), found: t.dims().to_vec() })
+                    }
+                    None => None,
+                };
+            }
+        }
+        Ok(())
+    }
+
+    fn state_names(&self) -> (&'static str, &'static str) {
+        match self.cfg.kind {
+            OptimizerKind::AdamW => ("exp_avg", "exp_avg_sq"),
+            OptimizerKind::Sgd => ("momentum_buffer", "unused"),
+        }
+    }
+}
+
+/// Scales all gradients so that their global L2 norm is at most `max_norm`
+/// (`torch.nn.utils.clip_grad_norm_`). Returns the norm before clipping.
+pub fn clip_grad_norm(grads: &mut GradStore, params: &[(String, Var)], max_norm: f64) -> Result<f64> {
+    let mut total = 0f64;
+    for (_, v) in params {
+        if let Some(g) = grads.get(v.as_tensor()) {
+            total += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        }
+    }
+    let norm = total.sqrt();
+    let coef = max_norm / (norm + 1e-6);
+    if coef < 1.0 {
+        for (_, v) in params {
+            if let Some(g) = grads.remove(v.as_tensor()) {
+                grads.insert(v.as_tensor(), (g * coef)?);
+            }
+        }
+    }
+    Ok(norm)
+}
