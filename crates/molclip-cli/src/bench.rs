@@ -44,6 +44,46 @@ pub enum BenchCommand {
         #[arg(long, default_value = "benches/data_reference.py")]
         script: PathBuf,
     },
+    /// One training step (forward, backward, AdamW) of the video models at 8 x 16 x 1 x 112 x 112,
+    /// against the same models in PyTorch eager, same thread count.
+    Model {
+        /// Models to measure.
+        #[arg(long, value_delimiter = ',', default_value = "frame-vit,i3d-resnet18")]
+        models: Vec<String>,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        #[arg(long, default_value_t = 16)]
+        frames: usize,
+        #[arg(long, default_value_t = 112)]
+        size: usize,
+        /// Timed steps (the median is reported), after one warm-up step.
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// `cpu`, or `cuda[:N]` (a build with `--features cuda`); PyTorch runs on the same device.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Skip the PyTorch reference.
+        #[arg(long)]
+        no_reference: bool,
+        #[arg(long, default_value = "benches/model_reference.py")]
+        script: PathBuf,
+    },
+    /// (internal) time training steps of one model in this process; print JSON.
+    #[command(hide = true)]
+    ModelOnce {
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        batch: usize,
+        #[arg(long)]
+        frames: usize,
+        #[arg(long)]
+        size: usize,
+        #[arg(long)]
+        steps: usize,
+        #[arg(long)]
+        device: String,
+    },
     /// (internal) evaluate once in this process and print seconds and peak memory.
     #[command(hide = true)]
     EvaluateOnce { embeddings: PathBuf, metadata: PathBuf },
@@ -65,6 +105,10 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Evaluate { sizes, dim, reference_max, script } => bench_evaluate(&sizes, dim, reference_max, &script),
         BenchCommand::Data { videos, script } => bench_data(videos, &script),
         BenchCommand::EvaluateOnce { embeddings, metadata } => evaluate_once(&embeddings, &metadata),
+        BenchCommand::Model { models, batch, frames, size, steps, device, no_reference, script } => {
+            bench_model(&models, [batch, frames, size], steps, &device, (!no_reference).then_some(script.as_path()))
+        }
+        BenchCommand::ModelOnce { model, batch, frames, size, steps, device } => model_once(&model, [batch, frames, size], steps, &device),
         BenchCommand::Chem { oracle, script, repeats } => bench_chem(&oracle, &script, repeats),
     }
 }
@@ -271,5 +315,90 @@ fn bench_data(videos: usize, script: &Path) -> Result<()> {
     println!("{:<34} {:>12.0} {:>16}", "molclip-data (1 thread)", one, ratio(one, 1.0));
     let threads = rayon::current_num_threads();
     println!("{:<34} {:>12.0} {:>16}", format!("molclip-data ({threads} threads)"), all, ratio(all, threads as f64));
+    Ok(())
+}
+
+fn video_config(model: &str, frames: usize, size: usize) -> Result<molclip::models::VideoConfig> {
+    use molclip::models::{FrameVitConfig, VideoConfig, VideoEncoderKind};
+    let encoder = match model {
+        "frame-vit" => VideoEncoderKind::FrameVit,
+        "i3d-resnet18" => VideoEncoderKind::I3dResnet18,
+        "i3d-resnet50" => VideoEncoderKind::I3dResnet50,
+        other => bail!("unknown model `{other}` (frame-vit, i3d-resnet18, i3d-resnet50)"),
+    };
+    let vit = FrameVitConfig { image_size: size, max_frames: frames.max(32), ..FrameVitConfig::default() };
+    Ok(VideoConfig { encoder, vit, ..VideoConfig::default() })
+}
+
+/// Times `steps` training steps after one warm-up: CE (label smoothing 0.1) on a 4-drug
+/// classifier plus batch-hard triplet, then AdamW; prints the median and the peak memory.
+fn model_once(model: &str, [batch, frames, size]: [usize; 3], steps: usize, device: &str) -> Result<()> {
+    use molclip::losses::{batch_hard_triplet, cross_entropy};
+    use molclip::nn::ParamStore;
+    use molclip::optim::{Optimizer, OptimizerConfig};
+    let device = molclip::parse_device(device)?;
+    let store = ParamStore::new(0, &device);
+    let net = molclip::models::VideoModel::new(&store.root(), &video_config(model, frames, size)?, 4, 0)?;
+    let mut opt = Optimizer::new(store.trainable(), &OptimizerConfig::default())?;
+    let n = batch * frames * size * size;
+    let x: Vec<f32> = (0..n).map(|i| ((i as u64).wrapping_mul(2654435761) % 1000) as f32 / 500.0 - 1.0).collect();
+    let x = molclip::candle_core::Tensor::from_vec(x, (batch, frames, 1, size, size), &device)?;
+    let labels: Vec<u32> = (0..batch as u32).map(|i| i / 2 % 4).collect();
+    let mut times = Vec::new();
+    let mut loss_value = 0f32;
+    for step in 0..steps + 1 {
+        let start = Instant::now();
+        let out = net.forward_t(&x, true)?;
+        let logits = out.drug_logits.as_ref().context("no classifier")?;
+        let loss = (cross_entropy(logits, &labels, 0.1)? + batch_hard_triplet(&out.feature, &labels, 0.3)?)?;
+        let tf = start.elapsed();
+        if std::env::var("DBG2").is_ok() { eprintln!("after fwd peak {}", peak_rss_mib()); }
+        let grads = loss.backward()?;
+        let tb = start.elapsed();
+        opt.step(&grads, 3e-4)?;
+        if std::env::var("DBG2").is_ok() { eprintln!("fwd {tf:?} bwd-end {tb:?} opt-end {:?} peak {}", start.elapsed(), peak_rss_mib()); }
+        loss_value = loss.to_scalar::<f32>()?;
+        device.synchronize()?;
+        if step > 0 {
+            times.push(start.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    println!("{}", serde_json::json!({"median_ms": times[times.len() / 2], "peak_rss_mib": peak_rss_mib(), "loss": loss_value, "params": store.num_trainable()}));
+    Ok(())
+}
+
+fn bench_model(models: &[String], [batch, frames, size]: [usize; 3], steps: usize, device: &str, script: Option<&Path>) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let threads = rayon::current_num_threads();
+    println!("training step (forward + backward + AdamW), {batch} x {frames} x 1 x {size} x {size}, {device}, {threads} threads, median of {steps}");
+    println!("{:<14} {:<18} {:>10} {:>10} {:>11} {:>12}", "model", "implementation", "ms/step", "peak MiB", "params", "throughput");
+    let dims = [batch.to_string(), frames.to_string(), size.to_string(), steps.to_string()];
+    let num = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    for model in models {
+        video_config(model, frames, size)?;
+        let reference = match script {
+            Some(script) => {
+                let mut cmd = Command::new("python3");
+                cmd.arg(script).args(["--model", model, "--batch", &dims[0], "--frames", &dims[1], "--size", &dims[2], "--steps", &dims[3]]);
+                cmd.args(["--threads", &threads.to_string(), "--device", device]);
+                match run_json(&mut cmd) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        eprintln!("PyTorch reference not run: {e:#}");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        if let Some(r) = &reference {
+            let label = format!("PyTorch {}", r["torch"].as_str().unwrap_or("?").split('+').next().unwrap_or("?"));
+            println!("{:<14} {:<18} {:>10.0} {:>10.0} {:>11} {:>12}", model, label, num(r, "median_ms"), num(r, "peak_rss_mib"), "", "1.00x");
+        }
+        let ours = run_json(Command::new(&exe).args(["bench", "model-once", "--model", model, "--batch", &dims[0], "--frames", &dims[1], "--size", &dims[2], "--steps", &dims[3], "--device", device]))?;
+        let ratio = reference.as_ref().map_or("-".to_string(), |r| format!("{:.2}x", num(r, "median_ms") / num(&ours, "median_ms")));
+        println!("{:<14} {:<18} {:>10.0} {:>10.0} {:>11} {:>12}", model, "molclip (candle)", num(&ours, "median_ms"), num(&ours, "peak_rss_mib"), ours["params"], ratio);
+    }
     Ok(())
 }

@@ -145,7 +145,21 @@ struct FeaturizeArgs {
     fragments: FragmentPolicy,
 }
 
+/// Training allocates and frees tensors of tens of megabytes at every step. glibc serves
+/// those with fresh `mmap`s, so each step pays page faults to zero new pages (measured: 40% of
+/// an I3D step). Keeping freed memory in the heap makes the next step reuse it.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator thresholds; called before any other thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
 fn main() {
+    keep_freed_memory();
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");

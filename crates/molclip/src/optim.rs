@@ -100,7 +100,9 @@ impl Optimizer {
         let c = &self.cfg;
         for ((_, var), (s1, s2)) in self.params.iter().zip(self.state.iter_mut()) {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
-            let p = var.as_tensor();
+            // Detached, so that the moments never hold on to a computation graph.
+            let g = &g.detach();
+            let p = &var.as_tensor().detach();
             match c.kind {
                 OptimizerKind::AdamW => {
                     let m = match s1.take() {

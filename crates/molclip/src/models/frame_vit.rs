@@ -11,7 +11,7 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
-use crate::nn::{softmax_last_dim, Init, LayerNorm, Linear, Vb};
+use crate::nn::{gelu, softmax_last_dim, Init, LayerNorm, Linear, Vb};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -89,15 +89,23 @@ impl Attention {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, n, d) = x.dims3()?;
+        let qkv = self.qkv.forward(x)?;
+        if crate::nn::fused::on_cpu_f32(&qkv) {
+            return self.proj.forward(&crate::nn::fused::attention(&qkv, self.heads)?);
+        }
+        self.proj.forward(&self.composed(&qkv)?)
+    }
+
+    pub(crate) fn composed(&self, qkv: &Tensor) -> Result<Tensor> {
+        let (b, n, d3) = qkv.dims3()?;
+        let d = d3 / 3;
         let dh = d / self.heads;
-        let qkv = self.qkv.forward(x)?.reshape((b, n, 3, self.heads, dh))?.permute((2, 0, 3, 1, 4))?;
+        let qkv = qkv.reshape((b, n, 3, self.heads, dh))?.permute((2, 0, 3, 1, 4))?;
         let q = (qkv.get(0)?.contiguous()? * (dh as f64).powf(-0.5))?;
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
         let att = softmax_last_dim(&q.matmul(&k.t()?)?)?;
-        let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
-        self.proj.forward(&y)
+        Ok(att.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?)
     }
 }
 
@@ -125,7 +133,7 @@ impl Block {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = (x + self.attn.forward(&self.norm1.forward(x)?)?)?;
-        let h = self.fc1.forward(&self.norm2.forward(&x)?)?.gelu_erf()?;
+        let h = gelu(&self.fc1.forward(&self.norm2.forward(&x)?)?)?;
         Ok((&x + self.fc2.forward(&h)?)?)
     }
 }

@@ -11,7 +11,7 @@ use molclip_chem::{Graph, ATOM_FEATURE_DIMS, BOND_FEATURE_DIMS};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
-use crate::nn::{BatchNorm, Init, Linear, Vb};
+use crate::nn::{add_relu, BatchNorm, Init, Linear, Vb};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -154,11 +154,11 @@ impl GinLayer {
         let mut agg = h.zeros_like()?;
         if batch.edges > 0 {
             let e = self.bond_encoder.forward(&batch.bond_columns)?;
-            let messages = (h.index_select(&batch.src, 0)? + e)?.relu()?;
+            let messages = add_relu(&h.index_select(&batch.src, 0)?, &e)?;
             agg = agg.index_add(&batch.dst, &messages, 0)?;
         }
         let x = (h.broadcast_mul(&(&self.eps + 1.0)?)? + agg)?;
-        let x = self.bn.forward_t(&self.fc1.forward(&x)?, train)?.relu()?;
+        let x = self.bn.forward_relu_t(&self.fc1.forward(&x)?, train)?;
         self.fc2.forward(&x)
     }
 }
@@ -193,10 +193,8 @@ impl Gin {
         let mut h = self.atom_encoder.forward(&batch.atom_columns)?;
         let last = self.convs.len() - 1;
         for (l, (conv, bn)) in self.convs.iter().zip(&self.batch_norms).enumerate() {
-            h = bn.forward_t(&conv.forward_t(&h, batch, train)?, train)?;
-            if l < last {
-                h = h.relu()?;
-            }
+            let y = conv.forward_t(&h, batch, train)?;
+            h = if l < last { bn.forward_relu_t(&y, train)? } else { bn.forward_t(&y, train)? };
         }
         let sums = Tensor::zeros((batch.graphs, self.hidden), DType::F32, h.device())?.index_add(&batch.graph_of_atom, &h, 0)?;
         debug_assert_eq!(batch.atoms, h.dim(0)?);

@@ -14,7 +14,7 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
-use crate::nn::{conv3d, max_pool3d, BatchNorm, Init, Vb, Window3d};
+use crate::nn::{add_relu, conv3d, max_pool3d, BatchNorm, Init, Vb, Window3d};
 
 /// Where time is downsampled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -103,8 +103,9 @@ impl ConvBn {
         Ok(Self { weight, window, bn: BatchNorm::new(vb_bn, c_out)? })
     }
 
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.bn.forward_t(&conv3d(x, &self.weight, self.window)?, train)
+    fn forward_t(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        let y = conv3d(x, &self.weight, self.window)?;
+        if relu { self.bn.forward_relu_t(&y, train) } else { self.bn.forward_t(&y, train) }
     }
 }
 
@@ -144,16 +145,13 @@ impl Block {
         let mut y = x.clone();
         let last = self.convs.len() - 1;
         for (i, conv) in self.convs.iter().enumerate() {
-            y = conv.forward_t(&y, train)?;
-            if i < last {
-                y = y.relu()?;
-            }
+            y = conv.forward_t(&y, train, i < last)?;
         }
         let shortcut = match &self.downsample {
-            Some(ds) => ds.forward_t(x, train)?,
+            Some(ds) => ds.forward_t(x, train, false)?,
             None => x.clone(),
         };
-        Ok((y + shortcut)?.relu()?)
+        add_relu(&y, &shortcut)
     }
 }
 
@@ -196,7 +194,7 @@ impl I3dResNet {
 
     /// `x`: `[B, C, T, H, W]`. Returns `[B, T', D]`: the feature map averaged over space.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut y = max_pool3d(&self.stem.forward_t(x, train)?.relu()?, self.pool)?;
+        let mut y = max_pool3d(&self.stem.forward_t(x, train, true)?, self.pool)?;
         for layer in &self.layers {
             for block in layer {
                 y = block.forward_t(&y, train)?;

@@ -4,7 +4,7 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
-use crate::nn::{Linear, Vb};
+use crate::nn::{relu, Linear, Vb};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -53,7 +53,7 @@ impl MorganMlp {
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(&x)?;
             if i + 1 < self.layers.len() {
-                x = x.relu()?;
+                x = relu(&x)?;
             }
         }
         Ok(x)

@@ -10,6 +10,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::cpu::{f32_slice, gemm_f32};
 use crate::error::Result;
 
 /// Kernel, stride and padding of a 3D window, as (time, height, width).
@@ -148,17 +149,6 @@ pub(crate) fn max_pool3d_composed(x: &Tensor, window: Window3d) -> Result<Tensor
 // ---------------------------------------------------------------------------------------
 // CPU kernels.
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let data = match s {
-        CpuStorage::F32(v) => v.as_slice(),
-        _ => candle_core::bail!("conv3d/max_pool3d: only f32 on the CPU"),
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("conv3d/max_pool3d: input must be contiguous"),
-    }
-}
-
 fn dims5(l: &Layout) -> candle_core::Result<[usize; 5]> {
     let (a, b, c, d, e) = l.shape().dims5()?;
     Ok([a, b, c, d, e])
@@ -229,48 +219,6 @@ fn col2vol(col: &[f32], c: usize, dims: [usize; 3], window: Window3d, out: [usiz
             }
         }
     });
-}
-
-/// dst[m×n] (row-major) = (accumulate ? dst : 0) + lhs · rhs, with explicit strides
-/// (column stride, row stride) for both operands.
-#[allow(clippy::too_many_arguments)]
-fn gemm_f32(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    accumulate: bool,
-    lhs: &[f32],
-    lhs_strides: (isize, isize),
-    rhs: &[f32],
-    rhs_strides: (isize, isize),
-) {
-    let threads = rayon::current_num_threads();
-    let par = if threads > 1 && m * n * k > 1 << 16 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-    // SAFETY: the slices are at least as large as the strided views the sizes describe.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_strides.0,
-            lhs_strides.1,
-            rhs.as_ptr(),
-            rhs_strides.0,
-            rhs_strides.1,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        );
-    }
 }
 
 struct Conv3dCpu {

@@ -2,6 +2,7 @@
 
 use candle_core::{DType, Tensor, Var, D};
 
+use super::fused::{self, on_cpu_f32};
 use super::params::{Init, Vb};
 use crate::error::Result;
 
@@ -29,13 +30,16 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let (Some(b), true) = (&self.bias, on_cpu_f32(x)) {
+            return fused::linear(x, &self.weight, b);
+        }
         let dims = x.dims().to_vec();
         let in_dim = *dims.last().expect("linear input has at least one dimension");
         let rows = x.elem_count() / in_dim.max(1);
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let x2 = x.reshape((rows, in_dim))?;
         let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
+            Some(b) => x2.matmul(&self.weight.t()?)?.broadcast_add(b)?,
+            None => x2.matmul(&self.weight.t()?)?,
         };
         let mut out_dims = dims;
         *out_dims.last_mut().unwrap() = self.weight.dim(0)?;
@@ -57,6 +61,13 @@ impl LayerNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if on_cpu_f32(x) {
+            return fused::layer_norm(x, &self.weight, &self.bias, self.eps);
+        }
+        self.forward_composed(x)
+    }
+
+    pub(crate) fn forward_composed(&self, x: &Tensor) -> Result<Tensor> {
         let mean = x.mean_keepdim(D::Minus1)?;
         let centred = x.broadcast_sub(&mean)?;
         let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
@@ -108,10 +119,45 @@ impl BatchNorm {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.apply(x, train, false)
+    }
+
+    /// relu(batch_norm(x)), fused on the CPU.
+    pub fn forward_relu_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.apply(x, train, true)
+    }
+
+    fn apply(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let (b, c) = (dims[0], dims[1]);
         let m: usize = dims[2..].iter().product();
         let x3 = x.reshape((b, c, m))?;
+        if train && on_cpu_f32(x) {
+            let (y, mean, var) = fused::batch_norm_train(&x3, &self.weight, &self.bias, self.eps, relu)?;
+            let n = (b * m) as f32;
+            let unbiased: Vec<f32> = var.iter().map(|v| if n > 1.0 { v * n / (n - 1.0) } else { *v }).collect();
+            self.update_running(&Tensor::from_vec(mean, c, x.device())?, &Tensor::from_vec(unbiased, c, x.device())?)?;
+            return Ok(y.reshape(dims)?);
+        }
+        let y = self.apply_composed(&x3, train)?;
+        let y = if relu { y.relu()? } else { y };
+        Ok(y.reshape(dims)?)
+    }
+
+    fn update_running(&self, mean: &Tensor, unbiased_var: &Tensor) -> Result<()> {
+        let mom = self.momentum;
+        let rm = ((self.running_mean.as_tensor() * (1.0 - mom))? + (mean * mom)?)?;
+        let rv = ((self.running_var.as_tensor() * (1.0 - mom))? + (unbiased_var * mom)?)?;
+        self.running_mean.set(&rm)?;
+        self.running_var.set(&rv)?;
+        let tracked = self.num_batches_tracked.as_tensor().to_dtype(DType::F64)?;
+        self.num_batches_tracked.set(&(tracked + 1.0)?.to_dtype(DType::I64)?)?;
+        Ok(())
+    }
+
+    /// `x3`: `[B, C, M]`.
+    pub(crate) fn apply_composed(&self, x3: &Tensor, train: bool) -> Result<Tensor> {
+        let (b, c, m) = x3.dims3()?;
         let (mean, var) = if train {
             // Per channel over batch and space-time; the transpose makes the reductions run
             // over the contiguous last dimension.
@@ -120,13 +166,7 @@ impl BatchNorm {
             let var = per_channel.broadcast_sub(&mean)?.sqr()?.mean_keepdim(1)?;
             let n = (b * m) as f64;
             let unbiased = if n > 1.0 { (var.detach() * (n / (n - 1.0)))? } else { var.detach() };
-            let mom = self.momentum;
-            let rm = ((self.running_mean.as_tensor() * (1.0 - mom))? + (mean.detach().flatten_all()? * mom)?)?;
-            let rv = ((self.running_var.as_tensor() * (1.0 - mom))? + (unbiased.flatten_all()? * mom)?)?;
-            self.running_mean.set(&rm)?;
-            self.running_var.set(&rv)?;
-            let tracked = self.num_batches_tracked.as_tensor().to_dtype(DType::F64)?;
-            self.num_batches_tracked.set(&(tracked + 1.0)?.to_dtype(DType::I64)?)?;
+            self.update_running(&mean.detach().flatten_all()?, &unbiased.flatten_all()?)?;
             (mean.reshape((1, c, 1))?, var.reshape((1, c, 1))?)
         } else {
             (
@@ -137,8 +177,7 @@ impl BatchNorm {
         // Fold the affine into one scale and shift: two passes over the activations.
         let scale = self.weight.reshape((1, c, 1))?.broadcast_div(&(var + self.eps)?.sqrt()?)?;
         let shift = self.bias.reshape((1, c, 1))?.broadcast_sub(&mean.broadcast_mul(&scale)?)?;
-        let y = x3.broadcast_mul(&scale)?.broadcast_add(&shift)?;
-        Ok(y.reshape(dims)?)
+        Ok(x3.broadcast_mul(&scale)?.broadcast_add(&shift)?)
     }
 }
 
@@ -161,6 +200,13 @@ impl Embedding {
 
 /// Softmax over the last dimension, differentiable (candle's fused softmax has no backward).
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if on_cpu_f32(x) {
+        return fused::softmax_last_dim(x);
+    }
+    softmax_composed(x)
+}
+
+pub(crate) fn softmax_composed(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;
     Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
@@ -178,4 +224,18 @@ pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
     let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
     Ok(x.broadcast_div(&norm)?)
+}
+
+/// GELU, exact (erf) form as PyTorch's default.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    if on_cpu_f32(x) { fused::gelu(x) } else { Ok(x.gelu_erf()?) }
+}
+
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    if on_cpu_f32(x) { fused::relu(x) } else { Ok(x.relu()?) }
+}
+
+/// relu(a + b), the end of a residual block.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if on_cpu_f32(a) { fused::add_relu(a, b) } else { Ok((a + b)?.relu()?) }
 }

@@ -1,0 +1,62 @@
+"""PyTorch eager reference for `molclip bench model`: one training step (forward, backward,
+AdamW) of the same video model, same sizes, same loss, same thread count.
+
+    python3 benches/model_reference.py --model frame-vit --threads 2 --steps 5
+Prints one JSON line: {"median_ms", "peak_rss_mib", "torch"}.
+"""
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
+import torch_reference as R  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True, choices=["frame-vit", "i3d-resnet18", "i3d-resnet50"])
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--frames", type=int, default=16)
+    ap.add_argument("--size", type=int, default=112)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--device", default="cpu")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    if a.model == "frame-vit":
+        enc = R.FrameVit(image_size=a.size, max_frames=max(32, a.frames))
+    else:
+        enc = R.I3dResNet(depth=50 if a.model.endswith("50") else 18)
+    model = R.VideoModel(enc, pooling="attention", drugs=4).to(a.device)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-4, weight_decay=0.05)
+    x = torch.randn(a.batch, a.frames, 1, a.size, a.size, device=a.device)
+    labels = torch.arange(a.batch, device=a.device) // 2 % 4
+    model.train()
+    times = []
+    for step in range(a.warmup + a.steps):
+        start = time.perf_counter()
+        out = model(x)
+        loss = F.cross_entropy(out["drug_logits"], labels, label_smoothing=0.1) + R.batch_hard_triplet(out["feature"], labels, 0.3)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if a.device != "cpu":
+            torch.cuda.synchronize()
+        if step >= a.warmup:
+            times.append((time.perf_counter() - start) * 1000)
+    times.sort()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"median_ms": times[len(times) // 2], "peak_rss_mib": peak, "torch": torch.__version__, "loss": loss.item()}))
+
+
+if __name__ == "__main__":
+    main()

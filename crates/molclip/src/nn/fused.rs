@@ -1,0 +1,646 @@
+//! Fused CPU kernels, each with a hand-written backward pass, for the layers that dominate
+//! training time: linear with bias, layer norm, batch norm (+ ReLU), GELU, softmax, ReLU and
+//! add + ReLU.
+//!
+//! Composed from candle ops, each of these is several graph nodes, and every node costs
+//! full passes over the activations in the backward pass (a zero tensor, an add, the
+//! reduction of a broadcast). Fused, each is one forward and one backward pass. Other devices
+//! use the composed versions; `tests` check that both agree, values and gradients.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::cpu::{f32_slice, gemm_f32};
+use crate::error::Result;
+
+pub(crate) fn on_cpu_f32(t: &Tensor) -> bool {
+    matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32
+}
+
+/// Rows per parallel task, so that each task has at least ~16k elements.
+fn rows_per_task(rows: usize, width: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    (16_384 / width.max(1)).max(1).max(rows.div_ceil(threads * 4)).min(rows.max(1))
+}
+
+fn dims2(l: &Layout) -> candle_core::Result<(usize, usize)> {
+    l.shape().dims2()
+}
+
+/// A tensor seen as rows of its last dimension.
+fn rows_and_width(l: &Layout) -> (usize, usize) {
+    let width = *l.shape().dims().last().unwrap_or(&1);
+    (l.shape().elem_count() / width.max(1), width)
+}
+
+// ------------------------------------------------------------------------------ linear
+
+/// x `[..., K]` · wᵀ (`w`: `[O, K]`) + b, over the last dimension of any input.
+pub(crate) fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, LinearCpu)?)
+}
+
+struct LinearCpu;
+
+impl CustomOp3 for LinearCpu {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let (rows, k) = rows_and_width(l1);
+        let (o, _) = dims2(l2)?;
+        let mut y = vec![0f32; rows * o];
+        y.par_chunks_mut(o).for_each(|row| row.copy_from_slice(b));
+        // wᵀ: element (k, o) sits at o·K + k.
+        gemm_f32(rows, o, k, &mut y, true, x, (1, k as isize), w, (k as isize, 1));
+        let mut dims = l1.shape().dims().to_vec();
+        *dims.last_mut().unwrap() = o;
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _res: &Tensor, dy: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // Detached: a gradient built from tracked tensors would keep the whole forward graph
+        // alive for as long as the optimiser keeps its moments.
+        let (k, o) = (x.dims()[x.rank() - 1], w.dim(0)?);
+        let x2 = x.detach().reshape(((), k))?;
+        let dy = dy.detach().contiguous()?.reshape(((), o))?;
+        let dx = dy.matmul(&w.detach())?.reshape(x.dims())?;
+        let dw = dy.t()?.matmul(&x2)?;
+        let db = dy.apply_op1_no_bwd(&ColumnSum)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// `[N, D]` to the sum of its rows, `[D]`.
+struct ColumnSum;
+
+fn column_sums(x: &[f32], n: usize, d: usize) -> Vec<f32> {
+    let chunk = rows_per_task(n, d);
+    x.par_chunks(chunk * d)
+        .map(|rows| {
+            let mut acc = vec![0f32; d];
+            for row in rows.chunks(d) {
+                acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+            }
+            acc
+        })
+        .reduce(|| vec![0f32; d], |mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+            a
+        })
+}
+
+impl CustomOp1 for ColumnSum {
+    fn name(&self) -> &'static str {
+        "column-sum"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, d) = dims2(l)?;
+        Ok((CpuStorage::F32(column_sums(f32_slice(s, l)?, n, d)), Shape::from(d)))
+    }
+}
+
+// -------------------------------------------------------------------------- layer norm
+
+/// Layer norm over the last dimension of any input.
+pub(crate) fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, LayerNormCpu { eps: eps as f32 })?)
+}
+
+struct LayerNormCpu {
+    eps: f32,
+}
+
+fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
+    let d = row.len() as f32;
+    let mean = row.iter().sum::<f32>() / d;
+    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+impl CustomOp3 for LayerNormCpu {
+    fn name(&self) -> &'static str {
+        "layer-norm"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let (n, d) = rows_and_width(l1);
+        let mut y = vec![0f32; n * d];
+        y.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(yr, xr)| {
+            let (mean, rstd) = row_stats(xr, self.eps);
+            for i in 0..d {
+                yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _res: &Tensor, dy: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, d) = rows_and_width(x.layout());
+        let packed = x.apply_op3_no_bwd(w, &dy.contiguous()?, &LayerNormGrad { eps: self.eps })?;
+        let dx = packed.narrow(0, 0, n * d)?.reshape(x.dims())?;
+        // Copies, so that the small gradients do not keep the large buffer alive.
+        Ok((Some(dx), Some(packed.narrow(0, n * d, d)?.copy()?), Some(packed.narrow(0, n * d + d, d)?.copy()?)))
+    }
+}
+
+/// (x, w, dy) to [dx (N·D), dw (D), db (D)] packed.
+struct LayerNormGrad {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormGrad {
+    fn name(&self) -> &'static str {
+        "layer-norm-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w, dy) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let (n, d) = rows_and_width(l1);
+        let mut out = vec![0f32; n * d + 2 * d];
+        let (dx, _) = out.split_at_mut(n * d);
+        let chunk = rows_per_task(n, d);
+        let (dw, db) = dx
+            .par_chunks_mut(chunk * d)
+            .zip(x.par_chunks(chunk * d).zip(dy.par_chunks(chunk * d)))
+            .map(|(dxc, (xc, dyc))| {
+                let (mut dw, mut db) = (vec![0f32; d], vec![0f32; d]);
+                for ((dxr, xr), dyr) in dxc.chunks_mut(d).zip(xc.chunks(d)).zip(dyc.chunks(d)) {
+                    let (mean, rstd) = row_stats(xr, self.eps);
+                    let (mut sum_g, mut sum_gx) = (0f32, 0f32);
+                    for i in 0..d {
+                        let xh = (xr[i] - mean) * rstd;
+                        let g = dyr[i] * w[i];
+                        sum_g += g;
+                        sum_gx += g * xh;
+                        dw[i] += dyr[i] * xh;
+                        db[i] += dyr[i];
+                    }
+                    let (mg, mgx) = (sum_g / d as f32, sum_gx / d as f32);
+                    for i in 0..d {
+                        let xh = (xr[i] - mean) * rstd;
+                        dxr[i] = rstd * (dyr[i] * w[i] - mg - xh * mgx);
+                    }
+                }
+                (dw, db)
+            })
+            .reduce(|| (vec![0f32; d], vec![0f32; d]), |(mut a, mut b), (c, e)| {
+                a.iter_mut().zip(&c).for_each(|(x, y)| *x += y);
+                b.iter_mut().zip(&e).for_each(|(x, y)| *x += y);
+                (a, b)
+            });
+        out[n * d..n * d + d].copy_from_slice(&dw);
+        out[n * d + d..].copy_from_slice(&db);
+        Ok((CpuStorage::F32(out), Shape::from(n * d + 2 * d)))
+    }
+}
+
+// -------------------------------------------------------------------------- batch norm
+
+/// Batch norm with batch statistics (training) over `[B, C, M]`, optionally followed by ReLU.
+/// Returns the output and the batch mean and biased variance per channel (for the running
+/// statistics).
+pub(crate) fn batch_norm_train(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64, relu: bool) -> Result<(Tensor, Vec<f32>, Vec<f32>)> {
+    let stats = Arc::new(Mutex::new(Vec::new()));
+    let op = BatchNormCpu { eps: eps as f32, relu, stats: stats.clone() };
+    let y = x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, op)?;
+    let s = stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let c = w.dim(0)?;
+    Ok((y, s[..c].to_vec(), s[c..].to_vec()))
+}
+
+struct BatchNormCpu {
+    eps: f32,
+    relu: bool,
+    /// Mean then biased variance per channel, written by the forward pass.
+    stats: Arc<Mutex<Vec<f32>>>,
+}
+
+fn channel_moments(x: &[f32], b: usize, c: usize, m: usize) -> Vec<(f32, f32)> {
+    (0..c)
+        .into_par_iter()
+        .map(|ci| {
+            let n = (b * m) as f64;
+            let mut sum = 0f64;
+            for bi in 0..b {
+                sum += x[(bi * c + ci) * m..][..m].iter().map(|&v| v as f64).sum::<f64>();
+            }
+            let mean = sum / n;
+            let mut sq = 0f64;
+            for bi in 0..b {
+                sq += x[(bi * c + ci) * m..][..m].iter().map(|&v| (v as f64 - mean) * (v as f64 - mean)).sum::<f64>();
+            }
+            (mean as f32, (sq / n) as f32)
+        })
+        .collect()
+}
+
+fn dims3(l: &Layout) -> candle_core::Result<(usize, usize, usize)> {
+    l.shape().dims3()
+}
+
+impl CustomOp3 for BatchNormCpu {
+    fn name(&self) -> &'static str {
+        "batch-norm"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w, bias) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let (b, c, m) = dims3(l1)?;
+        let moments = channel_moments(x, b, c, m);
+        let scale: Vec<f32> = moments.iter().zip(w).map(|((_, var), w)| w / (var + self.eps).sqrt()).collect();
+        let shift: Vec<f32> = moments.iter().zip(&scale).zip(bias).map(|(((mean, _), s), bb)| bb - mean * s).collect();
+        let mut y = vec![0f32; b * c * m];
+        y.par_chunks_mut(m).zip(x.par_chunks(m)).enumerate().for_each(|(bc, (yr, xr))| {
+            let (s, t) = (scale[bc % c], shift[bc % c]);
+            if self.relu {
+                yr.iter_mut().zip(xr).for_each(|(y, x)| *y = (x * s + t).max(0.0));
+            } else {
+                yr.iter_mut().zip(xr).for_each(|(y, x)| *y = x * s + t);
+            }
+        });
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        *stats = moments.iter().map(|m| m.0).chain(moments.iter().map(|m| m.1)).collect();
+        Ok((CpuStorage::F32(y), Shape::from((b, c, m))))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, bias: &Tensor, _res: &Tensor, dy: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (b, c, m) = x.dims3()?;
+        let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let params = Tensor::cat(&[w, bias, &Tensor::from_vec(stats, 2 * c, x.device())?], 0)?;
+        let grad = BatchNormGrad { eps: self.eps, relu: self.relu };
+        let packed = x.apply_op3_no_bwd(&params, &dy.contiguous()?, &grad)?;
+        let n = b * c * m;
+        let dx = packed.narrow(0, 0, n)?.reshape((b, c, m))?;
+        Ok((Some(dx), Some(packed.narrow(0, n, c)?.copy()?), Some(packed.narrow(0, n + c, c)?.copy()?)))
+    }
+}
+
+/// (x, [w, b, mean, var], dy) to [dx, dw, db] packed.
+struct BatchNormGrad {
+    eps: f32,
+    relu: bool,
+}
+
+impl CustomOp3 for BatchNormGrad {
+    fn name(&self) -> &'static str {
+        "batch-norm-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, p, dy) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let (b, c, m) = dims3(l1)?;
+        let (w, bias, mean, var) = (&p[..c], &p[c..2 * c], &p[2 * c..3 * c], &p[3 * c..]);
+        let rstd: Vec<f32> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
+        let relu = self.relu;
+        // The gradient reaching the affine output, zero where ReLU cut it.
+        let g = |ci: usize, xv: f32, d: f32| -> f32 {
+            if relu && ((xv - mean[ci]) * rstd[ci] * w[ci] + bias[ci]) <= 0.0 { 0.0 } else { d }
+        };
+        let sums: Vec<(f32, f32)> = (0..c)
+            .into_par_iter()
+            .map(|ci| {
+                let (mut sg, mut sgx) = (0f64, 0f64);
+                for bi in 0..b {
+                    let off = (bi * c + ci) * m;
+                    for (xv, d) in x[off..off + m].iter().zip(&dy[off..off + m]) {
+                        let gv = g(ci, *xv, *d) as f64;
+                        sg += gv;
+                        sgx += gv * ((xv - mean[ci]) * rstd[ci]) as f64;
+                    }
+                }
+                (sg as f32, sgx as f32)
+            })
+            .collect();
+        let n = b * c * m;
+        let count = (b * m) as f32;
+        let mut out = vec![0f32; n + 2 * c];
+        out[..n].par_chunks_mut(m).enumerate().for_each(|(bc, dxr)| {
+            let ci = bc % c;
+            let off = bc * m;
+            let (sg, sgx) = sums[ci];
+            let k = w[ci] * rstd[ci];
+            for (i, dxv) in dxr.iter_mut().enumerate() {
+                let xv = x[off + i];
+                let xh = (xv - mean[ci]) * rstd[ci];
+                *dxv = k * (g(ci, xv, dy[off + i]) - sg / count - xh * sgx / count);
+            }
+        });
+        for ci in 0..c {
+            out[n + ci] = sums[ci].1;
+            out[n + c + ci] = sums[ci].0;
+        }
+        Ok((CpuStorage::F32(out), Shape::from(n + 2 * c)))
+    }
+}
+
+// ------------------------------------------------------------------ elementwise and softmax
+
+/// Applies `f` to a contiguous f32 tensor in parallel.
+fn map_par(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(1 << 14).zip(x.par_chunks(1 << 14)).for_each(|(yc, xc)| yc.iter_mut().zip(xc).for_each(|(y, x)| *y = f(*x)));
+    y
+}
+
+fn zip_par(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    let mut y = vec![0f32; a.len()];
+    y.par_chunks_mut(1 << 14).zip(a.par_chunks(1 << 14).zip(b.par_chunks(1 << 14))).for_each(|(yc, (ac, bc))| {
+        yc.iter_mut().zip(ac.iter().zip(bc)).for_each(|(y, (a, b))| *y = f(*a, *b))
+    });
+    y
+}
+
+/// erf, Abramowitz & Stegun 7.1.26 refined (|error| < 1.5e-7), enough for f32.
+fn erf(x: f32) -> f32 {
+    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs() as f64);
+    let poly = t * (0.254_829_592 + t * (-0.284_496_736 + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    let y = 1.0 - poly * (-(x as f64) * (x as f64)).exp();
+    (if x < 0.0 { -y } else { y }) as f32
+}
+
+/// GELU with the exact (erf) form, as `F.gelu`.
+pub(crate) fn gelu(x: &Tensor) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op1(Elementwise::Gelu)?)
+}
+
+pub(crate) fn relu(x: &Tensor) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op1(Elementwise::Relu)?)
+}
+
+#[derive(Clone, Copy)]
+enum Elementwise {
+    Gelu,
+    Relu,
+}
+
+impl CustomOp1 for Elementwise {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Gelu => "gelu",
+            Self::Relu => "relu",
+        }
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l)?;
+        let y = match self {
+            Self::Gelu => map_par(x, |v| 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2))),
+            Self::Relu => map_par(x, |v| v.max(0.0)),
+        };
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, res: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let dy = dy.contiguous()?;
+        Ok(Some(match self {
+            Self::Gelu => x.apply_op2_no_bwd(&dy, &ElementwiseGrad::Gelu)?,
+            Self::Relu => res.apply_op2_no_bwd(&dy, &ElementwiseGrad::Relu)?,
+        }))
+    }
+}
+
+/// relu(a + b), the end of a residual block.
+pub(crate) fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    Ok(a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)?)
+}
+
+struct AddRelu;
+
+impl CustomOp2 for AddRelu {
+    fn name(&self) -> &'static str {
+        "add-relu"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("add-relu: shapes {:?} and {:?} differ", l1.shape(), l2.shape());
+        }
+        let y = zip_par(f32_slice(s1, l1)?, f32_slice(s2, l2)?, |a, b| (a + b).max(0.0));
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(&self, _a: &Tensor, _b: &Tensor, res: &Tensor, dy: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = res.apply_op2_no_bwd(&dy.contiguous()?, &ElementwiseGrad::Relu)?;
+        Ok((Some(g.clone()), Some(g)))
+    }
+}
+
+/// (input or output, output gradient) to the input gradient.
+enum ElementwiseGrad {
+    /// From the input x.
+    Gelu,
+    /// From the output y: the gradient passes where y > 0.
+    Relu,
+}
+
+impl CustomOp2 for ElementwiseGrad {
+    fn name(&self) -> &'static str {
+        "elementwise-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (a, dy) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let g = match self {
+            Self::Gelu => zip_par(a, dy, |x, d| {
+                let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+                let pdf = (-0.5 * x * x).exp() * 0.398_942_3;
+                d * (cdf + x * pdf)
+            }),
+            Self::Relu => zip_par(a, dy, |y, d| if y > 0.0 { d } else { 0.0 }),
+        };
+        Ok((CpuStorage::F32(g), l1.shape().clone()))
+    }
+}
+
+/// Softmax over the last dimension.
+pub(crate) fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op1(Softmax)?)
+}
+
+struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l)?;
+        let d = *l.shape().dims().last().unwrap_or(&1);
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(yr, xr)| {
+            let max = xr.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+            let mut sum = 0f32;
+            for (y, x) in yr.iter_mut().zip(xr) {
+                *y = (x - max).exp();
+                sum += *y;
+            }
+            yr.iter_mut().for_each(|y| *y /= sum);
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, res: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(res.apply_op2_no_bwd(&dy.contiguous()?, &SoftmaxGrad)?))
+    }
+}
+
+/// (y, dy) to y·(dy − Σ dy·y), per row.
+struct SoftmaxGrad;
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "softmax-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (y, dy) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let d = *l1.shape().dims().last().unwrap_or(&1);
+        let mut dx = vec![0f32; y.len()];
+        dx.par_chunks_mut(d).zip(y.par_chunks(d).zip(dy.par_chunks(d))).for_each(|(g, (yr, dr))| {
+            let dot: f32 = yr.iter().zip(dr).map(|(a, b)| a * b).sum();
+            g.iter_mut().zip(yr.iter().zip(dr)).for_each(|(g, (y, d))| *g = y * (d - dot));
+        });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+// ---------------------------------------------------------------------------- attention
+
+/// Multi-head self-attention from a fused projection `qkv` `[B, N, 3D]` (per token: q, k, v,
+/// each `heads × dh`) to `[B, N, D]`: softmax(q·kᵀ/√dh)·v per head. The backward pass
+/// recomputes the attention matrix instead of keeping it.
+pub(crate) fn attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
+    Ok(qkv.contiguous()?.apply_op1(AttentionCpu { heads })?)
+}
+
+struct AttentionCpu {
+    heads: usize,
+}
+
+/// Geometry of one (video, head) pair inside `qkv` and the output.
+struct Heads {
+    b: usize,
+    n: usize,
+    d: usize,
+    heads: usize,
+    dh: usize,
+    scale: f32,
+}
+
+impl Heads {
+    fn new(shape: &Shape, heads: usize) -> candle_core::Result<Self> {
+        let (b, n, d3) = shape.dims3()?;
+        if d3 % 3 != 0 || (d3 / 3) % heads != 0 {
+            candle_core::bail!("attention: last dimension {d3} is not 3 × heads × head size");
+        }
+        let d = d3 / 3;
+        let dh = d / heads;
+        Ok(Self { b, n, d, heads, dh, scale: (dh as f32).powf(-0.5) })
+    }
+
+    /// Offsets of q, k, v of pair `bh` in `qkv`, and of its block in the output.
+    fn offsets(&self, bh: usize) -> (usize, usize, usize, usize) {
+        let (bi, h) = (bh / self.heads, bh % self.heads);
+        let base = bi * self.n * 3 * self.d + h * self.dh;
+        (base, base + self.d, base + 2 * self.d, bi * self.n * self.d + h * self.dh)
+    }
+
+    /// softmax(scale · q kᵀ) into `p` (`[N, N]`).
+    unsafe fn probabilities(&self, qkv: *const f32, bh: usize, p: &mut [f32]) {
+        let (q, k, _, _) = self.offsets(bh);
+        let (n, row) = (self.n, 3 * self.d as isize);
+        super::cpu::gemm_raw(n, n, self.dh, p.as_mut_ptr(), (1, n as isize), false, qkv.add(q), (1, row), qkv.add(k), (row, 1), self.scale);
+        for r in p.chunks_mut(n) {
+            let max = r.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+            let mut sum = 0f32;
+            r.iter_mut().for_each(|v| {
+                *v = (*v - max).exp();
+                sum += *v;
+            });
+            r.iter_mut().for_each(|v| *v /= sum);
+        }
+    }
+}
+
+impl CustomOp1 for AttentionCpu {
+    fn name(&self) -> &'static str {
+        "attention"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let qkv = f32_slice(s, l)?;
+        let g = Heads::new(l.shape(), self.heads)?;
+        let mut out = vec![0f32; g.b * g.n * g.d];
+        let dst = super::cpu::SharedMut(out.as_mut_ptr());
+        (0..g.b * g.heads).into_par_iter().for_each_init(
+            || vec![0f32; g.n * g.n],
+            |p, bh| {
+                let (_, _, v, o) = g.offsets(bh);
+                let dst = dst;
+                // SAFETY: each (video, head) pair writes its own columns of the output.
+                unsafe {
+                    g.probabilities(qkv.as_ptr(), bh, p);
+                    super::cpu::gemm_raw(g.n, g.dh, g.n, dst.0.add(o), (1, g.d as isize), false, p.as_ptr(), (1, g.n as isize), qkv.as_ptr().add(v), (1, 3 * g.d as isize), 1.0);
+                }
+            },
+        );
+        Ok((CpuStorage::F32(out), Shape::from((g.b, g.n, g.d))))
+    }
+
+    fn bwd(&self, qkv: &Tensor, _res: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(qkv.apply_op2_no_bwd(&dy.contiguous()?, &AttentionGrad { heads: self.heads })?))
+    }
+}
+
+/// (qkv, dO) to dqkv.
+struct AttentionGrad {
+    heads: usize,
+}
+
+impl CustomOp2 for AttentionGrad {
+    fn name(&self) -> &'static str {
+        "attention-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (qkv, dout) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let g = Heads::new(l1.shape(), self.heads)?;
+        let mut dqkv = vec![0f32; qkv.len()];
+        let dst = super::cpu::SharedMut(dqkv.as_mut_ptr());
+        let (n, dh) = (g.n, g.dh);
+        let (row3, row) = (3 * g.d as isize, g.d as isize);
+        (0..g.b * g.heads).into_par_iter().for_each_init(
+            || (vec![0f32; n * n], vec![0f32; n * n]),
+            |(p, dp), bh| {
+                let (q, k, v, o) = g.offsets(bh);
+                let dst = dst;
+                let (x, d) = (qkv.as_ptr(), dout.as_ptr());
+                // SAFETY: each (video, head) pair writes its own q, k and v columns of dqkv.
+                unsafe {
+                    g.probabilities(x, bh, p);
+                    // dV = Pᵀ dO
+                    super::cpu::gemm_raw(n, dh, n, dst.0.add(v), (1, row3), false, p.as_ptr(), (n as isize, 1), d.add(o), (1, row), 1.0);
+                    // dP = dO Vᵀ
+                    super::cpu::gemm_raw(n, n, dh, dp.as_mut_ptr(), (1, n as isize), false, d.add(o), (1, row), x.add(v), (row3, 1), 1.0);
+                    // dS = P ∘ (dP − rowsum(dP ∘ P))
+                    for (pr, dr) in p.chunks(n).zip(dp.chunks_mut(n)) {
+                        let dot: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
+                        dr.iter_mut().zip(pr).for_each(|(dv, pv)| *dv = pv * (*dv - dot));
+                    }
+                    // dQ = scale · dS K ; dK = scale · dSᵀ Q
+                    super::cpu::gemm_raw(n, dh, n, dst.0.add(q), (1, row3), false, dp.as_ptr(), (1, n as isize), x.add(k), (1, row3), g.scale);
+                    super::cpu::gemm_raw(n, dh, n, dst.0.add(k), (1, row3), false, dp.as_ptr(), (n as isize, 1), x.add(q), (1, row3), g.scale);
+                }
+            },
+        );
+        Ok((CpuStorage::F32(dqkv), l1.shape().clone()))
+    }
+}
