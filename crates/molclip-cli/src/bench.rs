@@ -351,12 +351,8 @@ fn model_once(model: &str, [batch, frames, size]: [usize; 3], steps: usize, devi
         let out = net.forward_t(&x, true)?;
         let logits = out.drug_logits.as_ref().context("no classifier")?;
         let loss = (cross_entropy(logits, &labels, 0.1)? + batch_hard_triplet(&out.feature, &labels, 0.3)?)?;
-        let tf = start.elapsed();
-        if std::env::var("DBG2").is_ok() { eprintln!("after fwd peak {}", peak_rss_mib()); }
         let grads = loss.backward()?;
-        let tb = start.elapsed();
         opt.step(&grads, 3e-4)?;
-        if std::env::var("DBG2").is_ok() { eprintln!("fwd {tf:?} bwd-end {tb:?} opt-end {:?} peak {}", start.elapsed(), peak_rss_mib()); }
         loss_value = loss.to_scalar::<f32>()?;
         device.synchronize()?;
         if step > 0 {

@@ -154,6 +154,13 @@ fn dims5(l: &Layout) -> candle_core::Result<[usize; 5]> {
     Ok([a, b, c, d, e])
 }
 
+/// The outputs `lo..hi` along one axis whose input `o·stride + offset − pad` lies in `0..size`.
+fn valid_range(out: usize, offset: usize, stride: usize, pad: usize, size: usize) -> (usize, usize) {
+    let lo = if pad > offset { (pad - offset).div_ceil(stride) } else { 0 };
+    let hi = if size + pad > offset { ((size + pad - offset - 1) / stride + 1).min(out) } else { 0 };
+    (lo.min(hi), hi)
+}
+
 /// Fills `col` (`[C·taps, To·Ho·Wo]`) with the window contents of one video `[C, T, H, W]`.
 fn vol2col(x: &[f32], dims: [usize; 3], window: Window3d, out: [usize; 3], col: &mut [f32]) {
     let n = out.iter().product::<usize>();
@@ -177,9 +184,15 @@ fn vol2col(x: &[f32], dims: [usize; 3], window: Window3d, out: [usize; 3], col: 
                     continue;
                 }
                 let line = &src[(it as usize * h + ih as usize) * w..][..w];
-                for (ow, d) in seg.iter_mut().enumerate() {
-                    let iw = (ow * sw + cc) as isize - pw as isize;
-                    *d = if iw < 0 || iw >= w as isize { 0.0 } else { line[iw as usize] };
+                let (lo, hi) = valid_range(out[2], cc, sw, pw, w);
+                seg[..lo].fill(0.0);
+                seg[hi..].fill(0.0);
+                if sw == 1 {
+                    seg[lo..hi].copy_from_slice(&line[lo + cc - pw..hi + cc - pw]);
+                } else {
+                    for ow in lo..hi {
+                        seg[ow] = line[ow * sw + cc - pw];
+                    }
                 }
             }
         }
@@ -209,10 +222,12 @@ fn col2vol(col: &[f32], c: usize, dims: [usize; 3], window: Window3d, out: [usiz
                         continue;
                     }
                     let line = &mut dst[(it as usize * h + ih as usize) * w..][..w];
-                    for (ow, g) in seg.iter().enumerate() {
-                        let iw = (ow * sw + cc) as isize - pw as isize;
-                        if iw >= 0 && iw < w as isize {
-                            line[iw as usize] += g;
+                    let (lo, hi) = valid_range(out[2], cc, sw, pw, w);
+                    if sw == 1 {
+                        line[lo + cc - pw..hi + cc - pw].iter_mut().zip(&seg[lo..hi]).for_each(|(d, g)| *d += g);
+                    } else {
+                        for ow in lo..hi {
+                            line[ow * sw + cc - pw] += seg[ow];
                         }
                     }
                 }
@@ -255,9 +270,14 @@ impl CustomOp2 for Conv3dCpu {
     fn bwd(&self, x: &Tensor, weight: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let (_, _, t, h, w) = x.dims5()?;
-        let gx = grad.apply_op2_no_bwd(weight, &Conv3dGradInput { window: self.window, input: [t, h, w] })?;
+        // The first convolution sees the videos themselves: no gradient to compute there.
+        let gx = if x.track_op() {
+            Some(grad.apply_op2_no_bwd(weight, &Conv3dGradInput { window: self.window, input: [t, h, w] })?)
+        } else {
+            None
+        };
         let gw = x.apply_op2_no_bwd(&grad, &Conv3dGradWeight { window: self.window })?;
-        Ok((Some(gx), Some(gw)))
+        Ok((gx, Some(gw)))
     }
 }
 

@@ -357,12 +357,13 @@ fn zip_par(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32>
     y
 }
 
-/// erf, Abramowitz & Stegun 7.1.26 refined (|error| < 1.5e-7), enough for f32.
+/// erf, Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), enough for f32.
 fn erf(x: f32) -> f32 {
-    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs() as f64);
-    let poly = t * (0.254_829_592 + t * (-0.284_496_736 + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
-    let y = 1.0 - poly * (-(x as f64) * (x as f64)).exp();
-    (if x < 0.0 { -y } else { y }) as f32
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let poly = t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152 + t * 1.061_405_4))));
+    let y = 1.0 - poly * (-a * a).exp();
+    if x < 0.0 { -y } else { y }
 }
 
 /// GELU with the exact (erf) form, as `F.gelu`.
