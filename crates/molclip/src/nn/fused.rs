@@ -645,3 +645,86 @@ impl CustomOp2 for AttentionGrad {
         Ok((CpuStorage::F32(dqkv), l1.shape().clone()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+
+    fn rand(shape: &[usize], seed: u64) -> Var {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let n: usize = shape.iter().product();
+        Var::from_tensor(&Tensor::from_vec((0..n).map(|_| rng.random_range(-1.5f32..1.5)).collect::<Vec<_>>(), shape, &Device::Cpu).unwrap()).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// Runs `f` on the inputs, and checks value and gradients of every input against `g`.
+    fn agree(inputs: &[Var], f: impl Fn(&[Tensor]) -> Tensor, g: impl Fn(&[Tensor]) -> Tensor, what: &str) {
+        let xs: Vec<Tensor> = inputs.iter().map(|v| v.as_tensor().clone()).collect();
+        let (a, b) = (f(&xs), g(&xs));
+        assert_eq!(a.dims(), b.dims(), "{what}");
+        assert!(max_diff(&a, &b) < 1e-5, "{what}: forward differs by {}", max_diff(&a, &b));
+        let probe = rand(a.dims(), 77);
+        let ga = (&a * probe.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (&b * probe.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        for (i, v) in inputs.iter().enumerate() {
+            let d = max_diff(ga.get(v.as_tensor()).unwrap(), gb.get(v.as_tensor()).unwrap());
+            assert!(d < 1e-4, "{what}: gradient of input {i} differs by {d}");
+        }
+    }
+
+    #[test]
+    fn fused_kernels_match_the_composed_ops() {
+        let (x, w, b) = (rand(&[3, 5, 7], 1), rand(&[4, 7], 2), rand(&[4], 3));
+        agree(&[x.clone(), w, b], |t| linear(&t[0], &t[1], &t[2]).unwrap(), |t| t[0].broadcast_matmul(&t[1].t().unwrap()).unwrap().broadcast_add(&t[2]).unwrap(), "linear");
+
+        let (w, b) = (rand(&[7], 4), rand(&[7], 5));
+        agree(&[x.clone(), w, b], |t| layer_norm(&t[0], &t[1], &t[2], 1e-5).unwrap(), |t| {
+            let m = t[0].mean_keepdim(2).unwrap();
+            let c = t[0].broadcast_sub(&m).unwrap();
+            let v = c.sqr().unwrap().mean_keepdim(2).unwrap();
+            c.broadcast_div(&(v + 1e-5).unwrap().sqrt().unwrap()).unwrap().broadcast_mul(&t[1]).unwrap().broadcast_add(&t[2]).unwrap()
+        }, "layer norm");
+
+        let (xb, w, b) = (rand(&[4, 3, 10], 6), rand(&[3], 7), rand(&[3], 8));
+        for relu_after in [false, true] {
+            agree(&[xb.clone(), w.clone(), b.clone()], |t| batch_norm_train(&t[0], &t[1], &t[2], 1e-5, relu_after).unwrap().0, |t| {
+                let xt = t[0].transpose(0, 1).unwrap().reshape((3, 40)).unwrap();
+                let m = xt.mean_keepdim(1).unwrap().reshape((1, 3, 1)).unwrap();
+                let c = t[0].broadcast_sub(&m).unwrap();
+                let v = c.transpose(0, 1).unwrap().reshape((3, 40)).unwrap().sqr().unwrap().mean_keepdim(1).unwrap().reshape((1, 3, 1)).unwrap();
+                let y = c.broadcast_div(&(v + 1e-5).unwrap().sqrt().unwrap()).unwrap();
+                let y = y.broadcast_mul(&t[1].reshape((1, 3, 1)).unwrap()).unwrap().broadcast_add(&t[2].reshape((1, 3, 1)).unwrap()).unwrap();
+                if relu_after { y.relu().unwrap() } else { y }
+            }, "batch norm");
+        }
+
+        agree(&[x.clone()], |t| gelu(&t[0]).unwrap(), |t| t[0].gelu_erf().unwrap(), "gelu");
+        agree(&[x.clone()], |t| relu(&t[0]).unwrap(), |t| t[0].relu().unwrap(), "relu");
+        agree(&[x.clone()], |t| softmax_last_dim(&t[0]).unwrap(), |t| crate::nn::layers::softmax_composed(&t[0]).unwrap(), "softmax");
+        let y = rand(&[3, 5, 7], 9);
+        agree(&[x, y], |t| add_relu(&t[0], &t[1]).unwrap(), |t| (&t[0] + &t[1]).unwrap().relu().unwrap(), "add relu");
+
+        // Attention: 2 videos, 5 tokens, 2 heads of 3.
+        let qkv = rand(&[2, 5, 18], 10);
+        agree(&[qkv], |t| attention(&t[0], 2).unwrap(), |t| {
+            let q = t[0].reshape((2, 5, 3, 2, 3)).unwrap().permute((2, 0, 3, 1, 4)).unwrap();
+            let (qh, kh, vh) = (q.get(0).unwrap().contiguous().unwrap(), q.get(1).unwrap().contiguous().unwrap(), q.get(2).unwrap().contiguous().unwrap());
+            let att = crate::nn::layers::softmax_composed(&(qh.matmul(&kh.t().unwrap()).unwrap() * 3f64.powf(-0.5)).unwrap()).unwrap();
+            att.matmul(&vh).unwrap().transpose(1, 2).unwrap().reshape((2, 5, 6)).unwrap()
+        }, "attention");
+    }
+
+    #[test]
+    fn batch_norm_reports_batch_statistics() {
+        let x = Tensor::new(&[[[1f32, 3.0]], [[5.0, 7.0]]], &Device::Cpu).unwrap();
+        let (w, b) = (Tensor::ones(1, DType::F32, &Device::Cpu).unwrap(), Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap());
+        let (_, mean, var) = batch_norm_train(&x, &w, &b, 1e-5, false).unwrap();
+        assert_eq!(mean, vec![4.0]);
+        assert_eq!(var, vec![5.0]);
+    }
+}

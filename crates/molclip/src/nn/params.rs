@@ -5,7 +5,7 @@
 //! each sub-module gets `vb.pp("name")`, so a weight is called `layer1.0.conv1.weight`
 //! exactly as in the PyTorch checkpoint, and loading one is a single call.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -49,6 +49,8 @@ struct Inner {
     seed: u64,
     entries: BTreeMap<String, Entry>,
     loaded: HashMap<String, Tensor>,
+    /// Loading a checkpoint: every weight must come from this file.
+    strict: Option<String>,
 }
 
 /// All parameters and buffers of a model, by name. Cheap to clone (shared).
@@ -68,15 +70,18 @@ impl ParamStore {
     /// A store whose parameters take these values where the names match, and are initialised
     /// from `seed` otherwise.
     pub fn with_tensors(seed: u64, tensors: HashMap<String, Tensor>, device: &Device) -> Self {
-        let inner = Inner { seed, entries: BTreeMap::new(), loaded: tensors };
+        let inner = Inner { seed, entries: BTreeMap::new(), loaded: tensors, strict: None };
         Self { inner: Arc::new(Mutex::new(inner)), device: device.clone() }
     }
 
-    /// Reads a safetensors file (for example a PyTorch `state_dict` saved with
-    /// `safetensors.torch.save_file`).
-    pub fn load(path: &Path, seed: u64, device: &Device) -> Result<Self> {
+    /// A checkpoint: every weight the model asks for must be in this safetensors file (for
+    /// example a PyTorch `state_dict` saved with `safetensors.torch.save_file`). Call
+    /// [`ParamStore::check_all_used`] after building the model to also refuse extra weights.
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
         let tensors = read_safetensors(path)?;
-        Ok(Self::with_tensors(seed, tensors, device))
+        let store = Self::with_tensors(0, tensors, device);
+        store.lock().strict = Some(path.display().to_string());
+        Ok(store)
     }
 
     pub fn device(&self) -> &Device {
@@ -180,7 +185,15 @@ impl ParamStore {
                 }
                 t.to_dtype(dtype)?.to_device(&self.device)?
             }
-            None => init_tensor(inner.seed, name, shape, dtype, init, &self.device)?,
+            None => match &inner.strict {
+                Some(path) => {
+                    return Err(ModelError::Weights {
+                        path: path.clone(),
+                        message: format!("no weight `{name}` (a checkpoint of a different architecture or config?)"),
+                    })
+                }
+                None => init_tensor(inner.seed, name, shape, dtype, init, &self.device)?,
+            },
         };
         let var = Var::from_tensor(&tensor)?;
         inner.entries.insert(name.to_string(), Entry { var: var.clone(), trainable });
@@ -301,15 +314,4 @@ pub fn write_safetensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Resu
     candle_core::safetensors::save(&cpu, &tmp).map_err(|e| err(format!("cannot write: {e}")))?;
     std::fs::rename(&tmp, path).map_err(|e| err(format!("cannot rename into place: {e}")))?;
     Ok(())
-}
-
-/// Names shared by two state dicts and those only in one: for clear messages on mismatches.
-pub fn name_diff(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) -> (Vec<String>, Vec<String>) {
-    let ka: HashSet<&String> = a.keys().collect();
-    let kb: HashSet<&String> = b.keys().collect();
-    let mut only_a: Vec<String> = ka.difference(&kb).map(|s| s.to_string()).collect();
-    let mut only_b: Vec<String> = kb.difference(&ka).map(|s| s.to_string()).collect();
-    only_a.sort();
-    only_b.sort();
-    (only_a, only_b)
 }
