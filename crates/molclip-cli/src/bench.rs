@@ -365,6 +365,9 @@ fn model_once(model: &str, [batch, frames, size]: [usize; 3], steps: usize, devi
 }
 
 fn bench_model(models: &[String], [batch, frames, size]: [usize; 3], steps: usize, device: &str, script: Option<&Path>) -> Result<()> {
+    if batch < 4 {
+        bail!("--batch {batch}: needs at least 4 videos (two drugs, two videos each) for the triplet loss");
+    }
     let exe = std::env::current_exe()?;
     let threads = rayon::current_num_threads();
     println!("training step (forward + backward + AdamW), {batch} x {frames} x 1 x {size} x {size}, {device}, {threads} threads, median of {steps}");

@@ -37,9 +37,33 @@ enum Command {
     /// Data tools.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Model weights (safetensors): list them, or import a pretrained ViT for frame-vit.
+    #[command(subcommand)]
+    Weights(WeightsCommand),
     /// Speed tables against reference implementations, measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum WeightsCommand {
+    /// List the tensors of a safetensors file: name, shape, dtype, and the parameter count.
+    List { file: PathBuf },
+    /// Map a pretrained ViT (timm or HuggingFace names, in safetensors) onto frame-vit's names,
+    /// for a model config's frame-vit: RGB patch embeddings are summed to one channel and the
+    /// position embedding resampled to the frame size. Never downloads anything.
+    ImportVit {
+        /// The pretrained ViT's safetensors file.
+        file: PathBuf,
+        /// A model config (TOML) whose [video.vit] section describes the frame ViT; defaults otherwise.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Prefix of the frame ViT's weights in the model.
+        #[arg(long, default_value = "video.encoder.")]
+        prefix: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -176,6 +200,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Chem(ChemCommand::Featurize(args)) => featurize(args),
         Command::Data(DataCommand::Stats { dir, config }) => data_stats(&dir, config.as_deref(), quiet),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Weights(cmd) => weights(cmd),
     }
 }
 
@@ -400,5 +425,43 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+fn weights(cmd: WeightsCommand) -> Result<()> {
+    use molclip::nn::{read_safetensors, write_safetensors};
+    match cmd {
+        WeightsCommand::List { file } => {
+            let tensors = read_safetensors(&file)?;
+            let mut names: Vec<&String> = tensors.keys().collect();
+            names.sort();
+            let mut total = 0;
+            for name in names {
+                let t = &tensors[name];
+                total += t.elem_count();
+                println!("{name:<60} {:<20} {:?}", format!("{:?}", t.dims()), t.dtype());
+            }
+            println!("{} tensors, {total} values", tensors.len());
+        }
+        WeightsCommand::ImportVit { file, config, prefix, out } => {
+            let cfg: molclip::models::MolClipConfig = match &config {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                    toml::from_str(&text).with_context(|| format!("{}: not a model config", path.display()))?
+                }
+                None => Default::default(),
+            };
+            let tensors = read_safetensors(&file)?;
+            let mapped = molclip::models::adapt_pretrained_vit(&tensors, &cfg.video.vit, &prefix)
+                .with_context(|| format!("importing {}", file.display()))?;
+            // Check the result builds a frame ViT of the config before writing it.
+            let renamed = mapped.iter().map(|(k, v)| (k.strip_prefix(&prefix).unwrap_or(k).to_string(), v.clone())).collect();
+            let store = molclip::nn::ParamStore::with_tensors(0, renamed, &molclip::candle_core::Device::Cpu);
+            molclip::models::FrameVit::new(&store.root(), &cfg.video.vit)?;
+            store.check_all_used(&file.display().to_string())?;
+            write_safetensors(&mapped, &out)?;
+            println!("{}: {} tensors for frame-vit under `{prefix}` (the temporal blocks keep their initialisation)", out.display(), mapped.len());
+        }
+    }
     Ok(())
 }

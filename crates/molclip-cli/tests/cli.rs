@@ -99,3 +99,38 @@ fn data_stats_writes_the_config_and_names_bad_fields() {
     assert!(!o.status.success());
     assert!(text(&o).contains("framez"), "{}", text(&o));
 }
+
+#[test]
+fn import_vit_maps_a_pretrained_checkpoint_onto_frame_vit() {
+    use molclip::models::{FrameVit, FrameVitConfig};
+    let tmp = tempfile::tempdir().unwrap();
+    // An RGB ViT with timm names, 4 x 4 patches.
+    let rgb = FrameVitConfig { image_size: 32, patch_size: 8, in_channels: 3, dim: 16, depth: 2, heads: 2, ..FrameVitConfig::default() };
+    let store = molclip::nn::ParamStore::new(1, &molclip::candle_core::Device::Cpu);
+    FrameVit::new(&store.root(), &rgb).unwrap();
+    let src = tmp.path().join("vit.safetensors");
+    store.save(&src).unwrap();
+    let cfg = tmp.path().join("model.toml");
+    std::fs::write(&cfg, "[video]\nencoder = \"frame-vit\"\n[video.vit]\nimage_size = 48\npatch_size = 8\ndim = 16\ndepth = 2\nheads = 2\n").unwrap();
+    let out = tmp.path().join("init.safetensors");
+    let o = molclip(&["weights", "import-vit", src.to_str().unwrap(), "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = molclip(&["weights", "list", out.to_str().unwrap()]);
+    let listing = text(&o);
+    assert!(listing.contains("video.encoder.pos_embed") && listing.contains("[1, 37, 16]"), "{listing}");
+    assert!(listing.contains("video.encoder.patch_embed.proj.weight") && listing.contains("[16, 1, 8, 8]"), "{listing}");
+    // A config of another width: refused, naming both widths.
+    std::fs::write(&cfg, "[video]\nencoder = \"frame-vit\"\n[video.vit]\ndim = 32\nheads = 2\n").unwrap();
+    let o = molclip(&["weights", "import-vit", src.to_str().unwrap(), "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(!o.status.success() && text(&o).contains("width 16") && text(&o).contains("dim 32"), "{}", text(&o));
+}
+
+#[test]
+fn bench_model_prints_a_row_per_model() {
+    let o = molclip(&["bench", "model", "--models", "frame-vit,i3d-resnet18", "--batch", "4", "--frames", "4", "--size", "32", "--steps", "1", "--no-reference"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    assert_eq!(out.matches("molclip (candle)").count(), 2, "{out}");
+    let o = molclip(&["bench", "model", "--models", "resnet", "--no-reference"]);
+    assert!(!o.status.success() && text(&o).contains("unknown model `resnet`"), "{}", text(&o));
+}

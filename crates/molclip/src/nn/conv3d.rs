@@ -161,37 +161,41 @@ fn valid_range(out: usize, offset: usize, stride: usize, pad: usize, size: usize
     (lo.min(hi), hi)
 }
 
-/// Fills `col` (`[C·taps, To·Ho·Wo]`) with the window contents of one video `[C, T, H, W]`.
-fn vol2col(x: &[f32], dims: [usize; 3], window: Window3d, out: [usize; 3], col: &mut [f32]) {
+/// Fills `col` (`[C·taps, G·N]`, N = To·Ho·Wo) with the window contents of `g` consecutive videos
+/// `[G, C, T, H, W]`; video `i` fills columns `i·N..(i+1)·N`.
+fn vol2col(x: &[f32], g: usize, dims: [usize; 3], window: Window3d, out: [usize; 3], col: &mut [f32]) {
     let n = out.iter().product::<usize>();
     let [kt, kh, kw] = window.kernel;
     let [st, sh, sw] = window.stride;
     let [pt, ph, pw] = window.padding;
     let [t, h, w] = dims;
-    col.par_chunks_mut(n).enumerate().for_each(|(row, dst)| {
+    let c = x.len() / (g * t * h * w);
+    col.par_chunks_mut(g * n).enumerate().for_each(|(row, dst_row)| {
         let (ci, tap) = (row / (kt * kh * kw), row % (kt * kh * kw));
         let (a, b, cc) = (tap / (kh * kw), (tap / kw) % kh, tap % kw);
-        let src = &x[ci * t * h * w..(ci + 1) * t * h * w];
-        let mut i = 0;
-        for ot in 0..out[0] {
-            let it = (ot * st + a) as isize - pt as isize;
-            for oh in 0..out[1] {
-                let ih = (oh * sh + b) as isize - ph as isize;
-                let seg = &mut dst[i..i + out[2]];
-                i += out[2];
-                if it < 0 || it >= t as isize || ih < 0 || ih >= h as isize {
-                    seg.fill(0.0);
-                    continue;
-                }
-                let line = &src[(it as usize * h + ih as usize) * w..][..w];
-                let (lo, hi) = valid_range(out[2], cc, sw, pw, w);
-                seg[..lo].fill(0.0);
-                seg[hi..].fill(0.0);
-                if sw == 1 {
-                    seg[lo..hi].copy_from_slice(&line[lo + cc - pw..hi + cc - pw]);
-                } else {
-                    for ow in lo..hi {
-                        seg[ow] = line[ow * sw + cc - pw];
+        let (lo, hi) = valid_range(out[2], cc, sw, pw, w);
+        for (gi, dst) in dst_row.chunks_mut(n).enumerate() {
+            let src = &x[(gi * c + ci) * t * h * w..][..t * h * w];
+            let mut i = 0;
+            for ot in 0..out[0] {
+                let it = (ot * st + a) as isize - pt as isize;
+                for oh in 0..out[1] {
+                    let ih = (oh * sh + b) as isize - ph as isize;
+                    let seg = &mut dst[i..i + out[2]];
+                    i += out[2];
+                    if it < 0 || it >= t as isize || ih < 0 || ih >= h as isize {
+                        seg.fill(0.0);
+                        continue;
+                    }
+                    let line = &src[(it as usize * h + ih as usize) * w..][..w];
+                    seg[..lo].fill(0.0);
+                    seg[hi..].fill(0.0);
+                    if sw == 1 {
+                        seg[lo..hi].copy_from_slice(&line[lo + cc - pw..hi + cc - pw]);
+                    } else {
+                        for ow in lo..hi {
+                            seg[ow] = line[ow * sw + cc - pw];
+                        }
                     }
                 }
             }
@@ -199,18 +203,22 @@ fn vol2col(x: &[f32], dims: [usize; 3], window: Window3d, out: [usize; 3], col: 
     });
 }
 
-/// Adds the window contents `col` back into the video gradient `gx` (`[C, T, H, W]`).
-fn col2vol(col: &[f32], c: usize, dims: [usize; 3], window: Window3d, out: [usize; 3], gx: &mut [f32]) {
+/// Adds the window contents `col` (`[C·taps, G·N]`) back into the gradient of `g` videos
+/// `[G, C, T, H, W]`.
+fn col2vol(col: &[f32], g: usize, dims: [usize; 3], window: Window3d, out: [usize; 3], gx: &mut [f32]) {
     let n = out.iter().product::<usize>();
     let taps = window.taps();
     let [_, kh, kw] = window.kernel;
     let [st, sh, sw] = window.stride;
     let [pt, ph, pw] = window.padding;
     let [t, h, w] = dims;
-    gx.par_chunks_mut(t * h * w).enumerate().take(c).for_each(|(ci, dst)| {
+    let c = gx.len() / (g * t * h * w);
+    gx.par_chunks_mut(t * h * w).enumerate().for_each(|(plane, dst)| {
+        let (gi, ci) = (plane / c, plane % c);
         for tap in 0..taps {
             let (a, b, cc) = (tap / (kh * kw), (tap / kw) % kh, tap % kw);
-            let src = &col[(ci * taps + tap) * n..][..n];
+            let (lo, hi) = valid_range(out[2], cc, sw, pw, w);
+            let src = &col[(ci * taps + tap) * g * n + gi * n..][..n];
             let mut i = 0;
             for ot in 0..out[0] {
                 let it = (ot * st + a) as isize - pt as isize;
@@ -222,7 +230,6 @@ fn col2vol(col: &[f32], c: usize, dims: [usize; 3], window: Window3d, out: [usiz
                         continue;
                     }
                     let line = &mut dst[(it as usize * h + ih as usize) * w..][..w];
-                    let (lo, hi) = valid_range(out[2], cc, sw, pw, w);
                     if sw == 1 {
                         line[lo + cc - pw..hi + cc - pw].iter_mut().zip(&seg[lo..hi]).for_each(|(d, g)| *d += g);
                     } else {
@@ -233,6 +240,21 @@ fn col2vol(col: &[f32], c: usize, dims: [usize; 3], window: Window3d, out: [usiz
                 }
             }
         }
+    });
+}
+
+/// Videos per GEMM: deep layers have few output positions per video, and one GEMM over
+/// several videos keeps the matrices large enough to run near peak.
+fn group_size(batch: usize, positions: usize) -> usize {
+    (4096 / positions.max(1)).clamp(1, batch.max(1))
+}
+
+/// `[O, G·N]` (video-major columns) to `[G, O, N]`, or back.
+fn regroup(src: &[f32], dst: &mut [f32], o: usize, g: usize, n: usize, to_videos: bool) {
+    dst.par_chunks_mut(n).enumerate().for_each(|(k, d)| {
+        // k indexes the destination's rows of length n.
+        let (oi, gi) = if to_videos { (k % o, k / o) } else { (k / g, k % g) };
+        d.copy_from_slice(&src[if to_videos { (oi * g + gi) * n } else { (gi * o + oi) * n }..][..n]);
     });
 }
 
@@ -252,17 +274,27 @@ impl CustomOp2 for Conv3dCpu {
         let o = l2.shape().dims()[0];
         let out = self.window.out_dims([t, h, w]).map_err(candle_core::Error::wrap)?;
         let (n, ck, vol) = (out.iter().product::<usize>(), c * self.window.taps(), c * t * h * w);
+        let g = group_size(b, n);
         let mut y = vec![0f32; b * o * n];
-        let mut col = if self.window.is_pointwise() { Vec::new() } else { vec![0f32; ck * n] };
-        for bi in 0..b {
-            let xb = &x[bi * vol..(bi + 1) * vol];
-            let col_ref: &[f32] = if self.window.is_pointwise() {
-                xb
+        let mut col = vec![0f32; if self.window.is_pointwise() && g == 1 { 0 } else { ck * g * n }];
+        let mut tmp = vec![0f32; if g > 1 { o * g * n } else { 0 }];
+        for b0 in (0..b).step_by(g) {
+            let gs = g.min(b - b0);
+            let xs = &x[b0 * vol..(b0 + gs) * vol];
+            let col_ref: &[f32] = if self.window.is_pointwise() && g == 1 {
+                xs
             } else {
-                vol2col(xb, [t, h, w], self.window, out, &mut col);
-                &col
+                vol2col(xs, gs, [t, h, w], self.window, out, &mut col[..ck * gs * n]);
+                &col[..ck * gs * n]
             };
-            gemm_f32(o, n, ck, &mut y[bi * o * n..(bi + 1) * o * n], false, wt, (1, ck as isize), col_ref, (1, n as isize));
+            let ys = &mut y[b0 * o * n..(b0 + gs) * o * n];
+            if g == 1 {
+                gemm_f32(o, n, ck, ys, false, wt, (1, ck as isize), col_ref, (1, n as isize));
+            } else {
+                let m = gs * n;
+                gemm_f32(o, m, ck, &mut tmp[..o * m], false, wt, (1, ck as isize), col_ref, (1, m as isize));
+                regroup(&tmp[..o * m], ys, o, gs, n, true);
+            }
         }
         Ok((CpuStorage::F32(y), Shape::from(vec![b, o, out[0], out[1], out[2]])))
     }
@@ -298,17 +330,28 @@ impl CustomOp2 for Conv3dGradInput {
         let c = l2.shape().dims()[1];
         let [t, h, w] = self.input;
         let (n, ck, vol) = (ot * oh * ow, c * self.window.taps(), c * t * h * w);
+        let g = group_size(b, n);
         let mut gx = vec![0f32; b * vol];
-        let mut gcol = if self.window.is_pointwise() { Vec::new() } else { vec![0f32; ck * n] };
-        for bi in 0..b {
-            let gyb = &gy[bi * o * n..(bi + 1) * o * n];
-            let gxb = &mut gx[bi * vol..(bi + 1) * vol];
-            // Wᵀ: element (ck, o) of the transpose sits at o·CK + ck.
-            if self.window.is_pointwise() {
-                gemm_f32(ck, n, o, gxb, false, wt, (ck as isize, 1), gyb, (1, n as isize));
+        let direct = self.window.is_pointwise() && g == 1;
+        let mut gcol = vec![0f32; if direct { 0 } else { ck * g * n }];
+        let mut tmp = vec![0f32; if g > 1 { o * g * n } else { 0 }];
+        for b0 in (0..b).step_by(g) {
+            let gs = g.min(b - b0);
+            let m = gs * n;
+            let gys = &gy[b0 * o * n..(b0 + gs) * o * n];
+            let lhs: &[f32] = if g == 1 {
+                gys
             } else {
-                gemm_f32(ck, n, o, &mut gcol, false, wt, (ck as isize, 1), gyb, (1, n as isize));
-                col2vol(&gcol, c, [t, h, w], self.window, [ot, oh, ow], gxb);
+                regroup(gys, &mut tmp[..o * m], o, gs, n, false);
+                &tmp[..o * m]
+            };
+            let gxs = &mut gx[b0 * vol..(b0 + gs) * vol];
+            // Wᵀ: element (ck, o) of the transpose sits at o·CK + ck.
+            if direct {
+                gemm_f32(ck, n, o, gxs, false, wt, (ck as isize, 1), lhs, (1, n as isize));
+            } else {
+                gemm_f32(ck, m, o, &mut gcol[..ck * m], false, wt, (ck as isize, 1), lhs, (1, m as isize));
+                col2vol(&gcol[..ck * m], gs, [t, h, w], self.window, [ot, oh, ow], gxs);
             }
         }
         Ok((CpuStorage::F32(gx), Shape::from(vec![b, c, t, h, w])))
@@ -330,18 +373,30 @@ impl CustomOp2 for Conv3dGradWeight {
         let [b, c, t, h, w] = dims5(l1)?;
         let [_, o, ot, oh, ow] = dims5(l2)?;
         let (n, ck, vol) = (ot * oh * ow, c * self.window.taps(), c * t * h * w);
+        let g = group_size(b, n);
+        let direct = self.window.is_pointwise() && g == 1;
         let mut gw = vec![0f32; o * ck];
-        let mut col = if self.window.is_pointwise() { Vec::new() } else { vec![0f32; ck * n] };
-        for bi in 0..b {
-            let xb = &x[bi * vol..(bi + 1) * vol];
-            let col_ref: &[f32] = if self.window.is_pointwise() {
-                xb
+        let mut col = vec![0f32; if direct { 0 } else { ck * g * n }];
+        let mut tmp = vec![0f32; if g > 1 { o * g * n } else { 0 }];
+        for b0 in (0..b).step_by(g) {
+            let gs = g.min(b - b0);
+            let m = gs * n;
+            let xs = &x[b0 * vol..(b0 + gs) * vol];
+            let col_ref: &[f32] = if direct {
+                xs
             } else {
-                vol2col(xb, [t, h, w], self.window, [ot, oh, ow], &mut col);
-                &col
+                vol2col(xs, gs, [t, h, w], self.window, [ot, oh, ow], &mut col[..ck * m]);
+                &col[..ck * m]
             };
-            // colᵀ: element (n, ck) sits at ck·N + n.
-            gemm_f32(o, ck, n, &mut gw, bi > 0, &gy[bi * o * n..(bi + 1) * o * n], (1, n as isize), col_ref, (n as isize, 1));
+            let gys = &gy[b0 * o * n..(b0 + gs) * o * n];
+            let lhs: &[f32] = if g == 1 {
+                gys
+            } else {
+                regroup(gys, &mut tmp[..o * m], o, gs, n, false);
+                &tmp[..o * m]
+            };
+            // colᵀ: element (m, ck) sits at ck·M + m.
+            gemm_f32(o, ck, m, &mut gw, b0 > 0, lhs, (1, m as isize), col_ref, (m as isize, 1));
         }
         let [kt, kh, kw] = self.window.kernel;
         Ok((CpuStorage::F32(gw), Shape::from(vec![o, c, kt, kh, kw])))
