@@ -84,6 +84,13 @@ pub enum BenchCommand {
         #[arg(long)]
         device: String,
     },
+    /// (internal) the same forward and backward pass on the CPU and on `--device`: the largest
+    /// relative difference of outputs and weight gradients per model.
+    #[command(hide = true)]
+    DeviceCheck {
+        #[arg(long, default_value = "cuda")]
+        device: String,
+    },
     /// (internal) evaluate once in this process and print seconds and peak memory.
     #[command(hide = true)]
     EvaluateOnce { embeddings: PathBuf, metadata: PathBuf },
@@ -109,6 +116,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             bench_model(&models, [batch, frames, size], steps, &device, (!no_reference).then_some(script.as_path()))
         }
         BenchCommand::ModelOnce { model, batch, frames, size, steps, device } => model_once(&model, [batch, frames, size], steps, &device),
+        BenchCommand::DeviceCheck { device } => device_check(&device),
         BenchCommand::Chem { oracle, script, repeats } => bench_chem(&oracle, &script, repeats),
     }
 }
@@ -398,6 +406,55 @@ fn bench_model(models: &[String], [batch, frames, size]: [usize; 3], steps: usiz
         let ours = run_json(Command::new(&exe).args(["bench", "model-once", "--model", model, "--batch", &dims[0], "--frames", &dims[1], "--size", &dims[2], "--steps", &dims[3], "--device", device]))?;
         let ratio = reference.as_ref().map_or("-".to_string(), |r| format!("{:.2}x", num(r, "median_ms") / num(&ours, "median_ms")));
         println!("{:<14} {:<18} {:>10.0} {:>10.0} {:>11} {:>12}", model, "molclip (candle)", num(&ours, "median_ms"), num(&ours, "peak_rss_mib"), ours["params"], ratio);
+    }
+    Ok(())
+}
+
+fn device_check(device: &str) -> Result<()> {
+    use molclip::candle_core::{Device, Tensor};
+    use molclip::losses::{batch_hard_triplet, cross_entropy};
+    use molclip::nn::ParamStore;
+    let device = molclip::parse_device(device)?;
+    let (batch, frames, size) = (4, 8, 64);
+    let labels: Vec<u32> = vec![0, 0, 1, 1];
+    let n = batch * frames * size * size;
+    let x: Vec<f32> = (0..n).map(|i| ((i as u64).wrapping_mul(2654435761) % 1000) as f32 / 500.0 - 1.0).collect();
+    let x = Tensor::from_vec(x, (batch, frames, 1, size, size), &Device::Cpu)?;
+    for model in ["frame-vit", "i3d-resnet18", "i3d-resnet50"] {
+        let mut cfg = video_config(model, frames, size)?;
+        cfg.i3d.width = 16;
+        let run = |store: &ParamStore, x: &Tensor| -> Result<(Tensor, Vec<(String, Tensor)>)> {
+            let net = molclip::models::VideoModel::new(&store.root(), &cfg, 2, 0)?;
+            let out = net.forward_t(x, true)?;
+            let logits = out.drug_logits.as_ref().context("no classifier")?;
+            let loss = (cross_entropy(logits, &labels, 0.1)? + batch_hard_triplet(&out.feature, &labels, 0.3)?)?;
+            let grads = loss.backward()?;
+            let g = store
+                .trainable()
+                .into_iter()
+                .filter_map(|(name, v)| grads.get(v.as_tensor()).map(|g| (name, g.to_device(&Device::Cpu).unwrap())))
+                .collect();
+            Ok((out.neck_feature.to_device(&Device::Cpu)?, g))
+        };
+        let cpu = ParamStore::new(0, &Device::Cpu);
+        let (f_cpu, g_cpu) = run(&cpu, &x)?;
+        let on_device = ParamStore::with_tensors(0, cpu.tensors(), &device);
+        let start = Instant::now();
+        let (f_dev, g_dev) = run(&on_device, &x.to_device(&device)?)?;
+        let rel = |a: &Tensor, b: &Tensor| -> Result<f64> {
+            let scale = a.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?.max(1e-12);
+            Ok(((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? / scale) as f64)
+        };
+        let mut worst = (rel(&f_cpu, &f_dev)?, "neck feature".to_string());
+        let dev: std::collections::HashMap<_, _> = g_dev.into_iter().collect();
+        for (name, g) in &g_cpu {
+            let d = dev.get(name).with_context(|| format!("{name}: no gradient on the device"))?;
+            let r = rel(g, d)?;
+            if r > worst.0 {
+                worst = (r, name.clone());
+            }
+        }
+        println!("{model:<14} {} gradients, worst relative difference CPU vs {device:?}: {:.1e} ({}), {:.0} ms", g_cpu.len(), worst.0, worst.1, start.elapsed().as_secs_f64() * 1e3);
     }
     Ok(())
 }

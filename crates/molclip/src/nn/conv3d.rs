@@ -258,6 +258,44 @@ fn regroup(src: &[f32], dst: &mut [f32], o: usize, g: usize, n: usize, to_videos
     });
 }
 
+/// Sizes shared by the forward and both backward kernels of one convolution.
+struct ConvSizes {
+    /// Videos, input channels, output channels.
+    b: usize,
+    c: usize,
+    o: usize,
+    input: [usize; 3],
+    out: [usize; 3],
+    /// Output positions per video, rows of the window matrix, input values per video.
+    n: usize,
+    ck: usize,
+    vol: usize,
+    /// Videos per GEMM.
+    g: usize,
+    /// The window matrix of a 1×1×1 convolution of single videos is the input itself.
+    direct: bool,
+}
+
+impl ConvSizes {
+    fn new(window: Window3d, [b, c, t, h, w]: [usize; 5], o: usize, out: [usize; 3]) -> Self {
+        let n = out.iter().product::<usize>();
+        let g = group_size(b, n);
+        Self { b, c, o, input: [t, h, w], out, n, ck: c * window.taps(), vol: c * t * h * w, g, direct: window.is_pointwise() && g == 1 }
+    }
+
+    /// Scratch buffers: the window matrix of a group, and the regrouped output of a group.
+    fn buffers(&self) -> (Vec<f32>, Vec<f32>) {
+        let col = if self.direct { 0 } else { self.ck * self.g * self.n };
+        let tmp = if self.g > 1 { self.o * self.g * self.n } else { 0 };
+        (vec![0f32; col], vec![0f32; tmp])
+    }
+
+    /// First video and size of each group.
+    fn groups(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        (0..self.b).step_by(self.g).map(|b0| (b0, self.g.min(self.b - b0)))
+    }
+}
+
 struct Conv3dCpu {
     window: Window3d,
 }
@@ -268,35 +306,31 @@ impl CustomOp2 for Conv3dCpu {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1)?;
-        let wt = f32_slice(s2, l2)?;
-        let [b, c, t, h, w] = dims5(l1)?;
-        let o = l2.shape().dims()[0];
-        let out = self.window.out_dims([t, h, w]).map_err(candle_core::Error::wrap)?;
-        let (n, ck, vol) = (out.iter().product::<usize>(), c * self.window.taps(), c * t * h * w);
-        let g = group_size(b, n);
-        let mut y = vec![0f32; b * o * n];
-        let mut col = vec![0f32; if self.window.is_pointwise() && g == 1 { 0 } else { ck * g * n }];
-        let mut tmp = vec![0f32; if g > 1 { o * g * n } else { 0 }];
-        for b0 in (0..b).step_by(g) {
-            let gs = g.min(b - b0);
+        let (x, wt) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let dims = dims5(l1)?;
+        let out = self.window.out_dims([dims[2], dims[3], dims[4]]).map_err(candle_core::Error::wrap)?;
+        let z = ConvSizes::new(self.window, dims, l2.shape().dims()[0], out);
+        let (o, n, ck, vol) = (z.o, z.n, z.ck, z.vol);
+        let mut y = vec![0f32; z.b * o * n];
+        let (mut col, mut tmp) = z.buffers();
+        for (b0, gs) in z.groups() {
+            let m = gs * n;
             let xs = &x[b0 * vol..(b0 + gs) * vol];
-            let col_ref: &[f32] = if self.window.is_pointwise() && g == 1 {
+            let col_ref: &[f32] = if z.direct {
                 xs
             } else {
-                vol2col(xs, gs, [t, h, w], self.window, out, &mut col[..ck * gs * n]);
-                &col[..ck * gs * n]
+                vol2col(xs, gs, z.input, self.window, out, &mut col[..ck * m]);
+                &col[..ck * m]
             };
             let ys = &mut y[b0 * o * n..(b0 + gs) * o * n];
-            if g == 1 {
+            if z.g == 1 {
                 gemm_f32(o, n, ck, ys, false, wt, (1, ck as isize), col_ref, (1, n as isize));
             } else {
-                let m = gs * n;
                 gemm_f32(o, m, ck, &mut tmp[..o * m], false, wt, (1, ck as isize), col_ref, (1, m as isize));
                 regroup(&tmp[..o * m], ys, o, gs, n, true);
             }
         }
-        Ok((CpuStorage::F32(y), Shape::from(vec![b, o, out[0], out[1], out[2]])))
+        Ok((CpuStorage::F32(y), Shape::from(vec![z.b, o, out[0], out[1], out[2]])))
     }
 
     fn bwd(&self, x: &Tensor, weight: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
@@ -324,22 +358,17 @@ impl CustomOp2 for Conv3dGradInput {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let gy = f32_slice(s1, l1)?;
-        let wt = f32_slice(s2, l2)?;
+        let (gy, wt) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
         let [b, o, ot, oh, ow] = dims5(l1)?;
-        let c = l2.shape().dims()[1];
         let [t, h, w] = self.input;
-        let (n, ck, vol) = (ot * oh * ow, c * self.window.taps(), c * t * h * w);
-        let g = group_size(b, n);
+        let z = ConvSizes::new(self.window, [b, l2.shape().dims()[1], t, h, w], o, [ot, oh, ow]);
+        let (n, ck, vol) = (z.n, z.ck, z.vol);
         let mut gx = vec![0f32; b * vol];
-        let direct = self.window.is_pointwise() && g == 1;
-        let mut gcol = vec![0f32; if direct { 0 } else { ck * g * n }];
-        let mut tmp = vec![0f32; if g > 1 { o * g * n } else { 0 }];
-        for b0 in (0..b).step_by(g) {
-            let gs = g.min(b - b0);
+        let (mut gcol, mut tmp) = z.buffers();
+        for (b0, gs) in z.groups() {
             let m = gs * n;
             let gys = &gy[b0 * o * n..(b0 + gs) * o * n];
-            let lhs: &[f32] = if g == 1 {
+            let lhs: &[f32] = if z.g == 1 {
                 gys
             } else {
                 regroup(gys, &mut tmp[..o * m], o, gs, n, false);
@@ -347,14 +376,14 @@ impl CustomOp2 for Conv3dGradInput {
             };
             let gxs = &mut gx[b0 * vol..(b0 + gs) * vol];
             // Wᵀ: element (ck, o) of the transpose sits at o·CK + ck.
-            if direct {
+            if z.direct {
                 gemm_f32(ck, n, o, gxs, false, wt, (ck as isize, 1), lhs, (1, n as isize));
             } else {
                 gemm_f32(ck, m, o, &mut gcol[..ck * m], false, wt, (ck as isize, 1), lhs, (1, m as isize));
-                col2vol(&gcol[..ck * m], gs, [t, h, w], self.window, [ot, oh, ow], gxs);
+                col2vol(&gcol[..ck * m], gs, z.input, self.window, z.out, gxs);
             }
         }
-        Ok((CpuStorage::F32(gx), Shape::from(vec![b, c, t, h, w])))
+        Ok((CpuStorage::F32(gx), Shape::from(vec![b, z.c, t, h, w])))
     }
 }
 
@@ -368,28 +397,24 @@ impl CustomOp2 for Conv3dGradWeight {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1)?;
-        let gy = f32_slice(s2, l2)?;
-        let [b, c, t, h, w] = dims5(l1)?;
+        let (x, gy) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let dims = dims5(l1)?;
         let [_, o, ot, oh, ow] = dims5(l2)?;
-        let (n, ck, vol) = (ot * oh * ow, c * self.window.taps(), c * t * h * w);
-        let g = group_size(b, n);
-        let direct = self.window.is_pointwise() && g == 1;
+        let z = ConvSizes::new(self.window, dims, o, [ot, oh, ow]);
+        let (c, n, ck, vol) = (z.c, z.n, z.ck, z.vol);
         let mut gw = vec![0f32; o * ck];
-        let mut col = vec![0f32; if direct { 0 } else { ck * g * n }];
-        let mut tmp = vec![0f32; if g > 1 { o * g * n } else { 0 }];
-        for b0 in (0..b).step_by(g) {
-            let gs = g.min(b - b0);
+        let (mut col, mut tmp) = z.buffers();
+        for (b0, gs) in z.groups() {
             let m = gs * n;
             let xs = &x[b0 * vol..(b0 + gs) * vol];
-            let col_ref: &[f32] = if direct {
+            let col_ref: &[f32] = if z.direct {
                 xs
             } else {
-                vol2col(xs, gs, [t, h, w], self.window, [ot, oh, ow], &mut col[..ck * m]);
+                vol2col(xs, gs, z.input, self.window, z.out, &mut col[..ck * m]);
                 &col[..ck * m]
             };
             let gys = &gy[b0 * o * n..(b0 + gs) * o * n];
-            let lhs: &[f32] = if g == 1 {
+            let lhs: &[f32] = if z.g == 1 {
                 gys
             } else {
                 regroup(gys, &mut tmp[..o * m], o, gs, n, false);
