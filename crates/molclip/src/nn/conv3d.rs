@@ -66,8 +66,36 @@ pub fn conv3d(x: &Tensor, weight: &Tensor, window: Window3d) -> Result<Tensor> {
     if matches!(x.device(), Device::Cpu) && x.dtype() == candle_core::DType::F32 {
         Ok(x.contiguous()?.apply_op2(&weight.contiguous()?, Conv3dCpu { window })?)
     } else {
-        conv3d_composed(x, weight, window)
+        conv3d_by_taps(x, weight, window)
     }
+}
+
+/// One 2D convolution (candle's, with its GPU kernels) per temporal tap of the window, summed.
+/// Windows whose height and width differ in stride or padding go through [`conv3d_composed`],
+/// and so do strided windows over non-square frames (candle's conv2d backward derives the
+/// width's output padding from the height's).
+pub(crate) fn conv3d_by_taps(x: &Tensor, weight: &Tensor, window: Window3d) -> Result<Tensor> {
+    let [st, sh, sw] = window.stride;
+    let [pt, ph, pw] = window.padding;
+    let (b, c, t, h, w) = x.dims5()?;
+    if sh != sw || ph != pw || (sh > 1 && h != w) {
+        return conv3d_composed(x, weight, window);
+    }
+    let o = weight.dim(0)?;
+    let out = window.out_dims([t, h, w])?;
+    let xp = x.pad_with_zeros(2, pt, pt)?;
+    let mut y: Option<Tensor> = None;
+    for a in 0..window.kernel[0] {
+        let frames = strided(&xp, 2, a, out[0], st)?.transpose(1, 2)?.reshape((b * out[0], c, h, w))?;
+        let kernel = weight.narrow(2, a, 1)?.squeeze(2)?.contiguous()?;
+        let ya = frames.conv2d(&kernel, ph, sh, 1, 1)?;
+        y = Some(match y {
+            Some(acc) => (acc + ya)?,
+            None => ya,
+        });
+    }
+    let y = y.expect("a window has at least one tap");
+    Ok(y.reshape((b, out[0], o, out[1], out[2]))?.transpose(1, 2)?.contiguous()?)
 }
 
 /// `F.max_pool3d(x, kernel, stride, padding)` (padding counts as -inf).
@@ -565,10 +593,10 @@ mod tests {
             Window3d::new([1, 1, 1], [1, 1, 1], [0, 0, 0]),
             Window3d::new([1, 1, 1], [2, 2, 2], [0, 0, 0]),
         ];
-        for (i, win) in windows.iter().enumerate() {
-            let x = Var::from_tensor(&rand(&[2, 3, 5, 9, 8], i as u64)).unwrap();
+        for (i, (win, width)) in windows.iter().flat_map(|w| [(w, 8), (w, 9)]).enumerate() {
+            let x = Var::from_tensor(&rand(&[2, 3, 5, 9, width], i as u64)).unwrap();
             let wt = Var::from_tensor(&rand(&[4, 3, win.kernel[0], win.kernel[1], win.kernel[2]], 100 + i as u64)).unwrap();
-            let probe = rand(&[2, 4, 5, 9, 8], 7);
+            let probe = rand(&[2, 4, 5, 9, 9], 7);
             let run = |f: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>| {
                 let y = f(x.as_tensor(), wt.as_tensor()).unwrap();
                 let p = probe.narrow(2, 0, y.dim(2).unwrap()).unwrap().narrow(3, 0, y.dim(3).unwrap()).unwrap().narrow(4, 0, y.dim(4).unwrap()).unwrap();
@@ -576,11 +604,13 @@ mod tests {
                 (y, g.get(&x).unwrap().clone(), g.get(&wt).unwrap().clone())
             };
             let (y1, gx1, gw1) = run(&|x, w| conv3d(x, w, *win));
-            let (y2, gx2, gw2) = run(&|x, w| conv3d_composed(x, w, *win));
-            assert_eq!(y1.dims(), y2.dims(), "{win:?}");
-            assert!(max_abs_diff(&y1, &y2) < 1e-4, "forward {win:?}");
-            assert!(max_abs_diff(&gx1, &gx2) < 1e-4, "grad input {win:?}");
-            assert!(max_abs_diff(&gw1, &gw2) < 1e-4, "grad weight {win:?}");
+            for route in [conv3d_composed, conv3d_by_taps] {
+                let (y2, gx2, gw2) = run(&|x, w| route(x, w, *win));
+                assert_eq!(y1.dims(), y2.dims(), "{win:?}");
+                assert!(max_abs_diff(&y1, &y2) < 1e-4, "forward {win:?}");
+                assert!(max_abs_diff(&gx1, &gx2) < 1e-4, "grad input {win:?}");
+                assert!(max_abs_diff(&gw1, &gw2) < 1e-4, "grad weight {win:?}");
+            }
         }
     }
 
