@@ -84,9 +84,8 @@ pub enum BenchCommand {
         #[arg(long)]
         device: String,
     },
-    /// (internal) the same forward and backward pass on the CPU and on `--device`: the largest
-    /// relative difference of outputs and weight gradients per model.
-    #[command(hide = true)]
+    /// The same training forward and backward pass on the CPU and on `--device`: the largest
+    /// relative difference of the features and weight gradients, per model.
     DeviceCheck {
         #[arg(long, default_value = "cuda")]
         device: String,
