@@ -286,3 +286,31 @@ fn gin_handles_molecules_without_bonds() {
     assert!(values(&y).iter().all(|v| v.is_finite()));
     assert!(molclip::models::GraphBatch::new(&[], &Device::Cpu).is_err());
 }
+
+/// Same seed, same numbers: two runs of training steps end with bitwise equal weights, on
+/// two threads (parallel sums are added in a fixed order).
+#[test]
+fn training_steps_are_deterministic() {
+    use molclip::losses::{batch_hard_triplet, cross_entropy};
+    use molclip::optim::{Optimizer, OptimizerConfig};
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let run = || -> Vec<Vec<f32>> {
+        pool.install(|| {
+            let mut out = Vec::new();
+            for cfg in [small_vit(), small_i3d(TemporalDownsampling::Modified)] {
+                let store = ParamStore::new(9, &Device::Cpu);
+                let model = VideoModel::new(&store.root(), &cfg, 3, 0).unwrap();
+                let mut opt = Optimizer::new(store.trainable(), &OptimizerConfig::default()).unwrap();
+                let labels = [0u32, 0, 1, 1, 2, 2];
+                for _ in 0..2 {
+                    let o = model.forward_t(&video(6, 8, 32), true).unwrap();
+                    let loss = (cross_entropy(o.drug_logits.as_ref().unwrap(), &labels, 0.1).unwrap() + batch_hard_triplet(&o.feature, &labels, 0.3).unwrap()).unwrap();
+                    opt.step(&loss.backward().unwrap(), 1e-3).unwrap();
+                }
+                out.extend(store.entries().into_iter().map(|(_, e)| values(e.var.as_tensor())));
+            }
+            out
+        })
+    };
+    assert!(run() == run());
+}

@@ -80,7 +80,8 @@ struct ColumnSum;
 
 fn column_sums(x: &[f32], n: usize, d: usize) -> Vec<f32> {
     let chunk = rows_per_task(n, d);
-    x.par_chunks(chunk * d)
+    let partial: Vec<Vec<f32>> = x
+        .par_chunks(chunk * d)
         .map(|rows| {
             let mut acc = vec![0f32; d];
             for row in rows.chunks(d) {
@@ -88,10 +89,17 @@ fn column_sums(x: &[f32], n: usize, d: usize) -> Vec<f32> {
             }
             acc
         })
-        .reduce(|| vec![0f32; d], |mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-            a
-        })
+        .collect();
+    sum_in_order(partial, d)
+}
+
+/// Adds per-task partial sums in task order: a fixed order, so that results do not depend
+/// on how the thread pool scheduled the tasks (same seed, same numbers).
+fn sum_in_order(partial: Vec<Vec<f32>>, d: usize) -> Vec<f32> {
+    partial.into_iter().fold(vec![0f32; d], |mut a, b| {
+        a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+        a
+    })
 }
 
 impl CustomOp1 for ColumnSum {
@@ -166,7 +174,7 @@ impl CustomOp3 for LayerNormGrad {
         let mut out = vec![0f32; n * d + 2 * d];
         let (dx, _) = out.split_at_mut(n * d);
         let chunk = rows_per_task(n, d);
-        let (dw, db) = dx
+        let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
             .par_chunks_mut(chunk * d)
             .zip(x.par_chunks(chunk * d).zip(dy.par_chunks(chunk * d)))
             .map(|(dxc, (xc, dyc))| {
@@ -190,11 +198,9 @@ impl CustomOp3 for LayerNormGrad {
                 }
                 (dw, db)
             })
-            .reduce(|| (vec![0f32; d], vec![0f32; d]), |(mut a, mut b), (c, e)| {
-                a.iter_mut().zip(&c).for_each(|(x, y)| *x += y);
-                b.iter_mut().zip(&e).for_each(|(x, y)| *x += y);
-                (a, b)
-            });
+            .collect();
+        let (dws, dbs): (Vec<_>, Vec<_>) = partial.into_iter().unzip();
+        let (dw, db) = (sum_in_order(dws, d), sum_in_order(dbs, d));
         out[n * d..n * d + d].copy_from_slice(&dw);
         out[n * d + d..].copy_from_slice(&db);
         Ok((CpuStorage::F32(out), Shape::from(n * d + 2 * d)))
