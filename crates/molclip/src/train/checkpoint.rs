@@ -1,0 +1,108 @@
+//! Checkpoints: a folder with the weights, the optimiser state and the trainer's own state,
+//! written atomically. The new folder is written beside the old one under a temporary name,
+//! then renamed into place, so a crash leaves either the old checkpoint or the new one, never
+//! a half-written one.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::Tensor;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{ModelError, Result};
+use crate::nn::{read_safetensors, write_safetensors, ParamStore};
+use crate::optim::Optimizer;
+
+const WEIGHTS: &str = "model.safetensors";
+const OPTIMIZER: &str = "optimizer.safetensors";
+const STATE: &str = "state.json";
+
+/// What a checkpoint folder holds, read back.
+pub struct Checkpoint<S> {
+    pub weights: HashMap<String, Tensor>,
+    pub optimizer: HashMap<String, Tensor>,
+    pub state: S,
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> ModelError + '_ {
+    move |e| ModelError::Weights { path: path.display().to_string(), message: e.to_string() }
+}
+
+/// Writes `dir` (for example `RUN/checkpoints/last`) atomically: weights, optimiser state and
+/// `state` as JSON.
+pub fn save_checkpoint<S: Serialize>(dir: &Path, store: &ParamStore, optimizer: &Optimizer, state: &S) -> Result<()> {
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    let name = dir.file_name().ok_or_else(|| ModelError::Input(format!("{}: not a folder path", dir.display())))?.to_string_lossy().to_string();
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+    store.save(&tmp.join(WEIGHTS))?;
+    write_safetensors(&optimizer.state_tensors()?, &tmp.join(OPTIMIZER))?;
+    let json = serde_json::to_vec_pretty(state).map_err(|e| ModelError::Input(format!("checkpoint state: {e}")))?;
+    std::fs::write(tmp.join(STATE), json).map_err(io_err(&tmp))?;
+    // Swap: the old folder moves aside, the new one takes its name, the old one goes.
+    let old: PathBuf = parent.join(format!(".{name}.old-{}", std::process::id()));
+    if dir.exists() {
+        std::fs::rename(dir, &old).map_err(io_err(dir))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(io_err(dir))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
+    }
+    Ok(())
+}
+
+/// Reads a checkpoint folder written by [`save_checkpoint`].
+pub fn load_checkpoint<S: DeserializeOwned>(dir: &Path) -> Result<Checkpoint<S>> {
+    let state_path = dir.join(STATE);
+    let text = std::fs::read(&state_path).map_err(io_err(&state_path))?;
+    let state = serde_json::from_slice(&text)
+        .map_err(|e| ModelError::Weights { path: state_path.display().to_string(), message: format!("not a checkpoint state: {e}") })?;
+    Ok(Checkpoint { weights: read_safetensors(&dir.join(WEIGHTS))?, optimizer: read_safetensors(&dir.join(OPTIMIZER))?, state })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::Linear;
+    use crate::optim::OptimizerConfig;
+    use candle_core::Device;
+    use serde::Deserialize;
+
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    struct State {
+        epoch: usize,
+        step: u64,
+    }
+
+    #[test]
+    fn a_checkpoint_restores_weights_optimizer_and_state_and_replaces_the_old_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("checkpoints").join("last");
+        let store = ParamStore::new(4, &Device::Cpu);
+        let lin = Linear::new(&store.root().pp("head"), 3, 2, true).unwrap();
+        let mut opt = Optimizer::new(store.trainable(), &OptimizerConfig::default()).unwrap();
+        let x = Tensor::new(&[[1f32, 2.0, 3.0]], &Device::Cpu).unwrap();
+        for step in 0..3u64 {
+            let grads = lin.forward(&x).unwrap().sum_all().unwrap().backward().unwrap();
+            opt.step(&grads, 0.1).unwrap();
+            save_checkpoint(&dir, &store, &opt, &State { epoch: 1, step }).unwrap();
+        }
+        let ck: Checkpoint<State> = load_checkpoint(&dir).unwrap();
+        assert_eq!(ck.state, State { epoch: 1, step: 2 });
+        for (name, t) in store.tensors() {
+            assert_eq!(ck.weights[&name].flatten_all().unwrap().to_vec1::<f32>().unwrap(), t.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        }
+        assert!(ck.optimizer.contains_key("exp_avg.head.weight"));
+        // Only the checkpoint itself is left: no temporary or old folders.
+        let names: Vec<_> = std::fs::read_dir(dir.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("last")]);
+        // A folder that is not a checkpoint is an error naming the file.
+        let err = load_checkpoint::<State>(tmp.path()).err().unwrap().to_string();
+        assert!(err.contains("state.json"), "{err}");
+    }
+}
