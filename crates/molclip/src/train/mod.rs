@@ -2,7 +2,9 @@
 //! next step).
 
 pub mod checkpoint;
+pub mod config;
 pub mod schedule;
 
 pub use checkpoint::{load_checkpoint, save_checkpoint, Checkpoint};
+pub use config::{Identity, ModelKind, StageConfig, TrainConfig};
 pub use schedule::{Decay, LrSchedule, ScheduleConfig};
