@@ -12,6 +12,10 @@ pub enum ModelError {
     Weights { path: String, message: String },
     #[error("{0}")]
     Input(String),
+    #[error(transparent)]
+    Data(#[from] molclip_data::DataError),
+    #[error("step {step}: the {term} is {value} (not finite); training stopped")]
+    NonFinite { step: u64, term: String, value: f32 },
 }
 
 pub type Result<T> = std::result::Result<T, ModelError>;

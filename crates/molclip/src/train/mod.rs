@@ -1,10 +1,11 @@
-//! Training: learning-rate schedules and checkpoints (the training loop itself is issue 7's
-//! next step).
+//! Training: the configuration, the loop, learning-rate schedules and checkpoints.
 
 pub mod checkpoint;
 pub mod config;
 pub mod schedule;
+pub mod trainer;
 
 pub use checkpoint::{load_checkpoint, save_checkpoint, Checkpoint};
 pub use config::{Identity, ModelKind, StageConfig, TrainConfig};
 pub use schedule::{Decay, LrSchedule, ScheduleConfig};
+pub use trainer::{StepRecord, TrainModel, Trainer};
