@@ -1,5 +1,5 @@
-//! Checkpoints: a folder with the weights, the optimiser state and the trainer's own state,
-//! written atomically. The new folder is written beside the old one under a temporary name,
+//! Checkpoints: a folder with the weights (one safetensors file per parameter store), the
+//! optimiser state and the trainer's own state, written atomically. The new folder is written beside the old one under a temporary name,
 //! then renamed into place, so a crash leaves either the old checkpoint or the new one, never
 //! a half-written one.
 
@@ -14,13 +14,13 @@ use crate::error::{ModelError, Result};
 use crate::nn::{read_safetensors, write_safetensors, ParamStore};
 use crate::optim::Optimizer;
 
-const WEIGHTS: &str = "model.safetensors";
-const OPTIMIZER: &str = "optimizer.safetensors";
+const OPTIMIZER: &str = "optimizer";
 const STATE: &str = "state.json";
 
 /// What a checkpoint folder holds, read back.
 pub struct Checkpoint<S> {
-    pub weights: HashMap<String, Tensor>,
+    /// Weights by store name (`model`, ...).
+    pub stores: HashMap<String, HashMap<String, Tensor>>,
     pub optimizer: HashMap<String, Tensor>,
     pub state: S,
 }
@@ -29,9 +29,9 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> ModelError + '_ {
     move |e| ModelError::Weights { path: path.display().to_string(), message: e.to_string() }
 }
 
-/// Writes `dir` (for example `RUN/checkpoints/last`) atomically: weights, optimiser state and
-/// `state` as JSON.
-pub fn save_checkpoint<S: Serialize>(dir: &Path, store: &ParamStore, optimizer: &Optimizer, state: &S) -> Result<()> {
+/// Writes `dir` (for example `RUN/checkpoints/last`) atomically: each store as
+/// `<name>.safetensors`, the optimiser state, and `state` as JSON.
+pub fn save_checkpoint<S: Serialize>(dir: &Path, stores: &[(&str, &ParamStore)], optimizer: &Optimizer, state: &S) -> Result<()> {
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(io_err(parent))?;
     let name = dir.file_name().ok_or_else(|| ModelError::Input(format!("{}: not a folder path", dir.display())))?.to_string_lossy().to_string();
@@ -40,8 +40,13 @@ pub fn save_checkpoint<S: Serialize>(dir: &Path, store: &ParamStore, optimizer: 
         std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
     }
     std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-    store.save(&tmp.join(WEIGHTS))?;
-    write_safetensors(&optimizer.state_tensors()?, &tmp.join(OPTIMIZER))?;
+    let mut names = Vec::new();
+    for (name, store) in stores {
+        store.save(&tmp.join(format!("{name}.safetensors")))?;
+        names.push(name.to_string());
+    }
+    write_safetensors(&optimizer.state_tensors()?, &tmp.join(format!("{OPTIMIZER}.safetensors")))?;
+    std::fs::write(tmp.join("stores.txt"), names.join("\n")).map_err(io_err(&tmp))?;
     let json = serde_json::to_vec_pretty(state).map_err(|e| ModelError::Input(format!("checkpoint state: {e}")))?;
     std::fs::write(tmp.join(STATE), json).map_err(io_err(&tmp))?;
     // Swap: the old folder moves aside, the new one takes its name, the old one goes.
@@ -62,7 +67,13 @@ pub fn load_checkpoint<S: DeserializeOwned>(dir: &Path) -> Result<Checkpoint<S>>
     let text = std::fs::read(&state_path).map_err(io_err(&state_path))?;
     let state = serde_json::from_slice(&text)
         .map_err(|e| ModelError::Weights { path: state_path.display().to_string(), message: format!("not a checkpoint state: {e}") })?;
-    Ok(Checkpoint { weights: read_safetensors(&dir.join(WEIGHTS))?, optimizer: read_safetensors(&dir.join(OPTIMIZER))?, state })
+    let list = dir.join("stores.txt");
+    let names = std::fs::read_to_string(&list).map_err(io_err(&list))?;
+    let mut stores = HashMap::new();
+    for name in names.lines().filter(|l| !l.is_empty()) {
+        stores.insert(name.to_string(), read_safetensors(&dir.join(format!("{name}.safetensors")))?);
+    }
+    Ok(Checkpoint { stores, optimizer: read_safetensors(&dir.join(format!("{OPTIMIZER}.safetensors")))?, state })
 }
 
 #[cfg(test)]
@@ -90,12 +101,12 @@ mod tests {
         for step in 0..3u64 {
             let grads = lin.forward(&x).unwrap().sum_all().unwrap().backward().unwrap();
             opt.step(&grads, 0.1).unwrap();
-            save_checkpoint(&dir, &store, &opt, &State { epoch: 1, step }).unwrap();
+            save_checkpoint(&dir, &[("model", &store)], &opt, &State { epoch: 1, step }).unwrap();
         }
         let ck: Checkpoint<State> = load_checkpoint(&dir).unwrap();
         assert_eq!(ck.state, State { epoch: 1, step: 2 });
         for (name, t) in store.tensors() {
-            assert_eq!(ck.weights[&name].flatten_all().unwrap().to_vec1::<f32>().unwrap(), t.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            assert_eq!(ck.stores["model"][&name].flatten_all().unwrap().to_vec1::<f32>().unwrap(), t.flatten_all().unwrap().to_vec1::<f32>().unwrap());
         }
         assert!(ck.optimizer.contains_key("exp_avg.head.weight"));
         // Only the checkpoint itself is left: no temporary or old folders.

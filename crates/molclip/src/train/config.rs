@@ -67,6 +67,9 @@ pub struct TrainConfig {
     pub validate_every: usize,
     /// Stop a stage after this many validations without a better mAP (0: never).
     pub patience: usize,
+    /// Write a checkpoint every this many steps, as well as at the end of every epoch (0: at
+    /// epoch ends only).
+    pub checkpoint_every: usize,
 }
 
 impl Default for TrainConfig {
@@ -86,6 +89,7 @@ impl Default for TrainConfig {
             clip_grad_norm: 5.0,
             validate_every: 1,
             patience: 0,
+            checkpoint_every: 0,
         }
     }
 }

@@ -8,4 +8,4 @@ pub mod trainer;
 pub use checkpoint::{load_checkpoint, save_checkpoint, Checkpoint};
 pub use config::{Identity, ModelKind, StageConfig, TrainConfig};
 pub use schedule::{Decay, LrSchedule, ScheduleConfig};
-pub use trainer::{StepRecord, TrainModel, Trainer};
+pub use trainer::{last_checkpoint, RunState, StepRecord, TrainModel, Trainer};

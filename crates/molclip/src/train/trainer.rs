@@ -1,7 +1,8 @@
 //! The training loop: stages (drug identity, then MoA), P x K batches, the configured losses,
 //! gradient clipping, the optimiser and the learning-rate schedule.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
@@ -10,6 +11,9 @@ use molclip_data::loader::{Mode, VideoDataset};
 use molclip_data::sampler::PkSampler;
 use molclip_data::DatasetIndex;
 
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{load_checkpoint, save_checkpoint};
 use super::config::{Identity, ModelKind, TrainConfig};
 use super::schedule::LrSchedule;
 use crate::error::{ModelError, Result};
@@ -34,7 +38,7 @@ impl TrainModel {
 }
 
 /// One optimisation step, as logged.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
     pub stage: usize,
     pub identity: Identity,
@@ -43,10 +47,30 @@ pub struct StepRecord {
     pub lr: f64,
     pub loss: f32,
     /// Each weighted loss term.
-    pub terms: Vec<(&'static str, f32)>,
+    pub terms: Vec<(String, f32)>,
     /// The CLIP inverse temperature (MolCLIP only).
     pub temperature: Option<f32>,
+    /// Before clipping; NaN when clipping is off.
     pub grad_norm: f64,
+}
+
+/// Where a run is: saved in every checkpoint, so that a resumed run continues exactly.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    /// The stage, epoch and batch (within the epoch) to run next.
+    pub stage: usize,
+    pub epoch: usize,
+    pub batch: usize,
+    /// Steps done over all stages.
+    pub step: u64,
+    /// Every step so far.
+    pub records: Vec<StepRecord>,
+    pub finished: bool,
+}
+
+/// The folder of a run's last checkpoint.
+pub fn last_checkpoint(run: &Path) -> PathBuf {
+    run.join("checkpoints").join("last")
 }
 
 /// Labels as contiguous class indices: dataset ids can be sparse.
@@ -66,11 +90,28 @@ pub struct Trainer {
     replicates: Vec<usize>,
     /// Parsed molecule of each drug class (MolCLIP only).
     molecules: Vec<Option<Molecule>>,
+    /// Set by [`Trainer::resume`]: where to continue from.
+    resume: Option<(RunState, HashMap<String, HashMap<String, Tensor>>, HashMap<String, Tensor>)>,
 }
 
 impl Trainer {
     /// Builds the model for the training split of `index`.
     pub fn new(cfg: &TrainConfig, index: &DatasetIndex, device: &Device) -> Result<Self> {
+        Self::build(cfg, index, device, HashMap::new())
+    }
+
+    /// A trainer that continues the run in `run` from its last checkpoint.
+    pub fn resume(cfg: &TrainConfig, index: &DatasetIndex, device: &Device, run: &Path) -> Result<Self> {
+        let ck = load_checkpoint::<RunState>(&last_checkpoint(run))?;
+        let mut stores = ck.stores;
+        let model = stores.remove("model").ok_or_else(|| ModelError::Weights { path: run.display().to_string(), message: "the checkpoint has no model".into() })?;
+        let mut trainer = Self::build(cfg, index, device, model)?;
+        trainer.store.check_all_used(&last_checkpoint(run).display().to_string())?;
+        trainer.resume = Some((ck.state, stores, ck.optimizer));
+        Ok(trainer)
+    }
+
+    fn build(cfg: &TrainConfig, index: &DatasetIndex, device: &Device, weights: HashMap<String, Tensor>) -> Result<Self> {
         cfg.validate()?;
         let cells: Vec<_> = index.split("train").cloned().collect();
         if cells.is_empty() {
@@ -97,52 +138,96 @@ impl Trainer {
                 molecules[d as usize] = Some(m);
             }
         }
-        let store = ParamStore::new(cfg.seed, device);
+        let store = ParamStore::with_tensors(cfg.seed, weights, device);
         let model = match cfg.kind {
             ModelKind::Molclip => TrainModel::MolClip(MolClip::new(&store.root(), &cfg.model, n_drugs, n_moas)?),
             _ => TrainModel::Video(VideoModel::new(&store.root().pp("video"), &cfg.model.video, n_drugs, n_moas)?),
         };
         let train = Arc::new(VideoDataset::new(cells, cfg.data.clone())?);
-        Ok(Self { cfg: cfg.clone(), device: device.clone(), store, model, train, drugs, moas, replicates, molecules })
+        Ok(Self { cfg: cfg.clone(), device: device.clone(), store, model, train, drugs, moas, replicates, molecules, resume: None })
     }
 
-    /// Runs every stage; `on_step` sees each step (progress, metrics).
-    pub fn train(&mut self, on_step: &mut dyn FnMut(&StepRecord)) -> Result<Vec<StepRecord>> {
-        let mut records = Vec::new();
-        let mut global_step = 0u64;
+    /// Steps per epoch of each stage (0 for a skipped stage), for progress bars.
+    pub fn steps_per_stage(&self) -> Result<Vec<usize>> {
+        self.cfg
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(si, st)| Ok(if st.epochs == 0 { 0 } else { self.sampler(si, st.identity)?.epoch(0).len() * st.epochs }))
+            .collect()
+    }
+
+    fn sampler(&self, si: usize, identity: Identity) -> Result<PkSampler> {
+        let labels = if identity == Identity::Drug { &self.drugs } else { &self.moas };
+        let identity: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
+        PkSampler::new(&identity, &self.replicates, self.cfg.data.sampler.clone(), self.cfg.seed ^ (si as u64 + 1)).map_err(|e| ModelError::config("data.sampler", e))
+    }
+
+    /// Runs every stage, or what is left of them after [`Trainer::resume`]. With `run`, a
+    /// checkpoint is written every `checkpoint_every` steps and at the end of every epoch.
+    /// `on_step` sees each step (progress, metrics) and the run state after it, and returns
+    /// false to stop there (the state returned is then not `finished`).
+    pub fn train(&mut self, run: Option<&Path>, on_step: &mut dyn FnMut(&StepRecord, &RunState) -> bool) -> Result<RunState> {
+        let (mut state, mut criterion_weights, mut optimizer_state) = match self.resume.take() {
+            Some((state, stores, opt)) => (state, stores.into_iter().next().map(|(_, t)| t), Some(opt)),
+            None => (RunState::default(), None, None),
+        };
         let loss_cfg = self.cfg.effective_loss();
         let dim = self.model.video().dim();
-        for (si, stage) in self.cfg.stages.clone().iter().enumerate() {
-            if stage.epochs == 0 {
-                continue;
-            }
-            let labels = match stage.identity {
-                Identity::Drug => &self.drugs,
-                Identity::Moa => &self.moas,
-            };
-            let classes = labels.iter().max().map_or(0, |m| *m as usize + 1);
-            let identity: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
-            let sampler = PkSampler::new(&identity, &self.replicates, self.cfg.data.sampler.clone(), self.cfg.seed ^ (si as u64 + 1))
-                .map_err(|e| ModelError::config("data.sampler", e))?;
-            let steps_per_epoch = sampler.epoch(0).len();
-            let base_lr = self.cfg.optimizer.lr * stage.lr_scale;
-            let schedule = LrSchedule::new(&self.cfg.schedule, base_lr, steps_per_epoch, stage.epochs)?;
-            // The centre loss's centres belong to the stage's identity.
-            let criterion = Criterion::new(&self.store.root().pp(format!("stage{si}")), &loss_cfg, classes, dim)?;
-            let mut optimizer = Optimizer::new(self.store.trainable(), &self.cfg.optimizer)?;
-            for epoch in 0..stage.epochs {
-                let mode = Mode::Train { seed: self.cfg.seed ^ (si as u64) << 32, epoch: epoch as u64 };
-                for (i, batch_indices) in sampler.epoch(epoch as u64).into_iter().enumerate() {
-                    let step_in_stage = epoch * steps_per_epoch + i;
-                    let lr = schedule.lr(step_in_stage);
-                    let record = self.step(si, stage.identity, epoch, global_step, &batch_indices, mode, &criterion, &mut optimizer, lr)?;
-                    on_step(&record);
-                    records.push(record);
-                    global_step += 1;
+        let stages = self.cfg.stages.clone();
+        while state.stage < stages.len() {
+            let (si, stage) = (state.stage, &stages[state.stage]);
+            if stage.epochs > 0 {
+                let sampler = self.sampler(si, stage.identity)?;
+                let labels = if stage.identity == Identity::Drug { &self.drugs } else { &self.moas };
+                let classes = labels.iter().max().map_or(0, |m| *m as usize + 1);
+                let steps_per_epoch = sampler.epoch(0).len();
+                let schedule = LrSchedule::new(&self.cfg.schedule, self.cfg.optimizer.lr * stage.lr_scale, steps_per_epoch, stage.epochs)?;
+                // The centre loss's centres belong to the stage's identity: their own store.
+                let criterion_store = ParamStore::with_tensors(self.cfg.seed ^ (0xc0 + si as u64), criterion_weights.take().unwrap_or_default(), &self.device);
+                let criterion = Criterion::new(&criterion_store.root(), &loss_cfg, classes, dim)?;
+                let mut params = self.store.trainable();
+                params.extend(criterion_store.trainable());
+                let mut optimizer = Optimizer::new(params, &self.cfg.optimizer)?;
+                if let Some(opt) = optimizer_state.take() {
+                    optimizer.load_state(&opt)?;
+                }
+                while state.epoch < stage.epochs {
+                    let epoch = state.epoch;
+                    let mode = Mode::Train { seed: self.cfg.seed ^ ((si as u64) << 32), epoch: epoch as u64 };
+                    let batches = sampler.epoch(epoch as u64);
+                    while state.batch < batches.len() {
+                        let lr = schedule.lr(epoch * steps_per_epoch + state.batch);
+                        let record = self.step(si, stage.identity, epoch, state.step, &batches[state.batch], mode, &criterion, &mut optimizer, lr)?;
+                        state.batch += 1;
+                        state.step += 1;
+                        state.records.push(record);
+                        let every = self.cfg.checkpoint_every;
+                        let epoch_done = state.batch == batches.len();
+                        if epoch_done {
+                            state.batch = 0;
+                            state.epoch += 1;
+                        }
+                        if let Some(run) = run {
+                            if epoch_done || (every > 0 && state.step % every as u64 == 0) {
+                                save_checkpoint(&last_checkpoint(run), &[("model", &self.store), ("criterion", &criterion_store)], &optimizer, &state)?;
+                            }
+                        }
+                        if !on_step(state.records.last().expect("just pushed"), &state) {
+                            return Ok(state);
+                        }
+                        if epoch_done {
+                            break;
+                        }
+                    }
                 }
             }
+            state.stage += 1;
+            state.epoch = 0;
+            state.batch = 0;
         }
-        Ok(records)
+        state.finished = true;
+        Ok(state)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -194,7 +279,7 @@ impl Trainer {
             if !v.is_finite() {
                 return Err(ModelError::NonFinite { step: global_step, term: name.to_string(), value: v });
             }
-            values.push((*name, v));
+            values.push((name.to_string(), v));
         }
         let loss = terms.total.to_scalar::<f32>()?;
         let mut grads = terms.total.backward()?;
