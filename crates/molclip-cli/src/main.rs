@@ -3,6 +3,7 @@
 
 mod bench;
 mod progress;
+mod train;
 
 use std::path::{Path, PathBuf};
 
@@ -37,6 +38,8 @@ enum Command {
     /// Data tools.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Train a model (molclip, video-only or single-frame) from a TOML config; --resume continues a run.
+    Train(train::TrainArgs),
     /// Model weights (safetensors): list them, or import a pretrained ViT for frame-vit.
     #[command(subcommand)]
     Weights(WeightsCommand),
@@ -200,6 +203,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Chem(ChemCommand::Featurize(args)) => featurize(args),
         Command::Data(DataCommand::Stats { dir, config }) => data_stats(&dir, config.as_deref(), quiet),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Train(args) => train::train(args, quiet),
         Command::Weights(cmd) => weights(cmd),
     }
 }

@@ -134,3 +134,83 @@ fn bench_model_prints_a_row_per_model() {
     let o = molclip(&["bench", "model", "--models", "resnet", "--no-reference"]);
     assert!(!o.status.success() && text(&o).contains("unknown model `resnet`"), "{}", text(&o));
 }
+
+const SMALL_TRAIN: &str = r#"
+kind = "molclip"
+seed = 3
+checkpoint_every = 4
+[model]
+projection_dim = 16
+[model.video.i3d]
+width = 4
+[model.molecule.gin]
+hidden = 16
+[data]
+cache = true
+[data.frames]
+frames = 4
+[data.augment]
+resize = 36
+crop = 32
+[data.sampler]
+p = 4
+k = 2
+[schedule]
+warmup_epochs = 0.5
+[[stages]]
+identity = "drug"
+epochs = 1
+[[stages]]
+identity = "moa"
+epochs = 1
+"#;
+
+/// A run killed with SIGKILL mid-epoch and resumed ends with the same weights and metrics as
+/// a run that was never interrupted.
+#[test]
+fn train_killed_and_resumed_equals_an_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("tiny");
+    let o = molclip(&["simulate", "--preset", "tiny", "--out", data.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let cfg = tmp.path().join("small.toml");
+    std::fs::write(&cfg, SMALL_TRAIN).unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let train = |out: &std::path::Path, extra: &[&str]| {
+        let mut args = vec!["train", "--config", cfg.to_str().unwrap(), "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap(), "--quiet"];
+        args.extend_from_slice(extra);
+        molclip(&args)
+    };
+    let o = train(&a, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = train(&b, &["--kill-after-steps", "6"]);
+    assert!(!o.status.success(), "the run was to be killed: {}", text(&o));
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(o.status.signal(), Some(9));
+    }
+    assert!(!b.join("model.safetensors").exists());
+    // Without --resume an existing run is not overwritten.
+    let o = train(&b, &[]);
+    assert!(!o.status.success() && text(&o).contains("--resume"), "{}", text(&o));
+    let o = molclip(&["train", "--data", data.to_str().unwrap(), "--out", b.to_str().unwrap(), "--resume", "--quiet"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read(a.join("model.safetensors")).unwrap(), std::fs::read(b.join("model.safetensors")).unwrap());
+    let (ma, mb) = (std::fs::read_to_string(a.join("metrics.csv")).unwrap(), std::fs::read_to_string(b.join("metrics.csv")).unwrap());
+    assert_eq!(ma, mb);
+    assert!(ma.starts_with("step,stage,identity,epoch,lr,loss,clip,triplet,ce,center,temperature,grad_norm\n"), "{ma}");
+    assert!(ma.lines().count() > 10);
+    // run.toml is the fully resolved config: every section written out.
+    let run = std::fs::read_to_string(a.join("run.toml")).unwrap();
+    assert!(run.contains("[optimizer]") && run.contains("[model.video.vit]"), "{run}");
+}
+
+#[test]
+fn train_config_errors_name_the_file_and_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("bad.toml");
+    std::fs::write(&cfg, "[optimizer]\nlr = 0\n").unwrap();
+    let o = molclip(&["train", "--config", cfg.to_str().unwrap(), "--data", "nowhere", "--out", tmp.path().join("r").to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("bad.toml") && text(&o).contains("optimizer.lr"), "{}", text(&o));
+}

@@ -1,0 +1,135 @@
+//! `molclip train`: a run folder with its resolved config, checkpoints, metrics and weights.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use molclip::train::{last_checkpoint, RunState, StepRecord, TrainConfig, Trainer};
+
+use crate::progress;
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// The run's TOML config (see configs/). With --resume, the run's own run.toml is used.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The dataset folder (MitoReID layout) or a manifest CSV.
+    #[arg(long)]
+    data: PathBuf,
+    /// The run folder: run.toml, metrics.csv, checkpoints/last, model.safetensors.
+    #[arg(long)]
+    out: PathBuf,
+    /// `cpu`, `cuda` or `cuda:N` (a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// (testing) kill this process with SIGKILL after this many steps.
+    #[arg(long, hide = true)]
+    kill_after_steps: Option<u64>,
+}
+
+/// The columns of metrics.csv: one row per step.
+const TERMS: [&str; 4] = ["clip", "triplet", "ce", "center"];
+
+fn metrics_csv(records: &[StepRecord]) -> String {
+    let mut out = format!("step,stage,identity,epoch,lr,loss,{},temperature,grad_norm\n", TERMS.join(","));
+    for r in records {
+        let term = |t: &str| r.terms.iter().find(|(n, _)| n == t).map_or(String::new(), |(_, v)| v.to_string());
+        let terms: Vec<String> = TERMS.iter().map(|t| term(t)).collect();
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{}\n",
+            r.step,
+            r.stage,
+            format!("{:?}", r.identity).to_lowercase(),
+            r.epoch,
+            r.lr,
+            r.loss,
+            terms.join(","),
+            r.temperature.map_or(String::new(), |t| t.to_string()),
+            if r.grad_norm.is_nan() { String::new() } else { r.grad_norm.to_string() }
+        ));
+    }
+    out
+}
+
+/// Write then rename, so a reader never sees half a file.
+fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+pub fn train(args: TrainArgs, quiet: bool) -> Result<()> {
+    let run_toml = args.out.join("run.toml");
+    let has_checkpoint = last_checkpoint(&args.out).join("state.json").exists();
+    let (config_path, text) = if args.resume {
+        if !has_checkpoint {
+            bail!("{}: no checkpoint to resume (checkpoints/last)", args.out.display());
+        }
+        (run_toml.clone(), std::fs::read_to_string(&run_toml).with_context(|| format!("reading {}", run_toml.display()))?)
+    } else {
+        if has_checkpoint {
+            bail!("{} already holds a run (checkpoints/last): pass --resume to continue it, or choose another --out", args.out.display());
+        }
+        let path = args.config.clone().context("--config is needed (except with --resume)")?;
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        (path, text)
+    };
+    let cfg = TrainConfig::from_toml(&text).with_context(|| format!("{}", config_path.display()))?;
+    let device = molclip::parse_device(&args.device)?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    write_atomic(&run_toml, &toml::to_string(&cfg).context("serialising the config")?)?;
+
+    let bar = progress::bar(0, "scanning", quiet);
+    let index = molclip_data::DatasetIndex::open_with_progress(&args.data, &progress::scan_callback(&bar))?;
+    bar.finish_and_clear();
+    let mut trainer = if args.resume {
+        Trainer::resume(&cfg, &index, &device, &args.out)?
+    } else {
+        Trainer::new(&cfg, &index, &device)?
+    };
+    let total: usize = trainer.steps_per_stage()?.iter().sum();
+    let bar = progress::bar(total as u64, "training", quiet);
+    let start = Instant::now();
+    let metrics = args.out.join("metrics.csv");
+    let mut write_error = None;
+    let result = trainer.train(Some(&args.out), &mut |r: &StepRecord, state: &RunState| {
+        bar.set_position(state.step);
+        bar.set_message(format!("stage {} ({:?}) epoch {} loss {:.3}", r.stage + 1, r.identity, r.epoch + 1, r.loss));
+        if state.batch == 0 {
+            // An epoch ended: its checkpoint is written, and so is the log up to it.
+            if let Err(e) = write_atomic(&metrics, &metrics_csv(&state.records)) {
+                write_error = Some(e);
+                return false;
+            }
+        }
+        if args.kill_after_steps == Some(state.step) {
+            #[cfg(unix)]
+            // SAFETY: sends a signal to this very process.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+        }
+        true
+    });
+    bar.finish_and_clear();
+    if let Some(e) = write_error {
+        return Err(e);
+    }
+    let state = result.with_context(|| format!("training stopped; the last good checkpoint is {}", last_checkpoint(&args.out).display()))?;
+    write_atomic(&metrics, &metrics_csv(&state.records))?;
+    trainer.store.save(&args.out.join("model.safetensors"))?;
+    let last = state.records.last();
+    println!(
+        "{}: {} steps in {:.1} s, final loss {}",
+        args.out.display(),
+        state.step,
+        start.elapsed().as_secs_f64(),
+        last.map_or("-".into(), |r| format!("{:.4}", r.loss))
+    );
+    Ok(())
+}
