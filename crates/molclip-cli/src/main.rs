@@ -40,6 +40,8 @@ enum Command {
     Data(DataCommand),
     /// Train a model (molclip, video-only or single-frame) from a TOML config; --resume continues a run.
     Train(train::TrainArgs),
+    /// Embed a dataset's videos with a trained run: .npy embeddings and a metadata CSV (the `evaluate` schema).
+    Embed(train::EmbedArgs),
     /// Model weights (safetensors): list them, or import a pretrained ViT for frame-vit.
     #[command(subcommand)]
     Weights(WeightsCommand),
@@ -115,11 +117,21 @@ struct InspectArgs {
 #[derive(Args)]
 pub struct EvaluateArgs {
     /// Features, float32 or float64 .npy of shape [N, D].
-    #[arg(long)]
-    embeddings: PathBuf,
+    #[arg(long, required_unless_present = "run")]
+    embeddings: Option<PathBuf>,
     /// CSV with columns set (query, gallery, novel, train), replicate, drug, moa; one row per embedding row.
+    #[arg(long, required_unless_present = "run")]
+    metadata: Option<PathBuf>,
+    /// Instead: a run folder of `molclip train`, whose model embeds --data's query, gallery
+    /// (and novel) videos first (written to RUN/embeddings.npy and .csv).
+    #[arg(long, requires = "data", conflicts_with_all = ["embeddings", "metadata"])]
+    run: Option<PathBuf>,
+    /// With --run: the dataset.
     #[arg(long)]
-    metadata: PathBuf,
+    data: Option<PathBuf>,
+    /// With --run: `cpu` or `cuda[:N]`.
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Write {"drug": {...}, "moa": {...}} (percentages) here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -199,11 +211,12 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Simulate(args) => simulate(args, quiet),
         Command::Inspect(args) => inspect(args, quiet),
-        Command::Evaluate(args) => evaluate(args),
+        Command::Evaluate(args) => evaluate(args, quiet),
         Command::Chem(ChemCommand::Featurize(args)) => featurize(args),
         Command::Data(DataCommand::Stats { dir, config }) => data_stats(&dir, config.as_deref(), quiet),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Train(args) => train::train(args, quiet),
+        Command::Embed(args) => train::embed(args, quiet),
         Command::Weights(cmd) => weights(cmd),
     }
 }
@@ -364,9 +377,22 @@ fn featurize(args: FeaturizeArgs) -> Result<()> {
     Ok(())
 }
 
-fn evaluate(args: EvaluateArgs) -> Result<()> {
-    let features = molclip_eval::npy::read_npy(&args.embeddings)?;
-    let set = molclip_eval::EmbeddingSet::from_files(&features, &args.metadata)?;
+fn evaluate(args: EvaluateArgs, quiet: bool) -> Result<()> {
+    let (embeddings, metadata) = match (&args.run, &args.data) {
+        (Some(run), Some(data)) => {
+            let index = DatasetIndex::open(data)?;
+            let mut splits = vec!["query".to_string(), "gallery".to_string()];
+            if index.split("novel").next().is_some() {
+                splits.push("novel".into());
+            }
+            let out = run.join("embeddings.npy");
+            let meta = train::embed_to_files(run, data, &splits, &out, &args.device, 32, quiet)?;
+            (out, meta)
+        }
+        _ => (args.embeddings.clone().context("--embeddings")?, args.metadata.clone().context("--metadata")?),
+    };
+    let features = molclip_eval::npy::read_npy(&embeddings)?;
+    let set = molclip_eval::EmbeddingSet::from_files(&features, &metadata)?;
     let ((q, qm), (g, gm)) = (&set.query, &set.gallery);
     let result = molclip_eval::evaluate(q, qm, g, gm, args.max_rank)?;
     println!("{} queries, {} gallery videos, {}-d features", qm.len(), gm.len(), features.cols);
@@ -409,7 +435,7 @@ fn evaluate(args: EvaluateArgs) -> Result<()> {
             write_atomically(path, novel.confusion_csv(&set.moas.names).as_bytes())?;
         }
     } else if args.confusion_csv.is_some() {
-        anyhow::bail!("--confusion-csv needs novel rows (set = novel) in {}", args.metadata.display());
+        anyhow::bail!("--confusion-csv needs novel rows (set = novel) in {}", metadata.display());
     }
     if let Some(path) = &args.json {
         write_atomically(path, serde_json::to_string_pretty(&json)?.as_bytes())?;

@@ -133,3 +133,66 @@ pub fn train(args: TrainArgs, quiet: bool) -> Result<()> {
     );
     Ok(())
 }
+
+#[derive(Args)]
+pub struct EmbedArgs {
+    /// A run folder written by `molclip train`.
+    #[arg(long)]
+    run: PathBuf,
+    /// The dataset folder or manifest CSV.
+    #[arg(long)]
+    data: PathBuf,
+    /// Splits to embed, in this order.
+    #[arg(long, value_delimiter = ',', default_value = "query,gallery")]
+    split: Vec<String>,
+    /// The embeddings (.npy, float32, [N, D]); the metadata CSV (set, replicate, drug, moa)
+    /// goes beside it with the extension .csv.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Videos per forward pass.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+}
+
+/// Embeds the splits of a dataset with a run's model; returns the metadata path.
+pub fn embed_to_files(run: &Path, data: &Path, splits: &[String], out: &Path, device: &str, batch: usize, quiet: bool) -> Result<PathBuf> {
+    let device = molclip::parse_device(device)?;
+    let (cfg, model) = molclip::train::load_video_model(run, &device).with_context(|| format!("loading the run {}", run.display()))?;
+    let bar = progress::bar(0, "scanning", quiet);
+    let index = molclip_data::DatasetIndex::open_with_progress(data, &progress::scan_callback(&bar))?;
+    bar.finish_and_clear();
+    let mut cells = Vec::new();
+    for split in splits {
+        let before = cells.len();
+        cells.extend(index.split(split).cloned());
+        if cells.len() == before {
+            bail!("{}: the split `{split}` is empty", data.display());
+        }
+    }
+    let mut metadata = String::from("set,replicate,drug,moa\n");
+    for c in &cells {
+        let moa = index.annotation.moa_name(c.moa_id);
+        metadata.push_str(&format!("{},{},{},{}\n", c.split, c.replicate, molclip_data::annotation::drug_key(&c.drug_folder), moa.replace(',', ";")));
+    }
+    let n = cells.len();
+    let bar = progress::bar(n as u64, "embedding", quiet);
+    let rows = molclip::train::embed_cells(&model, &cfg, cells, &device, batch, &mut |k| bar.inc(k as u64))?;
+    bar.finish_and_clear();
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let tmp = out.with_extension("npy.tmp");
+    molclip_eval::npy::write_npy_f32(&tmp, n, model.dim(), &rows)?;
+    std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
+    let meta_path = out.with_extension("csv");
+    write_atomic(&meta_path, &metadata)?;
+    Ok(meta_path)
+}
+
+pub fn embed(args: EmbedArgs, quiet: bool) -> Result<()> {
+    let meta = embed_to_files(&args.run, &args.data, &args.split, &args.out, &args.device, args.batch, quiet)?;
+    println!("{} and {}", args.out.display(), meta.display());
+    Ok(())
+}

@@ -203,6 +203,18 @@ fn train_killed_and_resumed_equals_an_uninterrupted_run() {
     // run.toml is the fully resolved config: every section written out.
     let run = std::fs::read_to_string(a.join("run.toml")).unwrap();
     assert!(run.contains("[optimizer]") && run.contains("[model.video.vit]"), "{run}");
+
+    // The trained run embeds and evaluates.
+    let o = molclip(&["evaluate", "--run", a.to_str().unwrap(), "--data", data.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("drug identification") && text(&o).contains("novel drugs"), "{}", text(&o));
+    let e = tmp.path().join("emb").join("novel.npy");
+    let o = molclip(&["embed", "--run", a.to_str().unwrap(), "--data", data.to_str().unwrap(), "--split", "novel", "--out", e.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let meta = std::fs::read_to_string(e.with_extension("csv")).unwrap();
+    assert!(meta.starts_with("set,replicate,drug,moa\n") && meta.lines().skip(1).all(|l| l.starts_with("novel,")), "{meta}");
+    let o = molclip(&["embed", "--run", a.to_str().unwrap(), "--data", data.to_str().unwrap(), "--split", "validation", "--out", e.to_str().unwrap()]);
+    assert!(!o.status.success() && text(&o).contains("`validation` is empty"), "{}", text(&o));
 }
 
 #[test]
