@@ -35,12 +35,13 @@ pub struct TrainArgs {
 const TERMS: [&str; 4] = ["clip", "triplet", "ce", "center"];
 
 fn metrics_csv(records: &[StepRecord]) -> String {
-    let mut out = format!("step,stage,identity,epoch,lr,loss,{},temperature,grad_norm\n", TERMS.join(","));
+    let mut out = format!("step,stage,identity,epoch,lr,loss,{},temperature,grad_norm,val_drug_map,val_moa_map\n", TERMS.join(","));
     for r in records {
         let term = |t: &str| r.terms.iter().find(|(n, _)| n == t).map_or(String::new(), |(_, v)| v.to_string());
         let terms: Vec<String> = TERMS.iter().map(|t| term(t)).collect();
+        let (vd, vm) = r.validation.map_or((String::new(), String::new()), |(d, m)| (format!("{d:.4}"), format!("{m:.4}")));
         out.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{vd},{vm}\n",
             r.step,
             r.stage,
             format!("{:?}", r.identity).to_lowercase(),
@@ -61,6 +62,35 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
     std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
+}
+
+/// Validation on the query and gallery splits: the MitoReID protocol, drug and MoA mAP.
+fn validator(cfg: &TrainConfig, index: &molclip_data::DatasetIndex, device: &molclip::candle_core::Device) -> Option<molclip::train::Validator> {
+    use molclip_eval::{Embeddings, Metadata};
+    let (query, gallery): (Vec<_>, Vec<_>) = (index.split("query").cloned().collect(), index.split("gallery").cloned().collect());
+    if cfg.validate_every == 0 || query.is_empty() || gallery.is_empty() {
+        return None;
+    }
+    let meta = |cells: &[molclip_data::CellVideo]| Metadata {
+        replicate: cells.iter().map(|c| c.replicate.trim_start_matches('l').parse().unwrap_or(0)).collect(),
+        drug: cells.iter().map(|c| c.drug_id as u32).collect(),
+        moa: cells.iter().map(|c| c.moa_id as u32).collect(),
+    };
+    let (qm, gm) = (meta(&query), meta(&gallery));
+    let (cfg, device) = (cfg.clone(), device.clone());
+    Some(Box::new(move |model: &molclip::models::VideoModel| {
+        let embed = |cells: &[molclip_data::CellVideo]| -> molclip::Result<Embeddings> {
+            let rows = molclip::train::embed_cells(model, &cfg, cells.to_vec(), &device, 32, &mut |_| {})?;
+            let mut e = Embeddings::empty(model.dim());
+            for r in rows.chunks(model.dim()) {
+                e.push_row(&r.iter().map(|&v| v as f64).collect::<Vec<_>>()).map_err(molclip::ModelError::Input)?;
+            }
+            Ok(e)
+        };
+        let (q, g) = (embed(&query)?, embed(&gallery)?);
+        let ev = molclip_eval::evaluate(&q, &qm, &g, &gm, 10).map_err(|e| molclip::ModelError::Input(format!("validation: {e}")))?;
+        Ok((ev.drug.map, ev.moa.map))
+    }))
 }
 
 pub fn train(args: TrainArgs, quiet: bool) -> Result<()> {
@@ -92,6 +122,9 @@ pub fn train(args: TrainArgs, quiet: bool) -> Result<()> {
     } else {
         Trainer::new(&cfg, &index, &device)?
     };
+    if let Some(v) = validator(&cfg, &index, &device) {
+        trainer.set_validator(v);
+    }
     let total: usize = trainer.steps_per_stage()?.iter().sum();
     let bar = progress::bar(total as u64, "training", quiet);
     let start = Instant::now();
@@ -124,12 +157,14 @@ pub fn train(args: TrainArgs, quiet: bool) -> Result<()> {
     write_atomic(&metrics, &metrics_csv(&state.records))?;
     trainer.store.save(&args.out.join("model.safetensors"))?;
     let last = state.records.last();
+    let validated = state.records.iter().rev().find_map(|r| r.validation);
     println!(
-        "{}: {} steps in {:.1} s, final loss {}",
+        "{}: {} steps in {:.1} s, final loss {}{}",
         args.out.display(),
         state.step,
         start.elapsed().as_secs_f64(),
-        last.map_or("-".into(), |r| format!("{:.4}", r.loss))
+        last.map_or("-".into(), |r| format!("{:.4}", r.loss)),
+        validated.map_or(String::new(), |(d, m)| format!(", validation mAP drug {d:.2} MoA {m:.2}"))
     );
     Ok(())
 }

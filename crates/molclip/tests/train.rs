@@ -117,3 +117,31 @@ fn a_resumed_run_ends_exactly_like_an_uninterrupted_one() {
         }
     }
 }
+
+/// Validation runs every `validate_every` epochs; with `patience`, a stage whose mAP stops
+/// improving ends early and the best weights are kept.
+#[test]
+fn early_stopping_ends_a_stage_when_validation_stops_improving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let index = tiny_dataset(&tmp.path().join("tiny"));
+    let mut cfg = small("video-only");
+    cfg.stages[0].epochs = 6;
+    cfg.validate_every = 1;
+    cfg.patience = 2;
+    let mut trainer = Trainer::new(&cfg, &index, &Device::Cpu).unwrap();
+    // A validation score that peaks after the second epoch.
+    let scores = std::cell::RefCell::new(vec![10.0, 30.0, 20.0, 15.0, 12.0, 11.0].into_iter());
+    let scores = std::rc::Rc::new(scores);
+    let s = scores.clone();
+    trainer.set_validator(Box::new(move |_| {
+        let v = s.borrow_mut().next().unwrap();
+        Ok((v, 0.0))
+    }));
+    let run = tmp.path().join("run");
+    let state = trainer.train(Some(&run), &mut |_, _| true).unwrap();
+    let validated: Vec<(usize, f64)> = state.records.iter().filter_map(|r| r.validation.map(|v| (r.epoch, v.0))).collect();
+    // Epochs 1 and 2 improve, 3 and 4 do not: the stage stops after epoch 4 of 6.
+    assert_eq!(validated, vec![(0, 10.0), (1, 30.0), (2, 20.0), (3, 15.0)]);
+    assert_eq!(state.records.last().unwrap().epoch, 3);
+    assert!(run.join("best.safetensors").exists());
+}

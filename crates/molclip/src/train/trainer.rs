@@ -52,6 +52,9 @@ pub struct StepRecord {
     pub temperature: Option<f32>,
     /// Before clipping; NaN when clipping is off.
     pub grad_norm: f64,
+    /// Validation mAP (drug, MoA) when the run was validated after this step.
+    #[serde(default)]
+    pub validation: Option<(f64, f64)>,
 }
 
 /// Where a run is: saved in every checkpoint, so that a resumed run continues exactly.
@@ -66,7 +69,16 @@ pub struct RunState {
     /// Every step so far.
     pub records: Vec<StepRecord>,
     pub finished: bool,
+    /// The best validation mAP of the current stage (drug mAP in a drug stage, MoA mAP in
+    /// a MoA stage), and validations since it improved.
+    #[serde(default)]
+    pub best: Option<f64>,
+    #[serde(default)]
+    pub stale: usize,
 }
+
+/// Validation: the video model to (drug mAP, MoA mAP) on held-out videos.
+pub type Validator = Box<dyn FnMut(&VideoModel) -> Result<(f64, f64)>>;
 
 /// The folder of a run's last checkpoint.
 pub fn last_checkpoint(run: &Path) -> PathBuf {
@@ -92,6 +104,7 @@ pub struct Trainer {
     molecules: Vec<Option<Molecule>>,
     /// Set by [`Trainer::resume`]: where to continue from.
     resume: Option<(RunState, HashMap<String, HashMap<String, Tensor>>, HashMap<String, Tensor>)>,
+    validator: Option<Validator>,
 }
 
 impl Trainer {
@@ -144,7 +157,14 @@ impl Trainer {
             _ => TrainModel::Video(VideoModel::new(&store.root().pp("video"), &cfg.model.video, n_drugs, n_moas)?),
         };
         let train = Arc::new(VideoDataset::new(cells, cfg.data.clone())?);
-        Ok(Self { cfg: cfg.clone(), device: device.clone(), store, model, train, drugs, moas, replicates, molecules, resume: None })
+        Ok(Self { cfg: cfg.clone(), device: device.clone(), store, model, train, drugs, moas, replicates, molecules, resume: None, validator: None })
+    }
+
+    /// Validate every `validate_every` epochs with this; with `patience`, a stage stops early
+    /// when the mAP has not improved that many times; the best weights go to
+    /// `RUN/best.safetensors`.
+    pub fn set_validator(&mut self, validator: Validator) {
+        self.validator = Some(validator);
     }
 
     /// Steps per epoch of each stage (0 for a skipped stage), for progress bars.
@@ -207,6 +227,11 @@ impl Trainer {
                         if epoch_done {
                             state.batch = 0;
                             state.epoch += 1;
+                            // Early stopping ends the stage here, before the checkpoint, so a
+                            // resumed run stops at the same place.
+                            if self.validate(&mut state, stage.identity, run)? == Some(true) {
+                                state.epoch = stage.epochs;
+                            }
                         }
                         if let Some(run) = run {
                             if epoch_done || (every > 0 && state.step % every as u64 == 0) {
@@ -225,9 +250,36 @@ impl Trainer {
             state.stage += 1;
             state.epoch = 0;
             state.batch = 0;
+            state.best = None;
+            state.stale = 0;
         }
         state.finished = true;
         Ok(state)
+    }
+
+    /// Validates at the end of an epoch when due; returns whether the stage should stop.
+    fn validate(&mut self, state: &mut RunState, identity: Identity, run: Option<&Path>) -> Result<Option<bool>> {
+        let every = self.cfg.validate_every;
+        if every == 0 || state.epoch % every != 0 {
+            return Ok(None);
+        }
+        let Some(validator) = self.validator.as_mut() else { return Ok(None) };
+        let (drug, moa) = validator(self.model.video())?;
+        if let Some(last) = state.records.last_mut() {
+            last.validation = Some((drug, moa));
+        }
+        let score = if identity == Identity::Drug { drug } else { moa };
+        if state.best.is_none_or(|b| score > b) {
+            state.best = Some(score);
+            state.stale = 0;
+            if let Some(run) = run {
+                std::fs::create_dir_all(run).map_err(|e| ModelError::Weights { path: run.display().to_string(), message: e.to_string() })?;
+                self.store.save(&run.join("best.safetensors"))?;
+            }
+        } else {
+            state.stale += 1;
+        }
+        Ok(Some(self.cfg.patience > 0 && state.stale >= self.cfg.patience))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -292,7 +344,7 @@ impl Trainer {
             return Err(ModelError::NonFinite { step: global_step, term: "gradient norm".into(), value: grad_norm as f32 });
         }
         optimizer.step(&grads, lr)?;
-        Ok(StepRecord { stage, identity, epoch, step: global_step, lr, loss, terms: values, temperature, grad_norm })
+        Ok(StepRecord { stage, identity, epoch, step: global_step, lr, loss, terms: values, temperature, grad_norm, validation: None })
     }
 
     /// Embeds videos (evaluation mode): the BNNeck feature of each, `[N, D]`.
