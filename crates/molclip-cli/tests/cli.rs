@@ -198,7 +198,9 @@ fn train_killed_and_resumed_equals_an_uninterrupted_run() {
     assert_eq!(std::fs::read(a.join("model.safetensors")).unwrap(), std::fs::read(b.join("model.safetensors")).unwrap());
     let (ma, mb) = (std::fs::read_to_string(a.join("metrics.csv")).unwrap(), std::fs::read_to_string(b.join("metrics.csv")).unwrap());
     assert_eq!(ma, mb);
-    assert!(ma.starts_with("step,stage,identity,epoch,lr,loss,clip,triplet,ce,center,temperature,grad_norm\n"), "{ma}");
+    assert!(ma.starts_with("step,stage,identity,epoch,lr,loss,clip,triplet,ce,center,temperature,grad_norm,val_drug_map,val_moa_map\n"), "{ma}");
+    // Each epoch ends with a validation.
+    assert_eq!(ma.lines().filter(|l| !l.ends_with(",,")).count(), 1 + 2, "{ma}");
     assert!(ma.lines().count() > 10);
     // run.toml is the fully resolved config: every section written out.
     let run = std::fs::read_to_string(a.join("run.toml")).unwrap();
