@@ -322,6 +322,28 @@ impl ConvSizes {
     fn groups(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         (0..self.b).step_by(self.g).map(|b0| (b0, self.g.min(self.b - b0)))
     }
+
+    /// The window matrix `[C·taps, gs·N]` of the `gs` videos `xs`: the input itself for a
+    /// direct (1×1×1) convolution, else built in `col`.
+    fn window_matrix<'a>(&self, window: Window3d, xs: &'a [f32], gs: usize, col: &'a mut [f32]) -> &'a [f32] {
+        if self.direct {
+            return xs;
+        }
+        let len = self.ck * gs * self.n;
+        vol2col(xs, gs, self.input, window, self.out, &mut col[..len]);
+        &col[..len]
+    }
+
+    /// The output gradients of `gs` videos as one `[O, gs·N]` matrix (regrouped into `tmp`
+    /// when the group holds several videos).
+    fn output_matrix<'a>(&self, gys: &'a [f32], gs: usize, tmp: &'a mut [f32]) -> &'a [f32] {
+        if self.g == 1 {
+            return gys;
+        }
+        let len = self.o * gs * self.n;
+        regroup(gys, &mut tmp[..len], self.o, gs, self.n, false);
+        &tmp[..len]
+    }
 }
 
 struct Conv3dCpu {
@@ -343,13 +365,7 @@ impl CustomOp2 for Conv3dCpu {
         let (mut col, mut tmp) = z.buffers();
         for (b0, gs) in z.groups() {
             let m = gs * n;
-            let xs = &x[b0 * vol..(b0 + gs) * vol];
-            let col_ref: &[f32] = if z.direct {
-                xs
-            } else {
-                vol2col(xs, gs, z.input, self.window, out, &mut col[..ck * m]);
-                &col[..ck * m]
-            };
+            let col_ref = z.window_matrix(self.window, &x[b0 * vol..(b0 + gs) * vol], gs, &mut col);
             let ys = &mut y[b0 * o * n..(b0 + gs) * o * n];
             if z.g == 1 {
                 gemm_f32(o, n, ck, ys, false, wt, (1, ck as isize), col_ref, (1, n as isize));
@@ -395,13 +411,7 @@ impl CustomOp2 for Conv3dGradInput {
         let (mut gcol, mut tmp) = z.buffers();
         for (b0, gs) in z.groups() {
             let m = gs * n;
-            let gys = &gy[b0 * o * n..(b0 + gs) * o * n];
-            let lhs: &[f32] = if z.g == 1 {
-                gys
-            } else {
-                regroup(gys, &mut tmp[..o * m], o, gs, n, false);
-                &tmp[..o * m]
-            };
+            let lhs = z.output_matrix(&gy[b0 * o * n..(b0 + gs) * o * n], gs, &mut tmp);
             let gxs = &mut gx[b0 * vol..(b0 + gs) * vol];
             // Wᵀ: element (ck, o) of the transpose sits at o·CK + ck.
             if z.direct {
@@ -434,20 +444,8 @@ impl CustomOp2 for Conv3dGradWeight {
         let (mut col, mut tmp) = z.buffers();
         for (b0, gs) in z.groups() {
             let m = gs * n;
-            let xs = &x[b0 * vol..(b0 + gs) * vol];
-            let col_ref: &[f32] = if z.direct {
-                xs
-            } else {
-                vol2col(xs, gs, z.input, self.window, z.out, &mut col[..ck * m]);
-                &col[..ck * m]
-            };
-            let gys = &gy[b0 * o * n..(b0 + gs) * o * n];
-            let lhs: &[f32] = if z.g == 1 {
-                gys
-            } else {
-                regroup(gys, &mut tmp[..o * m], o, gs, n, false);
-                &tmp[..o * m]
-            };
+            let col_ref = z.window_matrix(self.window, &x[b0 * vol..(b0 + gs) * vol], gs, &mut col);
+            let lhs = z.output_matrix(&gy[b0 * o * n..(b0 + gs) * o * n], gs, &mut tmp);
             // colᵀ: element (m, ck) sits at ck·M + m.
             gemm_f32(o, ck, m, &mut gw, b0 > 0, lhs, (1, m as isize), col_ref, (m as isize, 1));
         }
