@@ -6,7 +6,7 @@ use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use mitosim::{generate, DatasetPlan, FrameFormat, SimConfig};
+use mitosim::{generate, DatasetPlan, SimConfig};
 use molclip_data::frames::{FrameOptions, ShortVideoPolicy};
 use molclip_data::loader::{pixel_stats, DataConfig, Loader, Mode, VideoDataset};
 use molclip_data::sampler::{sequential_batches, PkSampler, SamplerConfig};
