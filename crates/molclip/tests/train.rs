@@ -105,6 +105,11 @@ fn a_resumed_run_ends_exactly_like_an_uninterrupted_one() {
         let _ = std::fs::remove_dir_all(&b);
         let stopped = Trainer::new(&cfg, &index, &Device::Cpu).unwrap().train(Some(&b), &mut |_, s| s.step < stop_at).unwrap();
         assert!(!stopped.finished && stopped.step == stop_at);
+        // The checkpoint holds the config; resuming with another one is refused.
+        let mut other = cfg.clone();
+        other.seed += 1;
+        let err = Trainer::resume(&other, &index, &Device::Cpu, &b).err().unwrap().to_string();
+        assert!(err.contains("differs"), "{err}");
         let mut resumed = Trainer::resume(&cfg, &index, &Device::Cpu, &b).unwrap();
         let end = resumed.train(Some(&b), &mut |_, _| true).unwrap();
         assert!(end.finished);

@@ -75,6 +75,9 @@ pub struct RunState {
     pub best: Option<f64>,
     #[serde(default)]
     pub stale: usize,
+    /// The run's resolved config (TOML), so that a checkpoint says what it is of.
+    #[serde(default)]
+    pub config: String,
 }
 
 /// Validation: the video model to (drug mAP, MoA mAP) on held-out videos.
@@ -116,6 +119,13 @@ impl Trainer {
     /// A trainer that continues the run in `run` from its last checkpoint.
     pub fn resume(cfg: &TrainConfig, index: &DatasetIndex, device: &Device, run: &Path) -> Result<Self> {
         let ck = load_checkpoint::<RunState>(&last_checkpoint(run))?;
+        let saved: TrainConfig = toml::from_str(&ck.state.config).map_err(|e| ModelError::Weights {
+            path: last_checkpoint(run).display().to_string(),
+            message: format!("the checkpoint's config does not parse: {e}"),
+        })?;
+        if &saved != cfg {
+            return Err(ModelError::config("config", format!("differs from the one {} was trained with: resume with the run's own run.toml", run.display())));
+        }
         let mut stores = ck.stores;
         let model = stores.remove("model").ok_or_else(|| ModelError::Weights { path: run.display().to_string(), message: "the checkpoint has no model".into() })?;
         let mut trainer = Self::build(cfg, index, device, model)?;
@@ -192,6 +202,7 @@ impl Trainer {
             Some((state, stores, opt)) => (state, stores.into_iter().next().map(|(_, t)| t), Some(opt)),
             None => (RunState::default(), None, None),
         };
+        state.config = toml::to_string(&self.cfg).map_err(|e| ModelError::config("config", e.to_string()))?;
         let loss_cfg = self.cfg.effective_loss();
         let dim = self.model.video().dim();
         let stages = self.cfg.stages.clone();
