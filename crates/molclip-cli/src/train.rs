@@ -72,7 +72,7 @@ fn validator(cfg: &TrainConfig, index: &molclip_data::DatasetIndex, device: &mol
         return None;
     }
     let meta = |cells: &[molclip_data::CellVideo]| Metadata {
-        replicate: cells.iter().map(|c| c.replicate.trim_start_matches('l').parse().unwrap_or(0)).collect(),
+        replicate: cells.iter().map(molclip::train::replicate_number).collect(),
         drug: cells.iter().map(|c| c.drug_id as u32).collect(),
         moa: cells.iter().map(|c| c.moa_id as u32).collect(),
     };

@@ -32,30 +32,8 @@ pub fn clip_loss(
             molecule_drugs.len()
         )));
     }
-    let mut v2m = vec![0f32; b * p];
-    let mut m2v = vec![0f32; p * b];
-    for (i, &dv) in video_drugs.iter().enumerate() {
-        let positives = molecule_drugs.iter().filter(|&&dm| dm == dv).count();
-        if positives == 0 {
-            return Err(ModelError::Input(format!("clip loss: video {i} (drug {dv}) has no molecule in the batch")));
-        }
-        for (j, &dm) in molecule_drugs.iter().enumerate() {
-            if dm == dv {
-                v2m[i * p + j] = 1.0 / positives as f32;
-            }
-        }
-    }
-    for (j, &dm) in molecule_drugs.iter().enumerate() {
-        let positives = video_drugs.iter().filter(|&&dv| dv == dm).count();
-        if positives == 0 {
-            return Err(ModelError::Input(format!("clip loss: molecule {j} (drug {dm}) has no video in the batch")));
-        }
-        for (i, &dv) in video_drugs.iter().enumerate() {
-            if dv == dm {
-                m2v[j * b + i] = 1.0 / positives as f32;
-            }
-        }
-    }
+    let v2m = targets(video_drugs, molecule_drugs, "video", "molecule")?;
+    let m2v = targets(molecule_drugs, video_drugs, "molecule", "video")?;
     let device = videos.device();
     let v2m = Tensor::from_vec(v2m, (b, p), device)?;
     let m2v = Tensor::from_vec(m2v, (p, b), device)?;
@@ -64,4 +42,22 @@ pub fn clip_loss(
     let loss_v = (log_softmax_last_dim(&logits)? * v2m)?.sum_all()?.affine(-1.0 / b as f64, 0.0)?;
     let loss_m = (log_softmax_last_dim(&logits.t()?)? * m2v)?.sum_all()?.affine(-1.0 / p as f64, 0.0)?;
     Ok(((loss_v + loss_m)? * 0.5)?)
+}
+
+/// Row-normalised targets `[rows, cols]`: each row spreads 1 evenly over the columns of the
+/// same drug. A row without any is an error naming it.
+fn targets(rows: &[u32], cols: &[u32], row_kind: &str, col_kind: &str) -> Result<Vec<f32>> {
+    let mut t = vec![0f32; rows.len() * cols.len()];
+    for (i, &d) in rows.iter().enumerate() {
+        let positives = cols.iter().filter(|&&c| c == d).count();
+        if positives == 0 {
+            return Err(ModelError::Input(format!("clip loss: {row_kind} {i} (drug {d}) has no {col_kind} in the batch")));
+        }
+        for (j, &c) in cols.iter().enumerate() {
+            if c == d {
+                t[i * cols.len() + j] = 1.0 / positives as f32;
+            }
+        }
+    }
+    Ok(t)
 }

@@ -88,6 +88,11 @@ pub fn last_checkpoint(run: &Path) -> PathBuf {
     run.join("checkpoints").join("last")
 }
 
+/// The number of a cell's replicate (`l2` is 2; 0 when the name has no number).
+pub fn replicate_number(cell: &molclip_data::CellVideo) -> u32 {
+    cell.replicate.trim_start_matches('l').parse().unwrap_or(0)
+}
+
 /// Labels as contiguous class indices: dataset ids can be sparse.
 fn contiguous(ids: &[usize]) -> (Vec<u32>, usize) {
     let classes: BTreeMap<usize, u32> = ids.iter().copied().collect::<std::collections::BTreeSet<_>>().into_iter().enumerate().map(|(i, id)| (id, i as u32)).collect();
@@ -142,7 +147,7 @@ impl Trainer {
         }
         let (drugs, n_drugs) = contiguous(&cells.iter().map(|c| c.drug_id).collect::<Vec<_>>());
         let (moas, n_moas) = contiguous(&cells.iter().map(|c| c.moa_id).collect::<Vec<_>>());
-        let (replicates, _) = contiguous(&cells.iter().map(|c| c.replicate.trim_start_matches('l').parse::<usize>().unwrap_or(0)).collect::<Vec<_>>());
+        let (replicates, _) = contiguous(&cells.iter().map(|c| replicate_number(c) as usize).collect::<Vec<_>>());
         let replicates = replicates.into_iter().map(|r| r as usize).collect();
         let mut molecules = vec![None; n_drugs];
         if cfg.kind == ModelKind::Molclip {
