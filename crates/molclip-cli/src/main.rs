@@ -2,7 +2,10 @@
 //! work is done by the library crates.
 
 mod bench;
+mod demo;
+mod predict;
 mod progress;
+mod report;
 mod train;
 
 use std::path::{Path, PathBuf};
@@ -26,6 +29,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The whole story in minutes: simulate, train single-frame, video-only and MolCLIP,
+    /// evaluate them and write DIR/report.html and DIR/metrics.json.
+    Demo(demo::DemoArgs),
     /// Write a simulated MitoDataset (MitoReID layout).
     Simulate(SimulateArgs),
     /// Validate a dataset (folder or manifest CSV) and summarise it; optionally draw a montage and measure difficulty.
@@ -42,6 +48,12 @@ enum Command {
     Train(train::TrainArgs),
     /// Embed a dataset's videos with a trained run: .npy embeddings and a metadata CSV (the `evaluate` schema).
     Embed(train::EmbedArgs),
+    /// Self-contained HTML report of runs: results with gains, training and CMC curves,
+    /// embedding map, MoA confusion, temporal attention, example videos.
+    Report(report::ReportArgs),
+    /// MoA ranking for new videos (against the run's gallery), or for a new drug from its
+    /// SMILES alone (zero-shot, MolCLIP runs).
+    Predict(predict::PredictArgs),
     /// Model weights (safetensors): list them, or import a pretrained ViT for frame-vit.
     #[command(subcommand)]
     Weights(WeightsCommand),
@@ -216,6 +228,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Data(DataCommand::Stats { dir, config }) => data_stats(&dir, config.as_deref(), quiet),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Train(args) => train::train(args, quiet),
+        Command::Demo(args) => demo::demo(args, quiet),
+        Command::Report(args) => report::report(args, quiet),
+        Command::Predict(args) => predict::predict(args, quiet),
         Command::Embed(args) => train::embed(args, quiet),
         Command::Weights(cmd) => weights(cmd),
     }

@@ -57,11 +57,8 @@ fn metrics_csv(records: &[StepRecord]) -> String {
 }
 
 /// Write then rename, so a reader never sees half a file.
-fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    crate::write_atomically(path, text.as_bytes())
 }
 
 /// Validation on the query and gallery splits: the MitoReID protocol, drug and MoA mAP.
@@ -95,42 +92,69 @@ fn validator(cfg: &TrainConfig, index: &molclip_data::DatasetIndex, device: &mol
 
 pub fn train(args: TrainArgs, quiet: bool) -> Result<()> {
     let run_toml = args.out.join("run.toml");
-    let has_checkpoint = last_checkpoint(&args.out).join("state.json").exists();
     let (config_path, text) = if args.resume {
-        if !has_checkpoint {
-            bail!("{}: no checkpoint to resume (checkpoints/last)", args.out.display());
-        }
         (run_toml.clone(), std::fs::read_to_string(&run_toml).with_context(|| format!("reading {}", run_toml.display()))?)
     } else {
-        if has_checkpoint {
-            bail!("{} already holds a run (checkpoints/last): pass --resume to continue it, or choose another --out", args.out.display());
-        }
         let path = args.config.clone().context("--config is needed (except with --resume)")?;
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         (path, text)
     };
     let cfg = TrainConfig::from_toml(&text).with_context(|| format!("{}", config_path.display()))?;
-    let device = molclip::parse_device(&args.device)?;
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    write_atomic(&run_toml, &toml::to_string(&cfg).context("serialising the config")?)?;
+    let outcome = run_training(&cfg, &args.data, &args.out, &args.device, args.resume, quiet, args.kill_after_steps)?;
+    println!("{}", outcome.summary(&args.out));
+    Ok(())
+}
+
+/// What a finished training reports.
+pub struct TrainOutcome {
+    pub state: RunState,
+    pub seconds: f64,
+}
+
+impl TrainOutcome {
+    pub fn summary(&self, out: &Path) -> String {
+        let last = self.state.records.last();
+        let validated = self.state.records.iter().rev().find_map(|r| r.validation);
+        format!(
+            "{}: {} steps in {:.1} s, final loss {}{}",
+            out.display(),
+            self.state.step,
+            self.seconds,
+            last.map_or("-".into(), |r| format!("{:.4}", r.loss)),
+            validated.map_or(String::new(), |(d, m)| format!(", validation mAP drug {d:.2} MoA {m:.2}"))
+        )
+    }
+}
+
+/// Trains `cfg` on `data` into the run folder `out` (or continues it with `resume`).
+pub fn run_training(cfg: &TrainConfig, data: &Path, out: &Path, device: &str, resume: bool, quiet: bool, kill_after_steps: Option<u64>) -> Result<TrainOutcome> {
+    let has_checkpoint = last_checkpoint(out).join("state.json").exists();
+    if resume && !has_checkpoint {
+        bail!("{}: no checkpoint to resume (checkpoints/last)", out.display());
+    }
+    if !resume && has_checkpoint {
+        bail!("{} already holds a run (checkpoints/last): pass --resume to continue it, or choose another --out", out.display());
+    }
+    let device = molclip::parse_device(device)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    write_atomic(&out.join("run.toml"), &toml::to_string(cfg).context("serialising the config")?)?;
+    // Where the run's data is: `report` and `predict` find the gallery there.
+    let data_abs = std::fs::canonicalize(data).unwrap_or_else(|_| data.to_path_buf());
+    write_atomic(&out.join("data.txt"), &format!("{}\n", data_abs.display()))?;
 
     let bar = progress::bar(0, "scanning", quiet);
-    let index = molclip_data::DatasetIndex::open_with_progress(&args.data, &progress::scan_callback(&bar))?;
+    let index = molclip_data::DatasetIndex::open_with_progress(data, &progress::scan_callback(&bar))?;
     bar.finish_and_clear();
-    let mut trainer = if args.resume {
-        Trainer::resume(&cfg, &index, &device, &args.out)?
-    } else {
-        Trainer::new(&cfg, &index, &device)?
-    };
-    if let Some(v) = validator(&cfg, &index, &device) {
+    let mut trainer = if resume { Trainer::resume(cfg, &index, &device, out)? } else { Trainer::new(cfg, &index, &device)? };
+    if let Some(v) = validator(cfg, &index, &device) {
         trainer.set_validator(v);
     }
     let total: usize = trainer.steps_per_stage()?.iter().sum();
     let bar = progress::bar(total as u64, "training", quiet);
     let start = Instant::now();
-    let metrics = args.out.join("metrics.csv");
+    let metrics = out.join("metrics.csv");
     let mut write_error = None;
-    let result = trainer.train(Some(&args.out), &mut |r: &StepRecord, state: &RunState| {
+    let result = trainer.train(Some(out), &mut |r: &StepRecord, state: &RunState| {
         bar.set_position(state.step);
         bar.set_message(format!("stage {} ({:?}) epoch {} loss {:.3}", r.stage + 1, r.identity, r.epoch + 1, r.loss));
         if state.batch == 0 {
@@ -140,7 +164,7 @@ pub fn train(args: TrainArgs, quiet: bool) -> Result<()> {
                 return false;
             }
         }
-        if args.kill_after_steps == Some(state.step) {
+        if kill_after_steps == Some(state.step) {
             #[cfg(unix)]
             // SAFETY: sends a signal to this very process.
             unsafe {
@@ -153,20 +177,10 @@ pub fn train(args: TrainArgs, quiet: bool) -> Result<()> {
     if let Some(e) = write_error {
         return Err(e);
     }
-    let state = result.with_context(|| format!("training stopped; the last good checkpoint is {}", last_checkpoint(&args.out).display()))?;
+    let state = result.with_context(|| format!("training stopped; the last good checkpoint is {}", last_checkpoint(out).display()))?;
     write_atomic(&metrics, &metrics_csv(&state.records))?;
-    trainer.store.save(&args.out.join("model.safetensors"))?;
-    let last = state.records.last();
-    let validated = state.records.iter().rev().find_map(|r| r.validation);
-    println!(
-        "{}: {} steps in {:.1} s, final loss {}{}",
-        args.out.display(),
-        state.step,
-        start.elapsed().as_secs_f64(),
-        last.map_or("-".into(), |r| format!("{:.4}", r.loss)),
-        validated.map_or(String::new(), |(d, m)| format!(", validation mAP drug {d:.2} MoA {m:.2}"))
-    );
-    Ok(())
+    trainer.store.save(&out.join("model.safetensors"))?;
+    Ok(TrainOutcome { state, seconds: start.elapsed().as_secs_f64() })
 }
 
 #[derive(Args)]

@@ -192,6 +192,44 @@ impl DatasetIndex {
         }
     }
 
+    /// Videos without labels, to be named: `<dir>/<drug>/<cell>/` (numbered frames or one
+    /// stack per cell). Drugs are the folder names; ids and MoAs are unknown (0), the split is
+    /// `unlabelled`.
+    pub fn unlabelled(dir: &Path) -> Result<Vec<CellVideo>, DataError> {
+        if !dir.is_dir() {
+            return Err(DataError::invalid(dir, "not a directory: expected <drug>/<cell>/ folders of frames"));
+        }
+        let mut cells = Vec::new();
+        let mut problems = Vec::new();
+        for drug in sorted_dirs(dir)? {
+            let cell_dirs = sorted_dirs(&drug)?;
+            if cell_dirs.is_empty() {
+                problems.push(problem(&drug, "no <cell> folders in this drug folder"));
+            }
+            for cell in cell_dirs {
+                match scan_cell(&cell) {
+                    Ok((source, n_frames, width, height)) => cells.push(CellVideo {
+                        dir: cell,
+                        replicate: String::new(),
+                        split: "unlabelled".into(),
+                        drug_folder: file_name(&drug),
+                        drug_id: 0,
+                        moa_id: 0,
+                        source,
+                        n_frames,
+                        width,
+                        height,
+                    }),
+                    Err(ps) => problems.extend(ps),
+                }
+            }
+        }
+        if cells.is_empty() && problems.is_empty() {
+            problems.push(problem(dir, "no <drug>/<cell>/ folders"));
+        }
+        if problems.is_empty() { Ok(cells) } else { Err(DataError::Problems(problems)) }
+    }
+
     /// A dataset in another layout, listed by a manifest CSV with columns
     /// `path, drug, replicate, split`: `path` (relative to the manifest) is a
     /// folder of numbered frames or one multi-page TIFF / OME-TIFF per cell;

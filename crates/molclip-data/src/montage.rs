@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use font8x8::UnicodeFonts;
+use image::ImageEncoder;
 
 use crate::error::DataError;
 use crate::frames::{read_video, Video};
@@ -72,6 +73,12 @@ fn pick_cells(index: &DatasetIndex) -> Result<Vec<(usize, Video)>, DataError> {
 
 /// Write the montage PNG.
 pub fn write_montage(index: &DatasetIndex, out: &Path) -> Result<(), DataError> {
+    let png = montage_png(index)?;
+    std::fs::write(out, png).map_err(|e| DataError::invalid(out, format!("cannot write montage: {e}")))
+}
+
+/// The montage as PNG bytes.
+pub fn montage_png(index: &DatasetIndex) -> Result<Vec<u8>, DataError> {
     let rows = pick_cells(index)?;
     if rows.is_empty() {
         return Err(DataError::invalid(&index.root, "no train cells to draw"));
@@ -108,8 +115,11 @@ pub fn write_montage(index: &DatasetIndex, out: &Path) -> Result<(), DataError> 
             }
         }
     }
-    image::save_buffer(out, &canvas, width as u32, height as u32, image::ExtendedColorType::L8)
-        .map_err(|e| DataError::invalid(out, format!("cannot write montage: {e}")))
+    let mut png = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut png)
+        .write_image(&canvas, width as u32, height as u32, image::ExtendedColorType::L8)
+        .map_err(|e| DataError::invalid(&index.root, format!("cannot encode the montage: {e}")))?;
+    Ok(png)
 }
 
 #[cfg(test)]

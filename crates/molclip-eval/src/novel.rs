@@ -40,6 +40,41 @@ fn winner(tally: &BTreeMap<u32, (usize, f64)>) -> Option<u32> {
         .map(|(&m, _)| m)
 }
 
+/// For each row of `a`, the MoAs of its `k` nearest gallery videos (count and summed
+/// distance per MoA), leaving out the gallery videos `skip(row, j)` names.
+fn knn_tallies(a: &Embeddings, gallery: &Embeddings, g: &Metadata, k: usize, skip: impl Fn(usize, usize) -> bool) -> Vec<BTreeMap<u32, (usize, f64)>> {
+    let ng = gallery.len();
+    let mut out = Vec::with_capacity(a.len());
+    for_each_distance_block(a, gallery, |start, block| {
+        for (r, dist) in block.chunks(ng).enumerate() {
+            let mut order: Vec<usize> = (0..ng).filter(|&j| !skip(start + r, j)).collect();
+            let k = k.min(order.len());
+            let mut tally = BTreeMap::new();
+            if k > 0 {
+                order.select_nth_unstable_by(k - 1, |&a, &b| dist[a].total_cmp(&dist[b]).then(a.cmp(&b)));
+                for &j in &order[..k] {
+                    let e = tally.entry(g.moa[j]).or_insert((0, 0.0));
+                    e.0 += 1;
+                    e.1 += dist[j];
+                }
+            }
+            out.push(tally);
+        }
+    });
+    out
+}
+
+/// The MoA each query video is given by its `k` nearest gallery videos, under the
+/// protocol's rule: gallery videos of the query's drug in the query's replicate do not
+/// vote. `None` where no gallery video is left.
+pub fn query_moa_votes(query: &Embeddings, q: &Metadata, gallery: &Embeddings, g: &Metadata, k: usize) -> Result<Vec<Option<u32>>, EvalError> {
+    if k == 0 || gallery.is_empty() {
+        return Err(EvalError::Input("k must be at least 1 and the gallery not empty".into()));
+    }
+    let tallies = knn_tallies(query, gallery, g, k, |i, j| q.drug[i] == g.drug[j] && q.replicate[i] == g.replicate[j]);
+    Ok(tallies.iter().map(winner).collect())
+}
+
 pub fn novel_moa_votes(
     novel: &Embeddings,
     n: &Metadata,
@@ -50,25 +85,10 @@ pub fn novel_moa_votes(
     if novel.is_empty() {
         return Err(EvalError::Input("no novel videos (set = novel) to name".into()));
     }
-    if k == 0 {
-        return Err(EvalError::Input("k must be at least 1".into()));
+    if k == 0 || gallery.is_empty() {
+        return Err(EvalError::Input("k must be at least 1 and the gallery not empty".into()));
     }
-    let ng = gallery.len();
-    let k = k.min(ng);
-    let mut per_video: Vec<BTreeMap<u32, (usize, f64)>> = Vec::with_capacity(novel.len());
-    for_each_distance_block(novel, gallery, |_, block| {
-        for dist in block.chunks(ng) {
-            let mut order: Vec<usize> = (0..ng).collect();
-            order.select_nth_unstable_by(k - 1, |&a, &b| dist[a].total_cmp(&dist[b]).then(a.cmp(&b)));
-            let mut tally = BTreeMap::new();
-            for &j in &order[..k] {
-                let e = tally.entry(g.moa[j]).or_insert((0, 0.0));
-                e.0 += 1;
-                e.1 += dist[j];
-            }
-            per_video.push(tally);
-        }
-    });
+    let per_video = knn_tallies(novel, gallery, g, k, |_, _| false);
     let correct_videos = per_video.iter().zip(&n.moa).filter(|(t, &m)| winner(t) == Some(m)).count();
     let mut by_drug: BTreeMap<u32, (u32, usize, BTreeMap<u32, (usize, f64)>)> = BTreeMap::new();
     for (i, tally) in per_video.iter().enumerate() {
@@ -85,7 +105,7 @@ pub fn novel_moa_votes(
         .map(|(drug, (moa, videos, tally))| {
             let mut votes: Vec<(u32, usize)> = tally.iter().map(|(&m, &(v, _))| (m, v)).collect();
             votes.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-            DrugPrediction { drug, moa, predicted: winner(&tally).expect("k >= 1 gives votes"), videos, votes }
+            DrugPrediction { drug, moa, predicted: winner(&tally).expect("a non-empty gallery gives votes"), videos, votes }
         })
         .collect();
     let right = drugs.iter().filter(|d| d.predicted == d.moa).count();
@@ -119,5 +139,33 @@ impl NovelReport {
             out.push('\n');
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(replicate: &[u32], drug: &[u32], moa: &[u32]) -> Metadata {
+        Metadata { replicate: replicate.to_vec(), drug: drug.to_vec(), moa: moa.to_vec() }
+    }
+
+    #[test]
+    fn a_query_does_not_vote_with_its_own_drug_in_its_own_replicate() {
+        // Gallery on a line: drug 0 (MoA 0) in replicates 1 and 2, drug 1 (MoA 1) in replicate 1.
+        let gallery = Embeddings::from_rows(2, &[1.0, 0.0, 0.8, 0.6, 0.6, 0.8]).unwrap();
+        let g = meta(&[1, 2, 1], &[0, 0, 1], &[0, 0, 1]);
+        let query = Embeddings::from_rows(2, &[1.0, 0.05, 1.0, 0.05]).unwrap();
+        // The first query is drug 0 in replicate 1: its nearest gallery video (same drug,
+        // same replicate) is left out, so with k = 1 the next one, drug 0 in l2, decides.
+        // The second is drug 2 of MoA 1 in replicate 1: nothing is left out.
+        let q = meta(&[1, 1], &[0, 2], &[0, 1]);
+        assert_eq!(query_moa_votes(&query, &q, &gallery, &g, 1).unwrap(), vec![Some(0), Some(0)]);
+        // k = 2: the first query sees l2's drug 0 and drug 1, one vote each; the closer wins.
+        assert_eq!(query_moa_votes(&query, &q, &gallery, &g, 2).unwrap(), vec![Some(0), Some(0)]);
+        // A gallery holding only the query's own drug and replicate leaves no voter.
+        let lone = Embeddings::from_rows(2, &[1.0, 0.0]).unwrap();
+        assert_eq!(query_moa_votes(&query, &q, &lone, &meta(&[1], &[0], &[0]), 3).unwrap(), vec![None, Some(0)]);
+        assert!(query_moa_votes(&query, &q, &gallery, &g, 0).is_err());
     }
 }

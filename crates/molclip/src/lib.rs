@@ -9,6 +9,7 @@ pub use error::{ModelError, Result};
 pub mod losses;
 pub mod models;
 pub mod optim;
+pub mod predict;
 pub mod train;
 
 /// `cpu`, `cuda` or `cuda:N`. CUDA needs a build with `--features cuda`.
