@@ -62,7 +62,7 @@ fn every_model_kind_trains_and_its_loss_goes_down() {
         let names: Vec<&str> = records[0].terms.iter().map(|(n, _)| n.as_str()).collect();
         match cfg.kind {
             ModelKind::Molclip => {
-                assert_eq!(names, ["clip", "triplet", "ce"], "{kind}");
+                assert_eq!(names, ["clip", "triplet", "ce", "center"], "{kind}");
                 assert!(records.iter().all(|r| r.temperature.is_some()));
             }
             _ => assert_eq!(names, ["triplet", "ce", "center"], "{kind}"),
