@@ -85,16 +85,17 @@ fn simulate(config: SimConfig, dir: &Path, quiet: bool) -> Result<()> {
 }
 
 /// Trains `cfg` into `run` unless it is there already, finished; resumes an interrupted one.
-fn train(cfg: &TrainConfig, data: &Path, run: &Path, device: &str, quiet: bool) -> Result<Option<f64>> {
+fn train(cfg: &TrainConfig, data: &Path, run: &Path, device: &str, quiet: bool) -> Result<()> {
     let same_config = std::fs::read_to_string(run.join("run.toml")).ok().and_then(|t| TrainConfig::from_toml(&t).ok()).is_some_and(|c| &c == cfg);
     if same_config && run.join("model.safetensors").exists() {
-        return Ok(None);
+        return Ok(());
     }
     let resume = same_config && last_checkpoint(run).join("state.json").exists();
     if !resume && run.exists() {
         std::fs::remove_dir_all(run).with_context(|| format!("clearing {}", run.display()))?;
     }
-    Ok(Some(run_training(cfg, data, run, device, resume, quiet, None)?.seconds))
+    run_training(cfg, data, run, device, resume, quiet, None)?;
+    Ok(())
 }
 
 fn task_json(t: &molclip_report::TaskResult) -> serde_json::Value {
@@ -122,10 +123,9 @@ pub fn demo(args: DemoArgs, quiet: bool) -> Result<()> {
         let cfg = recipe(text, args.seed, args.quick).with_context(|| format!("the {name} recipe"))?;
         let run = args.out.join("runs").join(name.replace('_', "-"));
         say(format!("demo: training {name} into {}", run.display()));
-        let seconds = train(&cfg, &data, &run, &args.device, quiet)?;
+        train(&cfg, &data, &run, &args.device, quiet)?;
         let analysis = analyse_run(&run, &index, &args.device, quiet, args.seed)?;
-        let mut r = analysis.result;
-        r.train_seconds = seconds;
+        let r = analysis.result;
         let mut entry = json!({"drug": task_json(&r.drug), "moa": task_json(&r.moa)});
         if let Some(n) = &r.novel {
             entry["novel_video_vote"] = json!(n.video_vote);
@@ -133,7 +133,7 @@ pub fn demo(args: DemoArgs, quiet: bool) -> Result<()> {
         if let Some(z) = &analysis.zero_shot {
             entry["zero_shot"] = serde_json::to_value(z)?;
         }
-        if let Some(s) = seconds {
+        if let Some(s) = r.train_seconds {
             entry["train_seconds"] = json!(s);
         }
         say(format!("demo: {name}: drug mAP {:.2}, MoA mAP {:.2}", r.drug.map, r.moa.map));

@@ -211,7 +211,7 @@ pub fn analyse_run(run: &Path, index: &DatasetIndex, device: &str, quiet: bool, 
         // One time step (a single frame) has nothing to weigh.
         attention: (e.steps > 1).then_some(attention),
         novel,
-        train_seconds: None,
+        train_seconds: crate::train::train_seconds(run),
     };
     Ok(Analysis { result, zero_shot })
 }

@@ -180,7 +180,16 @@ pub fn run_training(cfg: &TrainConfig, data: &Path, out: &Path, device: &str, re
     let state = result.with_context(|| format!("training stopped; the last good checkpoint is {}", last_checkpoint(out).display()))?;
     write_atomic(&metrics, &metrics_csv(&state.records))?;
     trainer.store.save(&out.join("model.safetensors"))?;
-    Ok(TrainOutcome { state, seconds: start.elapsed().as_secs_f64() })
+    // Training time over every session of the run (an interrupted run adds up its parts).
+    let before = if resume { train_seconds(out).unwrap_or(0.0) } else { 0.0 };
+    let seconds = before + start.elapsed().as_secs_f64();
+    write_atomic(&out.join("train_seconds.txt"), &format!("{seconds:.3}\n"))?;
+    Ok(TrainOutcome { state, seconds })
+}
+
+/// The wall-clock training time a finished run recorded.
+pub fn train_seconds(run: &Path) -> Option<f64> {
+    std::fs::read_to_string(run.join("train_seconds.txt")).ok()?.trim().parse().ok()
 }
 
 #[derive(Args)]

@@ -51,6 +51,10 @@ fn quick_demo_then_report_and_predict() {
         assert!(String::from_utf8_lossy(&o.stdout).contains(kind), "{}", text(&o));
     }
 
+    for model in ["single_frame", "video_only", "molclip"] {
+        assert!(m["models"][model]["train_seconds"].as_f64().unwrap() > 0.0, "{model}: no training time");
+    }
+
     // The figures agree with `evaluate --run`, an independent path through the same protocol.
     let vo = out.join("runs").join("video-only");
     let data = out.join("data");
@@ -72,6 +76,8 @@ fn quick_demo_then_report_and_predict() {
     let before = std::fs::metadata(vo.join("model.safetensors")).unwrap().modified().unwrap();
     run_ok(&["demo", "--quick", "--out", out.to_str().unwrap(), "--seed", "3", "--quiet"]);
     assert_eq!(std::fs::metadata(vo.join("model.safetensors")).unwrap().modified().unwrap(), before);
+    // ...and its training time is still reported.
+    assert_eq!(metrics(&out)["models"]["video_only"]["train_seconds"], m["models"]["video_only"]["train_seconds"]);
     let again = tmp.path().join("again");
     run_ok(&["demo", "--quick", "--out", again.to_str().unwrap(), "--seed", "3", "--quiet"]);
     assert_eq!(metrics(&again)["models"], m["models"].as_object().map(|o| {

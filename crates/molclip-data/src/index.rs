@@ -68,6 +68,16 @@ pub struct CellVideo {
     pub height: u32,
 }
 
+/// What scanning a cell finds: its frames, how many, width and height.
+type ScannedCell = (FrameSource, usize, u32, u32);
+
+impl CellVideo {
+    fn new(dir: PathBuf, replicate: String, split: String, drug_folder: String, (drug_id, moa_id): (usize, usize), scanned: ScannedCell) -> Self {
+        let (source, n_frames, width, height) = scanned;
+        Self { dir, replicate, split, drug_folder, drug_id, moa_id, source, n_frames, width, height }
+    }
+}
+
 /// A validated dataset.
 #[derive(Debug, Clone)]
 pub struct DatasetIndex {
@@ -166,8 +176,8 @@ impl DatasetIndex {
                 let Some(record) = annotation.lookup(&drug_folder) else {
                     return Err(vec![problem(dir.parent().unwrap_or(&dir), format!("drug folder {drug_folder:?} has no row in annotation.csv"))]);
                 };
-                let (source, n_frames, width, height) = scan_cell(&dir)?;
-                Ok(CellVideo { dir, replicate, split, drug_folder, drug_id: record.drug_id, moa_id: record.moa_id, source, n_frames, width, height })
+                let frames = scan_cell(&dir)?;
+                Ok(CellVideo::new(dir, replicate, split, drug_folder, (record.drug_id, record.moa_id), frames))
             })
             .collect();
         let mut cells = Vec::with_capacity(results.len());
@@ -208,18 +218,7 @@ impl DatasetIndex {
             }
             for cell in cell_dirs {
                 match scan_cell(&cell) {
-                    Ok((source, n_frames, width, height)) => cells.push(CellVideo {
-                        dir: cell,
-                        replicate: String::new(),
-                        split: "unlabelled".into(),
-                        drug_folder: file_name(&drug),
-                        drug_id: 0,
-                        moa_id: 0,
-                        source,
-                        n_frames,
-                        width,
-                        height,
-                    }),
+                    Ok(frames) => cells.push(CellVideo::new(cell, String::new(), "unlabelled".into(), file_name(&drug), (0, 0), frames)),
                     Err(ps) => problems.extend(ps),
                 }
             }
@@ -277,18 +276,7 @@ impl DatasetIndex {
                 Err(vec![problem(&path, format!("listed at {} but does not exist", at.display()))])
             };
             match scanned {
-                Ok((source, n_frames, width, height)) => cells.push(CellVideo {
-                    dir: path,
-                    replicate,
-                    split,
-                    drug_folder: drug,
-                    drug_id: record.drug_id,
-                    moa_id: record.moa_id,
-                    source,
-                    n_frames,
-                    width,
-                    height,
-                }),
+                Ok(frames) => cells.push(CellVideo::new(path, replicate, split, drug, (record.drug_id, record.moa_id), frames)),
                 Err(ps) => problems.extend(ps),
             }
         }
@@ -357,7 +345,7 @@ impl DatasetIndex {
 }
 
 /// Frames of one cell folder: numbered images `1..T` or one TIFF stack.
-fn scan_cell(dir: &Path) -> Result<(FrameSource, usize, u32, u32), Vec<Problem>> {
+fn scan_cell(dir: &Path) -> Result<ScannedCell, Vec<Problem>> {
     let entries = std::fs::read_dir(dir).map_err(|e| vec![problem(dir, format!("cannot read: {e}"))])?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
