@@ -128,8 +128,7 @@ pub fn analyse_run(run: &Path, index: &DatasetIndex, device: &str, quiet: bool, 
     let (q, g) = (embeddings(&e.feature, e.dim, &qi)?, embeddings(&e.feature, e.dim, &gi)?);
     let ev = molclip_eval::evaluate(&q, &qm, &g, &gm, 20)?;
 
-    let moa_of = |c: &CellVideo| c.moa_id;
-    let n_moas = index.cells.iter().map(moa_of).max().map_or(0, |m| m + 1);
+    let n_moas = moa_names(index).len();
     let mut counts = vec![vec![0usize; n_moas]; n_moas];
     for (i, p) in molclip_eval::query_moa_votes(&q, &qm, &g, &gm, VOTERS)?.into_iter().enumerate() {
         if let Some(p) = p {
@@ -153,19 +152,18 @@ pub fn analyse_run(run: &Path, index: &DatasetIndex, device: &str, quiet: bool, 
 
     // The map: gallery videos; for MolCLIP in the shared space, with the molecules.
     let smiles_of = |c: &CellVideo| index.annotation.lookup(&c.drug_folder).and_then(|r| r.smiles.clone()).filter(|s| !s.is_empty());
+    let (space, source, dim) = if e.shared.is_empty() {
+        ("the gallery videos' retrieval features (after BNNeck)", &e.feature, e.dim)
+    } else {
+        ("the gallery videos and the drugs' molecules in the shared (CLIP) space", &e.shared, e.shared_dim)
+    };
     let mut rows: Vec<f32> = Vec::new();
     let mut points: Vec<MapPoint> = Vec::new();
-    let (space, dim) = if e.shared.is_empty() {
-        for &i in &gi {
-            rows.extend_from_slice(&e.feature[i * e.dim..(i + 1) * e.dim]);
-            points.push(MapPoint { x: 0.0, y: 0.0, category: cells[i].moa_id, molecule: false });
-        }
-        ("the gallery videos' retrieval features (after BNNeck)".to_string(), e.dim)
-    } else {
-        for &i in &gi {
-            rows.extend_from_slice(&e.shared[i * e.shared_dim..(i + 1) * e.shared_dim]);
-            points.push(MapPoint { x: 0.0, y: 0.0, category: cells[i].moa_id, molecule: false });
-        }
+    for &i in &gi {
+        rows.extend_from_slice(&source[i * dim..(i + 1) * dim]);
+        points.push(MapPoint { x: 0.0, y: 0.0, category: cells[i].moa_id, molecule: false });
+    }
+    if !e.shared.is_empty() {
         let mut drugs: Vec<(&CellVideo, String)> = Vec::new();
         for &i in &gi {
             if !drugs.iter().any(|(c, _)| c.drug_id == cells[i].drug_id) {
@@ -175,11 +173,9 @@ pub fn analyse_run(run: &Path, index: &DatasetIndex, device: &str, quiet: bool, 
             }
         }
         let smiles: Vec<&str> = drugs.iter().map(|(_, s)| s.as_str()).collect();
-        let (mol, _) = trained.embed_smiles(&smiles)?;
-        rows.extend(mol);
+        rows.extend(trained.embed_smiles(&smiles)?.0);
         points.extend(drugs.iter().map(|(c, _)| MapPoint { x: 0.0, y: 0.0, category: c.moa_id, molecule: true }));
-        ("the gallery videos and the drugs' molecules in the shared (CLIP) space".to_string(), e.shared_dim)
-    };
+    }
     let xy = molclip_report::tsne(&rows, dim, &TsneConfig { seed, ..Default::default() })?;
     for (p, c) in points.iter_mut().zip(xy) {
         (p.x, p.y) = (c[0], c[1]);
@@ -206,7 +202,7 @@ pub fn analyse_run(run: &Path, index: &DatasetIndex, device: &str, quiet: bool, 
         drug: task(&ev.drug),
         moa: task(&ev.moa),
         curves: read_curves(run).unwrap_or_default(),
-        map: Some(EmbeddingMap { space, points }),
+        map: Some(EmbeddingMap { space: space.to_string(), points }),
         confusion: Some(confusion),
         // One time step (a single frame) has nothing to weigh.
         attention: (e.steps > 1).then_some(attention),
