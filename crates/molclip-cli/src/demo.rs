@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crate::progress;
 use crate::report::{analyse_run, moa_names};
-use crate::train::{run_training, write_atomic};
+use crate::train::{open_dataset, run_training, write_atomic};
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -85,7 +85,7 @@ fn simulate(config: SimConfig, dir: &Path, quiet: bool) -> Result<()> {
 }
 
 /// Trains `cfg` into `run` unless it is there already, finished; resumes an interrupted one.
-fn train(cfg: &TrainConfig, data: &Path, run: &Path, device: &str, quiet: bool) -> Result<()> {
+fn train(cfg: &TrainConfig, data: &Path, index: &DatasetIndex, run: &Path, device: &str, quiet: bool) -> Result<()> {
     let same_config = std::fs::read_to_string(run.join("run.toml")).ok().and_then(|t| TrainConfig::from_toml(&t).ok()).is_some_and(|c| &c == cfg);
     if same_config && run.join("model.safetensors").exists() {
         return Ok(());
@@ -94,7 +94,7 @@ fn train(cfg: &TrainConfig, data: &Path, run: &Path, device: &str, quiet: bool) 
     if !resume && run.exists() {
         std::fs::remove_dir_all(run).with_context(|| format!("clearing {}", run.display()))?;
     }
-    run_training(cfg, data, run, device, resume, quiet, None)?;
+    run_training(cfg, data, index, run, device, resume, quiet, None)?;
     Ok(())
 }
 
@@ -115,7 +115,7 @@ pub fn demo(args: DemoArgs, quiet: bool) -> Result<()> {
     };
     say(format!("demo: simulating {} (seed {}, structure coupling {coupling})", data.display(), args.seed));
     simulate(sim, &data, quiet)?;
-    let index = DatasetIndex::open(&data)?;
+    let index = open_dataset(&data, quiet)?;
 
     let mut runs = Vec::new();
     let mut models = serde_json::Map::new();
@@ -123,7 +123,7 @@ pub fn demo(args: DemoArgs, quiet: bool) -> Result<()> {
         let cfg = recipe(text, args.seed, args.quick).with_context(|| format!("the {name} recipe"))?;
         let run = args.out.join("runs").join(name.replace('_', "-"));
         say(format!("demo: training {name} into {}", run.display()));
-        train(&cfg, &data, &run, &args.device, quiet)?;
+        train(&cfg, &data, &index, &run, &args.device, quiet)?;
         let analysis = analyse_run(&run, &index, &args.device, quiet, args.seed)?;
         let r = analysis.result;
         let mut entry = json!({"drug": task_json(&r.drug), "moa": task_json(&r.moa)});

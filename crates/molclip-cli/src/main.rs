@@ -395,13 +395,13 @@ fn featurize(args: FeaturizeArgs) -> Result<()> {
 fn evaluate(args: EvaluateArgs, quiet: bool) -> Result<()> {
     let (embeddings, metadata) = match (&args.run, &args.data) {
         (Some(run), Some(data)) => {
-            let index = DatasetIndex::open(data)?;
+            let index = train::open_dataset(data, quiet)?;
             let mut splits = vec!["query".to_string(), "gallery".to_string()];
             if index.split("novel").next().is_some() {
                 splits.push("novel".into());
             }
             let out = run.join("embeddings.npy");
-            let meta = train::embed_to_files(run, data, &splits, &out, &args.device, 32, quiet)?;
+            let meta = train::embed_to_files(run, &index, &splits, &out, &args.device, 32, quiet)?;
             (out, meta)
         }
         _ => (args.embeddings.clone().context("--embeddings")?, args.metadata.clone().context("--metadata")?),

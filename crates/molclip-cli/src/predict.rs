@@ -5,12 +5,13 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use molclip::predict::{Prediction, Reference};
+use molclip::predict::Prediction;
 use molclip::train::TrainedRun;
 use molclip_data::{CellVideo, DatasetIndex};
 
 use crate::progress;
-use crate::report::{drug_name, shared_reference, trained_on};
+use crate::report::{reference, trained_on};
+use crate::train::open_dataset;
 
 #[derive(Args)]
 pub struct PredictArgs {
@@ -78,9 +79,7 @@ pub fn predict(args: PredictArgs, quiet: bool) -> Result<()> {
         Some(d) => d.clone(),
         None => trained_on(&args.run)?,
     };
-    let bar = progress::bar(0, "scanning", quiet);
-    let index = DatasetIndex::open_with_progress(&data, &progress::scan_callback(&bar))?;
-    bar.finish_and_clear();
+    let index = open_dataset(&data, quiet)?;
     let gallery: Vec<&CellVideo> = index.split("gallery").collect();
     if gallery.is_empty() {
         bail!("{}: the gallery split, which stands for the known MoAs, is empty", data.display());
@@ -89,16 +88,15 @@ pub fn predict(args: PredictArgs, quiet: bool) -> Result<()> {
         Some(dir) => DatasetIndex::unlabelled(dir)?,
         None => Vec::new(),
     };
-    let mut cells: Vec<CellVideo> = gallery.iter().map(|c| (*c).clone()).collect();
-    cells.extend(new_cells.iter().cloned());
-    let bar = progress::bar(cells.len() as u64, "embedding", quiet);
-    let e = trained.embed_videos(cells.clone(), 32, &mut |k| bar.inc(k as u64))?;
+    // Gallery rows first, then the new videos.
+    let refs: Vec<&CellVideo> = gallery.iter().copied().chain(&new_cells).collect();
+    let bar = progress::bar(refs.len() as u64, "embedding", quiet);
+    let e = trained.embed_videos(refs.iter().map(|c| (*c).clone()).collect(), 32, &mut |k| bar.inc(k as u64))?;
     bar.finish_and_clear();
-    let refs: Vec<&CellVideo> = cells.iter().collect();
     let gallery_rows: Vec<usize> = (0..gallery.len()).collect();
 
     let predictions: Vec<Prediction> = if zero_shot {
-        let reference = shared_reference(&index, &e, &refs, &gallery_rows)?;
+        let reference = reference(&index, &e.shared, e.shared_dim, &refs, &gallery_rows)?;
         let mut out = Vec::new();
         for (name, smiles) in &queries {
             let (emb, _) = trained.embed_smiles(&[smiles.as_str()])?;
@@ -106,11 +104,7 @@ pub fn predict(args: PredictArgs, quiet: bool) -> Result<()> {
         }
         out
     } else {
-        let mut data = Vec::with_capacity(gallery.len() * e.dim);
-        data.extend_from_slice(&e.feature[..gallery.len() * e.dim]);
-        let drugs: Vec<String> = gallery.iter().map(|c| drug_name(&index, c)).collect();
-        let moas: Vec<String> = gallery.iter().map(|c| index.annotation.moa_name(c.moa_id)).collect();
-        let reference = Reference::new(&data, e.dim, &drugs, &moas)?;
+        let reference = reference(&index, &e.feature, e.dim, &refs, &gallery_rows)?;
         let mut by_drug: Vec<(String, Vec<f32>)> = Vec::new();
         for (k, c) in new_cells.iter().enumerate() {
             let row = &e.feature[(gallery.len() + k) * e.dim..(gallery.len() + k + 1) * e.dim];

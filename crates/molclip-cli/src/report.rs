@@ -7,14 +7,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use molclip::predict::{zero_shot_accuracy, Reference, ZeroShot};
-use molclip::train::{replicate_number, TrainedRun, VideoEmbeddings};
+use molclip::train::{TrainedRun, VideoEmbeddings};
 use molclip_data::frames::sample_indices;
 use molclip_data::{CellVideo, DatasetIndex};
-use molclip_eval::{Embeddings, Metadata, TaskMetrics};
+use molclip_eval::TaskMetrics;
 use molclip_report::plots::MapPoint;
 use molclip_report::{Attention, Confusion, CurvePoint, EmbeddingMap, NovelResult, Report, RunResult, TaskResult, TsneConfig};
 
 use crate::progress;
+use crate::train::{embeddings, metadata, open_dataset};
 
 #[derive(Args)]
 pub struct ReportArgs {
@@ -47,22 +48,6 @@ pub fn trained_on(run: &Path) -> Result<PathBuf> {
 
 fn task(t: &TaskMetrics) -> TaskResult {
     TaskResult { map: t.map, rank1: t.rank1, rank5: t.rank5, rank10: t.rank10, cmc: t.cmc.clone() }
-}
-
-fn metadata(cells: &[&CellVideo]) -> Metadata {
-    Metadata {
-        replicate: cells.iter().map(|c| replicate_number(c)).collect(),
-        drug: cells.iter().map(|c| c.drug_id as u32).collect(),
-        moa: cells.iter().map(|c| c.moa_id as u32).collect(),
-    }
-}
-
-fn embeddings(rows: &[f32], dim: usize, pick: &[usize]) -> Result<Embeddings> {
-    let mut e = Embeddings::empty(dim);
-    for &i in pick {
-        e.push_row(&rows[i * dim..(i + 1) * dim].iter().map(|&v| v as f64).collect::<Vec<_>>()).map_err(anyhow::Error::msg)?;
-    }
-    Ok(e)
 }
 
 /// The training log of a run (`metrics.csv`).
@@ -124,8 +109,8 @@ pub fn analyse_run(run: &Path, index: &DatasetIndex, device: &str, quiet: bool, 
     let e: VideoEmbeddings = trained.embed_videos(cells.iter().map(|c| (*c).clone()).collect(), 32, &mut |k| bar.inc(k as u64))?;
     bar.finish_and_clear();
     let sub = |idx: &[usize]| -> Vec<&CellVideo> { idx.iter().map(|&i| cells[i]).collect() };
-    let (qm, gm) = (metadata(&sub(&qi)), metadata(&sub(&gi)));
-    let (q, g) = (embeddings(&e.feature, e.dim, &qi)?, embeddings(&e.feature, e.dim, &gi)?);
+    let (qm, gm) = (metadata(sub(&qi)), metadata(sub(&gi)));
+    let (q, g) = (embeddings(&e.feature, e.dim, qi.iter().copied())?, embeddings(&e.feature, e.dim, gi.iter().copied())?);
     let ev = molclip_eval::evaluate(&q, &qm, &g, &gm, 20)?;
 
     let n_moas = moa_names(index).len();
@@ -184,8 +169,8 @@ pub fn analyse_run(run: &Path, index: &DatasetIndex, device: &str, quiet: bool, 
     let mut novel = None;
     let mut zero_shot = None;
     if !ni.is_empty() {
-        let nm = metadata(&sub(&ni));
-        let n = embeddings(&e.feature, e.dim, &ni)?;
+        let nm = metadata(sub(&ni));
+        let n = embeddings(&e.feature, e.dim, ni.iter().copied())?;
         let votes = molclip_eval::novel_moa_votes(&n, &nm, &g, &gm, VOTERS)?;
         if !e.shared.is_empty() {
             zero_shot = Some(zero_shot_novel(&trained, index, &e, &cells, &gi, &ni)?);
@@ -216,15 +201,16 @@ pub fn kind_name(run: &TrainedRun) -> String {
     toml::Value::try_from(run.cfg.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_else(|| format!("{:?}", run.cfg.kind))
 }
 
-/// The gallery's shared-space embeddings by MoA, as the reference for molecules.
-pub fn shared_reference(index: &DatasetIndex, e: &VideoEmbeddings, cells: &[&CellVideo], rows: &[usize]) -> Result<Reference> {
-    let mut data = Vec::with_capacity(rows.len() * e.shared_dim);
-    for &i in rows {
-        data.extend_from_slice(&e.shared[i * e.shared_dim..(i + 1) * e.shared_dim]);
+/// Rows `picks` of the row-major `[N, dim]` matrix `values`, labelled with their cells' drug
+/// and MoA names: what queries are ranked against.
+pub fn reference(index: &DatasetIndex, values: &[f32], dim: usize, cells: &[&CellVideo], picks: &[usize]) -> Result<Reference> {
+    let mut data = Vec::with_capacity(picks.len() * dim);
+    for &i in picks {
+        data.extend_from_slice(&values[i * dim..(i + 1) * dim]);
     }
-    let drugs: Vec<String> = rows.iter().map(|&i| drug_name(index, cells[i])).collect();
-    let moas: Vec<String> = rows.iter().map(|&i| index.annotation.moa_name(cells[i].moa_id)).collect();
-    Ok(Reference::new(&data, e.shared_dim, &drugs, &moas)?)
+    let drugs: Vec<String> = picks.iter().map(|&i| drug_name(index, cells[i])).collect();
+    let moas: Vec<String> = picks.iter().map(|&i| index.annotation.moa_name(cells[i].moa_id)).collect();
+    Ok(Reference::new(&data, dim, &drugs, &moas)?)
 }
 
 /// A drug's name from the annotation, or its folder.
@@ -234,7 +220,7 @@ pub fn drug_name(index: &DatasetIndex, c: &CellVideo) -> String {
 
 /// Zero-shot MoA of each novel drug from its SMILES alone, against the gallery's MoAs.
 fn zero_shot_novel(trained: &TrainedRun, index: &DatasetIndex, e: &VideoEmbeddings, cells: &[&CellVideo], gallery: &[usize], novel: &[usize]) -> Result<ZeroShot> {
-    let reference = shared_reference(index, e, cells, gallery)?;
+    let reference = reference(index, &e.shared, e.shared_dim, cells, gallery)?;
     let mut predictions = Vec::new();
     let mut truth = Vec::new();
     let mut done = std::collections::BTreeSet::new();
@@ -263,9 +249,7 @@ pub fn report(args: ReportArgs, quiet: bool) -> Result<()> {
         Some(d) => d.clone(),
         None => trained_on(&args.runs[0])?,
     };
-    let bar = progress::bar(0, "scanning", quiet);
-    let index = DatasetIndex::open_with_progress(&data, &progress::scan_callback(&bar))?;
-    bar.finish_and_clear();
+    let index = open_dataset(&data, quiet)?;
     let mut runs = Vec::new();
     for run in &args.runs {
         runs.push(analyse_run(run, &index, &args.device, quiet, 0)?.result);

@@ -5,7 +5,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use molclip::train::{last_checkpoint, RunState, StepRecord, TrainConfig, Trainer};
+use molclip::train::{last_checkpoint, RunState, StepRecord, TrainConfig, TrainedRun, Trainer};
+use molclip_data::{CellVideo, DatasetIndex};
+use molclip_eval::{Embeddings, Metadata};
 
 use crate::progress;
 
@@ -62,27 +64,17 @@ pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
 }
 
 /// Validation on the query and gallery splits: the MitoReID protocol, drug and MoA mAP.
-fn validator(cfg: &TrainConfig, index: &molclip_data::DatasetIndex, device: &molclip::candle_core::Device) -> Option<molclip::train::Validator> {
-    use molclip_eval::{Embeddings, Metadata};
+fn validator(cfg: &TrainConfig, index: &DatasetIndex, device: &molclip::candle_core::Device) -> Option<molclip::train::Validator> {
     let (query, gallery): (Vec<_>, Vec<_>) = (index.split("query").cloned().collect(), index.split("gallery").cloned().collect());
     if cfg.validate_every == 0 || query.is_empty() || gallery.is_empty() {
         return None;
     }
-    let meta = |cells: &[molclip_data::CellVideo]| Metadata {
-        replicate: cells.iter().map(molclip::train::replicate_number).collect(),
-        drug: cells.iter().map(|c| c.drug_id as u32).collect(),
-        moa: cells.iter().map(|c| c.moa_id as u32).collect(),
-    };
-    let (qm, gm) = (meta(&query), meta(&gallery));
+    let (qm, gm) = (metadata(&query), metadata(&gallery));
     let (cfg, device) = (cfg.clone(), device.clone());
     Some(Box::new(move |model: &molclip::models::VideoModel| {
-        let embed = |cells: &[molclip_data::CellVideo]| -> molclip::Result<Embeddings> {
+        let embed = |cells: &[molclip_data::CellVideo]| -> molclip::Result<molclip_eval::Embeddings> {
             let rows = molclip::train::embed_cells(model, &cfg, cells.to_vec(), &device, 32, &mut |_| {})?;
-            let mut e = Embeddings::empty(model.dim());
-            for r in rows.chunks(model.dim()) {
-                e.push_row(&r.iter().map(|&v| v as f64).collect::<Vec<_>>()).map_err(molclip::ModelError::Input)?;
-            }
-            Ok(e)
+            embeddings(&rows, model.dim(), 0..cells.len()).map_err(|e| molclip::ModelError::Input(e.to_string()))
         };
         let (q, g) = (embed(&query)?, embed(&gallery)?);
         let ev = molclip_eval::evaluate(&q, &qm, &g, &gm, 10).map_err(|e| molclip::ModelError::Input(format!("validation: {e}")))?;
@@ -100,7 +92,8 @@ pub fn train(args: TrainArgs, quiet: bool) -> Result<()> {
         (path, text)
     };
     let cfg = TrainConfig::from_toml(&text).with_context(|| format!("{}", config_path.display()))?;
-    let outcome = run_training(&cfg, &args.data, &args.out, &args.device, args.resume, quiet, args.kill_after_steps)?;
+    let index = open_dataset(&args.data, quiet)?;
+    let outcome = run_training(&cfg, &args.data, &index, &args.out, &args.device, args.resume, quiet, args.kill_after_steps)?;
     println!("{}", outcome.summary(&args.out));
     Ok(())
 }
@@ -126,8 +119,10 @@ impl TrainOutcome {
     }
 }
 
-/// Trains `cfg` on `data` into the run folder `out` (or continues it with `resume`).
-pub fn run_training(cfg: &TrainConfig, data: &Path, out: &Path, device: &str, resume: bool, quiet: bool, kill_after_steps: Option<u64>) -> Result<TrainOutcome> {
+/// Trains `cfg` on the dataset `index`, opened from `data`, into the run folder `out` (or
+/// continues it with `resume`).
+#[allow(clippy::too_many_arguments)]
+pub fn run_training(cfg: &TrainConfig, data: &Path, index: &DatasetIndex, out: &Path, device: &str, resume: bool, quiet: bool, kill_after_steps: Option<u64>) -> Result<TrainOutcome> {
     let has_checkpoint = last_checkpoint(out).join("state.json").exists();
     if resume && !has_checkpoint {
         bail!("{}: no checkpoint to resume (checkpoints/last)", out.display());
@@ -142,11 +137,8 @@ pub fn run_training(cfg: &TrainConfig, data: &Path, out: &Path, device: &str, re
     let data_abs = std::fs::canonicalize(data).unwrap_or_else(|_| data.to_path_buf());
     write_atomic(&out.join("data.txt"), &format!("{}\n", data_abs.display()))?;
 
-    let bar = progress::bar(0, "scanning", quiet);
-    let index = molclip_data::DatasetIndex::open_with_progress(data, &progress::scan_callback(&bar))?;
-    bar.finish_and_clear();
-    let mut trainer = if resume { Trainer::resume(cfg, &index, &device, out)? } else { Trainer::new(cfg, &index, &device)? };
-    if let Some(v) = validator(cfg, &index, &device) {
+    let mut trainer = if resume { Trainer::resume(cfg, index, &device, out)? } else { Trainer::new(cfg, index, &device)? };
+    if let Some(v) = validator(cfg, index, &device) {
         trainer.set_validator(v);
     }
     let total: usize = trainer.steps_per_stage()?.iter().sum();
@@ -214,19 +206,44 @@ pub struct EmbedArgs {
     batch: usize,
 }
 
-/// Embeds the splits of a dataset with a run's model; returns the metadata path.
-pub fn embed_to_files(run: &Path, data: &Path, splits: &[String], out: &Path, device: &str, batch: usize, quiet: bool) -> Result<PathBuf> {
-    let device = molclip::parse_device(device)?;
-    let (cfg, model) = molclip::train::load_video_model(run, &device).with_context(|| format!("loading the run {}", run.display()))?;
+/// Scans a dataset (folder or manifest) with a progress bar.
+pub fn open_dataset(data: &Path, quiet: bool) -> Result<DatasetIndex> {
     let bar = progress::bar(0, "scanning", quiet);
-    let index = molclip_data::DatasetIndex::open_with_progress(data, &progress::scan_callback(&bar))?;
+    let index = DatasetIndex::open_with_progress(data, &progress::scan_callback(&bar))?;
     bar.finish_and_clear();
+    Ok(index)
+}
+
+/// The evaluation's metadata of `cells`: replicate number, drug and MoA ids.
+pub fn metadata<'a>(cells: impl IntoIterator<Item = &'a CellVideo>) -> Metadata {
+    let mut m = Metadata { replicate: Vec::new(), drug: Vec::new(), moa: Vec::new() };
+    for c in cells {
+        m.replicate.push(molclip::train::replicate_number(c));
+        m.drug.push(c.drug_id as u32);
+        m.moa.push(c.moa_id as u32);
+    }
+    m
+}
+
+/// Rows `picks` of the row-major `[N, dim]` matrix `rows`, for the evaluation.
+pub fn embeddings(rows: &[f32], dim: usize, picks: impl IntoIterator<Item = usize>) -> Result<Embeddings> {
+    let mut e = Embeddings::empty(dim);
+    for i in picks {
+        e.push_row(&rows[i * dim..(i + 1) * dim].iter().map(|&v| v as f64).collect::<Vec<_>>()).map_err(anyhow::Error::msg)?;
+    }
+    Ok(e)
+}
+
+/// Embeds the splits of a dataset with a run's model; returns the metadata path.
+pub fn embed_to_files(run: &Path, index: &DatasetIndex, splits: &[String], out: &Path, device: &str, batch: usize, quiet: bool) -> Result<PathBuf> {
+    let device = molclip::parse_device(device)?;
+    let trained = TrainedRun::load(run, &device).with_context(|| format!("loading the run {}", run.display()))?;
     let mut cells = Vec::new();
     for split in splits {
         let before = cells.len();
         cells.extend(index.split(split).cloned());
         if cells.len() == before {
-            bail!("{}: the split `{split}` is empty", data.display());
+            bail!("{}: the split `{split}` is empty", index.root.display());
         }
     }
     let mut metadata = String::from("set,replicate,drug,moa\n");
@@ -235,14 +252,15 @@ pub fn embed_to_files(run: &Path, data: &Path, splits: &[String], out: &Path, de
         metadata.push_str(&format!("{},{},{},{}\n", c.split, c.replicate, molclip_data::annotation::drug_key(&c.drug_folder), moa.replace(',', ";")));
     }
     let n = cells.len();
+    let dim = trained.video().dim();
     let bar = progress::bar(n as u64, "embedding", quiet);
-    let rows = molclip::train::embed_cells(&model, &cfg, cells, &device, batch, &mut |k| bar.inc(k as u64))?;
+    let rows = molclip::train::embed_cells(trained.video(), &trained.cfg, cells, &device, batch, &mut |k| bar.inc(k as u64))?;
     bar.finish_and_clear();
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
     let tmp = out.with_extension("npy.tmp");
-    molclip_eval::npy::write_npy_f32(&tmp, n, model.dim(), &rows)?;
+    molclip_eval::npy::write_npy_f32(&tmp, n, dim, &rows)?;
     std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
     let meta_path = out.with_extension("csv");
     write_atomic(&meta_path, &metadata)?;
@@ -250,7 +268,8 @@ pub fn embed_to_files(run: &Path, data: &Path, splits: &[String], out: &Path, de
 }
 
 pub fn embed(args: EmbedArgs, quiet: bool) -> Result<()> {
-    let meta = embed_to_files(&args.run, &args.data, &args.split, &args.out, &args.device, args.batch, quiet)?;
+    let index = open_dataset(&args.data, quiet)?;
+    let meta = embed_to_files(&args.run, &index, &args.split, &args.out, &args.device, args.batch, quiet)?;
     println!("{} and {}", args.out.display(), meta.display());
     Ok(())
 }

@@ -88,10 +88,6 @@ impl Reference {
         })
     }
 
-    pub fn moa_names(&self) -> Vec<&str> {
-        self.moas.iter().map(|(m, _)| m.as_str()).collect()
-    }
-
     /// Ranks MoAs for the query made of `rows` (`[n, dim]`, pooled into their centroid).
     pub fn predict(&self, query: &str, rows: &[f32], nearest: usize) -> Result<Prediction> {
         if rows.is_empty() || rows.len() % self.dim != 0 {

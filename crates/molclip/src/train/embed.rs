@@ -53,18 +53,14 @@ impl TrainedRun {
     /// Videos in evaluation mode (centre crop), `batch` at a time: retrieval features,
     /// temporal attention and, for MolCLIP, the shared-space embedding.
     pub fn embed_videos(&self, cells: Vec<CellVideo>, batch: usize, on_batch: &mut dyn FnMut(usize)) -> Result<VideoEmbeddings> {
-        let n = cells.len();
-        let dataset = VideoDataset::new(cells, self.cfg.data.clone())?;
-        let mut e = VideoEmbeddings { n, dim: self.video().dim(), ..Default::default() };
-        for start in (0..n).step_by(batch.max(1)) {
-            let indices: Vec<usize> = (start..(start + batch).min(n)).collect();
-            let x = dataset.batch(&indices, Mode::Eval)?.to_tensor(&self.device)?;
+        let mut e = VideoEmbeddings { dim: self.video().dim(), ..Default::default() };
+        for_each_batch(&self.cfg, cells, &self.device, batch, on_batch, &mut |x| {
             let (out, shared) = match &self.model {
                 TrainModel::MolClip(m) => {
-                    let (out, shared) = m.encode_videos(&x, false)?;
+                    let (out, shared) = m.encode_videos(x, false)?;
                     (out, Some(shared))
                 }
-                TrainModel::Video(v) => (v.forward_t(&x, false)?, None),
+                TrainModel::Video(v) => (v.forward_t(x, false)?, None),
             };
             e.steps = out.attention.dim(1)?;
             e.feature.extend(rows(&out.neck_feature)?);
@@ -73,8 +69,8 @@ impl TrainedRun {
                 e.shared_dim = s.dim(1)?;
                 e.shared.extend(rows(&s)?);
             }
-            on_batch(indices.len());
-        }
+            Ok(())
+        })?;
         Ok(e)
     }
 
@@ -99,10 +95,9 @@ fn rows(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
-/// What [`TrainedRun::embed_videos`] computes, row-major.
+/// What [`TrainedRun::embed_videos`] computes, row-major, one row per video (`n` of them).
 #[derive(Clone, Debug, Default)]
 pub struct VideoEmbeddings {
-    pub n: usize,
     /// `[n, dim]`: the BNNeck feature, which retrieval uses.
     pub feature: Vec<f32>,
     pub dim: usize,
@@ -114,23 +109,31 @@ pub struct VideoEmbeddings {
     pub shared_dim: usize,
 }
 
-/// The run's config and its video model (the BNNeck feature is what retrieval uses).
-pub fn load_video_model(run: &Path, device: &Device) -> Result<(TrainConfig, VideoModel)> {
-    let r = TrainedRun::load(run, device)?;
-    let video = r.video().clone();
-    Ok((r.cfg, video))
-}
-
-/// Embeds `cells` in evaluation mode (centre crop), `batch` videos at a time: `[N, D]` rows.
-pub fn embed_cells(model: &VideoModel, cfg: &TrainConfig, cells: Vec<CellVideo>, device: &Device, batch: usize, on_batch: &mut dyn FnMut(usize)) -> Result<Vec<f32>> {
+/// Runs `f` on `cells` in evaluation mode (centre crop), `batch` videos at a time, in order.
+fn for_each_batch(
+    cfg: &TrainConfig,
+    cells: Vec<CellVideo>,
+    device: &Device,
+    batch: usize,
+    on_batch: &mut dyn FnMut(usize),
+    f: &mut dyn FnMut(&Tensor) -> Result<()>,
+) -> Result<()> {
     let n = cells.len();
     let dataset = VideoDataset::new(cells, cfg.data.clone())?;
-    let mut out = Vec::with_capacity(n * model.dim());
     for start in (0..n).step_by(batch.max(1)) {
         let indices: Vec<usize> = (start..(start + batch).min(n)).collect();
-        let x = dataset.batch(&indices, Mode::Eval)?.to_tensor(device)?;
-        out.extend(rows(&model.forward_t(&x, false)?.neck_feature)?);
+        f(&dataset.batch(&indices, Mode::Eval)?.to_tensor(device)?)?;
         on_batch(indices.len());
     }
+    Ok(())
+}
+
+/// The retrieval features (BNNeck) of `cells` with a video model being trained: `[N, D]` rows.
+pub fn embed_cells(model: &VideoModel, cfg: &TrainConfig, cells: Vec<CellVideo>, device: &Device, batch: usize, on_batch: &mut dyn FnMut(usize)) -> Result<Vec<f32>> {
+    let mut out = Vec::with_capacity(cells.len() * model.dim());
+    for_each_batch(cfg, cells, device, batch, on_batch, &mut |x| {
+        out.extend(rows(&model.forward_t(x, false)?.neck_feature)?);
+        Ok(())
+    })?;
     Ok(out)
 }

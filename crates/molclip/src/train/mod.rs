@@ -8,6 +8,6 @@ pub mod trainer;
 
 pub use checkpoint::{load_checkpoint, save_checkpoint, Checkpoint};
 pub use config::{Identity, ModelKind, StageConfig, TrainConfig};
-pub use embed::{embed_cells, load_video_model, TrainedRun, VideoEmbeddings};
+pub use embed::{embed_cells, TrainedRun, VideoEmbeddings};
 pub use schedule::{Decay, LrSchedule, ScheduleConfig};
 pub use trainer::{last_checkpoint, replicate_number, RunState, StepRecord, TrainModel, Trainer, Validator};

@@ -362,9 +362,4 @@ impl Trainer {
         optimizer.step(&grads, lr)?;
         Ok(StepRecord { stage, identity, epoch, step: global_step, lr, loss, terms: values, temperature, grad_norm, validation: None })
     }
-
-    /// Embeds videos (evaluation mode): the BNNeck feature of each, `[N, D]`.
-    pub fn embed(&self, videos: &Tensor) -> Result<Tensor> {
-        Ok(self.model.video().forward_t(videos, false)?.neck_feature)
-    }
 }
