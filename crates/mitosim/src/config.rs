@@ -314,6 +314,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_experiment_configs_in_the_readme_parse_as_documented() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/experiments");
+        let read = |name: &str| {
+            let c = SimConfig::from_toml_file(&dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+            c.validate().unwrap();
+            c
+        };
+        let strong = read("strong-structure.toml");
+        assert_eq!((strong.biology.structure_coupling, strong.biology.drug_effect_scale), (1.0, 2.0));
+        // Everything else is the demo preset.
+        let demo = SimConfig::preset("demo").unwrap();
+        assert_eq!((strong.library, strong.layout, strong.imaging), (demo.library, demo.layout, demo.imaging));
+        let analogues = read("analogues.toml");
+        assert_eq!((analogues.library.drugs_per_moa, analogues.library.max_moas), (12, 11));
+        let l = &analogues.layout;
+        assert_eq!((l.train_cells, l.query_cells, l.gallery_cells), (2, 1, 1));
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2, "a new experiment config needs a check here");
+    }
+
+    #[test]
     fn presets_round_trip_through_toml() {
         for name in PRESETS {
             let c = SimConfig::preset(name).unwrap();

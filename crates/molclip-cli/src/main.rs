@@ -449,6 +449,17 @@ fn evaluate(args: EvaluateArgs, quiet: bool) -> Result<()> {
         if let Some(path) = &args.confusion_csv {
             write_atomically(path, novel.confusion_csv(&set.moas.names).as_bytes())?;
         }
+        // Novel drugs seen in one replicate only have nothing to be identified by.
+        match molclip_eval::novel_retrieval(n, nm, g, gm, args.max_rank) {
+            Ok(r) => {
+                println!(
+                    "novel drugs as queries (gallery plus novel videos): drug mAP {:.2}, MoA mAP {:.2}",
+                    r.drug.map, r.moa.map
+                );
+                json["novel"]["retrieval"] = serde_json::to_value(&r)?;
+            }
+            Err(e) => eprintln!("novel drugs as queries: skipped ({e})"),
+        }
     } else if args.confusion_csv.is_some() {
         anyhow::bail!("--confusion-csv needs novel rows (set = novel) in {}", metadata.display());
     }

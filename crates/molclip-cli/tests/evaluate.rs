@@ -126,6 +126,13 @@ fn novel_drugs_get_a_moa_and_a_confusion_matrix() {
     assert!((v["novel"]["drug_accuracy"].as_f64().unwrap() - 10.0 * right as f64).abs() < 1e-9);
     // The gallery holds these drugs' own videos, so most are named right.
     assert!(right >= 8, "{right}/10");
+    // The same novel videos as queries, retrieved under the protocol: complete, in range.
+    for task in ["drug", "moa"] {
+        let t = &v["novel"]["retrieval"][task];
+        let map = t["mAP"].as_f64().unwrap();
+        assert!((0.0..=100.0).contains(&map) && t["valid_queries"].as_u64().unwrap() > 0, "{t}");
+        assert!(t["rank1"].as_f64().unwrap() <= t["rank5"].as_f64().unwrap());
+    }
     let c = std::fs::read_to_string(&confusion).unwrap();
     let total: usize = c.lines().skip(1).flat_map(|l| l.split(',').skip(1).map(|x| x.parse::<usize>().unwrap())).sum();
     assert_eq!(total, 10);

@@ -22,5 +22,5 @@ pub mod synthetic;
 
 pub use error::EvalError;
 pub use metadata::{EmbeddingSet, Metadata};
-pub use novel::{novel_moa_votes, query_moa_votes, NovelReport};
+pub use novel::{novel_moa_votes, novel_retrieval, query_moa_votes, NovelReport};
 pub use reid::{evaluate, Embeddings, Evaluation, TaskMetrics, DEFAULT_MAX_RANK};

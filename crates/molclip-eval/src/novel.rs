@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::error::EvalError;
 use crate::metadata::Metadata;
-use crate::reid::{for_each_distance_block, Embeddings};
+use crate::reid::{evaluate, for_each_distance_block, Embeddings, Evaluation};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DrugPrediction {
@@ -73,6 +73,28 @@ pub fn query_moa_votes(query: &Embeddings, q: &Metadata, gallery: &Embeddings, g
     }
     let tallies = knn_tallies(query, gallery, g, k, |i, j| q.drug[i] == g.drug[j] && q.replicate[i] == g.replicate[j]);
     Ok(tallies.iter().map(winner).collect())
+}
+
+/// Retrieval for drugs never trained on, under the protocol's rules: the novel videos are
+/// the queries, and the gallery is the gallery plus the novel videos themselves. The
+/// query's own drug in its own replicate is removed (the query with it), so a novel drug
+/// is identified through its videos in the other replicates, and its MoA through the seen
+/// drugs of that MoA and those same videos. This is where what a model learned about
+/// drugs in general, not about the training drugs, shows.
+pub fn novel_retrieval(novel: &Embeddings, n: &Metadata, gallery: &Embeddings, g: &Metadata, max_rank: usize) -> Result<Evaluation, EvalError> {
+    if novel.is_empty() {
+        return Err(EvalError::Input("no novel videos (set = novel) to use as queries".into()));
+    }
+    if novel.dim != gallery.dim {
+        return Err(EvalError::Input(format!("novel features are {}-d, gallery features {}-d", novel.dim, gallery.dim)));
+    }
+    let mut all = gallery.clone();
+    all.data.extend_from_slice(&novel.data);
+    let mut labels = g.clone();
+    labels.replicate.extend(&n.replicate);
+    labels.drug.extend(&n.drug);
+    labels.moa.extend(&n.moa);
+    evaluate(novel, n, &all, &labels, max_rank)
 }
 
 pub fn novel_moa_votes(
@@ -148,6 +170,32 @@ mod tests {
 
     fn meta(replicate: &[u32], drug: &[u32], moa: &[u32]) -> Metadata {
         Metadata { replicate: replicate.to_vec(), drug: drug.to_vec(), moa: moa.to_vec() }
+    }
+
+    fn unit(deg: f64) -> [f64; 2] {
+        let r = deg.to_radians();
+        [r.cos(), r.sin()]
+    }
+
+    #[test]
+    fn novel_retrieval_finds_a_new_drug_in_its_other_replicate_and_never_itself() {
+        // Seen gallery: drug 0 (MoA 0) at 0 degrees, drug 1 (MoA 1) at 90, both in replicate 1.
+        let gallery = Embeddings::from_rows(2, &[unit(0.0), unit(90.0)].concat()).unwrap();
+        let g = meta(&[1, 1], &[0, 1], &[0, 1]);
+        // Novel drug 2 (MoA 0): one video in replicate 1 at 5 degrees, one in replicate 2 at 20.
+        let novel = Embeddings::from_rows(2, &[unit(5.0), unit(20.0)].concat()).unwrap();
+        let n = meta(&[1, 2], &[2, 2], &[0, 0]);
+        let r = novel_retrieval(&novel, &n, &gallery, &g, 10).unwrap();
+        // The l1 video ranks drug 0 (5 degrees away) before its own l2 video (15): drug AP 1/2;
+        // the l2 video finds the l1 video first (15 against 20): AP 1. Itself never counts.
+        assert!((r.drug.map - 75.0).abs() < 1e-9, "{}", r.drug.map);
+        assert_eq!((r.drug.rank1, r.drug.valid_queries), (50.0, 2));
+        // For the MoA both first neighbours are MoA 0 and drug 1 comes last: mAP 100.
+        assert!((r.moa.map - 100.0).abs() < 1e-9, "{}", r.moa.map);
+        // A novel drug seen in one replicate only has no match for the drug task.
+        let lone = meta(&[1, 1], &[2, 3], &[0, 0]);
+        assert!(novel_retrieval(&novel, &lone, &gallery, &g, 10).is_err());
+        assert!(novel_retrieval(&Embeddings::empty(2), &Metadata::default(), &gallery, &g, 10).is_err());
     }
 
     #[test]

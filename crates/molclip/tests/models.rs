@@ -136,6 +136,7 @@ fn small_molclip(encoder: MoleculeEncoderKind, freeze: bool) -> MolClipConfig {
     let molecule = MoleculeConfig {
         encoder,
         freeze,
+        freeze_projection: false,
         gin: GinConfig { hidden: 8, layers: 2 },
         morgan: MorganMlpConfig { bits: 128, hidden: 8, layers: 2, ..Default::default() },
     };
@@ -205,6 +206,19 @@ fn a_frozen_molecule_encoder_is_not_trained() {
     assert!(grads.get(store.get("molecule.convs.0.mlp.0.weight").unwrap().as_tensor()).is_none());
     // Frozen means evaluation mode too: running statistics stay put.
     assert_eq!(before, values(store.get("molecule.batch_norms.0.running_mean").unwrap().as_tensor()));
+
+    // With the projection frozen too, the molecule side is a fixed space: only the video
+    // side trains, and a molecule's embedding is the same before and after a step.
+    let mut fixed = small_molclip(MoleculeEncoderKind::MorganMlp, true);
+    fixed.molecule.freeze_projection = true;
+    let store = ParamStore::new(0, &Device::Cpu);
+    let model = MolClip::new(&store.root(), &fixed, 4, 2).unwrap();
+    let names: Vec<String> = store.trainable().into_iter().map(|(n, _)| n).collect();
+    assert!(names.iter().all(|n| !n.starts_with("molecule")), "{names:?}");
+    assert!(names.iter().any(|n| n.starts_with("video_projection.")), "{names:?}");
+    let m = model.encode_molecules(&molecules(&fixed), true).unwrap();
+    let grads = m.sum_all().unwrap().backward().unwrap();
+    assert!(grads.get(store.get("molecule_projection.weight").unwrap().as_tensor()).is_none());
 }
 
 #[test]

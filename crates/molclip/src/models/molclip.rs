@@ -77,7 +77,11 @@ impl MolClip {
             video: VideoModel::new(&vb.pp("video"), &cfg.video, drugs, moas)?,
             molecule: MoleculeEncoder::new(&vb.pp("molecule"), &cfg.molecule)?,
             video_projection: Projection::new(&vb.pp("video_projection"), cfg.video.feature_dim(), cfg.projection_dim)?,
-            molecule_projection: Projection::new(&vb.pp("molecule_projection"), cfg.molecule.feature_dim(), cfg.projection_dim)?,
+            molecule_projection: Projection::new(
+                &vb.pp("molecule_projection").frozen(cfg.molecule.freeze_projection),
+                cfg.molecule.feature_dim(),
+                cfg.projection_dim,
+            )?,
             logit_scale: vb.param("logit_scale", &[], Init::Const((1.0 / cfg.init_temperature).ln()))?,
             max_logit_scale: cfg.max_logit_scale,
         })

@@ -25,6 +25,9 @@ pub struct MoleculeConfig {
     pub encoder: MoleculeEncoderKind,
     /// Keep the encoder's weights fixed (for example after loading pretrained ones).
     pub freeze: bool,
+    /// Keep the molecule projection fixed too, so the shared space is the molecular
+    /// latent space itself and only the video side moves into it.
+    pub freeze_projection: bool,
     pub gin: GinConfig,
     pub morgan: MorganMlpConfig,
 }
