@@ -10,7 +10,7 @@ use molclip::train::TrainedRun;
 use molclip_data::{CellVideo, DatasetIndex};
 
 use crate::progress;
-use crate::report::{reference, trained_on};
+use crate::report::{predict_smiles, reference, trained_on};
 use crate::train::open_dataset;
 
 #[derive(Args)]
@@ -97,12 +97,8 @@ pub fn predict(args: PredictArgs, quiet: bool) -> Result<()> {
 
     let predictions: Vec<Prediction> = if zero_shot {
         let reference = reference(&index, &e.shared, e.shared_dim, &refs, &gallery_rows)?;
-        let mut out = Vec::new();
-        for (name, smiles) in &queries {
-            let (emb, _) = trained.embed_smiles(&[smiles.as_str()])?;
-            out.push(reference.predict(name, &emb, args.nearest)?);
-        }
-        out
+        let named: Vec<(String, &str)> = queries.iter().map(|(name, smiles)| (name.clone(), smiles.as_str())).collect();
+        predict_smiles(&trained, &reference, &named, args.nearest)?
     } else {
         let reference = reference(&index, &e.feature, e.dim, &refs, &gallery_rows)?;
         let mut by_drug: Vec<(String, Vec<f32>)> = Vec::new();

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use molclip::predict::{zero_shot_accuracy, Reference, ZeroShot};
+use molclip::predict::{zero_shot_accuracy, Prediction, Reference, ZeroShot};
 use molclip::train::{TrainedRun, VideoEmbeddings};
 use molclip_data::frames::sample_indices;
 use molclip_data::{CellVideo, DatasetIndex};
@@ -142,12 +142,8 @@ pub fn analyse_run(run: &Path, index: &DatasetIndex, device: &str, quiet: bool, 
     } else {
         ("the gallery videos and the drugs' molecules in the shared (CLIP) space", &e.shared, e.shared_dim)
     };
-    let mut rows: Vec<f32> = Vec::new();
-    let mut points: Vec<MapPoint> = Vec::new();
-    for &i in &gi {
-        rows.extend_from_slice(&source[i * dim..(i + 1) * dim]);
-        points.push(MapPoint { x: 0.0, y: 0.0, category: cells[i].moa_id, molecule: false });
-    }
+    let mut rows = gather(source, dim, &gi);
+    let mut points: Vec<MapPoint> = gi.iter().map(|&i| MapPoint { x: 0.0, y: 0.0, category: cells[i].moa_id, molecule: false }).collect();
     if !e.shared.is_empty() {
         let mut drugs: Vec<(&CellVideo, String)> = Vec::new();
         for &i in &gi {
@@ -201,16 +197,25 @@ pub fn kind_name(run: &TrainedRun) -> String {
     toml::Value::try_from(run.cfg.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_else(|| format!("{:?}", run.cfg.kind))
 }
 
+/// Rows `picks` of the row-major `[N, dim]` matrix `values`.
+fn gather(values: &[f32], dim: usize, picks: &[usize]) -> Vec<f32> {
+    picks.iter().flat_map(|&i| &values[i * dim..(i + 1) * dim]).copied().collect()
+}
+
 /// Rows `picks` of the row-major `[N, dim]` matrix `values`, labelled with their cells' drug
 /// and MoA names: what queries are ranked against.
 pub fn reference(index: &DatasetIndex, values: &[f32], dim: usize, cells: &[&CellVideo], picks: &[usize]) -> Result<Reference> {
-    let mut data = Vec::with_capacity(picks.len() * dim);
-    for &i in picks {
-        data.extend_from_slice(&values[i * dim..(i + 1) * dim]);
-    }
     let drugs: Vec<String> = picks.iter().map(|&i| drug_name(index, cells[i])).collect();
     let moas: Vec<String> = picks.iter().map(|&i| index.annotation.moa_name(cells[i].moa_id)).collect();
-    Ok(Reference::new(&data, dim, &drugs, &moas)?)
+    Ok(Reference::new(&gather(values, dim, picks), dim, &drugs, &moas)?)
+}
+
+/// Zero-shot: each named SMILES embedded by the molecule encoder (in one batch) and ranked
+/// against `reference`, which must be in the shared space.
+pub fn predict_smiles(trained: &TrainedRun, reference: &Reference, named: &[(String, &str)], nearest: usize) -> Result<Vec<Prediction>> {
+    let smiles: Vec<&str> = named.iter().map(|(_, s)| *s).collect();
+    let (emb, dim) = trained.embed_smiles(&smiles)?;
+    named.iter().zip(emb.chunks(dim)).map(|((name, _), row)| Ok(reference.predict(name, row, nearest)?)).collect()
 }
 
 /// A drug's name from the annotation, or its folder.
@@ -221,7 +226,7 @@ pub fn drug_name(index: &DatasetIndex, c: &CellVideo) -> String {
 /// Zero-shot MoA of each novel drug from its SMILES alone, against the gallery's MoAs.
 fn zero_shot_novel(trained: &TrainedRun, index: &DatasetIndex, e: &VideoEmbeddings, cells: &[&CellVideo], gallery: &[usize], novel: &[usize]) -> Result<ZeroShot> {
     let reference = reference(index, &e.shared, e.shared_dim, cells, gallery)?;
-    let mut predictions = Vec::new();
+    let mut named = Vec::new();
     let mut truth = Vec::new();
     let mut done = std::collections::BTreeSet::new();
     for &i in novel {
@@ -231,11 +236,10 @@ fn zero_shot_novel(trained: &TrainedRun, index: &DatasetIndex, e: &VideoEmbeddin
         }
         let record = index.annotation.lookup(&c.drug_folder).context("a novel drug without an annotation row")?;
         let smiles = record.smiles.as_deref().filter(|s| !s.is_empty()).with_context(|| format!("novel drug `{}`: no SMILES in the annotation", record.index))?;
-        let (emb, _) = trained.embed_smiles(&[smiles])?;
-        predictions.push(reference.predict(&drug_name(index, c), &emb, 3)?);
+        named.push((drug_name(index, c), smiles));
         truth.push(index.annotation.moa_name(c.moa_id));
     }
-    Ok(zero_shot_accuracy(&predictions, &truth)?)
+    Ok(zero_shot_accuracy(&predict_smiles(trained, &reference, &named, 3)?, &truth)?)
 }
 
 /// The MoA names by id, for the report's legends.
