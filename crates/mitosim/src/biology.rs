@@ -17,10 +17,15 @@ use crate::N_AXES;
 /// optionally followed by a recovery of share `recovery` from `recovery_onset`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
 pub struct AxisProgram {
+    /// Time (fraction of the video) at which the response starts.
     pub onset: f64,
+    /// How fast it rises once started.
     pub rate: f64,
+    /// Its full size, in units of the phenotype axis.
     pub magnitude: f64,
+    /// How much of it fades again (0: none, 1: all).
     pub recovery: f64,
+    /// When the fading starts.
     pub recovery_onset: f64,
 }
 
@@ -33,6 +38,7 @@ impl AxisProgram {
         Self { onset, rate, magnitude, recovery: 0.0, recovery_onset: 1.0 }
     }
 
+    /// The program's level at time `t` (0 to 1 over the video).
     pub fn level(&self, t: f64) -> f64 {
         if self.magnitude == 0.0 {
             return 0.0;
@@ -129,7 +135,9 @@ fn random_program(rng: &mut ChaCha8Rng, weak: bool) -> Program {
 /// Every MoA's program and every drug's variation of it.
 #[derive(Debug, Clone)]
 pub struct ScreenBiology {
+    /// Each MoA's program on each phenotype axis.
     pub moa_programs: Vec<Program>,
+    /// Each drug's own deviation from its MoA's program.
     pub drug_programs: Vec<Program>,
 }
 
@@ -137,8 +145,9 @@ pub struct ScreenBiology {
 const EFFECT_DIMS: usize = 2 + N_AXES;
 
 impl ScreenBiology {
+    /// The screen's biology: MoA programs and per-drug deviations, drawn from `seed`.
     pub fn new(library: &DrugLibrary, config: &BiologyConfig, seed: u64) -> Self {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6269_6f6c_6f67_79);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0062_696f_6c6f_6779);
         let moa_programs: Vec<Program> = library
             .moas
             .iter()
@@ -170,9 +179,7 @@ struct StructureProjection {
 impl StructureProjection {
     fn new(seed: u64, bits: usize) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7072_6f6a);
-        let weights = (0..bits)
-            .map(|_| std::array::from_fn(|_| StandardNormal.sample(&mut rng)))
-            .collect();
+        let weights = (0..bits).map(|_| std::array::from_fn(|_| StandardNormal.sample(&mut rng))).collect();
         Self { weights }
     }
 
@@ -187,7 +194,9 @@ impl StructureProjection {
                 }
             }
         }
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (drug.drug_id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x6e6f_6973_65);
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            seed ^ (drug.drug_id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x006e_6f69_7365,
+        );
         let noise_share = (1.0 - coupling * coupling).sqrt();
         std::array::from_fn(|k| {
             let e: f64 = StandardNormal.sample(&mut rng);
@@ -234,6 +243,7 @@ pub struct CellResponse {
 }
 
 impl CellResponse {
+    /// A random program, as `config` describes them.
     pub fn draw(rng: &mut ChaCha8Rng, config: &BiologyConfig) -> Self {
         let strength = if rng.random_bool(config.weak_responder_fraction) {
             rng.random_range(0.0..0.35)

@@ -47,6 +47,7 @@ fn normal(rng: &mut ChaCha8Rng) -> f64 {
 }
 
 impl Cell {
+    /// A random cell of a `size`-pixel crop.
     pub fn draw(rng: &mut ChaCha8Rng, size: usize, biology: &BiologyConfig) -> Self {
         let s = size as f64;
         let a = rng.random_range(0.33..0.44) * s;
@@ -56,7 +57,14 @@ impl Cell {
         let nucleus = [rng.random_range(-0.12..0.12), rng.random_range(-0.12..0.12)];
         let n = rng.random_range(biology.filaments[0]..=biology.filaments[1]);
         let filaments = (0..n).map(|_| Self::filament(rng, nucleus, nucleus_radius)).collect();
-        Self { center, axes: [a, b], angle: rng.random_range(0.0..std::f64::consts::PI), nucleus, nucleus_radius, filaments }
+        Self {
+            center,
+            axes: [a, b],
+            angle: rng.random_range(0.0..std::f64::consts::PI),
+            nucleus,
+            nucleus_radius,
+            filaments,
+        }
     }
 
     fn filament(rng: &mut ChaCha8Rng, nucleus: P2, rn: f64) -> Filament {
@@ -70,7 +78,8 @@ impl Cell {
             }
         }
         let radial = (p[1] - nucleus[1]).atan2(p[0] - nucleus[0]);
-        heading = radial + std::f64::consts::FRAC_PI_2 * if rng.random_bool(0.5) { 1.0 } else { -1.0 } + 0.5 * normal(rng);
+        heading =
+            radial + std::f64::consts::FRAC_PI_2 * if rng.random_bool(0.5) { 1.0 } else { -1.0 } + 0.5 * normal(rng);
         let steps = rng.random_range(4..11);
         let step = rng.random_range(0.05..0.08);
         let mut points = vec![p];
@@ -146,8 +155,16 @@ pub struct CellMovie<'a> {
 }
 
 impl<'a> CellMovie<'a> {
+    /// The frames of `cell`, drifting by `drift_sigma` pixels per frame, seeded by `seed`.
     pub fn new(cell: &'a Cell, size: usize, drift_sigma: f64, seed: u64) -> Self {
-        Self { cell, size, offsets: vec![[0.0; 2]; cell.filaments.len()], drift: [0.0; 2], drift_sigma, rng: ChaCha8Rng::seed_from_u64(seed) }
+        Self {
+            cell,
+            size,
+            offsets: vec![[0.0; 2]; cell.filaments.len()],
+            drift: [0.0; 2],
+            drift_sigma,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
     }
 
     /// The optical image (before blur and camera) for phenotype levels `phenotype`.
@@ -220,7 +237,11 @@ impl<'a> CellMovie<'a> {
                     let q = [cell.nucleus[0] + d[0] / r * target, cell.nucleus[1] + d[1] / r * target];
                     // Keep inside the membrane.
                     let rq = (q[0] * q[0] + q[1] * q[1]).sqrt();
-                    if rq > 0.95 { [q[0] * 0.95 / rq, q[1] * 0.95 / rq] } else { q }
+                    if rq > 0.95 {
+                        [q[0] * 0.95 / rq, q[1] * 0.95 / rq]
+                    } else {
+                        q
+                    }
                 })
                 .collect();
             ends.push((pts[0], *pts.last().unwrap()));
@@ -249,7 +270,12 @@ impl<'a> CellMovie<'a> {
                     let mass = weight * 0.7 * (piece.len().max(2) as f32);
                     for k in 0..steps {
                         let a = k as f64 / steps as f64 * std::f64::consts::TAU;
-                        splat(&mut image, self.size, [centre[0] + radius * a.cos(), centre[1] + radius * a.sin()], mass / steps as f32);
+                        splat(
+                            &mut image,
+                            self.size,
+                            [centre[0] + radius * a.cos(), centre[1] + radius * a.sin()],
+                            mass / steps as f32,
+                        );
                     }
                 } else if shrunk.len() == 1 {
                     splat(&mut image, self.size, shrunk[0], weight * 1.2);
@@ -289,7 +315,9 @@ fn splat(image: &mut [f32], size: usize, p: P2, mass: f32) {
     let (x, y) = (p[0] - 0.5, p[1] - 0.5);
     let (x0, y0) = (x.floor(), y.floor());
     let (fx, fy) = ((x - x0) as f32, (y - y0) as f32);
-    for (dx, dy, w) in [(0, 0, (1.0 - fx) * (1.0 - fy)), (1, 0, fx * (1.0 - fy)), (0, 1, (1.0 - fx) * fy), (1, 1, fx * fy)] {
+    for (dx, dy, w) in
+        [(0, 0, (1.0 - fx) * (1.0 - fy)), (1, 0, fx * (1.0 - fy)), (0, 1, (1.0 - fx) * fy), (1, 1, fx * fy)]
+    {
         let (xi, yi) = (x0 as isize + dx, y0 as isize + dy);
         if xi >= 0 && yi >= 0 && (xi as usize) < size && (yi as usize) < size {
             image[yi as usize * size + xi as usize] += mass * w;

@@ -14,9 +14,13 @@ use crate::error::SimError;
 pub struct SimConfig {
     /// Fixes every random choice: drugs, programs, cells, noise.
     pub seed: u64,
+    /// The drugs and MoAs of the screen.
     pub library: LibraryConfig,
+    /// Folders, splits, frame counts and sizes.
     pub layout: LayoutConfig,
+    /// How drugs act on the cells.
     pub biology: BiologyConfig,
+    /// The microscope: PSF, noise, bleaching, drift.
     pub imaging: ImagingConfig,
 }
 
@@ -45,7 +49,9 @@ pub struct LayoutConfig {
     pub replicates: usize,
     /// Cells per drug per replicate in each split.
     pub train_cells: usize,
+    /// Cells per drug and replicate in the query split.
     pub query_cells: usize,
+    /// Cells per drug and replicate in the gallery split.
     pub gallery_cells: usize,
     /// Cells per novel drug per replicate (all written to `novel/`).
     pub novel_cells: usize,
@@ -53,6 +59,7 @@ pub struct LayoutConfig {
     pub frames: usize,
     /// Crop side in pixels.
     pub size: usize,
+    /// How frames are written (`png` or `tiff`).
     pub format: FrameFormat,
 }
 
@@ -137,7 +144,13 @@ impl LibraryConfig {
     /// The 38 largest MoAs (more than 5 drugs each, as in MitoReID) of the
     /// launched-drug table, at most `drugs_per_moa` drugs each (0: all).
     fn launched_drugs(drugs_per_moa: usize) -> Self {
-        Self { table: Some(LAUNCHED_DRUGS.into()), min_drugs_per_moa: 6, max_moas: 38, drugs_per_moa, novel_drugs_per_moa: 1 }
+        Self {
+            table: Some(LAUNCHED_DRUGS.into()),
+            min_drugs_per_moa: 6,
+            max_moas: 38,
+            drugs_per_moa,
+            novel_drugs_per_moa: 1,
+        }
     }
 }
 
@@ -190,6 +203,7 @@ impl Default for ImagingConfig {
     }
 }
 
+/// The presets' names.
 pub const PRESETS: [&str; 4] = ["tiny", "demo", "bench", "mito"];
 
 /// Where the benchmark presets find their drug table (relative to the repository root).
@@ -241,13 +255,15 @@ impl SimConfig {
         })
     }
 
+    /// A config from TOML text.
     pub fn from_toml_str(text: &str) -> Result<Self, SimError> {
-        let config: Self = toml::from_str(text)
-            .map_err(|e| SimError::Parse { path: "<config>".into(), reason: e.to_string() })?;
+        let config: Self =
+            toml::from_str(text).map_err(|e| SimError::Parse { path: "<config>".into(), reason: e.to_string() })?;
         config.validate()?;
         Ok(config)
     }
 
+    /// The config as TOML (what `simulation.toml` holds).
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serialises")
     }
@@ -267,7 +283,11 @@ impl SimConfig {
         if l.replicates == 0 || l.replicates > 9 {
             return Err(SimError::config("layout.replicates", format!("{}: expected 1 to 9", l.replicates)));
         }
-        for (field, n) in [("layout.train_cells", l.train_cells), ("layout.query_cells", l.query_cells), ("layout.gallery_cells", l.gallery_cells)] {
+        for (field, n) in [
+            ("layout.train_cells", l.train_cells),
+            ("layout.query_cells", l.query_cells),
+            ("layout.gallery_cells", l.gallery_cells),
+        ] {
             if n == 0 {
                 return Err(SimError::config(field, "0 cells: every split needs at least one cell per drug"));
             }
@@ -280,18 +300,29 @@ impl SimConfig {
         }
         let b = &self.biology;
         if !(0.0..=1.0).contains(&b.structure_coupling) {
-            return Err(SimError::config("biology.structure_coupling", format!("{}: expected a value in [0, 1]", b.structure_coupling)));
+            return Err(SimError::config(
+                "biology.structure_coupling",
+                format!("{}: expected a value in [0, 1]", b.structure_coupling),
+            ));
         }
-        for (field, v) in [("biology.weak_moa_fraction", b.weak_moa_fraction), ("biology.weak_responder_fraction", b.weak_responder_fraction)] {
+        for (field, v) in [
+            ("biology.weak_moa_fraction", b.weak_moa_fraction),
+            ("biology.weak_responder_fraction", b.weak_responder_fraction),
+        ] {
             if !(0.0..=1.0).contains(&v) {
                 return Err(SimError::config(field, format!("{v}: expected a value in [0, 1]")));
             }
         }
         if b.filaments[0] == 0 || b.filaments[0] > b.filaments[1] {
-            return Err(SimError::config("biology.filaments", format!("{:?}: expected [min, max] with 1 <= min <= max", b.filaments)));
+            return Err(SimError::config(
+                "biology.filaments",
+                format!("{:?}: expected [min, max] with 1 <= min <= max", b.filaments),
+            ));
         }
         let i = &self.imaging;
-        for (field, r) in [("imaging.background", i.background), ("imaging.photons", i.photons), ("imaging.read_noise", i.read_noise)] {
+        for (field, r) in
+            [("imaging.background", i.background), ("imaging.photons", i.photons), ("imaging.read_noise", i.read_noise)]
+        {
             if !(r[0] >= 0.0 && r[0] <= r[1]) {
                 return Err(SimError::config(field, format!("{r:?}: expected [low, high] with 0 <= low <= high")));
             }

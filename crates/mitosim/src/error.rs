@@ -1,22 +1,62 @@
 use std::path::PathBuf;
 use thiserror::Error;
 
+/// What can go wrong planning or writing a simulated dataset.
 #[derive(Debug, Error)]
 pub enum SimError {
+    /// A config field with a value that cannot work.
     #[error("invalid simulation config: {field}: {reason}")]
-    Config { field: String, reason: String },
+    Config {
+        /// The field's dotted path (`biology.structure_coupling`).
+        field: String,
+        /// Why, and what would.
+        reason: String,
+    },
+    /// A preset that does not exist.
     #[error("unknown preset {0:?}: expected one of tiny, demo, bench, mito")]
     UnknownPreset(String),
+    /// A config file that does not parse.
     #[error("{path}: {reason}")]
-    Parse { path: PathBuf, reason: String },
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        reason: String,
+    },
+    /// A drug table that cannot be used.
     #[error("drug table {path}: {reason}")]
-    Drugs { path: PathBuf, reason: String },
+    Drugs {
+        /// The table.
+        path: PathBuf,
+        /// What is wrong, and where.
+        reason: String,
+    },
+    /// A drug whose SMILES does not parse.
     #[error("drug {name:?} (MoA {moa:?}): {source}")]
-    Molecule { name: String, moa: String, source: molclip_chem::ChemError },
+    Molecule {
+        /// The drug.
+        name: String,
+        /// Its MoA.
+        moa: String,
+        /// Why the SMILES was refused.
+        source: molclip_chem::ChemError,
+    },
+    /// A file that cannot be read or written.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// A frame that cannot be encoded.
     #[error("{path}: cannot encode image: {reason}")]
-    Encode { path: PathBuf, reason: String },
+    Encode {
+        /// The frame's file.
+        path: PathBuf,
+        /// The encoder's message.
+        reason: String,
+    },
 }
 
 impl SimError {

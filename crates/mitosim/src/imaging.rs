@@ -10,9 +10,13 @@ use crate::config::ImagingConfig;
 /// Batch effects of one replicate experiment.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Replicate {
+    /// Detector gain.
     pub gain: f64,
+    /// Background level.
     pub background: f64,
+    /// Photons at full intensity (shot noise).
     pub photons: f64,
+    /// Read noise, in grey levels.
     pub read_noise: f64,
     /// Multiplies the PSF sigma (focus and optics differ between days).
     pub blur: f64,
@@ -21,6 +25,7 @@ pub struct Replicate {
 }
 
 impl Replicate {
+    /// One replicate's microscope settings, drawn around `config`.
     pub fn draw(config: &ImagingConfig, seed: u64, replicate: usize) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7265_706c ^ ((replicate as u64 + 1) << 40));
         let range = |rng: &mut ChaCha8Rng, r: [f64; 2]| if r[1] > r[0] { rng.random_range(r[0]..r[1]) } else { r[0] };
@@ -78,7 +83,11 @@ pub fn expose(image: &mut [f32], replicate: &Replicate, cell_gain: f64, bleach: 
         let signal = (*v as f64 * scale + replicate.background).max(0.0);
         let lambda = signal * photons;
         let counts = if lambda < 30.0 {
-            if lambda <= 0.0 { 0.0 } else { Poisson::new(lambda).map(|p| p.sample(rng)).unwrap_or(lambda) }
+            if lambda <= 0.0 {
+                0.0
+            } else {
+                Poisson::new(lambda).map(|p| p.sample(rng)).unwrap_or(lambda)
+            }
         } else {
             let z: f64 = StandardNormal.sample(rng);
             lambda + lambda.sqrt() * z
@@ -104,7 +113,8 @@ mod tests {
 
     #[test]
     fn exposure_saturates_and_adds_noise_around_the_mean() {
-        let rep = Replicate { gain: 1.0, background: 0.1, photons: 200.0, read_noise: 0.01, blur: 1.0, time_offset: 0.0 };
+        let rep =
+            Replicate { gain: 1.0, background: 0.1, photons: 200.0, read_noise: 0.01, blur: 1.0, time_offset: 0.0 };
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let mut img = vec![0.3f32; 10_000];
         img[0] = 50.0;

@@ -1,7 +1,7 @@
 //! mitosim: a simulated MitoDataset.
 //!
 //! Single-cell time-lapse videos of mitochondria (membrane-potential dye)
-//! under drug treatment, written in the MitoReID layout (METHOD.md section 3).
+//! under drug treatment, written in the MitoReID layout (docs/method.md section 3).
 //! The signal sits where it sits in real screens (SIMULATOR.md): each MoA is a
 //! time program over mitochondrial phenotypes, each drug modulates its MoA's
 //! program through its Morgan fingerprint, cells respond unevenly, and
@@ -29,13 +29,7 @@ pub use library::{Drug, DrugLibrary};
 pub use writer::{generate, render_cell_video, DatasetPlan, GenerationReport};
 
 /// Phenotype axes of the mitochondrial network, in program order.
-pub const AXES: [&str; 7] = [
-    "fragmentation",
-    "swelling",
-    "clustering",
-    "motility_loss",
-    "depolarization",
-    "hyperfusion",
-    "apoptosis",
-];
+pub const AXES: [&str; 7] =
+    ["fragmentation", "swelling", "clustering", "motility_loss", "depolarization", "hyperfusion", "apoptosis"];
+/// Number of phenotype axes.
 pub const N_AXES: usize = AXES.len();

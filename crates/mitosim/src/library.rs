@@ -19,6 +19,7 @@ use crate::error::SimError;
 
 /// The control every screen carries.
 pub const CONTROL_MOA: &str = "control";
+/// The vehicle control every screen has: name and SMILES.
 pub const CONTROL_DRUG: (&str, &str) = ("DMSO", "CS(C)=O");
 
 /// (MoA, [(name, SMILES)]), in the order presets take them.
@@ -121,10 +122,15 @@ pub const BUILTIN: &[(&str, &[(&str, &str)])] = &[
 pub struct Drug {
     /// Folder name under `<replicate>/<split>/` (the annotation's `index`).
     pub index: String,
+    /// Dense id (the folder name).
     pub drug_id: usize,
+    /// The drug's name.
     pub name: String,
+    /// Its SMILES.
     pub smiles: String,
+    /// Its MoA's name.
     pub moa: String,
+    /// Its MoA's dense id.
     pub moa_id: usize,
     /// Held out of training: written to `novel/`.
     pub novel: bool,
@@ -135,7 +141,9 @@ pub struct Drug {
 /// The screen's drugs, control first, then by MoA.
 #[derive(Debug, Clone)]
 pub struct DrugLibrary {
+    /// Every drug, the control first.
     pub drugs: Vec<Drug>,
+    /// MoA names by id.
     pub moas: Vec<String>,
 }
 
@@ -145,7 +153,9 @@ impl DrugLibrary {
         let entries: Vec<(String, String, String)> = match &config.table {
             None => BUILTIN
                 .iter()
-                .flat_map(|(moa, drugs)| drugs.iter().map(move |(n, s)| (n.to_string(), moa.to_string(), s.to_string())))
+                .flat_map(|(moa, drugs)| {
+                    drugs.iter().map(move |(n, s)| (n.to_string(), moa.to_string(), s.to_string()))
+                })
                 .collect(),
             Some(table) => read_table(&base.join(table))?,
         };
@@ -176,7 +186,7 @@ impl DrugLibrary {
                 format!("no drugs left: no MoA has at least {} drugs", config.min_drugs_per_moa),
             ));
         }
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6c69_6272_6172_79);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x006c_6962_7261_7279);
         let mut drugs = vec![make_drug(CONTROL_DRUG.0, CONTROL_DRUG.1, CONTROL_MOA, 0, 0, false)?];
         let mut moas = vec![CONTROL_MOA.to_string()];
         for (moa, mut members) in by_moa {
@@ -197,15 +207,24 @@ impl DrugLibrary {
         Ok(Self { drugs, moas })
     }
 
+    /// The drugs that are trained on (everything but the novel ones).
     pub fn training_drugs(&self) -> impl Iterator<Item = &Drug> {
         self.drugs.iter().filter(|d| !d.novel)
     }
+    /// The drugs held out as novel (never trained on).
     pub fn novel_drugs(&self) -> impl Iterator<Item = &Drug> {
         self.drugs.iter().filter(|d| d.novel)
     }
 }
 
-fn make_drug(name: &str, smiles: &str, moa: &str, drug_id: usize, moa_id: usize, novel: bool) -> Result<Drug, SimError> {
+fn make_drug(
+    name: &str,
+    smiles: &str,
+    moa: &str,
+    drug_id: usize,
+    moa_id: usize,
+    novel: bool,
+) -> Result<Drug, SimError> {
     let err = |source| SimError::Molecule { name: name.into(), moa: moa.into(), source };
     let mol = Molecule::parse_with(smiles, FragmentPolicy::Largest).map_err(err)?;
     let fingerprint = mol.morgan(&FingerprintConfig::default()).map_err(err)?.dense();
@@ -229,7 +248,8 @@ fn read_table(path: &Path) -> Result<Vec<(String, String, String)>, SimError> {
     let rows = molclip_chem::read_smiles_table(path).map_err(|e| err(e.to_string()))?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
-        let moa = row.fields.get("moa").ok_or_else(|| err("no `moa` column: expected columns name, moa, smiles".into()))?;
+        let moa =
+            row.fields.get("moa").ok_or_else(|| err("no `moa` column: expected columns name, moa, smiles".into()))?;
         if row.smiles.is_empty() || moa.is_empty() {
             return Err(err(format!("line {}: empty smiles or moa for {:?}", row.line, row.name)));
         }
@@ -249,7 +269,16 @@ mod tests {
     fn builtin_library_parses_and_covers_the_mitochondrial_moas() {
         let moas: Vec<&str> = BUILTIN.iter().map(|(m, _)| *m).collect();
         assert!(moas.len() >= 12);
-        for needed in ["uncoupler", "complex I ", "complex III", "ATP synthase", "destabiliser", "stabiliser", "protein synthesis", "topoisomerase"] {
+        for needed in [
+            "uncoupler",
+            "complex I ",
+            "complex III",
+            "ATP synthase",
+            "destabiliser",
+            "stabiliser",
+            "protein synthesis",
+            "topoisomerase",
+        ] {
             assert!(moas.iter().any(|m| m.contains(needed)), "{needed}");
         }
         for (moa, drugs) in BUILTIN {
@@ -261,7 +290,8 @@ mod tests {
 
     #[test]
     fn config_caps_moas_and_drugs_and_holds_out_novel_drugs() {
-        let cfg = LibraryConfig { table: None, min_drugs_per_moa: 1, max_moas: 5, drugs_per_moa: 3, novel_drugs_per_moa: 1 };
+        let cfg =
+            LibraryConfig { table: None, min_drugs_per_moa: 1, max_moas: 5, drugs_per_moa: 3, novel_drugs_per_moa: 1 };
         let lib = DrugLibrary::from_config(&cfg, 1, Path::new(".")).unwrap();
         assert_eq!(lib.moas.len(), 6);
         assert_eq!(lib.drugs.len(), 1 + 5 * 3);

@@ -1,4 +1,4 @@
-//! The dataset on disk, in the MitoReID layout (METHOD.md section 3):
+//! The dataset on disk, in the MitoReID layout (docs/method.md section 3):
 //!
 //! ```text
 //! <out>/annotation.csv             index,drug_id,name,smiles,moa,moa_id
@@ -22,6 +22,8 @@ use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
 
 use crate::biology::{CellResponse, ScreenBiology};
+use molclip_core::Split;
+
 use crate::cell::{Cell, CellMovie};
 use crate::config::{FrameFormat, SimConfig};
 use crate::error::SimError;
@@ -31,10 +33,13 @@ use crate::library::DrugLibrary;
 /// One video to render.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CellJob {
+    /// The drug's id.
     pub drug: usize,
+    /// The replicate (0-based).
     pub replicate: usize,
     /// `train`, `query`, `gallery` or `novel`.
-    pub split: &'static str,
+    pub split: Split,
+    /// The cell's number within its drug, replicate and split.
     pub cell: usize,
 }
 
@@ -43,19 +48,19 @@ impl CellJob {
     pub fn relative_dir(&self, library: &DrugLibrary) -> PathBuf {
         let drug = &library.drugs[self.drug].index;
         let cell = format!("cell{:03}", self.cell + 1);
-        if self.split == "novel" {
-            PathBuf::from("novel").join(drug).join(format!("l{}-{cell}", self.replicate + 1))
+        if self.split == Split::Novel {
+            PathBuf::from(Split::Novel.name()).join(drug).join(format!("l{}-{cell}", self.replicate + 1))
         } else {
-            PathBuf::from(format!("l{}", self.replicate + 1)).join(self.split).join(drug).join(cell)
+            PathBuf::from(format!("l{}", self.replicate + 1)).join(self.split.name()).join(drug).join(cell)
         }
     }
 
     fn seed(&self, seed: u64) -> u64 {
         let split = match self.split {
-            "train" => 1,
-            "query" => 2,
-            "gallery" => 3,
-            _ => 4,
+            Split::Train => 1,
+            Split::Query => 2,
+            Split::Gallery => 3,
+            Split::Novel | Split::Unlabelled => 4,
         };
         let mut h = seed ^ 0x6365_6c6c;
         for v in [self.drug as u64, self.replicate as u64, split, self.cell as u64] {
@@ -67,10 +72,15 @@ impl CellJob {
 
 /// Everything decided before the first pixel: drugs, programs, replicates, jobs.
 pub struct DatasetPlan {
+    /// The config it was planned from.
     pub config: SimConfig,
+    /// The drugs.
     pub library: DrugLibrary,
+    /// How they act.
     pub biology: ScreenBiology,
+    /// Each replicate's microscope.
     pub replicates: Vec<Replicate>,
+    /// Every cell to render, in a fixed order.
     pub jobs: Vec<CellJob>,
 }
 
@@ -85,10 +95,14 @@ impl DatasetPlan {
         let mut jobs = Vec::new();
         for r in 0..l.replicates {
             for drug in &library.drugs {
-                let splits: Vec<(&'static str, usize)> = if drug.novel {
-                    vec![("novel", l.novel_cells)]
+                let splits: Vec<(Split, usize)> = if drug.novel {
+                    vec![(Split::Novel, l.novel_cells)]
                 } else {
-                    vec![("train", l.train_cells), ("query", l.query_cells), ("gallery", l.gallery_cells)]
+                    vec![
+                        (Split::Train, l.train_cells),
+                        (Split::Query, l.query_cells),
+                        (Split::Gallery, l.gallery_cells),
+                    ]
                 };
                 for (split, n) in splits {
                     jobs.extend((0..n).map(|cell| CellJob { drug: drug.drug_id, replicate: r, split, cell }));
@@ -98,6 +112,7 @@ impl DatasetPlan {
         Ok(Self { config, library, biology, replicates, jobs })
     }
 
+    /// Frames to render in all.
     pub fn frames(&self) -> usize {
         self.jobs.len() * self.config.layout.frames
     }
@@ -134,10 +149,15 @@ pub fn render_cell_video(plan: &DatasetPlan, job: &CellJob) -> Vec<Vec<f32>> {
 /// What a generation run did.
 #[derive(Debug, Clone)]
 pub struct GenerationReport {
+    /// Cells written.
     pub cells: usize,
+    /// Frames written.
     pub frames: usize,
+    /// Wall-clock seconds.
     pub seconds: f64,
+    /// Drugs in the dataset.
     pub drugs: usize,
+    /// MoAs in the dataset.
     pub moas: usize,
 }
 
@@ -153,7 +173,10 @@ pub fn generate(
     if out.exists() && fs::read_dir(out).map_err(SimError::io(out))?.next().is_some() && !overwrite {
         return Err(SimError::Io {
             path: out.into(),
-            source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "exists and is not empty (pass --force to replace it)"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "exists and is not empty (pass --force to replace it)",
+            ),
         });
     }
     let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "dataset".into());

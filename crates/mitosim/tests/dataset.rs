@@ -67,7 +67,8 @@ fn tiny_preset_has_the_mitoreid_layout() {
     let novel = out.join("novel");
     assert_eq!(std::fs::read_dir(&novel).unwrap().count(), 5);
     let some_novel = std::fs::read_dir(&novel).unwrap().next().unwrap().unwrap().path();
-    let mut cells: Vec<String> = std::fs::read_dir(some_novel).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut cells: Vec<String> =
+        std::fs::read_dir(some_novel).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     cells.sort();
     assert_eq!(cells, ["l1-cell001", "l2-cell001", "l3-cell001"]);
     let recorded = SimConfig::from_toml_file(&out.join("simulation.toml")).unwrap();
@@ -146,7 +147,9 @@ fn structure_coupling_ties_drug_effects_to_structure() {
         (0..20u64)
             .map(|seed| {
                 let b = ScreenBiology::new(&lib, &bio, seed);
-                (0..7).map(|k| (b.drug_programs[dex][k].level(0.8) - b.drug_programs[beta][k].level(0.8)).abs()).sum::<f64>()
+                (0..7)
+                    .map(|k| (b.drug_programs[dex][k].level(0.8) - b.drug_programs[beta][k].level(0.8)).abs())
+                    .sum::<f64>()
             })
             .sum::<f64>()
     };

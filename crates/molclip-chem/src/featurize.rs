@@ -19,6 +19,7 @@ pub struct SmilesRow {
     pub line: usize,
     /// The `name` column, or `row<line>` when the table has none.
     pub name: String,
+    /// The SMILES.
     pub smiles: String,
     /// Every column of the row by header name (including `name` and `smiles`).
     pub fields: BTreeMap<String, String>,
@@ -30,11 +31,9 @@ pub struct SmilesRow {
 pub fn read_smiles_table(path: &Path) -> Result<Vec<SmilesRow>, ChemError> {
     let err = |reason: String| ChemError::Table { path: path.display().to_string(), reason };
     let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim_start().starts_with('#') && !l.trim().is_empty());
-    let (_, header_line) = lines.next().ok_or_else(|| err("no header row: expected a table with a `smiles` column".into()))?;
+    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim_start().starts_with('#') && !l.trim().is_empty());
+    let (_, header_line) =
+        lines.next().ok_or_else(|| err("no header row: expected a table with a `smiles` column".into()))?;
     let delimiter = if header_line.contains('\t') { '\t' } else { ',' };
     let split = |line: &str| -> Result<Vec<String>, String> {
         let mut reader = csv::ReaderBuilder::new()
@@ -49,9 +48,10 @@ pub fn read_smiles_table(path: &Path) -> Result<Vec<SmilesRow>, ChemError> {
         }
     };
     let header: Vec<String> = split(header_line).map_err(err)?.into_iter().map(|h| h.to_lowercase()).collect();
-    let smiles_col = header.iter().position(|h| h == "smiles").ok_or_else(|| {
-        err(format!("no `smiles` column in the header (found: {})", header.join(", ")))
-    })?;
+    let smiles_col = header
+        .iter()
+        .position(|h| h == "smiles")
+        .ok_or_else(|| err(format!("no `smiles` column in the header (found: {})", header.join(", "))))?;
     let name_col = header.iter().position(|h| h == "name");
     let mut rows = Vec::new();
     for (idx, line) in lines {
@@ -78,7 +78,9 @@ pub fn read_smiles_table(path: &Path) -> Result<Vec<SmilesRow>, ChemError> {
 /// Options of `chem featurize`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FeaturizeOptions {
+    /// The Morgan fingerprint's radius and width.
     pub fingerprint: FingerprintConfig,
+    /// Which fragments of a mixture are featurised.
     pub fragments: FragmentPolicy,
 }
 
@@ -86,27 +88,46 @@ pub struct FeaturizeOptions {
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum FeatureRecord {
+    /// A molecule, featurised.
     Ok {
+        /// The row's name.
         name: String,
+        /// The SMILES as given.
         smiles: String,
+        /// RDKit-style canonical SMILES of the featurised fragment(s).
         canonical: String,
+        /// Heavy atoms.
         num_atoms: usize,
+        /// Bonds.
         num_bonds: usize,
         /// Fragments in the input, before the fragment policy.
         num_fragments: usize,
+        /// `largest` or `whole`.
         fragment_policy: &'static str,
+        /// Per-atom features (OGB order).
         atoms: Vec<AtomFeatures>,
+        /// Per-bond features (OGB order).
         bonds: Vec<BondFeatures>,
         /// Serialised as `morgan{radius}_{n_bits}` (see [`FeatureRecord::to_json`]).
         #[serde(skip)]
         morgan_key: String,
+        /// The fingerprint's on-bits.
         #[serde(skip)]
         morgan: Vec<u32>,
     },
-    Err { name: String, smiles: String, error: String },
+    /// A row that failed.
+    Err {
+        /// The row's name.
+        name: String,
+        /// The SMILES as given.
+        smiles: String,
+        /// Why it failed.
+        error: String,
+    },
 }
 
 impl FeatureRecord {
+    /// Whether this row failed.
     pub fn is_err(&self) -> bool {
         matches!(self, Self::Err { .. })
     }
@@ -124,8 +145,8 @@ impl FeatureRecord {
 
 /// Featurise one SMILES; failures become an error record, never a panic.
 pub fn featurize_smiles(name: &str, smiles: &str, options: &FeaturizeOptions) -> FeatureRecord {
-    let result = Molecule::parse_with(smiles, options.fragments)
-        .and_then(|mol| Ok((mol.morgan(&options.fingerprint)?, mol)));
+    let result =
+        Molecule::parse_with(smiles, options.fragments).and_then(|mol| Ok((mol.morgan(&options.fingerprint)?, mol)));
     match result {
         Ok((fp, mol)) => FeatureRecord::Ok {
             name: name.into(),

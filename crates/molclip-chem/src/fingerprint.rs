@@ -64,12 +64,12 @@ impl Fingerprint {
     ) -> Result<Self, ChemError> {
         let result = fp::rdkit_morgan_fingerprint(mol, &config.to_chematic()?)
             .map_err(|e| ChemError::Fingerprint(e.to_string()))?;
-        let mut counts: Vec<(u32, u32)> =
-            result.folded_counts.iter().map(|(&bit, &c)| (bit as u32, c)).collect();
+        let mut counts: Vec<(u32, u32)> = result.folded_counts.iter().map(|(&bit, &c)| (bit as u32, c)).collect();
         counts.sort_unstable();
         Ok(Self { n_bits: config.n_bits, counts })
     }
 
+    /// The fingerprint's width.
     pub fn n_bits(&self) -> usize {
         self.n_bits
     }
@@ -93,10 +93,15 @@ impl Fingerprint {
         }
         v
     }
+    /// Tanimoto similarity: shared on-bits over all on-bits.
     pub fn tanimoto(&self, other: &Self) -> f64 {
         let (a, b) = (self.on_bits(), other.on_bits());
         let common = a.iter().filter(|x| b.binary_search(x).is_ok()).count();
         let union = a.len() + b.len() - common;
-        if union == 0 { 1.0 } else { common as f64 / union as f64 }
+        if union == 0 {
+            1.0
+        } else {
+            common as f64 / union as f64
+        }
     }
 }

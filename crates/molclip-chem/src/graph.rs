@@ -8,17 +8,26 @@ use serde::{Serialize, Serializer};
 /// RDKit's `HybridizationType`, spelled as RDKit prints it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Hybridization {
+    /// Not set.
     Unspecified,
+    /// s.
     S,
+    /// sp.
     Sp,
+    /// sp2.
     Sp2,
+    /// sp3.
     Sp3,
+    /// sp3d.
     Sp3d,
+    /// sp3d2.
     Sp3d2,
+    /// sp2d.
     Sp2d,
 }
 
 impl Hybridization {
+    /// RDKit's name for it.
     pub fn name(self) -> &'static str {
         match self {
             Self::Unspecified => "UNSPECIFIED",
@@ -36,16 +45,24 @@ impl Hybridization {
 /// RDKit's `ChiralType`, spelled as RDKit prints it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ChiralTag {
+    /// No chirality.
     Unspecified,
+    /// Tetrahedral, clockwise (`@@`).
     TetrahedralCw,
+    /// Tetrahedral, counter-clockwise (`@`).
     TetrahedralCcw,
+    /// Another kind.
     Other,
+    /// Square planar.
     SquarePlanar,
+    /// Trigonal bipyramidal.
     TrigonalBipyramidal,
+    /// Octahedral.
     Octahedral,
 }
 
 impl ChiralTag {
+    /// RDKit's name for it.
     pub fn name(self) -> &'static str {
         match self {
             Self::Unspecified => "CHI_UNSPECIFIED",
@@ -62,15 +79,22 @@ impl ChiralTag {
 /// RDKit's `BondType` (the kinds a SMILES can produce).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BondType {
+    /// Single.
     Single,
+    /// Double.
     Double,
+    /// Triple.
     Triple,
+    /// Quadruple.
     Quadruple,
+    /// Aromatic.
     Aromatic,
+    /// Dative.
     Dative,
 }
 
 impl BondType {
+    /// RDKit's name for it.
     pub fn name(self) -> &'static str {
         match self {
             Self::Single => "SINGLE",
@@ -86,13 +110,18 @@ impl BondType {
 /// RDKit's `BondStereo` as legacy stereo perception assigns it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BondStereo {
+    /// No stereo.
     None,
+    /// Unspecified double-bond stereo.
     Any,
+    /// Z.
     Z,
+    /// E.
     E,
 }
 
 impl BondStereo {
+    /// RDKit's name for it.
     pub fn name(self) -> &'static str {
         match self {
             Self::None => "STEREONONE",
@@ -108,33 +137,47 @@ impl BondStereo {
 /// them after `MolFromSmiles` (hydrogens removed, sanitised).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct AtomFeatures {
+    /// Atomic number.
     pub atomic_num: u32,
     /// Explicit heavy-atom neighbours (`GetDegree`).
     pub degree: u32,
+    /// Formal charge.
     pub formal_charge: i32,
     /// Implicit plus explicit hydrogens (`GetTotalNumHs`).
     pub total_h: u32,
+    /// In an aromatic ring.
     pub aromatic: bool,
+    /// Hybridisation.
     pub hybridization: Hybridization,
+    /// In a ring.
     pub in_ring: bool,
+    /// Tetrahedral chirality.
     pub chiral_tag: ChiralTag,
 }
 
 /// One bond: `[begin, end, type, conjugated, in_ring, stereo]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BondFeatures {
+    /// First atom's index.
     pub begin: usize,
+    /// Second atom's index.
     pub end: usize,
+    /// Bond order.
     pub bond_type: BondType,
+    /// Conjugated.
     pub conjugated: bool,
+    /// In a ring.
     pub in_ring: bool,
+    /// Double-bond stereo.
     pub stereo: BondStereo,
 }
 
 /// A molecular graph in RDKit's atom and bond order.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Graph {
+    /// Atoms, in input order.
     pub atoms: Vec<AtomFeatures>,
+    /// Bonds, in input order.
     pub bonds: Vec<BondFeatures>,
 }
 
@@ -213,10 +256,7 @@ impl Graph {
     /// Directed edge list (both directions per bond, bond order kept), the
     /// shape message passing consumes.
     pub fn edge_index(&self) -> Vec<[usize; 2]> {
-        self.bonds
-            .iter()
-            .flat_map(|b| [[b.begin, b.end], [b.end, b.begin]])
-            .collect()
+        self.bonds.iter().flat_map(|b| [[b.begin, b.end], [b.end, b.begin]]).collect()
     }
 
     /// Connected components as sorted atom index lists, in order of their
@@ -300,14 +340,39 @@ mod tests {
             assert!(*value < dim, "{value} >= {dim}");
         }
         assert_eq!(atom.encode(), [118, 11, 11, 9, 1, 5, 1, 3]);
-        let carbon = AtomFeatures { atomic_num: 6, degree: 2, formal_charge: 0, total_h: 2, aromatic: false, hybridization: Hybridization::Sp3, in_ring: false, chiral_tag: ChiralTag::Unspecified };
+        let carbon = AtomFeatures {
+            atomic_num: 6,
+            degree: 2,
+            formal_charge: 0,
+            total_h: 2,
+            aromatic: false,
+            hybridization: Hybridization::Sp3,
+            in_ring: false,
+            chiral_tag: ChiralTag::Unspecified,
+        };
         assert_eq!(carbon.encode(), [5, 2, 5, 2, 0, 2, 0, 0]);
     }
 
     #[test]
     fn fragments_are_connected_components() {
-        let atom = AtomFeatures { atomic_num: 6, degree: 0, formal_charge: 0, total_h: 0, aromatic: false, hybridization: Hybridization::Sp3, in_ring: false, chiral_tag: ChiralTag::Unspecified };
-        let bond = |begin, end| BondFeatures { begin, end, bond_type: BondType::Single, conjugated: false, in_ring: false, stereo: BondStereo::None };
+        let atom = AtomFeatures {
+            atomic_num: 6,
+            degree: 0,
+            formal_charge: 0,
+            total_h: 0,
+            aromatic: false,
+            hybridization: Hybridization::Sp3,
+            in_ring: false,
+            chiral_tag: ChiralTag::Unspecified,
+        };
+        let bond = |begin, end| BondFeatures {
+            begin,
+            end,
+            bond_type: BondType::Single,
+            conjugated: false,
+            in_ring: false,
+            stereo: BondStereo::None,
+        };
         let g = Graph { atoms: vec![atom; 5], bonds: vec![bond(0, 3), bond(1, 4)] };
         assert_eq!(g.fragments(), vec![vec![0, 3], vec![1, 4], vec![2]]);
         assert_eq!(g.edge_index(), vec![[0, 3], [3, 0], [1, 4], [4, 1]]);

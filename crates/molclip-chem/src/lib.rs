@@ -26,7 +26,7 @@ pub use error::ChemError;
 pub use featurize::{featurize_rows, featurize_smiles, read_smiles_table, FeatureRecord, FeaturizeOptions, SmilesRow};
 pub use fingerprint::{Fingerprint, FingerprintConfig};
 pub use graph::{
-    AtomFeatures, BondFeatures, BondStereo, BondType, ChiralTag, Graph, Hybridization,
-    ATOM_FEATURE_DIMS, BOND_FEATURE_DIMS,
+    AtomFeatures, BondFeatures, BondStereo, BondType, ChiralTag, Graph, Hybridization, ATOM_FEATURE_DIMS,
+    BOND_FEATURE_DIMS,
 };
 pub use molecule::{FragmentPolicy, Molecule};

@@ -6,9 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ChemError;
 use crate::fingerprint::{Fingerprint, FingerprintConfig};
-use crate::graph::{
-    AtomFeatures, BondFeatures, BondStereo, BondType, ChiralTag, Graph, Hybridization,
-};
+use crate::graph::{AtomFeatures, BondFeatures, BondStereo, BondType, ChiralTag, Graph, Hybridization};
 
 /// What to encode when the SMILES holds several disconnected pieces (salts,
 /// counter-ions, hydrates, co-crystals).
@@ -25,6 +23,7 @@ pub enum FragmentPolicy {
 }
 
 impl FragmentPolicy {
+    /// The policy's name (`largest`, `whole`).
     pub fn name(self) -> &'static str {
         match self {
             Self::Largest => "largest",
@@ -102,9 +101,7 @@ impl Molecule {
                     .and_then(|atom| atom_positions(base).get(atom).copied()),
                 reason,
             },
-            cs::RdkitSmilesError::Unsupported(reason) => {
-                ChemError::Unsupported { smiles: input.into(), reason }
-            }
+            cs::RdkitSmilesError::Unsupported(reason) => ChemError::Unsupported { smiles: input.into(), reason },
         })?;
         let canonical = cs::rdkit_canonical_smiles(&inner)
             .map_err(|e| ChemError::Unsupported { smiles: input.into(), reason: e.to_string() })?;
@@ -114,20 +111,15 @@ impl Molecule {
                 apply_cx_bond_marks(&mut graph, &view.chematic_bond, cx);
             }
         }
-        Ok(Self {
-            input: input.into(),
-            inner,
-            graph,
-            canonical,
-            input_fragments: 1,
-            policy: FragmentPolicy::Whole,
-        })
+        Ok(Self { input: input.into(), inner, graph, canonical, input_fragments: 1, policy: FragmentPolicy::Whole })
     }
 
     fn largest_organic_fragment(&self) -> Result<Vec<usize>, ChemError> {
         let frags = self.graph.fragments();
         let params = cs::RdkitSmilesParams::default();
-        let mut best: Option<((bool, u32, u64, std::cmp::Reverse<String>), Vec<usize>)> = None;
+        // (organic, heavy atoms with their hydrogens, weight, reversed SMILES): the largest wins.
+        type Rank = (bool, u32, u64, std::cmp::Reverse<String>);
+        let mut best: Option<(Rank, Vec<usize>)> = None;
         for atoms in frags {
             let organic = atoms.iter().any(|&a| self.graph.atoms[a].atomic_num == 6);
             let n_atoms: u32 = atoms.iter().map(|&a| 1 + self.graph.atoms[a].total_h).sum();
@@ -157,6 +149,7 @@ impl Molecule {
     pub fn canonical_smiles(&self) -> &str {
         &self.canonical
     }
+    /// The molecular graph (of the kept fragments).
     pub fn graph(&self) -> &Graph {
         &self.graph
     }
@@ -168,6 +161,7 @@ impl Molecule {
     pub fn num_fragments(&self) -> usize {
         self.graph.fragments().len()
     }
+    /// Which fragments were kept.
     pub fn fragment_policy(&self) -> FragmentPolicy {
         self.policy
     }
@@ -332,9 +326,7 @@ fn syntax_error(input: &str, base: &str, e: &cs::SmilesError) -> ChemError {
         | E::UnexpectedCharacter { pos }
         | E::UnsupportedChiralityClass { pos, .. } => *pos,
         E::InvalidValence { atom, .. } => atom_positions(base).get(*atom).copied().unwrap_or(0),
-        E::UnmatchedRingClosure { ring_num, .. } => {
-            ring_opening(base, &ring_num.to_string()).unwrap_or(base.len())
-        }
+        E::UnmatchedRingClosure { ring_num, .. } => ring_opening(base, &ring_num.to_string()).unwrap_or(base.len()),
         E::EmptyInput => 0,
         E::ResourceLimit { .. } => 0,
     };
@@ -370,8 +362,7 @@ fn atom_positions(smiles: &str) -> Vec<usize> {
                 out.push(i);
                 i += 1;
             }
-            'B' | 'C' | 'N' | 'O' | 'P' | 'S' | 'F' | 'I' | '*' | 'b' | 'c' | 'n' | 'o' | 'p'
-            | 's' => out.push(i),
+            'B' | 'C' | 'N' | 'O' | 'P' | 'S' | 'F' | 'I' | '*' | 'b' | 'c' | 'n' | 'o' | 'p' | 's' => out.push(i),
             '%' => i += 2,
             _ => {}
         }
@@ -393,11 +384,7 @@ fn ring_opening(smiles: &str, label: &str) -> Option<usize> {
                 }
             }
             b'%' => {
-                let len = if bytes.get(i + 1) == Some(&b'(') {
-                    smiles[i..].find(')').map_or(1, |e| e + 1)
-                } else {
-                    3
-                };
+                let len = if bytes.get(i + 1) == Some(&b'(') { smiles[i..].find(')').map_or(1, |e| e + 1) } else { 3 };
                 let end = (i + len).min(bytes.len());
                 let text = smiles.get(i + 1..end).unwrap_or("").trim_matches(|c| c == '(' || c == ')');
                 if text == label {

@@ -1,5 +1,5 @@
 //! Agreement with RDKit 2026.09.1 on 1,000 real drugs
-//! (`../shared/chem/rdkit_oracle.jsonl`, schema in METHOD.md section 5).
+//! (`../shared/chem/rdkit_oracle.jsonl`, schema in docs/method.md section 5).
 
 use molclip_chem::{featurize_smiles, FeaturizeOptions, FragmentPolicy};
 use serde_json::Value;
@@ -9,7 +9,6 @@ fn oracle() -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
     text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
-
 
 #[test]
 fn features_fingerprints_and_canonical_smiles_match_rdkit() {
@@ -37,7 +36,12 @@ fn features_fingerprints_and_canonical_smiles_match_rdkit() {
             canon_diff.push(format!("{name}\n  rdkit: {}\n  ours:  {}", rec["canonical"], ours["canonical"]));
         }
         if !same("atoms") || !same("bonds") || !same("morgan2_2048") {
-            failures.push(format!("{name}: atoms {} bonds {} morgan {}", same("atoms"), same("bonds"), same("morgan2_2048")));
+            failures.push(format!(
+                "{name}: atoms {} bonds {} morgan {}",
+                same("atoms"),
+                same("bonds"),
+                same("morgan2_2048")
+            ));
         }
     }
     eprintln!("morgan {morgan_ok}/1000, atoms {atoms_ok}/1000, bonds {bonds_ok}/1000, counts {counts_ok}/1000, canonical {canon_ok}/1000");
@@ -50,4 +54,3 @@ fn features_fingerprints_and_canonical_smiles_match_rdkit() {
     // difference is a regression worth reading.
     assert!(canon_diff.is_empty(), "canonical SMILES agree on {canon_ok}/1000");
 }
-

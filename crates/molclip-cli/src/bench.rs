@@ -108,21 +108,31 @@ pub enum BenchCommand {
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Simulate { presets, cells } => bench_simulate(&presets, cells),
-        BenchCommand::Evaluate { sizes, dim, reference_max, script } => bench_evaluate(&sizes, dim, reference_max, &script),
+        BenchCommand::Evaluate { sizes, dim, reference_max, script } => {
+            bench_evaluate(&sizes, dim, reference_max, &script)
+        }
         BenchCommand::Data { videos, script } => bench_data(videos, &script),
         BenchCommand::EvaluateOnce { embeddings, metadata } => evaluate_once(&embeddings, &metadata),
         BenchCommand::Model { models, batch, frames, size, steps, device, no_reference, script } => {
             bench_model(&models, [batch, frames, size], steps, &device, (!no_reference).then_some(script.as_path()))
         }
-        BenchCommand::ModelOnce { model, batch, frames, size, steps, device } => model_once(&model, [batch, frames, size], steps, &device),
+        BenchCommand::ModelOnce { model, batch, frames, size, steps, device } => {
+            model_once(&model, [batch, frames, size], steps, &device)
+        }
         BenchCommand::DeviceCheck { device } => device_check(&device),
         BenchCommand::Chem { oracle, script, repeats } => bench_chem(&oracle, &script, repeats),
     }
 }
 
 fn bench_simulate(presets: &[String], max_cells: usize) -> Result<()> {
-    println!("simulator throughput on {} threads (frames of the preset's size, 16 per cell)", rayon::current_num_threads());
-    println!("{:<7} {:>5} {:>8} {:>8} {:>12} {:>12} {:>14}", "preset", "size", "cells", "total", "render f/s", "write f/s", "full dataset");
+    println!(
+        "simulator throughput on {} threads (frames of the preset's size, 16 per cell)",
+        rayon::current_num_threads()
+    );
+    println!(
+        "{:<7} {:>5} {:>8} {:>8} {:>12} {:>12} {:>14}",
+        "preset", "size", "cells", "total", "render f/s", "write f/s", "full dataset"
+    );
     for name in presets {
         let config = SimConfig::preset(name)?;
         let mut plan = match DatasetPlan::new(config, Path::new(".")) {
@@ -226,7 +236,9 @@ fn bench_chem(oracle: &Path, script: &Path, repeats: usize) -> Result<()> {
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
@@ -235,7 +247,13 @@ fn evaluate_once(embeddings: &Path, metadata: &Path) -> Result<()> {
     let features = molclip_eval::npy::read_npy(embeddings)?;
     let set = molclip_eval::EmbeddingSet::from_files(&features, metadata)?;
     drop(features);
-    let e = molclip_eval::evaluate(&set.query.0, &set.query.1, &set.gallery.0, &set.gallery.1, molclip_eval::DEFAULT_MAX_RANK)?;
+    let e = molclip_eval::evaluate(
+        &set.query.0,
+        &set.query.1,
+        &set.gallery.0,
+        &set.gallery.1,
+        molclip_eval::DEFAULT_MAX_RANK,
+    )?;
     println!(
         "{}",
         serde_json::json!({"seconds": start.elapsed().as_secs_f64(), "peak_rss_mib": peak_rss_mib(), "drug": e.drug, "moa": e.moa})
@@ -255,7 +273,10 @@ fn bench_evaluate(sizes: &[usize], dim: usize, reference_max: usize, script: &Pa
     let exe = std::env::current_exe()?;
     let dir = tempfile::tempdir()?;
     println!("ReID evaluation, N queries x N gallery, {dim}-d, both tasks; separate processes, times include reading the files");
-    println!("{:>6} {:<20} {:>9} {:>10} {:>9} {:>10} {:>14}", "N", "implementation", "seconds", "peak MiB", "speed-up", "mAP drug", "max |diff mAP|");
+    println!(
+        "{:>6} {:<20} {:>9} {:>10} {:>9} {:>10} {:>14}",
+        "N", "implementation", "seconds", "peak MiB", "speed-up", "mAP drug", "max |diff mAP|"
+    );
     for &n in sizes {
         let (features, rows) = molclip_eval::synthetic::clustered_embeddings(n, dim, 7);
         let (e, m) = (dir.path().join(format!("e{n}.npy")), dir.path().join(format!("m{n}.csv")));
@@ -264,16 +285,41 @@ fn bench_evaluate(sizes: &[usize], dim: usize, reference_max: usize, script: &Pa
         drop(features);
         let ours = run_json(Command::new(&exe).args(["bench", "evaluate-once"]).arg(&e).arg(&m))?;
         let num = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
-        let reference = if n <= reference_max { Some(run_json(Command::new("python3").arg(script).arg(&e).arg(&m))?) } else { None };
+        let reference = if n <= reference_max {
+            Some(run_json(Command::new("python3").arg(script).arg(&e).arg(&m))?)
+        } else {
+            None
+        };
         if let Some(r) = &reference {
-            println!("{:>6} {:<20} {:>9.2} {:>10.0} {:>9} {:>10.4} {:>14}", n, "NumPy full sort", num(r, "seconds"), num(r, "peak_rss_mib"), "1.00x", num(&r["drug"], "mAP"), "");
+            println!(
+                "{:>6} {:<20} {:>9.2} {:>10.0} {:>9} {:>10.4} {:>14}",
+                n,
+                "NumPy full sort",
+                num(r, "seconds"),
+                num(r, "peak_rss_mib"),
+                "1.00x",
+                num(&r["drug"], "mAP"),
+                ""
+            );
         }
         let diff = reference.as_ref().map_or("-".to_string(), |r| {
-            let d = ["drug", "moa"].iter().map(|t| (num(&ours[t], "mAP") - num(&r[t], "mAP")).abs()).fold(0.0, f64::max);
+            let d =
+                ["drug", "moa"].iter().map(|t| (num(&ours[t], "mAP") - num(&r[t], "mAP")).abs()).fold(0.0, f64::max);
             format!("{d:.1e}")
         });
-        let speedup = reference.as_ref().map_or("-".to_string(), |r| format!("{:.1}x", num(r, "seconds") / num(&ours, "seconds")));
-        println!("{:>6} {:<20} {:>9.2} {:>10.0} {:>9} {:>10.4} {:>14}", n, "molclip-eval", num(&ours, "seconds"), num(&ours, "peak_rss_mib"), speedup, num(&ours["drug"], "mAP"), diff);
+        let speedup = reference
+            .as_ref()
+            .map_or("-".to_string(), |r| format!("{:.1}x", num(r, "seconds") / num(&ours, "seconds")));
+        println!(
+            "{:>6} {:<20} {:>9.2} {:>10.0} {:>9} {:>10.4} {:>14}",
+            n,
+            "molclip-eval",
+            num(&ours, "seconds"),
+            num(&ours, "peak_rss_mib"),
+            speedup,
+            num(&ours["drug"], "mAP"),
+            diff
+        );
         std::fs::remove_file(&e).ok();
     }
     Ok(())
@@ -291,7 +337,7 @@ fn bench_data(videos: usize, script: &Path) -> Result<()> {
     let root = dir.path().join("bench");
     mitosim::generate(&plan, &root, false, &|| {})?;
     let index = molclip_data::DatasetIndex::scan(&root)?;
-    let cells: Vec<_> = index.split("train").take(videos).cloned().collect();
+    let cells: Vec<_> = index.split(molclip_data::Split::Train).take(videos).cloned().collect();
     let n = cells.len();
     let list = dir.path().join("cells.txt");
     std::fs::write(&list, cells.iter().map(|c| format!("{}\n", c.dir.display())).collect::<String>())?;
@@ -367,44 +413,90 @@ fn model_once(model: &str, [batch, frames, size]: [usize; 3], steps: usize, devi
         }
     }
     times.sort_by(f64::total_cmp);
-    println!("{}", serde_json::json!({"median_ms": times[times.len() / 2], "peak_rss_mib": peak_rss_mib(), "loss": loss_value, "params": store.num_trainable()}));
+    println!(
+        "{}",
+        serde_json::json!({"median_ms": times[times.len() / 2], "peak_rss_mib": peak_rss_mib(), "loss": loss_value, "params": store.num_trainable()})
+    );
     Ok(())
 }
 
-fn bench_model(models: &[String], [batch, frames, size]: [usize; 3], steps: usize, device: &str, script: Option<&Path>) -> Result<()> {
+/// One model's step time in PyTorch (`benches/model_reference.py`), or `None` with a note
+/// when it cannot run.
+fn torch_reference(
+    script: &Path,
+    model: &str,
+    dims: &[String; 4],
+    threads: usize,
+    device: &str,
+) -> Option<serde_json::Value> {
+    let mut cmd = Command::new("python3");
+    cmd.arg(script).args(["--model", model, "--batch", &dims[0], "--frames", &dims[1], "--size", &dims[2]]);
+    cmd.args(["--steps", &dims[3], "--threads", &threads.to_string(), "--device", device]);
+    run_json(&mut cmd).map_err(|e| eprintln!("PyTorch reference not run: {e:#}")).ok()
+}
+
+fn bench_model(
+    models: &[String],
+    [batch, frames, size]: [usize; 3],
+    steps: usize,
+    device: &str,
+    script: Option<&Path>,
+) -> Result<()> {
     if batch < 4 {
         bail!("--batch {batch}: needs at least 4 videos (two drugs, two videos each) for the triplet loss");
     }
     let exe = std::env::current_exe()?;
     let threads = rayon::current_num_threads();
     println!("training step (forward + backward + AdamW), {batch} x {frames} x 1 x {size} x {size}, {device}, {threads} threads, median of {steps}");
-    println!("{:<14} {:<18} {:>10} {:>10} {:>11} {:>12}", "model", "implementation", "ms/step", "peak MiB", "params", "throughput");
+    println!(
+        "{:<14} {:<18} {:>10} {:>10} {:>11} {:>12}",
+        "model", "implementation", "ms/step", "peak MiB", "params", "throughput"
+    );
     let dims = [batch.to_string(), frames.to_string(), size.to_string(), steps.to_string()];
     let num = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     for model in models {
         video_config(model, frames, size)?;
-        let reference = match script {
-            Some(script) => {
-                let mut cmd = Command::new("python3");
-                cmd.arg(script).args(["--model", model, "--batch", &dims[0], "--frames", &dims[1], "--size", &dims[2], "--steps", &dims[3]]);
-                cmd.args(["--threads", &threads.to_string(), "--device", device]);
-                match run_json(&mut cmd) {
-                    Ok(r) => Some(r),
-                    Err(e) => {
-                        eprintln!("PyTorch reference not run: {e:#}");
-                        None
-                    }
-                }
-            }
-            None => None,
-        };
+        let reference = script.and_then(|script| torch_reference(script, model, &dims, threads, device));
         if let Some(r) = &reference {
             let label = format!("PyTorch {}", r["torch"].as_str().unwrap_or("?").split('+').next().unwrap_or("?"));
-            println!("{:<14} {:<18} {:>10.0} {:>10.0} {:>11} {:>12}", model, label, num(r, "median_ms"), num(r, "peak_rss_mib"), "", "1.00x");
+            println!(
+                "{:<14} {:<18} {:>10.0} {:>10.0} {:>11} {:>12}",
+                model,
+                label,
+                num(r, "median_ms"),
+                num(r, "peak_rss_mib"),
+                "",
+                "1.00x"
+            );
         }
-        let ours = run_json(Command::new(&exe).args(["bench", "model-once", "--model", model, "--batch", &dims[0], "--frames", &dims[1], "--size", &dims[2], "--steps", &dims[3], "--device", device]))?;
-        let ratio = reference.as_ref().map_or("-".to_string(), |r| format!("{:.2}x", num(r, "median_ms") / num(&ours, "median_ms")));
-        println!("{:<14} {:<18} {:>10.0} {:>10.0} {:>11} {:>12}", model, "molclip (candle)", num(&ours, "median_ms"), num(&ours, "peak_rss_mib"), ours["params"], ratio);
+        let ours = run_json(Command::new(&exe).args([
+            "bench",
+            "model-once",
+            "--model",
+            model,
+            "--batch",
+            &dims[0],
+            "--frames",
+            &dims[1],
+            "--size",
+            &dims[2],
+            "--steps",
+            &dims[3],
+            "--device",
+            device,
+        ]))?;
+        let ratio = reference
+            .as_ref()
+            .map_or("-".to_string(), |r| format!("{:.2}x", num(r, "median_ms") / num(&ours, "median_ms")));
+        println!(
+            "{:<14} {:<18} {:>10.0} {:>10.0} {:>11} {:>12}",
+            model,
+            "molclip (candle)",
+            num(&ours, "median_ms"),
+            num(&ours, "peak_rss_mib"),
+            ours["params"],
+            ratio
+        );
     }
     Ok(())
 }
@@ -444,7 +536,8 @@ fn device_check(device: &str) -> Result<()> {
         // Relative to each tensor's largest value, but never below 1e-3 of the largest gradient:
         // gradients that are zero by construction (a bias a softmax or batch norm cancels)
         // carry only rounding noise.
-        let largest = g_cpu.iter().map(|(_, g)| max_abs(g)).collect::<Result<Vec<_>>>()?.into_iter().fold(1e-12f32, f32::max);
+        let largest =
+            g_cpu.iter().map(|(_, g)| max_abs(g)).collect::<Result<Vec<_>>>()?.into_iter().fold(1e-12f32, f32::max);
         let rel = |a: &Tensor, b: &Tensor, floor: f32| -> Result<f64> {
             Ok((max_abs(&(a - b)?)? / max_abs(a)?.max(floor).max(1e-12)) as f64)
         };
@@ -457,7 +550,13 @@ fn device_check(device: &str) -> Result<()> {
                 worst = (r, name.clone());
             }
         }
-        println!("{model:<14} {} gradients, worst relative difference CPU vs {device:?}: {:.1e} ({}), {:.0} ms", g_cpu.len(), worst.0, worst.1, start.elapsed().as_secs_f64() * 1e3);
+        println!(
+            "{model:<14} {} gradients, worst relative difference CPU vs {device:?}: {:.1e} ({}), {:.0} ms",
+            g_cpu.len(),
+            worst.0,
+            worst.1,
+            start.elapsed().as_secs_f64() * 1e3
+        );
     }
     Ok(())
 }

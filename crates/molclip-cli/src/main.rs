@@ -15,10 +15,16 @@ use clap::{Args, Parser, Subcommand};
 
 use mitosim::{DatasetPlan, FrameFormat, SimConfig};
 use molclip_chem::{FeaturizeOptions, FingerprintConfig, FragmentPolicy};
-use molclip_data::DatasetIndex;
+use molclip_core::write_atomic;
+use molclip_data::{Identity, Split};
+use molclip_experiment::{open_dataset, Progress, RunDir};
 
 #[derive(Parser)]
-#[command(name = "molclip", version, about = "Drug mechanism of action from mitochondrial time-lapse videos, helped by chemical structure (MolCLIP)")]
+#[command(
+    name = "molclip",
+    version,
+    about = "Drug mechanism of action from mitochondrial time-lapse videos, helped by chemical structure (MolCLIP)"
+)]
 struct Cli {
     /// No progress bars.
     #[arg(long, short, global = true)]
@@ -127,7 +133,7 @@ struct InspectArgs {
 }
 
 #[derive(Args)]
-pub struct EvaluateArgs {
+struct EvaluateArgs {
     /// Features, float32 or float64 .npy of shape [N, D].
     #[arg(long, required_unless_present = "run")]
     embeddings: Option<PathBuf>,
@@ -285,11 +291,16 @@ fn simulate(args: SimulateArgs, quiet: bool) -> Result<()> {
 }
 
 fn inspect(args: InspectArgs, quiet: bool) -> Result<()> {
-    let bar = progress::bar(0, "scanning cells", quiet);
-    let index = DatasetIndex::open_with_progress(&args.dir, &progress::scan_callback(&bar))?;
-    bar.set_message("decoding frames");
-    index.verify_frames_with_progress(&progress::scan_callback(&bar))?;
-    bar.finish_and_clear();
+    let progress = progress::Bars::new(quiet);
+    let index = open_dataset(&args.dir, &progress)?;
+    progress.start("decoding frames", index.cells.len() as u64);
+    let verified = index.verify_frames_with_progress(&|p| {
+        if p == molclip_data::index::Progress::Cell {
+            progress.advance(1)
+        }
+    });
+    progress.finish();
+    verified?;
     let counts = index.counts();
     let difficulty = if args.difficulty { Some(molclip_data::difficulty::difficulty(&index)?) } else { None };
     if let Some(path) = &args.montage {
@@ -307,29 +318,48 @@ fn inspect(args: InspectArgs, quiet: bool) -> Result<()> {
         }
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
-        let sizes: std::collections::BTreeSet<(u32, u32, usize)> = index.cells.iter().map(|c| (c.width, c.height, c.n_frames)).collect();
-        println!("{}: valid. {} cells, {} annotated drugs", args.dir.display(), index.cells.len(), index.annotation.drugs.len());
-        for (w, h, t) in &sizes {
-            println!("  videos of {t} frames, {w}x{h}");
-        }
-        println!("  {:<10} {:<8} {:>6} {:>5} {:>7} {:>8}", "replicate", "split", "drugs", "MoAs", "cells", "frames");
-        for c in &counts {
-            let rep = if c.replicate.is_empty() { "-" } else { &c.replicate };
-            println!("  {:<10} {:<8} {:>6} {:>5} {:>7} {:>8}", rep, c.split, c.drugs, c.moas, c.cells, c.frames);
-        }
-        if let Some(d) = &difficulty {
-            println!("difficulty: nearest-neighbour MoA accuracy, gallery ({} cells) vs train ({} cells), {} MoAs", d.gallery_cells, d.train_cells, d.moas);
-            println!("  chance (1 / MoAs)                      {:>6.1}%", d.chance);
-            println!("  majority class                         {:>6.1}%", d.majority_baseline);
-            println!("  (a) last-frame intensity histogram     {:>6.1}%", d.last_frame_histogram);
-            println!("  (b) mean-intensity trajectory          {:>6.1}%", d.brightness_trajectory);
-            println!("  (c) texture + shape over time          {:>6.1}%", d.texture_shape_trajectory);
-        }
-        if let Some(path) = &args.montage {
-            println!("montage: {}", path.display());
-        }
+        print_inspection(&args, &index, &counts, difficulty.as_ref());
     }
     Ok(())
+}
+
+/// `inspect`'s summary for people: sizes, counts per replicate and split, difficulty.
+fn print_inspection(
+    args: &InspectArgs,
+    index: &molclip_data::DatasetIndex,
+    counts: &[molclip_data::SplitCounts],
+    difficulty: Option<&molclip_data::difficulty::DifficultyReport>,
+) {
+    let sizes: std::collections::BTreeSet<(u32, u32, usize)> =
+        index.cells.iter().map(|c| (c.width, c.height, c.n_frames)).collect();
+    println!(
+        "{}: valid. {} cells, {} annotated drugs",
+        args.dir.display(),
+        index.cells.len(),
+        index.annotation.drugs.len()
+    );
+    for (w, h, t) in &sizes {
+        println!("  videos of {t} frames, {w}x{h}");
+    }
+    println!("  {:<10} {:<8} {:>6} {:>5} {:>7} {:>8}", "replicate", "split", "drugs", "MoAs", "cells", "frames");
+    for c in counts {
+        let rep = if c.replicate.is_empty() { "-" } else { &c.replicate };
+        println!("  {:<10} {:<8} {:>6} {:>5} {:>7} {:>8}", rep, c.split, c.drugs, c.moas, c.cells, c.frames);
+    }
+    if let Some(d) = difficulty {
+        println!(
+            "difficulty: nearest-neighbour MoA accuracy, gallery ({} cells) vs train ({} cells), {} MoAs",
+            d.gallery_cells, d.train_cells, d.moas
+        );
+        println!("  chance (1 / MoAs)                      {:>6.1}%", d.chance);
+        println!("  majority class                         {:>6.1}%", d.majority_baseline);
+        println!("  (a) last-frame intensity histogram     {:>6.1}%", d.last_frame_histogram);
+        println!("  (b) mean-intensity trajectory          {:>6.1}%", d.brightness_trajectory);
+        println!("  (c) texture + shape over time          {:>6.1}%", d.texture_shape_trajectory);
+    }
+    if let Some(path) = &args.montage {
+        println!("montage: {}", path.display());
+    }
 }
 
 fn data_stats(dir: &Path, config: Option<&Path>, quiet: bool) -> Result<()> {
@@ -340,16 +370,23 @@ fn data_stats(dir: &Path, config: Option<&Path>, quiet: bool) -> Result<()> {
         _ => toml::Table::new(),
     };
     let data: molclip_data::loader::DataConfig = match table.get("data") {
-        Some(v) => v.clone().try_into().with_context(|| format!("[data] in {}", config.map_or("".into(), |p| p.display().to_string())))?,
+        Some(v) => v
+            .clone()
+            .try_into()
+            .with_context(|| format!("[data] in {}", config.map_or("".into(), |p| p.display().to_string())))?,
         None => Default::default(),
     };
-    let bar = progress::bar(0, "scanning cells", quiet);
-    let index = DatasetIndex::open_with_progress(dir, &progress::scan_callback(&bar))?;
-    bar.finish_and_clear();
-    let cells: Vec<_> = index.split("train").cloned().collect();
+    let index = open_dataset(dir, &progress::Bars::new(quiet))?;
+    let cells: Vec<_> = index.split(Split::Train).cloned().collect();
     anyhow::ensure!(!cells.is_empty(), "{}: the train split is empty", dir.display());
     let stats = molclip_data::loader::pixel_stats(&cells, &data.frames)?;
-    println!("train split of {}: {} videos, pixel mean {:.6}, std {:.6}", dir.display(), cells.len(), stats.mean, stats.std);
+    println!(
+        "train split of {}: {} videos, pixel mean {:.6}, std {:.6}",
+        dir.display(),
+        cells.len(),
+        stats.mean,
+        stats.std
+    );
     let section = table.entry("data").or_insert_with(|| toml::Value::Table(Default::default()));
     let section = section.as_table_mut().context("`data` in the config is not a table")?;
     let normalize = section.entry("normalize").or_insert_with(|| toml::Value::Table(Default::default()));
@@ -358,7 +395,7 @@ fn data_stats(dir: &Path, config: Option<&Path>, quiet: bool) -> Result<()> {
     normalize.insert("std".into(), toml::Value::Float(stats.std as f64));
     match config {
         Some(path) => {
-            write_atomically(path, toml::to_string_pretty(&table)?.as_bytes())?;
+            write_atomic(path, toml::to_string_pretty(&table)?.as_bytes())?;
             println!("wrote [data.normalize] to {}", path.display());
         }
         None => print!("[data.normalize]\nmean = {}\nstd = {}\n", stats.mean, stats.std),
@@ -368,7 +405,10 @@ fn data_stats(dir: &Path, config: Option<&Path>, quiet: bool) -> Result<()> {
 
 fn featurize(args: FeaturizeArgs) -> Result<()> {
     let rows = molclip_chem::read_smiles_table(&args.input)?;
-    let options = FeaturizeOptions { fingerprint: FingerprintConfig { radius: args.radius, n_bits: args.bits }, fragments: args.fragments };
+    let options = FeaturizeOptions {
+        fingerprint: FingerprintConfig { radius: args.radius, n_bits: args.bits },
+        fragments: args.fragments,
+    };
     // Refuse a bad radius or width once, not once per row.
     molclip_chem::Molecule::parse("C")?.morgan(&options.fingerprint)?;
     let records = molclip_chem::featurize_rows(&rows, &options);
@@ -383,7 +423,7 @@ fn featurize(args: FeaturizeArgs) -> Result<()> {
         text.push_str(&json.to_string());
         text.push('\n');
     }
-    write_atomically(&args.output, text.as_bytes())?;
+    write_atomic(&args.output, text.as_bytes())?;
     println!("featurized {} of {} molecules into {}", rows.len() - failed, rows.len(), args.output.display());
     if failed > 0 {
         eprintln!("{failed} row(s) failed; their lines hold {{name, smiles, error}}");
@@ -395,92 +435,58 @@ fn featurize(args: FeaturizeArgs) -> Result<()> {
 fn evaluate(args: EvaluateArgs, quiet: bool) -> Result<()> {
     let (embeddings, metadata) = match (&args.run, &args.data) {
         (Some(run), Some(data)) => {
-            let index = train::open_dataset(data, quiet)?;
-            let mut splits = vec!["query".to_string(), "gallery".to_string()];
-            if index.split("novel").next().is_some() {
-                splits.push("novel".into());
-            }
-            let out = run.join("embeddings.npy");
-            let meta = train::embed_to_files(run, &index, &splits, &out, &args.device, 32, quiet)?;
+            let progress = progress::Bars::new(quiet);
+            let index = open_dataset(data, &progress)?;
+            let (run, device) = (RunDir::new(run), molclip::parse_device(&args.device)?);
+            let splits = molclip_experiment::evaluation_splits(&index);
+            let out = run.embeddings_path();
+            let meta = molclip_experiment::embed_to_files(&run, &index, &splits, &out, &device, 32, &progress)?;
             (out, meta)
         }
         _ => (args.embeddings.clone().context("--embeddings")?, args.metadata.clone().context("--metadata")?),
     };
     let features = molclip_eval::npy::read_npy(&embeddings)?;
     let set = molclip_eval::EmbeddingSet::from_files(&features, &metadata)?;
-    let ((q, qm), (g, gm)) = (&set.query, &set.gallery);
-    let result = molclip_eval::evaluate(q, qm, g, gm, args.max_rank)?;
-    println!("{} queries, {} gallery videos, {}-d features", qm.len(), gm.len(), features.cols);
+    let result = molclip_eval::SetEvaluation::new(&set, args.max_rank, args.novel_k)?;
+    println!("{} queries, {} gallery videos, {}-d features", set.query.1.len(), set.gallery.1.len(), features.cols);
     println!("{:<20} {:>7} {:>7} {:>7} {:>7} {:>8}", "task", "mAP", "rank-1", "rank-5", "rank-10", "queries");
-    for (name, m) in [("drug identification", &result.drug), ("MoA recognition", &result.moa)] {
-        println!("{:<20} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>8}", name, m.map, m.rank1, m.rank5, m.rank10, m.valid_queries);
-    }
-    let mut json = serde_json::to_value(&result)?;
-    if !set.novel.1.is_empty() {
-        let (n, nm) = &set.novel;
-        let novel = molclip_eval::novel_moa_votes(n, nm, g, gm, args.novel_k)?;
+    for identity in Identity::ALL {
+        let m = result.tasks.task(identity);
+        let task = identity.task();
         println!(
-            "novel drugs: MoA named right for {:.1}% of {} drugs ({:.1}% of {} videos), {} nearest gallery videos voting",
-            novel.drug_accuracy,
-            novel.drugs.len(),
-            novel.video_accuracy,
-            novel.videos,
-            novel.k
+            "{task:<20} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>8}",
+            m.map, m.rank1, m.rank5, m.rank10, m.valid_queries
         );
-        let drugs: Vec<serde_json::Value> = novel
-            .drugs
-            .iter()
-            .map(|d| {
-                serde_json::json!({
-                    "drug": set.drugs.names[d.drug as usize],
-                    "moa": set.moas.names[d.moa as usize],
-                    "predicted": set.moas.names[d.predicted as usize],
-                    "videos": d.videos,
-                    "correct": d.moa == d.predicted,
-                })
-            })
-            .collect();
-        json["novel"] = serde_json::json!({
-            "k": novel.k,
-            "drug_accuracy": novel.drug_accuracy,
-            "video_accuracy": novel.video_accuracy,
-            "drugs": drugs,
-        });
-        if let Some(path) = &args.confusion_csv {
-            write_atomically(path, novel.confusion_csv(&set.moas.names).as_bytes())?;
-        }
-        // Novel drugs seen in one replicate only have nothing to be identified by.
-        match molclip_eval::novel_retrieval(n, nm, g, gm, args.max_rank) {
-            Ok(r) => {
-                println!(
+    }
+    match &result.novel {
+        Some(novel) => {
+            let votes = &novel.votes;
+            println!(
+                "novel drugs: MoA named right for {:.1}% of {} drugs ({:.1}% of {} videos), {} nearest gallery videos voting",
+                votes.drug_accuracy, votes.drugs.len(), votes.video_accuracy, votes.videos, votes.k
+            );
+            match (&novel.retrieval, &novel.retrieval_skipped) {
+                (Some(r), _) => println!(
                     "novel drugs as queries (gallery plus novel videos): drug mAP {:.2}, MoA mAP {:.2}",
                     r.drug.map, r.moa.map
-                );
-                json["novel"]["retrieval"] = serde_json::to_value(&r)?;
+                ),
+                (None, why) => eprintln!("novel drugs as queries: skipped ({})", why.as_deref().unwrap_or("")),
             }
-            Err(e) => eprintln!("novel drugs as queries: skipped ({e})"),
+            if let Some(path) = &args.confusion_csv {
+                write_atomic(path, votes.confusion_csv(&set.moas.names).as_bytes())?;
+            }
         }
-    } else if args.confusion_csv.is_some() {
-        anyhow::bail!("--confusion-csv needs novel rows (set = novel) in {}", metadata.display());
+        None if args.confusion_csv.is_some() => {
+            anyhow::bail!("--confusion-csv needs novel rows (set = novel) in {}", metadata.display())
+        }
+        None => {}
     }
     if let Some(path) = &args.json {
-        write_atomically(path, serde_json::to_string_pretty(&json)?.as_bytes())?;
+        write_atomic(path, serde_json::to_string_pretty(&result)?.as_bytes())?;
     }
     if let Some(path) = &args.cmc_csv {
-        let mut text = String::from("rank,drug,moa\n");
-        for (k, (d, m)) in result.drug.cmc.iter().zip(&result.moa.cmc).enumerate() {
-            text.push_str(&format!("{},{d},{m}\n", k + 1));
-        }
-        write_atomically(path, text.as_bytes())?;
+        write_atomic(path, result.cmc_csv().as_bytes())?;
     }
-    Ok(())
-}
-
-/// Write then rename, so a reader never sees half a file.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }
 
@@ -511,12 +517,17 @@ fn weights(cmd: WeightsCommand) -> Result<()> {
             let mapped = molclip::models::adapt_pretrained_vit(&tensors, &cfg.video.vit, &prefix)
                 .with_context(|| format!("importing {}", file.display()))?;
             // Check the result builds a frame ViT of the config before writing it.
-            let renamed = mapped.iter().map(|(k, v)| (k.strip_prefix(&prefix).unwrap_or(k).to_string(), v.clone())).collect();
+            let renamed =
+                mapped.iter().map(|(k, v)| (k.strip_prefix(&prefix).unwrap_or(k).to_string(), v.clone())).collect();
             let store = molclip::nn::ParamStore::with_tensors(0, renamed, &molclip::candle_core::Device::Cpu);
             molclip::models::FrameVit::new(&store.root(), &cfg.video.vit)?;
-            store.check_all_used(&file.display().to_string())?;
+            store.check_all_used(&file)?;
             write_safetensors(&mapped, &out)?;
-            println!("{}: {} tensors for frame-vit under `{prefix}` (the temporal blocks keep their initialisation)", out.display(), mapped.len());
+            println!(
+                "{}: {} tensors for frame-vit under `{prefix}` (the temporal blocks keep their initialisation)",
+                out.display(),
+                mapped.len()
+            );
         }
     }
     Ok(())

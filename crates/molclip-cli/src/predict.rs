@@ -3,15 +3,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use clap::Args;
-use molclip::predict::Prediction;
-use molclip::train::TrainedRun;
-use molclip_data::{CellVideo, DatasetIndex};
+use molclip_experiment::{open_dataset, Prediction, Query, RunDir};
 
-use crate::progress;
-use crate::report::{predict_smiles, reference, trained_on};
-use crate::train::open_dataset;
+use crate::progress::Bars;
 
 #[derive(Args)]
 pub struct PredictArgs {
@@ -52,73 +48,36 @@ fn print_table(predictions: &[Prediction], top: usize, what: &str) {
         for (k, m) in p.moas.iter().take(top).enumerate() {
             println!("  {:<4} {:<40} {:>8.3}", k + 1, m.moa, m.score);
         }
-        let near: Vec<String> = p.nearest.iter().map(|n| format!("{} ({}, {:.3})", n.drug, n.moa, n.similarity)).collect();
+        let near: Vec<String> =
+            p.nearest.iter().map(|n| format!("{} ({}, {:.3})", n.drug, n.moa, n.similarity)).collect();
         println!("  nearest reference drugs: {}\n", near.join("; "));
     }
 }
 
 pub fn predict(args: PredictArgs, quiet: bool) -> Result<()> {
     let device = molclip::parse_device(&args.device)?;
-    let trained = TrainedRun::load(&args.run, &device).with_context(|| format!("loading the run {}", args.run.display()))?;
-    let queries: Vec<(String, String)> = match &args.drugs {
+    let run = RunDir::new(&args.run);
+    let trained = run.load(&device)?;
+    let molecules: Vec<(String, String)> = match &args.drugs {
         Some(path) => molclip_chem::read_smiles_table(path)?.into_iter().map(|r| (r.name, r.smiles)).collect(),
         None => args.smiles.iter().map(|s| (s.clone(), s.clone())).collect(),
     };
-    let zero_shot = args.videos.is_none();
-    if zero_shot {
-        trained.molclip("zero-shot prediction from a SMILES")?;
-        if queries.is_empty() {
-            bail!("nothing to predict: give --videos, --smiles or --drugs");
-        }
-        // Parse everything first, so a bad SMILES is reported before any embedding work.
-        for (name, smiles) in &queries {
-            molclip_chem::Molecule::parse_with(smiles, molclip_chem::FragmentPolicy::Largest).with_context(|| format!("drug `{name}`: invalid SMILES {smiles:?}"))?;
-        }
-    }
+    let query = match &args.videos {
+        Some(dir) => Query::Videos(dir),
+        None => Query::Molecules(&molecules),
+    };
     let data = match &args.data {
         Some(d) => d.clone(),
-        None => trained_on(&args.run)?,
+        None => run.trained_on()?,
     };
-    let index = open_dataset(&data, quiet)?;
-    let gallery: Vec<&CellVideo> = index.split("gallery").collect();
-    if gallery.is_empty() {
-        bail!("{}: the gallery split, which stands for the known MoAs, is empty", data.display());
-    }
-    let new_cells = match &args.videos {
-        Some(dir) => DatasetIndex::unlabelled(dir)?,
-        None => Vec::new(),
-    };
-    // Gallery rows first, then the new videos.
-    let refs: Vec<&CellVideo> = gallery.iter().copied().chain(&new_cells).collect();
-    let bar = progress::bar(refs.len() as u64, "embedding", quiet);
-    let e = trained.embed_videos(refs.iter().map(|c| (*c).clone()).collect(), 32, &mut |k| bar.inc(k as u64))?;
-    bar.finish_and_clear();
-    let gallery_rows: Vec<usize> = (0..gallery.len()).collect();
-
-    let predictions: Vec<Prediction> = if zero_shot {
-        let reference = reference(&index, &e.shared, e.shared_dim, &refs, &gallery_rows)?;
-        let named: Vec<(String, &str)> = queries.iter().map(|(name, smiles)| (name.clone(), smiles.as_str())).collect();
-        predict_smiles(&trained, &reference, &named, args.nearest)?
-    } else {
-        let reference = reference(&index, &e.feature, e.dim, &refs, &gallery_rows)?;
-        let mut by_drug: Vec<(String, Vec<f32>)> = Vec::new();
-        for (k, c) in new_cells.iter().enumerate() {
-            let row = &e.feature[(gallery.len() + k) * e.dim..(gallery.len() + k + 1) * e.dim];
-            match by_drug.iter_mut().find(|(d, _)| *d == c.drug_folder) {
-                Some((_, rows)) => rows.extend_from_slice(row),
-                None => by_drug.push((c.drug_folder.clone(), row.to_vec())),
-            }
-        }
-        by_drug.iter().map(|(d, rows)| reference.predict(d, rows, args.nearest)).collect::<molclip::Result<_>>()?
-    };
+    let progress = Bars::new(quiet);
+    let index = open_dataset(&data, &progress)?;
+    let mut predictions = molclip_experiment::predict(&trained, &index, &query, args.nearest, &progress)?;
     if args.json {
-        let trimmed: Vec<Prediction> = predictions.into_iter().map(|mut p| {
-            p.moas.truncate(args.top);
-            p
-        }).collect();
-        println!("{}", serde_json::to_string_pretty(&trimmed)?);
+        predictions.iter_mut().for_each(|p| p.moas.truncate(args.top));
+        println!("{}", serde_json::to_string_pretty(&predictions)?);
     } else {
-        print_table(&predictions, args.top, if zero_shot { "molecule" } else { "videos" });
+        print_table(&predictions, args.top, if args.videos.is_some() { "videos" } else { "molecule" });
     }
     Ok(())
 }

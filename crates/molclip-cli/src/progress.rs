@@ -1,7 +1,13 @@
+//! Progress bars on stderr: the experiment layer's [`Progress`], drawn with indicatif,
+//! hidden when quiet or not a terminal.
+
+use std::sync::Mutex;
+
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use molclip_experiment::Progress;
 
 /// A progress bar with rate and ETA on stderr, hidden when quiet or not a terminal.
-pub fn bar(len: u64, message: &'static str, quiet: bool) -> ProgressBar {
+pub fn bar(len: u64, message: &str, quiet: bool) -> ProgressBar {
     let bar = ProgressBar::new(len);
     if quiet {
         bar.set_draw_target(ProgressDrawTarget::hidden());
@@ -11,17 +17,52 @@ pub fn bar(len: u64, message: &'static str, quiet: bool) -> ProgressBar {
             .expect("valid template")
             .progress_chars("=> "),
     );
-    bar.set_message(message);
+    bar.set_message(message.to_string());
     bar
 }
 
-/// A bar driven by a library's progress callback (total first, then ticks).
-pub fn scan_callback(bar: &ProgressBar) -> impl Fn(molclip_data::index::Progress) + Sync + '_ {
-    move |p| match p {
-        molclip_data::index::Progress::Total(n) => {
-            bar.set_length(n as u64);
-            bar.set_position(0);
+/// One bar per phase; notes go to stderr unless quiet.
+pub struct Bars {
+    quiet: bool,
+    bar: Mutex<ProgressBar>,
+}
+
+impl Bars {
+    /// Bars drawn unless `quiet`.
+    pub fn new(quiet: bool) -> Self {
+        Self { quiet, bar: Mutex::new(ProgressBar::hidden()) }
+    }
+
+    fn with(&self, f: impl FnOnce(&ProgressBar)) {
+        f(&self.bar.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+}
+
+impl Progress for Bars {
+    fn start(&self, what: &str, total: u64) {
+        *self.bar.lock().unwrap_or_else(|e| e.into_inner()) = bar(total, what, self.quiet);
+    }
+    fn set_total(&self, total: u64) {
+        self.with(|b| {
+            b.set_length(total);
+            b.set_position(0);
+        });
+    }
+    fn advance(&self, n: u64) {
+        self.with(|b| b.inc(n));
+    }
+    fn set_position(&self, position: u64) {
+        self.with(|b| b.set_position(position));
+    }
+    fn message(&self, message: &str) {
+        self.with(|b| b.set_message(message.to_string()));
+    }
+    fn finish(&self) {
+        self.with(|b| b.finish_and_clear());
+    }
+    fn note(&self, line: &str) {
+        if !self.quiet {
+            eprintln!("{line}");
         }
-        molclip_data::index::Progress::Cell => bar.inc(1),
     }
 }

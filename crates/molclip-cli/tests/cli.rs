@@ -57,12 +57,17 @@ fn inspect_names_the_missing_dataset() {
 fn featurize_writes_every_row_and_fails_on_bad_ones() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("in.tsv");
-    std::fs::write(&input, "# a comment\nname\tsmiles\naspirin\tCC(=O)Oc1ccccc1C(=O)O\nbroken\tc1cccc1\nsalt\tCl.NCCC[C@@H](N)C(=O)O\n").unwrap();
+    std::fs::write(
+        &input,
+        "# a comment\nname\tsmiles\naspirin\tCC(=O)Oc1ccccc1C(=O)O\nbroken\tc1cccc1\nsalt\tCl.NCCC[C@@H](N)C(=O)O\n",
+    )
+    .unwrap();
     let output = tmp.path().join("out.jsonl");
     let o = molclip(&["chem", "featurize", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains(":4:"), "error names the line: {}", text(&o));
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&output).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&output).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[0]["canonical"], "CC(=O)Oc1ccccc1C(=O)O");
     assert_eq!(lines[0]["morgan2_2048"].as_array().unwrap().len(), 24);
@@ -73,7 +78,20 @@ fn featurize_writes_every_row_and_fails_on_bad_ones() {
 
     let good = tmp.path().join("good.csv");
     std::fs::write(&good, "smiles\nCCO\n").unwrap();
-    let o = molclip(&["chem", "featurize", "--input", good.to_str().unwrap(), "--output", output.to_str().unwrap(), "--radius", "1", "--bits", "1024", "--fragments", "whole"]);
+    let o = molclip(&[
+        "chem",
+        "featurize",
+        "--input",
+        good.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--radius",
+        "1",
+        "--bits",
+        "1024",
+        "--fragments",
+        "whole",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&output).unwrap().trim()).unwrap();
     assert!(v["morgan1_1024"].is_array());
@@ -92,7 +110,8 @@ fn data_stats_writes_the_config_and_names_bad_fields() {
     let table: toml::Table = std::fs::read_to_string(&cfg).unwrap().parse().unwrap();
     assert_eq!(table["seed"].as_integer(), Some(3));
     assert_eq!(table["data"]["frames"]["frames"].as_integer(), Some(8));
-    let (mean, std) = (table["data"]["normalize"]["mean"].as_float().unwrap(), table["data"]["normalize"]["std"].as_float().unwrap());
+    let (mean, std) =
+        (table["data"]["normalize"]["mean"].as_float().unwrap(), table["data"]["normalize"]["std"].as_float().unwrap());
     assert!(mean > 0.0 && mean < 0.5 && std > 0.0 && std < 0.5, "{mean} {std}");
     std::fs::write(&cfg, "[data.frames]\nframez = 8\n").unwrap();
     let o = molclip(&["data", "stats", out.to_str().unwrap(), "--config", cfg.to_str().unwrap(), "-q"]);
@@ -105,7 +124,15 @@ fn import_vit_maps_a_pretrained_checkpoint_onto_frame_vit() {
     use molclip::models::{FrameVit, FrameVitConfig};
     let tmp = tempfile::tempdir().unwrap();
     // An RGB ViT with timm names, 4 x 4 patches.
-    let rgb = FrameVitConfig { image_size: 32, patch_size: 8, in_channels: 3, dim: 16, depth: 2, heads: 2, ..FrameVitConfig::default() };
+    let rgb = FrameVitConfig {
+        image_size: 32,
+        patch_size: 8,
+        in_channels: 3,
+        dim: 16,
+        depth: 2,
+        heads: 2,
+        ..FrameVitConfig::default()
+    };
     let store = molclip::nn::ParamStore::new(1, &molclip::candle_core::Device::Cpu);
     FrameVit::new(&store.root(), &rgb).unwrap();
     let src = tmp.path().join("vit.safetensors");
@@ -113,21 +140,54 @@ fn import_vit_maps_a_pretrained_checkpoint_onto_frame_vit() {
     let cfg = tmp.path().join("model.toml");
     std::fs::write(&cfg, "[video]\nencoder = \"frame-vit\"\n[video.vit]\nimage_size = 48\npatch_size = 8\ndim = 16\ndepth = 2\nheads = 2\n").unwrap();
     let out = tmp.path().join("init.safetensors");
-    let o = molclip(&["weights", "import-vit", src.to_str().unwrap(), "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let o = molclip(&[
+        "weights",
+        "import-vit",
+        src.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let o = molclip(&["weights", "list", out.to_str().unwrap()]);
     let listing = text(&o);
     assert!(listing.contains("video.encoder.pos_embed") && listing.contains("[1, 37, 16]"), "{listing}");
-    assert!(listing.contains("video.encoder.patch_embed.proj.weight") && listing.contains("[16, 1, 8, 8]"), "{listing}");
+    assert!(
+        listing.contains("video.encoder.patch_embed.proj.weight") && listing.contains("[16, 1, 8, 8]"),
+        "{listing}"
+    );
     // A config of another width: refused, naming both widths.
     std::fs::write(&cfg, "[video]\nencoder = \"frame-vit\"\n[video.vit]\ndim = 32\nheads = 2\n").unwrap();
-    let o = molclip(&["weights", "import-vit", src.to_str().unwrap(), "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let o = molclip(&[
+        "weights",
+        "import-vit",
+        src.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(!o.status.success() && text(&o).contains("width 16") && text(&o).contains("dim 32"), "{}", text(&o));
 }
 
 #[test]
 fn bench_model_prints_a_row_per_model() {
-    let o = molclip(&["bench", "model", "--models", "frame-vit,i3d-resnet18", "--batch", "4", "--frames", "4", "--size", "32", "--steps", "1", "--no-reference"]);
+    let o = molclip(&[
+        "bench",
+        "model",
+        "--models",
+        "frame-vit,i3d-resnet18",
+        "--batch",
+        "4",
+        "--frames",
+        "4",
+        "--size",
+        "32",
+        "--steps",
+        "1",
+        "--no-reference",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let out = text(&o);
     assert_eq!(out.matches("molclip (candle)").count(), 2, "{out}");
@@ -177,7 +237,16 @@ fn train_killed_and_resumed_equals_an_uninterrupted_run() {
     std::fs::write(&cfg, SMALL_TRAIN).unwrap();
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     let train = |out: &std::path::Path, extra: &[&str]| {
-        let mut args = vec!["train", "--config", cfg.to_str().unwrap(), "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap(), "--quiet"];
+        let mut args = vec![
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+        ];
         args.extend_from_slice(extra);
         molclip(&args)
     };
@@ -195,10 +264,21 @@ fn train_killed_and_resumed_equals_an_uninterrupted_run() {
     assert!(!o.status.success() && text(&o).contains("--resume"), "{}", text(&o));
     let o = molclip(&["train", "--data", data.to_str().unwrap(), "--out", b.to_str().unwrap(), "--resume", "--quiet"]);
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(std::fs::read(a.join("model.safetensors")).unwrap(), std::fs::read(b.join("model.safetensors")).unwrap());
-    let (ma, mb) = (std::fs::read_to_string(a.join("metrics.csv")).unwrap(), std::fs::read_to_string(b.join("metrics.csv")).unwrap());
+    assert_eq!(
+        std::fs::read(a.join("model.safetensors")).unwrap(),
+        std::fs::read(b.join("model.safetensors")).unwrap()
+    );
+    let (ma, mb) = (
+        std::fs::read_to_string(a.join("metrics.csv")).unwrap(),
+        std::fs::read_to_string(b.join("metrics.csv")).unwrap(),
+    );
     assert_eq!(ma, mb);
-    assert!(ma.starts_with("step,stage,identity,epoch,lr,loss,clip,triplet,ce,center,temperature,grad_norm,val_drug_map,val_moa_map\n"), "{ma}");
+    assert!(
+        ma.starts_with(
+            "step,stage,identity,epoch,lr,loss,clip,triplet,ce,center,temperature,grad_norm,val_drug_map,val_moa_map\n"
+        ),
+        "{ma}"
+    );
     // Each epoch ends with a validation.
     assert_eq!(ma.lines().filter(|l| !l.ends_with(",,")).count(), 1 + 2, "{ma}");
     assert!(ma.lines().count() > 10);
@@ -211,11 +291,35 @@ fn train_killed_and_resumed_equals_an_uninterrupted_run() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("drug identification") && text(&o).contains("novel drugs"), "{}", text(&o));
     let e = tmp.path().join("emb").join("novel.npy");
-    let o = molclip(&["embed", "--run", a.to_str().unwrap(), "--data", data.to_str().unwrap(), "--split", "novel", "--out", e.to_str().unwrap(), "--quiet"]);
+    let o = molclip(&[
+        "embed",
+        "--run",
+        a.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--split",
+        "novel",
+        "--out",
+        e.to_str().unwrap(),
+        "--quiet",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let meta = std::fs::read_to_string(e.with_extension("csv")).unwrap();
-    assert!(meta.starts_with("set,replicate,drug,moa\n") && meta.lines().skip(1).all(|l| l.starts_with("novel,")), "{meta}");
-    let o = molclip(&["embed", "--run", a.to_str().unwrap(), "--data", data.to_str().unwrap(), "--split", "validation", "--out", e.to_str().unwrap()]);
+    assert!(
+        meta.starts_with("set,replicate,drug,moa\n") && meta.lines().skip(1).all(|l| l.starts_with("novel,")),
+        "{meta}"
+    );
+    let o = molclip(&[
+        "embed",
+        "--run",
+        a.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--split",
+        "validation",
+        "--out",
+        e.to_str().unwrap(),
+    ]);
     assert!(!o.status.success() && text(&o).contains("`validation` is empty"), "{}", text(&o));
 }
 
@@ -224,7 +328,15 @@ fn train_config_errors_name_the_file_and_field() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("bad.toml");
     std::fs::write(&cfg, "[optimizer]\nlr = 0\n").unwrap();
-    let o = molclip(&["train", "--config", cfg.to_str().unwrap(), "--data", "nowhere", "--out", tmp.path().join("r").to_str().unwrap()]);
+    let o = molclip(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--data",
+        "nowhere",
+        "--out",
+        tmp.path().join("r").to_str().unwrap(),
+    ]);
     assert!(!o.status.success());
     assert!(text(&o).contains("bad.toml") && text(&o).contains("optimizer.lr"), "{}", text(&o));
 }

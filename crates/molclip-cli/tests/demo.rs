@@ -59,7 +59,16 @@ fn quick_demo_then_report_and_predict() {
     let vo = out.join("runs").join("video-only");
     let data = out.join("data");
     let ev = tmp.path().join("vo.json");
-    run_ok(&["evaluate", "--run", vo.to_str().unwrap(), "--data", data.to_str().unwrap(), "--json", ev.to_str().unwrap(), "--quiet"]);
+    run_ok(&[
+        "evaluate",
+        "--run",
+        vo.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+        ev.to_str().unwrap(),
+        "--quiet",
+    ]);
     let ev: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&ev).unwrap()).unwrap();
     for task in ["drug", "moa"] {
         let (a, b) = (ev[task]["mAP"].as_f64().unwrap(), m["models"]["video_only"][task]["mAP"].as_f64().unwrap());
@@ -68,7 +77,17 @@ fn quick_demo_then_report_and_predict() {
 
     // The report holds every section.
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
-    for needle in ["<h2>Results</h2>", "CMC, drug identification", "training loss", "embedding map", "outlined triangles", "MoA confusion", "Which time points mattered", "data:image/png;base64,", "zero-shot"] {
+    for needle in [
+        "<h2>Results</h2>",
+        "CMC, drug identification",
+        "training loss",
+        "embedding map",
+        "outlined triangles",
+        "MoA confusion",
+        "Which time points mattered",
+        "data:image/png;base64,",
+        "zero-shot",
+    ] {
         assert!(html.contains(needle), "report.html lacks {needle}");
     }
 
@@ -80,14 +99,20 @@ fn quick_demo_then_report_and_predict() {
     assert_eq!(metrics(&out)["models"]["video_only"]["train_seconds"], m["models"]["video_only"]["train_seconds"]);
     let again = tmp.path().join("again");
     run_ok(&["demo", "--quick", "--out", again.to_str().unwrap(), "--seed", "3", "--quiet"]);
-    assert_eq!(metrics(&again)["models"], m["models"].as_object().map(|o| {
-        // train_seconds differ between runs; everything measured on the data must not.
-        let mut o = o.clone();
-        for (k, v) in metrics(&again)["models"].as_object().unwrap() {
-            o.get_mut(k).unwrap()["train_seconds"] = v["train_seconds"].clone();
-        }
-        serde_json::Value::Object(o)
-    }).unwrap());
+    assert_eq!(
+        metrics(&again)["models"],
+        m["models"]
+            .as_object()
+            .map(|o| {
+                // train_seconds differ between runs; everything measured on the data must not.
+                let mut o = o.clone();
+                for (k, v) in metrics(&again)["models"].as_object().unwrap() {
+                    o.get_mut(k).unwrap()["train_seconds"] = v["train_seconds"].clone();
+                }
+                serde_json::Value::Object(o)
+            })
+            .unwrap()
+    );
 
     // `report` on two runs: both rows, and the second one's gain over the first.
     let mc = out.join("runs").join("molclip");
@@ -107,7 +132,14 @@ fn quick_demo_then_report_and_predict() {
     assert_eq!(p[0]["nearest"].as_array().unwrap().len(), 3);
 
     // New videos: one ranking per drug folder, as a table.
-    let o = run_ok(&["predict", "--run", vo.to_str().unwrap(), "--videos", data.join("novel").to_str().unwrap(), "--quiet"]);
+    let o = run_ok(&[
+        "predict",
+        "--run",
+        vo.to_str().unwrap(),
+        "--videos",
+        data.join("novel").to_str().unwrap(),
+        "--quiet",
+    ]);
     let drugs = std::fs::read_dir(data.join("novel")).unwrap().count();
     assert_eq!(String::from_utf8_lossy(&o.stdout).matches("nearest reference drugs").count(), drugs, "{}", text(&o));
 

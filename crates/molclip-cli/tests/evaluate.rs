@@ -30,9 +30,20 @@ fn agrees_with_the_numpy_reference_to_1e_9() {
         let (e, m) = write_case(tmp.path(), n, dim, seed);
         let ours_json = tmp.path().join("ours.json");
         let ours_cmc = tmp.path().join("cmc.csv");
-        let o = molclip(&["evaluate", "--embeddings", &e, "--metadata", &m, "--json", ours_json.to_str().unwrap(), "--cmc-csv", ours_cmc.to_str().unwrap()]);
+        let o = molclip(&[
+            "evaluate",
+            "--embeddings",
+            &e,
+            "--metadata",
+            &m,
+            "--json",
+            ours_json.to_str().unwrap(),
+            "--cmc-csv",
+            ours_cmc.to_str().unwrap(),
+        ]);
         assert!(o.status.success(), "{}", text(&o));
-        let reference = Command::new("python3").args([script, &e, &m]).output().expect("python3 with numpy (pip install numpy)");
+        let reference =
+            Command::new("python3").args([script, &e, &m]).output().expect("python3 with numpy (pip install numpy)");
         assert!(reference.status.success(), "NumPy reference failed (is numpy installed?): {}", text(&reference));
         let r: serde_json::Value = serde_json::from_slice(&reference.stdout).unwrap();
         let ours: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&ours_json).unwrap()).unwrap();
@@ -107,16 +118,25 @@ fn novel_drugs_get_a_moa_and_a_confusion_matrix() {
     let (features, mut rows) = clustered_embeddings(600, 32, 5);
     // Turn the query videos of the first 10 drugs into novel videos.
     let novel: Vec<String> = (0..10).map(|d| format!("d{d}")).collect();
-    for r in rows.iter_mut().filter(|r| r.set == "query" && novel.contains(&r.drug)) {
-        r.set = "novel";
+    for r in rows.iter_mut().filter(|r| r.set == molclip_core::Split::Query && novel.contains(&r.drug)) {
+        r.set = molclip_core::Split::Novel;
     }
     let (e, m) = (tmp.path().join("e.npy"), tmp.path().join("m.csv"));
     molclip_eval::npy::write_npy_f32(&e, rows.len(), 32, &features).unwrap();
     std::fs::write(&m, metadata_csv(&rows)).unwrap();
     let (json, confusion) = (tmp.path().join("r.json"), tmp.path().join("c.csv"));
     let o = molclip(&[
-        "evaluate", "--embeddings", e.to_str().unwrap(), "--metadata", m.to_str().unwrap(),
-        "--json", json.to_str().unwrap(), "--confusion-csv", confusion.to_str().unwrap(), "--novel-k", "5",
+        "evaluate",
+        "--embeddings",
+        e.to_str().unwrap(),
+        "--metadata",
+        m.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+        "--confusion-csv",
+        confusion.to_str().unwrap(),
+        "--novel-k",
+        "5",
     ]);
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();

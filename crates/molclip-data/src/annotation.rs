@@ -7,19 +7,27 @@ use std::path::Path;
 
 use crate::error::DataError;
 
+/// One drug's row of the annotation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DrugRecord {
+    /// The drug folder's name.
     pub index: String,
+    /// The drug's dense id.
     pub drug_id: usize,
+    /// Its MoA's dense id.
     pub moa_id: usize,
+    /// The drug's name, when given.
     pub name: Option<String>,
+    /// Its SMILES, when given.
     pub smiles: Option<String>,
+    /// Its MoA's name, when given.
     pub moa: Option<String>,
 }
 
 /// Drugs by folder name.
 #[derive(Debug, Clone, Default)]
 pub struct Annotation {
+    /// Rows by `index`.
     pub drugs: BTreeMap<String, DrugRecord>,
 }
 
@@ -39,9 +47,11 @@ impl Annotation {
         }
     }
 
+    /// `annotation.csv`: columns `index`, `drug_id`, `moa_id`, and optionally `name`, `smiles`, `moa`.
     pub fn read_csv(path: &Path) -> Result<Self, DataError> {
         let mut reader = csv::Reader::from_path(path).map_err(|e| DataError::invalid(path, e.to_string()))?;
-        let headers: Vec<String> = reader.headers().map_err(|e| DataError::invalid(path, e.to_string()))?.iter().map(str::to_string).collect();
+        let headers: Vec<String> =
+            reader.headers().map_err(|e| DataError::invalid(path, e.to_string()))?.iter().map(str::to_string).collect();
         let mut rows = Vec::new();
         for (i, record) in reader.records().enumerate() {
             let record = record.map_err(|e| DataError::invalid(path, format!("line {}: {e}", i + 2)))?;
@@ -53,9 +63,13 @@ impl Annotation {
     /// MitoReID's spreadsheet form: sheet `FDA-list`, header in the first row.
     pub fn read_xlsx(path: &Path) -> Result<Self, DataError> {
         use calamine::Reader;
-        let mut book = calamine::open_workbook_auto(path).map_err(|e| DataError::invalid(path, format!("cannot open workbook: {e}")))?;
+        let mut book = calamine::open_workbook_auto(path)
+            .map_err(|e| DataError::invalid(path, format!("cannot open workbook: {e}")))?;
         let range = book.worksheet_range(XLSX_SHEET).map_err(|e| {
-            DataError::invalid(path, format!("no sheet {XLSX_SHEET:?} ({e}); sheets: {}", book.sheet_names().join(", ")))
+            DataError::invalid(
+                path,
+                format!("no sheet {XLSX_SHEET:?} ({e}); sheets: {}", book.sheet_names().join(", ")),
+            )
         })?;
         let mut rows = range.rows().map(|r| r.iter().map(cell_text).collect::<Vec<String>>());
         let headers = rows.next().ok_or_else(|| DataError::invalid(path, format!("sheet {XLSX_SHEET:?} is empty")))?;
@@ -67,7 +81,13 @@ impl Annotation {
         let col = |name: &str| headers.iter().position(|h| h == name);
         let need = |name: &str| {
             col(name).ok_or_else(|| {
-                DataError::invalid(path, format!("no `{name}` column (expected at least index, drug_id, moa_id; found {})", headers.join(", ")))
+                DataError::invalid(
+                    path,
+                    format!(
+                        "no `{name}` column (expected at least index, drug_id, moa_id; found {})",
+                        headers.join(", ")
+                    ),
+                )
             })
         };
         let (c_index, c_drug, c_moa) = (need("index")?, need("drug_id")?, need("moa_id")?);
@@ -106,6 +126,16 @@ impl Annotation {
     /// The record for a drug folder; the part after `-` is a suffix (`12-a` is drug `12`).
     pub fn lookup(&self, folder: &str) -> Option<&DrugRecord> {
         self.drugs.get(folder).or_else(|| self.drugs.get(drug_key(folder)))
+    }
+
+    /// The SMILES of a drug folder's drug, when the annotation has one.
+    pub fn smiles(&self, folder: &str) -> Option<&str> {
+        self.lookup(folder).and_then(|r| r.smiles.as_deref()).filter(|s| !s.is_empty())
+    }
+
+    /// A drug folder's drug name from the annotation, or else the folder name.
+    pub fn drug_name(&self, folder: &str) -> String {
+        self.lookup(folder).and_then(|r| r.name.clone()).unwrap_or_else(|| folder.to_string())
     }
 
     /// MoA name for an id (falls back to the id itself).

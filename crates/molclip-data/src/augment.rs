@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::frames::Video;
 
+/// Random transforms of training videos (the same for every frame of a video).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AugmentConfig {
@@ -19,7 +20,9 @@ pub struct AugmentConfig {
     pub crop: usize,
     /// Random rotation up to this many degrees either way (0: none).
     pub max_rotation: f32,
+    /// Flip left-right at random.
     pub hflip: bool,
+    /// Flip top-bottom at random.
     pub vflip: bool,
     /// Brightness factor drawn from [1 - b, 1 + b].
     pub brightness: f32,
@@ -36,13 +39,19 @@ impl Default for AugmentConfig {
 /// One video's draw of the random transform.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct VideoTransform {
+    /// Rotation.
     pub angle_degrees: f32,
+    /// Left-right flip.
     pub hflip: bool,
+    /// Top-bottom flip.
     pub vflip: bool,
     /// Crop origin in the resized frame.
     pub x0: usize,
+    /// Crop's top row.
     pub y0: usize,
+    /// Added brightness.
     pub brightness: f32,
+    /// Contrast factor.
     pub contrast: f32,
 }
 
@@ -53,11 +62,16 @@ impl VideoTransform {
         Self { angle_degrees: 0.0, hflip: false, vflip: false, x0: off, y0: off, brightness: 1.0, contrast: 1.0 }
     }
 
+    /// A random transform, as `config` allows.
     pub fn random(config: &AugmentConfig, rng: &mut ChaCha8Rng) -> Self {
         let slack = config.resize.saturating_sub(config.crop);
         let factor = |rng: &mut ChaCha8Rng, j: f32| if j > 0.0 { rng.random_range(1.0 - j..=1.0 + j) } else { 1.0 };
         Self {
-            angle_degrees: if config.max_rotation > 0.0 { rng.random_range(-config.max_rotation..=config.max_rotation) } else { 0.0 },
+            angle_degrees: if config.max_rotation > 0.0 {
+                rng.random_range(-config.max_rotation..=config.max_rotation)
+            } else {
+                0.0
+            },
             hflip: config.hflip && rng.random_bool(0.5),
             vflip: config.vflip && rng.random_bool(0.5),
             x0: rng.random_range(0..=slack),
@@ -107,7 +121,11 @@ impl Resampler {
                 let (ax, ay) = (fx - x0, fy - y0);
                 let mut idx = [0u32; 4];
                 let mut w = [0.0f32; 4];
-                for (k, (ox, oy, wk)) in [(0, 0, (1.0 - ax) * (1.0 - ay)), (1, 0, ax * (1.0 - ay)), (0, 1, (1.0 - ax) * ay), (1, 1, ax * ay)].into_iter().enumerate() {
+                for (k, (ox, oy, wk)) in
+                    [(0, 0, (1.0 - ax) * (1.0 - ay)), (1, 0, ax * (1.0 - ay)), (0, 1, (1.0 - ax) * ay), (1, 1, ax * ay)]
+                        .into_iter()
+                        .enumerate()
+                {
                     let (xi, yi) = (x0 as i64 + ox, y0 as i64 + oy);
                     if xi >= 0 && yi >= 0 && (xi as usize) < width && (yi as usize) < height {
                         idx[k] = (yi as usize * width + xi as usize) as u32;
@@ -122,14 +140,24 @@ impl Resampler {
 
     fn apply(&self, frame: &[f32], out: &mut [f32]) {
         for (o, (idx, w)) in out.iter_mut().zip(&self.taps) {
-            *o = w[0] * frame[idx[0] as usize] + w[1] * frame[idx[1] as usize] + w[2] * frame[idx[2] as usize] + w[3] * frame[idx[3] as usize];
+            *o = w[0] * frame[idx[0] as usize]
+                + w[1] * frame[idx[1] as usize]
+                + w[2] * frame[idx[2] as usize]
+                + w[3] * frame[idx[3] as usize];
         }
     }
 }
 
 /// Apply one transform to every frame and normalise: `[T, crop, crop]`
 /// values `(x - mean) / std` after brightness and contrast.
-pub fn transform_video(video: &Video, config: &AugmentConfig, t: &VideoTransform, mean: f32, std: f32, out: &mut Vec<f32>) {
+pub fn transform_video(
+    video: &Video,
+    config: &AugmentConfig,
+    t: &VideoTransform,
+    mean: f32,
+    std: f32,
+    out: &mut Vec<f32>,
+) {
     let resampler = Resampler::new(video.width, video.height, config, t);
     let n = config.crop * config.crop;
     let start = out.len();
@@ -156,7 +184,11 @@ mod tests {
     use super::*;
 
     fn video(w: usize, h: usize, t: usize) -> Video {
-        Video { width: w, height: h, frames: (0..t).map(|k| (0..w * h).map(|i| ((i + k) % 7) as f32 / 7.0).collect()).collect() }
+        Video {
+            width: w,
+            height: h,
+            frames: (0..t).map(|k| (0..w * h).map(|i| ((i + k) % 7) as f32 / 7.0).collect()).collect(),
+        }
     }
 
     #[test]
@@ -190,7 +222,14 @@ mod tests {
         // A crop offset shifts the content.
         let cfg2 = AugmentConfig { resize: 4, crop: 2, ..cfg.clone() };
         let mut out = Vec::new();
-        transform_video(&v, &cfg2, &VideoTransform { x0: 1, y0: 0, ..VideoTransform::centre(&cfg2) }, 0.0, 1.0, &mut out);
+        transform_video(
+            &v,
+            &cfg2,
+            &VideoTransform { x0: 1, y0: 0, ..VideoTransform::centre(&cfg2) },
+            0.0,
+            1.0,
+            &mut out,
+        );
         assert_eq!(out[0], 1.0);
     }
 

@@ -17,17 +17,24 @@ use crate::error::DataError;
 use crate::frames::{read_video, Video};
 use crate::index::{CellVideo, DatasetIndex};
 
+/// How hard the MoA task is for simple features (nearest neighbour, gallery against train).
 #[derive(Debug, Clone, Serialize)]
 pub struct DifficultyReport {
+    /// Training videos.
     pub train_cells: usize,
+    /// Gallery videos.
     pub gallery_cells: usize,
+    /// MoAs.
     pub moas: usize,
     /// Accuracy of always answering the most common gallery MoA, percent.
     pub majority_baseline: f64,
     /// 1 / number of MoAs, percent.
     pub chance: f64,
+    /// Accuracy (%) with the last frame's intensity histogram.
     pub last_frame_histogram: f64,
+    /// Accuracy (%) with the mean intensity over time.
     pub brightness_trajectory: f64,
+    /// Accuracy (%) with texture and shape over time.
     pub texture_shape_trajectory: f64,
 }
 
@@ -54,9 +61,9 @@ fn features(video: &Video) -> Features {
             let mean = frame.iter().map(|&v| v as f64).sum::<f64>() / frame.len() as f64;
             frame.iter().map(|&v| v as f64 / mean.max(1e-6)).collect()
         };
-        let change = previous.as_ref().map_or(0.0, |p| {
-            p.iter().zip(&normalised).map(|(a, b)| (a - b).abs()).sum::<f64>() / p.len() as f64
-        });
+        let change = previous
+            .as_ref()
+            .map_or(0.0, |p| p.iter().zip(&normalised).map(|(a, b)| (a - b).abs()).sum::<f64>() / p.len() as f64);
         texture.extend(f);
         texture.push(change);
         previous = Some(normalised);
@@ -91,10 +98,18 @@ fn frame_texture(frame: &[f32], w: usize, h: usize) -> [f64; 5] {
                     stack.push(j);
                 }
             };
-            if x > 0 { visit(i - 1) }
-            if x + 1 < w { visit(i + 1) }
-            if y > 0 { visit(i - w) }
-            if y + 1 < h { visit(i + w) }
+            if x > 0 {
+                visit(i - 1)
+            }
+            if x + 1 < w {
+                visit(i + 1)
+            }
+            if y > 0 {
+                visit(i - w)
+            }
+            if y + 1 < h {
+                visit(i + w)
+            }
         }
     }
     let mut gradient = 0.0;
@@ -117,13 +132,7 @@ fn frame_texture(frame: &[f32], w: usize, h: usize) -> [f64; 5] {
         .map(|(i, _)| (((i % w) as f64 - cx).powi(2) + ((i / w) as f64 - cy).powi(2)).sqrt())
         .sum::<f64>()
         / area;
-    [
-        area / n,
-        fragments as f64 / area.sqrt(),
-        gradient / n / mean.max(1e-6),
-        spread / (w as f64),
-        std / mean.max(1e-6),
-    ]
+    [area / n, fragments as f64 / area.sqrt(), gradient / n / mean.max(1e-6), spread / (w as f64), std / mean.max(1e-6)]
 }
 
 fn standardise(train: &mut [Vec<f64>], test: &mut [Vec<f64>]) {
@@ -139,7 +148,12 @@ fn standardise(train: &mut [Vec<f64>], test: &mut [Vec<f64>]) {
 }
 
 /// Percent of test vectors whose nearest train vector has the same label.
-pub fn nearest_neighbour_accuracy(mut train: Vec<Vec<f64>>, train_labels: &[usize], mut test: Vec<Vec<f64>>, test_labels: &[usize]) -> f64 {
+pub fn nearest_neighbour_accuracy(
+    mut train: Vec<Vec<f64>>,
+    train_labels: &[usize],
+    mut test: Vec<Vec<f64>>,
+    test_labels: &[usize],
+) -> f64 {
     standardise(&mut train, &mut test);
     let correct = test
         .par_iter()
@@ -156,18 +170,21 @@ pub fn nearest_neighbour_accuracy(mut train: Vec<Vec<f64>>, train_labels: &[usiz
     100.0 * correct as f64 / test.len().max(1) as f64
 }
 
+/// Measures [`DifficultyReport`] on a dataset's train and gallery splits.
 pub fn difficulty(index: &DatasetIndex) -> Result<DifficultyReport, DataError> {
     let load = |cells: Vec<&CellVideo>| -> Result<(Vec<Features>, Vec<usize>), DataError> {
         let feats = cells.par_iter().map(|c| read_video(c).map(|v| features(&v))).collect::<Result<Vec<_>, _>>()?;
         Ok((feats, cells.iter().map(|c| c.moa_id).collect()))
     };
-    let (train, train_y) = load(index.split("train").collect())?;
-    let (gallery, gallery_y) = load(index.split("gallery").collect())?;
+    let (train, train_y) = load(index.split(molclip_core::Split::Train).collect())?;
+    let (gallery, gallery_y) = load(index.split(molclip_core::Split::Gallery).collect())?;
     if train.is_empty() || gallery.is_empty() {
         return Err(DataError::invalid(&index.root, "difficulty needs cells in both train and gallery"));
     }
     let pick = |f: &[Features], g: fn(&Features) -> Vec<f64>| f.iter().map(g).collect::<Vec<_>>();
-    let acc = |g: fn(&Features) -> Vec<f64>| nearest_neighbour_accuracy(pick(&train, g), &train_y, pick(&gallery, g), &gallery_y);
+    let acc = |g: fn(&Features) -> Vec<f64>| {
+        nearest_neighbour_accuracy(pick(&train, g), &train_y, pick(&gallery, g), &gallery_y)
+    };
     let moas: std::collections::BTreeSet<usize> = gallery_y.iter().copied().collect();
     let majority = moas.iter().map(|m| gallery_y.iter().filter(|&&y| y == *m).count()).max().unwrap_or(0);
     Ok(DifficultyReport {

@@ -14,8 +14,11 @@ use crate::index::{CellVideo, FrameSource};
 /// `frames` images of `height * width`, row-major, values in [0, 1].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Video {
+    /// Frame width.
     pub width: usize,
+    /// Frame height.
     pub height: usize,
+    /// The frames, in time order.
     pub frames: Vec<Vec<f32>>,
 }
 
@@ -39,6 +42,7 @@ pub struct FrameOptions {
     /// Frames per video (MitoReID: 16). Longer videos are sampled uniformly;
     /// 0 keeps every frame.
     pub frames: usize,
+    /// What to do with videos shorter than `frames`.
     pub short: ShortVideoPolicy,
     /// Channel to read from multi-channel images (0-based); `None` reads
     /// grey images as they are and RGB as luminance.
@@ -60,11 +64,27 @@ impl FrameOptions {
     }
 }
 
+/// Why a video cannot give the frames asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FrameCountError {
+    /// The video has no frames at all.
+    #[error("no frames")]
+    Empty,
+    /// Fewer frames than asked for, and the policy refuses short videos.
+    #[error("{found} frames, {needed} needed (set `short` to repeat-last or loop to accept short videos)")]
+    TooShort {
+        /// Frames the video has.
+        found: usize,
+        /// Frames asked for.
+        needed: usize,
+    },
+}
+
 /// Which of `n` frames to read for a `t`-frame video: uniform over the
 /// video when `n >= t`, else per `policy`.
-pub fn sample_indices(n: usize, t: usize, policy: ShortVideoPolicy) -> Result<Vec<usize>, String> {
+pub fn sample_indices(n: usize, t: usize, policy: ShortVideoPolicy) -> Result<Vec<usize>, FrameCountError> {
     if n == 0 {
-        return Err("no frames".into());
+        return Err(FrameCountError::Empty);
     }
     if t == 0 || t == n {
         return Ok((0..n).collect());
@@ -74,7 +94,7 @@ pub fn sample_indices(n: usize, t: usize, policy: ShortVideoPolicy) -> Result<Ve
         return Ok((0..t).map(|i| if t == 1 { 0 } else { (i * (n - 1) + (t - 1) / 2) / (t - 1) }).collect());
     }
     match policy {
-        ShortVideoPolicy::Error => Err(format!("{n} frames, {t} needed (set `short` to repeat-last or loop to accept short videos)")),
+        ShortVideoPolicy::Error => Err(FrameCountError::TooShort { found: n, needed: t }),
         ShortVideoPolicy::RepeatLast => Ok((0..t).map(|i| i.min(n - 1)).collect()),
         ShortVideoPolicy::Loop => Ok((0..t).map(|i| i % n).collect()),
     }
@@ -85,10 +105,14 @@ pub fn read_video(cell: &CellVideo) -> Result<Video, DataError> {
     read_video_with(cell, &FrameOptions::all_frames())
 }
 
+/// A cell's frames as `options` say: sampled, one channel, limited in size.
 pub fn read_video_with(cell: &CellVideo, options: &FrameOptions) -> Result<Video, DataError> {
-    let picks = sample_indices(cell.n_frames, options.frames, options.short).map_err(|e| DataError::invalid(&cell.dir, e))?;
+    let picks = sample_indices(cell.n_frames, options.frames, options.short)
+        .map_err(|e| DataError::invalid(&cell.dir, e.to_string()))?;
     let frames = match &cell.source {
-        FrameSource::Files(files) => picks.iter().map(|&i| read_image(&files[i], options)).collect::<Result<Vec<_>, _>>()?,
+        FrameSource::Files(files) => {
+            picks.iter().map(|&i| read_image(&files[i], options)).collect::<Result<Vec<_>, _>>()?
+        }
         FrameSource::Stack(path) => read_stack(path, &picks, options)?,
     };
     Ok(Video { width: cell.width as usize, height: cell.height as usize, frames })
@@ -96,7 +120,10 @@ pub fn read_video_with(cell: &CellVideo, options: &FrameOptions) -> Result<Video
 
 fn check_size(path: &Path, w: u32, h: u32, options: &FrameOptions) -> Result<(), DataError> {
     if w as u64 * h as u64 > options.max_pixels {
-        return Err(DataError::invalid(path, format!("{w}x{h} pixels exceeds the limit of {} (max_pixels)", options.max_pixels)));
+        return Err(DataError::invalid(
+            path,
+            format!("{w}x{h} pixels exceeds the limit of {} (max_pixels)", options.max_pixels),
+        ));
     }
     Ok(())
 }
@@ -116,7 +143,9 @@ fn read_image(path: &Path, options: &FrameOptions) -> Result<Vec<f32>, DataError
     match (options.channel, img) {
         (None, image::DynamicImage::ImageLuma8(g)) => Ok(g.into_raw().into_iter().map(|v| v as f32 / 255.0).collect()),
         (None, img) => Ok(img.to_luma32f().into_raw()),
-        (Some(c), _) if c >= channels => Err(DataError::invalid(path, format!("channel {c} asked for, the image has {channels}"))),
+        (Some(c), _) if c >= channels => {
+            Err(DataError::invalid(path, format!("channel {c} asked for, the image has {channels}")))
+        }
         (Some(_), img) if channels == 1 => Ok(img.to_luma32f().into_raw()),
         (Some(c), img) => Ok(img.to_rgba32f().into_raw().chunks_exact(4).map(|p| p[c]).collect()),
     }
@@ -125,10 +154,15 @@ fn read_image(path: &Path, options: &FrameOptions) -> Result<Vec<f32>, DataError
 /// How the pages of a TIFF stack map to time points and channels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StackLayout {
+    /// Page width.
     pub width: u32,
+    /// Page height.
     pub height: u32,
+    /// Pages in the file.
     pub pages: usize,
+    /// Time points.
     pub frames: usize,
+    /// Channels.
     pub channels: usize,
     /// OME `DimensionOrder` puts C before T (XYCZT, XYZCT, XYCTZ).
     channel_major: bool,
@@ -136,7 +170,11 @@ pub struct StackLayout {
 
 impl StackLayout {
     fn page(&self, t: usize, c: usize) -> usize {
-        if self.channel_major { t * self.channels + c } else { c * self.frames + t }
+        if self.channel_major {
+            t * self.channels + c
+        } else {
+            c * self.frames + t
+        }
     }
 }
 
@@ -146,17 +184,18 @@ fn ome_attribute(xml: &str, name: &str) -> Option<String> {
 }
 
 /// Read a stack's page count and, for OME-TIFF, its time and channel sizes.
-pub fn stack_layout(path: &Path) -> Result<StackLayout, String> {
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let mut decoder = tiff::decoder::Decoder::new(BufReader::new(file)).map_err(|e| e.to_string())?;
-    let (w, h) = decoder.dimensions().map_err(|e| e.to_string())?;
+pub fn stack_layout(path: &Path) -> Result<StackLayout, DataError> {
+    let bad = |reason: String| DataError::invalid(path, reason);
+    let file = std::fs::File::open(path).map_err(DataError::io(path))?;
+    let mut decoder = tiff::decoder::Decoder::new(BufReader::new(file)).map_err(|e| bad(e.to_string()))?;
+    let (w, h) = decoder.dimensions().map_err(|e| bad(e.to_string()))?;
     let description = decoder.get_tag_ascii_string(tiff::tags::Tag::ImageDescription).ok();
     let mut pages = 1;
     while decoder.more_images() {
-        decoder.next_image().map_err(|e| e.to_string())?;
-        let dims = decoder.dimensions().map_err(|e| e.to_string())?;
+        decoder.next_image().map_err(|e| bad(e.to_string()))?;
+        let dims = decoder.dimensions().map_err(|e| bad(e.to_string()))?;
         if dims != (w, h) {
-            return Err(format!("page {} is {}x{}, page 1 is {w}x{h}", pages + 1, dims.0, dims.1));
+            return Err(bad(format!("page {} is {}x{}, page 1 is {w}x{h}", pages + 1, dims.0, dims.1)));
         }
         pages += 1;
     }
@@ -167,10 +206,12 @@ pub fn stack_layout(path: &Path) -> Result<StackLayout, String> {
     let size = |name: &str| ome_attribute(&xml, name).and_then(|v| v.parse::<usize>().ok()).unwrap_or(1);
     let (t, c, z) = (size("SizeT"), size("SizeC"), size("SizeZ"));
     if z != 1 {
-        return Err(format!("OME-TIFF with SizeZ = {z}: z-stacks are not supported, expected one plane per time point"));
+        return Err(bad(format!(
+            "OME-TIFF with SizeZ = {z}: z-stacks are not supported, expected one plane per time point"
+        )));
     }
     if t * c != pages {
-        return Err(format!("OME-TIFF says SizeT = {t} x SizeC = {c}, but the file has {pages} pages"));
+        return Err(bad(format!("OME-TIFF says SizeT = {t} x SizeC = {c}, but the file has {pages} pages")));
     }
     let order = ome_attribute(&xml, "DimensionOrder").unwrap_or_else(|| "XYCZT".into());
     let channel_major = order.find('C') < order.find('T');
@@ -178,12 +219,15 @@ pub fn stack_layout(path: &Path) -> Result<StackLayout, String> {
 }
 
 fn read_stack(path: &Path, picks: &[usize], options: &FrameOptions) -> Result<Vec<Vec<f32>>, DataError> {
-    let layout = stack_layout(path).map_err(|e| DataError::invalid(path, e))?;
+    let layout = stack_layout(path)?;
     check_size(path, layout.width, layout.height, options)?;
     let channel = options.channel.unwrap_or(0);
     let by_page = layout.channels > 1;
     if by_page && channel >= layout.channels {
-        return Err(DataError::invalid(path, format!("channel {channel} asked for, the stack has {}", layout.channels)));
+        return Err(DataError::invalid(
+            path,
+            format!("channel {channel} asked for, the stack has {}", layout.channels),
+        ));
     }
     let wanted: Vec<usize> = picks.iter().map(|&t| if by_page { layout.page(t, channel) } else { t }).collect();
     let err = |e: tiff::TiffError| DataError::invalid(path, format!("cannot decode TIFF: {e}"));
@@ -191,7 +235,7 @@ fn read_stack(path: &Path, picks: &[usize], options: &FrameOptions) -> Result<Ve
     let mut decoder = tiff::decoder::Decoder::new(BufReader::new(file)).map_err(err)?;
     let mut pages: Vec<Option<Vec<f32>>> = vec![None; layout.pages];
     let last = wanted.iter().copied().max().unwrap_or(0);
-    for page in 0..=last {
+    for (page, slot) in pages.iter_mut().enumerate().take(last + 1) {
         if page > 0 {
             decoder.next_image().map_err(err)?;
         }
@@ -201,15 +245,25 @@ fn read_stack(path: &Path, picks: &[usize], options: &FrameOptions) -> Result<Ve
         let channels = match decoder.colortype().map_err(err)? {
             tiff::ColorType::Gray(_) => 1,
             tiff::ColorType::RGB(_) => 3,
-            other => return Err(DataError::invalid(path, format!("unsupported TIFF colour type {other:?}: expected grey or RGB"))),
+            other => {
+                return Err(DataError::invalid(
+                    path,
+                    format!("unsupported TIFF colour type {other:?}: expected grey or RGB"),
+                ))
+            }
         };
         let values: Vec<f32> = match decoder.read_image().map_err(err)? {
             tiff::decoder::DecodingResult::U8(v) => v.iter().map(|&x| x as f32 / 255.0).collect(),
             tiff::decoder::DecodingResult::U16(v) => v.iter().map(|&x| x as f32 / 65535.0).collect(),
             tiff::decoder::DecodingResult::F32(v) => v,
-            _ => return Err(DataError::invalid(path, "unsupported TIFF sample format: expected 8- or 16-bit integers or f32")),
+            _ => {
+                return Err(DataError::invalid(
+                    path,
+                    "unsupported TIFF sample format: expected 8- or 16-bit integers or f32",
+                ))
+            }
         };
-        pages[page] = Some(if channels == 3 {
+        *slot = Some(if channels == 3 {
             match options.channel {
                 Some(c) if !by_page => values.chunks_exact(3).map(|p| p[c.min(2)]).collect(),
                 _ => values.chunks_exact(3).map(|p| 0.2126 * p[0] + 0.7152 * p[1] + 0.0722 * p[2]).collect(),
@@ -228,11 +282,17 @@ mod tests {
     #[test]
     fn sampling_is_uniform_and_short_videos_follow_the_policy() {
         assert_eq!(sample_indices(16, 16, ShortVideoPolicy::Error).unwrap(), (0..16).collect::<Vec<_>>());
-        assert_eq!(sample_indices(31, 16, ShortVideoPolicy::Error).unwrap(), (0..16).map(|i| 2 * i).collect::<Vec<_>>());
+        assert_eq!(
+            sample_indices(31, 16, ShortVideoPolicy::Error).unwrap(),
+            (0..16).map(|i| 2 * i).collect::<Vec<_>>()
+        );
         let s = sample_indices(100, 5, ShortVideoPolicy::Error).unwrap();
         assert_eq!((s[0], s[4]), (0, 99));
         assert!(s.windows(2).all(|w| w[0] < w[1]));
-        assert!(sample_indices(10, 16, ShortVideoPolicy::Error).unwrap_err().contains("10 frames, 16 needed"));
+        assert!(sample_indices(10, 16, ShortVideoPolicy::Error)
+            .unwrap_err()
+            .to_string()
+            .contains("10 frames, 16 needed"));
         assert_eq!(sample_indices(3, 5, ShortVideoPolicy::RepeatLast).unwrap(), vec![0, 1, 2, 2, 2]);
         assert_eq!(sample_indices(3, 5, ShortVideoPolicy::Loop).unwrap(), vec![0, 1, 2, 0, 1]);
         assert_eq!(sample_indices(7, 0, ShortVideoPolicy::Error).unwrap().len(), 7);

@@ -10,14 +10,17 @@ use rayon::prelude::*;
 
 use crate::annotation::Annotation;
 use crate::error::DataError;
+use molclip_core::Split;
 
-pub const SPLITS: [&str; 3] = ["train", "query", "gallery"];
+/// File extensions read as frames.
 pub const FRAME_EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "tif", "tiff"];
 
 /// Something wrong with the dataset, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
+    /// Where.
     pub path: PathBuf,
+    /// What is wrong, and what was expected.
     pub message: String,
 }
 
@@ -34,7 +37,9 @@ fn problem(path: &Path, message: impl Into<String>) -> Problem {
 /// Progress of a long scan: the number of cells once known, then one tick per cell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Progress {
+    /// The number of cells, once known.
     Total(usize),
+    /// One cell done.
     Cell,
 }
 
@@ -53,18 +58,25 @@ pub enum FrameSource {
 /// One single-cell video.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CellVideo {
+    /// The cell's folder (or stack file).
     pub dir: PathBuf,
     /// `l1`, `l2`, ... (for `novel/`, read from a `l<N>-` cell-name prefix when there is one).
     pub replicate: String,
-    /// `train`, `query`, `gallery` or `novel`.
-    pub split: String,
+    /// Which part of the dataset the video is in.
+    pub split: Split,
     /// Drug folder name, suffix included.
     pub drug_folder: String,
+    /// The drug's dense id (the annotation's).
     pub drug_id: usize,
+    /// Its MoA's dense id.
     pub moa_id: usize,
+    /// Where its frames are.
     pub source: FrameSource,
+    /// Frames in the video.
     pub n_frames: usize,
+    /// Frame width.
     pub width: u32,
+    /// Frame height.
     pub height: u32,
 }
 
@@ -72,28 +84,51 @@ pub struct CellVideo {
 type ScannedCell = (FrameSource, usize, u32, u32);
 
 impl CellVideo {
-    fn new(dir: PathBuf, replicate: String, split: String, drug_folder: String, (drug_id, moa_id): (usize, usize), scanned: ScannedCell) -> Self {
+    fn new(
+        dir: PathBuf,
+        replicate: String,
+        split: Split,
+        drug_folder: String,
+        (drug_id, moa_id): (usize, usize),
+        scanned: ScannedCell,
+    ) -> Self {
         let (source, n_frames, width, height) = scanned;
         Self { dir, replicate, split, drug_folder, drug_id, moa_id, source, n_frames, width, height }
+    }
+}
+
+impl CellVideo {
+    /// The number of the video's replicate (`l2` is 2; 0 when the name has no number).
+    pub fn replicate_number(&self) -> u32 {
+        self.replicate.trim_start_matches('l').parse().unwrap_or(0)
     }
 }
 
 /// A validated dataset.
 #[derive(Debug, Clone)]
 pub struct DatasetIndex {
+    /// The dataset's folder (or the manifest's).
     pub root: PathBuf,
+    /// The drug table.
     pub annotation: Annotation,
+    /// Every video, in scan order.
     pub cells: Vec<CellVideo>,
 }
 
 /// Counts for one replicate and split.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SplitCounts {
+    /// The replicate (`l1`, ...).
     pub replicate: String,
-    pub split: String,
+    /// The split.
+    pub split: Split,
+    /// Drugs with videos there.
     pub drugs: usize,
+    /// MoAs with videos there.
     pub moas: usize,
+    /// Videos.
     pub cells: usize,
+    /// Frames.
     pub frames: usize,
 }
 
@@ -137,11 +172,11 @@ impl DatasetIndex {
             problems.push(problem(root, "no replicate folders: expected l1, l2, ..."));
         }
         // (replicate, split, drug folder, cell dir)
-        let mut cell_dirs: Vec<(String, String, String, PathBuf)> = Vec::new();
+        let mut cell_dirs: Vec<(String, Split, String, PathBuf)> = Vec::new();
         for (_, rep) in &replicates {
             let rep_name = file_name(rep);
-            for split in SPLITS {
-                let split_dir = rep.join(split);
+            for split in Split::REPLICATE {
+                let split_dir = rep.join(split.name());
                 if !split_dir.is_dir() {
                     problems.push(problem(&split_dir, "missing split folder"));
                     continue;
@@ -149,7 +184,7 @@ impl DatasetIndex {
                 let before = cell_dirs.len();
                 for drug in sorted_dirs(&split_dir)? {
                     for cell in sorted_dirs(&drug)? {
-                        cell_dirs.push((rep_name.clone(), split.into(), file_name(&drug), cell));
+                        cell_dirs.push((rep_name.clone(), split, file_name(&drug), cell));
                     }
                 }
                 if cell_dirs.len() == before {
@@ -157,13 +192,13 @@ impl DatasetIndex {
                 }
             }
         }
-        let novel = root.join("novel");
+        let novel = root.join(Split::Novel.name());
         if novel.is_dir() {
             for drug in sorted_dirs(&novel)? {
                 for cell in sorted_dirs(&drug)? {
                     let name = file_name(&cell);
                     let rep = name.split('-').next().filter(|p| p.starts_with('l') && p[1..].parse::<usize>().is_ok());
-                    cell_dirs.push((rep.unwrap_or("").into(), "novel".into(), file_name(&drug), cell));
+                    cell_dirs.push((rep.unwrap_or("").into(), Split::Novel, file_name(&drug), cell));
                 }
             }
         }
@@ -174,7 +209,10 @@ impl DatasetIndex {
             .map(|(replicate, split, drug_folder, dir)| {
                 progress(Progress::Cell);
                 let Some(record) = annotation.lookup(&drug_folder) else {
-                    return Err(vec![problem(dir.parent().unwrap_or(&dir), format!("drug folder {drug_folder:?} has no row in annotation.csv"))]);
+                    return Err(vec![problem(
+                        dir.parent().unwrap_or(&dir),
+                        format!("drug folder {drug_folder:?} has no row in annotation.csv"),
+                    )]);
                 };
                 let frames = scan_cell(&dir)?;
                 Ok(CellVideo::new(dir, replicate, split, drug_folder, (record.drug_id, record.moa_id), frames))
@@ -218,7 +256,14 @@ impl DatasetIndex {
             }
             for cell in cell_dirs {
                 match scan_cell(&cell) {
-                    Ok(frames) => cells.push(CellVideo::new(cell, String::new(), "unlabelled".into(), file_name(&drug), (0, 0), frames)),
+                    Ok(frames) => cells.push(CellVideo::new(
+                        cell,
+                        String::new(),
+                        Split::Unlabelled,
+                        file_name(&drug),
+                        (0, 0),
+                        frames,
+                    )),
                     Err(ps) => problems.extend(ps),
                 }
             }
@@ -226,7 +271,11 @@ impl DatasetIndex {
         if cells.is_empty() && problems.is_empty() {
             problems.push(problem(dir, "no <drug>/<cell>/ folders"));
         }
-        if problems.is_empty() { Ok(cells) } else { Err(DataError::Problems(problems)) }
+        if problems.is_empty() {
+            Ok(cells)
+        } else {
+            Err(DataError::Problems(problems))
+        }
     }
 
     /// A dataset in another layout, listed by a manifest CSV with columns
@@ -237,10 +286,18 @@ impl DatasetIndex {
         let base = manifest.parent().unwrap_or(Path::new("."));
         let annotation = Annotation::read_dir(base)?;
         let mut reader = csv::Reader::from_path(manifest).map_err(|e| DataError::invalid(manifest, e.to_string()))?;
-        let headers: Vec<String> = reader.headers().map_err(|e| DataError::invalid(manifest, e.to_string()))?.iter().map(|h| h.trim().to_lowercase()).collect();
+        let headers: Vec<String> = reader
+            .headers()
+            .map_err(|e| DataError::invalid(manifest, e.to_string()))?
+            .iter()
+            .map(|h| h.trim().to_lowercase())
+            .collect();
         let col = |name: &str| {
             headers.iter().position(|h| h == name).ok_or_else(|| {
-                DataError::invalid(manifest, format!("no `{name}` column (expected path, drug, replicate, split; found {})", headers.join(", ")))
+                DataError::invalid(
+                    manifest,
+                    format!("no `{name}` column (expected path, drug, replicate, split; found {})", headers.join(", ")),
+                )
             })
         };
         let (c_path, c_drug, c_rep, c_split) = (col("path")?, col("drug")?, col("replicate")?, col("split")?);
@@ -257,11 +314,15 @@ impl DatasetIndex {
                 }
             };
             let get = |c: usize| record.get(c).unwrap_or("").trim().to_string();
-            let (path, drug, replicate, split) = (base.join(get(c_path)), get(c_drug), get(c_rep), get(c_split));
-            if !SPLITS.contains(&split.as_str()) && split != "novel" {
-                problems.push(problem(&at, format!("split {split:?}: expected train, query, gallery or novel")));
-                continue;
-            }
+            let (path, drug, replicate) = (base.join(get(c_path)), get(c_drug), get(c_rep));
+            let split =
+                match Split::parse_among(&get(c_split), &[Split::Train, Split::Query, Split::Gallery, Split::Novel]) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        problems.push(problem(&at, e.to_string()));
+                        continue;
+                    }
+                };
             let Some(record) = annotation.lookup(&drug) else {
                 problems.push(problem(&at, format!("drug {drug:?} has no row in the annotation")));
                 continue;
@@ -271,12 +332,14 @@ impl DatasetIndex {
             } else if path.is_file() {
                 crate::frames::stack_layout(&path)
                     .map(|l| (FrameSource::Stack(path.clone()), l.frames, l.width, l.height))
-                    .map_err(|e| vec![problem(&path, format!("not a readable TIFF stack: {e}"))])
+                    .map_err(|e| stack_problem(&path, e))
             } else {
                 Err(vec![problem(&path, format!("listed at {} but does not exist", at.display()))])
             };
             match scanned {
-                Ok(frames) => cells.push(CellVideo::new(path, replicate, split, drug, (record.drug_id, record.moa_id), frames)),
+                Ok(frames) => {
+                    cells.push(CellVideo::new(path, replicate, split, drug, (record.drug_id, record.moa_id), frames))
+                }
                 Err(ps) => problems.extend(ps),
             }
         }
@@ -295,14 +358,20 @@ impl DatasetIndex {
         Self::open_with_progress(path, &no_progress)
     }
 
+    /// [`DatasetIndex::open`], reporting progress to `progress`.
     pub fn open_with_progress(path: &Path, progress: &(dyn Fn(Progress) + Sync)) -> Result<Self, DataError> {
-        if path.is_file() { Self::from_manifest(path) } else { Self::scan_with_progress(path, progress) }
+        if path.is_file() {
+            Self::from_manifest(path)
+        } else {
+            Self::scan_with_progress(path, progress)
+        }
     }
 
+    /// Videos, drugs, MoAs and frames per replicate and split.
     pub fn counts(&self) -> Vec<SplitCounts> {
-        let mut groups: BTreeMap<(String, String), Vec<&CellVideo>> = BTreeMap::new();
+        let mut groups: BTreeMap<(String, Split), Vec<&CellVideo>> = BTreeMap::new();
         for c in &self.cells {
-            groups.entry((c.replicate.clone(), c.split.clone())).or_default().push(c);
+            groups.entry((c.replicate.clone(), c.split)).or_default().push(c);
         }
         groups
             .into_iter()
@@ -323,6 +392,7 @@ impl DatasetIndex {
         self.verify_frames_with_progress(&no_progress)
     }
 
+    /// [`DatasetIndex::verify_frames`], reporting progress to `progress`.
     pub fn verify_frames_with_progress(&self, progress: &(dyn Fn(Progress) + Sync)) -> Result<(), DataError> {
         progress(Progress::Total(self.cells.len()));
         let problems: Vec<Problem> = self
@@ -331,17 +401,33 @@ impl DatasetIndex {
             .inspect(|_| progress(Progress::Cell))
             .flat_map_iter(|cell| match crate::frames::read_video(cell) {
                 Ok(v) if v.frames.len() == cell.n_frames => vec![],
-                Ok(v) => vec![problem(&cell.dir, format!("{} frames decoded, {} expected", v.frames.len(), cell.n_frames))],
+                Ok(v) => {
+                    vec![problem(&cell.dir, format!("{} frames decoded, {} expected", v.frames.len(), cell.n_frames))]
+                }
                 Err(DataError::Invalid { path, reason }) => vec![Problem { path, message: reason }],
                 Err(e) => vec![problem(&cell.dir, e.to_string())],
             })
             .collect();
-        if problems.is_empty() { Ok(()) } else { Err(DataError::Problems(problems)) }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(DataError::Problems(problems))
+        }
     }
 
-    pub fn split<'a>(&'a self, split: &'a str) -> impl Iterator<Item = &'a CellVideo> + 'a {
+    /// The videos of one split, in index order.
+    pub fn split(&self, split: Split) -> impl Iterator<Item = &CellVideo> + '_ {
         self.cells.iter().filter(move |c| c.split == split)
     }
+}
+
+/// A stack that cannot be read, as a problem of the scan.
+fn stack_problem(path: &Path, e: DataError) -> Vec<Problem> {
+    let reason = match e {
+        DataError::Invalid { reason, .. } => reason,
+        other => other.to_string(),
+    };
+    vec![problem(path, format!("not a readable TIFF stack: {reason}"))]
 }
 
 /// Frames of one cell folder: numbered images `1..T` or one TIFF stack.
@@ -350,7 +436,9 @@ fn scan_cell(dir: &Path) -> Result<ScannedCell, Vec<Problem>> {
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file())
-        .filter(|p| p.extension().is_some_and(|e| FRAME_EXTENSIONS.contains(&e.to_string_lossy().to_lowercase().as_str())))
+        .filter(|p| {
+            p.extension().is_some_and(|e| FRAME_EXTENSIONS.contains(&e.to_string_lossy().to_lowercase().as_str()))
+        })
         .collect();
     files.sort();
     if files.is_empty() {
@@ -371,7 +459,7 @@ fn scan_cell(dir: &Path) -> Result<ScannedCell, Vec<Problem>> {
         let path = files.remove(0);
         return match crate::frames::stack_layout(&path) {
             Ok(l) => Ok((FrameSource::Stack(path), l.frames, l.width, l.height)),
-            Err(e) => Err(vec![problem(&path, format!("not a readable TIFF stack: {e}"))]),
+            Err(e) => Err(stack_problem(&path, e)),
         };
     }
     numbered.sort_by_key(|(n, _)| *n);

@@ -1,11 +1,12 @@
 //! From files on disk to videos: the dataset index of the MitoReID layout
-//! (METHOD.md section 3), its validation, frame decoding, and the
+//! (docs/method.md section 3), its validation, frame decoding, and the
 //! inspection tools (`molclip inspect`): counts, montage, difficulty.
 
 pub mod annotation;
 pub mod augment;
 pub mod difficulty;
 mod error;
+pub use molclip_core::{Identity, Split};
 pub mod frames;
 pub mod index;
 pub mod loader;

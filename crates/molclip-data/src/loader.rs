@@ -19,7 +19,9 @@ use crate::sampler::SamplerConfig;
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Normalize {
+    /// Subtracted.
     pub mean: f32,
+    /// Divided by.
     pub std: f32,
 }
 
@@ -33,9 +35,13 @@ impl Default for Normalize {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
+    /// How frames are read.
     pub frames: FrameOptions,
+    /// How training videos are augmented.
     pub augment: AugmentConfig,
+    /// How batches are drawn.
     pub sampler: SamplerConfig,
+    /// Pixel normalisation.
     pub normalize: Normalize,
     /// Keep decoded (pre-augmentation) videos in memory: for small datasets.
     pub cache: bool,
@@ -44,16 +50,20 @@ pub struct DataConfig {
 }
 
 impl DataConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    /// Refuses values that cannot work, naming the field.
+    pub fn validate(&self) -> Result<(), DataError> {
         let a = &self.augment;
         if a.crop == 0 || a.crop > a.resize {
-            return Err(format!("augment.crop = {}: expected 1 <= crop <= resize ({})", a.crop, a.resize));
+            return Err(DataError::config(
+                "augment.crop",
+                format!("{}: expected 1 <= crop <= resize ({})", a.crop, a.resize),
+            ));
         }
         if !(self.normalize.std > 0.0) {
-            return Err(format!("normalize.std = {}: must be positive", self.normalize.std));
+            return Err(DataError::config("normalize.std", format!("{}: must be positive", self.normalize.std)));
         }
         if self.sampler.p == 0 || self.sampler.k == 0 {
-            return Err("sampler.p and sampler.k must be at least 1".into());
+            return Err(DataError::config("sampler", "sampler.p and sampler.k must be at least 1"));
         }
         Ok(())
     }
@@ -61,6 +71,7 @@ impl DataConfig {
 
 /// Videos of one split (or several), ready to be read by index.
 pub struct VideoDataset {
+    /// The videos.
     pub cells: Vec<CellVideo>,
     config: DataConfig,
     cache: Vec<OnceLock<Arc<Video>>>,
@@ -70,7 +81,12 @@ pub struct VideoDataset {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Mode {
     /// Random transforms, seeded by (seed, epoch, video).
-    Train { seed: u64, epoch: u64 },
+    Train {
+        /// The run's seed.
+        seed: u64,
+        /// The epoch.
+        epoch: u64,
+    },
     /// Centre crop, no jitter.
     Eval,
 }
@@ -80,32 +96,33 @@ pub enum Mode {
 pub struct Batch {
     /// Row-major `[B, T, C, H, W]`.
     pub data: Vec<f32>,
+    /// `[B, T, C, H, W]`.
     pub shape: [usize; 5],
     /// Indices into the dataset.
     pub indices: Vec<usize>,
+    /// Each video's drug id.
     pub drug_ids: Vec<usize>,
+    /// Each video's MoA id.
     pub moa_ids: Vec<usize>,
 }
 
-impl Batch {
-    pub fn to_tensor(&self, device: &candle_core::Device) -> candle_core::Result<candle_core::Tensor> {
-        candle_core::Tensor::from_slice(&self.data, self.shape.as_slice(), device)
-    }
-}
-
 impl VideoDataset {
+    /// A dataset of `cells`, read as `config` says.
     pub fn new(cells: Vec<CellVideo>, config: DataConfig) -> Result<Self, DataError> {
-        config.validate().map_err(|e| DataError::invalid("data config", e))?;
+        config.validate()?;
         let cache = (0..cells.len()).map(|_| OnceLock::new()).collect();
         Ok(Self { cells, config, cache })
     }
 
+    /// Number of videos.
     pub fn len(&self) -> usize {
         self.cells.len()
     }
+    /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.cells.is_empty()
     }
+    /// How videos are read.
     pub fn config(&self) -> &DataConfig {
         &self.config
     }
@@ -206,11 +223,11 @@ pub fn pixel_stats(cells: &[CellVideo], frames: &FrameOptions) -> Result<Normali
                 }
                 n += f.len();
             }
-            Ok((s, q, n))
+            Ok::<_, DataError>((s, q, n))
         })
         .try_reduce(|| (0.0, 0.0, 0), |a, b| Ok((a.0 + b.0, a.1 + b.1, a.2 + b.2)))?;
     if n == 0 {
-        return Err(DataError::invalid("pixel statistics", "no pixels: the split is empty"));
+        return Err(DataError::config("normalize", "no pixels to measure: the split is empty"));
     }
     let mean = sum / n as f64;
     let std = (sq / n as f64 - mean * mean).max(0.0).sqrt();

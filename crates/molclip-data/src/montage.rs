@@ -46,7 +46,7 @@ pub fn montage_frames(t: usize) -> Vec<usize> {
 /// its first and last frame, so a weak responder does not stand for its MoA.
 fn pick_cells(index: &DatasetIndex) -> Result<Vec<(usize, Video)>, DataError> {
     let mut by_moa: BTreeMap<usize, Vec<&CellVideo>> = BTreeMap::new();
-    for c in index.split("train") {
+    for c in index.split(molclip_core::Split::Train) {
         by_moa.entry(c.moa_id).or_default().push(c);
     }
     let mut rows = Vec::new();

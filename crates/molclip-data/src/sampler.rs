@@ -13,6 +13,9 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::error::DataError;
+
+/// P × K batches: how many identities, and videos per identity.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SamplerConfig {
@@ -42,9 +45,12 @@ pub struct PkSampler {
 
 impl PkSampler {
     /// `identity[i]` and `replicate[i]` label video `i`.
-    pub fn new(identity: &[usize], replicate: &[usize], config: SamplerConfig, seed: u64) -> Result<Self, String> {
+    pub fn new(identity: &[usize], replicate: &[usize], config: SamplerConfig, seed: u64) -> Result<Self, DataError> {
         if config.p == 0 || config.k == 0 {
-            return Err(format!("P = {}, K = {}: both must be at least 1", config.p, config.k));
+            return Err(DataError::config(
+                "sampler",
+                format!("P = {}, K = {}: both must be at least 1", config.p, config.k),
+            ));
         }
         let n_id = identity.iter().max().map_or(0, |m| m + 1);
         let n_rep = replicate.iter().max().map_or(0, |m| m + 1);
@@ -55,7 +61,10 @@ impl PkSampler {
         }
         groups.retain(|g| g.iter().any(|r| !r.is_empty()));
         if groups.len() < config.p {
-            return Err(format!("{} identities, but a batch needs P = {} different ones", groups.len(), config.p));
+            return Err(DataError::config(
+                "sampler.p",
+                format!("{} identities, but a batch needs P = {} different ones", groups.len(), config.p),
+            ));
         }
         Ok(Self { groups, config, seed })
     }
@@ -174,7 +183,9 @@ mod tests {
 
     #[test]
     fn too_few_identities_is_an_error() {
-        let e = PkSampler::new(&[0, 0, 1], &[0, 1, 0], SamplerConfig { p: 3, k: 2, balance_replicates: false }, 0).unwrap_err();
+        let e = PkSampler::new(&[0, 0, 1], &[0, 1, 0], SamplerConfig { p: 3, k: 2, balance_replicates: false }, 0)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("2 identities") && e.contains("P = 3"), "{e}");
     }
 

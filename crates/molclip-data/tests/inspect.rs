@@ -32,9 +32,9 @@ fn a_simulated_dataset_is_valid_and_counted() {
     // (11 drugs x (2 + 1 + 1) cells + 5 novel drugs x 1 cell) x 3 replicates.
     assert_eq!(index.cells.len(), (11 * 4 + 5) * 3);
     let counts = index.counts();
-    let l1_train = counts.iter().find(|c| c.replicate == "l1" && c.split == "train").unwrap();
+    let l1_train = counts.iter().find(|c| c.replicate == "l1" && c.split == molclip_data::Split::Train).unwrap();
     assert_eq!((l1_train.drugs, l1_train.moas, l1_train.cells, l1_train.frames), (11, 6, 22, 22 * 16));
-    let novel: Vec<_> = counts.iter().filter(|c| c.split == "novel").collect();
+    let novel: Vec<_> = counts.iter().filter(|c| c.split == molclip_data::Split::Novel).collect();
     assert_eq!(novel.len(), 3);
     let video = read_video(&index.cells[0]).unwrap();
     assert_eq!((video.frames.len(), video.width, video.height), (16, 64, 64));

@@ -1,5 +1,5 @@
 //! Re-identification evaluation, exactly as MitoReID scores it
-//! (METHOD.md section 4), for both tasks: drug identification (identity =
+//! (docs/method.md section 4), for both tasks: drug identification (identity =
 //! drug) and MoA recognition (identity = MoA).
 //!
 //! For each query the gallery is ranked by `1 - cosine similarity`
@@ -18,9 +18,11 @@ pub mod metadata;
 pub mod novel;
 pub mod npy;
 pub mod reid;
+pub mod set;
 pub mod synthetic;
 
 pub use error::EvalError;
 pub use metadata::{EmbeddingSet, Metadata};
 pub use novel::{novel_moa_votes, novel_retrieval, query_moa_votes, NovelReport};
-pub use reid::{evaluate, Embeddings, Evaluation, TaskMetrics, DEFAULT_MAX_RANK};
+pub use reid::{evaluate, Embeddings, Evaluation, RowError, TaskMetrics, DEFAULT_MAX_RANK};
+pub use set::{NamedPrediction, NovelSection, SetEvaluation};

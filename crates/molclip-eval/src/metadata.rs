@@ -6,6 +6,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use molclip_core::Split;
+
 use crate::error::EvalError;
 use crate::npy::Matrix;
 use crate::reid::Embeddings;
@@ -13,15 +15,20 @@ use crate::reid::Embeddings;
 /// Labels of a set of videos, as ids into shared name tables.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Metadata {
+    /// Each row's replicate id.
     pub replicate: Vec<u32>,
+    /// Each row's drug id.
     pub drug: Vec<u32>,
+    /// Each row's MoA id.
     pub moa: Vec<u32>,
 }
 
 impl Metadata {
+    /// Number of rows.
     pub fn len(&self) -> usize {
         self.drug.len()
     }
+    /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.drug.is_empty()
     }
@@ -35,11 +42,13 @@ impl Metadata {
 /// Interns names to dense ids.
 #[derive(Debug, Clone, Default)]
 pub struct Names {
+    /// Names by id.
     pub names: Vec<String>,
     index: HashMap<String, u32>,
 }
 
 impl Names {
+    /// The id of `name`, given a new one if it has none.
     pub fn id(&mut self, name: &str) -> u32 {
         if let Some(&id) = self.index.get(name) {
             return id;
@@ -54,25 +63,33 @@ impl Names {
 /// Embeddings split by role, with their labels and the name tables.
 #[derive(Debug, Clone)]
 pub struct EmbeddingSet {
+    /// Query rows and their labels.
     pub query: (Embeddings, Metadata),
+    /// Gallery rows and their labels.
     pub gallery: (Embeddings, Metadata),
+    /// Novel rows and their labels.
     pub novel: (Embeddings, Metadata),
+    /// Replicate names by id.
     pub replicates: Names,
+    /// Drug names by id.
     pub drugs: Names,
+    /// MoA names by id.
     pub moas: Names,
 }
-
-const SETS: [&str; 4] = ["query", "gallery", "novel", "train"];
 
 impl EmbeddingSet {
     /// Pair an embedding matrix with its metadata CSV, checking every row.
     pub fn from_files(features: &Matrix, metadata: &Path) -> Result<Self, EvalError> {
         let err = |reason: String| EvalError::file(metadata, reason);
         let mut reader = csv::Reader::from_path(metadata).map_err(|e| err(e.to_string()))?;
-        let headers: Vec<String> = reader.headers().map_err(|e| err(e.to_string()))?.iter().map(|h| h.trim().to_string()).collect();
+        let headers: Vec<String> =
+            reader.headers().map_err(|e| err(e.to_string()))?.iter().map(|h| h.trim().to_string()).collect();
         let col = |name: &str| {
             headers.iter().position(|h| h == name).ok_or_else(|| {
-                err(format!("missing column `{name}` (expected set, replicate, drug, moa; found {})", headers.join(", ")))
+                err(format!(
+                    "missing column `{name}` (expected set, replicate, drug, moa; found {})",
+                    headers.join(", ")
+                ))
             })
         };
         let (c_set, c_rep, c_drug, c_moa) = (col("set")?, col("replicate")?, col("drug")?, col("moa")?);
@@ -99,19 +116,17 @@ impl EmbeddingSet {
         };
         for (i, (role, rep, drug, moa)) in rows.iter().enumerate() {
             let line = i + 2;
-            if !SETS.contains(&role.as_str()) {
-                return Err(err(format!("line {line}: unknown set {role:?}: expected query, gallery, novel or train")));
-            }
-            if role == "train" {
+            let split = Split::parse_among(role, &Split::LABELLED).map_err(|e| err(format!("line {line}: {e}")))?;
+            if split == Split::Train {
                 continue;
             }
             if drug.is_empty() || moa.is_empty() {
                 return Err(err(format!("line {line}: empty drug or moa")));
             }
             let ids = (set.replicates.id(rep), set.drugs.id(drug), set.moas.id(moa));
-            let (emb, meta) = match role.as_str() {
-                "query" => &mut set.query,
-                "gallery" => &mut set.gallery,
+            let (emb, meta) = match split {
+                Split::Query => &mut set.query,
+                Split::Gallery => &mut set.gallery,
                 _ => &mut set.novel,
             };
             emb.push_row(&features.data[i * features.cols..(i + 1) * features.cols])

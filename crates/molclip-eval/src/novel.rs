@@ -9,40 +9,56 @@ use serde::Serialize;
 
 use crate::error::EvalError;
 use crate::metadata::Metadata;
-use crate::reid::{evaluate, for_each_distance_block, Embeddings, Evaluation};
+use crate::reid::{check_labels, check_widths, evaluate, for_each_distance_block, Embeddings, Evaluation};
 
+/// A novel drug's MoA as its videos' nearest gallery videos name it.
 #[derive(Debug, Clone, Serialize)]
 pub struct DrugPrediction {
+    /// The drug's id.
     pub drug: u32,
+    /// Its true MoA's id.
     pub moa: u32,
+    /// The MoA the vote names.
     pub predicted: u32,
+    /// Its videos.
     pub videos: usize,
     /// (MoA id, votes), most votes first.
     pub votes: Vec<(u32, usize)>,
 }
 
+/// The novel drugs' MoAs by vote.
 #[derive(Debug, Clone, Serialize)]
 pub struct NovelReport {
+    /// Nearest gallery videos voting per video.
     pub k: usize,
+    /// Novel videos.
     pub videos: usize,
     /// Percent of novel videos whose own vote names the right MoA.
     pub video_accuracy: f64,
+    /// Each drug's vote.
     pub drugs: Vec<DrugPrediction>,
     /// Percent of novel drugs named right.
     pub drug_accuracy: f64,
 }
 
+/// Votes per MoA id: how many, and their summed distance (which breaks ties).
+type Tally = BTreeMap<u32, (usize, f64)>;
+
 /// Tallies votes; `None` where there are none.
-fn winner(tally: &BTreeMap<u32, (usize, f64)>) -> Option<u32> {
-    tally
-        .iter()
-        .max_by(|a, b| a.1 .0.cmp(&b.1 .0).then(b.1 .1.total_cmp(&a.1 .1)).then(b.0.cmp(a.0)))
-        .map(|(&m, _)| m)
+fn winner(tally: &Tally) -> Option<u32> {
+    tally.iter().max_by(|a, b| a.1 .0.cmp(&b.1 .0).then(b.1 .1.total_cmp(&a.1 .1)).then(b.0.cmp(a.0))).map(|(&m, _)| m)
 }
 
 /// For each row of `a`, the MoAs of its `k` nearest gallery videos (count and summed
 /// distance per MoA), leaving out the gallery videos `skip(row, j)` names.
-fn knn_tallies(a: &Embeddings, gallery: &Embeddings, g: &Metadata, k: usize, skip: impl Fn(usize, usize) -> bool) -> Vec<BTreeMap<u32, (usize, f64)>> {
+fn knn_tallies(
+    a: &Embeddings,
+    gallery: &Embeddings,
+    g: &Metadata,
+    k: usize,
+    skip: impl Fn(usize, usize) -> bool,
+) -> Result<Vec<Tally>, EvalError> {
+    check_labels(gallery, g, "gallery")?;
     let ng = gallery.len();
     let mut out = Vec::with_capacity(a.len());
     for_each_distance_block(a, gallery, |start, block| {
@@ -60,18 +76,25 @@ fn knn_tallies(a: &Embeddings, gallery: &Embeddings, g: &Metadata, k: usize, ski
             }
             out.push(tally);
         }
-    });
-    out
+    })?;
+    Ok(out)
 }
 
 /// The MoA each query video is given by its `k` nearest gallery videos, under the
 /// protocol's rule: gallery videos of the query's drug in the query's replicate do not
 /// vote. `None` where no gallery video is left.
-pub fn query_moa_votes(query: &Embeddings, q: &Metadata, gallery: &Embeddings, g: &Metadata, k: usize) -> Result<Vec<Option<u32>>, EvalError> {
+pub fn query_moa_votes(
+    query: &Embeddings,
+    q: &Metadata,
+    gallery: &Embeddings,
+    g: &Metadata,
+    k: usize,
+) -> Result<Vec<Option<u32>>, EvalError> {
     if k == 0 || gallery.is_empty() {
         return Err(EvalError::Input("k must be at least 1 and the gallery not empty".into()));
     }
-    let tallies = knn_tallies(query, gallery, g, k, |i, j| q.drug[i] == g.drug[j] && q.replicate[i] == g.replicate[j]);
+    check_labels(query, q, "query")?;
+    let tallies = knn_tallies(query, gallery, g, k, |i, j| q.drug[i] == g.drug[j] && q.replicate[i] == g.replicate[j])?;
     Ok(tallies.iter().map(winner).collect())
 }
 
@@ -81,15 +104,18 @@ pub fn query_moa_votes(query: &Embeddings, q: &Metadata, gallery: &Embeddings, g
 /// is identified through its videos in the other replicates, and its MoA through the seen
 /// drugs of that MoA and those same videos. This is where what a model learned about
 /// drugs in general, not about the training drugs, shows.
-pub fn novel_retrieval(novel: &Embeddings, n: &Metadata, gallery: &Embeddings, g: &Metadata, max_rank: usize) -> Result<Evaluation, EvalError> {
+pub fn novel_retrieval(
+    novel: &Embeddings,
+    n: &Metadata,
+    gallery: &Embeddings,
+    g: &Metadata,
+    max_rank: usize,
+) -> Result<Evaluation, EvalError> {
     if novel.is_empty() {
         return Err(EvalError::Input("no novel videos (set = novel) to use as queries".into()));
     }
-    if novel.dim != gallery.dim {
-        return Err(EvalError::Input(format!("novel features are {}-d, gallery features {}-d", novel.dim, gallery.dim)));
-    }
-    let mut all = gallery.clone();
-    all.data.extend_from_slice(&novel.data);
+    check_widths(novel, gallery, "novel", "gallery")?;
+    let all = gallery.concat(novel)?;
     let mut labels = g.clone();
     labels.replicate.extend(&n.replicate);
     labels.drug.extend(&n.drug);
@@ -97,6 +123,7 @@ pub fn novel_retrieval(novel: &Embeddings, n: &Metadata, gallery: &Embeddings, g
     evaluate(novel, n, &all, &labels, max_rank)
 }
 
+/// Names each novel drug's MoA by the votes of its videos' `k` nearest gallery videos.
 pub fn novel_moa_votes(
     novel: &Embeddings,
     n: &Metadata,
@@ -110,9 +137,10 @@ pub fn novel_moa_votes(
     if k == 0 || gallery.is_empty() {
         return Err(EvalError::Input("k must be at least 1 and the gallery not empty".into()));
     }
-    let per_video = knn_tallies(novel, gallery, g, k, |_, _| false);
+    check_labels(novel, n, "novel")?;
+    let per_video = knn_tallies(novel, gallery, g, k, |_, _| false)?;
     let correct_videos = per_video.iter().zip(&n.moa).filter(|(t, &m)| winner(t) == Some(m)).count();
-    let mut by_drug: BTreeMap<u32, (u32, usize, BTreeMap<u32, (usize, f64)>)> = BTreeMap::new();
+    let mut by_drug: BTreeMap<u32, (u32, usize, Tally)> = BTreeMap::new();
     for (i, tally) in per_video.iter().enumerate() {
         let e = by_drug.entry(n.drug[i]).or_insert((n.moa[i], 0, BTreeMap::new()));
         e.1 += 1;
@@ -127,7 +155,13 @@ pub fn novel_moa_votes(
         .map(|(drug, (moa, videos, tally))| {
             let mut votes: Vec<(u32, usize)> = tally.iter().map(|(&m, &(v, _))| (m, v)).collect();
             votes.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-            DrugPrediction { drug, moa, predicted: winner(&tally).expect("a non-empty gallery gives votes"), videos, votes }
+            DrugPrediction {
+                drug,
+                moa,
+                predicted: winner(&tally).expect("a non-empty gallery gives votes"),
+                videos,
+                votes,
+            }
         })
         .collect();
     let right = drugs.iter().filter(|d| d.predicted == d.moa).count();

@@ -1,88 +1,81 @@
-//! `.npy` arrays (format versions 1, 2 and 3): 2-D float32 or float64,
-//! either byte order, C or Fortran order. Read into row-major f64.
+//! `.npy` arrays through npyz (format versions 1, 2 and 3): 2-D float32 or float64, either
+//! byte order, C or Fortran order, read into row-major f64; float32 written.
 
-use std::io::Write;
 use std::path::Path;
+
+use npyz::WriterBuilder;
 
 use crate::error::EvalError;
 
 /// A row-major `[rows, cols]` matrix.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Matrix {
+    /// Rows.
     pub rows: usize,
+    /// Columns.
     pub cols: usize,
+    /// Values, row-major.
     pub data: Vec<f64>,
 }
 
-fn header_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
-    let start = header.find(&format!("'{key}'"))? + key.len() + 2;
-    let rest = header[start..].trim_start().strip_prefix(':')?.trim_start();
-    Some(rest)
-}
-
+/// Reads a 2-D float32 or float64 `.npy` file into a row-major f64 matrix; errors name
+/// the file and what was expected.
 pub fn read_npy(path: &Path) -> Result<Matrix, EvalError> {
-    let bytes = std::fs::read(path).map_err(|e| EvalError::file(path, format!("cannot read: {e}")))?;
-    parse_npy(&bytes).map_err(|reason| EvalError::file(path, reason))
+    let bytes = std::fs::read(path).map_err(|source| EvalError::Io { path: path.to_path_buf(), source })?;
+    parse_npy(&bytes).map_err(|e| EvalError::file(path, e.to_string()))
 }
 
-pub fn parse_npy(bytes: &[u8]) -> Result<Matrix, String> {
-    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-        return Err("not a .npy file (missing \\x93NUMPY magic)".into());
+/// Why bytes are not a `.npy` matrix molclip can read.
+#[derive(Debug, thiserror::Error)]
+pub enum NpyError {
+    /// npyz could not parse the header or the data.
+    #[error("not a readable .npy file: {0}")]
+    Format(#[from] std::io::Error),
+    /// A shape other than `[N, D]`.
+    #[error("shape {0:?}: expected a 2-D array [N, D]")]
+    Shape(Vec<u64>),
+    /// A dtype other than float32 or float64.
+    #[error("dtype {0}: expected float32 or float64")]
+    DType(String),
+    /// Fewer bytes of data than the shape needs (checked before anything is allocated).
+    #[error("data holds at most {have} bytes, the shape [{rows}, {cols}] needs {need}")]
+    Truncated {
+        /// Rows in the header's shape.
+        rows: usize,
+        /// Columns in the header's shape.
+        cols: usize,
+        /// Bytes the shape needs.
+        need: usize,
+        /// Bytes in the whole file.
+        have: usize,
+    },
+}
+
+/// [`read_npy`] on bytes in memory.
+pub fn parse_npy(bytes: &[u8]) -> Result<Matrix, NpyError> {
+    let file = npyz::NpyFile::new(bytes)?;
+    let (rows, cols) = match file.shape() {
+        [r, c] => (*r as usize, *c as usize),
+        other => return Err(NpyError::Shape(other.to_vec())),
+    };
+    let dtype = match file.dtype() {
+        npyz::DType::Plain(t) => t.to_string(),
+        other => return Err(NpyError::DType(other.descr())),
+    };
+    let size = match dtype.trim_start_matches(['<', '>', '|', '=']) {
+        "f4" => 4,
+        "f8" => 8,
+        _ => return Err(NpyError::DType(format!("{dtype:?}"))),
+    };
+    let need = rows.checked_mul(cols).and_then(|n| n.checked_mul(size)).unwrap_or(usize::MAX);
+    if need > bytes.len() {
+        return Err(NpyError::Truncated { rows, cols, need, have: bytes.len() });
     }
-    let major = bytes[6];
-    let (header_len, offset) = match major {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 => {
-            if bytes.len() < 12 {
-                return Err("truncated .npy header".into());
-            }
-            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
-        }
-        v => return Err(format!(".npy format version {v} is not supported (expected 1, 2 or 3)")),
-    };
-    let header = bytes
-        .get(offset..offset + header_len)
-        .ok_or("truncated .npy header")
-        .map(|h| String::from_utf8_lossy(h).into_owned())?;
-    let descr = header_value(&header, "descr").ok_or("no 'descr' in the .npy header")?;
-    let descr = descr.trim_start_matches(['\'', '"']);
-    let dtype: String = descr.chars().take_while(|c| *c != '\'' && *c != '"').collect();
-    let fortran = header_value(&header, "fortran_order").ok_or("no 'fortran_order' in the .npy header")?.starts_with("True");
-    let shape_text = header_value(&header, "shape").ok_or("no 'shape' in the .npy header")?;
-    let shape_text = &shape_text[1..shape_text.find(')').ok_or("bad shape in the .npy header")?];
-    let shape: Vec<usize> = shape_text
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| format!("bad shape entry {s:?}")))
-        .collect::<Result<_, _>>()?;
-    let (rows, cols) = match shape.as_slice() {
-        [r, c] => (*r, *c),
-        other => return Err(format!("shape {other:?}: expected a 2-D array [N, D]")),
-    };
-    let (size, big, float32) = match dtype.as_str() {
-        "<f4" | "|f4" => (4, false, true),
-        ">f4" => (4, true, true),
-        "<f8" | "|f8" => (8, false, false),
-        ">f8" => (8, true, false),
-        other => return Err(format!("dtype {other:?}: expected float32 or float64")),
-    };
-    let body = &bytes[offset + header_len..];
-    let n = rows.checked_mul(cols).ok_or("shape overflows")?;
-    if body.len() < n * size {
-        return Err(format!("data holds {} bytes, the shape [{rows}, {cols}] needs {}", body.len(), n * size));
-    }
-    let values: Vec<f64> = body[..n * size]
-        .chunks_exact(size)
-        .map(|c| match (float32, big) {
-            (true, false) => f32::from_le_bytes(c.try_into().unwrap()) as f64,
-            (true, true) => f32::from_be_bytes(c.try_into().unwrap()) as f64,
-            (false, false) => f64::from_le_bytes(c.try_into().unwrap()),
-            (false, true) => f64::from_be_bytes(c.try_into().unwrap()),
-        })
-        .collect();
+    let fortran = file.order() == npyz::Order::Fortran;
+    let values: Vec<f64> =
+        if size == 4 { file.into_vec::<f32>()?.into_iter().map(f64::from).collect() } else { file.into_vec::<f64>()? };
     let data = if fortran {
-        let mut out = vec![0.0; n];
+        let mut out = vec![0.0; values.len()];
         for c in 0..cols {
             for r in 0..rows {
                 out[r * cols + c] = values[c * rows + r];
@@ -95,26 +88,24 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Matrix, String> {
     Ok(Matrix { rows, cols, data })
 }
 
-/// Write a float32 `.npy` (version 1.0, C order) atomically.
+/// Writes a float32 `.npy` (C order) atomically.
 pub fn write_npy_f32(path: &Path, rows: usize, cols: usize, data: &[f32]) -> Result<(), EvalError> {
-    assert_eq!(data.len(), rows * cols, "npy data does not match its shape");
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
-    // Pad so the data starts on a 64-byte boundary, newline-terminated.
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
+    if data.len() != rows * cols {
+        return Err(EvalError::Input(format!("{} values are not a [{rows}, {cols}] matrix", data.len())));
     }
-    header.push('\n');
-    let mut bytes = Vec::with_capacity(10 + header.len() + data.len() * 4);
-    bytes.extend_from_slice(b"\x93NUMPY\x01\x00");
-    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    bytes.extend_from_slice(header.as_bytes());
-    for v in data {
-        bytes.extend_from_slice(&v.to_le_bytes());
-    }
-    let tmp = path.with_extension(format!("npy.tmp-{}", std::process::id()));
-    let io = |e: std::io::Error| EvalError::file(path, e.to_string());
-    std::fs::File::create(&tmp).and_then(|mut f| f.write_all(&bytes)).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    molclip_core::write_atomic_with(path, |tmp| {
+        let io = |source| EvalError::Io { path: tmp.to_path_buf(), source };
+        let mut file = std::io::BufWriter::new(std::fs::File::create(tmp).map_err(io)?);
+        let mut writer = npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(&[rows as u64, cols as u64])
+            .writer(&mut file)
+            .begin_nd()
+            .map_err(io)?;
+        writer.extend(data.iter().copied()).map_err(io)?;
+        writer.finish().map_err(io)?;
+        file.into_inner().map_err(|e| io(e.into_error()))?.sync_all().map_err(io)
+    })
 }
 
 #[cfg(test)]
@@ -122,7 +113,10 @@ mod tests {
     use super::*;
 
     fn npy(version: u8, descr: &str, fortran: bool, shape: &str, body: &[u8]) -> Vec<u8> {
-        let header = format!("{{'descr': '{descr}', 'fortran_order': {}, 'shape': {shape}, }}\n", if fortran { "True" } else { "False" });
+        let header = format!(
+            "{{'descr': '{descr}', 'fortran_order': {}, 'shape': {shape}, }}\n",
+            if fortran { "True" } else { "False" }
+        );
         let mut b = b"\x93NUMPY".to_vec();
         b.push(version);
         b.push(0);
@@ -154,10 +148,13 @@ mod tests {
 
     #[test]
     fn refuses_what_it_cannot_read() {
-        assert!(parse_npy(b"hello").unwrap_err().contains("magic"));
-        assert!(parse_npy(&npy(1, "<i8", false, "(1, 1)", &[0; 8])).unwrap_err().contains("float32 or float64"));
-        assert!(parse_npy(&npy(1, "<f4", false, "(4,)", &[0; 16])).unwrap_err().contains("2-D"));
-        assert!(parse_npy(&npy(1, "<f4", false, "(2, 2)", &[0; 8])).unwrap_err().contains("needs 16"));
+        let err = |b: &[u8]| parse_npy(b).unwrap_err().to_string();
+        assert!(err(b"hello").contains("not a readable .npy"), "{}", err(b"hello"));
+        assert!(err(&npy(1, "<i8", false, "(1, 1)", &[0; 8])).contains("float32 or float64"));
+        assert!(err(&npy(1, "<f4", false, "(4,)", &[0; 16])).contains("2-D"));
+        // A shape the data cannot hold is refused before anything is allocated for it.
+        assert!(err(&npy(1, "<f4", false, "(2, 2)", &[0; 8])).contains("not a readable"));
+        assert!(err(&npy(1, "<f4", false, "(100000000000, 512)", &[0; 8])).contains("needs"));
     }
 
     #[test]

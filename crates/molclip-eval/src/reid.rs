@@ -13,26 +13,55 @@ pub const DEFAULT_MAX_RANK: usize = 50;
 /// `BLOCK x gallery x 8` bytes whatever the dataset size.
 const BLOCK: usize = 256;
 
-/// L2-normalised feature rows, row-major, f64.
+/// L2-normalised feature rows, row-major, f64. Every row has `dim` values and unit norm:
+/// the only way in is [`Embeddings::push_row`], which checks both.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Embeddings {
-    pub dim: usize,
-    pub data: Vec<f64>,
+    dim: usize,
+    data: Vec<f64>,
+}
+
+/// Why a feature row cannot be used for cosine distances.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RowError {
+    /// A NaN or infinite value.
+    #[error("value {value} at column {column} is not finite")]
+    NotFinite {
+        /// Its column.
+        column: usize,
+        /// The value.
+        value: f64,
+    },
+    /// All zeros: no direction.
+    #[error("zero vector: cosine distance is undefined")]
+    Zero,
+    /// A row of another width than the others.
+    #[error("{found} values where rows have {dim}")]
+    Width {
+        /// The width of the rows so far.
+        dim: usize,
+        /// The width of this row.
+        found: usize,
+    },
 }
 
 impl Embeddings {
+    /// No rows yet, each to have `dim` values.
     pub fn empty(dim: usize) -> Self {
         Self { dim, data: Vec::new() }
     }
 
-    /// Normalise and append one row; NaN, Inf and all-zero rows are refused.
-    pub fn push_row(&mut self, row: &[f64]) -> Result<(), String> {
+    /// Normalise and append one row; NaN, Inf, all-zero rows and rows of another width are refused.
+    pub fn push_row(&mut self, row: &[f64]) -> Result<(), RowError> {
+        if row.len() != self.dim {
+            return Err(RowError::Width { dim: self.dim, found: row.len() });
+        }
         if let Some(k) = row.iter().position(|v| !v.is_finite()) {
-            return Err(format!("value {} at column {k} is not finite", row[k]));
+            return Err(RowError::NotFinite { column: k, value: row[k] });
         }
         let norm = row.iter().map(|v| v * v).sum::<f64>().sqrt();
         if norm == 0.0 {
-            return Err("zero vector: cosine distance is undefined".into());
+            return Err(RowError::Zero);
         }
         self.data.extend(row.iter().map(|v| v / norm));
         Ok(())
@@ -40,27 +69,68 @@ impl Embeddings {
 
     /// Build from row-major data, normalising each row; errors name the row.
     pub fn from_rows(dim: usize, data: &[f64]) -> Result<Self, EvalError> {
+        if dim == 0 || !data.len().is_multiple_of(dim) {
+            return Err(EvalError::Input(format!("{} values are not rows of width {dim}", data.len())));
+        }
         let mut e = Self { dim, data: Vec::with_capacity(data.len()) };
-        for (i, row) in data.chunks(dim.max(1)).enumerate() {
+        for (i, row) in data.chunks(dim).enumerate() {
             e.push_row(row).map_err(|reason| EvalError::Input(format!("row {i}: {reason}")))?;
         }
         Ok(e)
     }
 
-    pub fn len(&self) -> usize {
-        if self.dim == 0 { 0 } else { self.data.len() / self.dim }
+    /// These rows followed by `other`'s, which must have the same width.
+    pub fn concat(&self, other: &Embeddings) -> Result<Embeddings, EvalError> {
+        check_widths(self, other, "first", "second")?;
+        let mut data = Vec::with_capacity(self.data.len() + other.data.len());
+        data.extend_from_slice(&self.data);
+        data.extend_from_slice(&other.data);
+        Ok(Self { dim: self.dim, data })
     }
+
+    /// Values per row.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.data.len().checked_div(self.dim).unwrap_or(0)
+    }
+    /// Whether there are no rows.
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
     }
-    fn row(&self, i: usize) -> &[f64] {
+    /// Row `i`, unit norm.
+    pub fn row(&self, i: usize) -> &[f64] {
         &self.data[i * self.dim..(i + 1) * self.dim]
     }
 }
 
+/// Refuses two sets of features of different widths, naming them.
+pub(crate) fn check_widths(a: &Embeddings, b: &Embeddings, a_name: &str, b_name: &str) -> Result<(), EvalError> {
+    if a.dim != b.dim {
+        return Err(EvalError::Input(format!("{a_name} features are {}-d, {b_name} features {}-d", a.dim, b.dim)));
+    }
+    Ok(())
+}
+
+/// Refuses labels that do not match their features row for row.
+pub(crate) fn check_labels(e: &Embeddings, m: &Metadata, what: &str) -> Result<(), EvalError> {
+    if e.len() != m.len() {
+        return Err(EvalError::Input(format!("{} {what} labels for {} {what} rows", m.len(), e.len())));
+    }
+    Ok(())
+}
+
 /// Calls `f(first_query, distances)` for consecutive blocks of queries;
-/// `distances` is row-major `[block, gallery]`, `1 - cosine similarity`.
-pub fn for_each_distance_block(query: &Embeddings, gallery: &Embeddings, mut f: impl FnMut(usize, &[f64])) {
+/// `distances` is row-major `[block, gallery]`, `1 - cosine similarity`. The widths are
+/// checked here, since the product below reads `dim` values of every row of both.
+pub fn for_each_distance_block(
+    query: &Embeddings,
+    gallery: &Embeddings,
+    mut f: impl FnMut(usize, &[f64]),
+) -> Result<(), EvalError> {
+    check_widths(query, gallery, "query", "gallery")?;
     let (nq, ng, d) = (query.len(), gallery.len(), query.dim);
     let mut block = vec![0.0f64; BLOCK.min(nq.max(1)) * ng];
     let threads = rayon::current_num_threads();
@@ -68,6 +138,9 @@ pub fn for_each_distance_block(query: &Embeddings, gallery: &Embeddings, mut f: 
         let rows = BLOCK.min(nq - start);
         let out = &mut block[..rows * ng];
         // out[rows x ng] = Q[start..start+rows] . G^T
+        // SAFETY: `out` holds rows × ng values written with row stride ng; the query rows
+        // start..start+rows and all ng gallery rows exist and have `d` values each (both
+        // sets share one width, checked above, and every row was pushed with that width).
         unsafe {
             gemm::gemm(
                 rows,
@@ -96,16 +169,22 @@ pub fn for_each_distance_block(query: &Embeddings, gallery: &Embeddings, mut f: 
         }
         f(start, out);
     }
+    Ok(())
 }
 
 /// mAP and CMC of one task, in percent.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TaskMetrics {
+    /// Mean average precision.
     #[serde(rename = "mAP")]
     pub map: f64,
+    /// CMC at rank 1.
     pub rank1: f64,
+    /// CMC at rank 5.
     pub rank5: f64,
+    /// CMC at rank 10.
     pub rank10: f64,
+    /// Queries that kept a true match.
     pub valid_queries: usize,
     /// CMC at ranks 1..=max_rank.
     #[serde(skip)]
@@ -118,8 +197,20 @@ pub struct TaskMetrics {
 /// Both tasks of the protocol.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Evaluation {
+    /// Drug identification.
     pub drug: TaskMetrics,
+    /// MoA recognition.
     pub moa: TaskMetrics,
+}
+
+impl Evaluation {
+    /// The task scored on `identity`.
+    pub fn task(&self, identity: molclip_core::Identity) -> &TaskMetrics {
+        match identity {
+            molclip_core::Identity::Drug => &self.drug,
+            molclip_core::Identity::Moa => &self.moa,
+        }
+    }
 }
 
 /// Gallery items by identity, so a query's true matches are found without
@@ -224,12 +315,22 @@ struct Scratch {
     moa: TaskRanks,
 }
 
+/// One task's result for one query: its AP and the rank of its first true match, or
+/// `None` when it has no true match left.
+type QueryResult = Option<(f64, usize)>;
+
 /// Drug and MoA results of query `i`, from its distances to the gallery.
 ///
 /// Ranks are counted, not sorted: a task's sorted true matches split the
 /// gallery into m + 1 intervals, and each kept non-match is dropped into its
 /// interval, all in one pass over the gallery for both tasks.
-fn rank_query(dist: &[f64], q: (u32, u32, u32), g: &Metadata, index: &InvertedIndex, s: &mut Scratch) -> (Option<(f64, usize)>, Option<(f64, usize)>) {
+fn rank_query(
+    dist: &[f64],
+    q: (u32, u32, u32),
+    g: &Metadata,
+    index: &InvertedIndex,
+    s: &mut Scratch,
+) -> (QueryResult, QueryResult) {
     let (q_rep, q_drug, q_moa) = q;
     let excluded = |j: usize| g.replicate[j] == q_rep && g.drug[j] == q_drug;
     let (lo, hi) = dist.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &d| (lo.min(d), hi.max(d)));
@@ -257,7 +358,11 @@ fn rank_query(dist: &[f64], q: (u32, u32, u32), g: &Metadata, index: &InvertedIn
     (s.drug.finish(), s.moa.finish())
 }
 
-fn summarise(results: Vec<Option<(f64, usize)>>, max_rank: usize, task: &'static str) -> Result<TaskMetrics, EvalError> {
+fn summarise(
+    results: Vec<Option<(f64, usize)>>,
+    max_rank: usize,
+    task: &'static str,
+) -> Result<TaskMetrics, EvalError> {
     let valid: Vec<(f64, usize)> = results.iter().flatten().copied().collect();
     if valid.is_empty() {
         return Err(EvalError::NoValidQuery { task });
@@ -292,10 +397,10 @@ pub fn evaluate(
     max_rank: usize,
 ) -> Result<Evaluation, EvalError> {
     if query.is_empty() || gallery.is_empty() {
-        return Err(EvalError::Input(format!("empty {}: need at least one query and one gallery video", if query.is_empty() { "query set" } else { "gallery" })));
-    }
-    if query.dim != gallery.dim {
-        return Err(EvalError::Input(format!("query features are {}-d, gallery features {}-d", query.dim, gallery.dim)));
+        return Err(EvalError::Input(format!(
+            "empty {}: need at least one query and one gallery video",
+            if query.is_empty() { "query set" } else { "gallery" }
+        )));
     }
     if q.len() != query.len() || g.len() != gallery.len() {
         return Err(EvalError::Input("metadata and embeddings differ in length".into()));
@@ -306,7 +411,7 @@ pub fn evaluate(
     let ng = gallery.len();
     let index = InvertedIndex::new(g);
     for_each_distance_block(query, gallery, |start, block| {
-        let rows: Vec<(Option<(f64, usize)>, Option<(f64, usize)>)> = block
+        let rows: Vec<(QueryResult, QueryResult)> = block
             .par_chunks(ng)
             .enumerate()
             .map_init(Scratch::default, |scratch, (r, dist)| {
@@ -318,6 +423,6 @@ pub fn evaluate(
             drug[start + r] = d;
             moa[start + r] = m;
         }
-    });
+    })?;
     Ok(Evaluation { drug: summarise(drug, max_rank, "drug")?, moa: summarise(moa, max_rank, "MoA")? })
 }

@@ -4,9 +4,13 @@
 /// One synthetic video: its set, replicate, drug and MoA.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyntheticRow {
-    pub set: &'static str,
+    /// Query or gallery.
+    pub set: molclip_core::Split,
+    /// Replicate name.
     pub replicate: String,
+    /// Drug name.
     pub drug: String,
+    /// MoA name.
     pub moa: String,
 }
 
@@ -40,7 +44,7 @@ pub fn clustered_embeddings(n: usize, dim: usize, seed: u64) -> (Vec<f32>, Vec<S
     let moa_centres: Vec<Vec<f32>> = (0..n_moas).map(|_| (0..dim).map(|_| rng.normal()).collect()).collect();
     let mut features = Vec::with_capacity(2 * n * dim);
     let mut rows = Vec::with_capacity(2 * n);
-    for set in ["query", "gallery"] {
+    for set in [molclip_core::Split::Query, molclip_core::Split::Gallery] {
         let mut made = 0;
         for drug in 0..n_drugs {
             let moa = drug % n_moas;
@@ -54,7 +58,12 @@ pub fn clustered_embeddings(n: usize, dim: usize, seed: u64) -> (Vec<f32>, Vec<S
                 for d in 0..dim {
                     features.push(0.4 * moa_centres[moa][d] + offset[d] + 1.6 * rng.normal());
                 }
-                rows.push(SyntheticRow { set, replicate: format!("l{}", k % 3 + 1), drug: format!("d{drug}"), moa: format!("m{moa}") });
+                rows.push(SyntheticRow {
+                    set,
+                    replicate: format!("l{}", k % 3 + 1),
+                    drug: format!("d{drug}"),
+                    moa: format!("m{moa}"),
+                });
                 made += 1;
             }
         }

@@ -86,7 +86,8 @@ fn bad_features_are_refused_with_their_row() {
     let e = Embeddings::from_rows(2, &[f64::INFINITY, 0.0]).unwrap_err().to_string();
     assert!(e.contains("row 0"), "{e}");
     let empty = Embeddings::empty(2);
-    let err = evaluate(&empty, &Metadata::default(), &at_angles(&[0.0]), &meta(&[(0, 0, 0)]), 50).unwrap_err().to_string();
+    let err =
+        evaluate(&empty, &Metadata::default(), &at_angles(&[0.0]), &meta(&[(0, 0, 0)]), 50).unwrap_err().to_string();
     assert!(err.contains("empty query"), "{err}");
 }
 
@@ -95,11 +96,15 @@ fn distances_are_one_minus_cosine() {
     let q = Embeddings::from_rows(3, &[1.0, 2.0, 2.0, 0.0, 0.0, 5.0]).unwrap();
     let g = Embeddings::from_rows(3, &[2.0, 0.0, 0.0, 0.0, 3.0, 4.0]).unwrap();
     let mut all = Vec::new();
-    for_each_distance_block(&q, &g, |_, block| all.extend_from_slice(block));
+    for_each_distance_block(&q, &g, |_, block| all.extend_from_slice(block)).unwrap();
     let expected = [1.0 - 1.0 / 3.0, 1.0 - (6.0 + 8.0) / 15.0, 1.0, 1.0 - 4.0 / 5.0];
     for (a, b) in all.iter().zip(expected) {
         assert!((a - b).abs() < 1e-12, "{all:?}");
     }
+    // Features of different widths are refused before any product is formed.
+    let narrow = Embeddings::from_rows(2, &[1.0, 0.0]).unwrap();
+    let e = for_each_distance_block(&q, &narrow, |_, _| panic!("no block")).unwrap_err().to_string();
+    assert!(e.contains("3-d") && e.contains("2-d"), "{e}");
 }
 
 /// Market-1501 evaluation with a full stable argsort, per query.
@@ -167,7 +172,7 @@ proptest! {
         // MoA is a function of the drug, as in a real screen.
         for m in [&mut qm, &mut gm] { m.moa = m.drug.iter().map(|d| d % 2).collect(); }
         let mut dist = Vec::new();
-        for_each_distance_block(&q, &g, |_, block| dist.extend(block.chunks(ng).map(|r| r.to_vec())));
+        for_each_distance_block(&q, &g, |_, block| dist.extend(block.chunks(ng).map(|r| r.to_vec()))).unwrap();
         match evaluate(&q, &qm, &g, &gm, 50) {
             Ok(e) => {
                 for (task, drug_task) in [(&e.drug, true), (&e.moa, false)] {

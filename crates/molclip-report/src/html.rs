@@ -31,7 +31,11 @@ fn gain(now: f64, before: Option<f64>) -> String {
     match before {
         Some(b) => {
             let d = now - b;
-            format!(" <span class=\"{}\">({}{d:.1})</span>", if d >= 0.0 { "gain" } else { "loss" }, if d >= 0.0 { "+" } else { "" })
+            format!(
+                " <span class=\"{}\">({}{d:.1})</span>",
+                if d >= 0.0 { "gain" } else { "loss" },
+                if d >= 0.0 { "+" } else { "" }
+            )
         }
         None => String::new(),
     }
@@ -57,9 +61,22 @@ fn results_table(report: &Report, out: &mut String) {
     out.push_str("</tr>");
     let mut prev: Option<&RunResult> = None;
     for r in &report.runs {
-        let _ = write!(out, "<tr><td class=\"name\"><b>{}</b> <span class=\"summary\">{}</span></td>", esc(&r.kind), esc(&r.name));
+        let _ = write!(
+            out,
+            "<tr><td class=\"name\"><b>{}</b> <span class=\"summary\">{}</span></td>",
+            esc(&r.kind),
+            esc(&r.name)
+        );
         for (task, before) in [(&r.drug, prev.map(|p| p.drug.map)), (&r.moa, prev.map(|p| p.moa.map))] {
-            let _ = write!(out, "<td><b>{:.2}</b>{}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td>", task.map, gain(task.map, before), task.rank1, task.rank5, task.rank10);
+            let _ = write!(
+                out,
+                "<td><b>{:.2}</b>{}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td>",
+                task.map,
+                gain(task.map, before),
+                task.rank1,
+                task.rank5,
+                task.rank10
+            );
         }
         if has_novel {
             match &r.novel {
@@ -104,15 +121,23 @@ fn curves(r: &RunResult) -> Result<Vec<(String, String)>, ReportError> {
         return Ok(Vec::new());
     }
     let window = (r.curves.len() / 40).max(1);
-    let mut series = vec![Series { name: "total".into(), points: smooth(&r.curves.iter().map(|c| (c.step, c.loss)).collect::<Vec<_>>(), window) }];
+    let mut series = vec![Series {
+        name: "total".into(),
+        points: smooth(&r.curves.iter().map(|c| (c.step, c.loss)).collect::<Vec<_>>(), window),
+    }];
     let names: Vec<String> = r.curves[0].terms.iter().map(|t| t.0.clone()).collect();
     for name in names {
-        let pts: Vec<(f64, f64)> = r.curves.iter().filter_map(|c| c.terms.iter().find(|t| t.0 == name).map(|t| (c.step, t.1))).collect();
+        let pts: Vec<(f64, f64)> =
+            r.curves.iter().filter_map(|c| c.terms.iter().find(|t| t.0 == name).map(|t| (c.step, t.1))).collect();
         series.push(Series { name, points: smooth(&pts, window) });
     }
     let mut charts = vec![(
         line_chart(&format!("{}: training loss", r.kind), "step", "loss (moving average)", &series, None)?,
-        format!("{} ({}): the total loss and each weighted term, drug stage then MoA stage.", esc(&r.kind), esc(&r.name)),
+        format!(
+            "{} ({}): the total loss and each weighted term, drug stage then MoA stage.",
+            esc(&r.kind),
+            esc(&r.name)
+        ),
     )];
     let val: Vec<(f64, (f64, f64))> = r.curves.iter().filter_map(|c| c.validation.map(|v| (c.step, v))).collect();
     if !val.is_empty() {
@@ -135,7 +160,13 @@ fn heat(v: f64) -> String {
     format!("#{:02x}{:02x}{:02x}", mix(255.0, 8.0), mix(255.0, 69.0), mix(255.0, 148.0))
 }
 
-fn heat_table(rows: &[String], cols: &[String], values: &[Vec<f64>], labels: &dyn Fn(usize, usize) -> String, out: &mut String) {
+fn heat_table(
+    rows: &[String],
+    cols: &[String],
+    values: &[Vec<f64>],
+    labels: &dyn Fn(usize, usize) -> String,
+    out: &mut String,
+) {
     let max = values.iter().flatten().copied().fold(0.0f64, f64::max).max(1e-12);
     out.push_str("<table class=\"heat\"><tr><th></th>");
     for c in cols {
@@ -165,12 +196,17 @@ fn figure(svg: &str, caption: &str, out: &mut String) {
     let _ = write!(out, "<figure>{svg}<figcaption>{caption}</figcaption></figure>");
 }
 
+/// The report as one self-contained HTML page (inline SVG plots).
 pub fn render(report: &Report) -> Result<String, ReportError> {
     if report.runs.is_empty() {
         return Err(ReportError::Input("a report needs at least one run".into()));
     }
     let mut out = String::new();
-    let _ = write!(out, "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}</style></head><body>", esc(&report.title));
+    let _ = write!(
+        out,
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}</style></head><body>",
+        esc(&report.title)
+    );
     let _ = write!(out, "<h1>{}</h1>", esc(&report.title));
     for line in &report.summary {
         let _ = write!(out, "<p class=\"summary\">{}</p>", esc(line));
@@ -186,10 +222,17 @@ pub fn render(report: &Report) -> Result<String, ReportError> {
             .iter()
             .map(|r| {
                 let cmc = if pick == 0 { &r.drug.cmc } else { &r.moa.cmc };
-                Series { name: r.kind.clone(), points: cmc.iter().enumerate().map(|(k, v)| ((k + 1) as f64, *v)).collect() }
+                Series {
+                    name: r.kind.clone(),
+                    points: cmc.iter().enumerate().map(|(k, v)| ((k + 1) as f64, *v)).collect(),
+                }
             })
             .collect();
-        figure(&line_chart(&format!("CMC, {task}"), "rank", "share of queries matched (%)", &series, Some(100.0))?, &format!("{task}: the share of queries whose first true match is within the top k."), &mut out);
+        figure(
+            &line_chart(&format!("CMC, {task}"), "rank", "share of queries matched (%)", &series, Some(100.0))?,
+            &format!("{task}: the share of queries whose first true match is within the top k."),
+            &mut out,
+        );
     }
     out.push_str("</div>");
 
@@ -211,7 +254,11 @@ pub fn render(report: &Report) -> Result<String, ReportError> {
                     "{}: t-SNE of {}, coloured by MoA. Dots are videos{}.",
                     esc(&r.kind),
                     esc(&m.space),
-                    if m.points.iter().any(|p| p.molecule) { "; outlined triangles are the drugs' molecules, placed by the molecule encoder" } else { "" }
+                    if m.points.iter().any(|p| p.molecule) {
+                        "; outlined triangles are the drugs' molecules, placed by the molecule encoder"
+                    } else {
+                        ""
+                    }
                 );
                 figure(&embedding_map(&format!("{}: embedding map", r.kind), &m.points)?, &caption, &mut out);
             }
@@ -226,10 +273,22 @@ pub fn render(report: &Report) -> Result<String, ReportError> {
         for r in &report.runs {
             if let Some(c) = &r.confusion {
                 out.push_str("<figure>");
-                let values: Vec<Vec<f64>> = c.counts.iter().map(|row| row.iter().map(|&v| v as f64).collect()).collect();
+                let values: Vec<Vec<f64>> =
+                    c.counts.iter().map(|row| row.iter().map(|&v| v as f64).collect()).collect();
                 let counts = &c.counts;
-                heat_table(&named, &short, &values, &|i, j| if counts[i][j] > 0 { counts[i][j].to_string() } else { String::new() }, &mut out);
-                let _ = write!(out, "<figcaption>{}: rows are the true MoA, columns the predicted one ({}).</figcaption></figure>", esc(&r.kind), esc(&c.method));
+                heat_table(
+                    &named,
+                    &short,
+                    &values,
+                    &|i, j| if counts[i][j] > 0 { counts[i][j].to_string() } else { String::new() },
+                    &mut out,
+                );
+                let _ = write!(
+                    out,
+                    "<figcaption>{}: rows are the true MoA, columns the predicted one ({}).</figcaption></figure>",
+                    esc(&r.kind),
+                    esc(&c.method)
+                );
             }
         }
         out.push_str("</div>");
@@ -268,13 +327,21 @@ mod tests {
     use crate::{Attention, Confusion, CurvePoint, EmbeddingMap, NovelResult, TaskResult};
 
     fn run(kind: &str, drug: f64, moa: f64) -> RunResult {
-        let task = |m: f64| TaskResult { map: m, rank1: m, rank5: m + 1.0, rank10: m + 2.0, cmc: vec![m, m + 1.0, m + 2.0] };
+        let task =
+            |m: f64| TaskResult { map: m, rank1: m, rank5: m + 1.0, rank10: m + 2.0, cmc: vec![m, m + 1.0, m + 2.0] };
         RunResult {
             name: format!("runs/{kind}"),
             kind: kind.into(),
             drug: task(drug),
             moa: task(moa),
-            curves: (0..10).map(|s| CurvePoint { step: s as f64, loss: 5.0 - s as f64 * 0.3, terms: vec![("ce".into(), 1.0)], validation: None }).collect(),
+            curves: (0..10)
+                .map(|s| CurvePoint {
+                    step: s as f64,
+                    loss: 5.0 - s as f64 * 0.3,
+                    terms: vec![("ce".into(), 1.0)],
+                    validation: None,
+                })
+                .collect(),
             ..Default::default()
         }
     }
@@ -284,10 +351,16 @@ mod tests {
         let mut mol = run("molclip", 30.0, 60.0);
         mol.map = Some(EmbeddingMap {
             space: "the shared space".into(),
-            points: vec![crate::plots::MapPoint { x: 0.0, y: 1.0, category: 0, molecule: false }, crate::plots::MapPoint { x: 1.0, y: 0.0, category: 1, molecule: true }],
+            points: vec![
+                crate::plots::MapPoint { x: 0.0, y: 1.0, category: 0, molecule: false },
+                crate::plots::MapPoint { x: 1.0, y: 0.0, category: 1, molecule: true },
+            ],
         });
         mol.confusion = Some(Confusion { counts: vec![vec![3, 1], vec![0, 4]], method: "10-NN vote".into() });
-        mol.attention = Some(Attention { steps: vec!["1-8".into(), "9-16".into()], weights: vec![vec![0.25, 0.75], vec![0.5, 0.5]] });
+        mol.attention = Some(Attention {
+            steps: vec!["1-8".into(), "9-16".into()],
+            weights: vec![vec![0.25, 0.75], vec![0.5, 0.5]],
+        });
         mol.novel = Some(NovelResult { drugs: 2, video_vote: 50.0, zero_shot: Some([50.0, 100.0, 50.0, 100.0]) });
         let report = Report {
             title: "demo <report>".into(),
@@ -297,7 +370,18 @@ mod tests {
             montage_png: Some(vec![137, 80, 78, 71]),
         };
         let html = render(&report).unwrap();
-        for needle in ["demo &lt;report&gt;", "(+10.0)", "(+4.5)", "CMC, drug identification", "embedding map", "uncoupler", "0.75", "50% / 100%", "data:image/png;base64,iVBORw==", "10-NN vote"] {
+        for needle in [
+            "demo &lt;report&gt;",
+            "(+10.0)",
+            "(+4.5)",
+            "CMC, drug identification",
+            "embedding map",
+            "uncoupler",
+            "0.75",
+            "50% / 100%",
+            "data:image/png;base64,iVBORw==",
+            "10-NN vote",
+        ] {
             assert!(html.contains(needle), "missing {needle}");
         }
         assert!(!html.contains("<report>"), "titles are escaped");

@@ -22,6 +22,7 @@ const PALETTE: [RGBColor; 14] = [
     RGBColor(128, 0, 0),
 ];
 
+/// The `i`-th colour of the palette (categories, curves).
 pub fn colour(i: usize) -> RGBColor {
     PALETTE[i % PALETTE.len()]
 }
@@ -39,13 +40,16 @@ fn plot_err(what: &str) -> impl Fn(DrawingAreaErrorKind<std::io::Error>) -> Repo
 /// One named line of a chart.
 #[derive(Clone, Debug)]
 pub struct Series {
+    /// The legend's name.
     pub name: String,
+    /// The points (x, y).
     pub points: Vec<(f64, f64)>,
 }
 
 /// Axis range with a little margin; a flat or empty range still gets some height.
 fn range(values: impl Iterator<Item = f64>, floor_zero: bool) -> std::ops::Range<f64> {
-    let (mut lo, mut hi) = values.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| (l.min(v), h.max(v)));
+    let (mut lo, mut hi) =
+        values.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| (l.min(v), h.max(v)));
     if !lo.is_finite() {
         return 0.0..1.0;
     }
@@ -60,7 +64,13 @@ fn range(values: impl Iterator<Item = f64>, floor_zero: bool) -> std::ops::Range
 }
 
 /// A line chart (training curves, CMC).
-pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series], y_max: Option<f64>) -> Result<String, ReportError> {
+pub fn line_chart(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    y_max: Option<f64>,
+) -> Result<String, ReportError> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (560, 340)).into_drawing_area();
@@ -77,7 +87,13 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series], 
             .y_label_area_size(48)
             .build_cartesian_2d(xs, ys)
             .map_err(plot_err(title))?;
-        chart.configure_mesh().x_desc(x_label).y_desc(y_label).light_line_style(RGBColor(235, 235, 235)).draw().map_err(plot_err(title))?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc(y_label)
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()
+            .map_err(plot_err(title))?;
         for (i, s) in series.iter().enumerate() {
             let c = colour(i);
             chart
@@ -103,9 +119,13 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series], 
 /// A point of the embedding map: coordinates, category, and whether it is a molecule.
 #[derive(Clone, Debug)]
 pub struct MapPoint {
+    /// Map x.
     pub x: f64,
+    /// Map y.
     pub y: f64,
+    /// Its MoA.
     pub category: usize,
+    /// A molecule (a triangle), not a video.
     pub molecule: bool,
 }
 
@@ -117,17 +137,33 @@ pub fn embedding_map(title: &str, points: &[MapPoint]) -> Result<String, ReportE
         root.fill(&WHITE).map_err(plot_err(title))?;
         let xs = range(points.iter().map(|p| p.x), false);
         let ys = range(points.iter().map(|p| p.y), false);
-        let mut chart = ChartBuilder::on(&root).caption(title, ("sans-serif", 16)).margin(12).build_cartesian_2d(xs, ys).map_err(plot_err(title))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 16))
+            .margin(12)
+            .build_cartesian_2d(xs, ys)
+            .map_err(plot_err(title))?;
         chart.configure_mesh().disable_mesh().disable_axes().draw().map_err(plot_err(title))?;
         chart
-            .draw_series(points.iter().filter(|p| !p.molecule).map(|p| Circle::new((p.x, p.y), 3, colour(p.category).mix(0.75).filled())))
+            .draw_series(
+                points
+                    .iter()
+                    .filter(|p| !p.molecule)
+                    .map(|p| Circle::new((p.x, p.y), 3, colour(p.category).mix(0.75).filled())),
+            )
             .map_err(plot_err(title))?;
         // A black triangle under a smaller coloured one: an outlined marker in the MoA's colour.
         chart
-            .draw_series(points.iter().filter(|p| p.molecule).map(|p| TriangleMarker::new((p.x, p.y), 9, BLACK.filled())))
+            .draw_series(
+                points.iter().filter(|p| p.molecule).map(|p| TriangleMarker::new((p.x, p.y), 9, BLACK.filled())),
+            )
             .map_err(plot_err(title))?;
         chart
-            .draw_series(points.iter().filter(|p| p.molecule).map(|p| TriangleMarker::new((p.x, p.y), 6, colour(p.category).filled())))
+            .draw_series(
+                points
+                    .iter()
+                    .filter(|p| p.molecule)
+                    .map(|p| TriangleMarker::new((p.x, p.y), 6, colour(p.category).filled())),
+            )
             .map_err(plot_err(title))?;
         root.present().map_err(plot_err(title))?;
     }
@@ -140,7 +176,10 @@ mod tests {
 
     #[test]
     fn charts_are_svg_with_their_labels() {
-        let s = vec![Series { name: "molclip".into(), points: vec![(1.0, 10.0), (2.0, 20.0)] }, Series { name: "video-only".into(), points: vec![(1.0, 5.0), (2.0, 8.0)] }];
+        let s = vec![
+            Series { name: "molclip".into(), points: vec![(1.0, 10.0), (2.0, 20.0)] },
+            Series { name: "video-only".into(), points: vec![(1.0, 5.0), (2.0, 8.0)] },
+        ];
         let svg = line_chart("CMC", "rank", "%", &s, Some(100.0)).unwrap();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         for text in ["CMC", "rank", "molclip", "video-only"] {
@@ -151,7 +190,10 @@ mod tests {
             let lines = svg.lines().filter(|l| l.contains("<polyline") && l.to_lowercase().contains(&c)).count();
             assert_eq!(lines, 2, "{c}");
         }
-        let pts = [MapPoint { x: 0.0, y: 0.0, category: 0, molecule: false }, MapPoint { x: 1.0, y: 1.0, category: 1, molecule: true }];
+        let pts = [
+            MapPoint { x: 0.0, y: 0.0, category: 0, molecule: false },
+            MapPoint { x: 1.0, y: 1.0, category: 1, molecule: true },
+        ];
         let map = embedding_map("map", &pts).unwrap();
         assert_eq!(map.matches("<circle").count(), 1);
         assert!(map.contains("<polygon"));

@@ -8,30 +8,48 @@ use rand_distr::{Distribution, Normal};
 
 use crate::error::ReportError;
 
+/// Exact t-SNE settings.
 #[derive(Clone, Copy, Debug)]
 pub struct TsneConfig {
+    /// Effective number of neighbours.
     pub perplexity: f64,
+    /// Gradient steps.
     pub iterations: usize,
+    /// Step size.
     pub learning_rate: f64,
     /// P is multiplied by this for the first `exaggeration_iterations` (clusters form first).
     pub exaggeration: f64,
+    /// Steps with early exaggeration.
     pub exaggeration_iterations: usize,
+    /// Seeds the initial layout.
     pub seed: u64,
 }
 
 impl Default for TsneConfig {
     fn default() -> Self {
-        Self { perplexity: 30.0, iterations: 750, learning_rate: 200.0, exaggeration: 12.0, exaggeration_iterations: 250, seed: 0 }
+        Self {
+            perplexity: 30.0,
+            iterations: 750,
+            learning_rate: 200.0,
+            exaggeration: 12.0,
+            exaggeration_iterations: 250,
+            seed: 0,
+        }
     }
 }
 
 /// Cosine distances between rows.
 fn cosine_distances(rows: &[f32], n: usize, dim: usize) -> Vec<f64> {
-    let norms: Vec<f64> = rows.chunks(dim).map(|r| r.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt().max(1e-12)).collect();
+    let norms: Vec<f64> =
+        rows.chunks(dim).map(|r| r.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt().max(1e-12)).collect();
     let mut d = vec![0.0; n * n];
     for i in 0..n {
         for j in (i + 1)..n {
-            let dot: f64 = rows[i * dim..(i + 1) * dim].iter().zip(&rows[j * dim..(j + 1) * dim]).map(|(a, b)| *a as f64 * *b as f64).sum();
+            let dot: f64 = rows[i * dim..(i + 1) * dim]
+                .iter()
+                .zip(&rows[j * dim..(j + 1) * dim])
+                .map(|(a, b)| *a as f64 * *b as f64)
+                .sum();
             let v = (1.0 - dot / (norms[i] * norms[j])).max(0.0);
             d[i * n + j] = v;
             d[j * n + i] = v;
@@ -52,11 +70,11 @@ fn affinities(d: &[f64], n: usize, perplexity: f64) -> Vec<f64> {
         for _ in 0..100 {
             let mut sum = 0.0;
             let mut weighted = 0.0;
-            for j in 0..n {
+            for (j, &dj) in row.iter().enumerate() {
                 if j != i {
-                    let w = (-beta * row[j] * row[j]).exp();
+                    let w = (-beta * dj * dj).exp();
                     sum += w;
-                    weighted += w * row[j] * row[j];
+                    weighted += w * dj * dj;
                 }
             }
             let entropy = if sum > 0.0 { sum.ln() + beta * weighted / sum } else { 0.0 };
@@ -94,7 +112,7 @@ fn affinities(d: &[f64], n: usize, perplexity: f64) -> Vec<f64> {
 
 /// 2-D coordinates of `rows` (`[n, dim]`, row-major). Deterministic for a seed.
 pub fn tsne(rows: &[f32], dim: usize, cfg: &TsneConfig) -> Result<Vec<[f64; 2]>, ReportError> {
-    if dim == 0 || rows.len() % dim != 0 {
+    if dim == 0 || !rows.len().is_multiple_of(dim) {
         return Err(ReportError::Input(format!("t-SNE: {} values are not rows of width {dim}", rows.len())));
     }
     let n = rows.len() / dim;
@@ -138,7 +156,11 @@ pub fn tsne(rows: &[f32], dim: usize, cfg: &TsneConfig) -> Result<Vec<[f64; 2]>,
             }
             for k in 0..2 {
                 // Gains from the reference implementation: speed up where the sign holds.
-                gains[i][k] = if (grad[k] > 0.0) != (velocity[i][k] > 0.0) { gains[i][k] + 0.2 } else { (gains[i][k] * 0.8).max(0.01) };
+                gains[i][k] = if (grad[k] > 0.0) != (velocity[i][k] > 0.0) {
+                    gains[i][k] + 0.2
+                } else {
+                    (gains[i][k] * 0.8).max(0.01)
+                };
                 velocity[i][k] = momentum * velocity[i][k] - cfg.learning_rate * gains[i][k] * grad[k];
             }
         }
@@ -192,11 +214,17 @@ mod tests {
         // Between-cluster distances dwarf within-cluster spread.
         let centre = |c: usize| {
             let pts: Vec<_> = (0..y.len()).filter(|&i| labels[i] == c).map(|i| y[i]).collect();
-            [pts.iter().map(|p| p[0]).sum::<f64>() / pts.len() as f64, pts.iter().map(|p| p[1]).sum::<f64>() / pts.len() as f64]
+            [
+                pts.iter().map(|p| p[0]).sum::<f64>() / pts.len() as f64,
+                pts.iter().map(|p| p[1]).sum::<f64>() / pts.len() as f64,
+            ]
         };
         let (a, b) = (centre(0), centre(1));
         let between = ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)).sqrt();
-        let within = (0..y.len()).filter(|&i| labels[i] == 0).map(|i| ((y[i][0] - a[0]).powi(2) + (y[i][1] - a[1]).powi(2)).sqrt()).fold(0.0, f64::max);
+        let within = (0..y.len())
+            .filter(|&i| labels[i] == 0)
+            .map(|i| ((y[i][0] - a[0]).powi(2) + (y[i][1] - a[1]).powi(2)).sqrt())
+            .fold(0.0, f64::max);
         assert!(between > 2.0 * within, "between {between}, within {within}");
     }
 

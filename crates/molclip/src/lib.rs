@@ -1,15 +1,15 @@
 //! MolCLIP in candle: video encoders, molecule encoders, projection heads and losses
-//! (METHOD.md section 2), built as plain structs with a config and a `forward`.
+//! (docs/method.md section 2), built as plain structs with a config and a `forward`.
 
 pub mod error;
-pub mod nn;
 
 pub use candle_core;
 pub use error::{ModelError, Result};
+/// The kernels and layers the models are built from (the `molclip-nn` crate).
+pub use molclip_nn as nn;
 pub mod losses;
 pub mod models;
 pub mod optim;
-pub mod predict;
 pub mod train;
 
 /// `cpu`, `cuda` or `cuda:N`. CUDA needs a build with `--features cuda`.
@@ -24,7 +24,10 @@ pub fn parse_device(name: &str) -> Result<candle_core::Device> {
                 None => return Err(bad()),
             };
             if !candle_core::utils::cuda_is_available() {
-                return Err(ModelError::config("device", format!("`{name}`: this molclip was built without CUDA (rebuild with `--features cuda`)")));
+                return Err(ModelError::config(
+                    "device",
+                    format!("`{name}`: this molclip was built without CUDA (rebuild with `--features cuda`)"),
+                ));
             }
             Ok(candle_core::Device::new_cuda(ordinal)?)
         }

@@ -10,27 +10,36 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 
+/// Which optimiser.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
+    /// AdamW (decoupled weight decay).
     #[default]
     AdamW,
+    /// SGD with momentum (and Nesterov).
     Sgd,
 }
 
+/// The optimiser and its settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OptimizerConfig {
     /// `adamw` (default) or `sgd`.
     pub kind: OptimizerKind,
+    /// Base learning rate.
     pub lr: f64,
+    /// Weight decay.
     pub weight_decay: f64,
     /// AdamW.
     pub beta1: f64,
+    /// AdamW's second-moment decay.
     pub beta2: f64,
+    /// AdamW's epsilon.
     pub eps: f64,
     /// SGD.
     pub momentum: f64,
+    /// SGD: Nesterov momentum.
     pub nesterov: bool,
 }
 
@@ -50,6 +59,7 @@ impl Default for OptimizerConfig {
 }
 
 impl OptimizerConfig {
+    /// Refuses settings that cannot work, naming the field.
     pub fn validate(&self) -> Result<()> {
         let checks = [
             ("optimizer.lr", self.lr > 0.0 && self.lr.is_finite()),
@@ -61,7 +71,10 @@ impl OptimizerConfig {
         ];
         for (field, ok) in checks {
             if !ok {
-                return Err(ModelError::config(field, "out of range (lr > 0, weight_decay >= 0, betas and momentum in [0, 1), eps > 0)"));
+                return Err(ModelError::config(
+                    field,
+                    "out of range (lr > 0, weight_decay >= 0, betas and momentum in [0, 1), eps > 0)",
+                ));
             }
         }
         Ok(())
@@ -78,16 +91,19 @@ pub struct Optimizer {
 }
 
 impl Optimizer {
+    /// An optimiser over named parameters.
     pub fn new(params: Vec<(String, Var)>, cfg: &OptimizerConfig) -> Result<Self> {
         cfg.validate()?;
         let state = vec![(None, None); params.len()];
         Ok(Self { cfg: cfg.clone(), params, state, steps: 0 })
     }
 
+    /// Steps taken.
     pub fn steps(&self) -> u64 {
         self.steps
     }
 
+    /// The parameters it updates.
     pub fn params(&self) -> &[(String, Var)] {
         &self.params
     }
@@ -164,7 +180,7 @@ impl Optimizer {
     pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
         let step = tensors
             .get("step")
-            .ok_or_else(|| ModelError::Weights { path: "optimizer state".into(), message: "no `step`".into() })?;
+            .ok_or_else(|| ModelError::Weights { what: "optimizer state".into(), message: "no `step`".into() })?;
         self.steps = step.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?[0] as u64;
         let (n1, n2) = self.state_names();
         for ((name, var), (s1, s2)) in self.params.iter().zip(self.state.iter_mut()) {
@@ -172,7 +188,12 @@ impl Optimizer {
                 *slot = match tensors.get(&format!("{prefix}.{name}")) {
                     Some(t) if t.dims() == var.dims() => Some(t.to_device(var.device())?.to_dtype(var.dtype())?),
                     Some(t) => {
-                        return Err(ModelError::WeightShape { name: format!("{prefix}.{name}"), expected: var.dims().to_vec(), found: t.dims().to_vec() })
+                        return Err(molclip_nn::NnError::WeightShape {
+                            name: format!("{prefix}.{name}"),
+                            expected: var.dims().to_vec(),
+                            found: t.dims().to_vec(),
+                        }
+                        .into())
                     }
                     None => None,
                 };

@@ -34,7 +34,9 @@ fn clip_loss_by_hand() {
     let expected = 0.5 * (l_v + 0.5 * (l_m0 + l_m1));
     assert!((scalar(&loss) - expected).abs() < 1e-6, "{} vs {expected}", scalar(&loss));
     // The inverse temperature is clamped at the maximum.
-    assert!((scalar(&inverse_temperature(&Tensor::new(10f32, &Device::Cpu).unwrap(), 100.0).unwrap()) - 100.0).abs() < 1e-3);
+    assert!(
+        (scalar(&inverse_temperature(&Tensor::new(10f32, &Device::Cpu).unwrap(), 100.0).unwrap()) - 100.0).abs() < 1e-3
+    );
     // A video whose drug has no molecule in the batch is an error, not a silent zero.
     assert!(clip_loss(&videos, &molecules, &[0, 0, 2], &[0, 1], &scale, 100.0).is_err());
 }
@@ -131,7 +133,8 @@ fn optimizer_state_restores_exactly() {
 fn gradient_clipping_bounds_the_global_norm() {
     let a = Var::from_tensor(&Tensor::new(&[3.0f32], &Device::Cpu).unwrap()).unwrap();
     let b = Var::from_tensor(&Tensor::new(&[4.0f32], &Device::Cpu).unwrap()).unwrap();
-    let loss = ((a.as_tensor().sqr().unwrap() + b.as_tensor().sqr().unwrap()).unwrap().sum_all().unwrap() * 0.5).unwrap();
+    let loss =
+        ((a.as_tensor().sqr().unwrap() + b.as_tensor().sqr().unwrap()).unwrap().sum_all().unwrap() * 0.5).unwrap();
     let mut grads = loss.backward().unwrap();
     let params = vec![("a".to_string(), a.clone()), ("b".to_string(), b.clone())];
     let norm = clip_grad_norm(&mut grads, &params, 1.0).unwrap();

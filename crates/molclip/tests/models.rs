@@ -4,8 +4,9 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use molclip::models::{
-    adapt_pretrained_vit, FrameVit, FrameVitConfig, GinConfig, I3dConfig, MolClip, MolClipConfig, MoleculeConfig, MoleculeEncoderKind,
-    MoleculeInput, MorganMlpConfig, Pooling, TemporalDownsampling, VideoConfig, VideoEncoderKind, VideoModel,
+    adapt_pretrained_vit, FrameVit, FrameVitConfig, GinConfig, I3dConfig, MolClip, MolClipConfig, MoleculeConfig,
+    MoleculeEncoderKind, MoleculeInput, MorganMlpConfig, Pooling, TemporalDownsampling, VideoConfig, VideoEncoderKind,
+    VideoModel,
 };
 use molclip::nn::ParamStore;
 use molclip::ModelError;
@@ -21,11 +22,16 @@ fn video(b: usize, t: usize, size: usize) -> Tensor {
 }
 
 fn small_i3d(temporal: TemporalDownsampling) -> VideoConfig {
-    VideoConfig { encoder: VideoEncoderKind::I3dResnet18, i3d: I3dConfig { width: 4, temporal, ..I3dConfig::default() }, ..Default::default() }
+    VideoConfig {
+        encoder: VideoEncoderKind::I3dResnet18,
+        i3d: I3dConfig { width: 4, temporal, ..I3dConfig::default() },
+        ..Default::default()
+    }
 }
 
 fn small_vit() -> VideoConfig {
-    let vit = FrameVitConfig { image_size: 32, patch_size: 8, dim: 16, depth: 1, heads: 2, ..FrameVitConfig::default() };
+    let vit =
+        FrameVitConfig { image_size: 32, patch_size: 8, dim: 16, depth: 1, heads: 2, ..FrameVitConfig::default() };
     VideoConfig { encoder: VideoEncoderKind::FrameVit, vit, ..Default::default() }
 }
 
@@ -52,10 +58,12 @@ fn video_models_have_the_documented_shapes() {
             assert!(row.iter().all(|w| *w > 0.0));
         }
         // Every trainable weight gets a gradient (none is left out of the graph).
-        let grads = (out.feature.sum_all().unwrap() + out.drug_logits.unwrap().sum_all().unwrap() + out.moa_logits.unwrap().sum_all().unwrap())
-            .unwrap()
-            .backward()
-            .unwrap();
+        let grads = (out.feature.sum_all().unwrap()
+            + out.drug_logits.unwrap().sum_all().unwrap()
+            + out.moa_logits.unwrap().sum_all().unwrap())
+        .unwrap()
+        .backward()
+        .unwrap();
         for (name, var) in store.trainable() {
             assert!(grads.get(var.as_tensor()).is_some(), "{name} has no gradient");
         }
@@ -144,7 +152,8 @@ fn small_molclip(encoder: MoleculeEncoderKind, freeze: bool) -> MolClipConfig {
 }
 
 fn molecules(cfg: &MolClipConfig) -> MoleculeInput {
-    let mols: Vec<_> = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1"].iter().map(|s| molclip_chem::Molecule::parse(s).unwrap()).collect();
+    let mols: Vec<_> =
+        ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1"].iter().map(|s| molclip_chem::Molecule::parse(s).unwrap()).collect();
     let refs: Vec<_> = mols.iter().collect();
     MoleculeInput::new(&cfg.molecule, &refs, &Device::Cpu).unwrap()
 }
@@ -165,7 +174,7 @@ fn weights_round_trip_through_safetensors_and_mismatches_are_named() {
 
         let loaded = ParamStore::load(&path, &Device::Cpu).unwrap();
         let again = MolClip::new(&loaded.root(), &cfg, 4, 2).unwrap();
-        loaded.check_all_used("model.safetensors").unwrap();
+        loaded.check_all_used(std::path::Path::new("model.safetensors")).unwrap();
         let (_, v2) = again.encode_videos(&video(2, 4, 32), false).unwrap();
         let m2 = again.encode_molecules(&molecules(&cfg), false).unwrap();
         assert_eq!(values(&v1), values(&v2));
@@ -178,18 +187,22 @@ fn weights_round_trip_through_safetensors_and_mismatches_are_named() {
     // A checkpoint of another architecture: the extra names are reported.
     let cfg = small_molclip(MoleculeEncoderKind::MorganMlp, false);
     let store = ParamStore::load(&path, &Device::Cpu).unwrap();
-    let err = MolClip::new(&store.root(), &small_molclip(MoleculeEncoderKind::Gin, false), 4, 2).unwrap_err().to_string();
+    let err =
+        MolClip::new(&store.root(), &small_molclip(MoleculeEncoderKind::Gin, false), 4, 2).unwrap_err().to_string();
     assert!(err.contains("molecule.atom_encoder") && err.contains("model.safetensors"), "{err}");
     let store = ParamStore::load(&path, &Device::Cpu).unwrap();
     let mut gin_cfg = cfg.clone();
     gin_cfg.molecule.morgan.layers = 1;
     MolClip::new(&store.root(), &gin_cfg, 4, 2).unwrap();
-    let err = store.check_all_used("model.safetensors").unwrap_err().to_string();
+    let err = store.check_all_used(std::path::Path::new("model.safetensors")).unwrap_err().to_string();
     assert!(err.contains("molecule.mlp.2.weight"), "{err}");
     // A wrong shape names the weight and both shapes.
     let store = ParamStore::load(&path, &Device::Cpu).unwrap();
     let err = MolClip::new(&store.root(), &cfg, 5, 2).unwrap_err();
-    assert!(matches!(&err, ModelError::WeightShape { name, .. } if name == "video.drug_classifier.weight"), "{err}");
+    assert!(
+        matches!(&err, ModelError::Nn(molclip::nn::NnError::WeightShape { name, .. }) if name == "video.drug_classifier.weight"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -223,11 +236,13 @@ fn a_frozen_molecule_encoder_is_not_trained() {
 
 #[test]
 fn configs_name_the_field_that_is_wrong() {
-    let err = toml::from_str::<MolClipConfig>("[video]\nencoder = \"i3d-resnet18\"\nwidht = 3\n").unwrap_err().to_string();
+    let err =
+        toml::from_str::<MolClipConfig>("[video]\nencoder = \"i3d-resnet18\"\nwidht = 3\n").unwrap_err().to_string();
     assert!(err.contains("widht"), "{err}");
     let err = toml::from_str::<MolClipConfig>("[video]\nencoder = \"resnet\"\n").unwrap_err().to_string();
     assert!(err.contains("resnet") && err.contains("frame-vit"), "{err}");
-    let cfg: MolClipConfig = toml::from_str("[video]\nencoder = \"frame-vit\"\n[video.vit]\ndim = 10\nheads = 3\n").unwrap();
+    let cfg: MolClipConfig =
+        toml::from_str("[video]\nencoder = \"frame-vit\"\n[video.vit]\ndim = 10\nheads = 3\n").unwrap();
     let err = MolClip::new(&ParamStore::new(0, &Device::Cpu).root(), &cfg, 2, 2).unwrap_err().to_string();
     assert!(err.contains("vit.heads"), "{err}");
     let cfg: MolClipConfig = toml::from_str("init_temperature = 0.001\n").unwrap();
@@ -241,16 +256,25 @@ fn configs_name_the_field_that_is_wrong() {
 /// HuggingFace names, load into a one-channel frame ViT with another grid.
 #[test]
 fn pretrained_vits_load_from_timm_and_huggingface_names() {
-    let rgb = FrameVitConfig { image_size: 32, patch_size: 8, in_channels: 3, dim: 16, depth: 2, heads: 2, ..FrameVitConfig::default() };
+    let rgb = FrameVitConfig {
+        image_size: 32,
+        patch_size: 8,
+        in_channels: 3,
+        dim: 16,
+        depth: 2,
+        heads: 2,
+        ..FrameVitConfig::default()
+    };
     let source = ParamStore::new(5, &Device::Cpu);
     FrameVit::new(&source.root(), &rgb).unwrap();
-    let timm: HashMap<String, Tensor> = source.tensors().into_iter().filter(|(k, _)| !k.starts_with("temporal") && !k.starts_with("time")).collect();
+    let timm: HashMap<String, Tensor> =
+        source.tensors().into_iter().filter(|(k, _)| !k.starts_with("temporal") && !k.starts_with("time")).collect();
 
     let ours = FrameVitConfig { image_size: 48, in_channels: 1, ..rgb.clone() };
     let adapted = adapt_pretrained_vit(&timm, &ours, "").unwrap();
     let store = ParamStore::with_tensors(0, adapted.clone(), &Device::Cpu);
     FrameVit::new(&store.root(), &ours).unwrap();
-    store.check_all_used("timm").unwrap();
+    store.check_all_used(std::path::Path::new("timm")).unwrap();
     // Colour channels summed: a grey frame gives the RGB model's patch tokens.
     let summed = timm["patch_embed.proj.weight"].sum_keepdim(1).unwrap();
     assert_eq!(values(&summed), values(store.get("patch_embed.proj.weight").unwrap().as_tensor()));
@@ -265,10 +289,24 @@ fn pretrained_vits_load_from_timm_and_huggingface_names() {
     for i in 0..2 {
         let (o, l) = (format!("blocks.{i}."), format!("encoder.layer.{i}."));
         for (j, part) in ["query", "key", "value"].iter().enumerate() {
-            put(&mut hf, &format!("{l}attention.attention.{part}.weight"), timm[&format!("{o}attn.qkv.weight")].narrow(0, 16 * j, 16).unwrap());
-            put(&mut hf, &format!("{l}attention.attention.{part}.bias"), timm[&format!("{o}attn.qkv.bias")].narrow(0, 16 * j, 16).unwrap());
+            put(
+                &mut hf,
+                &format!("{l}attention.attention.{part}.weight"),
+                timm[&format!("{o}attn.qkv.weight")].narrow(0, 16 * j, 16).unwrap(),
+            );
+            put(
+                &mut hf,
+                &format!("{l}attention.attention.{part}.bias"),
+                timm[&format!("{o}attn.qkv.bias")].narrow(0, 16 * j, 16).unwrap(),
+            );
         }
-        for (ours, theirs) in [("attn.proj", "attention.output.dense"), ("norm1", "layernorm_before"), ("norm2", "layernorm_after"), ("mlp.fc1", "intermediate.dense"), ("mlp.fc2", "output.dense")] {
+        for (ours, theirs) in [
+            ("attn.proj", "attention.output.dense"),
+            ("norm1", "layernorm_before"),
+            ("norm2", "layernorm_after"),
+            ("mlp.fc1", "intermediate.dense"),
+            ("mlp.fc2", "output.dense"),
+        ] {
             for wb in ["weight", "bias"] {
                 put(&mut hf, &format!("{l}{theirs}.{wb}"), timm[&format!("{o}{ours}.{wb}")].clone());
             }
@@ -318,7 +356,9 @@ fn training_steps_are_deterministic() {
                 let labels = [0u32, 0, 1, 1, 2, 2];
                 for _ in 0..2 {
                     let o = model.forward_t(&video(6, 8, 32), true).unwrap();
-                    let loss = (cross_entropy(o.drug_logits.as_ref().unwrap(), &labels, 0.1).unwrap() + batch_hard_triplet(&o.feature, &labels, 0.3).unwrap()).unwrap();
+                    let loss = (cross_entropy(o.drug_logits.as_ref().unwrap(), &labels, 0.1).unwrap()
+                        + batch_hard_triplet(&o.feature, &labels, 0.3).unwrap())
+                    .unwrap();
                     opt.step(&loss.backward().unwrap(), 1e-3).unwrap();
                 }
                 out.extend(store.entries().into_iter().map(|(_, e)| values(e.var.as_tensor())));

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use candle_core::Device;
-use molclip::train::{ModelKind, StepRecord, TrainConfig, Trainer};
+use molclip::train::{ModelKind, StepRecord, TrainConfig, TrainOutputs, Trainer};
 use molclip_data::DatasetIndex;
 
 fn tiny_dataset(dir: &Path) -> DatasetIndex {
@@ -11,6 +11,11 @@ fn tiny_dataset(dir: &Path) -> DatasetIndex {
     let plan = mitosim::DatasetPlan::new(config, Path::new(".")).unwrap();
     mitosim::generate(&plan, dir, false, &|| {}).unwrap();
     DatasetIndex::scan(dir).unwrap()
+}
+
+/// Where a trainer writing into `dir` puts its checkpoint and best weights.
+fn outputs(dir: &Path) -> TrainOutputs {
+    TrainOutputs { checkpoint: dir.join("checkpoint"), best: dir.join("best.safetensors") }
 }
 
 /// A small, fast version of a shipped config.
@@ -48,18 +53,19 @@ fn every_model_kind_trains_and_its_loss_goes_down() {
         let cfg = small(kind);
         let mut trainer = Trainer::new(&cfg, &index, &Device::Cpu).unwrap();
         let mut seen = 0;
-        let state = trainer.train(None, &mut |_, _| {
-            seen += 1;
-            true
-        })
-        .unwrap();
+        let state = trainer
+            .train(None, &mut |_, _| {
+                seen += 1;
+                true
+            })
+            .unwrap();
         assert!(state.finished);
         let records = state.records;
         assert_eq!(seen, records.len());
         let (first, last) = (mean_loss(&records, 0), mean_loss(&records, 3));
         eprintln!("{kind}: mean loss epoch 1 {first:.3}, epoch 4 {last:.3}");
         assert!(last < first, "{kind}: loss from {first} to {last}");
-        let names: Vec<&str> = records[0].terms.iter().map(|(n, _)| n.as_str()).collect();
+        let names: Vec<&str> = records[0].terms.iter().map(|(n, _)| n.name()).collect();
         match cfg.kind {
             ModelKind::Molclip => {
                 assert_eq!(names, ["clip", "triplet", "ce", "center"], "{kind}");
@@ -99,25 +105,30 @@ fn a_resumed_run_ends_exactly_like_an_uninterrupted_one() {
     cfg.stages[1].epochs = 2;
     cfg.loss.center = 0.01;
     cfg.checkpoint_every = 3;
-    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let (a, b) = (outputs(&tmp.path().join("a")), outputs(&tmp.path().join("b")));
     let full = Trainer::new(&cfg, &index, &Device::Cpu).unwrap().train(Some(&a), &mut |_, _| true).unwrap();
     for stop_at in [5u64, 17] {
-        let _ = std::fs::remove_dir_all(&b);
-        let stopped = Trainer::new(&cfg, &index, &Device::Cpu).unwrap().train(Some(&b), &mut |_, s| s.step < stop_at).unwrap();
+        let _ = std::fs::remove_dir_all(tmp.path().join("b"));
+        let stopped =
+            Trainer::new(&cfg, &index, &Device::Cpu).unwrap().train(Some(&b), &mut |_, s| s.step < stop_at).unwrap();
         assert!(!stopped.finished && stopped.step == stop_at);
         // The checkpoint holds the config; resuming with another one is refused.
         let mut other = cfg.clone();
         other.seed += 1;
-        let err = Trainer::resume(&other, &index, &Device::Cpu, &b).err().unwrap().to_string();
+        let err = Trainer::resume(&other, &index, &Device::Cpu, &b.checkpoint).err().unwrap().to_string();
         assert!(err.contains("differs"), "{err}");
-        let mut resumed = Trainer::resume(&cfg, &index, &Device::Cpu, &b).unwrap();
+        let mut resumed = Trainer::resume(&cfg, &index, &Device::Cpu, &b.checkpoint).unwrap();
         let end = resumed.train(Some(&b), &mut |_, _| true).unwrap();
         assert!(end.finished);
         assert_eq!(end.records, full.records, "stopped at step {stop_at}");
-        let (wa, wb) = (molclip::nn::read_safetensors(&a.join("checkpoints/last/model.safetensors")).unwrap(), resumed.store.tensors());
+        let (wa, wb) =
+            (molclip::nn::read_safetensors(&a.checkpoint.join("model.safetensors")).unwrap(), resumed.store.tensors());
         assert_eq!(wa.len(), wb.len());
         for (name, t) in &wa {
-            let (x, y) = (t.flatten_all().unwrap().to_dtype(candle_core::DType::F64).unwrap(), wb[name].flatten_all().unwrap().to_dtype(candle_core::DType::F64).unwrap());
+            let (x, y) = (
+                t.flatten_all().unwrap().to_dtype(candle_core::DType::F64).unwrap(),
+                wb[name].flatten_all().unwrap().to_dtype(candle_core::DType::F64).unwrap(),
+            );
             assert_eq!(x.to_vec1::<f64>().unwrap(), y.to_vec1::<f64>().unwrap(), "{name}, stopped at step {stop_at}");
         }
     }
@@ -142,11 +153,12 @@ fn early_stopping_ends_a_stage_when_validation_stops_improving() {
         let v = s.borrow_mut().next().unwrap();
         Ok((v, 0.0))
     }));
-    let run = tmp.path().join("run");
+    let run = outputs(&tmp.path().join("run"));
     let state = trainer.train(Some(&run), &mut |_, _| true).unwrap();
-    let validated: Vec<(usize, f64)> = state.records.iter().filter_map(|r| r.validation.map(|v| (r.epoch, v.0))).collect();
+    let validated: Vec<(usize, f64)> =
+        state.records.iter().filter_map(|r| r.validation.map(|v| (r.epoch, v.0))).collect();
     // Epochs 1 and 2 improve, 3 and 4 do not: the stage stops after epoch 4 of 6.
     assert_eq!(validated, vec![(0, 10.0), (1, 30.0), (2, 20.0), (3, 15.0)]);
     assert_eq!(state.records.last().unwrap().epoch, 3);
-    assert!(run.join("best.safetensors").exists());
+    assert!(run.best.exists());
 }

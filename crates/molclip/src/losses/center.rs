@@ -7,6 +7,7 @@ use candle_core::Tensor;
 use crate::error::{ModelError, Result};
 use crate::nn::{Init, Vb};
 
+/// Centre loss: the squared distance of each feature to its class centre (the centres are parameters).
 #[derive(Clone, Debug)]
 pub struct CenterLoss {
     centers: Tensor,
@@ -18,6 +19,7 @@ impl CenterLoss {
         Ok(Self { centers: vb.param("centers", &[classes, dim], Init::Normal(1.0))? })
     }
 
+    /// Mean over the batch of ‖feature − centre(label)‖² / 2.
     pub fn forward(&self, features: &Tensor, labels: &[u32]) -> Result<Tensor> {
         let classes = self.centers.dim(0)?;
         if let Some(&l) = labels.iter().find(|&&l| l as usize >= classes) {

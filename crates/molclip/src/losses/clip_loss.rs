@@ -51,7 +51,9 @@ fn targets(rows: &[u32], cols: &[u32], row_kind: &str, col_kind: &str) -> Result
     for (i, &d) in rows.iter().enumerate() {
         let positives = cols.iter().filter(|&&c| c == d).count();
         if positives == 0 {
-            return Err(ModelError::Input(format!("clip loss: {row_kind} {i} (drug {d}) has no {col_kind} in the batch")));
+            return Err(ModelError::Input(format!(
+                "clip loss: {row_kind} {i} (drug {d}) has no {col_kind} in the batch"
+            )));
         }
         for (j, &c) in cols.iter().enumerate() {
             if c == d {

@@ -7,6 +7,7 @@ use candle_core::Tensor;
 use crate::error::{ModelError, Result};
 use crate::nn::log_softmax_last_dim;
 
+/// Mean cross-entropy of `logits` against `targets`, with label smoothing.
 pub fn cross_entropy(logits: &Tensor, targets: &[u32], label_smoothing: f64) -> Result<Tensor> {
     let (b, c) = logits.dims2()?;
     if targets.len() != b {
@@ -16,7 +17,9 @@ pub fn cross_entropy(logits: &Tensor, targets: &[u32], label_smoothing: f64) -> 
     let mut q = vec![off; b * c];
     for (i, &t) in targets.iter().enumerate() {
         if t as usize >= c {
-            return Err(ModelError::Input(format!("cross-entropy: target {t} of row {i} is not below the {c} classes")));
+            return Err(ModelError::Input(format!(
+                "cross-entropy: target {t} of row {i} is not below the {c} classes"
+            )));
         }
         q[i * c + t as usize] += (1.0 - label_smoothing) as f32;
     }

@@ -1,4 +1,4 @@
-//! The losses of METHOD.md section 2 and their weighted sum:
+//! The losses of docs/method.md section 2 and their weighted sum:
 //! w_clip·L_clip + w_triplet·L_triplet + w_ce·L_ce + w_center·L_center.
 
 pub mod center;
@@ -25,9 +25,11 @@ pub struct LossConfig {
     pub clip: f64,
     /// Batch-hard triplet on the video feature before BNNeck.
     pub triplet: f64,
+    /// The triplet margin.
     pub margin: f64,
     /// Cross-entropy of the classifier of the identity being learned (drug, then MoA).
     pub ce: f64,
+    /// Label smoothing of the cross-entropy, in [0, 1).
     pub label_smoothing: f64,
     /// Centre loss on the video feature before BNNeck (MitoReID: 0.01).
     pub center: f64,
@@ -40,14 +42,24 @@ impl Default for LossConfig {
 }
 
 impl LossConfig {
+    /// Refuses negative or non-finite weights, naming the field.
     pub fn validate(&self) -> Result<()> {
-        for (field, v) in [("clip", self.clip), ("triplet", self.triplet), ("ce", self.ce), ("center", self.center), ("margin", self.margin)] {
+        for (field, v) in [
+            ("clip", self.clip),
+            ("triplet", self.triplet),
+            ("ce", self.ce),
+            ("center", self.center),
+            ("margin", self.margin),
+        ] {
             if !(v >= 0.0) || !v.is_finite() {
                 return Err(ModelError::config(format!("loss.{field}"), format!("{v} is not a finite number >= 0")));
             }
         }
         if !(0.0..1.0).contains(&self.label_smoothing) {
-            return Err(ModelError::config("loss.label_smoothing", format!("{} is not in [0, 1)", self.label_smoothing)));
+            return Err(ModelError::config(
+                "loss.label_smoothing",
+                format!("{} is not in [0, 1)", self.label_smoothing),
+            ));
         }
         Ok(())
     }
@@ -59,9 +71,13 @@ pub struct ClipInputs<'a> {
     pub videos: &'a Tensor,
     /// `[P, d]` unit-norm molecule embeddings.
     pub molecules: &'a Tensor,
+    /// Each video's drug.
     pub video_drugs: &'a [u32],
+    /// Each molecule's drug.
     pub molecule_drugs: &'a [u32],
+    /// The learned log inverse temperature.
     pub logit_scale: &'a Tensor,
+    /// Its cap.
     pub max_logit_scale: f64,
 }
 
@@ -75,10 +91,47 @@ pub struct MetricInputs<'a> {
     pub labels: &'a [u32],
 }
 
-/// The total and each weighted term, by name, for logs and for naming a NaN.
+/// The terms of the loss: the names logs, `metrics.csv` and checkpoints use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LossTerm {
+    /// Symmetric multi-positive InfoNCE between videos and molecules.
+    Clip,
+    /// Batch-hard triplet.
+    Triplet,
+    /// Cross-entropy with label smoothing.
+    Ce,
+    /// Centre loss.
+    Center,
+}
+
+impl LossTerm {
+    /// Every term, in the order of `metrics.csv`'s columns.
+    pub const ALL: [LossTerm; 4] = [LossTerm::Clip, LossTerm::Triplet, LossTerm::Ce, LossTerm::Center];
+
+    /// The term's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            LossTerm::Clip => "clip",
+            LossTerm::Triplet => "triplet",
+            LossTerm::Ce => "ce",
+            LossTerm::Center => "center",
+        }
+    }
+}
+
+impl std::fmt::Display for LossTerm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+/// The total and each weighted term, for logs and for naming a NaN.
 pub struct LossTerms {
+    /// The weighted sum.
     pub total: Tensor,
-    pub terms: Vec<(&'static str, Tensor)>,
+    /// Each weighted term that is switched on.
+    pub terms: Vec<(LossTerm, Tensor)>,
 }
 
 /// The configured sum of losses, with the centre-loss centres it owns.
@@ -96,24 +149,38 @@ impl Criterion {
         Ok(Self { cfg: cfg.clone(), center })
     }
 
+    /// The weighted terms and their sum.
     pub fn forward(&self, metric: &MetricInputs, clip: Option<&ClipInputs>) -> Result<LossTerms> {
-        let mut terms: Vec<(&'static str, Tensor)> = Vec::new();
+        let mut terms: Vec<(LossTerm, Tensor)> = Vec::new();
         if self.cfg.clip > 0.0 {
             if let Some(c) = clip {
-                let l = clip_loss(c.videos, c.molecules, c.video_drugs, c.molecule_drugs, c.logit_scale, c.max_logit_scale)?;
-                terms.push(("clip", (l * self.cfg.clip)?));
+                let l = clip_loss(
+                    c.videos,
+                    c.molecules,
+                    c.video_drugs,
+                    c.molecule_drugs,
+                    c.logit_scale,
+                    c.max_logit_scale,
+                )?;
+                terms.push((LossTerm::Clip, (l * self.cfg.clip)?));
             }
         }
         if self.cfg.triplet > 0.0 {
-            terms.push(("triplet", (batch_hard_triplet(metric.feature, metric.labels, self.cfg.margin)? * self.cfg.triplet)?));
+            terms.push((
+                LossTerm::Triplet,
+                (batch_hard_triplet(metric.feature, metric.labels, self.cfg.margin)? * self.cfg.triplet)?,
+            ));
         }
         if self.cfg.ce > 0.0 {
             if let Some(logits) = metric.logits {
-                terms.push(("ce", (cross_entropy(logits, metric.labels, self.cfg.label_smoothing)? * self.cfg.ce)?));
+                terms.push((
+                    LossTerm::Ce,
+                    (cross_entropy(logits, metric.labels, self.cfg.label_smoothing)? * self.cfg.ce)?,
+                ));
             }
         }
         if let Some(center) = &self.center {
-            terms.push(("center", (center.forward(metric.feature, metric.labels)? * self.cfg.center)?));
+            terms.push((LossTerm::Center, (center.forward(metric.feature, metric.labels)? * self.cfg.center)?));
         }
         let mut total = match terms.first() {
             Some((_, t)) => t.clone(),

@@ -21,7 +21,9 @@ pub fn batch_hard_triplet(features: &Tensor, labels: &[u32], margin: f64) -> Res
         return Err(ModelError::Input(format!("triplet loss: {b} features, {} labels", labels.len())));
     }
     if labels.iter().all(|&l| l == labels[0]) {
-        return Err(ModelError::Input("triplet loss: the batch holds a single identity, so there are no negatives".into()));
+        return Err(ModelError::Input(
+            "triplet loss: the batch holds a single identity, so there are no negatives".into(),
+        ));
     }
     let same: Vec<u8> = (0..b * b).map(|k| (labels[k / b] == labels[k % b]) as u8).collect();
     let device = features.device();

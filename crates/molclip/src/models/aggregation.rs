@@ -10,21 +10,33 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::nn::{softmax_last_dim, Init, Linear, Vb};
 
+/// How time steps are pooled into one feature.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum Pooling {
+    /// A learned query attends over the time steps.
     #[default]
     Attention,
+    /// The mean over time.
     Mean,
 }
 
+/// Temporal pooling, with its weights.
 #[derive(Clone, Debug)]
 pub enum TemporalPool {
-    Attention { key: Linear, query: Tensor },
+    /// Attention with a key projection and a learned query.
+    Attention {
+        /// Projects each time step to a key.
+        key: Linear,
+        /// The learned query, `[D]`.
+        query: Tensor,
+    },
+    /// The mean.
     Mean,
 }
 
 impl TemporalPool {
+    /// The pooling `pooling` names, over features of width `dim`.
     pub fn new(vb: &Vb, pooling: Pooling, dim: usize) -> Result<Self> {
         Ok(match pooling {
             Pooling::Attention => TemporalPool::Attention {

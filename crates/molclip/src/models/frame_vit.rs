@@ -11,24 +11,31 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
-use crate::nn::{gelu, softmax_last_dim, Init, LayerNorm, Linear, Vb};
+use crate::nn::{attention, gelu, Init, LayerNorm, Linear, Vb};
 
+/// A ViT on each frame, then a temporal transformer over the frames' tokens.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FrameVitConfig {
+    /// Frame size (square).
     pub image_size: usize,
+    /// Patch size.
     pub patch_size: usize,
+    /// Channels per frame.
     pub in_channels: usize,
     /// Token width.
     pub dim: usize,
     /// Transformer blocks applied to each frame.
     pub depth: usize,
+    /// Attention heads.
     pub heads: usize,
+    /// MLP width over model width.
     pub mlp_ratio: f64,
     /// Transformer blocks over the sequence of frame features.
     pub temporal_depth: usize,
     /// Length of the temporal position embedding: the most frames a video may have.
     pub max_frames: usize,
+    /// Layer norms' epsilon.
     pub layer_norm_eps: f64,
 }
 
@@ -50,15 +57,19 @@ impl Default for FrameVitConfig {
 }
 
 impl FrameVitConfig {
+    /// Refuses sizes that cannot work, naming the field.
     pub fn validate(&self) -> Result<()> {
-        if self.patch_size == 0 || self.image_size % self.patch_size != 0 {
+        if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
             return Err(ModelError::config(
                 "vit.image_size",
                 format!("{} is not a multiple of patch_size {}", self.image_size, self.patch_size),
             ));
         }
-        if self.heads == 0 || self.dim % self.heads != 0 {
-            return Err(ModelError::config("vit.heads", format!("dim {} is not divisible by {} heads", self.dim, self.heads)));
+        if self.heads == 0 || !self.dim.is_multiple_of(self.heads) {
+            return Err(ModelError::config(
+                "vit.heads",
+                format!("dim {} is not divisible by {} heads", self.dim, self.heads),
+            ));
         }
         if self.mlp_ratio <= 0.0 || self.max_frames == 0 || self.depth == 0 {
             return Err(ModelError::config("vit", "mlp_ratio, max_frames and depth must be positive"));
@@ -85,27 +96,15 @@ struct Attention {
 
 impl Attention {
     fn new(vb: &Vb, dim: usize, heads: usize) -> Result<Self> {
-        Ok(Self { qkv: Linear::new(&vb.pp("qkv"), dim, 3 * dim, true)?, proj: Linear::new(&vb.pp("proj"), dim, dim, true)?, heads })
+        Ok(Self {
+            qkv: Linear::new(&vb.pp("qkv"), dim, 3 * dim, true)?,
+            proj: Linear::new(&vb.pp("proj"), dim, dim, true)?,
+            heads,
+        })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let qkv = self.qkv.forward(x)?;
-        if crate::nn::fused::on_cpu_f32(&qkv) {
-            return self.proj.forward(&crate::nn::fused::attention(&qkv, self.heads)?);
-        }
-        self.proj.forward(&self.composed(&qkv)?)
-    }
-
-    pub(crate) fn composed(&self, qkv: &Tensor) -> Result<Tensor> {
-        let (b, n, d3) = qkv.dims3()?;
-        let d = d3 / 3;
-        let dh = d / self.heads;
-        let qkv = qkv.reshape((b, n, 3, self.heads, dh))?.permute((2, 0, 3, 1, 4))?;
-        let q = (qkv.get(0)?.contiguous()? * (dh as f64).powf(-0.5))?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
-        let att = softmax_last_dim(&q.matmul(&k.t()?)?)?;
-        Ok(att.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?)
+        Ok(self.proj.forward(&attention(&self.qkv.forward(x)?, self.heads)?)?)
     }
 }
 
@@ -154,6 +153,7 @@ pub struct FrameVit {
 }
 
 impl FrameVit {
+    /// The model, its weights under `vb` (timm names).
     pub fn new(vb: &Vb, cfg: &FrameVitConfig) -> Result<Self> {
         cfg.validate()?;
         let (p, c, d) = (cfg.patch_size, cfg.in_channels, cfg.dim);
@@ -176,6 +176,7 @@ impl FrameVit {
         })
     }
 
+    /// Feature width.
     pub fn out_dim(&self) -> usize {
         self.cfg.dim
     }
@@ -191,10 +192,8 @@ impl FrameVit {
             )));
         }
         // A stride-p convolution with a p×p kernel is a linear map of each patch.
-        let patches = frames
-            .reshape((n, c, g, p, g, p))?
-            .permute((0, 2, 4, 1, 3, 5))?
-            .reshape((n * g * g, c * p * p))?;
+        let patches =
+            frames.reshape((n, c, g, p, g, p))?.permute((0, 2, 4, 1, 3, 5))?.reshape((n * g * g, c * p * p))?;
         let tokens = patches
             .matmul(&self.patch_weight.reshape((d, c * p * p))?.t()?)?
             .broadcast_add(&self.patch_bias)?
@@ -218,7 +217,7 @@ impl FrameVit {
         for block in &self.temporal_blocks {
             y = block.forward(&y)?;
         }
-        self.temporal_norm.forward(&y)
+        Ok(self.temporal_norm.forward(&y)?)
     }
 }
 
@@ -230,7 +229,11 @@ impl FrameVit {
 /// - the position embedding is resampled (bilinear) when the patch grid differs.
 ///
 /// The temporal blocks are not in such a checkpoint: they keep their initialisation.
-pub fn adapt_pretrained_vit(tensors: &HashMap<String, Tensor>, cfg: &FrameVitConfig, prefix: &str) -> Result<HashMap<String, Tensor>> {
+pub fn adapt_pretrained_vit(
+    tensors: &HashMap<String, Tensor>,
+    cfg: &FrameVitConfig,
+    prefix: &str,
+) -> Result<HashMap<String, Tensor>> {
     let hf = tensors.keys().any(|k| k.contains("attention.attention.query"));
     let strip = |k: &str| -> String {
         for p in ["vit.", "model.", "module.", "visual.trunk.", "trunk."] {
@@ -242,7 +245,9 @@ pub fn adapt_pretrained_vit(tensors: &HashMap<String, Tensor>, cfg: &FrameVitCon
     };
     let src: HashMap<String, Tensor> = tensors.iter().map(|(k, v)| (strip(k), v.clone())).collect();
     let get = |k: &str| -> Result<Tensor> {
-        src.get(k).cloned().ok_or_else(|| ModelError::Weights { path: "pretrained ViT".into(), message: format!("missing `{k}`") })
+        src.get(k)
+            .cloned()
+            .ok_or_else(|| ModelError::Weights { what: "pretrained ViT".into(), message: format!("missing `{k}`") })
     };
     let mut out = HashMap::new();
     let put = |out: &mut HashMap<String, Tensor>, k: &str, v: Tensor| {
@@ -261,8 +266,11 @@ pub fn adapt_pretrained_vit(tensors: &HashMap<String, Tensor>, cfg: &FrameVitCon
     let (d, c_src, p, _) = patch_w.dims4()?;
     if d != cfg.dim || p != cfg.patch_size {
         return Err(ModelError::Weights {
-            path: "pretrained ViT".into(),
-            message: format!("width {d} and patch {p}, the config asks for dim {} and patch_size {}", cfg.dim, cfg.patch_size),
+            what: "pretrained ViT".into(),
+            message: format!(
+                "width {d} and patch {p}, the config asks for dim {} and patch_size {}",
+                cfg.dim, cfg.patch_size
+            ),
         });
     }
     let patch_w = if c_src != cfg.in_channels && cfg.in_channels == 1 { patch_w.sum_keepdim(1)? } else { patch_w };
@@ -275,8 +283,18 @@ pub fn adapt_pretrained_vit(tensors: &HashMap<String, Tensor>, cfg: &FrameVitCon
         if hf {
             let l = format!("encoder.layer.{i}.");
             let a = format!("{l}attention.attention.");
-            let w = Tensor::cat(&[get(&format!("{a}query.weight"))?, get(&format!("{a}key.weight"))?, get(&format!("{a}value.weight"))?], 0)?;
-            let b = Tensor::cat(&[get(&format!("{a}query.bias"))?, get(&format!("{a}key.bias"))?, get(&format!("{a}value.bias"))?], 0)?;
+            let w = Tensor::cat(
+                &[
+                    get(&format!("{a}query.weight"))?,
+                    get(&format!("{a}key.weight"))?,
+                    get(&format!("{a}value.weight"))?,
+                ],
+                0,
+            )?;
+            let b = Tensor::cat(
+                &[get(&format!("{a}query.bias"))?, get(&format!("{a}key.bias"))?, get(&format!("{a}value.bias"))?],
+                0,
+            )?;
             put(&mut out, &format!("{o}attn.qkv.weight"), w);
             put(&mut out, &format!("{o}attn.qkv.bias"), b);
             for (ours, theirs) in [
@@ -311,7 +329,10 @@ fn resample_pos_embed(pos: &Tensor, grid: usize) -> Result<Tensor> {
     let (_, n, d) = pos.dims3()?;
     let g_src = ((n - 1) as f64).sqrt().round() as usize;
     if g_src * g_src != n - 1 {
-        return Err(ModelError::Weights { path: "pretrained ViT".into(), message: format!("position embedding of {n} tokens is not 1 + a square grid") });
+        return Err(ModelError::Weights {
+            what: "pretrained ViT".into(),
+            message: format!("position embedding of {n} tokens is not 1 + a square grid"),
+        });
     }
     if g_src == grid {
         return Ok(pos.clone());
@@ -331,7 +352,8 @@ fn resample_pos_embed(pos: &Tensor, grid: usize) -> Result<Tensor> {
             let x1 = (x0 + 1).min(g_src - 1);
             for k in 0..d {
                 let at = |yy: usize, xx: usize| v[(yy * g_src + xx) * d + k] as f64;
-                let val = (1.0 - fy) * ((1.0 - fx) * at(y0, x0) + fx * at(y0, x1)) + fy * ((1.0 - fx) * at(y1, x0) + fx * at(y1, x1));
+                let val = (1.0 - fy) * ((1.0 - fx) * at(y0, x0) + fx * at(y0, x1))
+                    + fy * ((1.0 - fx) * at(y1, x0) + fx * at(y1, x1));
                 out[(y * grid + x) * d + k] = val as f32;
             }
         }

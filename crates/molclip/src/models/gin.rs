@@ -13,10 +13,13 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ModelError, Result};
 use crate::nn::{add_relu, BatchNorm, Init, Linear, Vb};
 
+/// The GIN's size.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GinConfig {
+    /// Hidden width.
     pub hidden: usize,
+    /// Message-passing layers.
     pub layers: usize,
 }
 
@@ -43,6 +46,7 @@ pub struct GraphBatch {
 }
 
 impl GraphBatch {
+    /// Molecular graphs as one batch on `device`.
     pub fn new(graphs: &[&Graph], device: &Device) -> Result<Self> {
         if graphs.is_empty() {
             return Err(ModelError::Input("a molecule batch needs at least one molecule".into()));
@@ -88,6 +92,7 @@ impl GraphBatch {
         })
     }
 
+    /// Graphs in the batch.
     pub fn num_graphs(&self) -> usize {
         self.graphs
     }
@@ -100,7 +105,13 @@ impl GraphBatch {
         } else {
             Tensor::zeros((0, BOND_FEATURE_DIMS.len()), DType::U32, self.src.device())?
         };
-        Ok((Tensor::stack(&self.atom_columns, 1)?, self.src.clone(), self.dst.clone(), bonds, self.graph_of_atom.clone()))
+        Ok((
+            Tensor::stack(&self.atom_columns, 1)?,
+            self.src.clone(),
+            self.dst.clone(),
+            bonds,
+            self.graph_of_atom.clone(),
+        ))
     }
 }
 
@@ -117,7 +128,7 @@ impl FeatureEncoder {
             .iter()
             .enumerate()
             .map(|(i, &n)| vb.pp(i).param("weight", &[n, dim], Init::Uniform((6.0 / (n + dim) as f64).sqrt())))
-            .collect::<Result<_>>()?;
+            .collect::<molclip_nn::Result<_>>()?;
         Ok(Self { tables })
     }
 
@@ -142,7 +153,11 @@ struct GinLayer {
 impl GinLayer {
     fn new(vb: &Vb, hidden: usize) -> Result<Self> {
         Ok(Self {
-            bond_encoder: FeatureEncoder::new(&vb.pp("bond_encoder").pp("bond_embedding_list"), &BOND_FEATURE_DIMS, hidden)?,
+            bond_encoder: FeatureEncoder::new(
+                &vb.pp("bond_encoder").pp("bond_embedding_list"),
+                &BOND_FEATURE_DIMS,
+                hidden,
+            )?,
             eps: vb.param("eps", &[1], Init::Zeros)?,
             fc1: Linear::new(&vb.pp("mlp").pp(0), hidden, 2 * hidden, true)?,
             bn: BatchNorm::new(&vb.pp("mlp").pp(1), 2 * hidden)?,
@@ -159,10 +174,11 @@ impl GinLayer {
         }
         let x = (h.broadcast_mul(&(&self.eps + 1.0)?)? + agg)?;
         let x = self.bn.forward_relu_t(&self.fc1.forward(&x)?, train)?;
-        self.fc2.forward(&x)
+        Ok(self.fc2.forward(&x)?)
     }
 }
 
+/// A graph isomorphism network over OGB atom and bond features, sum-pooled per molecule.
 #[derive(Clone, Debug)]
 pub struct Gin {
     atom_encoder: FeatureEncoder,
@@ -172,18 +188,26 @@ pub struct Gin {
 }
 
 impl Gin {
+    /// The network, its weights under `vb` (OGB names).
     pub fn new(vb: &Vb, cfg: &GinConfig) -> Result<Self> {
         if cfg.layers == 0 || cfg.hidden == 0 {
             return Err(ModelError::config("gin.layers", "layers and hidden must be positive"));
         }
         Ok(Self {
-            atom_encoder: FeatureEncoder::new(&vb.pp("atom_encoder").pp("atom_embedding_list"), &ATOM_FEATURE_DIMS, cfg.hidden)?,
+            atom_encoder: FeatureEncoder::new(
+                &vb.pp("atom_encoder").pp("atom_embedding_list"),
+                &ATOM_FEATURE_DIMS,
+                cfg.hidden,
+            )?,
             convs: (0..cfg.layers).map(|l| GinLayer::new(&vb.pp("convs").pp(l), cfg.hidden)).collect::<Result<_>>()?,
-            batch_norms: (0..cfg.layers).map(|l| BatchNorm::new(&vb.pp("batch_norms").pp(l), cfg.hidden)).collect::<Result<_>>()?,
+            batch_norms: (0..cfg.layers)
+                .map(|l| BatchNorm::new(&vb.pp("batch_norms").pp(l), cfg.hidden))
+                .collect::<molclip_nn::Result<_>>()?,
             hidden: cfg.hidden,
         })
     }
 
+    /// Feature width.
     pub fn out_dim(&self) -> usize {
         self.hidden
     }
@@ -196,7 +220,11 @@ impl Gin {
             let y = conv.forward_t(&h, batch, train)?;
             h = if l < last { bn.forward_relu_t(&y, train)? } else { bn.forward_t(&y, train)? };
         }
-        let sums = Tensor::zeros((batch.graphs, self.hidden), DType::F32, h.device())?.index_add(&batch.graph_of_atom, &h, 0)?;
+        let sums = Tensor::zeros((batch.graphs, self.hidden), DType::F32, h.device())?.index_add(
+            &batch.graph_of_atom,
+            &h,
+            0,
+        )?;
         debug_assert_eq!(batch.atoms, h.dim(0)?);
         Ok(sums.broadcast_div(&batch.atoms_per_graph)?)
     }

@@ -27,6 +27,7 @@ pub enum TemporalDownsampling {
     Standard,
 }
 
+/// An inflated 3D ResNet's shape.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct I3dConfig {
@@ -38,6 +39,7 @@ pub struct I3dConfig {
     pub in_channels: usize,
     /// Channels of the stem and `layer1`; doubled at each later stage. ResNet uses 64.
     pub width: usize,
+    /// Where time is halved.
     pub temporal: TemporalDownsampling,
 }
 
@@ -48,10 +50,12 @@ impl Default for I3dConfig {
 }
 
 impl I3dConfig {
+    /// ResNet-18 blocks (2, 2, 2, 2), basic blocks.
     pub fn resnet18() -> Self {
         Self::default()
     }
 
+    /// ResNet-50 blocks (3, 4, 6, 3), bottlenecks.
     pub fn resnet50() -> Self {
         Self { depth: 50, ..Self::default() }
     }
@@ -65,6 +69,7 @@ impl I3dConfig {
         }
     }
 
+    /// Refuses shapes that cannot work, naming the field.
     pub fn validate(&self) -> Result<()> {
         self.blocks()?;
         if self.in_channels == 0 || self.width == 0 {
@@ -105,7 +110,11 @@ impl ConvBn {
 
     fn forward_t(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         let y = conv3d(x, &self.weight, self.window)?;
-        if relu { self.bn.forward_relu_t(&y, train) } else { self.bn.forward_t(&y, train) }
+        if relu {
+            Ok(self.bn.forward_relu_t(&y, train)?)
+        } else {
+            Ok(self.bn.forward_t(&y, train)?)
+        }
     }
 }
 
@@ -122,14 +131,44 @@ impl Block {
         let c_out = if bottleneck { planes * 4 } else { planes };
         let convs = if bottleneck {
             vec![
-                ConvBn::new(&vb.pp("conv1"), &vb.pp("bn1"), c_in, planes, Window3d::new([3, 1, 1], [1, 1, 1], [1, 0, 0]))?,
-                ConvBn::new(&vb.pp("conv2"), &vb.pp("bn2"), planes, planes, Window3d::new([1, 3, 3], [st, ss, ss], [0, 1, 1]))?,
-                ConvBn::new(&vb.pp("conv3"), &vb.pp("bn3"), planes, c_out, Window3d::new([1, 1, 1], [1, 1, 1], [0, 0, 0]))?,
+                ConvBn::new(
+                    &vb.pp("conv1"),
+                    &vb.pp("bn1"),
+                    c_in,
+                    planes,
+                    Window3d::new([3, 1, 1], [1, 1, 1], [1, 0, 0]),
+                )?,
+                ConvBn::new(
+                    &vb.pp("conv2"),
+                    &vb.pp("bn2"),
+                    planes,
+                    planes,
+                    Window3d::new([1, 3, 3], [st, ss, ss], [0, 1, 1]),
+                )?,
+                ConvBn::new(
+                    &vb.pp("conv3"),
+                    &vb.pp("bn3"),
+                    planes,
+                    c_out,
+                    Window3d::new([1, 1, 1], [1, 1, 1], [0, 0, 0]),
+                )?,
             ]
         } else {
             vec![
-                ConvBn::new(&vb.pp("conv1"), &vb.pp("bn1"), c_in, planes, Window3d::new([3, 3, 3], [st, ss, ss], [1, 1, 1]))?,
-                ConvBn::new(&vb.pp("conv2"), &vb.pp("bn2"), planes, c_out, Window3d::new([1, 3, 3], [1, 1, 1], [0, 1, 1]))?,
+                ConvBn::new(
+                    &vb.pp("conv1"),
+                    &vb.pp("bn1"),
+                    c_in,
+                    planes,
+                    Window3d::new([3, 3, 3], [st, ss, ss], [1, 1, 1]),
+                )?,
+                ConvBn::new(
+                    &vb.pp("conv2"),
+                    &vb.pp("bn2"),
+                    planes,
+                    c_out,
+                    Window3d::new([1, 3, 3], [1, 1, 1], [0, 1, 1]),
+                )?,
             ]
         };
         let downsample = if c_in != c_out || st != 1 || ss != 1 {
@@ -151,7 +190,7 @@ impl Block {
             Some(ds) => ds.forward_t(x, train, false)?,
             None => x.clone(),
         };
-        add_relu(&y, &shortcut)
+        Ok(add_relu(&y, &shortcut)?)
     }
 }
 
@@ -165,10 +204,17 @@ pub struct I3dResNet {
 }
 
 impl I3dResNet {
+    /// The network, its weights under `vb` (kenshohara's names).
     pub fn new(vb: &Vb, cfg: &I3dConfig) -> Result<Self> {
         cfg.validate()?;
         let (blocks, bottleneck) = cfg.blocks()?;
-        let stem = ConvBn::new(&vb.pp("conv1"), &vb.pp("bn1"), cfg.in_channels, cfg.width, Window3d::new([5, 7, 7], [1, 2, 2], [2, 3, 3]))?;
+        let stem = ConvBn::new(
+            &vb.pp("conv1"),
+            &vb.pp("bn1"),
+            cfg.in_channels,
+            cfg.width,
+            Window3d::new([5, 7, 7], [1, 2, 2], [2, 3, 3]),
+        )?;
         let pool = Window3d::new([3, 3, 3], [2, 2, 2], [1, 1, 1]);
         let expansion = if bottleneck { 4 } else { 1 };
         let mut c_in = cfg.width;
@@ -188,6 +234,7 @@ impl I3dResNet {
         Ok(Self { stem, pool, layers, out_dim: cfg.out_dim() })
     }
 
+    /// Feature width.
     pub fn out_dim(&self) -> usize {
         self.out_dim
     }

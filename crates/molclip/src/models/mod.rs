@@ -1,4 +1,4 @@
-//! The encoders and MolCLIP itself, one file per model (METHOD.md section 2).
+//! The encoders and MolCLIP itself, one file per model (docs/method.md section 2).
 
 pub mod aggregation;
 pub mod frame_vit;
@@ -15,7 +15,7 @@ pub use frame_vit::{adapt_pretrained_vit, FrameVit, FrameVitConfig};
 pub use gin::{Gin, GinConfig, GraphBatch};
 pub use i3d_resnet::{I3dConfig, I3dResNet, TemporalDownsampling};
 pub use molclip::{MolClip, MolClipConfig};
-pub use molecule::{MoleculeConfig, MoleculeEncoder, MoleculeEncoderKind, MoleculeInput};
+pub use molecule::{drug_molecule, parse_smiles, MoleculeConfig, MoleculeEncoder, MoleculeEncoderKind, MoleculeInput};
 pub use morgan_mlp::{MorganMlp, MorganMlpConfig};
 pub use projection::Projection;
-pub use video::{VideoConfig, VideoEncoder, VideoEncoderKind, VideoModel, VideoOutput};
+pub use video::{batch_tensor, VideoConfig, VideoEncoder, VideoEncoderKind, VideoModel, VideoOutput};

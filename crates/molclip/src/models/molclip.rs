@@ -18,10 +18,13 @@ use super::video::{VideoConfig, VideoModel, VideoOutput};
 use crate::error::{ModelError, Result};
 use crate::nn::{Init, Vb};
 
+/// MolCLIP: the video model, the molecule encoder and the shared space.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MolClipConfig {
+    /// The video branch.
     pub video: VideoConfig,
+    /// The molecule branch.
     pub molecule: MoleculeConfig,
     /// Width of the shared space.
     pub projection_dim: usize,
@@ -44,6 +47,7 @@ impl Default for MolClipConfig {
 }
 
 impl MolClipConfig {
+    /// Refuses settings that cannot work, naming the field.
     pub fn validate(&self) -> Result<()> {
         self.video.validate()?;
         if self.projection_dim == 0 {
@@ -52,16 +56,22 @@ impl MolClipConfig {
         if !(self.init_temperature > 0.0) || !(self.max_logit_scale >= 1.0 / self.init_temperature) {
             return Err(ModelError::config(
                 "init_temperature",
-                format!("needs 0 < init_temperature and 1/init_temperature <= max_logit_scale ({})", self.max_logit_scale),
+                format!(
+                    "needs 0 < init_temperature and 1/init_temperature <= max_logit_scale ({})",
+                    self.max_logit_scale
+                ),
             ));
         }
         Ok(())
     }
 }
 
+/// MolCLIP: video and molecule encoders with their projections into one space.
 #[derive(Clone, Debug)]
 pub struct MolClip {
+    /// The video branch (encoder, pooling, BNNeck, classifiers).
     pub video: VideoModel,
+    /// The molecule encoder.
     pub molecule: MoleculeEncoder,
     video_projection: Projection,
     molecule_projection: Projection,
@@ -71,6 +81,7 @@ pub struct MolClip {
 }
 
 impl MolClip {
+    /// The model, with classifiers for `drugs` and `moas` classes (0: none).
     pub fn new(vb: &Vb, cfg: &MolClipConfig, drugs: usize, moas: usize) -> Result<Self> {
         cfg.validate()?;
         Ok(Self {
@@ -104,6 +115,7 @@ impl MolClip {
         &self.logit_scale
     }
 
+    /// The cap on the inverse temperature.
     pub fn max_logit_scale(&self) -> f64 {
         self.max_logit_scale
     }

@@ -1,7 +1,8 @@
 //! The molecule branch: a GIN over the molecular graph, or an MLP over a Morgan fingerprint.
 
 use candle_core::{Device, Tensor};
-use molclip_chem::{FingerprintConfig, Molecule};
+use molclip_chem::{FingerprintConfig, FragmentPolicy, Molecule};
+use molclip_data::DatasetIndex;
 use serde::{Deserialize, Serialize};
 
 use super::gin::{Gin, GinConfig, GraphBatch};
@@ -9,15 +10,19 @@ use super::morgan_mlp::{MorganMlp, MorganMlpConfig};
 use crate::error::{ModelError, Result};
 use crate::nn::Vb;
 
+/// Which molecule encoder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum MoleculeEncoderKind {
+    /// A GIN over the molecular graph.
     #[serde(rename = "gin")]
     #[default]
     Gin,
+    /// An MLP over a Morgan fingerprint.
     #[serde(rename = "morgan-mlp")]
     MorganMlp,
 }
 
+/// The molecule branch.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct MoleculeConfig {
@@ -28,11 +33,14 @@ pub struct MoleculeConfig {
     /// Keep the molecule projection fixed too, so the shared space is the molecular
     /// latent space itself and only the video side moves into it.
     pub freeze_projection: bool,
+    /// The GIN's size.
     pub gin: GinConfig,
+    /// The Morgan MLP's size.
     pub morgan: MorganMlpConfig,
 }
 
 impl MoleculeConfig {
+    /// Feature width of the configured encoder.
     pub fn feature_dim(&self) -> usize {
         match self.encoder {
             MoleculeEncoderKind::Gin => self.gin.hidden,
@@ -41,15 +49,35 @@ impl MoleculeConfig {
     }
 }
 
+/// A SMILES as the molecule encoders read it: its largest organic fragment (salts and
+/// solvents dropped); an unparsable SMILES is an error naming it.
+pub fn parse_smiles(smiles: &str) -> Result<Molecule> {
+    Molecule::parse_with(smiles, FragmentPolicy::Largest)
+        .map_err(|e| ModelError::Input(format!("SMILES {smiles:?}: {e}")))
+}
+
+/// The molecule of the drug in a dataset's drug folder, from the annotation's SMILES.
+pub fn drug_molecule(index: &DatasetIndex, folder: &str) -> Result<Molecule> {
+    let smiles = index.annotation.smiles(folder).ok_or_else(|| {
+        ModelError::Input(format!(
+            "{}: drug folder `{folder}` has no SMILES in the annotation, which a molclip model needs (or use kind = \"video-only\")",
+            index.root.display()
+        ))
+    })?;
+    parse_smiles(smiles).map_err(|e| ModelError::Input(format!("drug folder `{folder}`: {e}")))
+}
+
 /// A batch of molecules, in the form the configured encoder reads.
 #[derive(Clone, Debug)]
 pub enum MoleculeInput {
+    /// Graphs, for the GIN.
     Graphs(GraphBatch),
     /// `[G, bits]`
     Fingerprints(Tensor),
 }
 
 impl MoleculeInput {
+    /// `molecules` in the form `cfg`'s encoder reads, on `device`.
     pub fn new(cfg: &MoleculeConfig, molecules: &[&Molecule], device: &Device) -> Result<Self> {
         match cfg.encoder {
             MoleculeEncoderKind::Gin => {
@@ -75,6 +103,7 @@ enum Encoder {
     MorganMlp(MorganMlp),
 }
 
+/// The configured molecule encoder.
 #[derive(Clone, Debug)]
 pub struct MoleculeEncoder {
     encoder: Encoder,
@@ -82,6 +111,7 @@ pub struct MoleculeEncoder {
 }
 
 impl MoleculeEncoder {
+    /// The encoder `cfg` names, its weights under `vb`.
     pub fn new(vb: &Vb, cfg: &MoleculeConfig) -> Result<Self> {
         let vb = vb.clone().frozen(cfg.freeze);
         let encoder = match cfg.encoder {
@@ -97,7 +127,9 @@ impl MoleculeEncoder {
         match (&self.encoder, input) {
             (Encoder::Gin(m), MoleculeInput::Graphs(g)) => m.forward_t(g, train),
             (Encoder::MorganMlp(m), MoleculeInput::Fingerprints(f)) => m.forward(f),
-            _ => Err(ModelError::Input("molecule input does not match the encoder (graphs for gin, fingerprints for morgan-mlp)".into())),
+            _ => Err(ModelError::Input(
+                "molecule input does not match the encoder (graphs for gin, fingerprints for morgan-mlp)".into(),
+            )),
         }
     }
 }

@@ -6,14 +6,17 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ModelError, Result};
 use crate::nn::{relu, Linear, Vb};
 
+/// The Morgan MLP's size.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MorganMlpConfig {
     /// Morgan radius (2 is ECFP4).
     pub radius: u32,
+    /// Fingerprint width.
     pub bits: usize,
     /// Use counts instead of bits.
     pub counts: bool,
+    /// Hidden width.
     pub hidden: usize,
     /// Linear layers (ReLU between them).
     pub layers: usize,
@@ -25,6 +28,7 @@ impl Default for MorganMlpConfig {
     }
 }
 
+/// An MLP over a Morgan fingerprint.
 #[derive(Clone, Debug)]
 pub struct MorganMlp {
     layers: Vec<Linear>,
@@ -32,6 +36,7 @@ pub struct MorganMlp {
 }
 
 impl MorganMlp {
+    /// The network, its weights under `vb`.
     pub fn new(vb: &Vb, cfg: &MorganMlpConfig) -> Result<Self> {
         if cfg.layers == 0 || cfg.hidden == 0 {
             return Err(ModelError::config("morgan.layers", "layers and hidden must be positive"));
@@ -39,10 +44,11 @@ impl MorganMlp {
         // Named as the indices of an `nn.Sequential(Linear, ReLU, Linear, ...)`.
         let layers = (0..cfg.layers)
             .map(|i| Linear::new(&vb.pp("mlp").pp(2 * i), if i == 0 { cfg.bits } else { cfg.hidden }, cfg.hidden, true))
-            .collect::<Result<_>>()?;
+            .collect::<molclip_nn::Result<_>>()?;
         Ok(Self { layers, hidden: cfg.hidden })
     }
 
+    /// Feature width.
     pub fn out_dim(&self) -> usize {
         self.hidden
     }

@@ -4,7 +4,9 @@
 //! Re-identification", CVPRW 2019): metric losses see the feature before the batch norm,
 //! classifiers and retrieval the feature after it.
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
+use molclip_data::loader::Batch;
+use molclip_data::Identity;
 use serde::{Deserialize, Serialize};
 
 use super::aggregation::{Pooling, TemporalPool};
@@ -13,18 +15,23 @@ use super::i3d_resnet::{I3dConfig, I3dResNet};
 use crate::error::{ModelError, Result};
 use crate::nn::{BatchNorm, Linear, Vb};
 
+/// Which video encoder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum VideoEncoderKind {
+    /// I3D-ResNet-18.
     #[serde(rename = "i3d-resnet18")]
     #[default]
     I3dResnet18,
+    /// I3D-ResNet-50.
     #[serde(rename = "i3d-resnet50")]
     I3dResnet50,
+    /// A ViT per frame, then a temporal transformer.
     #[serde(rename = "frame-vit")]
     FrameVit,
 }
 
 impl VideoEncoderKind {
+    /// The encoder's name, as configs spell it.
     pub fn name(self) -> &'static str {
         match self {
             Self::I3dResnet18 => "i3d-resnet18",
@@ -34,6 +41,7 @@ impl VideoEncoderKind {
     }
 }
 
+/// The video branch.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct VideoConfig {
@@ -41,16 +49,20 @@ pub struct VideoConfig {
     pub encoder: VideoEncoderKind,
     /// `attention` (default) or `mean`.
     pub pooling: Pooling,
+    /// The I3D's shape (its depth follows `encoder`).
     pub i3d: I3dConfig,
+    /// The frame ViT's shape.
     pub vit: FrameVitConfig,
 }
 
 impl VideoConfig {
+    /// The I3D config of `encoder`.
     pub fn i3d_config(&self) -> I3dConfig {
         let depth = if self.encoder == VideoEncoderKind::I3dResnet50 { 50 } else { 18 };
         I3dConfig { depth, ..self.i3d.clone() }
     }
 
+    /// Feature width.
     pub fn feature_dim(&self) -> usize {
         match self.encoder {
             VideoEncoderKind::FrameVit => self.vit.dim,
@@ -58,6 +70,7 @@ impl VideoConfig {
         }
     }
 
+    /// Refuses settings that cannot work, naming the field.
     pub fn validate(&self) -> Result<()> {
         match self.encoder {
             VideoEncoderKind::FrameVit => self.vit.validate(),
@@ -66,13 +79,17 @@ impl VideoConfig {
     }
 }
 
+/// The configured video encoder.
 #[derive(Clone, Debug)]
 pub enum VideoEncoder {
+    /// An inflated 3D ResNet.
     I3d(I3dResNet),
+    /// A frame ViT with a temporal transformer.
     FrameVit(FrameVit),
 }
 
 impl VideoEncoder {
+    /// The encoder `cfg` names, its weights under `vb`.
     pub fn new(vb: &Vb, cfg: &VideoConfig) -> Result<Self> {
         Ok(match cfg.encoder {
             VideoEncoderKind::FrameVit => Self::FrameVit(FrameVit::new(vb, &cfg.vit)?),
@@ -100,10 +117,28 @@ pub struct VideoOutput {
     pub feature: Tensor,
     /// `[B, D]`: after BNNeck (classifiers, retrieval).
     pub neck_feature: Tensor,
+    /// `[B, drugs]`: the drug classifier's logits, when the model has one.
     pub drug_logits: Option<Tensor>,
+    /// `[B, MoAs]`: the MoA classifier's logits, when the model has one.
     pub moa_logits: Option<Tensor>,
 }
 
+impl VideoOutput {
+    /// The logits of the classifier of `identity`, when the model has one.
+    pub fn logits(&self, identity: Identity) -> Option<&Tensor> {
+        match identity {
+            Identity::Drug => self.drug_logits.as_ref(),
+            Identity::Moa => self.moa_logits.as_ref(),
+        }
+    }
+}
+
+/// A loader's batch as the video models' input: `[B, T, C, H, W]` on `device`.
+pub fn batch_tensor(batch: &Batch, device: &Device) -> Result<Tensor> {
+    Ok(Tensor::from_slice(&batch.data, batch.shape.as_slice(), device)?)
+}
+
+/// The video branch: encoder, temporal pooling, BNNeck and classifiers.
 #[derive(Clone, Debug)]
 pub struct VideoModel {
     encoder: VideoEncoder,
@@ -120,7 +155,11 @@ impl VideoModel {
         cfg.validate()?;
         let dim = cfg.feature_dim();
         let head = |name: &str, n: usize| -> Result<Option<Linear>> {
-            if n == 0 { Ok(None) } else { Ok(Some(Linear::new(&vb.pp(name), dim, n, false)?)) }
+            if n == 0 {
+                Ok(None)
+            } else {
+                Ok(Some(Linear::new(&vb.pp(name), dim, n, false)?))
+            }
         };
         Ok(Self {
             encoder: VideoEncoder::new(&vb.pp("encoder"), cfg)?,
@@ -132,6 +171,7 @@ impl VideoModel {
         })
     }
 
+    /// Feature width.
     pub fn dim(&self) -> usize {
         self.dim
     }

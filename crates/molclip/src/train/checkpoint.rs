@@ -21,54 +21,68 @@ const STATE: &str = "state.json";
 pub struct Checkpoint<S> {
     /// Weights by store name (`model`, ...).
     pub stores: HashMap<String, HashMap<String, Tensor>>,
+    /// The optimiser's state.
     pub optimizer: HashMap<String, Tensor>,
+    /// The trainer's state.
     pub state: S,
-}
-
-fn io_err(path: &Path) -> impl Fn(std::io::Error) -> ModelError + '_ {
-    move |e| ModelError::Weights { path: path.display().to_string(), message: e.to_string() }
 }
 
 /// Writes `dir` (for example `RUN/checkpoints/last`) atomically: each store as
 /// `<name>.safetensors`, the optimiser state, and `state` as JSON.
-pub fn save_checkpoint<S: Serialize>(dir: &Path, stores: &[(&str, &ParamStore)], optimizer: &Optimizer, state: &S) -> Result<()> {
+pub fn save_checkpoint<S: Serialize>(
+    dir: &Path,
+    stores: &[(&str, &ParamStore)],
+    optimizer: &Optimizer,
+    state: &S,
+) -> Result<()> {
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(io_err(parent))?;
-    let name = dir.file_name().ok_or_else(|| ModelError::Input(format!("{}: not a folder path", dir.display())))?.to_string_lossy().to_string();
+    std::fs::create_dir_all(parent).map_err(ModelError::io(parent))?;
+    let name = dir
+        .file_name()
+        .ok_or_else(|| ModelError::Input(format!("{}: not a folder path", dir.display())))?
+        .to_string_lossy()
+        .to_string();
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
+        std::fs::remove_dir_all(&tmp).map_err(ModelError::io(&tmp))?;
     }
-    std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+    std::fs::create_dir_all(&tmp).map_err(ModelError::io(&tmp))?;
     let mut names = Vec::new();
     for (name, store) in stores {
         store.save(&tmp.join(format!("{name}.safetensors")))?;
         names.push(name.to_string());
     }
     write_safetensors(&optimizer.state_tensors()?, &tmp.join(format!("{OPTIMIZER}.safetensors")))?;
-    std::fs::write(tmp.join("stores.txt"), names.join("\n")).map_err(io_err(&tmp))?;
+    std::fs::write(tmp.join("stores.txt"), names.join("\n")).map_err(ModelError::io(&tmp))?;
     let json = serde_json::to_vec_pretty(state).map_err(|e| ModelError::Input(format!("checkpoint state: {e}")))?;
-    std::fs::write(tmp.join(STATE), json).map_err(io_err(&tmp))?;
+    std::fs::write(tmp.join(STATE), json).map_err(ModelError::io(&tmp))?;
     // Swap: the old folder moves aside, the new one takes its name, the old one goes.
     let old: PathBuf = parent.join(format!(".{name}.old-{}", std::process::id()));
     if dir.exists() {
-        std::fs::rename(dir, &old).map_err(io_err(dir))?;
+        std::fs::rename(dir, &old).map_err(ModelError::io(dir))?;
     }
-    std::fs::rename(&tmp, dir).map_err(io_err(dir))?;
+    std::fs::rename(&tmp, dir).map_err(ModelError::io(dir))?;
     if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
+        std::fs::remove_dir_all(&old).map_err(ModelError::io(&old))?;
     }
     Ok(())
+}
+
+/// Whether `dir` holds a checkpoint written by [`save_checkpoint`].
+pub fn is_checkpoint(dir: &Path) -> bool {
+    dir.join(STATE).is_file()
 }
 
 /// Reads a checkpoint folder written by [`save_checkpoint`].
 pub fn load_checkpoint<S: DeserializeOwned>(dir: &Path) -> Result<Checkpoint<S>> {
     let state_path = dir.join(STATE);
-    let text = std::fs::read(&state_path).map_err(io_err(&state_path))?;
-    let state = serde_json::from_slice(&text)
-        .map_err(|e| ModelError::Weights { path: state_path.display().to_string(), message: format!("not a checkpoint state: {e}") })?;
+    let text = std::fs::read(&state_path).map_err(ModelError::io(&state_path))?;
+    let state = serde_json::from_slice(&text).map_err(|e| ModelError::Weights {
+        what: state_path.display().to_string(),
+        message: format!("not a checkpoint state: {e}"),
+    })?;
     let list = dir.join("stores.txt");
-    let names = std::fs::read_to_string(&list).map_err(io_err(&list))?;
+    let names = std::fs::read_to_string(&list).map_err(ModelError::io(&list))?;
     let mut stores = HashMap::new();
     for name in names.lines().filter(|l| !l.is_empty()) {
         stores.insert(name.to_string(), read_safetensors(&dir.join(format!("{name}.safetensors")))?);
@@ -106,7 +120,10 @@ mod tests {
         let ck: Checkpoint<State> = load_checkpoint(&dir).unwrap();
         assert_eq!(ck.state, State { epoch: 1, step: 2 });
         for (name, t) in store.tensors() {
-            assert_eq!(ck.stores["model"][&name].flatten_all().unwrap().to_vec1::<f32>().unwrap(), t.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            assert_eq!(
+                ck.stores["model"][&name].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            );
         }
         assert!(ck.optimizer.contains_key("exp_avg.head.weight"));
         // Only the checkpoint itself is left: no temporary or old folders.

@@ -2,6 +2,8 @@
 //! unknown fields refused. `configs/` holds the three model kinds.
 
 use molclip_data::loader::DataConfig;
+use molclip_data::DataError;
+pub use molclip_data::Identity;
 use serde::{Deserialize, Serialize};
 
 use super::schedule::ScheduleConfig;
@@ -23,14 +25,26 @@ pub enum ModelKind {
     SingleFrame,
 }
 
-/// The identity a stage learns.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Identity {
-    Drug,
-    Moa,
+impl ModelKind {
+    /// The kind's name, as configs spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::Molclip => "molclip",
+            ModelKind::VideoOnly => "video-only",
+            ModelKind::SingleFrame => "single-frame",
+        }
+    }
 }
 
+/// A data config error as a training config error, its field under `data.`.
+pub(crate) fn data_error(e: DataError) -> ModelError {
+    match e {
+        DataError::Config { field, message } => ModelError::config(format!("data.{field}"), message),
+        other => other.into(),
+    }
+}
+
+/// One training stage.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StageConfig {
@@ -47,6 +61,7 @@ fn one() -> f64 {
     1.0
 }
 
+/// A training run's configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
@@ -54,12 +69,17 @@ pub struct TrainConfig {
     pub kind: ModelKind,
     /// Fixes the initialisation, the sampler, the augmentation and the order of everything.
     pub seed: u64,
+    /// The model.
     pub model: MolClipConfig,
+    /// Reading, augmenting and sampling the data.
     pub data: DataConfig,
+    /// Loss weights.
     pub loss: LossConfig,
+    /// The optimiser.
     pub optimizer: OptimizerConfig,
+    /// The learning-rate schedule.
     pub schedule: ScheduleConfig,
-    /// Drug identity first, then MoA (METHOD.md); each stage configurable and skippable.
+    /// Drug identity first, then MoA (docs/method.md); each stage configurable and skippable.
     pub stages: Vec<StageConfig>,
     /// Largest global gradient norm (0: no clipping).
     pub clip_grad_norm: f64,
@@ -102,28 +122,35 @@ impl TrainConfig {
         Ok(cfg)
     }
 
+    /// Refuses settings that cannot work, naming the field.
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
         self.loss.validate()?;
         self.optimizer.validate()?;
         self.schedule.validate()?;
-        self.data.validate().map_err(|e| ModelError::config("data", e))?;
+        self.data.validate().map_err(data_error)?;
         if self.stages.iter().all(|s| s.epochs == 0) {
             return Err(ModelError::config("stages", "no stage has epochs > 0: nothing to train"));
         }
         for (i, s) in self.stages.iter().enumerate() {
             if !(s.lr_scale > 0.0) || !s.lr_scale.is_finite() {
-                return Err(ModelError::config(format!("stages[{i}].lr_scale"), format!("{} is not a positive number", s.lr_scale)));
+                return Err(ModelError::config(
+                    format!("stages[{i}].lr_scale"),
+                    format!("{} is not a positive number", s.lr_scale),
+                ));
             }
         }
         if !(self.clip_grad_norm >= 0.0) {
             return Err(ModelError::config("clip_grad_norm", "must be >= 0 (0: off)"));
         }
         match self.kind {
-            ModelKind::SingleFrame if self.data.frames.frames != 1 => {
-                Err(ModelError::config("data.frames.frames", format!("{}: a single-frame model reads 1 frame per video", self.data.frames.frames)))
+            ModelKind::SingleFrame if self.data.frames.frames != 1 => Err(ModelError::config(
+                "data.frames.frames",
+                format!("{}: a single-frame model reads 1 frame per video", self.data.frames.frames),
+            )),
+            ModelKind::Molclip if self.loss.clip == 0.0 => {
+                Err(ModelError::config("loss.clip", "0 for a molclip model: use kind = \"video-only\""))
             }
-            ModelKind::Molclip if self.loss.clip == 0.0 => Err(ModelError::config("loss.clip", "0 for a molclip model: use kind = \"video-only\"")),
             _ => Ok(()),
         }
     }
@@ -152,7 +179,10 @@ mod tests {
         let molclip = TrainConfig::from_toml(&shipped("molclip.toml")).unwrap();
         let video = TrainConfig::from_toml(&shipped("video-only.toml")).unwrap();
         let single = TrainConfig::from_toml(&shipped("single-frame.toml")).unwrap();
-        assert_eq!((molclip.kind, video.kind, single.kind), (ModelKind::Molclip, ModelKind::VideoOnly, ModelKind::SingleFrame));
+        assert_eq!(
+            (molclip.kind, video.kind, single.kind),
+            (ModelKind::Molclip, ModelKind::VideoOnly, ModelKind::SingleFrame)
+        );
         assert_eq!(single.data.frames.frames, 1);
         assert!(molclip.effective_loss().clip > 0.0 && video.effective_loss().clip == 0.0);
         assert_eq!(molclip.stages[0].identity, Identity::Drug);
@@ -163,7 +193,8 @@ mod tests {
 
     #[test]
     fn config_errors_name_the_field() {
-        let err = TrainConfig::from_toml("kind = \"molclip\"\n[optimizer]\nlearning_rate = 0.1\n").unwrap_err().to_string();
+        let err =
+            TrainConfig::from_toml("kind = \"molclip\"\n[optimizer]\nlearning_rate = 0.1\n").unwrap_err().to_string();
         assert!(err.contains("learning_rate"), "{err}");
         let err = TrainConfig::from_toml("[optimizer]\nlr = -1.0\n").unwrap_err().to_string();
         assert!(err.contains("optimizer.lr"), "{err}");

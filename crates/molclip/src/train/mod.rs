@@ -6,8 +6,8 @@ pub mod embed;
 pub mod schedule;
 pub mod trainer;
 
-pub use checkpoint::{load_checkpoint, save_checkpoint, Checkpoint};
+pub use checkpoint::{is_checkpoint, load_checkpoint, save_checkpoint, Checkpoint};
 pub use config::{Identity, ModelKind, StageConfig, TrainConfig};
 pub use embed::{embed_cells, TrainedRun, VideoEmbeddings};
 pub use schedule::{Decay, LrSchedule, ScheduleConfig};
-pub use trainer::{last_checkpoint, replicate_number, RunState, StepRecord, TrainModel, Trainer, Validator};
+pub use trainer::{Resume, RunState, StepRecord, TrainModel, TrainOutputs, Trainer, Validator};

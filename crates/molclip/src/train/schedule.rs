@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 
+/// How the learning rate decays after warm-up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Decay {
@@ -12,9 +13,11 @@ pub enum Decay {
     Cosine,
     /// Multiply by `gamma` every `step_epochs` epochs (the re-identification recipes).
     Step,
+    /// No decay.
     Constant,
 }
 
+/// The learning-rate schedule.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScheduleConfig {
@@ -37,6 +40,7 @@ impl Default for ScheduleConfig {
 }
 
 impl ScheduleConfig {
+    /// Refuses settings that cannot work, naming the field.
     pub fn validate(&self) -> Result<()> {
         let checks = [
             ("schedule.warmup_epochs", self.warmup_epochs >= 0.0 && self.warmup_epochs.is_finite(), "must be >= 0"),
@@ -64,16 +68,21 @@ pub struct LrSchedule {
 }
 
 impl LrSchedule {
+    /// The schedule of `base_lr` over `epochs` of `steps_per_epoch`.
     pub fn new(cfg: &ScheduleConfig, base_lr: f64, steps_per_epoch: usize, epochs: usize) -> Result<Self> {
         cfg.validate()?;
         if steps_per_epoch == 0 {
-            return Err(ModelError::config("schedule", "an epoch has no steps (too few training videos for one P x K batch?)"));
+            return Err(ModelError::config(
+                "schedule",
+                "an epoch has no steps (too few training videos for one P x K batch?)",
+            ));
         }
         let total_steps = steps_per_epoch * epochs;
         let warmup_steps = ((cfg.warmup_epochs * steps_per_epoch as f64).round() as usize).min(total_steps);
         Ok(Self { cfg: cfg.clone(), base: base_lr, steps_per_epoch, warmup_steps, total_steps })
     }
 
+    /// Steps in all.
     pub fn total_steps(&self) -> usize {
         self.total_steps
     }
@@ -121,7 +130,8 @@ mod tests {
 
     #[test]
     fn step_decay_changes_at_epoch_boundaries() {
-        let cfg = ScheduleConfig { warmup_epochs: 0.0, decay: Decay::Step, step_epochs: 2, gamma: 0.5, ..Default::default() };
+        let cfg =
+            ScheduleConfig { warmup_epochs: 0.0, decay: Decay::Step, step_epochs: 2, gamma: 0.5, ..Default::default() };
         let s = LrSchedule::new(&cfg, 0.8, 3, 6).unwrap();
         let per_epoch: Vec<f64> = (0..6).map(|e| s.lr(e * 3)).collect();
         assert_eq!(per_epoch, vec![0.8, 0.8, 0.4, 0.4, 0.2, 0.2]);

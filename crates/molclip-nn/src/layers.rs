@@ -14,6 +14,7 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// `nn.Linear(in_dim, out_dim, bias)` with PyTorch's initialisation.
     pub fn new(vb: &Vb, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
         let init = Init::pytorch_default(in_dim);
         let weight = vb.param("weight", &[out_dim, in_dim], init)?;
@@ -21,14 +22,17 @@ impl Linear {
         Ok(Self { weight, bias })
     }
 
+    /// A linear layer of these weights (`[out, in]`) and bias.
     pub fn from_tensors(weight: Tensor, bias: Option<Tensor>) -> Self {
         Self { weight, bias }
     }
 
+    /// The weight, `[out, in]`.
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
 
+    /// `x · wᵀ + b` over the last dimension (fused on the CPU).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if let (Some(b), true) = (&self.bias, on_cpu_f32(x)) {
             return fused::linear(x, &self.weight, b);
@@ -56,10 +60,12 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
+    /// `nn.LayerNorm(dim, eps)`.
     pub fn new(vb: &Vb, dim: usize, eps: f64) -> Result<Self> {
         Ok(Self { weight: vb.param("weight", &[dim], Init::Ones)?, bias: vb.param("bias", &[dim], Init::Zeros)?, eps })
     }
 
+    /// Normalises the last dimension (fused on the CPU).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if on_cpu_f32(x) {
             return fused::layer_norm(x, &self.weight, &self.bias, self.eps);
@@ -91,6 +97,7 @@ pub struct BatchNorm {
 }
 
 impl BatchNorm {
+    /// `nn.BatchNorm{1,2,3}d(channels)`: weight 1, bias 0, running statistics.
     pub fn new(vb: &Vb, channels: usize) -> Result<Self> {
         Self::build(vb, channels, true)
     }
@@ -118,6 +125,7 @@ impl BatchNorm {
         })
     }
 
+    /// Batch statistics in training (updating the running ones), running statistics otherwise.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.apply(x, train, false)
     }
@@ -169,10 +177,7 @@ impl BatchNorm {
             self.update_running(&mean.detach().flatten_all()?, &unbiased.flatten_all()?)?;
             (mean.reshape((1, c, 1))?, var.reshape((1, c, 1))?)
         } else {
-            (
-                self.running_mean.as_tensor().reshape((1, c, 1))?,
-                self.running_var.as_tensor().reshape((1, c, 1))?,
-            )
+            (self.running_mean.as_tensor().reshape((1, c, 1))?, self.running_var.as_tensor().reshape((1, c, 1))?)
         };
         // Fold the affine into one scale and shift: two passes over the activations.
         let scale = self.weight.reshape((1, c, 1))?.broadcast_div(&(var + self.eps)?.sqrt()?)?;
@@ -188,6 +193,7 @@ pub struct Embedding {
 }
 
 impl Embedding {
+    /// `nn.Embedding(count, dim)`.
     pub fn new(vb: &Vb, count: usize, dim: usize) -> Result<Self> {
         Ok(Self { weight: vb.param("weight", &[count, dim], Init::Normal(1.0))? })
     }
@@ -228,14 +234,49 @@ pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
 
 /// GELU, exact (erf) form as PyTorch's default.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    if on_cpu_f32(x) { fused::gelu(x) } else { Ok(x.gelu_erf()?) }
+    if on_cpu_f32(x) {
+        fused::gelu(x)
+    } else {
+        Ok(x.gelu_erf()?)
+    }
 }
 
+/// max(x, 0) (fused on the CPU).
 pub fn relu(x: &Tensor) -> Result<Tensor> {
-    if on_cpu_f32(x) { fused::relu(x) } else { Ok(x.relu()?) }
+    if on_cpu_f32(x) {
+        fused::relu(x)
+    } else {
+        Ok(x.relu()?)
+    }
 }
 
 /// relu(a + b), the end of a residual block.
 pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if on_cpu_f32(a) { fused::add_relu(a, b) } else { Ok((a + b)?.relu()?) }
+    if on_cpu_f32(a) {
+        fused::add_relu(a, b)
+    } else {
+        Ok((a + b)?.relu()?)
+    }
+}
+
+/// Multi-head self-attention over packed projections: `qkv` is `[B, N, 3·D]` (queries, keys
+/// and values, each `D = heads × head size`), the result `[B, N, D]`. Fused on the CPU.
+pub fn attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
+    if on_cpu_f32(qkv) {
+        return fused::attention(qkv, heads);
+    }
+    attention_composed(qkv, heads)
+}
+
+/// [`attention`] from candle ops: what other devices run.
+pub(crate) fn attention_composed(qkv: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, n, d3) = qkv.dims3()?;
+    let d = d3 / 3;
+    let dh = d / heads;
+    let qkv = qkv.reshape((b, n, 3, heads, dh))?.permute((2, 0, 3, 1, 4))?;
+    let q = (qkv.get(0)?.contiguous()? * (dh as f64).powf(-0.5))?;
+    let k = qkv.get(1)?.contiguous()?;
+    let v = qkv.get(2)?.contiguous()?;
+    let att = softmax_last_dim(&q.matmul(&k.t()?)?)?;
+    Ok(att.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?)
 }

@@ -16,22 +16,27 @@ use crate::error::Result;
 /// Kernel, stride and padding of a 3D window, as (time, height, width).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Window3d {
+    /// Kernel size (time, height, width).
     pub kernel: [usize; 3],
+    /// Stride.
     pub stride: [usize; 3],
+    /// Zero padding on each side.
     pub padding: [usize; 3],
 }
 
 impl Window3d {
+    /// A window of this size, stride and padding.
     pub fn new(kernel: [usize; 3], stride: [usize; 3], padding: [usize; 3]) -> Self {
         Self { kernel, stride, padding }
     }
 
+    /// Output size for an input of `input` (time, height, width); an error if the window does not fit.
     pub fn out_dims(&self, input: [usize; 3]) -> Result<[usize; 3]> {
         let mut out = [0; 3];
         for i in 0..3 {
             let padded = input[i] + 2 * self.padding[i];
             if padded < self.kernel[i] {
-                return Err(crate::error::ModelError::Input(format!(
+                return Err(crate::error::NnError::Shape(format!(
                     "3D window {:?} larger than the padded input {:?} (dimension {i})",
                     self.kernel, input
                 )));
@@ -56,7 +61,7 @@ pub fn conv3d(x: &Tensor, weight: &Tensor, window: Window3d) -> Result<Tensor> {
     let (_, c, t, h, w) = x.dims5()?;
     let (_, wc, kt, kh, kw) = weight.dims5()?;
     if wc != c || [kt, kh, kw] != window.kernel {
-        return Err(crate::error::ModelError::Input(format!(
+        return Err(crate::error::NnError::Shape(format!(
             "conv3d: input has {c} channels, weight {:?} with window {:?}",
             weight.dims(),
             window.kernel
@@ -308,7 +313,18 @@ impl ConvSizes {
     fn new(window: Window3d, [b, c, t, h, w]: [usize; 5], o: usize, out: [usize; 3]) -> Self {
         let n = out.iter().product::<usize>();
         let g = group_size(b, n);
-        Self { b, c, o, input: [t, h, w], out, n, ck: c * window.taps(), vol: c * t * h * w, g, direct: window.is_pointwise() && g == 1 }
+        Self {
+            b,
+            c,
+            o,
+            input: [t, h, w],
+            out,
+            n,
+            ck: c * window.taps(),
+            vol: c * t * h * w,
+            g,
+            direct: window.is_pointwise() && g == 1,
+        }
     }
 
     /// Scratch buffers: the window matrix of a group, and the regrouped output of a group.
@@ -355,7 +371,13 @@ impl CustomOp2 for Conv3dCpu {
         "conv3d"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, wt) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
         let dims = dims5(l1)?;
         let out = self.window.out_dims([dims[2], dims[3], dims[4]]).map_err(candle_core::Error::wrap)?;
@@ -377,7 +399,13 @@ impl CustomOp2 for Conv3dCpu {
         Ok((CpuStorage::F32(y), Shape::from(vec![z.b, o, out[0], out[1], out[2]])))
     }
 
-    fn bwd(&self, x: &Tensor, weight: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let (_, _, t, h, w) = x.dims5()?;
         // The first convolution sees the videos themselves: no gradient to compute there.
@@ -401,7 +429,13 @@ impl CustomOp2 for Conv3dGradInput {
         "conv3d-grad-input"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (gy, wt) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
         let [b, o, ot, oh, ow] = dims5(l1)?;
         let [t, h, w] = self.input;
@@ -434,7 +468,13 @@ impl CustomOp2 for Conv3dGradWeight {
         "conv3d-grad-weight"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, gy) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
         let dims = dims5(l1)?;
         let [_, o, ot, oh, ow] = dims5(l2)?;
@@ -542,7 +582,13 @@ impl CustomOp2 for MaxPool3dGrad {
         "max-pool3d-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(s1, l1)?;
         let gy = f32_slice(s2, l2)?;
         let [b, c, t, h, w] = dims5(l1)?;
@@ -571,7 +617,8 @@ mod tests {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let n: usize = shape.iter().product();
-        Tensor::from_vec((0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>(), shape, &Device::Cpu).unwrap()
+        Tensor::from_vec((0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>(), shape, &Device::Cpu)
+            .unwrap()
     }
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -593,11 +640,18 @@ mod tests {
         ];
         for (i, (win, width)) in windows.iter().flat_map(|w| [(w, 8), (w, 9)]).enumerate() {
             let x = Var::from_tensor(&rand(&[2, 3, 5, 9, width], i as u64)).unwrap();
-            let wt = Var::from_tensor(&rand(&[4, 3, win.kernel[0], win.kernel[1], win.kernel[2]], 100 + i as u64)).unwrap();
+            let wt =
+                Var::from_tensor(&rand(&[4, 3, win.kernel[0], win.kernel[1], win.kernel[2]], 100 + i as u64)).unwrap();
             let probe = rand(&[2, 4, 5, 9, 9], 7);
             let run = |f: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>| {
                 let y = f(x.as_tensor(), wt.as_tensor()).unwrap();
-                let p = probe.narrow(2, 0, y.dim(2).unwrap()).unwrap().narrow(3, 0, y.dim(3).unwrap()).unwrap().narrow(4, 0, y.dim(4).unwrap()).unwrap();
+                let p = probe
+                    .narrow(2, 0, y.dim(2).unwrap())
+                    .unwrap()
+                    .narrow(3, 0, y.dim(3).unwrap())
+                    .unwrap()
+                    .narrow(4, 0, y.dim(4).unwrap())
+                    .unwrap();
                 let g = (&y * &p).unwrap().sum_all().unwrap().backward().unwrap();
                 (y, g.get(&x).unwrap().clone(), g.get(&wt).unwrap().clone())
             };

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::error::{ModelError, Result};
+use crate::error::{ExperimentError, Result};
 
 /// Labelled unit-norm rows: what queries are compared with.
 #[derive(Clone, Debug)]
@@ -20,24 +20,33 @@ pub struct Reference {
 /// One MoA's score for a query: cosine similarity to the MoA's centroid.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct MoaScore {
+    /// The MoA.
     pub moa: String,
+    /// Cosine similarity of the query to its centroid.
     pub score: f64,
 }
 
+/// A reference drug near the query.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Neighbour {
+    /// The drug.
     pub drug: String,
+    /// Its MoA.
     pub moa: String,
+    /// Cosine similarity of the query to the drug's centroid.
     pub similarity: f64,
 }
 
 /// MoAs best first, and the nearest reference drugs.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Prediction {
+    /// What was named (a drug folder, or a drug's name).
     pub query: String,
     /// Rows (videos, or 1 for a molecule) the query was made of.
     pub rows: usize,
+    /// MoAs, best first.
     pub moas: Vec<MoaScore>,
+    /// The nearest reference drugs.
     pub nearest: Vec<Neighbour>,
 }
 
@@ -70,10 +79,14 @@ impl Reference {
     /// `rows`: `[N, dim]` embeddings; `drugs` and `moas`: the label of each row.
     pub fn new(rows: &[f32], dim: usize, drugs: &[String], moas: &[String]) -> Result<Self> {
         if dim == 0 || rows.len() != drugs.len() * dim || drugs.len() != moas.len() {
-            return Err(ModelError::Input(format!("reference: {} values for {} rows of width {dim}", rows.len(), drugs.len())));
+            return Err(ExperimentError::Input(format!(
+                "reference: {} values for {} rows of width {dim}",
+                rows.len(),
+                drugs.len()
+            )));
         }
         if drugs.is_empty() {
-            return Err(ModelError::Input("reference: no videos to compare with".into()));
+            return Err(ExperimentError::Input("reference: no videos to compare with".into()));
         }
         let mut by_moa: BTreeMap<&str, Vec<&[f32]>> = BTreeMap::new();
         let mut by_drug: BTreeMap<(&str, &str), Vec<&[f32]>> = BTreeMap::new();
@@ -90,8 +103,12 @@ impl Reference {
 
     /// Ranks MoAs for the query made of `rows` (`[n, dim]`, pooled into their centroid).
     pub fn predict(&self, query: &str, rows: &[f32], nearest: usize) -> Result<Prediction> {
-        if rows.is_empty() || rows.len() % self.dim != 0 {
-            return Err(ModelError::Input(format!("{query}: {} values are not rows of width {}", rows.len(), self.dim)));
+        if rows.is_empty() || !rows.len().is_multiple_of(self.dim) {
+            return Err(ExperimentError::Input(format!(
+                "{query}: {} values are not rows of width {}",
+                rows.len(),
+                self.dim
+            )));
         }
         let q = centroid(&rows.chunks(self.dim).collect::<Vec<_>>(), self.dim);
         let rank = |mut v: Vec<(f64, usize)>| {
@@ -117,17 +134,28 @@ impl Reference {
 /// Top-k accuracy of predictions against true MoAs, in percent, with chance (k / MoAs).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ZeroShot {
+    /// Drugs scored.
     pub drugs: usize,
+    /// MoAs to choose from.
     pub moas: usize,
+    /// Top-1 accuracy (%).
     pub top1: f64,
+    /// Top-3 accuracy (%).
     pub top3: f64,
+    /// Top-1 by chance (%).
     pub chance_top1: f64,
+    /// Top-3 by chance (%).
     pub chance_top3: f64,
 }
 
+/// Top-1 and top-3 accuracy of `predictions` against the true MoAs, with chance.
 pub fn zero_shot_accuracy(predictions: &[Prediction], truth: &[String]) -> Result<ZeroShot> {
     if predictions.is_empty() || predictions.len() != truth.len() {
-        return Err(ModelError::Input(format!("zero-shot: {} predictions for {} drugs", predictions.len(), truth.len())));
+        return Err(ExperimentError::Input(format!(
+            "zero-shot: {} predictions for {} drugs",
+            predictions.len(),
+            truth.len()
+        )));
     }
     let moas = predictions[0].moas.len();
     let hit = |k: usize| {

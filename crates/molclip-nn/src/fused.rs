@@ -49,7 +49,15 @@ impl CustomOp3 for LinearCpu {
         "linear"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, w, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
         let (rows, k) = rows_and_width(l1);
         let (o, _) = dims2(l2)?;
@@ -62,7 +70,14 @@ impl CustomOp3 for LinearCpu {
         Ok((CpuStorage::F32(y), Shape::from(dims)))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _res: &Tensor, dy: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         // Detached: a gradient built from tracked tensors would keep the whole forward graph
         // alive for as long as the optimiser keeps its moments.
         let (k, o) = (x.dims()[x.rank() - 1], w.dim(0)?);
@@ -136,7 +151,15 @@ impl CustomOp3 for LayerNormCpu {
         "layer-norm"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, w, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
         let (n, d) = rows_and_width(l1);
         let mut y = vec![0f32; n * d];
@@ -149,7 +172,14 @@ impl CustomOp3 for LayerNormCpu {
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _res: &Tensor, dy: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, d) = rows_and_width(x.layout());
         let packed = x.apply_op3_no_bwd(w, &dy.contiguous()?, &LayerNormGrad { eps: self.eps })?;
         let dx = packed.narrow(0, 0, n * d)?.reshape(x.dims())?;
@@ -168,7 +198,15 @@ impl CustomOp3 for LayerNormGrad {
         "layer-norm-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, w, dy) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
         let (n, d) = rows_and_width(l1);
         let mut out = vec![0f32; n * d + 2 * d];
@@ -212,7 +250,13 @@ impl CustomOp3 for LayerNormGrad {
 /// Batch norm with batch statistics (training) over `[B, C, M]`, optionally followed by ReLU.
 /// Returns the output and the batch mean and biased variance per channel (for the running
 /// statistics).
-pub(crate) fn batch_norm_train(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64, relu: bool) -> Result<(Tensor, Vec<f32>, Vec<f32>)> {
+pub(crate) fn batch_norm_train(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, Vec<f32>, Vec<f32>)> {
     let stats = Arc::new(Mutex::new(Vec::new()));
     let op = BatchNormCpu { eps: eps as f32, relu, stats: stats.clone() };
     let y = x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, op)?;
@@ -256,7 +300,15 @@ impl CustomOp3 for BatchNormCpu {
         "batch-norm"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, w, bias) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
         let (b, c, m) = dims3(l1)?;
         let moments = channel_moments(x, b, c, m);
@@ -276,7 +328,14 @@ impl CustomOp3 for BatchNormCpu {
         Ok((CpuStorage::F32(y), Shape::from((b, c, m))))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, bias: &Tensor, _res: &Tensor, dy: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (b, c, m) = x.dims3()?;
         let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let params = Tensor::cat(&[w, bias, &Tensor::from_vec(stats, 2 * c, x.device())?], 0)?;
@@ -299,7 +358,15 @@ impl CustomOp3 for BatchNormGrad {
         "batch-norm-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, p, dy) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
         let (b, c, m) = dims3(l1)?;
         let (w, bias, mean, var) = (&p[..c], &p[c..2 * c], &p[2 * c..3 * c], &p[3 * c..]);
@@ -307,7 +374,11 @@ impl CustomOp3 for BatchNormGrad {
         let relu = self.relu;
         // The gradient reaching the affine output, zero where ReLU cut it.
         let g = |ci: usize, xv: f32, d: f32| -> f32 {
-            if relu && ((xv - mean[ci]) * rstd[ci] * w[ci] + bias[ci]) <= 0.0 { 0.0 } else { d }
+            if relu && ((xv - mean[ci]) * rstd[ci] * w[ci] + bias[ci]) <= 0.0 {
+                0.0
+            } else {
+                d
+            }
         };
         let sums: Vec<(f32, f32)> = (0..c)
             .into_par_iter()
@@ -351,15 +422,17 @@ impl CustomOp3 for BatchNormGrad {
 /// Applies `f` to a contiguous f32 tensor in parallel.
 fn map_par(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
     let mut y = vec![0f32; x.len()];
-    y.par_chunks_mut(1 << 14).zip(x.par_chunks(1 << 14)).for_each(|(yc, xc)| yc.iter_mut().zip(xc).for_each(|(y, x)| *y = f(*x)));
+    y.par_chunks_mut(1 << 14)
+        .zip(x.par_chunks(1 << 14))
+        .for_each(|(yc, xc)| yc.iter_mut().zip(xc).for_each(|(y, x)| *y = f(*x)));
     y
 }
 
 fn zip_par(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
     let mut y = vec![0f32; a.len()];
-    y.par_chunks_mut(1 << 14).zip(a.par_chunks(1 << 14).zip(b.par_chunks(1 << 14))).for_each(|(yc, (ac, bc))| {
-        yc.iter_mut().zip(ac.iter().zip(bc)).for_each(|(y, (a, b))| *y = f(*a, *b))
-    });
+    y.par_chunks_mut(1 << 14)
+        .zip(a.par_chunks(1 << 14).zip(b.par_chunks(1 << 14)))
+        .for_each(|(yc, (ac, bc))| yc.iter_mut().zip(ac.iter().zip(bc)).for_each(|(y, (a, b))| *y = f(*a, *b)));
     y
 }
 
@@ -369,7 +442,11 @@ fn erf(x: f32) -> f32 {
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
     let poly = t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152 + t * 1.061_405_4))));
     let y = 1.0 - poly * (-a * a).exp();
-    if x < 0.0 { -y } else { y }
+    if x < 0.0 {
+        -y
+    } else {
+        y
+    }
 }
 
 /// GELU with the exact (erf) form, as `F.gelu`.
@@ -425,7 +502,13 @@ impl CustomOp2 for AddRelu {
         "add-relu"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         if l1.shape() != l2.shape() {
             candle_core::bail!("add-relu: shapes {:?} and {:?} differ", l1.shape(), l2.shape());
         }
@@ -433,7 +516,13 @@ impl CustomOp2 for AddRelu {
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
-    fn bwd(&self, _a: &Tensor, _b: &Tensor, res: &Tensor, dy: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        _a: &Tensor,
+        _b: &Tensor,
+        res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let g = res.apply_op2_no_bwd(&dy.contiguous()?, &ElementwiseGrad::Relu)?;
         Ok((Some(g.clone()), Some(g)))
     }
@@ -452,7 +541,13 @@ impl CustomOp2 for ElementwiseGrad {
         "elementwise-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (a, dy) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
         let g = match self {
             Self::Gelu => zip_par(a, dy, |x, d| {
@@ -507,7 +602,13 @@ impl CustomOp2 for SoftmaxGrad {
         "softmax-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (y, dy) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
         let d = *l1.shape().dims().last().unwrap_or(&1);
         let mut dx = vec![0f32; y.len()];
@@ -561,10 +662,31 @@ impl Heads {
     }
 
     /// softmax(scale · q kᵀ) into `p` (`[N, N]`).
+    ///
+    /// # Safety
+    /// `qkv` must point at a `[b, n, 3·d]` array of this geometry, and `p` hold `n × n` values.
     unsafe fn probabilities(&self, qkv: *const f32, bh: usize, p: &mut [f32]) {
         let (q, k, _, _) = self.offsets(bh);
         let (n, row) = (self.n, 3 * self.d as isize);
-        super::cpu::gemm_raw(n, n, self.dh, p.as_mut_ptr(), (1, n as isize), false, qkv.add(q), (1, row), qkv.add(k), (row, 1), self.scale);
+        debug_assert!(p.len() >= n * n);
+        // SAFETY: `offsets` places q and k of pair `bh` inside the `[b, n, 3·d]` array the
+        // caller vouches for; each view is n rows of dh values at row stride 3·d, and `p`
+        // (n × n, written at row stride n) is this task's own buffer.
+        unsafe {
+            super::cpu::gemm_raw(
+                n,
+                n,
+                self.dh,
+                p.as_mut_ptr(),
+                (1, n as isize),
+                false,
+                qkv.add(q),
+                (1, row),
+                qkv.add(k),
+                (row, 1),
+                self.scale,
+            );
+        }
         for r in p.chunks_mut(n) {
             let max = r.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
             let mut sum = 0f32;
@@ -591,11 +713,22 @@ impl CustomOp1 for AttentionCpu {
             || vec![0f32; g.n * g.n],
             |p, bh| {
                 let (_, _, v, o) = g.offsets(bh);
-                let dst = dst;
                 // SAFETY: each (video, head) pair writes its own columns of the output.
                 unsafe {
                     g.probabilities(qkv.as_ptr(), bh, p);
-                    super::cpu::gemm_raw(g.n, g.dh, g.n, dst.0.add(o), (1, g.d as isize), false, p.as_ptr(), (1, g.n as isize), qkv.as_ptr().add(v), (1, 3 * g.d as isize), 1.0);
+                    super::cpu::gemm_raw(
+                        g.n,
+                        g.dh,
+                        g.n,
+                        dst.ptr().add(o),
+                        (1, g.d as isize),
+                        false,
+                        p.as_ptr(),
+                        (1, g.n as isize),
+                        qkv.as_ptr().add(v),
+                        (1, 3 * g.d as isize),
+                        1.0,
+                    );
                 }
             },
         );
@@ -617,7 +750,13 @@ impl CustomOp2 for AttentionGrad {
         "attention-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (qkv, dout) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
         let g = Heads::new(l1.shape(), self.heads)?;
         let mut dqkv = vec![0f32; qkv.len()];
@@ -628,23 +767,70 @@ impl CustomOp2 for AttentionGrad {
             || (vec![0f32; n * n], vec![0f32; n * n]),
             |(p, dp), bh| {
                 let (q, k, v, o) = g.offsets(bh);
-                let dst = dst;
                 let (x, d) = (qkv.as_ptr(), dout.as_ptr());
                 // SAFETY: each (video, head) pair writes its own q, k and v columns of dqkv.
                 unsafe {
                     g.probabilities(x, bh, p);
                     // dV = Pᵀ dO
-                    super::cpu::gemm_raw(n, dh, n, dst.0.add(v), (1, row3), false, p.as_ptr(), (n as isize, 1), d.add(o), (1, row), 1.0);
+                    super::cpu::gemm_raw(
+                        n,
+                        dh,
+                        n,
+                        dst.ptr().add(v),
+                        (1, row3),
+                        false,
+                        p.as_ptr(),
+                        (n as isize, 1),
+                        d.add(o),
+                        (1, row),
+                        1.0,
+                    );
                     // dP = dO Vᵀ
-                    super::cpu::gemm_raw(n, n, dh, dp.as_mut_ptr(), (1, n as isize), false, d.add(o), (1, row), x.add(v), (row3, 1), 1.0);
+                    super::cpu::gemm_raw(
+                        n,
+                        n,
+                        dh,
+                        dp.as_mut_ptr(),
+                        (1, n as isize),
+                        false,
+                        d.add(o),
+                        (1, row),
+                        x.add(v),
+                        (row3, 1),
+                        1.0,
+                    );
                     // dS = P ∘ (dP − rowsum(dP ∘ P))
                     for (pr, dr) in p.chunks(n).zip(dp.chunks_mut(n)) {
                         let dot: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
                         dr.iter_mut().zip(pr).for_each(|(dv, pv)| *dv = pv * (*dv - dot));
                     }
                     // dQ = scale · dS K ; dK = scale · dSᵀ Q
-                    super::cpu::gemm_raw(n, dh, n, dst.0.add(q), (1, row3), false, dp.as_ptr(), (1, n as isize), x.add(k), (1, row3), g.scale);
-                    super::cpu::gemm_raw(n, dh, n, dst.0.add(k), (1, row3), false, dp.as_ptr(), (n as isize, 1), x.add(q), (1, row3), g.scale);
+                    super::cpu::gemm_raw(
+                        n,
+                        dh,
+                        n,
+                        dst.ptr().add(q),
+                        (1, row3),
+                        false,
+                        dp.as_ptr(),
+                        (1, n as isize),
+                        x.add(k),
+                        (1, row3),
+                        g.scale,
+                    );
+                    super::cpu::gemm_raw(
+                        n,
+                        dh,
+                        n,
+                        dst.ptr().add(k),
+                        (1, row3),
+                        false,
+                        dp.as_ptr(),
+                        (n as isize, 1),
+                        x.add(q),
+                        (1, row3),
+                        g.scale,
+                    );
                 }
             },
         );
@@ -661,7 +847,11 @@ mod tests {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let n: usize = shape.iter().product();
-        Var::from_tensor(&Tensor::from_vec((0..n).map(|_| rng.random_range(-1.5f32..1.5)).collect::<Vec<_>>(), shape, &Device::Cpu).unwrap()).unwrap()
+        Var::from_tensor(
+            &Tensor::from_vec((0..n).map(|_| rng.random_range(-1.5f32..1.5)).collect::<Vec<_>>(), shape, &Device::Cpu)
+                .unwrap(),
+        )
+        .unwrap()
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -686,49 +876,104 @@ mod tests {
     #[test]
     fn fused_kernels_match_the_composed_ops() {
         let (x, w, b) = (rand(&[3, 5, 7], 1), rand(&[4, 7], 2), rand(&[4], 3));
-        agree(&[x.clone(), w, b], |t| linear(&t[0], &t[1], &t[2]).unwrap(), |t| t[0].broadcast_matmul(&t[1].t().unwrap()).unwrap().broadcast_add(&t[2]).unwrap(), "linear");
+        agree(
+            &[x.clone(), w, b],
+            |t| linear(&t[0], &t[1], &t[2]).unwrap(),
+            |t| t[0].broadcast_matmul(&t[1].t().unwrap()).unwrap().broadcast_add(&t[2]).unwrap(),
+            "linear",
+        );
 
         let (w, b) = (rand(&[7], 4), rand(&[7], 5));
-        agree(&[x.clone(), w, b], |t| layer_norm(&t[0], &t[1], &t[2], 1e-5).unwrap(), |t| {
-            let m = t[0].mean_keepdim(2).unwrap();
-            let c = t[0].broadcast_sub(&m).unwrap();
-            let v = c.sqr().unwrap().mean_keepdim(2).unwrap();
-            c.broadcast_div(&(v + 1e-5).unwrap().sqrt().unwrap()).unwrap().broadcast_mul(&t[1]).unwrap().broadcast_add(&t[2]).unwrap()
-        }, "layer norm");
+        agree(
+            &[x.clone(), w, b],
+            |t| layer_norm(&t[0], &t[1], &t[2], 1e-5).unwrap(),
+            |t| {
+                let m = t[0].mean_keepdim(2).unwrap();
+                let c = t[0].broadcast_sub(&m).unwrap();
+                let v = c.sqr().unwrap().mean_keepdim(2).unwrap();
+                c.broadcast_div(&(v + 1e-5).unwrap().sqrt().unwrap())
+                    .unwrap()
+                    .broadcast_mul(&t[1])
+                    .unwrap()
+                    .broadcast_add(&t[2])
+                    .unwrap()
+            },
+            "layer norm",
+        );
 
         let (xb, w, b) = (rand(&[4, 3, 10], 6), rand(&[3], 7), rand(&[3], 8));
         for relu_after in [false, true] {
-            agree(&[xb.clone(), w.clone(), b.clone()], |t| batch_norm_train(&t[0], &t[1], &t[2], 1e-5, relu_after).unwrap().0, |t| {
-                let xt = t[0].transpose(0, 1).unwrap().reshape((3, 40)).unwrap();
-                let m = xt.mean_keepdim(1).unwrap().reshape((1, 3, 1)).unwrap();
-                let c = t[0].broadcast_sub(&m).unwrap();
-                let v = c.transpose(0, 1).unwrap().reshape((3, 40)).unwrap().sqr().unwrap().mean_keepdim(1).unwrap().reshape((1, 3, 1)).unwrap();
-                let y = c.broadcast_div(&(v + 1e-5).unwrap().sqrt().unwrap()).unwrap();
-                let y = y.broadcast_mul(&t[1].reshape((1, 3, 1)).unwrap()).unwrap().broadcast_add(&t[2].reshape((1, 3, 1)).unwrap()).unwrap();
-                if relu_after { y.relu().unwrap() } else { y }
-            }, "batch norm");
+            agree(
+                &[xb.clone(), w.clone(), b.clone()],
+                |t| batch_norm_train(&t[0], &t[1], &t[2], 1e-5, relu_after).unwrap().0,
+                |t| {
+                    let xt = t[0].transpose(0, 1).unwrap().reshape((3, 40)).unwrap();
+                    let m = xt.mean_keepdim(1).unwrap().reshape((1, 3, 1)).unwrap();
+                    let c = t[0].broadcast_sub(&m).unwrap();
+                    let v = c
+                        .transpose(0, 1)
+                        .unwrap()
+                        .reshape((3, 40))
+                        .unwrap()
+                        .sqr()
+                        .unwrap()
+                        .mean_keepdim(1)
+                        .unwrap()
+                        .reshape((1, 3, 1))
+                        .unwrap();
+                    let y = c.broadcast_div(&(v + 1e-5).unwrap().sqrt().unwrap()).unwrap();
+                    let y = y
+                        .broadcast_mul(&t[1].reshape((1, 3, 1)).unwrap())
+                        .unwrap()
+                        .broadcast_add(&t[2].reshape((1, 3, 1)).unwrap())
+                        .unwrap();
+                    if relu_after {
+                        y.relu().unwrap()
+                    } else {
+                        y
+                    }
+                },
+                "batch norm",
+            );
         }
 
-        agree(&[x.clone()], |t| gelu(&t[0]).unwrap(), |t| t[0].gelu_erf().unwrap(), "gelu");
-        agree(&[x.clone()], |t| relu(&t[0]).unwrap(), |t| t[0].relu().unwrap(), "relu");
-        agree(&[x.clone()], |t| softmax_last_dim(&t[0]).unwrap(), |t| crate::nn::layers::softmax_composed(&t[0]).unwrap(), "softmax");
+        agree(std::slice::from_ref(&x), |t| gelu(&t[0]).unwrap(), |t| t[0].gelu_erf().unwrap(), "gelu");
+        agree(std::slice::from_ref(&x), |t| relu(&t[0]).unwrap(), |t| t[0].relu().unwrap(), "relu");
+        agree(
+            std::slice::from_ref(&x),
+            |t| softmax_last_dim(&t[0]).unwrap(),
+            |t| crate::layers::softmax_composed(&t[0]).unwrap(),
+            "softmax",
+        );
         let y = rand(&[3, 5, 7], 9);
         agree(&[x, y], |t| add_relu(&t[0], &t[1]).unwrap(), |t| (&t[0] + &t[1]).unwrap().relu().unwrap(), "add relu");
 
         // Attention: 2 videos, 5 tokens, 2 heads of 3.
         let qkv = rand(&[2, 5, 18], 10);
-        agree(&[qkv], |t| attention(&t[0], 2).unwrap(), |t| {
-            let q = t[0].reshape((2, 5, 3, 2, 3)).unwrap().permute((2, 0, 3, 1, 4)).unwrap();
-            let (qh, kh, vh) = (q.get(0).unwrap().contiguous().unwrap(), q.get(1).unwrap().contiguous().unwrap(), q.get(2).unwrap().contiguous().unwrap());
-            let att = crate::nn::layers::softmax_composed(&(qh.matmul(&kh.t().unwrap()).unwrap() * 3f64.powf(-0.5)).unwrap()).unwrap();
-            att.matmul(&vh).unwrap().transpose(1, 2).unwrap().reshape((2, 5, 6)).unwrap()
-        }, "attention");
+        agree(
+            &[qkv],
+            |t| attention(&t[0], 2).unwrap(),
+            |t| {
+                let q = t[0].reshape((2, 5, 3, 2, 3)).unwrap().permute((2, 0, 3, 1, 4)).unwrap();
+                let (qh, kh, vh) = (
+                    q.get(0).unwrap().contiguous().unwrap(),
+                    q.get(1).unwrap().contiguous().unwrap(),
+                    q.get(2).unwrap().contiguous().unwrap(),
+                );
+                let att =
+                    crate::layers::softmax_composed(&(qh.matmul(&kh.t().unwrap()).unwrap() * 3f64.powf(-0.5)).unwrap())
+                        .unwrap();
+                att.matmul(&vh).unwrap().transpose(1, 2).unwrap().reshape((2, 5, 6)).unwrap()
+            },
+            "attention",
+        );
     }
 
     #[test]
     fn batch_norm_reports_batch_statistics() {
         let x = Tensor::new(&[[[1f32, 3.0]], [[5.0, 7.0]]], &Device::Cpu).unwrap();
-        let (w, b) = (Tensor::ones(1, DType::F32, &Device::Cpu).unwrap(), Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap());
+        let (w, b) =
+            (Tensor::ones(1, DType::F32, &Device::Cpu).unwrap(), Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap());
         let (_, mean, var) = batch_norm_train(&x, &w, &b, 1e-5, false).unwrap();
         assert_eq!(mean, vec![4.0]);
         assert_eq!(var, vec![5.0]);

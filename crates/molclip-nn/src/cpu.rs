@@ -28,7 +28,8 @@ pub(crate) fn gemm_f32(
     rhs_strides: (isize, isize),
 ) {
     let threads = rayon::current_num_threads();
-    let par = if threads > 1 && m * n * k > 1 << 16 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let par =
+        if threads > 1 && m * n * k > 1 << 16 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     // SAFETY: the slices are at least as large as the strided views the sizes describe.
     unsafe {
         gemm::gemm(
@@ -55,11 +56,24 @@ pub(crate) fn gemm_f32(
     }
 }
 
-
 /// A raw pointer that parallel tasks may share because each writes a disjoint region.
 #[derive(Clone, Copy)]
 pub(crate) struct SharedMut(pub *mut f32);
+impl SharedMut {
+    /// The pointer. Closures call this rather than reading the field, so that they capture
+    /// the whole `SharedMut` (which is `Send` and `Sync`), not the raw pointer inside it.
+    pub(crate) fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
+// SAFETY: a `SharedMut` is only made from a buffer that outlives the parallel loop that uses
+// it (the loop borrows nothing else of it), and every task writes a region of the buffer no
+// other task reads or writes (one (video, head) pair's columns in the attention kernels), so
+// sending the pointer to another thread cannot create a data race.
 unsafe impl Send for SharedMut {}
+// SAFETY: as for `Send`: shared references only hand the pointer to tasks whose writes are
+// disjoint, and nothing reads through it while the loop runs.
 unsafe impl Sync for SharedMut {}
 
 /// Single-threaded GEMM on raw pointers with arbitrary strides (column stride, row stride):
@@ -81,25 +95,29 @@ pub(crate) unsafe fn gemm_raw(
     rhs_strides: (isize, isize),
     alpha: f32,
 ) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        dst_strides.0,
-        dst_strides.1,
-        accumulate,
-        lhs,
-        lhs_strides.0,
-        lhs_strides.1,
-        rhs,
-        rhs_strides.0,
-        rhs_strides.1,
-        1.0,
-        alpha,
-        false,
-        false,
-        false,
-        gemm::Parallelism::None,
-    );
+    // SAFETY: the caller guarantees the strided views are valid and `dst` is not aliased,
+    // which is what `gemm::gemm` requires.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            dst_strides.0,
+            dst_strides.1,
+            accumulate,
+            lhs,
+            lhs_strides.0,
+            lhs_strides.1,
+            rhs,
+            rhs_strides.0,
+            rhs_strides.1,
+            1.0,
+            alpha,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
 }

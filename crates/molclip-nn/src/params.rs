@@ -6,7 +6,7 @@
 //! exactly as in the PyTorch checkpoint, and loading one is a single call.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -14,13 +14,16 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal, Uniform};
 
-use crate::error::{ModelError, Result};
+use crate::error::{NnError, Result};
 
 /// How a parameter starts. Each variant reproduces a PyTorch module default.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Init {
+    /// All zeros.
     Zeros,
+    /// All ones.
     Ones,
+    /// One value everywhere.
     Const(f64),
     /// U(-bound, bound). `nn.Linear` and `nn.ConvNd` weights use kaiming_uniform(a=√5), which
     /// reduces to bound = 1/√fan_in; their biases use the same bound.
@@ -38,8 +41,10 @@ impl Init {
     }
 }
 
+/// A parameter or buffer of a store.
 #[derive(Clone)]
 pub struct Entry {
+    /// Its value.
     pub var: Var,
     /// False for buffers (batch-norm running statistics) and frozen parameters.
     pub trainable: bool,
@@ -50,7 +55,7 @@ struct Inner {
     entries: BTreeMap<String, Entry>,
     loaded: HashMap<String, Tensor>,
     /// Loading a checkpoint: every weight must come from this file.
-    strict: Option<String>,
+    strict: Option<PathBuf>,
 }
 
 /// All parameters and buffers of a model, by name. Cheap to clone (shared).
@@ -80,14 +85,16 @@ impl ParamStore {
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
         let tensors = read_safetensors(path)?;
         let store = Self::with_tensors(0, tensors, device);
-        store.lock().strict = Some(path.display().to_string());
+        store.lock().strict = Some(path.to_path_buf());
         Ok(store)
     }
 
+    /// Where the parameters live.
     pub fn device(&self) -> &Device {
         &self.device
     }
 
+    /// A builder for top-level names.
     pub fn root(&self) -> Vb {
         Vb { store: self.clone(), prefix: String::new(), frozen: false }
     }
@@ -98,12 +105,7 @@ impl ParamStore {
 
     /// Parameters the optimiser updates, in name order.
     pub fn trainable(&self) -> Vec<(String, Var)> {
-        self.lock()
-            .entries
-            .iter()
-            .filter(|(_, e)| e.trainable)
-            .map(|(n, e)| (n.clone(), e.var.clone()))
-            .collect()
+        self.lock().entries.iter().filter(|(_, e)| e.trainable).map(|(n, e)| (n.clone(), e.var.clone())).collect()
     }
 
     /// Every parameter and buffer, in name order.
@@ -111,6 +113,7 @@ impl ParamStore {
         self.lock().entries.iter().map(|(n, e)| (n.clone(), e.clone())).collect()
     }
 
+    /// The parameter or buffer `name`, if the model asked for it.
     pub fn get(&self, name: &str) -> Option<Var> {
         self.lock().entries.get(name).map(|e| e.var.clone())
     }
@@ -122,32 +125,27 @@ impl ParamStore {
 
     /// Current values, as a state dict.
     pub fn tensors(&self) -> HashMap<String, Tensor> {
-        self.lock()
-            .entries
-            .iter()
-            .map(|(n, e)| (n.clone(), e.var.as_tensor().detach()))
-            .collect()
+        self.lock().entries.iter().map(|(n, e)| (n.clone(), e.var.as_tensor().detach())).collect()
     }
 
     /// Names that were given (loaded) but never asked for by the model: a checkpoint of a
     /// different architecture. Call after building the model.
     pub fn unused(&self) -> Vec<String> {
         let inner = self.lock();
-        let mut names: Vec<String> =
-            inner.loaded.keys().filter(|n| !inner.entries.contains_key(*n)).cloned().collect();
+        let mut names: Vec<String> = inner.loaded.keys().filter(|n| !inner.entries.contains_key(*n)).cloned().collect();
         names.sort();
         names
     }
 
     /// Fails if the loaded weights hold names the model did not use.
-    pub fn check_all_used(&self, what: &str) -> Result<()> {
+    pub fn check_all_used(&self, what: &Path) -> Result<()> {
         let unused = self.unused();
         if unused.is_empty() {
             return Ok(());
         }
         let shown: Vec<&str> = unused.iter().take(8).map(|s| s.as_str()).collect();
-        Err(ModelError::Weights {
-            path: what.to_string(),
+        Err(NnError::Weights {
+            path: what.to_path_buf(),
             message: format!(
                 "{} weight(s) do not belong to this model (a different architecture or config?): {}{}",
                 unused.len(),
@@ -166,7 +164,7 @@ impl ParamStore {
         let mut inner = self.lock();
         if let Some(e) = inner.entries.get(name) {
             if e.var.dims() != shape {
-                return Err(ModelError::WeightShape {
+                return Err(NnError::WeightShape {
                     name: name.into(),
                     expected: shape.to_vec(),
                     found: e.var.dims().to_vec(),
@@ -177,7 +175,7 @@ impl ParamStore {
         let tensor = match inner.loaded.get(name) {
             Some(t) => {
                 if t.dims() != shape {
-                    return Err(ModelError::WeightShape {
+                    return Err(NnError::WeightShape {
                         name: name.into(),
                         expected: shape.to_vec(),
                         found: t.dims().to_vec(),
@@ -187,7 +185,7 @@ impl ParamStore {
             }
             None => match &inner.strict {
                 Some(path) => {
-                    return Err(ModelError::Weights {
+                    return Err(NnError::Weights {
                         path: path.clone(),
                         message: format!("no weight `{name}` (a checkpoint of a different architecture or config?)"),
                     })
@@ -212,8 +210,7 @@ pub struct Vb {
 impl Vb {
     /// The builder for a sub-module: names below it are `prefix.name.*`.
     pub fn pp(&self, name: impl std::fmt::Display) -> Vb {
-        let prefix =
-            if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
+        let prefix = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
         Vb { store: self.store.clone(), prefix, frozen: self.frozen }
     }
 
@@ -223,16 +220,22 @@ impl Vb {
         self
     }
 
+    /// Where the parameters live.
     pub fn device(&self) -> &Device {
         self.store.device()
     }
 
+    /// The store it builds into.
     pub fn store(&self) -> &ParamStore {
         &self.store
     }
 
     fn name(&self, name: &str) -> String {
-        if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) }
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
     }
 
     /// A trainable parameter (unless the builder is frozen).
@@ -266,20 +269,21 @@ fn stable_hash(seed: u64, name: &str) -> u64 {
 fn init_tensor(seed: u64, name: &str, shape: &[usize], dtype: DType, init: Init, device: &Device) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     let mut rng = ChaCha8Rng::seed_from_u64(stable_hash(seed, name));
+    let init_error = |message: String| NnError::Init { name: name.to_string(), message };
     let values: Vec<f32> = match init {
         Init::Zeros => vec![0.0; n],
         Init::Ones => vec![1.0; n],
         Init::Const(c) => vec![c as f32; n],
         Init::Uniform(bound) => {
-            let d = Uniform::new_inclusive(-bound, bound).map_err(|e| ModelError::Input(e.to_string()))?;
+            let d = Uniform::new_inclusive(-bound, bound).map_err(|e| init_error(e.to_string()))?;
             (0..n).map(|_| d.sample(&mut rng) as f32).collect()
         }
         Init::Normal(std) => {
-            let d = Normal::new(0.0, std).map_err(|e| ModelError::Input(e.to_string()))?;
+            let d = Normal::new(0.0, std).map_err(|e| init_error(e.to_string()))?;
             (0..n).map(|_| d.sample(&mut rng) as f32).collect()
         }
         Init::TruncNormal(std) => {
-            let d = Normal::new(0.0, std).map_err(|e| ModelError::Input(e.to_string()))?;
+            let d = Normal::new(0.0, std).map_err(|e| init_error(e.to_string()))?;
             (0..n)
                 .map(|_| loop {
                     let v: f64 = d.sample(&mut rng);
@@ -295,23 +299,22 @@ fn init_tensor(seed: u64, name: &str, shape: &[usize], dtype: DType, init: Init,
 
 /// Reads every tensor of a safetensors file onto the CPU.
 pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
-    candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| ModelError::Weights {
-        path: path.display().to_string(),
-        message: format!("cannot read safetensors: {e}"),
+    candle_core::safetensors::load(path, &Device::Cpu).map_err(|source| NnError::Safetensors {
+        path: path.to_path_buf(),
+        action: "read",
+        source,
     })
 }
 
-/// Writes tensors to a safetensors file atomically (temporary file in the same folder, then rename).
+/// Writes tensors to a safetensors file atomically (a temporary file beside it, then a rename).
 pub fn write_safetensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
-    let err = |message: String| ModelError::Weights { path: path.display().to_string(), message };
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let file_name = path.file_name().ok_or_else(|| err("not a file path".into()))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", file_name.to_string_lossy(), std::process::id()));
-    let cpu: HashMap<String, Tensor> = tensors
-        .iter()
-        .map(|(k, v)| Ok((k.clone(), v.to_device(&Device::Cpu)?)))
-        .collect::<Result<_>>()?;
-    candle_core::safetensors::save(&cpu, &tmp).map_err(|e| err(format!("cannot write: {e}")))?;
-    std::fs::rename(&tmp, path).map_err(|e| err(format!("cannot rename into place: {e}")))?;
-    Ok(())
+    let cpu: HashMap<String, Tensor> =
+        tensors.iter().map(|(k, v)| Ok((k.clone(), v.to_device(&Device::Cpu)?))).collect::<Result<_>>()?;
+    molclip_core::write_atomic_with(path, |tmp| {
+        candle_core::safetensors::save(&cpu, tmp).map_err(|source| NnError::Safetensors {
+            path: path.to_path_buf(),
+            action: "write",
+            source,
+        })
+    })
 }

@@ -1,0 +1,146 @@
+//! A training run into a run folder: the config and dataset recorded, validation on the query
+//! and gallery splits (MitoReID protocol), the log, the final weights and the training time.
+
+use std::path::Path;
+use std::time::Instant;
+
+use molclip::candle_core::Device;
+use molclip::models::VideoModel;
+use molclip::train::{embed_cells, RunState, StepRecord, TrainConfig, Trainer, Validator};
+use molclip::ModelError;
+use molclip_data::{DatasetIndex, Split};
+
+use crate::embedding::{embeddings, metadata, EMBED_BATCH};
+use crate::error::{ExperimentError, Result};
+use crate::progress::Progress;
+use crate::run_dir::RunDir;
+
+/// What a finished (or stopped) training reports.
+pub struct TrainOutcome {
+    /// Where the run is.
+    pub state: RunState,
+    /// Training time over every session of the run.
+    pub seconds: f64,
+}
+
+impl TrainOutcome {
+    /// One line: steps, time, final loss and the last validation.
+    pub fn summary(&self, run: &RunDir) -> String {
+        let last = self.state.records.last();
+        let validated = self.state.records.iter().rev().find_map(|r| r.validation);
+        format!(
+            "{}: {} steps in {:.1} s, final loss {}{}",
+            run.root().display(),
+            self.state.step,
+            self.seconds,
+            last.map_or("-".into(), |r| format!("{:.4}", r.loss)),
+            validated.map_or(String::new(), |(d, m)| format!(", validation mAP drug {d:.2} MoA {m:.2}"))
+        )
+    }
+}
+
+/// Validation on the query and gallery splits: the MitoReID protocol, drug and MoA mAP.
+fn validator(cfg: &TrainConfig, index: &DatasetIndex, device: &Device) -> Option<Validator> {
+    let query: Vec<_> = index.split(Split::Query).cloned().collect();
+    let gallery: Vec<_> = index.split(Split::Gallery).cloned().collect();
+    if cfg.validate_every == 0 || query.is_empty() || gallery.is_empty() {
+        return None;
+    }
+    let (qm, gm) = (metadata(&query), metadata(&gallery));
+    let (cfg, device) = (cfg.clone(), device.clone());
+    Some(Box::new(move |model: &VideoModel| {
+        let embed = |cells: &[molclip_data::CellVideo]| -> molclip::Result<molclip_eval::Embeddings> {
+            let rows = embed_cells(model, &cfg, cells.to_vec(), &device, EMBED_BATCH, &mut |_| {})?;
+            embeddings(&rows, model.dim(), 0..cells.len()).map_err(|e| ModelError::Input(e.to_string()))
+        };
+        let (q, g) = (embed(&query)?, embed(&gallery)?);
+        let ev =
+            molclip_eval::evaluate(&q, &qm, &g, &gm, 10).map_err(|e| ModelError::Input(format!("validation: {e}")))?;
+        Ok((ev.drug.map, ev.moa.map))
+    }))
+}
+
+/// A training run: `cfg` on `index` (opened from `data`) into `run`, or the continuation of
+/// the run there with `resume`.
+pub struct Training<'a> {
+    /// The config (with `resume`, the run's own).
+    pub cfg: &'a TrainConfig,
+    /// The dataset's path, recorded in the run.
+    pub data: &'a Path,
+    /// The dataset.
+    pub index: &'a DatasetIndex,
+    /// The run folder.
+    pub run: &'a RunDir,
+    /// Where the model trains.
+    pub device: &'a Device,
+    /// Continue from the run's last checkpoint.
+    pub resume: bool,
+}
+
+impl Training<'_> {
+    /// Trains; `on_step` sees the run state after every step and returns false to stop there.
+    pub fn run(&self, progress: &dyn Progress, on_step: &mut dyn FnMut(&RunState) -> bool) -> Result<TrainOutcome> {
+        let Training { cfg, data, index, run, device, resume } = *self;
+        let has_checkpoint = run.has_checkpoint();
+        if resume && !has_checkpoint {
+            return Err(ExperimentError::Input(format!(
+                "{}: no checkpoint to resume (checkpoints/last)",
+                run.root().display()
+            )));
+        }
+        if !resume && has_checkpoint {
+            return Err(ExperimentError::Input(format!(
+                "{} already holds a run (checkpoints/last): pass --resume to continue it, or choose another --out",
+                run.root().display()
+            )));
+        }
+        run.create()?;
+        run.write_config(cfg)?;
+        run.record_dataset(data)?;
+        let outputs = run.outputs();
+        let mut trainer = if resume {
+            Trainer::resume(cfg, index, device, &outputs.checkpoint)?
+        } else {
+            Trainer::new(cfg, index, device)?
+        };
+        if let Some(v) = validator(cfg, index, device) {
+            trainer.set_validator(v);
+        }
+        let total: usize = trainer.steps_per_stage()?.iter().sum();
+        progress.start("training", total as u64);
+        let start = Instant::now();
+        let mut write_error = None;
+        let result = trainer.train(Some(&outputs), &mut |r: &StepRecord, state: &RunState| {
+            progress.set_position(state.step);
+            progress.message(&format!(
+                "stage {} ({:?}) epoch {} loss {:.3}",
+                r.stage + 1,
+                r.identity,
+                r.epoch + 1,
+                r.loss
+            ));
+            // An epoch ended: its checkpoint is written, and so is the log up to it.
+            if state.batch == 0 {
+                if let Err(e) = run.write_metrics(&state.records) {
+                    write_error = Some(e);
+                    return false;
+                }
+            }
+            on_step(state)
+        });
+        progress.finish();
+        if let Some(e) = write_error {
+            return Err(e);
+        }
+        let state = result.map_err(|e| ExperimentError::Run {
+            path: outputs.checkpoint.clone(),
+            message: format!("training stopped ({e}); this is the last good checkpoint"),
+        })?;
+        run.write_metrics(&state.records)?;
+        run.save_model(&trainer.store)?;
+        let before = if resume { run.train_seconds().unwrap_or(0.0) } else { 0.0 };
+        let seconds = before + start.elapsed().as_secs_f64();
+        run.write_train_seconds(seconds)?;
+        Ok(TrainOutcome { state, seconds })
+    }
+}

@@ -1,0 +1,20 @@
+//! The kernels and building blocks molclip's models are made of, in candle: parameters with
+//! PyTorch's names and initialisation, layers, the 3D operations candle lacks, and fused CPU
+//! kernels with hand-written backward passes. On other devices every layer runs the same
+//! maths as composed candle ops. The CPU and GPU speed work grows here; the models
+//! (the method) live in the `molclip` crate.
+
+pub mod conv3d;
+mod cpu;
+mod error;
+pub(crate) mod fused;
+pub mod layers;
+pub mod params;
+
+pub use conv3d::{conv3d, max_pool3d, Window3d};
+pub use error::{NnError, Result};
+pub use layers::{
+    add_relu, attention, gelu, l2_normalize, log_softmax_last_dim, relu, softmax_last_dim, BatchNorm, Embedding,
+    LayerNorm, Linear,
+};
+pub use params::{read_safetensors, write_safetensors, Init, ParamStore, Vb};
