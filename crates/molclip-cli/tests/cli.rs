@@ -309,18 +309,24 @@ fn train_killed_and_resumed_equals_an_uninterrupted_run() {
         meta.starts_with("set,replicate,drug,moa\n") && meta.lines().skip(1).all(|l| l.starts_with("novel,")),
         "{meta}"
     );
-    let o = molclip(&[
-        "embed",
-        "--run",
-        a.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--split",
-        "validation",
-        "--out",
-        e.to_str().unwrap(),
-    ]);
-    assert!(!o.status.success() && text(&o).contains("`validation` is empty"), "{}", text(&o));
+    // A split that does not exist is refused by name; one that exists but is empty too.
+    let embed = |split: &str| {
+        molclip(&[
+            "embed",
+            "--run",
+            a.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--split",
+            split,
+            "--out",
+            e.to_str().unwrap(),
+        ])
+    };
+    let o = embed("validation");
+    assert!(!o.status.success() && text(&o).contains("unknown split \"validation\""), "{}", text(&o));
+    let o = embed("unlabelled");
+    assert!(!o.status.success() && text(&o).contains("`unlabelled` is empty"), "{}", text(&o));
 }
 
 #[test]
