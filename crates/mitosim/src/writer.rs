@@ -12,7 +12,6 @@
 //! beside `out` and renamed into place when complete.
 
 use std::fs;
-use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -170,44 +169,29 @@ pub fn generate(
     progress: &(dyn Fn() + Sync),
 ) -> Result<GenerationReport, SimError> {
     let start = Instant::now();
-    if out.exists() && fs::read_dir(out).map_err(SimError::io(out))?.next().is_some() && !overwrite {
-        return Err(SimError::Io {
-            path: out.into(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "exists and is not empty (pass --force to replace it)",
-            ),
-        });
-    }
+    check_replaceable(out, overwrite)?;
     let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "dataset".into());
     let staging = out.with_file_name(format!(".{name}.partial-{}", std::process::id()));
-    if staging.exists() {
-        fs::remove_dir_all(&staging).map_err(SimError::io(&staging))?;
+    // Staging folders of earlier runs that were killed go first: they are ours, by name.
+    let prefix = format!(".{name}.partial-");
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    for entry in fs::read_dir(parent).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            fs::remove_dir_all(entry.path()).map_err(SimError::io(entry.path()))?;
+        }
     }
     fs::create_dir_all(&staging).map_err(SimError::io(&staging))?;
-
-    plan.jobs.par_iter().try_for_each(|job| -> Result<(), SimError> {
-        let dir = staging.join(job.relative_dir(&plan.library));
-        fs::create_dir_all(&dir).map_err(SimError::io(&dir))?;
-        let video = render_cell_video(plan, job);
-        write_video(&dir, &video, plan.config.layout.size, plan.config.layout.format)?;
-        progress();
-        Ok(())
-    })?;
-
-    write_annotation(&staging.join("annotation.csv"), &plan.library)?;
-    let toml = format!(
-        "# Written by mitosim {}. `molclip simulate --config simulation.toml` regenerates this dataset bit for bit.\n{}",
-        env!("CARGO_PKG_VERSION"),
-        plan.config.to_toml()
-    );
-    let path = staging.join("simulation.toml");
-    fs::write(&path, toml).map_err(SimError::io(&path))?;
-
-    if out.exists() {
-        fs::remove_dir_all(out).map_err(SimError::io(out))?;
+    // Nothing half-written is left behind: on any error the staging folder goes.
+    let written = write_staging(plan, &staging, progress).and_then(|()| {
+        if out.exists() {
+            fs::remove_dir_all(out).map_err(SimError::io(out))?;
+        }
+        fs::rename(&staging, out).map_err(SimError::io(out))
+    });
+    if written.is_err() {
+        let _ = fs::remove_dir_all(&staging);
     }
-    fs::rename(&staging, out).map_err(SimError::io(out))?;
+    written?;
     Ok(GenerationReport {
         cells: plan.jobs.len(),
         frames: plan.frames(),
@@ -217,32 +201,101 @@ pub fn generate(
     })
 }
 
+/// The first line of every `simulation.toml` this crate writes: what marks a folder as a
+/// dataset that `--force` may replace.
+const MARKER: &str = "# Written by mitosim";
+
+/// Refuses to write into `out` unless it is absent or empty, or, with `overwrite`, a
+/// dataset this crate wrote and nothing else: `--force` never deletes a user's files.
+fn check_replaceable(out: &Path, overwrite: bool) -> Result<(), SimError> {
+    let refuse = |reason: String| SimError::Io {
+        path: out.into(),
+        source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, reason),
+    };
+    if !out.exists() {
+        return Ok(());
+    }
+    let entries: Vec<String> = fs::read_dir(out)
+        .map_err(SimError::io(out))?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()
+        .map_err(SimError::io(out))?;
+    if entries.is_empty() {
+        return Ok(());
+    }
+    if !overwrite {
+        return Err(refuse("exists and is not empty (pass --force to replace it)".into()));
+    }
+    let marked = fs::read_to_string(out.join("simulation.toml")).is_ok_and(|t| t.starts_with(MARKER));
+    let ours = |name: &str| {
+        matches!(name, "annotation.csv" | "simulation.toml" | "novel")
+            || name.strip_prefix('l').is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    match entries.iter().find(|n| !ours(n)) {
+        _ if !marked => Err(refuse(
+            "is not a dataset molclip simulated (no simulation.toml of ours): --force only replaces those; \
+             choose another --out"
+                .into(),
+        )),
+        Some(foreign) => Err(refuse(format!(
+            "holds `{foreign}`, which molclip did not write: --force only replaces a simulated dataset; \
+             move it away or choose another --out"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Writes every video, the annotation and `simulation.toml` into `staging`.
+fn write_staging(plan: &DatasetPlan, staging: &Path, progress: &(dyn Fn() + Sync)) -> Result<(), SimError> {
+    plan.jobs.par_iter().try_for_each(|job| -> Result<(), SimError> {
+        let dir = staging.join(job.relative_dir(&plan.library));
+        fs::create_dir_all(&dir).map_err(SimError::io(&dir))?;
+        let video = render_cell_video(plan, job);
+        write_video(&dir, &video, plan.config.layout.size, plan.config.layout.format)?;
+        progress();
+        Ok(())
+    })?;
+    write_annotation(&staging.join("annotation.csv"), &plan.library)?;
+    let toml = format!(
+        "{MARKER} {}. `molclip simulate --config simulation.toml` regenerates this dataset bit for bit.\n{}",
+        env!("CARGO_PKG_VERSION"),
+        plan.config.to_toml()
+    );
+    let path = staging.join("simulation.toml");
+    fs::write(&path, toml).map_err(SimError::io(&path))
+}
+
 fn write_video(dir: &Path, video: &[Vec<f32>], size: usize, format: FrameFormat) -> Result<(), SimError> {
     let side = size as u32;
+    // Frames are encoded in memory and written with one call that reports every error (a
+    // full disk included), rather than through a buffer whose last flush happens on drop.
+    let write = |path: &Path, bytes: &[u8]| fs::write(path, bytes).map_err(SimError::io(path));
     match format {
         FrameFormat::Png => {
             for (t, frame) in video.iter().enumerate() {
                 let path = dir.join(format!("{}.png", t + 1));
                 let pixels: Vec<u8> = frame.iter().map(|v| (v * 255.0).round() as u8).collect();
-                let file = fs::File::create(&path).map_err(SimError::io(&path))?;
+                let mut bytes = Vec::new();
                 let encoder = image::codecs::png::PngEncoder::new_with_quality(
-                    BufWriter::new(file),
+                    &mut bytes,
                     image::codecs::png::CompressionType::Fast,
                     image::codecs::png::FilterType::Adaptive,
                 );
                 image::ImageEncoder::write_image(encoder, &pixels, side, side, image::ExtendedColorType::L8)
                     .map_err(|e| SimError::Encode { path: path.clone(), reason: e.to_string() })?;
+                write(&path, &bytes)?;
             }
         }
         FrameFormat::Tiff => {
             let path = dir.join("stack.tif");
-            let file = fs::File::create(&path).map_err(SimError::io(&path))?;
             let enc_err = |e: tiff::TiffError| SimError::Encode { path: path.clone(), reason: e.to_string() };
-            let mut encoder = tiff::encoder::TiffEncoder::new(BufWriter::new(file)).map_err(enc_err)?;
+            let mut bytes = std::io::Cursor::new(Vec::new());
+            let mut encoder = tiff::encoder::TiffEncoder::new(&mut bytes).map_err(enc_err)?;
             for frame in video {
                 let pixels: Vec<u16> = frame.iter().map(|v| (v * 65535.0).round() as u16).collect();
                 encoder.write_image::<tiff::encoder::colortype::Gray16>(side, side, &pixels).map_err(enc_err)?;
             }
+            write(&path, bytes.get_ref())?;
         }
     }
     Ok(())

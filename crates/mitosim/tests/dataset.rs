@@ -127,6 +127,39 @@ fn an_existing_output_is_not_overwritten_without_asking() {
     let err = generate(&plan, &out, false, &|| {}).unwrap_err().to_string();
     assert!(err.contains("--force"), "{err}");
     assert_eq!(std::fs::read_to_string(out.join("keep.txt")).unwrap(), "mine");
+    // --force does not delete what molclip did not write: a folder of the user's...
+    let err = generate(&plan, &out, true, &|| {}).unwrap_err().to_string();
+    assert!(err.contains("not a dataset molclip simulated"), "{err}");
+    assert_eq!(std::fs::read_to_string(out.join("keep.txt")).unwrap(), "mine");
+    // ...nor a simulated dataset the user added a file to.
+    let data = tmp.path().join("data");
+    generate(&plan, &data, false, &|| {}).unwrap();
+    std::fs::write(data.join("notes.txt"), "mine").unwrap();
+    let err = generate(&plan, &data, true, &|| {}).unwrap_err().to_string();
+    assert!(err.contains("`notes.txt`"), "{err}");
+    assert_eq!(std::fs::read_to_string(data.join("notes.txt")).unwrap(), "mine");
+    // A dataset of its own it replaces, and no staging folder is left beside it, not even
+    // one a killed run left.
+    std::fs::remove_file(data.join("notes.txt")).unwrap();
+    std::fs::create_dir_all(tmp.path().join(".data.partial-1/l1")).unwrap();
+    generate(&plan, &data, true, &|| {}).unwrap();
+    let names: Vec<String> =
+        std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.iter().all(|n| !n.contains("partial")), "{names:?}");
+}
+
+#[test]
+fn an_output_that_cannot_be_created_is_an_error_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plan = DatasetPlan::new(tiny(), Path::new(".")).unwrap();
+    // The output's parent is a file: nothing can be created there.
+    let blocker = tmp.path().join("file");
+    std::fs::write(&blocker, "x").unwrap();
+    let out = blocker.join("data");
+    assert!(generate(&plan, &out, false, &|| {}).is_err());
+    let names: Vec<String> =
+        std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, ["file"]);
 }
 
 #[test]

@@ -1,8 +1,8 @@
 //! `molclip train` and `molclip embed`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use molclip::train::TrainConfig;
 use molclip_data::Split;
@@ -34,13 +34,29 @@ pub struct TrainArgs {
 
 pub fn train(args: TrainArgs, quiet: bool) -> Result<()> {
     let run = RunDir::new(&args.out);
-    let config_path = match (&args.config, args.resume) {
-        (_, true) => run.config_path(),
-        (Some(path), false) => path.clone(),
-        (None, false) => anyhow::bail!("--config is needed (except with --resume)"),
+    let read = |path: &Path| -> Result<TrainConfig> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        TrainConfig::from_toml(&text).with_context(|| format!("{}", path.display()))
     };
-    let text = std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
-    let cfg = TrainConfig::from_toml(&text).with_context(|| format!("{}", config_path.display()))?;
+    let cfg = match (&args.config, args.resume) {
+        (given, true) => {
+            let cfg = read(&run.config_path())?;
+            // A config given with --resume must be the run's own: the run continues as it began.
+            if let Some(path) = given {
+                if let Some(field) = cfg.difference(&read(path)?) {
+                    bail!(
+                        "{}: {field} differs from the run's own {} (run against given): \
+                         --resume continues the run as it was configured",
+                        path.display(),
+                        run.config_path().display()
+                    );
+                }
+            }
+            cfg
+        }
+        (Some(path), false) => read(path)?,
+        (None, false) => bail!("--config is needed (except with --resume)"),
+    };
     let progress = Bars::new(quiet);
     let index = open_dataset(&args.data, &progress)?;
     let device = molclip::parse_device(&args.device)?;

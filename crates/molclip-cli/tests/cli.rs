@@ -262,7 +262,27 @@ fn train_killed_and_resumed_equals_an_uninterrupted_run() {
     // Without --resume an existing run is not overwritten.
     let o = train(&b, &[]);
     assert!(!o.status.success() && text(&o).contains("--resume"), "{}", text(&o));
-    let o = molclip(&["train", "--data", data.to_str().unwrap(), "--out", b.to_str().unwrap(), "--resume", "--quiet"]);
+    // --resume never silently takes another config or dataset: it names what differs.
+    let edited = tmp.path().join("edited.toml");
+    std::fs::write(&edited, SMALL_TRAIN.replace("seed = 3", "seed = 4")).unwrap();
+    let o = molclip(&[
+        "train",
+        "--config",
+        edited.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        b.to_str().unwrap(),
+        "--resume",
+        "--quiet",
+    ]);
+    assert!(!o.status.success() && text(&o).contains("`seed`"), "{}", text(&o));
+    let other = tmp.path().join("other");
+    let o = molclip(&["simulate", "--preset", "tiny", "--seed", "5", "--out", other.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = molclip(&["train", "--data", other.to_str().unwrap(), "--out", b.to_str().unwrap(), "--resume", "--quiet"]);
+    assert!(!o.status.success() && text(&o).contains("not the dataset this run was trained on"), "{}", text(&o));
+    let o = train(&b, &["--resume"]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(
         std::fs::read(a.join("model.safetensors")).unwrap(),

@@ -24,6 +24,13 @@ use molclip_report::CurvePoint;
 
 use crate::error::{ExperimentError, Result};
 
+/// An exclusive hold on a run folder while a training writes into it (an OS file lock on
+/// `RUN/.lock`); released when dropped, and by the OS if the process dies.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
 /// A run folder, by its path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunDir {
@@ -88,6 +95,23 @@ impl RunDir {
     /// Creates the folder.
     pub fn create(&self) -> Result<()> {
         std::fs::create_dir_all(&self.root).map_err(|source| ExperimentError::Io { path: self.root.clone(), source })
+    }
+
+    /// Takes the run folder for this process: a second training into the same folder, while
+    /// this one holds it, is refused instead of mixing two runs' files.
+    pub fn lock(&self) -> Result<RunLock> {
+        self.create()?;
+        let path = self.root.join(".lock");
+        let io = |source| ExperimentError::Io { path: path.clone(), source };
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => Ok(RunLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(ExperimentError::Input(format!(
+                "{}: another molclip process is training into this run folder; wait for it, or choose another --out",
+                self.root.display()
+            ))),
+            Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+        }
     }
 
     /// The run's config, parsed and validated.
@@ -231,6 +255,17 @@ mod tests {
         std::fs::write(run.metrics_path(), "step,loss\nx,1\n").unwrap();
         let e = run.read_curves().unwrap_err().to_string();
         assert!(e.contains("metrics.csv") && e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn a_run_folder_is_held_by_one_training_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path().join("run"));
+        let held = run.lock().unwrap();
+        let e = run.lock().unwrap_err().to_string();
+        assert!(e.contains("another molclip process"), "{e}");
+        drop(held);
+        run.lock().unwrap();
     }
 
     #[test]

@@ -81,6 +81,7 @@ impl Training<'_> {
     /// Trains; `on_step` sees the run state after every step and returns false to stop there.
     pub fn run(&self, progress: &dyn Progress, on_step: &mut dyn FnMut(&RunState) -> bool) -> Result<TrainOutcome> {
         let Training { cfg, data, index, run, device, resume } = *self;
+        let _lock = run.lock()?;
         let has_checkpoint = run.has_checkpoint();
         if resume && !has_checkpoint {
             return Err(ExperimentError::Input(format!(
@@ -93,6 +94,19 @@ impl Training<'_> {
                 "{} already holds a run (checkpoints/last): pass --resume to continue it, or choose another --out",
                 run.root().display()
             )));
+        }
+        if resume {
+            // The run continues on the dataset it was trained on, never silently on another.
+            let recorded = run.trained_on()?;
+            let same = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+            if same(data) != same(&recorded) {
+                return Err(ExperimentError::Input(format!(
+                    "{}: --data {} is not the dataset this run was trained on ({}): resume with that one",
+                    run.root().display(),
+                    data.display(),
+                    recorded.display()
+                )));
+            }
         }
         run.create()?;
         run.write_config(cfg)?;

@@ -62,19 +62,58 @@ pub fn save_checkpoint<S: Serialize>(
         std::fs::rename(dir, &old).map_err(ModelError::io(dir))?;
     }
     std::fs::rename(&tmp, dir).map_err(ModelError::io(dir))?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(ModelError::io(&old))?;
+    // The old folder goes, and so do the leftovers of swaps an earlier process did not finish.
+    for leftover in std::iter::once(old).chain(leftovers(dir).into_iter().map(|(p, _)| p)) {
+        if leftover.exists() {
+            std::fs::remove_dir_all(&leftover).map_err(ModelError::io(&leftover))?;
+        }
     }
     Ok(())
 }
 
-/// Whether `dir` holds a checkpoint written by [`save_checkpoint`].
+/// The folders a swap of `dir` leaves beside it until it finishes (`.NAME.tmp-PID`, the new
+/// checkpoint; `.NAME.old-PID`, the one it replaces), with whether each is the new one.
+fn leftovers(dir: &Path) -> Vec<(PathBuf, bool)> {
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else { return Vec::new() };
+    let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+    let name = name.to_string_lossy();
+    let Ok(entries) = std::fs::read_dir(parent) else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let file = e.file_name().to_string_lossy().into_owned();
+            let rest = file.strip_prefix(&format!(".{name}."))?;
+            let new = rest.starts_with("tmp-");
+            (new || rest.starts_with("old-")).then(|| (e.path(), new))
+        })
+        .collect()
+}
+
+/// A complete checkpoint a crash left beside `dir` in the middle of a swap, when `dir` itself
+/// is missing: the new one if it is complete (`state.json` is written last), else the old one.
+fn recoverable(dir: &Path) -> Option<PathBuf> {
+    if dir.exists() {
+        return None;
+    }
+    let mut complete: Vec<(PathBuf, bool)> =
+        leftovers(dir).into_iter().filter(|(p, _)| p.join(STATE).is_file()).collect();
+    // The new copy first; among several, the most recently written.
+    let written = |p: &Path| p.join(STATE).metadata().and_then(|m| m.modified()).ok();
+    complete.sort_by_key(|(p, new)| (*new, written(p)));
+    complete.pop().map(|(p, _)| p)
+}
+
+/// Whether `dir` holds a checkpoint written by [`save_checkpoint`], or a crash in the middle
+/// of writing one left a complete copy beside it, which [`load_checkpoint`] puts in place.
 pub fn is_checkpoint(dir: &Path) -> bool {
-    dir.join(STATE).is_file()
+    dir.join(STATE).is_file() || recoverable(dir).is_some()
 }
 
 /// Reads a checkpoint folder written by [`save_checkpoint`].
 pub fn load_checkpoint<S: DeserializeOwned>(dir: &Path) -> Result<Checkpoint<S>> {
+    if let Some(copy) = recoverable(dir) {
+        std::fs::rename(&copy, dir).map_err(ModelError::io(dir))?;
+    }
     let state_path = dir.join(STATE);
     let text = std::fs::read(&state_path).map_err(ModelError::io(&state_path))?;
     let state = serde_json::from_slice(&text).map_err(|e| ModelError::Weights {
@@ -129,6 +168,24 @@ mod tests {
         // Only the checkpoint itself is left: no temporary or old folders.
         let names: Vec<_> = std::fs::read_dir(dir.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("last")]);
+        // Killed between the two renames of a swap: no `last`, the new copy and the old one
+        // beside it. The new one is found and put in place.
+        let parent = dir.parent().unwrap();
+        std::fs::rename(&dir, parent.join(".last.old-1")).unwrap();
+        save_checkpoint(&parent.join("copy"), &[("model", &store)], &opt, &State { epoch: 2, step: 9 }).unwrap();
+        std::fs::rename(parent.join("copy"), parent.join(".last.tmp-1")).unwrap();
+        assert!(is_checkpoint(&dir));
+        let ck: Checkpoint<State> = load_checkpoint(&dir).unwrap();
+        assert_eq!(ck.state, State { epoch: 2, step: 9 });
+        // The next save clears the old copy away.
+        save_checkpoint(&dir, &[("model", &store)], &opt, &State { epoch: 3, step: 10 }).unwrap();
+        let names: Vec<_> = std::fs::read_dir(parent).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("last")]);
+        // A new copy that was not finished (no state.json) is passed over for the old one.
+        std::fs::rename(&dir, parent.join(".last.old-2")).unwrap();
+        std::fs::create_dir(parent.join(".last.tmp-2")).unwrap();
+        let ck: Checkpoint<State> = load_checkpoint(&dir).unwrap();
+        assert_eq!(ck.state, State { epoch: 3, step: 10 });
         // A folder that is not a checkpoint is an error naming the file.
         let err = load_checkpoint::<State>(tmp.path()).err().unwrap().to_string();
         assert!(err.contains("state.json"), "{err}");

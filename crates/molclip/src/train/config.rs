@@ -155,6 +155,13 @@ impl TrainConfig {
         }
     }
 
+    /// The first field (a dotted path) where `other` differs from this config, with both
+    /// values; `None` when they are equal.
+    pub fn difference(&self, other: &TrainConfig) -> Option<String> {
+        let (a, b) = (toml::Value::try_from(self).ok()?, toml::Value::try_from(other).ok()?);
+        first_difference(&a, &b, "")
+    }
+
     /// The loss terms this kind uses: no CLIP term without a molecule branch.
     pub fn effective_loss(&self) -> LossConfig {
         match self.kind {
@@ -162,6 +169,29 @@ impl TrainConfig {
             _ => LossConfig { clip: 0.0, ..self.loss.clone() },
         }
     }
+}
+
+/// The first dotted path where two TOML values differ, with both values.
+fn first_difference(a: &toml::Value, b: &toml::Value, path: &str) -> Option<String> {
+    let join = |k: &str| if path.is_empty() { k.to_string() } else { format!("{path}.{k}") };
+    match (a, b) {
+        (toml::Value::Table(x), toml::Value::Table(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter().find_map(|k| match (x.get(k), y.get(k)) {
+                (Some(u), Some(v)) => first_difference(u, v, &join(k)),
+                (u, v) => Some(format!("`{}` ({} against {})", join(k), show(u), show(v))),
+            })
+        }
+        (toml::Value::Array(x), toml::Value::Array(y)) if x.len() == y.len() => {
+            x.iter().zip(y).enumerate().find_map(|(i, (u, v))| first_difference(u, v, &format!("{path}[{i}]")))
+        }
+        _ if a == b => None,
+        _ => Some(format!("`{path}` ({a} against {b})")),
+    }
+}
+
+fn show(v: Option<&toml::Value>) -> String {
+    v.map_or_else(|| "absent".into(), |v| v.to_string())
 }
 
 #[cfg(test)]
@@ -189,6 +219,19 @@ mod tests {
         // Same recipe otherwise: the comparison isolates the molecule and the time axis.
         assert_eq!(molclip.optimizer, video.optimizer);
         assert_eq!(video.stages, single.stages);
+    }
+
+    #[test]
+    fn the_first_difference_is_named_by_its_path() {
+        let a = TrainConfig::default();
+        let mut b = a.clone();
+        assert_eq!(a.difference(&b), None);
+        b.optimizer.lr = 0.5;
+        b.stages[1].epochs = 9;
+        let d = a.difference(&b).unwrap();
+        assert!(d.contains("`optimizer.lr`") && d.contains("0.5"), "{d}");
+        b.optimizer.lr = a.optimizer.lr;
+        assert!(a.difference(&b).unwrap().contains("`stages[1].epochs`"));
     }
 
     #[test]

@@ -192,9 +192,14 @@ impl Trainer {
             message: format!("the checkpoint's config does not parse: {e}"),
         })?;
         if &saved != cfg {
+            let field = saved.difference(cfg).unwrap_or_else(|| "a field".into());
             return Err(ModelError::config(
                 "config",
-                format!("differs from the one {} was written with: resume with the run's own run.toml", what()),
+                format!(
+                    "{field}: differs from the config {} was written with (checkpoint against now); \
+                     resume with the run's own run.toml",
+                    what()
+                ),
             ));
         }
         let mut stores = ck.stores;
