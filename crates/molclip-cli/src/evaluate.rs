@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use molclip_core::write_atomic;
 use molclip_data::Identity;
+use molclip_experiment::embedding::EMBED_BATCH;
 use molclip_experiment::{open_dataset, RunDir};
 
 use crate::progress::Bars;
@@ -54,7 +55,8 @@ pub fn evaluate(args: EvaluateArgs, quiet: bool) -> Result<()> {
             let (run, device) = (RunDir::new(run), molclip::parse_device(&args.device)?);
             let splits = molclip_experiment::evaluation_splits(&index);
             let out = run.embeddings_path();
-            let meta = molclip_experiment::embed_to_files(&run, &index, &splits, &out, &device, 32, &progress)?;
+            let meta =
+                molclip_experiment::embed_to_files(&run, &index, &splits, &out, &device, EMBED_BATCH, &progress)?;
             (out, meta)
         }
         _ => (args.embeddings.clone().context("--embeddings")?, args.metadata.clone().context("--metadata")?),

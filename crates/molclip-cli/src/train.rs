@@ -99,7 +99,7 @@ pub struct EmbedArgs {
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Videos per forward pass.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = molclip_experiment::embedding::EMBED_BATCH)]
     batch: usize,
 }
 

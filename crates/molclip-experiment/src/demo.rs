@@ -9,6 +9,7 @@ use std::time::Instant;
 use mitosim::{DatasetPlan, SimConfig};
 use molclip::candle_core::Device;
 use molclip::train::TrainConfig;
+use molclip_core::IoError;
 use molclip_data::DatasetIndex;
 use molclip_report::Report;
 use serde_json::json;
@@ -108,8 +109,7 @@ fn train(
     }
     let resume = same_config && run.has_checkpoint();
     if !resume && run.root().exists() {
-        std::fs::remove_dir_all(run.root())
-            .map_err(|source| ExperimentError::Io { path: run.root().to_path_buf(), source })?;
+        std::fs::remove_dir_all(run.root()).map_err(IoError::at(run.root()))?;
     }
     Training { cfg, data, index, run, device, resume }.run(progress, &mut |_| true)?;
     Ok(())
@@ -123,7 +123,7 @@ fn task_json(t: &molclip_report::TaskResult) -> serde_json::Value {
 pub fn run_demo(options: &DemoOptions, device: &Device, progress: &dyn Progress) -> Result<DemoOutcome> {
     let start = Instant::now();
     let out = &options.out;
-    std::fs::create_dir_all(out).map_err(|source| ExperimentError::Io { path: out.clone(), source })?;
+    std::fs::create_dir_all(out).map_err(IoError::at(out))?;
     let data = out.join("data");
     let sim = dataset_config(options)?;
     let coupling = sim.biology.structure_coupling;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use molclip::candle_core::Device;
 use molclip::train::embed_cells;
+use molclip_core::IoError;
 use molclip_data::annotation::drug_key;
 use molclip_data::{CellVideo, DatasetIndex, Split};
 use molclip_eval::{Embeddings, Metadata};
@@ -103,7 +104,7 @@ pub fn embed_to_files(
     progress.finish();
     let rows = rows?;
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|source| ExperimentError::Io { path: parent.to_path_buf(), source })?;
+        std::fs::create_dir_all(parent).map_err(IoError::at(parent))?;
     }
     molclip_eval::npy::write_npy_f32(out, n, dim, &rows)?;
     let meta_path = out.with_extension("csv");

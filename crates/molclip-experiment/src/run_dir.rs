@@ -19,7 +19,7 @@ use molclip::candle_core::Device;
 use molclip::losses::LossTerm;
 use molclip::nn::ParamStore;
 use molclip::train::{is_checkpoint, StepRecord, TrainConfig, TrainOutputs, TrainedRun};
-use molclip_core::write_atomic;
+use molclip_core::{write_atomic, IoError};
 use molclip_report::CurvePoint;
 
 use crate::error::{ExperimentError, Result};
@@ -94,7 +94,7 @@ impl RunDir {
 
     /// Creates the folder.
     pub fn create(&self) -> Result<()> {
-        std::fs::create_dir_all(&self.root).map_err(|source| ExperimentError::Io { path: self.root.clone(), source })
+        Ok(std::fs::create_dir_all(&self.root).map_err(IoError::at(&self.root))?)
     }
 
     /// Takes the run folder for this process: a second training into the same folder, while
@@ -117,8 +117,7 @@ impl RunDir {
     /// The run's config, parsed and validated.
     pub fn read_config(&self) -> Result<TrainConfig> {
         let path = self.config_path();
-        let text =
-            std::fs::read_to_string(&path).map_err(|source| ExperimentError::Io { path: path.clone(), source })?;
+        let text = std::fs::read_to_string(&path).map_err(IoError::at(&path))?;
         TrainConfig::from_toml(&text).map_err(|e| ExperimentError::Run { path, message: e.to_string() })
     }
 
@@ -130,8 +129,7 @@ impl RunDir {
 
     /// Records the dataset the run trains on, so that `report` and `predict` find its gallery.
     pub fn record_dataset(&self, data: &Path) -> Result<()> {
-        let absolute = std::fs::canonicalize(data).unwrap_or_else(|_| data.to_path_buf());
-        Ok(write_atomic(&self.root.join(DATA), format!("{}\n", absolute.display()).as_bytes())?)
+        Ok(write_atomic(&self.root.join(DATA), format!("{}\n", absolute(data).display()).as_bytes())?)
     }
 
     /// The dataset the run was trained on, as recorded.
@@ -144,6 +142,21 @@ impl RunDir {
         Ok(PathBuf::from(text.trim()))
     }
 
+    /// Refuses `data` unless it is the dataset the run was trained on, so that a resumed run
+    /// never continues silently on another.
+    pub fn check_dataset(&self, data: &Path) -> Result<()> {
+        let recorded = self.trained_on()?;
+        if absolute(data) != absolute(&recorded) {
+            return Err(ExperimentError::Input(format!(
+                "{}: --data {} is not the dataset this run was trained on ({}): resume with that one",
+                self.root.display(),
+                data.display(),
+                recorded.display()
+            )));
+        }
+        Ok(())
+    }
+
     /// Writes `metrics.csv`: one row per step.
     pub fn write_metrics(&self, records: &[StepRecord]) -> Result<()> {
         Ok(write_atomic(&self.metrics_path(), metrics_csv(records).as_bytes())?)
@@ -152,8 +165,7 @@ impl RunDir {
     /// The training log, as the report plots it.
     pub fn read_curves(&self) -> Result<Vec<CurvePoint>> {
         let path = self.metrics_path();
-        let text =
-            std::fs::read_to_string(&path).map_err(|source| ExperimentError::Io { path: path.clone(), source })?;
+        let text = std::fs::read_to_string(&path).map_err(IoError::at(&path))?;
         parse_curves(&text).map_err(|message| ExperimentError::Run { path, message })
     }
 
@@ -178,6 +190,11 @@ impl RunDir {
         TrainedRun::load(cfg, &self.model_path(), device)
             .map_err(|e| ExperimentError::Run { path: self.root.clone(), message: format!("loading the run: {e}") })
     }
+}
+
+/// `path` made absolute where it exists, as it is otherwise.
+fn absolute(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// `metrics.csv`'s columns before and after the loss terms.

@@ -96,17 +96,7 @@ impl Training<'_> {
             )));
         }
         if resume {
-            // The run continues on the dataset it was trained on, never silently on another.
-            let recorded = run.trained_on()?;
-            let same = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-            if same(data) != same(&recorded) {
-                return Err(ExperimentError::Input(format!(
-                    "{}: --data {} is not the dataset this run was trained on ({}): resume with that one",
-                    run.root().display(),
-                    data.display(),
-                    recorded.display()
-                )));
-            }
+            run.check_dataset(data)?;
         }
         run.create()?;
         run.write_config(cfg)?;
