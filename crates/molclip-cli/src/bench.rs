@@ -90,6 +90,19 @@ pub enum BenchCommand {
         #[arg(long, default_value = "cuda")]
         device: String,
     },
+    /// Peak memory of one epoch's reading of a dataset's training split as `train` reads it
+    /// (the config's [data] section: decode, resize, the cache filled up to cache_mb,
+    /// augmentation, batches of --batch ahead of the trainer), without the model.
+    Cache {
+        /// The dataset (the `mito` preset stands in for the published data's 35.6k videos).
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value = "configs/mitoreid.toml")]
+        config: PathBuf,
+        /// Videos per batch (MitoReID: P x K = 128).
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+    },
     /// (internal) evaluate once in this process and print seconds and peak memory.
     #[command(hide = true)]
     EvaluateOnce { embeddings: PathBuf, metadata: PathBuf },
@@ -112,6 +125,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             bench_evaluate(&sizes, dim, reference_max, &script)
         }
         BenchCommand::Data { videos, script } => bench_data(videos, &script),
+        BenchCommand::Cache { data, config, batch } => bench_cache(&data, &config, batch),
         BenchCommand::EvaluateOnce { embeddings, metadata } => evaluate_once(&embeddings, &metadata),
         BenchCommand::Model { models, batch, frames, size, steps, device, no_reference, script } => {
             bench_model(&models, [batch, frames, size], steps, &device, (!no_reference).then_some(script.as_path()))
@@ -368,6 +382,44 @@ fn bench_data(videos: usize, script: &Path) -> Result<()> {
     println!("{:<34} {:>12.0} {:>16}", "molclip-data (1 thread)", one, ratio(one, 1.0));
     let threads = rayon::current_num_threads();
     println!("{:<34} {:>12.0} {:>16}", format!("molclip-data ({threads} threads)"), all, ratio(all, threads as f64));
+    Ok(())
+}
+
+fn bench_cache(data: &Path, config: &Path, batch: usize) -> Result<()> {
+    use molclip_data::loader::{Loader, Mode, VideoDataset};
+    let text = std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    let cfg = molclip::train::TrainConfig::from_toml(&text).with_context(|| config.display().to_string())?;
+    let index = molclip_data::DatasetIndex::open(data)?;
+    let cells: Vec<_> = index.split(molclip_data::Split::Train).cloned().collect();
+    let n = cells.len();
+    anyhow::ensure!(n > 0, "{}: the training split is empty", data.display());
+    let before = peak_rss_mib();
+    let ds = std::sync::Arc::new(VideoDataset::new(cells, cfg.data.clone())?);
+    let start = Instant::now();
+    let batches = molclip_data::sampler::sequential_batches(n, batch.max(1));
+    for b in Loader::start(ds.clone(), batches, Mode::Train { seed: 0, epoch: 0 }) {
+        std::hint::black_box(b?);
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let d = &cfg.data;
+    println!(
+        "one epoch's reading of {} ({n} training videos) with {}: {} frames, {} channel(s), resize {}, \
+         cache {} (budget {} MiB), batches of {batch}, prefetch {}",
+        data.display(),
+        config.display(),
+        d.frames.frames,
+        d.frames.channels.count(),
+        d.augment.resize,
+        d.cache,
+        d.cache_mb,
+        d.prefetch
+    );
+    println!("{:<36} {:>12}", "videos read", n);
+    println!("{:<36} {:>12.0}", "cache held (MiB)", ds.cached_bytes() as f64 / (1 << 20) as f64);
+    println!("{:<36} {:>12.0}", "peak resident memory (MiB)", peak_rss_mib());
+    println!("{:<36} {:>12.0}", "  of which before reading (MiB)", before);
+    println!("{:<36} {:>12.1}", "seconds", seconds);
+    println!("{:<36} {:>12}", "threads", rayon::current_num_threads());
     Ok(())
 }
 

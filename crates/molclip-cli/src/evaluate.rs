@@ -77,10 +77,21 @@ pub fn evaluate(args: EvaluateArgs, quiet: bool) -> Result<()> {
     match &result.novel {
         Some(novel) => {
             let votes = &novel.votes;
-            println!(
-                "novel drugs: MoA named right for {:.1}% of {} drugs ({:.1}% of {} videos), {} nearest gallery videos voting",
-                votes.drug_accuracy, votes.drugs.len(), votes.video_accuracy, votes.videos, votes.k
-            );
+            match (votes.drug_accuracy, votes.video_accuracy) {
+                (Some(drugs), Some(videos)) => println!(
+                    "novel drugs: MoA named right for {drugs:.1}% of {} drugs of a known MoA ({videos:.1}% of their \
+                     videos), {} nearest gallery videos voting",
+                    votes.drugs.iter().filter(|d| d.moa != molclip_eval::NO_MOA).count(),
+                    votes.k
+                ),
+                _ => println!(
+                    "novel drugs: {} drugs named by their {} videos' {} nearest gallery videos (their MoAs are \
+                     unknown, so the vote is not scored)",
+                    votes.drugs.len(),
+                    votes.videos,
+                    votes.k
+                ),
+            }
             match (&novel.retrieval, &novel.retrieval_skipped) {
                 (Some(r), _) => println!(
                     "novel drugs as queries (gallery plus novel videos): drug mAP {:.2}, MoA mAP {:.2}",

@@ -51,6 +51,9 @@ enum Command {
     /// Data tools.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Join SMILES into a dataset's annotation (the published annotation.xlsx has none) by CAS
+    /// number or name, and write DIR/annotation.csv (annotation.xlsx is never touched).
+    Annotate(AnnotateArgs),
     /// Train a model (molclip, video-only or single-frame) from a TOML config; --resume continues a run.
     Train(train::TrainArgs),
     /// Embed a dataset's videos with a trained run: .npy embeddings and a metadata CSV (the `evaluate` schema).
@@ -88,6 +91,36 @@ enum WeightsCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Map a pretrained 3D ResNet (kenshohara's names, as MitoReID starts from) onto the
+    /// config's video encoder, for `molclip train --init`. Never downloads anything.
+    ImportI3d(ImportI3dArgs),
+}
+
+#[derive(Args)]
+struct AnnotateArgs {
+    /// The dataset folder, whose annotation.xlsx (or annotation.csv) is read.
+    #[arg(long)]
+    data: PathBuf,
+    /// A TSV or CSV table with `name` and `smiles` columns, and optionally `cas`.
+    #[arg(long)]
+    smiles: PathBuf,
+    /// Where to write the joined annotation (default: DATA/annotation.csv, which must not exist).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ImportI3dArgs {
+    /// The pretrained 3D ResNet: a PyTorch checkpoint (.pth, its `state_dict`) or safetensors,
+    /// with kenshohara's 3D-ResNets-PyTorch names (MitoReID's Kinetics-pretrained ResNet-50).
+    file: PathBuf,
+    /// The training config the weights are for (its [model.video] section: i3d-resnet50 with
+    /// blocks = "r3d" for MitoReID's network; in_channels from its frames).
+    #[arg(long)]
+    config: PathBuf,
+    /// The weights for `molclip train --init`.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -131,6 +164,10 @@ struct InspectArgs {
     /// Nearest-neighbour MoA accuracy on handcrafted features (train vs gallery).
     #[arg(long)]
     difficulty: bool,
+    /// Refuse the dataset when MitoReID's selection rules would skip anything (drug folders
+    /// without an annotation row, drugs of unknown MoA) instead of reporting it.
+    #[arg(long)]
+    strict: bool,
 }
 
 #[derive(Subcommand)]
@@ -198,6 +235,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Evaluate(args) => evaluate::evaluate(args, quiet),
         Command::Chem(ChemCommand::Featurize(args)) => featurize(args),
         Command::Data(DataCommand::Stats { dir, config }) => data_stats(&dir, config.as_deref(), quiet),
+        Command::Annotate(args) => annotate(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Train(args) => train::train(args, quiet),
         Command::Demo(args) => demo::demo(args, quiet),
@@ -256,9 +294,58 @@ fn simulate(args: SimulateArgs, quiet: bool) -> Result<()> {
     Ok(())
 }
 
+/// What MitoReID's selection rules leave out of a dataset, on stderr; with `strict`, an
+/// error instead.
+fn report_selection(index: &molclip_data::DatasetIndex, strict: bool) -> Result<()> {
+    if strict {
+        index.strict()?;
+    }
+    let skips = index.skips();
+    let (rows, unknown): (Vec<_>, Vec<_>) =
+        skips.iter().partition(|s| matches!(s, molclip_data::Skip::NoAnnotationRow { .. }));
+    if !rows.is_empty() {
+        let cells: usize = rows
+            .iter()
+            .map(|s| if let molclip_data::Skip::NoAnnotationRow { cells, .. } = s { *cells } else { 0 })
+            .sum();
+        eprintln!("skipped {} drug folder(s) without an annotation row ({cells} cells):", rows.len());
+        for s in rows.iter().take(10) {
+            eprintln!("  {s}");
+        }
+        if rows.len() > 10 {
+            eprintln!("  ... and {} more", rows.len() - 10);
+        }
+    }
+    if !unknown.is_empty() {
+        let names: Vec<String> = unknown
+            .iter()
+            .filter_map(|s| if let molclip_data::Skip::UnknownMoa { drug, .. } = s { Some(drug.clone()) } else { None })
+            .collect();
+        let shown = names.iter().take(10).cloned().collect::<Vec<_>>().join(", ");
+        let more = if names.len() > 10 { format!(", ... ({} in all)", names.len()) } else { String::new() };
+        eprintln!(
+            "{} drug(s) of unknown MoA serve drug identification only, not the MoA task: {shown}{more}",
+            names.len()
+        );
+    }
+    let unchosen: std::collections::BTreeSet<&str> = index
+        .cells
+        .iter()
+        .filter(|c| c.moa_id.is_none())
+        .filter_map(|c| index.annotation.lookup_in(c.split, &c.drug_folder))
+        .filter(|r| r.moa_id.is_some() && !r.moa_choose)
+        .map(|r| r.index.as_str())
+        .collect();
+    if !unchosen.is_empty() {
+        eprintln!("{} drug(s) with moa_choose != 1 serve drug identification only", unchosen.len());
+    }
+    Ok(())
+}
+
 fn inspect(args: InspectArgs, quiet: bool) -> Result<()> {
     let progress = progress::Bars::new(quiet);
     let index = open_dataset(&args.dir, &progress)?;
+    report_selection(&index, args.strict)?;
     progress.start("decoding frames", index.cells.len() as u64);
     let verified = index.verify_frames_with_progress(&|p| {
         if p == molclip_data::index::Progress::Cell {
@@ -278,6 +365,8 @@ fn inspect(args: InspectArgs, quiet: bool) -> Result<()> {
             "cells": index.cells.len(),
             "drugs": index.annotation.drugs.len(),
             "splits": counts,
+            "skipped": index.skips(),
+            "natural_compounds": index.natural_compounds,
         });
         if let Some(d) = &difficulty {
             value["difficulty"] = serde_json::to_value(d)?;
@@ -304,13 +393,30 @@ fn print_inspection(
         index.cells.len(),
         index.annotation.drugs.len()
     );
-    for (w, h, t) in &sizes {
-        println!("  videos of {t} frames, {w}x{h}");
+    if sizes.len() <= 4 {
+        for (w, h, t) in &sizes {
+            println!("  videos of {t} frames, {w}x{h}");
+        }
+    } else {
+        // Crops whose size varies per cell (the published data): a range, not a list.
+        let frames: std::collections::BTreeSet<usize> = sizes.iter().map(|s| s.2).collect();
+        let sides = sizes.iter().map(|s| s.0.max(s.1));
+        let (lo, hi) = (sides.clone().min().unwrap_or(0), sides.max().unwrap_or(0));
+        println!("  videos of {frames:?} frames, {} frame sizes from {lo} to {hi} px", sizes.len());
     }
     println!("  {:<10} {:<8} {:>6} {:>5} {:>7} {:>8}", "replicate", "split", "drugs", "MoAs", "cells", "frames");
     for c in counts {
         let rep = if c.replicate.is_empty() { "-" } else { &c.replicate };
         println!("  {:<10} {:<8} {:>6} {:>5} {:>7} {:>8}", rep, c.split, c.drugs, c.moas, c.cells, c.frames);
+    }
+    for nc in &index.natural_compounds {
+        println!(
+            "  {}: {} natural compounds, {} cells (not trained on; name them with predict --videos {})",
+            nc.path.display(),
+            nc.compounds,
+            nc.cells,
+            nc.path.display()
+        );
     }
     if let Some(d) = difficulty {
         println!(
@@ -345,26 +451,60 @@ fn data_stats(dir: &Path, config: Option<&Path>, quiet: bool) -> Result<()> {
     let index = open_dataset(dir, &progress::Bars::new(quiet))?;
     let cells: Vec<_> = index.split(Split::Train).cloned().collect();
     anyhow::ensure!(!cells.is_empty(), "{}: the train split is empty", dir.display());
-    let stats = molclip_data::loader::pixel_stats(&cells, &data.frames)?;
+    let stats = molclip_data::loader::pixel_stats(&cells, &data.frames, data.augment.resize)?;
+    let show = |v: &[f32]| v.iter().map(|x| format!("{x:.6}")).collect::<Vec<_>>().join(", ");
     println!(
-        "train split of {}: {} videos, pixel mean {:.6}, std {:.6}",
+        "train split of {}: {} videos, pixel mean [{}], std [{}] per channel",
         dir.display(),
         cells.len(),
-        stats.mean,
-        stats.std
+        show(&stats.mean.0),
+        show(&stats.std.0)
     );
     let section = table.entry("data").or_insert_with(|| toml::Value::Table(Default::default()));
     let section = section.as_table_mut().context("`data` in the config is not a table")?;
     let normalize = section.entry("normalize").or_insert_with(|| toml::Value::Table(Default::default()));
     let normalize = normalize.as_table_mut().context("`data.normalize` in the config is not a table")?;
-    normalize.insert("mean".into(), toml::Value::Float(stats.mean as f64));
-    normalize.insert("std".into(), toml::Value::Float(stats.std as f64));
+    normalize.insert("mean".into(), toml::Value::try_from(&stats.mean)?);
+    normalize.insert("std".into(), toml::Value::try_from(&stats.std)?);
     match config {
         Some(path) => {
             write_atomic(path, toml::to_string_pretty(&table)?.as_bytes())?;
             println!("wrote [data.normalize] to {}", path.display());
         }
-        None => print!("[data.normalize]\nmean = {}\nstd = {}\n", stats.mean, stats.std),
+        None => print!("[data.normalize]\n{}", toml::to_string(&stats)?),
+    }
+    Ok(())
+}
+
+fn annotate(args: AnnotateArgs) -> Result<()> {
+    let out = args.out.clone().unwrap_or_else(|| args.data.join("annotation.csv"));
+    anyhow::ensure!(
+        !out.exists(),
+        "{} exists: molclip does not replace it (pass --out elsewhere, or move it away)",
+        out.display()
+    );
+    let mut annotation = molclip_data::Annotation::read_dir(&args.data)?;
+    let table: Vec<molclip_data::SmilesSource> = molclip_chem::read_smiles_table(&args.smiles)?
+        .into_iter()
+        .map(|r| molclip_data::SmilesSource {
+            cas: r.fields.get("cas").cloned().filter(|c| !c.is_empty()),
+            name: r.name,
+            smiles: r.smiles,
+        })
+        .collect();
+    let report = annotation.join_smiles(&table);
+    write_atomic(&out, annotation.to_csv().as_bytes())?;
+    let drugs = annotation.drugs.len() + annotation.novel.len();
+    println!(
+        "{}: {} of {drugs} drugs have a SMILES ({} by CAS, {} by name, {} already had one)",
+        out.display(),
+        drugs - report.unmatched.len(),
+        report.by_cas,
+        report.by_name,
+        report.kept
+    );
+    if !report.unmatched.is_empty() {
+        println!("no SMILES for {} drug(s): {}", report.unmatched.len(), report.unmatched.join(", "));
     }
     Ok(())
 }
@@ -437,6 +577,46 @@ fn weights(cmd: WeightsCommand) -> Result<()> {
                 mapped.len()
             );
         }
+        WeightsCommand::ImportI3d(args) => import_i3d(&args)?,
     }
+    Ok(())
+}
+
+fn import_i3d(args: &ImportI3dArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
+    let cfg = molclip::train::TrainConfig::from_toml(&text).with_context(|| args.config.display().to_string())?;
+    anyhow::ensure!(
+        cfg.model.video.encoder != molclip::models::VideoEncoderKind::FrameVit,
+        "{}: the config's video encoder is frame-vit; import-i3d is for the I3D ResNets",
+        args.config.display()
+    );
+    let i3d = cfg.model.video.i3d_config();
+    let tensors = molclip::nn::read_weights(&args.file)?;
+    let prefix = molclip::train::ENCODER;
+    let mapped = molclip::models::adapt_pretrained_r3d(&tensors, &i3d, prefix)
+        .with_context(|| format!("importing {}", args.file.display()))?;
+    // Strict both ways: the network built from the file uses every tensor and lacks none.
+    let renamed = mapped.iter().map(|(k, v)| (k.strip_prefix(prefix).unwrap_or(k).to_string(), v.clone())).collect();
+    let store = molclip::nn::ParamStore::with_tensors(0, renamed, &molclip::candle_core::Device::Cpu);
+    molclip::models::I3dResNet::new(&store.root(), &i3d)
+        .with_context(|| format!("{}: does not fit the config's encoder", args.file.display()))?;
+    store.check_all_used(&args.file)?;
+    let missing = store.missing_under("");
+    anyhow::ensure!(
+        missing.is_empty(),
+        "{}: {} of the encoder's tensors are missing (first: {}): weights of another depth?",
+        args.file.display(),
+        missing.len(),
+        missing.first().map_or("", |s| s.as_str())
+    );
+    molclip::nn::write_safetensors(&mapped, &args.out)?;
+    println!(
+        "{}: {} tensors of the video encoder (i3d-resnet{}, blocks {:?}, {} input channel(s)); the heads start fresh",
+        args.out.display(),
+        mapped.len(),
+        i3d.depth,
+        i3d.blocks,
+        i3d.in_channels
+    );
     Ok(())
 }

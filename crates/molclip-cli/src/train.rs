@@ -27,6 +27,21 @@ pub struct TrainArgs {
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     resume: bool,
+    /// Start from these pretrained weights (`molclip weights import-i3d` writes them): the
+    /// whole video encoder must be there; the heads start fresh. Recorded in run.toml.
+    #[arg(long, value_name = "FILE")]
+    init: Option<PathBuf>,
+    /// Cap every stage at N epochs (smoke runs); recorded in run.toml.
+    #[arg(long, value_name = "N")]
+    epochs: Option<usize>,
+    /// Override a config field by its dotted path (`--set data.sampler.p=4`), validated like
+    /// the file; repeatable; recorded in run.toml.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Refuse the dataset when MitoReID's selection rules would skip anything (drug folders
+    /// without an annotation row, drugs of unknown MoA) instead of reporting it.
+    #[arg(long)]
+    strict: bool,
     /// (testing) kill this process with SIGKILL after this many steps.
     #[arg(long, hide = true)]
     kill_after_steps: Option<u64>,
@@ -38,27 +53,51 @@ pub fn train(args: TrainArgs, quiet: bool) -> Result<()> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         TrainConfig::from_toml(&text).with_context(|| format!("{}", path.display()))
     };
+    let overridden = |mut cfg: TrainConfig| -> Result<TrainConfig> {
+        let mut pairs = Vec::new();
+        for set in &args.sets {
+            let (key, value) = set.split_once('=').with_context(|| format!("--set {set}: expected KEY=VALUE"))?;
+            pairs.push((key.trim(), value.trim()));
+        }
+        if !pairs.is_empty() {
+            cfg.set_all(&pairs).context("--set")?;
+        }
+        if let Some(n) = args.epochs {
+            cfg.cap_epochs(n)?;
+        }
+        if let Some(init) = &args.init {
+            cfg.init = Some(std::path::absolute(init).with_context(|| init.display().to_string())?);
+        }
+        Ok(cfg)
+    };
     let cfg = match (&args.config, args.resume) {
         (given, true) => {
             let cfg = read(&run.config_path())?;
             // A config given with --resume must be the run's own: the run continues as it began.
-            if let Some(path) = given {
-                if let Some(field) = cfg.difference(&read(path)?) {
+            let given = match given {
+                Some(path) => Some((path.display().to_string(), overridden(read(path)?)?)),
+                None if args.epochs.is_some() || !args.sets.is_empty() || args.init.is_some() => {
+                    Some(("--epochs/--set/--init".to_string(), overridden(cfg.clone())?))
+                }
+                None => None,
+            };
+            if let Some((what, given)) = given {
+                if let Some(field) = cfg.difference(&given) {
                     bail!(
-                        "{}: {field} differs from the run's own {} (run against given): \
+                        "{what}: {field} differs from the run's own {} (run against given): \
                          --resume continues the run as it was configured",
-                        path.display(),
                         run.config_path().display()
                     );
                 }
             }
             cfg
         }
-        (Some(path), false) => read(path)?,
+        (Some(path), false) => overridden(read(path)?)?,
         (None, false) => bail!("--config is needed (except with --resume)"),
     };
     let progress = Bars::new(quiet);
     let index = open_dataset(&args.data, &progress)?;
+    crate::report_selection(&index, args.strict)?;
     let device = molclip::parse_device(&args.device)?;
     let training =
         Training { cfg: &cfg, data: &args.data, index: &index, run: &run, device: &device, resume: args.resume };

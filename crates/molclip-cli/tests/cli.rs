@@ -326,7 +326,7 @@ fn train_killed_and_resumed_equals_an_uninterrupted_run() {
     assert!(o.status.success(), "{}", text(&o));
     let meta = std::fs::read_to_string(e.with_extension("csv")).unwrap();
     assert!(
-        meta.starts_with("set,replicate,drug,moa\n") && meta.lines().skip(1).all(|l| l.starts_with("novel,")),
+        meta.starts_with("set,replicate,drug,moa,path\n") && meta.lines().skip(1).all(|l| l.starts_with("novel,")),
         "{meta}"
     );
     // A split that does not exist is refused by name; one that exists but is empty too.

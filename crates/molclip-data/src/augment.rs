@@ -148,21 +148,24 @@ impl Resampler {
     }
 }
 
-/// Apply one transform to every frame and normalise: `[T, crop, crop]`
-/// values `(x - mean) / std` after brightness and contrast.
+/// Apply one transform to every frame and channel and normalise: `[T, C, crop, crop]`
+/// values `(x - mean[c]) / std[c]` after brightness and contrast (`mean` and `std` hold one
+/// value per channel, or one for all).
 pub fn transform_video(
     video: &Video,
     config: &AugmentConfig,
     t: &VideoTransform,
-    mean: f32,
-    std: f32,
+    mean: &[f32],
+    std: &[f32],
     out: &mut Vec<f32>,
 ) {
     let resampler = Resampler::new(video.width, video.height, config, t);
     let n = config.crop * config.crop;
+    let plane = video.width * video.height;
     let start = out.len();
-    out.resize(start + video.frames.len() * n, 0.0);
-    for (frame, o) in video.frames.iter().zip(out[start..].chunks_exact_mut(n)) {
+    out.resize(start + video.frames.len() * video.channels * n, 0.0);
+    let planes = video.frames.iter().flat_map(|f| f.chunks_exact(plane));
+    for (frame, o) in planes.zip(out[start..].chunks_exact_mut(n)) {
         resampler.apply(frame, o);
     }
     let frames = &mut out[start..];
@@ -173,9 +176,13 @@ pub fn transform_video(
             *x = (((*x * t.brightness) - grey) * t.contrast + grey).clamp(0.0, 1.0);
         }
     }
-    let inv = 1.0 / std;
-    for x in frames.iter_mut() {
-        *x = (*x - mean) * inv;
+    let per_channel = |v: &[f32], c: usize| if v.len() == 1 { v[0] } else { v[c] };
+    for (k, plane) in frames.chunks_exact_mut(n).enumerate() {
+        let c = k % video.channels.max(1);
+        let (m, inv) = (per_channel(mean, c), 1.0 / per_channel(std, c));
+        for x in plane.iter_mut() {
+            *x = (*x - m) * inv;
+        }
     }
 }
 
@@ -187,6 +194,8 @@ mod tests {
         Video {
             width: w,
             height: h,
+            channels: 1,
+            depth: crate::frames::SampleDepth::Eight,
             frames: (0..t).map(|k| (0..w * h).map(|i| ((i + k) % 7) as f32 / 7.0).collect()).collect(),
         }
     }
@@ -196,7 +205,7 @@ mod tests {
         let cfg = AugmentConfig { resize: 8, crop: 8, ..AugmentConfig::default() };
         let v = video(8, 8, 3);
         let mut out = Vec::new();
-        transform_video(&v, &cfg, &VideoTransform::centre(&cfg), 0.0, 1.0, &mut out);
+        transform_video(&v, &cfg, &VideoTransform::centre(&cfg), &[0.0], &[1.0], &mut out);
         let flat: Vec<f32> = v.frames.concat();
         for (a, b) in out.iter().zip(&flat) {
             assert!((a - b).abs() < 1e-6);
@@ -206,11 +215,11 @@ mod tests {
     #[test]
     fn flips_rotations_and_crops_move_pixels_where_expected() {
         let cfg = AugmentConfig { resize: 4, crop: 4, ..AugmentConfig::default() };
-        let mut v = Video { width: 4, height: 4, frames: vec![vec![0.0; 16]] };
+        let mut v = Video { frames: vec![vec![0.0; 16]], ..video(4, 4, 1) };
         v.frames[0][1] = 1.0; // row 0, column 1
         let run = |t: VideoTransform| {
             let mut out = Vec::new();
-            transform_video(&v, &cfg, &t, 0.0, 1.0, &mut out);
+            transform_video(&v, &cfg, &t, &[0.0], &[1.0], &mut out);
             out.iter().position(|&x| (x - 1.0).abs() < 1e-5)
         };
         let base = VideoTransform::centre(&cfg);
@@ -226,8 +235,8 @@ mod tests {
             &v,
             &cfg2,
             &VideoTransform { x0: 1, y0: 0, ..VideoTransform::centre(&cfg2) },
-            0.0,
-            1.0,
+            &[0.0],
+            &[1.0],
             &mut out,
         );
         assert_eq!(out[0], 1.0);
@@ -236,10 +245,10 @@ mod tests {
     #[test]
     fn every_frame_gets_the_same_spatial_transform() {
         let cfg = AugmentConfig { resize: 20, crop: 16, ..AugmentConfig::default() };
-        let same = Video { width: 16, height: 16, frames: vec![(0..256).map(|i| (i % 13) as f32 / 13.0).collect(); 4] };
+        let same = Video { frames: vec![(0..256).map(|i| (i % 13) as f32 / 13.0).collect(); 4], ..video(16, 16, 1) };
         let t = VideoTransform::seeded(&cfg, 1, 0, 5);
         let mut out = Vec::new();
-        transform_video(&same, &cfg, &t, 0.5, 0.25, &mut out);
+        transform_video(&same, &cfg, &t, &[0.5], &[0.25], &mut out);
         let n = 16 * 16;
         for k in 1..4 {
             assert_eq!(out[..n], out[k * n..(k + 1) * n]);
@@ -253,10 +262,10 @@ mod tests {
     #[test]
     fn brightness_and_contrast_and_normalisation() {
         let cfg = AugmentConfig { resize: 2, crop: 2, ..AugmentConfig::default() };
-        let v = Video { width: 2, height: 2, frames: vec![vec![0.2, 0.4, 0.6, 0.8]] };
+        let v = Video { frames: vec![vec![0.2, 0.4, 0.6, 0.8]], ..video(2, 2, 1) };
         let t = VideoTransform { brightness: 0.5, contrast: 2.0, ..VideoTransform::centre(&cfg) };
         let mut out = Vec::new();
-        transform_video(&v, &cfg, &t, 0.1, 0.5, &mut out);
+        transform_video(&v, &cfg, &t, &[0.1], &[0.5], &mut out);
         // x*0.5 -> 0.1 0.2 0.3 0.4, mean 0.25, contrast 2 -> -0.05 0.15 0.35 0.55 -> clamp 0 ... then (x-0.1)/0.5.
         let expected = [0.0f32, 0.15, 0.35, 0.55].map(|x| (x - 0.1) / 0.5);
         for (a, b) in out.iter().zip(expected) {

@@ -174,10 +174,12 @@ pub fn nearest_neighbour_accuracy(
 pub fn difficulty(index: &DatasetIndex) -> Result<DifficultyReport, DataError> {
     let load = |cells: Vec<&CellVideo>| -> Result<(Vec<Features>, Vec<usize>), DataError> {
         let feats = cells.par_iter().map(|c| read_video(c).map(|v| features(&v))).collect::<Result<Vec<_>, _>>()?;
-        Ok((feats, cells.iter().map(|c| c.moa_id).collect()))
+        Ok((feats, cells.iter().filter_map(|c| c.moa_id).collect()))
     };
-    let (train, train_y) = load(index.split(molclip_core::Split::Train).collect())?;
-    let (gallery, gallery_y) = load(index.split(molclip_core::Split::Gallery).collect())?;
+    // The MoA task's videos only.
+    let task = |split| index.split(split).filter(|c| c.moa_id.is_some()).collect();
+    let (train, train_y) = load(task(molclip_core::Split::Train))?;
+    let (gallery, gallery_y) = load(task(molclip_core::Split::Gallery))?;
     if train.is_empty() || gallery.is_empty() {
         return Err(DataError::invalid(&index.root, "difficulty needs cells in both train and gallery"));
     }

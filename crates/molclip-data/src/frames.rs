@@ -1,7 +1,7 @@
-//! Decoding a cell's frames into one single-channel video in [0, 1]:
-//! PNG/JPEG/TIFF files (8- or 16-bit, grey or RGB) or a multi-page TIFF /
-//! OME-TIFF stack; T frames sampled from however many there are; one
-//! channel selected (or luminance).
+//! Decoding a cell's frames into a video in [0, 1]: PNG/JPEG/TIFF files (8- or
+//! 16-bit, grey or RGB) or a multi-page TIFF / OME-TIFF stack; T frames sampled
+//! from however many there are; the channels the config names (grey or
+//! luminance, RGB, or a list of channel indices), stored planar.
 
 use std::io::BufReader;
 use std::path::Path;
@@ -11,15 +11,104 @@ use serde::{Deserialize, Serialize};
 use crate::error::DataError;
 use crate::index::{CellVideo, FrameSource};
 
-/// `frames` images of `height * width`, row-major, values in [0, 1].
+/// `frames` images of `channels * height * width` (planar: one row-major plane per
+/// channel), values in [0, 1].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Video {
     /// Frame width.
     pub width: usize,
     /// Frame height.
     pub height: usize,
+    /// Channels per frame.
+    pub channels: usize,
+    /// Bits per sample of the source: 8, or 16 for anything deeper.
+    pub depth: SampleDepth,
     /// The frames, in time order.
     pub frames: Vec<Vec<f32>>,
+}
+
+/// How finely the source quantised its samples: what a cache needs to keep them exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SampleDepth {
+    /// 8-bit samples.
+    Eight,
+    /// 16-bit samples (or float, kept to 16 bits).
+    Sixteen,
+}
+
+/// Which channels of the frames the model sees.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Channels {
+    /// `"grey"` (grey images as they are, colour ones as luminance) or `"rgb"`.
+    Named(NamedChannels),
+    /// Channel indices (0-based), in the order the model sees them: `[0, 1]`.
+    Pick(Vec<usize>),
+}
+
+/// The named channel sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NamedChannels {
+    /// One channel: grey, or the luminance of colour images.
+    Grey,
+    /// Red, green and blue (a grey image gives three equal channels). MitoReID's
+    /// published frames merge three stains this way.
+    Rgb,
+}
+
+impl Default for Channels {
+    fn default() -> Self {
+        Channels::Named(NamedChannels::Grey)
+    }
+}
+
+impl Channels {
+    /// Channels per frame.
+    pub fn count(&self) -> usize {
+        match self {
+            Channels::Named(NamedChannels::Grey) => 1,
+            Channels::Named(NamedChannels::Rgb) => 3,
+            Channels::Pick(list) => list.len(),
+        }
+    }
+
+    /// Refuses an empty or repeated list, naming the field.
+    pub fn validate(&self) -> Result<(), DataError> {
+        if let Channels::Pick(list) = self {
+            if list.is_empty() {
+                return Err(DataError::config("frames.channels", "an empty list: name at least one channel"));
+            }
+            if (1..list.len()).any(|i| list[..i].contains(&list[i])) {
+                return Err(DataError::config("frames.channels", format!("{list:?} names a channel twice")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Plane `c` of this selection from an image of `available` interleaved channels
+    /// (`samples`, `available` per pixel); grey images serve any selection of channel 0 or
+    /// RGB.
+    fn plane(&self, c: usize, samples: &[f32], available: usize, path: &Path) -> Result<Vec<f32>, DataError> {
+        let pixels = samples.chunks_exact(available);
+        match self {
+            Channels::Named(NamedChannels::Grey) if available >= 3 => {
+                Ok(pixels.map(|p| 0.2126 * p[0] + 0.7152 * p[1] + 0.0722 * p[2]).collect())
+            }
+            Channels::Named(_) if available < 3 => Ok(pixels.map(|p| p[0]).collect()),
+            Channels::Named(_) => Ok(pixels.map(|p| p[c]).collect()),
+            Channels::Pick(list) => {
+                let k = list[c];
+                if k >= available && !(available == 1 && k == 0) {
+                    return Err(DataError::invalid(
+                        path,
+                        format!("channel {k} asked for (frames.channels), the image has {available}"),
+                    ));
+                }
+                Ok(pixels.map(|p| p[k.min(available - 1)]).collect())
+            }
+        }
+    }
 }
 
 /// What to do with a video that has fewer frames than asked for.
@@ -36,7 +125,7 @@ pub enum ShortVideoPolicy {
 }
 
 /// How frames are read.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FrameOptions {
     /// Frames per video (MitoReID: 16). Longer videos are sampled uniformly;
@@ -44,16 +133,16 @@ pub struct FrameOptions {
     pub frames: usize,
     /// What to do with videos shorter than `frames`.
     pub short: ShortVideoPolicy,
-    /// Channel to read from multi-channel images (0-based); `None` reads
-    /// grey images as they are and RGB as luminance.
-    pub channel: Option<usize>,
+    /// The channels the model sees: `"grey"` (default: grey as it is, colour as
+    /// luminance), `"rgb"`, or a list of channel indices.
+    pub channels: Channels,
     /// Images with more pixels are refused before decoding (decompression bombs).
     pub max_pixels: u64,
 }
 
 impl Default for FrameOptions {
     fn default() -> Self {
-        Self { frames: 16, short: ShortVideoPolicy::Error, channel: None, max_pixels: 64 * 1024 * 1024 }
+        Self { frames: 16, short: ShortVideoPolicy::Error, channels: Channels::default(), max_pixels: 64 * 1024 * 1024 }
     }
 }
 
@@ -105,17 +194,20 @@ pub fn read_video(cell: &CellVideo) -> Result<Video, DataError> {
     read_video_with(cell, &FrameOptions::all_frames())
 }
 
-/// A cell's frames as `options` say: sampled, one channel, limited in size.
+/// A cell's frames as `options` say: sampled, the channels asked for, limited in size.
 pub fn read_video_with(cell: &CellVideo, options: &FrameOptions) -> Result<Video, DataError> {
     let picks = sample_indices(cell.n_frames, options.frames, options.short)
         .map_err(|e| DataError::invalid(&cell.dir, e.to_string()))?;
-    let frames = match &cell.source {
+    let (frames, depth) = match &cell.source {
         FrameSource::Files(files) => {
-            picks.iter().map(|&i| read_image(&files[i], options)).collect::<Result<Vec<_>, _>>()?
+            let read = picks.iter().map(|&i| read_image(&files[i], options)).collect::<Result<Vec<_>, _>>()?;
+            let depth = read.iter().map(|f| f.1).max().unwrap_or(SampleDepth::Eight);
+            (read.into_iter().map(|f| f.0).collect(), depth)
         }
         FrameSource::Stack(path) => read_stack(path, &picks, options)?,
     };
-    Ok(Video { width: cell.width as usize, height: cell.height as usize, frames })
+    let (width, height, channels) = (cell.width as usize, cell.height as usize, options.channels.count());
+    Ok(Video { width, height, channels, depth, frames })
 }
 
 fn check_size(path: &Path, w: u32, h: u32, options: &FrameOptions) -> Result<(), DataError> {
@@ -128,7 +220,8 @@ fn check_size(path: &Path, w: u32, h: u32, options: &FrameOptions) -> Result<(),
     Ok(())
 }
 
-fn read_image(path: &Path, options: &FrameOptions) -> Result<Vec<f32>, DataError> {
+/// One frame, planar, and the depth of its samples.
+fn read_image(path: &Path, options: &FrameOptions) -> Result<(Vec<f32>, SampleDepth), DataError> {
     // One read from disk; the header is checked in memory before decoding.
     let bytes = std::fs::read(path).map_err(DataError::io(path))?;
     let reader = || {
@@ -139,16 +232,21 @@ fn read_image(path: &Path, options: &FrameOptions) -> Result<Vec<f32>, DataError
     let (w, h) = reader()?.into_dimensions().map_err(|e| DataError::invalid(path, format!("unreadable image: {e}")))?;
     check_size(path, w, h, options)?;
     let img = reader()?.decode().map_err(|e| DataError::invalid(path, format!("cannot decode: {e}")))?;
-    let channels = img.color().channel_count() as usize;
-    match (options.channel, img) {
-        (None, image::DynamicImage::ImageLuma8(g)) => Ok(g.into_raw().into_iter().map(|v| v as f32 / 255.0).collect()),
-        (None, img) => Ok(img.to_luma32f().into_raw()),
-        (Some(c), _) if c >= channels => {
-            Err(DataError::invalid(path, format!("channel {c} asked for, the image has {channels}")))
-        }
-        (Some(_), img) if channels == 1 => Ok(img.to_luma32f().into_raw()),
-        (Some(c), img) => Ok(img.to_rgba32f().into_raw().chunks_exact(4).map(|p| p[c]).collect()),
+    let color = img.color();
+    let depth =
+        if color.bytes_per_pixel() / color.channel_count() > 1 { SampleDepth::Sixteen } else { SampleDepth::Eight };
+    let (samples, available) = match img {
+        image::DynamicImage::ImageLuma8(g) => (g.into_raw().into_iter().map(|v| v as f32 / 255.0).collect(), 1),
+        image::DynamicImage::ImageRgb8(g) => (g.into_raw().into_iter().map(|v| v as f32 / 255.0).collect(), 3),
+        img if color.channel_count() <= 2 => (img.to_luma32f().into_raw(), 1),
+        img if color.channel_count() == 3 => (img.to_rgb32f().into_raw(), 3),
+        img => (img.to_rgba32f().into_raw(), 4),
+    };
+    let mut frame = Vec::with_capacity(samples.len() / available * options.channels.count());
+    for c in 0..options.channels.count() {
+        frame.extend(options.channels.plane(c, &samples, available, path)?);
     }
+    Ok((frame, depth))
 }
 
 /// How the pages of a TIFF stack map to time points and channels.
@@ -218,22 +316,39 @@ pub fn stack_layout(path: &Path) -> Result<StackLayout, DataError> {
     Ok(StackLayout { width: w, height: h, pages, frames: t, channels: c, channel_major })
 }
 
-fn read_stack(path: &Path, picks: &[usize], options: &FrameOptions) -> Result<Vec<Vec<f32>>, DataError> {
+/// The frames `picks` of a stack, planar, and the depth of its samples. An OME-TIFF with
+/// several channels keeps one per page; otherwise a page holds a grey or RGB frame.
+fn read_stack(path: &Path, picks: &[usize], options: &FrameOptions) -> Result<(Vec<Vec<f32>>, SampleDepth), DataError> {
     let layout = stack_layout(path)?;
     check_size(path, layout.width, layout.height, options)?;
-    let channel = options.channel.unwrap_or(0);
     let by_page = layout.channels > 1;
-    if by_page && channel >= layout.channels {
-        return Err(DataError::invalid(
-            path,
-            format!("channel {channel} asked for, the stack has {}", layout.channels),
-        ));
-    }
-    let wanted: Vec<usize> = picks.iter().map(|&t| if by_page { layout.page(t, channel) } else { t }).collect();
+    // Per output frame and channel: the page, and the channel within the page's samples.
+    let count = options.channels.count();
+    let page_channels: Vec<usize> = if by_page {
+        let list: Vec<usize> = match &options.channels {
+            Channels::Named(NamedChannels::Grey) => vec![0],
+            Channels::Named(NamedChannels::Rgb) => vec![0, 1, 2],
+            Channels::Pick(list) => list.clone(),
+        };
+        if let Some(&c) = list.iter().find(|&&c| c >= layout.channels) {
+            return Err(DataError::invalid(
+                path,
+                format!("channel {c} asked for (frames.channels), the stack has {}", layout.channels),
+            ));
+        }
+        list
+    } else {
+        vec![0; count]
+    };
+    let wanted: Vec<usize> = picks
+        .iter()
+        .flat_map(|&t| page_channels.iter().map(move |&c| if by_page { layout.page(t, c) } else { t }))
+        .collect();
     let err = |e: tiff::TiffError| DataError::invalid(path, format!("cannot decode TIFF: {e}"));
     let file = std::fs::File::open(path).map_err(DataError::io(path))?;
     let mut decoder = tiff::decoder::Decoder::new(BufReader::new(file)).map_err(err)?;
-    let mut pages: Vec<Option<Vec<f32>>> = vec![None; layout.pages];
+    let mut pages: Vec<Option<(Vec<f32>, usize)>> = vec![None; layout.pages];
+    let mut depth = SampleDepth::Eight;
     let last = wanted.iter().copied().max().unwrap_or(0);
     for (page, slot) in pages.iter_mut().enumerate().take(last + 1) {
         if page > 0 {
@@ -254,8 +369,14 @@ fn read_stack(path: &Path, picks: &[usize], options: &FrameOptions) -> Result<Ve
         };
         let values: Vec<f32> = match decoder.read_image().map_err(err)? {
             tiff::decoder::DecodingResult::U8(v) => v.iter().map(|&x| x as f32 / 255.0).collect(),
-            tiff::decoder::DecodingResult::U16(v) => v.iter().map(|&x| x as f32 / 65535.0).collect(),
-            tiff::decoder::DecodingResult::F32(v) => v,
+            tiff::decoder::DecodingResult::U16(v) => {
+                depth = SampleDepth::Sixteen;
+                v.iter().map(|&x| x as f32 / 65535.0).collect()
+            }
+            tiff::decoder::DecodingResult::F32(v) => {
+                depth = SampleDepth::Sixteen;
+                v
+            }
             _ => {
                 return Err(DataError::invalid(
                     path,
@@ -263,16 +384,23 @@ fn read_stack(path: &Path, picks: &[usize], options: &FrameOptions) -> Result<Ve
                 ))
             }
         };
-        *slot = Some(if channels == 3 {
-            match options.channel {
-                Some(c) if !by_page => values.chunks_exact(3).map(|p| p[c.min(2)]).collect(),
-                _ => values.chunks_exact(3).map(|p| 0.2126 * p[0] + 0.7152 * p[1] + 0.0722 * p[2]).collect(),
-            }
-        } else {
-            values
-        });
+        *slot = Some((values, channels));
     }
-    Ok(wanted.iter().map(|&p| pages[p].clone().expect("page decoded")).collect())
+    let mut frames = Vec::with_capacity(picks.len());
+    for group in wanted.chunks(count) {
+        let mut frame = Vec::new();
+        for (c, &p) in group.iter().enumerate() {
+            let (values, available) = pages[p].as_ref().expect("page decoded");
+            if by_page {
+                // One channel per page: the page (its first sample per pixel) is the plane.
+                frame.extend(values.iter().step_by(*available).copied());
+            } else {
+                frame.extend(options.channels.plane(c, values, *available, path)?);
+            }
+        }
+        frames.push(frame);
+    }
+    Ok((frames, depth))
 }
 
 #[cfg(test)]

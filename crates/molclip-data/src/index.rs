@@ -12,6 +12,9 @@ use crate::annotation::Annotation;
 use crate::error::DataError;
 use molclip_core::Split;
 
+/// The natural compounds' folder in a replicate (`l1/nc`).
+pub const NATURAL_COMPOUNDS: &str = "nc";
+
 /// File extensions read as frames.
 pub const FRAME_EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "tif", "tiff"];
 
@@ -68,8 +71,9 @@ pub struct CellVideo {
     pub drug_folder: String,
     /// The drug's dense id (the annotation's).
     pub drug_id: usize,
-    /// Its MoA's dense id.
-    pub moa_id: usize,
+    /// Its MoA's id in the MoA task; `None` when the MoA is unknown or the drug is not
+    /// chosen for the MoA task (`moa_choose`): the video then serves drug identification only.
+    pub moa_id: Option<usize>,
     /// Where its frames are.
     pub source: FrameSource,
     /// Frames in the video.
@@ -89,7 +93,7 @@ impl CellVideo {
         replicate: String,
         split: Split,
         drug_folder: String,
-        (drug_id, moa_id): (usize, usize),
+        (drug_id, moa_id): (usize, Option<usize>),
         scanned: ScannedCell,
     ) -> Self {
         let (source, n_frames, width, height) = scanned;
@@ -113,6 +117,74 @@ pub struct DatasetIndex {
     pub annotation: Annotation,
     /// Every video, in scan order.
     pub cells: Vec<CellVideo>,
+    /// Drug folders left out because the annotation has no row for them (MitoReID skips
+    /// them too).
+    pub unannotated: Vec<Unannotated>,
+    /// Natural-compound folders (`lN/nc/`): not in the drug table, never trained on; give
+    /// one to `predict --videos`.
+    pub natural_compounds: Vec<NaturalCompounds>,
+}
+
+/// A drug folder without a row in the annotation, and how many cell folders it holds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Unannotated {
+    /// The drug folder.
+    pub path: PathBuf,
+    /// Cell folders in it.
+    pub cells: usize,
+}
+
+/// One replicate's `nc/` folder.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NaturalCompounds {
+    /// The folder (`l1/nc`).
+    pub path: PathBuf,
+    /// Compound folders in it.
+    pub compounds: usize,
+    /// Cell folders in them.
+    pub cells: usize,
+}
+
+/// Why videos are left out of a task, as MitoReID leaves them out: reported by `inspect`
+/// and `train`, refused with `--strict`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case", tag = "reason")]
+pub enum Skip {
+    /// A drug folder the annotation has no row for: left out of everything.
+    NoAnnotationRow {
+        /// The folder.
+        path: PathBuf,
+        /// Its cell folders.
+        cells: usize,
+    },
+    /// A drug whose MoA is `unknown` or blank: drug identification only.
+    UnknownMoa {
+        /// The drug's `index`.
+        drug: String,
+        /// Its videos.
+        cells: usize,
+    },
+}
+
+impl Skip {
+    /// What is skipped, and why, without the folder.
+    fn reason(&self) -> String {
+        match self {
+            Skip::NoAnnotationRow { cells, .. } => format!("no row in the annotation; its {cells} cell(s) are skipped"),
+            Skip::UnknownMoa { drug, cells } => {
+                format!("drug {drug:?}: MoA unknown or blank; its {cells} video(s) serve drug identification only")
+            }
+        }
+    }
+}
+
+impl fmt::Display for Skip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Skip::NoAnnotationRow { path, .. } => write!(f, "{}: {}", path.display(), self.reason()),
+            Skip::UnknownMoa { .. } => f.write_str(&self.reason()),
+        }
+    }
 }
 
 /// Counts for one replicate and split.
@@ -168,6 +240,7 @@ impl DatasetIndex {
             .collect();
         replicates.sort();
         let mut problems = Vec::new();
+        let mut natural_compounds = Vec::new();
         if replicates.is_empty() {
             problems.push(problem(root, "no replicate folders: expected l1, l2, ..."));
         }
@@ -175,6 +248,15 @@ impl DatasetIndex {
         let mut cell_dirs: Vec<(String, Split, String, PathBuf)> = Vec::new();
         for (_, rep) in &replicates {
             let rep_name = file_name(rep);
+            let nc = rep.join(NATURAL_COMPOUNDS);
+            if nc.is_dir() {
+                let compounds = sorted_dirs(&nc)?;
+                let mut cells = 0;
+                for c in &compounds {
+                    cells += sorted_dirs(c)?.len();
+                }
+                natural_compounds.push(NaturalCompounds { path: nc, compounds: compounds.len(), cells });
+            }
             for split in Split::REPLICATE {
                 let split_dir = rep.join(split.name());
                 if !split_dir.is_dir() {
@@ -202,39 +284,35 @@ impl DatasetIndex {
                 }
             }
         }
-        let mut unannotated = BTreeSet::new();
+        // Drug folders without a row are skipped, as MitoReID skips them: one entry per folder.
+        let mut unannotated: BTreeMap<PathBuf, usize> = BTreeMap::new();
+        cell_dirs.retain(|(_, split, drug_folder, dir)| {
+            let known = annotation.lookup_in(*split, drug_folder).is_some();
+            if !known {
+                *unannotated.entry(dir.parent().unwrap_or(dir).to_path_buf()).or_default() += 1;
+            }
+            known
+        });
+        let unannotated = unannotated.into_iter().map(|(path, cells)| Unannotated { path, cells }).collect();
         progress(Progress::Total(cell_dirs.len()));
         let results: Vec<Result<CellVideo, Vec<Problem>>> = cell_dirs
             .into_par_iter()
             .map(|(replicate, split, drug_folder, dir)| {
                 progress(Progress::Cell);
-                let Some(record) = annotation.lookup(&drug_folder) else {
-                    return Err(vec![problem(
-                        dir.parent().unwrap_or(&dir),
-                        format!("drug folder {drug_folder:?} has no row in annotation.csv"),
-                    )]);
-                };
+                let record = annotation.lookup_in(split, &drug_folder).expect("kept above");
                 let frames = scan_cell(&dir)?;
-                Ok(CellVideo::new(dir, replicate, split, drug_folder, (record.drug_id, record.moa_id), frames))
+                Ok(CellVideo::new(dir, replicate, split, drug_folder, (record.drug_id, record.moa_task_id()), frames))
             })
             .collect();
         let mut cells = Vec::with_capacity(results.len());
         for r in results {
             match r {
                 Ok(c) => cells.push(c),
-                Err(ps) => {
-                    for p in ps {
-                        // One line per unannotated drug folder, not per cell.
-                        if p.message.contains("no row in annotation.csv") && !unannotated.insert(p.path.clone()) {
-                            continue;
-                        }
-                        problems.push(p);
-                    }
-                }
+                Err(ps) => problems.extend(ps),
             }
         }
         if problems.is_empty() {
-            Ok(Self { root: root.into(), annotation, cells })
+            Ok(Self { root: root.into(), annotation, cells, unannotated, natural_compounds })
         } else {
             Err(DataError::Problems(problems))
         }
@@ -261,7 +339,7 @@ impl DatasetIndex {
                         String::new(),
                         Split::Unlabelled,
                         file_name(&drug),
-                        (0, 0),
+                        (0, None),
                         frames,
                     )),
                     Err(ps) => problems.extend(ps),
@@ -323,7 +401,7 @@ impl DatasetIndex {
                         continue;
                     }
                 };
-            let Some(record) = annotation.lookup(&drug) else {
+            let Some(record) = annotation.lookup_in(split, &drug) else {
                 problems.push(problem(&at, format!("drug {drug:?} has no row in the annotation")));
                 continue;
             };
@@ -338,7 +416,8 @@ impl DatasetIndex {
             };
             match scanned {
                 Ok(frames) => {
-                    cells.push(CellVideo::new(path, replicate, split, drug, (record.drug_id, record.moa_id), frames))
+                    let ids = (record.drug_id, record.moa_task_id());
+                    cells.push(CellVideo::new(path, replicate, split, drug, ids, frames))
                 }
                 Err(ps) => problems.extend(ps),
             }
@@ -347,7 +426,7 @@ impl DatasetIndex {
             problems.push(problem(manifest, "no rows: the manifest lists no cells"));
         }
         if problems.is_empty() {
-            Ok(Self { root: base.into(), annotation, cells })
+            Ok(Self { root: base.into(), annotation, cells, unannotated: Vec::new(), natural_compounds: Vec::new() })
         } else {
             Err(DataError::Problems(problems))
         }
@@ -377,7 +456,7 @@ impl DatasetIndex {
             .into_iter()
             .map(|((replicate, split), cells)| SplitCounts {
                 drugs: cells.iter().map(|c| c.drug_id).collect::<BTreeSet<_>>().len(),
-                moas: cells.iter().map(|c| c.moa_id).collect::<BTreeSet<_>>().len(),
+                moas: cells.iter().filter_map(|c| c.moa_id).collect::<BTreeSet<_>>().len(),
                 frames: cells.iter().map(|c| c.n_frames).sum(),
                 cells: cells.len(),
                 replicate,
@@ -413,6 +492,40 @@ impl DatasetIndex {
         } else {
             Err(DataError::Problems(problems))
         }
+    }
+
+    /// What MitoReID's selection rules leave out: drug folders without a row, and drugs
+    /// (with videos outside `novel/`) whose MoA is unknown.
+    pub fn skips(&self) -> Vec<Skip> {
+        let mut skips: Vec<Skip> =
+            self.unannotated.iter().map(|u| Skip::NoAnnotationRow { path: u.path.clone(), cells: u.cells }).collect();
+        let mut unknown: BTreeMap<&str, usize> = BTreeMap::new();
+        for c in self.cells.iter().filter(|c| c.split != Split::Novel) {
+            if let Some(r) = self.annotation.lookup_in(c.split, &c.drug_folder).filter(|r| r.moa_id.is_none()) {
+                *unknown.entry(r.index.as_str()).or_default() += 1;
+            }
+        }
+        skips.extend(unknown.into_iter().map(|(drug, cells)| Skip::UnknownMoa { drug: drug.into(), cells }));
+        skips
+    }
+
+    /// `--strict`: every skip as a problem.
+    pub fn strict(&self) -> Result<(), DataError> {
+        let skips = self.skips();
+        if skips.is_empty() {
+            return Ok(());
+        }
+        let problems = skips
+            .iter()
+            .map(|s| Problem {
+                path: match s {
+                    Skip::NoAnnotationRow { path, .. } => path.clone(),
+                    Skip::UnknownMoa { .. } => self.root.clone(),
+                },
+                message: format!("{} (refused by --strict)", s.reason()),
+            })
+            .collect();
+        Err(DataError::Problems(problems))
     }
 
     /// The videos of one split, in index order.

@@ -11,9 +11,12 @@ pub mod frames;
 pub mod index;
 pub mod loader;
 pub mod montage;
+pub mod resize;
 pub mod sampler;
 
-pub use annotation::{Annotation, DrugRecord};
+pub use annotation::{Annotation, DrugRecord, JoinReport, SmilesSource};
 pub use error::DataError;
-pub use frames::{read_video, read_video_with, FrameOptions, ShortVideoPolicy, Video};
-pub use index::{CellVideo, DatasetIndex, Problem, SplitCounts};
+pub use frames::{
+    read_video, read_video_with, Channels, FrameOptions, NamedChannels, SampleDepth, ShortVideoPolicy, Video,
+};
+pub use index::{CellVideo, DatasetIndex, NaturalCompounds, Problem, Skip, SplitCounts, Unannotated};

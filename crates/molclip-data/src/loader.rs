@@ -1,7 +1,9 @@
 //! From a dataset to batches of tensors `[B, T, C, H, W]`: videos decoded,
-//! sampled and augmented in parallel on worker threads, batches built ahead
-//! of the trainer (prefetch), optionally with decoded frames cached in memory.
+//! sampled, resized and augmented in parallel on worker threads, batches built
+//! ahead of the trainer (prefetch), optionally with the resized frames cached in
+//! memory (u8 or u16, under a budget).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, OnceLock};
 
@@ -10,29 +12,58 @@ use serde::{Deserialize, Serialize};
 
 use crate::augment::{transform_video, AugmentConfig, VideoTransform};
 use crate::error::DataError;
-use crate::frames::{read_video_with, FrameOptions, Video};
+use crate::frames::{read_video_with, FrameOptions};
 use crate::index::CellVideo;
+use crate::resize::{resize_video, ResizedVideo};
 use crate::sampler::SamplerConfig;
 
-/// Pixel normalisation after augmentation: `(x - mean) / std`
+/// Pixel normalisation after augmentation, per channel: `(x - mean[c]) / std[c]`
 /// (`molclip data stats` measures them on the training split).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Normalize {
-    /// Subtracted.
-    pub mean: f32,
-    /// Divided by.
-    pub std: f32,
+    /// Subtracted: one value for every channel, or one per channel.
+    pub mean: PerChannel,
+    /// Divided by: one value for every channel, or one per channel.
+    pub std: PerChannel,
 }
 
 impl Default for Normalize {
     fn default() -> Self {
-        Self { mean: 0.0, std: 1.0 }
+        Self { mean: PerChannel(vec![0.0]), std: PerChannel(vec![1.0]) }
+    }
+}
+
+/// One value for every channel (`0.5`), or one per channel (`[0.023, 0.060, 0.015]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PerChannel(pub Vec<f32>);
+
+impl Serialize for PerChannel {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => s.serialize_f32(*one),
+            many => many.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PerChannel {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(f32),
+            Many(Vec<f32>),
+        }
+        Ok(PerChannel(match OneOrMany::deserialize(d)? {
+            OneOrMany::One(v) => vec![v],
+            OneOrMany::Many(v) => v,
+        }))
     }
 }
 
 /// Everything about reading data for training and evaluation.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
     /// How frames are read.
@@ -43,10 +74,27 @@ pub struct DataConfig {
     pub sampler: SamplerConfig,
     /// Pixel normalisation.
     pub normalize: Normalize,
-    /// Keep decoded (pre-augmentation) videos in memory: for small datasets.
+    /// Keep the resized (pre-augmentation) videos in memory, at their source's depth (u8
+    /// or u16), up to `cache_mb`; beyond it, videos are read from disk every time.
     pub cache: bool,
+    /// The cache's budget in MiB (a 16-frame RGB video at 128 × 128 takes 0.75 MiB in u8).
+    pub cache_mb: usize,
     /// Batches prepared ahead of the consumer.
     pub prefetch: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            frames: FrameOptions::default(),
+            augment: AugmentConfig::default(),
+            sampler: SamplerConfig::default(),
+            normalize: Normalize::default(),
+            cache: false,
+            cache_mb: 4096,
+            prefetch: 0,
+        }
+    }
 }
 
 impl DataConfig {
@@ -59,8 +107,21 @@ impl DataConfig {
                 format!("{}: expected 1 <= crop <= resize ({})", a.crop, a.resize),
             ));
         }
-        if !(self.normalize.std > 0.0) {
-            return Err(DataError::config("normalize.std", format!("{}: must be positive", self.normalize.std)));
+        self.frames.channels.validate()?;
+        let channels = self.frames.channels.count();
+        for (field, values) in [("normalize.mean", &self.normalize.mean), ("normalize.std", &self.normalize.std)] {
+            if values.0.len() != 1 && values.0.len() != channels {
+                return Err(DataError::config(
+                    field,
+                    format!(
+                        "{} values for {channels} channel(s) (frames.channels): give one, or one per channel",
+                        values.0.len()
+                    ),
+                ));
+            }
+        }
+        if let Some(bad) = self.normalize.std.0.iter().find(|s| !(**s > 0.0)) {
+            return Err(DataError::config("normalize.std", format!("{bad}: must be positive")));
         }
         if self.sampler.p == 0 || self.sampler.k == 0 {
             return Err(DataError::config("sampler", "sampler.p and sampler.k must be at least 1"));
@@ -74,7 +135,9 @@ pub struct VideoDataset {
     /// The videos.
     pub cells: Vec<CellVideo>,
     config: DataConfig,
-    cache: Vec<OnceLock<Arc<Video>>>,
+    cache: Vec<OnceLock<Arc<ResizedVideo>>>,
+    /// Bytes the cache holds (or has promised to slots being filled).
+    cached_bytes: AtomicUsize,
 }
 
 /// How a batch is augmented.
@@ -102,8 +165,8 @@ pub struct Batch {
     pub indices: Vec<usize>,
     /// Each video's drug id.
     pub drug_ids: Vec<usize>,
-    /// Each video's MoA id.
-    pub moa_ids: Vec<usize>,
+    /// Each video's MoA id in the MoA task.
+    pub moa_ids: Vec<Option<usize>>,
 }
 
 impl VideoDataset {
@@ -111,7 +174,7 @@ impl VideoDataset {
     pub fn new(cells: Vec<CellVideo>, config: DataConfig) -> Result<Self, DataError> {
         config.validate()?;
         let cache = (0..cells.len()).map(|_| OnceLock::new()).collect();
-        Ok(Self { cells, config, cache })
+        Ok(Self { cells, config, cache, cached_bytes: AtomicUsize::new(0) })
     }
 
     /// Number of videos.
@@ -127,26 +190,44 @@ impl VideoDataset {
         &self.config
     }
 
-    fn video(&self, i: usize) -> Result<Arc<Video>, DataError> {
+    /// Bytes the cache holds.
+    pub fn cached_bytes(&self) -> usize {
+        self.cached_bytes.load(Ordering::Relaxed)
+    }
+
+    fn video(&self, i: usize) -> Result<Arc<ResizedVideo>, DataError> {
         if let Some(v) = self.cache[i].get() {
             return Ok(v.clone());
         }
-        let v = Arc::new(read_video_with(&self.cells[i], &self.config.frames)?);
+        let decoded = read_video_with(&self.cells[i], &self.config.frames)?;
+        let v = Arc::new(resize_video(&decoded, self.config.augment.resize));
         if self.config.cache {
-            let _ = self.cache[i].set(v.clone());
+            let budget = self.config.cache_mb.saturating_mul(1 << 20);
+            let bytes = v.bytes();
+            let reserved = self
+                .cached_bytes
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                    (used + bytes <= budget).then_some(used + bytes)
+                })
+                .is_ok();
+            if reserved && self.cache[i].set(v.clone()).is_err() {
+                // Another thread filled the slot first: give the reservation back.
+                self.cached_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            }
         }
         Ok(v)
     }
 
-    /// One augmented video, `[T, 1, crop, crop]` appended to `out`.
+    /// One augmented video, `[T, C, crop, crop]` appended to `out`.
     pub fn item(&self, i: usize, mode: Mode, out: &mut Vec<f32>) -> Result<usize, DataError> {
-        let video = self.video(i)?;
+        let video = self.video(i)?.to_video();
         let a = &self.config.augment;
         let t = match mode {
             Mode::Train { seed, epoch } => VideoTransform::seeded(a, seed, epoch, i as u64),
             Mode::Eval => VideoTransform::centre(a),
         };
-        transform_video(&video, a, &t, self.config.normalize.mean, self.config.normalize.std, out);
+        let n = &self.config.normalize;
+        transform_video(&video, a, &t, &n.mean.0, &n.std.0, out);
         Ok(video.frames.len())
     }
 
@@ -170,7 +251,7 @@ impl VideoDataset {
         let crop = self.config.augment.crop;
         Ok(Batch {
             data: items.into_iter().flat_map(|x| x.0).collect(),
-            shape: [indices.len(), t, 1, crop, crop],
+            shape: [indices.len(), t, self.config.frames.channels.count(), crop, crop],
             indices: indices.to_vec(),
             drug_ids: indices.iter().map(|&i| self.cells[i].drug_id).collect(),
             moa_ids: indices.iter().map(|&i| self.cells[i].moa_id).collect(),
@@ -208,28 +289,39 @@ impl Iterator for Loader {
     }
 }
 
-/// Mean and standard deviation of the pixel values of these videos (the
-/// frames the loader would read, before augmentation).
-pub fn pixel_stats(cells: &[CellVideo], frames: &FrameOptions) -> Result<Normalize, DataError> {
-    let (sum, sq, n) = cells
+/// Mean and standard deviation of the pixel values of these videos, per channel (the
+/// frames the loader would read, resized, before augmentation).
+pub fn pixel_stats(cells: &[CellVideo], frames: &FrameOptions, resize: usize) -> Result<Normalize, DataError> {
+    let channels = frames.channels.count();
+    // Per channel: sum, sum of squares, count.
+    let zero = || vec![(0.0f64, 0.0f64, 0usize); channels];
+    let sums = cells
         .par_iter()
         .map(|c| {
-            let v = read_video_with(c, frames)?;
-            let (mut s, mut q, mut n) = (0.0f64, 0.0f64, 0usize);
+            let v = resize_video(&read_video_with(c, frames)?, resize).to_video();
+            let mut acc = zero();
+            let plane = v.width * v.height;
             for f in &v.frames {
-                for &x in f {
-                    s += x as f64;
-                    q += (x as f64) * (x as f64);
+                for (k, p) in f.chunks_exact(plane.max(1)).enumerate() {
+                    let a = &mut acc[k % channels];
+                    for &x in p {
+                        a.0 += x as f64;
+                        a.1 += (x as f64) * (x as f64);
+                    }
+                    a.2 += p.len();
                 }
-                n += f.len();
             }
-            Ok::<_, DataError>((s, q, n))
+            Ok::<_, DataError>(acc)
         })
-        .try_reduce(|| (0.0, 0.0, 0), |a, b| Ok((a.0 + b.0, a.1 + b.1, a.2 + b.2)))?;
-    if n == 0 {
+        .try_reduce(zero, |a, b| Ok(a.iter().zip(&b).map(|(x, y)| (x.0 + y.0, x.1 + y.1, x.2 + y.2)).collect()))?;
+    if sums.iter().any(|s| s.2 == 0) {
         return Err(DataError::config("normalize", "no pixels to measure: the split is empty"));
     }
-    let mean = sum / n as f64;
-    let std = (sq / n as f64 - mean * mean).max(0.0).sqrt();
-    Ok(Normalize { mean: mean as f32, std: std.max(1e-6) as f32 })
+    let (mut mean, mut std) = (Vec::new(), Vec::new());
+    for (s, q, n) in sums {
+        let m = s / n as f64;
+        mean.push(m as f32);
+        std.push((q / n as f64 - m * m).max(0.0).sqrt().max(1e-6) as f32);
+    }
+    Ok(Normalize { mean: PerChannel(mean), std: PerChannel(std) })
 }

@@ -93,9 +93,29 @@ fn every_kind_of_damage_is_reported_with_its_path() {
     assert!(has("l1/train/1/cell001", "missing frame(s) 7 of 1..16"), "{text}");
     assert!(has("three.png", "not a number"), "{text}");
     assert!(has("l2/query/2/cell001/5.png", "32x32"), "{text}");
-    assert!(has("l3/gallery/999", "no row in annotation.csv"), "{text}");
+    // A drug folder without a row is skipped (as MitoReID skips it), not a problem.
+    assert!(!has("l3/gallery/999", ""), "{text}");
     assert!(has("l3/query", "empty split"), "{text}");
     assert!(has("l2/train/0/cell001/2.png", "unreadable") || has("l2/train/0/cell001/2.png", "decode"), "{text}");
+}
+
+#[test]
+fn folders_without_a_row_are_skipped_and_reported_and_strict_refuses_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tiny(tmp.path(), FrameFormat::Png);
+    let before = DatasetIndex::scan(&root).unwrap().cells.len();
+    for cell in ["cell001", "cell002"] {
+        std::fs::create_dir_all(root.join("l3/gallery/999").join(cell)).unwrap();
+        image::GrayImage::new(64, 64).save(root.join("l3/gallery/999").join(cell).join("1.png")).unwrap();
+    }
+    let index = DatasetIndex::scan(&root).unwrap();
+    assert_eq!(index.cells.len(), before);
+    assert_eq!(index.unannotated.len(), 1);
+    assert!(index.unannotated[0].path.ends_with("l3/gallery/999") && index.unannotated[0].cells == 2);
+    let skips = index.skips();
+    assert!(skips.iter().any(|s| s.to_string().contains("999") && s.to_string().contains("2 cell(s)")), "{skips:?}");
+    let e = index.strict().unwrap_err().to_string();
+    assert!(e.contains("l3/gallery/999") && e.contains("--strict"), "{e}");
 }
 
 #[test]
@@ -104,7 +124,7 @@ fn missing_annotation_and_missing_columns_are_clear() {
     let root = tiny(tmp.path(), FrameFormat::Png);
     std::fs::write(root.join("annotation.csv"), "index,name\n0,DMSO\n").unwrap();
     let e = DatasetIndex::scan(&root).unwrap_err().to_string();
-    assert!(e.contains("annotation.csv") && e.contains("drug_id"), "{e}");
+    assert!(e.contains("annotation.csv") && e.contains("moa_id"), "{e}");
     std::fs::remove_file(root.join("annotation.csv")).unwrap();
     let e = DatasetIndex::scan(&root).unwrap_err().to_string();
     assert!(e.contains("annotation.csv") && e.contains("missing"), "{e}");

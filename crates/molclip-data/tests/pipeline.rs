@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use mitosim::{generate, DatasetPlan, SimConfig};
-use molclip_data::frames::{FrameOptions, ShortVideoPolicy};
+use molclip_data::frames::{Channels, FrameOptions, SampleDepth, ShortVideoPolicy};
 use molclip_data::loader::{pixel_stats, DataConfig, Loader, Mode, VideoDataset};
 use molclip_data::sampler::{sequential_batches, PkSampler, SamplerConfig};
 use molclip_data::{read_video_with, DataError, DatasetIndex};
@@ -88,15 +88,23 @@ fn tiff_and_ome_tiff_stacks_through_a_manifest() {
     let index = DatasetIndex::open(&root.join("manifest.csv")).unwrap();
     assert_eq!(index.cells.len(), 3);
     assert_eq!((index.cells[0].n_frames, index.cells[1].n_frames, index.cells[2].n_frames), (4, 3, 16));
-    let opts = |channel| FrameOptions { frames: 0, channel, ..FrameOptions::default() };
-    let plain = read_video_with(&index.cells[0], &opts(None)).unwrap();
+    let opts = |channels| FrameOptions { frames: 0, channels, ..FrameOptions::default() };
+    let plain = read_video_with(&index.cells[0], &opts(Channels::default())).unwrap();
     assert!((plain.frames[2][0] - 3000.0 / 65535.0).abs() < 1e-7);
-    let c1 = read_video_with(&index.cells[1], &opts(Some(1))).unwrap();
-    let c0 = read_video_with(&index.cells[1], &opts(Some(0))).unwrap();
+    assert_eq!((plain.channels, plain.depth), (1, SampleDepth::Sixteen));
+    let c1 = read_video_with(&index.cells[1], &opts(Channels::Pick(vec![1]))).unwrap();
+    let c0 = read_video_with(&index.cells[1], &opts(Channels::Pick(vec![0]))).unwrap();
     let level = |v: &molclip_data::Video| v.frames.iter().map(|f| (f[0] * 65535.0).round() as u32).collect::<Vec<_>>();
     assert_eq!(level(&c0), vec![10, 110, 210]);
     assert_eq!(level(&c1), vec![20, 120, 220]);
-    assert!(read_video_with(&index.cells[1], &opts(Some(2))).unwrap_err().to_string().contains("channel 2"));
+    // Both channels, the second first: planar, in the order asked for.
+    let both = read_video_with(&index.cells[1], &opts(Channels::Pick(vec![1, 0]))).unwrap();
+    let n = (side * side) as usize;
+    assert_eq!(both.channels, 2);
+    assert_eq!(both.frames[1].len(), 2 * n);
+    assert_eq!(((both.frames[1][0] * 65535.0).round(), (both.frames[1][n] * 65535.0).round()), (120.0, 110.0));
+    let e = read_video_with(&index.cells[1], &opts(Channels::Pick(vec![2]))).unwrap_err().to_string();
+    assert!(e.contains("channel 2"), "{e}");
 
     // Every bad row is reported with its line.
     std::fs::write(
@@ -175,7 +183,8 @@ fn pixel_statistics_match_a_direct_computation() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tiny(tmp.path(), 16);
     let ds = train_dataset(&root, false);
-    let stats = pixel_stats(&ds.cells[..6], &FrameOptions::default()).unwrap();
+    // Resized to their own size: the values as read.
+    let stats = pixel_stats(&ds.cells[..6], &FrameOptions::default(), ds.cells[0].width as usize).unwrap();
     let values: Vec<f64> = ds.cells[..6]
         .iter()
         .flat_map(|c| read_video_with(c, &FrameOptions::default()).unwrap().frames.concat())
@@ -184,7 +193,7 @@ fn pixel_statistics_match_a_direct_computation() {
     let mean = values.iter().sum::<f64>() / values.len() as f64;
     let std = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / values.len() as f64).sqrt();
     assert!(
-        (stats.mean as f64 - mean).abs() < 1e-6 && (stats.std as f64 - std).abs() < 1e-5,
+        (stats.mean.0[0] as f64 - mean).abs() < 1e-6 && (stats.std.0[0] as f64 - std).abs() < 1e-5,
         "{stats:?} vs {mean} {std}"
     );
 }

@@ -1,7 +1,7 @@
 //! The metadata CSV beside an embedding file: one row per embedding row,
 //! with columns `set` (`query`, `gallery`, `novel` or `train`), `replicate`,
-//! `drug` and `moa`. Train rows are ignored; novel rows are queries for
-//! naming the MoA of drugs never trained on.
+//! `drug` and `moa` (empty outside the MoA task). Train rows are ignored; novel rows
+//! are queries for naming the MoA of drugs never trained on.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -12,6 +12,12 @@ use crate::error::EvalError;
 use crate::npy::Matrix;
 use crate::reid::Embeddings;
 
+/// The MoA id of a row outside the MoA task (an empty `moa` in the metadata CSV: a drug
+/// whose MoA is unknown, or one not chosen for the MoA task). Such rows take part in drug
+/// identification only: they are neither queries nor gallery items of MoA recognition, and
+/// they do not vote on a MoA.
+pub const NO_MOA: u32 = u32::MAX;
+
 /// Labels of a set of videos, as ids into shared name tables.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Metadata {
@@ -19,7 +25,7 @@ pub struct Metadata {
     pub replicate: Vec<u32>,
     /// Each row's drug id.
     pub drug: Vec<u32>,
-    /// Each row's MoA id.
+    /// Each row's MoA id; [`NO_MOA`] outside the MoA task.
     pub moa: Vec<u32>,
 }
 
@@ -120,10 +126,11 @@ impl EmbeddingSet {
             if split == Split::Train {
                 continue;
             }
-            if drug.is_empty() || moa.is_empty() {
-                return Err(err(format!("line {line}: empty drug or moa")));
+            if drug.is_empty() {
+                return Err(err(format!("line {line}: empty drug")));
             }
-            let ids = (set.replicates.id(rep), set.drugs.id(drug), set.moas.id(moa));
+            let moa = if moa.is_empty() { NO_MOA } else { set.moas.id(moa) };
+            let ids = (set.replicates.id(rep), set.drugs.id(drug), moa);
             let (emb, meta) = match split {
                 Split::Query => &mut set.query,
                 Split::Gallery => &mut set.gallery,

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::error::EvalError;
-use crate::metadata::Metadata;
+use crate::metadata::{Metadata, NO_MOA};
 use crate::reid::{check_labels, check_widths, evaluate, for_each_distance_block, Embeddings, Evaluation};
 
 /// A novel drug's MoA as its videos' nearest gallery videos name it.
@@ -16,7 +16,7 @@ use crate::reid::{check_labels, check_widths, evaluate, for_each_distance_block,
 pub struct DrugPrediction {
     /// The drug's id.
     pub drug: u32,
-    /// Its true MoA's id.
+    /// Its true MoA's id ([`NO_MOA`] when unknown: the vote is a prediction only).
     pub moa: u32,
     /// The MoA the vote names.
     pub predicted: u32,
@@ -33,12 +33,13 @@ pub struct NovelReport {
     pub k: usize,
     /// Novel videos.
     pub videos: usize,
-    /// Percent of novel videos whose own vote names the right MoA.
-    pub video_accuracy: f64,
+    /// Percent of novel videos of a known MoA whose own vote names it; `None` when no
+    /// novel drug's MoA is known.
+    pub video_accuracy: Option<f64>,
     /// Each drug's vote.
     pub drugs: Vec<DrugPrediction>,
-    /// Percent of novel drugs named right.
-    pub drug_accuracy: f64,
+    /// Percent of novel drugs of a known MoA named right; `None` when none is known.
+    pub drug_accuracy: Option<f64>,
 }
 
 /// Votes per MoA id: how many, and their summed distance (which breaks ties).
@@ -50,7 +51,8 @@ fn winner(tally: &Tally) -> Option<u32> {
 }
 
 /// For each row of `a`, the MoAs of its `k` nearest gallery videos (count and summed
-/// distance per MoA), leaving out the gallery videos `skip(row, j)` names.
+/// distance per MoA), leaving out the gallery videos `skip(row, j)` names and those outside
+/// the MoA task.
 fn knn_tallies(
     a: &Embeddings,
     gallery: &Embeddings,
@@ -63,7 +65,7 @@ fn knn_tallies(
     let mut out = Vec::with_capacity(a.len());
     for_each_distance_block(a, gallery, |start, block| {
         for (r, dist) in block.chunks(ng).enumerate() {
-            let mut order: Vec<usize> = (0..ng).filter(|&j| !skip(start + r, j)).collect();
+            let mut order: Vec<usize> = (0..ng).filter(|&j| g.moa[j] != NO_MOA && !skip(start + r, j)).collect();
             let k = k.min(order.len());
             let mut tally = BTreeMap::new();
             if k > 0 {
@@ -139,7 +141,8 @@ pub fn novel_moa_votes(
     }
     check_labels(novel, n, "novel")?;
     let per_video = knn_tallies(novel, gallery, g, k, |_, _| false)?;
-    let correct_videos = per_video.iter().zip(&n.moa).filter(|(t, &m)| winner(t) == Some(m)).count();
+    let known_videos = n.moa.iter().filter(|&&m| m != NO_MOA).count();
+    let correct_videos = per_video.iter().zip(&n.moa).filter(|(t, &m)| m != NO_MOA && winner(t) == Some(m)).count();
     let mut by_drug: BTreeMap<u32, (u32, usize, Tally)> = BTreeMap::new();
     for (i, tally) in per_video.iter().enumerate() {
         let e = by_drug.entry(n.drug[i]).or_insert((n.moa[i], 0, BTreeMap::new()));
@@ -152,24 +155,28 @@ pub fn novel_moa_votes(
     }
     let drugs: Vec<DrugPrediction> = by_drug
         .into_iter()
-        .map(|(drug, (moa, videos, tally))| {
+        .map(|(drug, (moa, videos, tally))| -> Result<DrugPrediction, EvalError> {
             let mut votes: Vec<(u32, usize)> = tally.iter().map(|(&m, &(v, _))| (m, v)).collect();
             votes.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-            DrugPrediction {
+            Ok(DrugPrediction {
                 drug,
                 moa,
-                predicted: winner(&tally).expect("a non-empty gallery gives votes"),
+                predicted: winner(&tally).ok_or_else(|| {
+                    EvalError::Input("no gallery video has a MoA to vote with (every `moa` is empty)".into())
+                })?,
                 videos,
                 votes,
-            }
+            })
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
+    let known = drugs.iter().filter(|d| d.moa != NO_MOA).count();
     let right = drugs.iter().filter(|d| d.predicted == d.moa).count();
+    let percent = |part: usize, whole: usize| (whole > 0).then(|| 100.0 * part as f64 / whole as f64);
     Ok(NovelReport {
         k,
         videos: novel.len(),
-        video_accuracy: 100.0 * correct_videos as f64 / novel.len() as f64,
-        drug_accuracy: 100.0 * right as f64 / drugs.len() as f64,
+        video_accuracy: percent(correct_videos, known_videos),
+        drug_accuracy: percent(right, known),
         drugs,
     })
 }
@@ -177,7 +184,8 @@ pub fn novel_moa_votes(
 impl NovelReport {
     /// Confusion matrix over drugs as CSV: rows true MoA, columns predicted MoA.
     pub fn confusion_csv(&self, moa_names: &[String]) -> String {
-        let used: std::collections::BTreeSet<u32> = self.drugs.iter().flat_map(|d| [d.moa, d.predicted]).collect();
+        let scored = || self.drugs.iter().filter(|d| d.moa != NO_MOA);
+        let used: std::collections::BTreeSet<u32> = scored().flat_map(|d| [d.moa, d.predicted]).collect();
         let used: Vec<u32> = used.into_iter().collect();
         let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
         let mut out = String::from("true\\predicted");
@@ -189,7 +197,7 @@ impl NovelReport {
         for &t in &used {
             out.push_str(&quote(&moa_names[t as usize]));
             for &p in &used {
-                let c = self.drugs.iter().filter(|d| d.moa == t && d.predicted == p).count();
+                let c = scored().filter(|d| d.moa == t && d.predicted == p).count();
                 out.push_str(&format!(",{c}"));
             }
             out.push('\n');

@@ -4,7 +4,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::EvalError;
-use crate::metadata::Metadata;
+use crate::metadata::{Metadata, NO_MOA};
 
 /// CMC curve length reported by default (rank-1 .. rank-50).
 pub const DEFAULT_MAX_RANK: usize = 50;
@@ -223,8 +223,9 @@ struct InvertedIndex {
 impl InvertedIndex {
     fn new(g: &Metadata) -> Self {
         let group = |ids: &[u32]| {
-            let mut lists = vec![Vec::new(); ids.iter().max().map_or(0, |&m| m as usize + 1)];
-            for (j, &id) in ids.iter().enumerate() {
+            let n = ids.iter().filter(|&&id| id != NO_MOA).max().map_or(0, |&m| m as usize + 1);
+            let mut lists = vec![Vec::new(); n];
+            for (j, &id) in ids.iter().enumerate().filter(|(_, &id)| id != NO_MOA) {
                 lists[id as usize].push(j as u32);
             }
             lists
@@ -351,7 +352,7 @@ fn rank_query(
         if has_drug && g.drug[j] != q_drug {
             s.drug.place(d, j);
         }
-        if has_moa && g.moa[j] != q_moa {
+        if has_moa && g.moa[j] != q_moa && g.moa[j] != NO_MOA {
             s.moa.place(d, j);
         }
     }

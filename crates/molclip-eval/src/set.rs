@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::error::EvalError;
-use crate::metadata::EmbeddingSet;
+use crate::metadata::{EmbeddingSet, NO_MOA};
 use crate::novel::{novel_moa_votes, novel_retrieval, NovelReport};
 use crate::reid::{evaluate, Evaluation};
 
@@ -13,14 +13,14 @@ use crate::reid::{evaluate, Evaluation};
 pub struct NamedPrediction {
     /// The drug.
     pub drug: String,
-    /// Its true MoA.
-    pub moa: String,
+    /// Its true MoA; `None` when the drug's MoA is unknown.
+    pub moa: Option<String>,
     /// The MoA the vote names.
     pub predicted: String,
     /// Its videos.
     pub videos: usize,
-    /// Whether the vote is right.
-    pub correct: bool,
+    /// Whether the vote is right; `None` when the drug's MoA is unknown.
+    pub correct: Option<bool>,
 }
 
 /// The novel drugs' section of [`SetEvaluation`].
@@ -28,10 +28,10 @@ pub struct NamedPrediction {
 pub struct NovelSection {
     /// Nearest gallery videos voting.
     pub k: usize,
-    /// Percent of novel drugs named right.
-    pub drug_accuracy: f64,
-    /// Percent of novel videos whose own vote is right.
-    pub video_accuracy: f64,
+    /// Percent of novel drugs of a known MoA named right.
+    pub drug_accuracy: Option<f64>,
+    /// Percent of novel videos of a known MoA whose own vote is right.
+    pub video_accuracy: Option<f64>,
     /// Each drug's vote.
     pub drugs: Vec<NamedPrediction>,
     /// The novel videos as queries (gallery plus novel videos); absent when no novel drug
@@ -73,10 +73,10 @@ impl SetEvaluation {
             .iter()
             .map(|d| NamedPrediction {
                 drug: name(&set.drugs.names, d.drug),
-                moa: name(&set.moas.names, d.moa),
+                moa: (d.moa != NO_MOA).then(|| name(&set.moas.names, d.moa)),
                 predicted: name(&set.moas.names, d.predicted),
                 videos: d.videos,
-                correct: d.moa == d.predicted,
+                correct: (d.moa != NO_MOA).then_some(d.moa == d.predicted),
             })
             .collect();
         // Novel drugs seen in one replicate only have nothing to be identified by.

@@ -33,7 +33,7 @@ pub struct Analysis {
 
 /// The MoA names by id, for the report's legends.
 pub fn moa_names(index: &DatasetIndex) -> Vec<String> {
-    let n = index.cells.iter().map(|c| c.moa_id).max().map_or(0, |m| m + 1);
+    let n = index.cells.iter().filter_map(|c| c.moa_id).max().map_or(0, |m| m + 1);
     (0..n).map(|m| index.annotation.moa_name(m)).collect()
 }
 
@@ -89,7 +89,7 @@ pub fn analyse_run(
     let n_moas = moa_names(index).len();
     let mut counts = vec![vec![0usize; n_moas]; n_moas];
     for (i, p) in molclip_eval::query_moa_votes(&q, &qm, &g, &gm, VOTERS)?.into_iter().enumerate() {
-        if let Some(p) = p {
+        if let (Some(p), true) = (p, qm.moa[i] != molclip_eval::NO_MOA) {
             counts[qm.moa[i] as usize][p as usize] += 1;
         }
     }
@@ -103,7 +103,7 @@ pub fn analyse_run(
         let n = embeddings(&e.feature, e.dim, s.novel.iter().copied())?;
         let votes = molclip_eval::novel_moa_votes(&n, &nm, &g, &gm, VOTERS)?;
         if !e.shared.is_empty() {
-            zero_shot = Some(zero_shot_novel(&trained, index, &e, &s)?);
+            zero_shot = zero_shot_novel(&trained, index, &e, &s)?;
         }
         novel = Some(NovelResult {
             drugs: votes.drugs.len(),
@@ -136,8 +136,9 @@ fn attention(e: &VideoEmbeddings, s: &Splits, n_moas: usize, frames: usize) -> A
     let mut weights = vec![vec![0.0f64; e.steps]; n_moas];
     let mut seen = vec![0usize; n_moas];
     for (i, c) in s.cells.iter().enumerate().filter(|(_, c)| c.split != Split::Novel) {
-        seen[c.moa_id] += 1;
-        for (w, a) in weights[c.moa_id].iter_mut().zip(&e.attention[i * e.steps..(i + 1) * e.steps]) {
+        let Some(moa) = c.moa_id else { continue };
+        seen[moa] += 1;
+        for (w, a) in weights[moa].iter_mut().zip(&e.attention[i * e.steps..(i + 1) * e.steps]) {
             *w += *a as f64;
         }
     }
@@ -160,17 +161,20 @@ fn embedding_map(
     } else {
         ("the gallery videos and the drugs' molecules in the shared (CLIP) space", &e.shared, e.shared_dim)
     };
-    let mut rows = gather(source, dim, &s.gallery);
+    // The MoA task's gallery videos: the map is coloured by MoA.
+    let gallery: Vec<(usize, usize)> = s.gallery.iter().filter_map(|&i| Some((i, s.cells[i].moa_id?))).collect();
+    let picks: Vec<usize> = gallery.iter().map(|g| g.0).collect();
+    let mut rows = gather(source, dim, &picks);
     let mut points: Vec<MapPoint> =
-        s.gallery.iter().map(|&i| MapPoint { x: 0.0, y: 0.0, category: s.cells[i].moa_id, molecule: false }).collect();
+        gallery.iter().map(|&(_, moa)| MapPoint { x: 0.0, y: 0.0, category: moa, molecule: false }).collect();
     if !e.shared.is_empty() {
         let mut seen = BTreeSet::new();
         let mut smiles = Vec::new();
-        for &i in &s.gallery {
+        for &(i, moa) in &gallery {
             let c = s.cells[i];
             if let Some(sm) = index.annotation.smiles(&c.drug_folder).filter(|_| seen.insert(c.drug_id)) {
                 smiles.push(sm);
-                points.push(MapPoint { x: 0.0, y: 0.0, category: c.moa_id, molecule: true });
+                points.push(MapPoint { x: 0.0, y: 0.0, category: moa, molecule: true });
             }
         }
         rows.extend(trained.embed_smiles(&smiles)?.0);
@@ -182,24 +186,33 @@ fn embedding_map(
     Ok(EmbeddingMap { space: space.to_string(), points })
 }
 
-/// Zero-shot MoA of each novel drug from its SMILES alone, against the gallery's MoAs.
-fn zero_shot_novel(trained: &TrainedRun, index: &DatasetIndex, e: &VideoEmbeddings, s: &Splits) -> Result<ZeroShot> {
+/// Zero-shot MoA of each novel drug from its SMILES alone, against the gallery's MoAs; on
+/// the novel drugs with a known MoA and a SMILES (`None` when there are none).
+fn zero_shot_novel(
+    trained: &TrainedRun,
+    index: &DatasetIndex,
+    e: &VideoEmbeddings,
+    s: &Splits,
+) -> Result<Option<ZeroShot>> {
     let reference = reference(index, &e.shared, e.shared_dim, &s.cells, &s.gallery)?;
     let mut named = Vec::new();
     let mut truth = Vec::new();
     let mut done = BTreeSet::new();
+    // Scored on the novel drugs whose MoA is known.
     for &i in &s.novel {
         let c = s.cells[i];
+        let Some(moa) = c.moa_id else { continue };
+        let Some(smiles) = index.annotation.smiles(&c.drug_folder) else { continue };
         if !done.insert(c.drug_id) {
             continue;
         }
-        let smiles = index.annotation.smiles(&c.drug_folder).ok_or_else(|| {
-            ExperimentError::Input(format!("novel drug `{}`: no SMILES in the annotation", c.drug_folder))
-        })?;
         named.push((index.annotation.drug_name(&c.drug_folder), smiles));
-        truth.push(index.annotation.moa_name(c.moa_id));
+        truth.push(index.annotation.moa_name(moa));
     }
-    zero_shot_accuracy(&predict_smiles(trained, &reference, &named, 3)?, &truth)
+    if named.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(zero_shot_accuracy(&predict_smiles(trained, &reference, &named, 3)?, &truth)?))
 }
 
 /// The frames each of the encoder's time steps covers, as `first-last` (1-based).
@@ -232,7 +245,7 @@ mod tests {
             split: Split::Query,
             drug_folder: "1".into(),
             drug_id: 1,
-            moa_id: 0,
+            moa_id: Some(0),
             source: molclip_data::index::FrameSource::Files(Vec::new()),
             n_frames,
             width: 8,

@@ -31,9 +31,18 @@ pub fn metadata<'a>(cells: impl IntoIterator<Item = &'a CellVideo>) -> Metadata 
     for c in cells {
         m.replicate.push(c.replicate_number());
         m.drug.push(c.drug_id as u32);
-        m.moa.push(c.moa_id as u32);
+        m.moa.push(c.moa_id.map_or(molclip_eval::NO_MOA, |m| m as u32));
     }
     m
+}
+
+/// One CSV field, quoted when it holds a comma, a quote or a line break.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
 }
 
 /// Rows `picks` of the row-major `[N, dim]` matrix `rows`, as the evaluator takes them.
@@ -74,8 +83,9 @@ pub fn evaluation_splits(index: &DatasetIndex) -> Vec<Split> {
 }
 
 /// Embeds the videos of `splits` with the run's model (the BNNeck feature) into `out`
-/// (float32 `.npy`, `[N, D]`) and the metadata CSV beside it (`set,replicate,drug,moa`, the
-/// `evaluate` schema); returns the metadata's path.
+/// (float32 `.npy`, `[N, D]`) and the metadata CSV beside it (`set,replicate,drug,moa,path`,
+/// the `evaluate` schema; `moa` is empty outside the MoA task, `path` is the cell's folder
+/// relative to the dataset); returns the metadata's path.
 pub fn embed_to_files(
     run: &RunDir,
     index: &DatasetIndex,
@@ -87,16 +97,14 @@ pub fn embed_to_files(
 ) -> Result<PathBuf> {
     let trained = run.load(device)?;
     let cells = cells_of(index, splits)?;
-    let mut metadata = String::from("set,replicate,drug,moa\n");
+    let mut metadata = String::from("set,replicate,drug,moa,path\n");
     for c in &cells {
-        let moa = index.annotation.moa_name(c.moa_id);
-        metadata.push_str(&format!(
-            "{},{},{},{}\n",
-            c.split,
-            c.replicate,
-            drug_key(&c.drug_folder),
-            moa.replace(',', ";")
-        ));
+        // Empty outside the MoA task, which `evaluate` reads as drug identification only.
+        let moa = c.moa_id.map(|m| index.annotation.moa_name(m)).unwrap_or_default();
+        let path = c.dir.strip_prefix(&index.root).unwrap_or(&c.dir);
+        let fields = [c.split.name(), &c.replicate, drug_key(&c.drug_folder), &moa, &path.to_string_lossy()];
+        metadata.push_str(&fields.map(csv_field).join(","));
+        metadata.push('\n');
     }
     let (n, dim) = (cells.len(), trained.video().dim());
     progress.start("embedding", n as u64);

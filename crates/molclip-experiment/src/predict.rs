@@ -20,7 +20,8 @@ pub enum Query<'a> {
 }
 
 /// Rows `picks` of the row-major `[N, dim]` matrix `values`, labelled with their cells' drug
-/// and MoA names: what queries are ranked against.
+/// and MoA names: what queries are ranked against. Only videos of the MoA task (a known,
+/// chosen MoA) stand for a MoA.
 pub fn reference(
     index: &DatasetIndex,
     values: &[f32],
@@ -28,8 +29,17 @@ pub fn reference(
     cells: &[&CellVideo],
     picks: &[usize],
 ) -> Result<Reference> {
+    let picks: Vec<usize> = picks.iter().copied().filter(|&i| cells[i].moa_id.is_some()).collect();
+    if picks.is_empty() {
+        return Err(ExperimentError::Input(format!(
+            "{}: no gallery video of the MoA task (every gallery drug's MoA is unknown or not chosen)",
+            index.root.display()
+        )));
+    }
+    let picks = &picks;
     let drugs: Vec<String> = picks.iter().map(|&i| index.annotation.drug_name(&cells[i].drug_folder)).collect();
-    let moas: Vec<String> = picks.iter().map(|&i| index.annotation.moa_name(cells[i].moa_id)).collect();
+    let moas: Vec<String> =
+        picks.iter().map(|&i| index.annotation.moa_name(cells[i].moa_id.expect("filtered above"))).collect();
     Reference::new(&gather(values, dim, picks), dim, &drugs, &moas)
 }
 

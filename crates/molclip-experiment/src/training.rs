@@ -21,6 +21,8 @@ pub struct TrainOutcome {
     pub state: RunState,
     /// Training time over every session of the run.
     pub seconds: f64,
+    /// MolCLIP runs: training drugs with a molecule (the CLIP term's), and all.
+    pub molecules: Option<(usize, usize)>,
 }
 
 impl TrainOutcome {
@@ -29,12 +31,15 @@ impl TrainOutcome {
         let last = self.state.records.last();
         let validated = self.state.records.iter().rev().find_map(|r| r.validation);
         format!(
-            "{}: {} steps in {:.1} s, final loss {}{}",
+            "{}: {} steps in {:.1} s, final loss {}{}{}",
             run.root().display(),
             self.state.step,
             self.seconds,
             last.map_or("-".into(), |r| format!("{:.4}", r.loss)),
-            validated.map_or(String::new(), |(d, m)| format!(", validation mAP drug {d:.2} MoA {m:.2}"))
+            validated.map_or(String::new(), |(d, m)| format!(", validation mAP drug {d:.2} MoA {m:.2}")),
+            self.molecules.map_or(String::new(), |(with, all)| format!(
+                "; CLIP term on the {with} of {all} training drugs with a molecule, metric losses on all"
+            ))
         )
     }
 }
@@ -43,7 +48,8 @@ impl TrainOutcome {
 fn validator(cfg: &TrainConfig, index: &DatasetIndex, device: &Device) -> Option<Validator> {
     let query: Vec<_> = index.split(Split::Query).cloned().collect();
     let gallery: Vec<_> = index.split(Split::Gallery).cloned().collect();
-    if cfg.validate_every == 0 || query.is_empty() || gallery.is_empty() {
+    let never = cfg.stages.iter().all(|s| s.validate_every.unwrap_or(cfg.validate_every) == 0);
+    if never || query.is_empty() || gallery.is_empty() {
         return None;
     }
     let (qm, gm) = (metadata(&query), metadata(&gallery));
@@ -145,6 +151,7 @@ impl Training<'_> {
         let before = if resume { run.train_seconds().unwrap_or(0.0) } else { 0.0 };
         let seconds = before + start.elapsed().as_secs_f64();
         run.write_train_seconds(seconds)?;
-        Ok(TrainOutcome { state, seconds })
+        let molecules = (cfg.kind == molclip::train::ModelKind::Molclip).then(|| trainer.molecule_coverage());
+        Ok(TrainOutcome { state, seconds, molecules })
     }
 }

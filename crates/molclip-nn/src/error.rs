@@ -31,8 +31,8 @@ pub enum NnError {
         /// Which weights, and what to check.
         message: String,
     },
-    /// A safetensors file that cannot be read or written.
-    #[error("{}: cannot {action} safetensors: {source}", path.display())]
+    /// A weights file (safetensors, or a PyTorch checkpoint) that cannot be read or written.
+    #[error("{}: cannot {action} the weights: {source}", path.display())]
     Safetensors {
         /// The file.
         path: PathBuf,

@@ -17,4 +17,4 @@ pub use layers::{
     add_relu, attention, gelu, l2_normalize, log_softmax_last_dim, relu, softmax_last_dim, BatchNorm, Embedding,
     LayerNorm, Linear,
 };
-pub use params::{read_safetensors, write_safetensors, Init, ParamStore, Vb};
+pub use params::{read_safetensors, read_weights, write_safetensors, Init, ParamStore, Vb};

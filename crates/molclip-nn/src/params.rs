@@ -137,6 +137,13 @@ impl ParamStore {
         names
     }
 
+    /// Parameters and buffers under `prefix` that the model asked for but the loaded weights
+    /// did not have (they were initialised instead). Call after building the model.
+    pub fn missing_under(&self, prefix: &str) -> Vec<String> {
+        let inner = self.lock();
+        inner.entries.keys().filter(|n| n.starts_with(prefix) && !inner.loaded.contains_key(*n)).cloned().collect()
+    }
+
     /// Fails if the loaded weights hold names the model did not use.
     pub fn check_all_used(&self, what: &Path) -> Result<()> {
         let unused = self.unused();
@@ -304,6 +311,38 @@ pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
         action: "read",
         source,
     })
+}
+
+/// Reads every tensor of a weights file onto the CPU: safetensors, or a PyTorch checkpoint
+/// (`.pth`, `.pt`, `.bin`: a zip of pickled tensors), its state dict under the `state_dict`
+/// key when there is one, else at the top level.
+pub fn read_weights(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let ext = path.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
+    if ext == "safetensors" {
+        return read_safetensors(path);
+    }
+    let read = |key| candle_core::pickle::read_all_with_key(path, key);
+    let tensors = match read(Some("state_dict")) {
+        Ok(t) if !t.is_empty() => t,
+        _ => read(None).map_err(|e| NnError::Weights {
+            path: path.to_path_buf(),
+            message: format!(
+                "cannot read this PyTorch checkpoint ({e}). The reader takes the zip format of torch >= 1.6 \
+                 without zip64 records; torch >= 2 may write those, and torch < 1.6 wrote another format: \
+                 convert the file to safetensors (python3 -c \"import torch, sys; from safetensors.torch \
+                 import save_file; c = torch.load(sys.argv[1], map_location='cpu'); \
+                 save_file({{k: v.contiguous() for k, v in c.get('state_dict', c).items()}}, sys.argv[2])\" \
+                 IN.pth OUT.safetensors) and pass that"
+            ),
+        })?,
+    };
+    if tensors.is_empty() {
+        return Err(NnError::Weights {
+            path: path.to_path_buf(),
+            message: "no tensors found (expected a PyTorch state dict, or one under `state_dict`)".into(),
+        });
+    }
+    Ok(tensors.into_iter().collect())
 }
 
 /// Writes tensors to a safetensors file atomically (a temporary file beside it, then a rename).

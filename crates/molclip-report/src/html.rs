@@ -81,7 +81,11 @@ fn results_table(report: &Report, out: &mut String) {
         if has_novel {
             match &r.novel {
                 Some(n) => {
-                    let _ = write!(out, "<td>{:.0}% of {}</td>", n.video_vote, n.drugs);
+                    match n.video_vote {
+                        Some(v) => write!(out, "<td>{v:.0}% of {}</td>", n.drugs),
+                        None => write!(out, "<td>{} drugs, MoA unknown: not scored</td>", n.drugs),
+                    }
+                    .ok();
                     if has_zero {
                         match n.zero_shot {
                             Some([t1, t3, c1, c3]) => {
@@ -361,7 +365,7 @@ mod tests {
             steps: vec!["1-8".into(), "9-16".into()],
             weights: vec![vec![0.25, 0.75], vec![0.5, 0.5]],
         });
-        mol.novel = Some(NovelResult { drugs: 2, video_vote: 50.0, zero_shot: Some([50.0, 100.0, 50.0, 100.0]) });
+        mol.novel = Some(NovelResult { drugs: 2, video_vote: Some(50.0), zero_shot: Some([50.0, 100.0, 50.0, 100.0]) });
         let report = Report {
             title: "demo <report>".into(),
             summary: vec!["seed 0".into()],

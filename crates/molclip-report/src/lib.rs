@@ -73,8 +73,9 @@ pub struct Attention {
 pub struct NovelResult {
     /// Novel drugs.
     pub drugs: usize,
-    /// Percent of novel drugs whose videos' nearest gallery videos vote for the right MoA.
-    pub video_vote: f64,
+    /// Percent of novel drugs whose videos' nearest gallery videos vote for the right MoA
+    /// (`None` when no novel drug's MoA is known).
+    pub video_vote: Option<f64>,
     /// Zero-shot from the structure alone (MolCLIP): top-1 and top-3 percent, and chance.
     pub zero_shot: Option<[f64; 4]>,
 }

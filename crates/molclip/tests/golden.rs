@@ -196,7 +196,7 @@ fn check_i3d(name: &'static str, cfg: I3dConfig) {
 fn i3d_resnet18_modified_matches_pytorch() {
     check_i3d(
         "i3d_resnet18_modified",
-        I3dConfig { depth: 18, in_channels: 1, width: 4, temporal: TemporalDownsampling::Modified },
+        I3dConfig { depth: 18, width: 4, temporal: TemporalDownsampling::Modified, ..I3dConfig::default() },
     );
 }
 
@@ -204,7 +204,7 @@ fn i3d_resnet18_modified_matches_pytorch() {
 fn i3d_resnet50_standard_matches_pytorch() {
     check_i3d(
         "i3d_resnet50_standard",
-        I3dConfig { depth: 50, in_channels: 1, width: 4, temporal: TemporalDownsampling::Standard },
+        I3dConfig { depth: 50, width: 4, temporal: TemporalDownsampling::Standard, ..I3dConfig::default() },
     );
 }
 

@@ -9,6 +9,11 @@
 //! MitoReID's *modified* variant halves time only in the first two downsampling stages (the
 //! stem's pooling and `layer2`), keeping 4 time steps out of 16; the *standard* one also halves
 //! it in `layer3` and `layer4`, which costs about 7 mAP points there.
+//!
+//! The `r3d` block style is the network MitoReID itself trains, kenshohara's 3D ResNet
+//! (3D-ResNets-PyTorch, the Kinetics-pretrained weights it starts from): a 7×7×7 stem, full
+//! 3×3×3 convolutions (the middle one of a bottleneck), 1×1×1 elsewhere. Its weights import
+//! with `molclip weights import-i3d`.
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -27,6 +32,49 @@ pub enum TemporalDownsampling {
     Standard,
 }
 
+/// Which convolutions a block is made of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum BlockStyle {
+    /// Inflated: a 5×7×7 stem; a temporal first convolution (3×3×3 in basic blocks, 3×1×1 in
+    /// bottlenecks), 1×k×k after it.
+    #[default]
+    Inflated,
+    /// kenshohara's 3D ResNet (MitoReID's network): a 7×7×7 stem; 3×3×3 convolutions in basic
+    /// blocks and in the middle of bottlenecks (which are 1×1×1 - 3×3×3 - 1×1×1).
+    R3d,
+}
+
+impl BlockStyle {
+    /// The stem's kernel and padding.
+    fn stem(self) -> Window3d {
+        match self {
+            BlockStyle::Inflated => Window3d::new([5, 7, 7], [1, 2, 2], [2, 3, 3]),
+            BlockStyle::R3d => Window3d::new([7, 7, 7], [1, 2, 2], [3, 3, 3]),
+        }
+    }
+
+    /// A bottleneck's three convolutions; `(st, ss)` its stride.
+    fn bottleneck(self, (st, ss): (usize, usize)) -> [Window3d; 3] {
+        let one = Window3d::new([1, 1, 1], [1, 1, 1], [0, 0, 0]);
+        match self {
+            BlockStyle::Inflated => {
+                [Window3d::new([3, 1, 1], [1, 1, 1], [1, 0, 0]), Window3d::new([1, 3, 3], [st, ss, ss], [0, 1, 1]), one]
+            }
+            BlockStyle::R3d => [one, Window3d::new([3, 3, 3], [st, ss, ss], [1, 1, 1]), one],
+        }
+    }
+
+    /// A basic block's two convolutions; `(st, ss)` its stride.
+    fn basic(self, (st, ss): (usize, usize)) -> [Window3d; 2] {
+        let first = Window3d::new([3, 3, 3], [st, ss, ss], [1, 1, 1]);
+        match self {
+            BlockStyle::Inflated => [first, Window3d::new([1, 3, 3], [1, 1, 1], [0, 1, 1])],
+            BlockStyle::R3d => [first, Window3d::new([3, 3, 3], [1, 1, 1], [1, 1, 1])],
+        }
+    }
+}
+
 /// An inflated 3D ResNet's shape.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -41,11 +89,19 @@ pub struct I3dConfig {
     pub width: usize,
     /// Where time is halved.
     pub temporal: TemporalDownsampling,
+    /// `inflated` (default) or `r3d` (kenshohara's 3D ResNet, MitoReID's network).
+    pub blocks: BlockStyle,
 }
 
 impl Default for I3dConfig {
     fn default() -> Self {
-        Self { depth: 18, in_channels: 1, width: 64, temporal: TemporalDownsampling::Modified }
+        Self {
+            depth: 18,
+            in_channels: 1,
+            width: 64,
+            temporal: TemporalDownsampling::Modified,
+            blocks: BlockStyle::Inflated,
+        }
     }
 }
 
@@ -126,50 +182,25 @@ struct Block {
 
 impl Block {
     /// `stride`: (time, space) stride of the block.
-    fn new(vb: &Vb, c_in: usize, planes: usize, stride: (usize, usize), bottleneck: bool) -> Result<Self> {
+    fn new(
+        vb: &Vb,
+        c_in: usize,
+        planes: usize,
+        stride: (usize, usize),
+        bottleneck: bool,
+        style: BlockStyle,
+    ) -> Result<Self> {
         let (st, ss) = stride;
         let c_out = if bottleneck { planes * 4 } else { planes };
+        let conv = |i: usize, c_in: usize, c_out: usize, window: Window3d| {
+            ConvBn::new(&vb.pp(format!("conv{i}")), &vb.pp(format!("bn{i}")), c_in, c_out, window)
+        };
         let convs = if bottleneck {
-            vec![
-                ConvBn::new(
-                    &vb.pp("conv1"),
-                    &vb.pp("bn1"),
-                    c_in,
-                    planes,
-                    Window3d::new([3, 1, 1], [1, 1, 1], [1, 0, 0]),
-                )?,
-                ConvBn::new(
-                    &vb.pp("conv2"),
-                    &vb.pp("bn2"),
-                    planes,
-                    planes,
-                    Window3d::new([1, 3, 3], [st, ss, ss], [0, 1, 1]),
-                )?,
-                ConvBn::new(
-                    &vb.pp("conv3"),
-                    &vb.pp("bn3"),
-                    planes,
-                    c_out,
-                    Window3d::new([1, 1, 1], [1, 1, 1], [0, 0, 0]),
-                )?,
-            ]
+            let [w1, w2, w3] = style.bottleneck(stride);
+            vec![conv(1, c_in, planes, w1)?, conv(2, planes, planes, w2)?, conv(3, planes, c_out, w3)?]
         } else {
-            vec![
-                ConvBn::new(
-                    &vb.pp("conv1"),
-                    &vb.pp("bn1"),
-                    c_in,
-                    planes,
-                    Window3d::new([3, 3, 3], [st, ss, ss], [1, 1, 1]),
-                )?,
-                ConvBn::new(
-                    &vb.pp("conv2"),
-                    &vb.pp("bn2"),
-                    planes,
-                    c_out,
-                    Window3d::new([1, 3, 3], [1, 1, 1], [0, 1, 1]),
-                )?,
-            ]
+            let [w1, w2] = style.basic(stride);
+            vec![conv(1, c_in, planes, w1)?, conv(2, planes, c_out, w2)?]
         };
         let downsample = if c_in != c_out || st != 1 || ss != 1 {
             let ds = vb.pp("downsample");
@@ -208,13 +239,7 @@ impl I3dResNet {
     pub fn new(vb: &Vb, cfg: &I3dConfig) -> Result<Self> {
         cfg.validate()?;
         let (blocks, bottleneck) = cfg.blocks()?;
-        let stem = ConvBn::new(
-            &vb.pp("conv1"),
-            &vb.pp("bn1"),
-            cfg.in_channels,
-            cfg.width,
-            Window3d::new([5, 7, 7], [1, 2, 2], [2, 3, 3]),
-        )?;
+        let stem = ConvBn::new(&vb.pp("conv1"), &vb.pp("bn1"), cfg.in_channels, cfg.width, cfg.blocks.stem())?;
         let pool = Window3d::new([3, 3, 3], [2, 2, 2], [1, 1, 1]);
         let expansion = if bottleneck { 4 } else { 1 };
         let mut c_in = cfg.width;
@@ -226,7 +251,7 @@ impl I3dResNet {
             let mut layer = Vec::new();
             for i in 0..n {
                 let stride = if i == 0 { (st, ss) } else { (1, 1) };
-                layer.push(Block::new(&vb_layer.pp(i), c_in, planes, stride, bottleneck)?);
+                layer.push(Block::new(&vb_layer.pp(i), c_in, planes, stride, bottleneck, cfg.blocks)?);
                 c_in = planes * expansion;
             }
             layers.push(layer);
@@ -250,4 +275,47 @@ impl I3dResNet {
         // [B, D, T', H', W'] -> [B, T', D]
         Ok(y.mean(4)?.mean(3)?.transpose(1, 2)?.contiguous()?)
     }
+}
+
+/// Maps a pretrained 3D ResNet onto an I3D-ResNet of `cfg`, its names under `prefix`:
+/// kenshohara's 3D-ResNets-PyTorch names (`conv1.weight`, `bn1.running_mean`,
+/// `layer1.0.conv2.weight`, `layer1.0.downsample.0.weight`), as MitoReID loads its
+/// Kinetics-pretrained ResNet-50, with DataParallel's `module.` prefix stripped. The
+/// classifier (`fc.*`) is dropped. Where the stem's input
+/// channels differ from `cfg.in_channels`, its kernel is summed over them (one channel) or
+/// their mean is repeated and scaled by 3/C (C channels), so a grey frame seen as R = G = B
+/// gives the same response. Shapes are checked when the network is built from the result.
+pub fn adapt_pretrained_r3d(
+    tensors: &std::collections::HashMap<String, Tensor>,
+    cfg: &I3dConfig,
+    prefix: &str,
+) -> Result<std::collections::HashMap<String, Tensor>> {
+    let mut out = std::collections::HashMap::new();
+    for (name, t) in tensors {
+        let name = name.strip_prefix("module.").unwrap_or(name);
+        if name.starts_with("fc.") {
+            continue;
+        }
+        let t = if name == "conv1.weight" { stem_channels(t, cfg.in_channels)? } else { t.clone() };
+        // Weights and statistics as f32 (checkpoints may hold f16 or f64); counters stay integers.
+        let t = if t.dtype().is_float() { t.to_dtype(candle_core::DType::F32)? } else { t };
+        out.insert(format!("{prefix}{name}"), t);
+    }
+    if !out.contains_key(&format!("{prefix}conv1.weight")) {
+        return Err(ModelError::Weights {
+            what: "pretrained 3D ResNet".into(),
+            message: "no `conv1.weight`: not a 3D ResNet state dict (kenshohara's names expected)".into(),
+        });
+    }
+    Ok(out)
+}
+
+/// The stem's kernel `[O, C, T, H, W]` for `channels` input channels.
+fn stem_channels(w: &Tensor, channels: usize) -> Result<Tensor> {
+    let have = w.dim(1)?;
+    Ok(match (have, channels) {
+        (a, b) if a == b => w.clone(),
+        (_, 1) => w.sum_keepdim(1)?,
+        (a, b) => (w.mean_keepdim(1)?.repeat((1, b, 1, 1, 1))? * (a as f64 / b as f64))?,
+    })
 }

@@ -13,7 +13,7 @@ pub mod video;
 pub use aggregation::{Pooling, TemporalPool};
 pub use frame_vit::{adapt_pretrained_vit, FrameVit, FrameVitConfig};
 pub use gin::{Gin, GinConfig, GraphBatch};
-pub use i3d_resnet::{I3dConfig, I3dResNet, TemporalDownsampling};
+pub use i3d_resnet::{adapt_pretrained_r3d, BlockStyle, I3dConfig, I3dResNet, TemporalDownsampling};
 pub use molclip::{MolClip, MolClipConfig};
 pub use molecule::{drug_molecule, parse_smiles, MoleculeConfig, MoleculeEncoder, MoleculeEncoderKind, MoleculeInput};
 pub use morgan_mlp::{MorganMlp, MorganMlpConfig};

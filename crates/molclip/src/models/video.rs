@@ -62,6 +62,14 @@ impl VideoConfig {
         I3dConfig { depth, ..self.i3d.clone() }
     }
 
+    /// Channels the encoder takes, and the config field that says so.
+    pub fn in_channels(&self) -> (usize, &'static str) {
+        match self.encoder {
+            VideoEncoderKind::FrameVit => (self.vit.in_channels, "model.video.vit.in_channels"),
+            _ => (self.i3d.in_channels, "model.video.i3d.in_channels"),
+        }
+    }
+
     /// Feature width.
     pub fn feature_dim(&self) -> usize {
         match self.encoder {

@@ -55,6 +55,23 @@ pub struct StageConfig {
     /// The optimiser's learning rate is multiplied by this in the stage.
     #[serde(default = "one")]
     pub lr_scale: f64,
+    /// Epochs at the start of the stage before early stopping and the plateau decay count
+    /// validations without gain (MitoReID's `warmup_epoch`; not a learning-rate warm-up).
+    #[serde(default)]
+    pub hold_epochs: usize,
+    /// This stage's `validate_every`, when it differs from the run's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validate_every: Option<usize>,
+    /// This stage's `patience`, when it differs from the run's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patience: Option<usize>,
+}
+
+impl StageConfig {
+    /// A stage of `epochs` on `identity`, every other setting at its default.
+    pub fn new(identity: Identity, epochs: usize, lr_scale: f64) -> Self {
+        Self { identity, epochs, lr_scale, hold_epochs: 0, validate_every: None, patience: None }
+    }
 }
 
 fn one() -> f64 {
@@ -90,6 +107,11 @@ pub struct TrainConfig {
     /// Write a checkpoint every this many steps, as well as at the end of every epoch (0: at
     /// epoch ends only).
     pub checkpoint_every: usize,
+    /// Pretrained weights the run starts from (`molclip weights import-i3d` writes them): a
+    /// safetensors file whose every tensor the model must use, and which must hold the whole
+    /// video encoder; the heads start fresh. `train --init` sets it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init: Option<std::path::PathBuf>,
 }
 
 impl Default for TrainConfig {
@@ -102,14 +124,12 @@ impl Default for TrainConfig {
             loss: LossConfig::default(),
             optimizer: OptimizerConfig::default(),
             schedule: ScheduleConfig::default(),
-            stages: vec![
-                StageConfig { identity: Identity::Drug, epochs: 10, lr_scale: 1.0 },
-                StageConfig { identity: Identity::Moa, epochs: 5, lr_scale: 0.5 },
-            ],
+            stages: vec![StageConfig::new(Identity::Drug, 10, 1.0), StageConfig::new(Identity::Moa, 5, 0.5)],
             clip_grad_norm: 5.0,
             validate_every: 1,
             patience: 0,
             checkpoint_every: 0,
+            init: None,
         }
     }
 }
@@ -140,6 +160,17 @@ impl TrainConfig {
                 ));
             }
         }
+        let (model_channels, field) = self.model.video.in_channels();
+        let data_channels = self.data.frames.channels.count();
+        if model_channels != data_channels {
+            return Err(ModelError::config(
+                field,
+                format!(
+                    "{model_channels}, but data.frames.channels gives {data_channels} channel(s) per frame: \
+                     set both to agree"
+                ),
+            ));
+        }
         if !(self.clip_grad_norm >= 0.0) {
             return Err(ModelError::config("clip_grad_norm", "must be >= 0 (0: off)"));
         }
@@ -153,6 +184,38 @@ impl TrainConfig {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Sets one field by its dotted path: [`TrainConfig::set_all`] with one pair.
+    pub fn set(&mut self, path: &str, value: &str) -> Result<()> {
+        self.set_all(&[(path, value)])
+    }
+
+    /// Sets fields by their dotted paths (`data.sampler.p`, `stages[1].epochs`) to TOML
+    /// values (`4`, `0.5`, `true`, `"rgb"`, `[0, 1]`; a bare word is read as a string), then
+    /// validates the whole config once, as a file would be (so that `resize` and `crop` can
+    /// change together). Errors name the path; on error the config is unchanged.
+    pub fn set_all(&mut self, pairs: &[(&str, &str)]) -> Result<()> {
+        let mut root = toml::Value::try_from(&*self).map_err(|e| ModelError::config("config", e.to_string()))?;
+        for (path, value) in pairs {
+            set_path(&mut root, path, value)?;
+        }
+        let what = pairs.iter().map(|p| p.0).collect::<Vec<_>>().join(", ");
+        let cfg: Self = root.try_into().map_err(|e: toml::de::Error| ModelError::config(what, e.to_string()))?;
+        cfg.validate()?;
+        *self = cfg;
+        Ok(())
+    }
+
+    /// Caps every stage at `epochs` (smoke runs).
+    pub fn cap_epochs(&mut self, epochs: usize) -> Result<()> {
+        if epochs == 0 {
+            return Err(ModelError::config("--epochs", "must be at least 1"));
+        }
+        for s in &mut self.stages {
+            s.epochs = s.epochs.min(epochs);
+        }
+        self.validate()
     }
 
     /// The first field (a dotted path) where `other` differs from this config, with both
@@ -169,6 +232,37 @@ impl TrainConfig {
             _ => LossConfig { clip: 0.0, ..self.loss.clone() },
         }
     }
+}
+
+/// Sets the value at a dotted path (`stages[1].epochs`) of a TOML tree; a missing key is
+/// added (the config's own check refuses unknown names).
+fn set_path(root: &mut toml::Value, path: &str, value: &str) -> Result<()> {
+    let bad = |message: String| ModelError::config(path, message);
+    let parsed: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
+        Ok(mut t) => t.remove("v").expect("just written"),
+        Err(_) => toml::Value::String(value.to_string()),
+    };
+    {
+        let mut slot = root;
+        for part in path.split('.') {
+            let (key, index) = match part.split_once('[') {
+                Some((key, rest)) => {
+                    let i = rest.strip_suffix(']').and_then(|i| i.parse::<usize>().ok());
+                    (key, Some(i.ok_or_else(|| bad(format!("`{part}`: expected key[index]")))?))
+                }
+                None => (part, None),
+            };
+            let table = slot.as_table_mut().ok_or_else(|| bad(format!("`{key}` is inside a value, not a section")))?;
+            slot = table.entry(key).or_insert(toml::Value::Table(toml::Table::new()));
+            if let Some(i) = index {
+                let list = slot.as_array_mut().ok_or_else(|| bad(format!("`{key}` is not a list")))?;
+                let n = list.len();
+                slot = list.get_mut(i).ok_or_else(|| bad(format!("`{key}` has {n} entries, no [{i}]")))?;
+            }
+        }
+        *slot = parsed;
+    }
+    Ok(())
 }
 
 /// The first dotted path where two TOML values differ, with both values.
@@ -222,6 +316,49 @@ mod tests {
     }
 
     #[test]
+    fn the_mitoreid_recipe_is_shipped_as_mitoreid_trains() {
+        use crate::models::{BlockStyle, Pooling, VideoEncoderKind};
+        use crate::train::schedule::Decay;
+        let reid = TrainConfig::from_toml(&shipped("mitoreid.toml")).unwrap();
+        let (v, d) = (&reid.model.video, &reid.data);
+        assert_eq!(
+            (v.encoder, v.pooling, v.i3d.blocks, v.i3d.in_channels),
+            (VideoEncoderKind::I3dResnet50, Pooling::Mean, BlockStyle::R3d, 3)
+        );
+        assert_eq!((d.frames.channels.count(), d.augment.resize, d.augment.crop), (3, 128, 112));
+        assert_eq!((d.sampler.p, d.sampler.k), (32, 4));
+        let o = &reid.optimizer;
+        assert_eq!(
+            (o.kind, o.lr, o.weight_decay, o.momentum, o.nesterov),
+            (crate::optim::OptimizerKind::Sgd, 1e-3, 1e-3, 0.9, true)
+        );
+        let l = &reid.loss;
+        assert_eq!(
+            (l.ce, l.triplet, l.margin, l.label_smoothing, l.center, l.center_lr),
+            (1.0, 1.0, 0.3, 0.1, 0.01, 0.05)
+        );
+        assert_eq!(
+            (reid.schedule.decay, reid.schedule.gamma, reid.schedule.plateau_patience),
+            (Decay::Plateau, 0.1, 3)
+        );
+        let stages: Vec<_> =
+            reid.stages.iter().map(|s| (s.identity, s.epochs, s.hold_epochs, s.validate_every)).collect();
+        assert_eq!(stages, vec![(Identity::Drug, 100, 80, Some(2)), (Identity::Moa, 300, 100, Some(4))]);
+        // MolCLIP on the same recipe: only the kind and the CLIP term differ.
+        let mut mito = TrainConfig::from_toml(&shipped("molclip-mito.toml")).unwrap();
+        assert!(mito.effective_loss().clip > 0.0);
+        mito.kind = reid.kind;
+        mito.loss.clip = reid.loss.clip;
+        mito.model.molecule = reid.model.molecule.clone();
+        assert_eq!(reid.difference(&mito), None);
+        // A model whose channels disagree with the frames' is refused, naming both fields.
+        let e = TrainConfig::from_toml(&shipped("mitoreid.toml").replace("in_channels = 3", "in_channels = 1"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("model.video.i3d.in_channels") && e.contains("data.frames.channels"), "{e}");
+    }
+
+    #[test]
     fn the_first_difference_is_named_by_its_path() {
         let a = TrainConfig::default();
         let mut b = a.clone();
@@ -232,6 +369,33 @@ mod tests {
         assert!(d.contains("`optimizer.lr`") && d.contains("0.5"), "{d}");
         b.optimizer.lr = a.optimizer.lr;
         assert!(a.difference(&b).unwrap().contains("`stages[1].epochs`"));
+    }
+
+    #[test]
+    fn fields_are_set_by_their_dotted_path_and_validated() {
+        let mut cfg = TrainConfig::default();
+        cfg.set("data.sampler.p", "4").unwrap();
+        cfg.set("stages[1].epochs", "2").unwrap();
+        cfg.set("optimizer.kind", "sgd").unwrap();
+        cfg.set("data.normalize.mean", "[0.5]").unwrap();
+        assert_eq!((cfg.data.sampler.p, cfg.stages[1].epochs), (4, 2));
+        assert_eq!(cfg.optimizer.kind, crate::optim::OptimizerKind::Sgd);
+        let before = cfg.clone();
+        for (path, value, says) in [
+            ("data.sampler.q", "4", "q"),
+            ("optimizer.lr", "-1", "optimizer.lr"),
+            ("stages[5].epochs", "1", "no [5]"),
+            ("data.augment.crop", "\"big\"", "data.augment.crop"),
+        ] {
+            let e = cfg.set(path, value).unwrap_err().to_string();
+            assert!(e.contains(says), "{path}: {e}");
+        }
+        assert_eq!(cfg, before, "a refused value leaves the config as it was");
+        // Validated together: a smaller resize and crop in one go.
+        cfg.set_all(&[("data.augment.resize", "32"), ("data.augment.crop", "28")]).unwrap();
+        assert!(cfg.set("data.augment.resize", "16").unwrap_err().to_string().contains("crop"));
+        cfg.cap_epochs(1).unwrap();
+        assert!(cfg.stages.iter().all(|s| s.epochs <= 1));
     }
 
     #[test]

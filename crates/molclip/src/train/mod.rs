@@ -9,5 +9,5 @@ pub mod trainer;
 pub use checkpoint::{is_checkpoint, load_checkpoint, save_checkpoint, Checkpoint};
 pub use config::{Identity, ModelKind, StageConfig, TrainConfig};
 pub use embed::{embed_cells, TrainedRun, VideoEmbeddings};
-pub use schedule::{Decay, LrSchedule, ScheduleConfig};
-pub use trainer::{Resume, RunState, StepRecord, TrainModel, TrainOutputs, Trainer, Validator};
+pub use schedule::{Decay, LrSchedule, Plateau, ScheduleConfig};
+pub use trainer::{Resume, RunState, StepRecord, TrainModel, TrainOutputs, Trainer, Validator, ENCODER};

@@ -15,6 +15,10 @@ pub enum Decay {
     Step,
     /// No decay.
     Constant,
+    /// MitoReID's `adapt`: multiply by `gamma` when validation mAP has not improved for
+    /// `plateau_patience` validations (PyTorch's ReduceLROnPlateau, mode max), counted
+    /// after the stage's `hold_epochs`. The trainer keeps the count in the run state.
+    Plateau,
 }
 
 /// The learning-rate schedule.
@@ -31,11 +35,21 @@ pub struct ScheduleConfig {
     pub gamma: f64,
     /// Cosine decay: the final rate, as a share of the base rate.
     pub min_lr_ratio: f64,
+    /// Plateau decay: validations without a better mAP before the rate is multiplied by
+    /// `gamma` (MitoReID's `lr_patience`: 3).
+    pub plateau_patience: usize,
 }
 
 impl Default for ScheduleConfig {
     fn default() -> Self {
-        Self { warmup_epochs: 1.0, decay: Decay::Cosine, step_epochs: 10, gamma: 0.1, min_lr_ratio: 0.01 }
+        Self {
+            warmup_epochs: 1.0,
+            decay: Decay::Cosine,
+            step_epochs: 10,
+            gamma: 0.1,
+            min_lr_ratio: 0.01,
+            plateau_patience: 3,
+        }
     }
 }
 
@@ -47,6 +61,7 @@ impl ScheduleConfig {
             ("schedule.step_epochs", self.step_epochs > 0, "must be at least 1"),
             ("schedule.gamma", self.gamma > 0.0 && self.gamma <= 1.0, "must be in (0, 1]"),
             ("schedule.min_lr_ratio", (0.0..=1.0).contains(&self.min_lr_ratio), "must be in [0, 1]"),
+            ("schedule.plateau_patience", self.plateau_patience > 0, "must be at least 1"),
         ];
         for (field, ok, what) in checks {
             if !ok {
@@ -93,7 +108,8 @@ impl LrSchedule {
             return self.base * (step + 1) as f64 / self.warmup_steps as f64;
         }
         match self.cfg.decay {
-            Decay::Constant => self.base,
+            // The plateau's decays are the trainer's: they follow validation, not the step.
+            Decay::Constant | Decay::Plateau => self.base,
             Decay::Step => self.base * self.cfg.gamma.powi((step / self.steps_per_epoch / self.cfg.step_epochs) as i32),
             Decay::Cosine => {
                 let span = (self.total_steps - self.warmup_steps).max(1);
@@ -102,6 +118,41 @@ impl LrSchedule {
                 min + (self.base - min) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
             }
         }
+    }
+}
+
+/// ReduceLROnPlateau (mode max, PyTorch's default relative threshold 1e-4): the state a
+/// run keeps between validations.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Plateau {
+    /// The best score since the plateau started counting.
+    pub best: Option<f64>,
+    /// Validations since it improved.
+    pub stale: usize,
+    /// Decays so far: the rate is multiplied by `gamma` to this power.
+    pub decays: u32,
+}
+
+impl Plateau {
+    /// Records a validation score; returns whether the rate was just decayed.
+    pub fn observe(&mut self, score: f64, patience: usize) -> bool {
+        if self.best.is_none_or(|b| score > b * (1.0 + 1e-4)) {
+            self.best = Some(score);
+            self.stale = 0;
+            return false;
+        }
+        self.stale += 1;
+        if self.stale >= patience {
+            self.decays += 1;
+            self.stale = 0;
+            return true;
+        }
+        false
+    }
+
+    /// The factor on the scheduled rate.
+    pub fn factor(&self, cfg: &ScheduleConfig) -> f64 {
+        cfg.gamma.powi(self.decays as i32)
     }
 }
 
@@ -136,6 +187,21 @@ mod tests {
         let per_epoch: Vec<f64> = (0..6).map(|e| s.lr(e * 3)).collect();
         assert_eq!(per_epoch, vec![0.8, 0.8, 0.4, 0.4, 0.2, 0.2]);
         assert_eq!(s.lr(5), 0.8);
+    }
+
+    #[test]
+    fn the_plateau_decays_after_patience_validations_without_gain() {
+        let cfg = ScheduleConfig { decay: Decay::Plateau, plateau_patience: 3, gamma: 0.1, ..Default::default() };
+        let mut p = Plateau::default();
+        // As PyTorch's ReduceLROnPlateau(mode="max", factor=0.1, patience=2) steps on these.
+        let scores = [10.0, 12.0, 12.0, 11.0, 12.0005, 13.0, 13.0, 13.0, 13.0, 9.0, 9.0, 9.0];
+        let decayed: Vec<bool> = scores.iter().map(|&s| p.observe(s, cfg.plateau_patience)).collect();
+        let at: Vec<usize> = decayed.iter().enumerate().filter(|d| *d.1).map(|d| d.0).collect();
+        // 12.0005 is not better than 12 by the relative threshold: the third stale call decays.
+        assert_eq!(at, vec![4, 8, 11]);
+        assert!((p.factor(&cfg) - 1e-3).abs() < 1e-12);
+        let s = LrSchedule::new(&ScheduleConfig { warmup_epochs: 0.0, ..cfg }, 0.5, 4, 3).unwrap();
+        assert!((0..12).all(|step| s.lr(step) == 0.5));
     }
 
     #[test]

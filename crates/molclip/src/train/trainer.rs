@@ -14,13 +14,14 @@ use molclip_data::{DatasetIndex, Split};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{load_checkpoint, save_checkpoint};
+use super::config::StageConfig;
 use super::config::{Identity, ModelKind, TrainConfig};
-use super::schedule::LrSchedule;
+use super::schedule::{Decay, LrSchedule, Plateau};
 use crate::error::{ModelError, Result};
 use crate::losses::{inverse_temperature, ClipInputs, Criterion, LossTerm, MetricInputs};
 use crate::models::{batch_tensor, drug_molecule, MolClip, MoleculeInput, VideoModel};
 use crate::nn::ParamStore;
-use crate::optim::{clip_grad_norm, Optimizer};
+use crate::optim::{clip_grad_norm, Optimizer, OptimizerConfig, OptimizerKind};
 
 /// The model a run trains: MolCLIP, or its video branch alone (same weight names).
 pub enum TrainModel {
@@ -97,6 +98,9 @@ pub struct Resume {
     pub optimizer: HashMap<String, Tensor>,
 }
 
+/// Where the video encoder's weights live in the model (`train --init` must cover them).
+pub const ENCODER: &str = "video.encoder.";
+
 /// The checkpoint's parameter stores: the model's, and the current stage's criterion's.
 const MODEL_STORE: &str = "model";
 const CRITERION_STORE: &str = "criterion";
@@ -135,6 +139,9 @@ pub struct RunState {
     /// Validations since the best.
     #[serde(default)]
     pub stale: usize,
+    /// The current stage's plateau decay (`schedule.decay = "plateau"`).
+    #[serde(default)]
+    pub plateau: Plateau,
     /// The run's resolved config (TOML), so that a checkpoint says what it is of.
     #[serde(default)]
     pub config: String,
@@ -143,17 +150,41 @@ pub struct RunState {
 /// Validation: the video model to (drug mAP, MoA mAP) on held-out videos.
 pub type Validator = Box<dyn FnMut(&VideoModel) -> Result<(f64, f64)>>;
 
-/// Labels as contiguous class indices: dataset ids can be sparse.
-fn contiguous(ids: &[usize]) -> (Vec<u32>, usize) {
+/// Labels as contiguous class indices: dataset ids can be sparse. Videos without a label
+/// (`None`: outside the task) keep none.
+fn contiguous(ids: &[Option<usize>]) -> (Vec<Option<u32>>, usize) {
     let classes: BTreeMap<usize, u32> = ids
         .iter()
+        .flatten()
         .copied()
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .enumerate()
         .map(|(i, id)| (id, i as u32))
         .collect();
-    (ids.iter().map(|id| classes[id]).collect(), classes.len())
+    (ids.iter().map(|id| id.map(|id| classes[&id])).collect(), classes.len())
+}
+
+/// MitoReID's update of the centre loss's centres: their own plain SGD, on the gradient of
+/// the centre loss before its weight (`loss.center_lr`).
+struct CentreSgd {
+    optimizer: Optimizer,
+    /// `center_lr / center`: the rate on the weighted loss's gradient.
+    rate: f64,
+}
+
+/// A stage's P x K batches over the videos that have a label in the stage's task, as
+/// indices into the training split.
+struct StageSampler {
+    sampler: PkSampler,
+    /// Training-split index of each video the sampler draws from.
+    members: Vec<usize>,
+}
+
+impl StageSampler {
+    fn epoch(&self, epoch: u64) -> Vec<Vec<usize>> {
+        self.sampler.epoch(epoch).into_iter().map(|b| b.into_iter().map(|i| self.members[i]).collect()).collect()
+    }
 }
 
 /// Trains a [`TrainConfig`] on a dataset's training split.
@@ -168,7 +199,8 @@ pub struct Trainer {
     pub model: TrainModel,
     train: Arc<VideoDataset>,
     drugs: Vec<u32>,
-    moas: Vec<u32>,
+    /// `None` for videos outside the MoA task: the MoA stage does not draw them.
+    moas: Vec<Option<u32>>,
     replicates: Vec<usize>,
     /// Parsed molecule of each drug class (MolCLIP only).
     molecules: Vec<Option<Molecule>>,
@@ -178,9 +210,25 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// Builds the model for the training split of `index`.
+    /// Builds the model for the training split of `index`, from `cfg.init` when it names
+    /// pretrained weights.
     pub fn new(cfg: &TrainConfig, index: &DatasetIndex, device: &Device) -> Result<Self> {
-        Self::build(cfg, index, device, HashMap::new())
+        let Some(init) = &cfg.init else { return Self::build(cfg, index, device, HashMap::new()) };
+        let trainer = Self::build(cfg, index, device, crate::nn::read_weights(init)?)?;
+        trainer.store.check_all_used(init)?;
+        let missing = trainer.store.missing_under(ENCODER);
+        if !missing.is_empty() {
+            return Err(ModelError::Weights {
+                what: init.display().to_string(),
+                message: format!(
+                    "the video encoder must come whole from the initial weights, but {} of its tensors are \
+                     missing (first: {}): weights for another depth or block style?",
+                    missing.len(),
+                    missing[0]
+                ),
+            });
+        }
+        Ok(trainer)
     }
 
     /// A trainer that continues a run from its last checkpoint (`checkpoint`, a folder).
@@ -224,16 +272,34 @@ impl Trainer {
         if cells.is_empty() {
             return Err(ModelError::Input(format!("{}: the training split is empty", index.root.display())));
         }
-        let (drugs, n_drugs) = contiguous(&cells.iter().map(|c| c.drug_id).collect::<Vec<_>>());
+        let (drugs, n_drugs) = contiguous(&cells.iter().map(|c| Some(c.drug_id)).collect::<Vec<_>>());
+        let drugs: Vec<u32> = drugs.into_iter().map(|d| d.expect("every video has a drug")).collect();
         let (moas, n_moas) = contiguous(&cells.iter().map(|c| c.moa_id).collect::<Vec<_>>());
-        let (replicates, _) = contiguous(&cells.iter().map(|c| c.replicate_number() as usize).collect::<Vec<_>>());
-        let replicates = replicates.into_iter().map(|r| r as usize).collect();
+        let moa_stage = cfg.stages.iter().any(|s| s.identity == Identity::Moa && s.epochs > 0);
+        if moa_stage && n_moas == 0 {
+            return Err(ModelError::Input(format!(
+                "{}: a MoA stage is configured, but no training video belongs to the MoA task (a known MoA \
+                 and moa_choose = 1)",
+                index.root.display()
+            )));
+        }
+        let replicates = contiguous(&cells.iter().map(|c| Some(c.replicate_number() as usize)).collect::<Vec<_>>()).0;
+        let replicates = replicates.into_iter().map(|r| r.expect("every video has one") as usize).collect();
+        // The CLIP term learns from the drugs with a molecule; the metric losses from all.
         let mut molecules = vec![None; n_drugs];
         if cfg.kind == ModelKind::Molclip {
             for (cell, &d) in cells.iter().zip(&drugs) {
-                if molecules[d as usize].is_none() {
-                    molecules[d as usize] = Some(drug_molecule(index, &cell.drug_folder)?);
+                let d = d as usize;
+                if molecules[d].is_none() && index.annotation.smiles(&cell.drug_folder).is_some() {
+                    molecules[d] = Some(drug_molecule(index, &cell.drug_folder)?);
                 }
+            }
+            if molecules.iter().all(Option::is_none) {
+                return Err(ModelError::Input(format!(
+                    "{}: no training drug has a SMILES in the annotation, which the CLIP term needs (join them \
+                     with `molclip annotate --smiles`, or use kind = \"video-only\")",
+                    index.root.display()
+                )));
             }
         }
         let store = ParamStore::with_tensors(cfg.seed, weights, device);
@@ -254,12 +320,23 @@ impl Trainer {
         })
     }
 
-    /// Each training video's class under `identity` (contiguous ids).
-    fn labels(&self, identity: Identity) -> &[u32] {
+    /// Training drugs with a molecule (which the CLIP term learns from), and all training
+    /// drugs (MolCLIP runs; (0, drugs) otherwise).
+    pub fn molecule_coverage(&self) -> (usize, usize) {
+        (self.molecules.iter().filter(|m| m.is_some()).count(), self.molecules.len())
+    }
+
+    /// Training video `i`'s class under `identity` (a contiguous id; `None` outside the task).
+    fn label(&self, identity: Identity, i: usize) -> Option<u32> {
         match identity {
-            Identity::Drug => &self.drugs,
-            Identity::Moa => &self.moas,
+            Identity::Drug => Some(self.drugs[i]),
+            Identity::Moa => self.moas[i],
         }
+    }
+
+    /// Classes of `identity` among the training videos.
+    fn classes(&self, identity: Identity) -> usize {
+        (0..self.drugs.len()).filter_map(|i| self.label(identity, i)).max().map_or(0, |m| m as usize + 1)
     }
 
     /// Validate every `validate_every` epochs with this; with `patience`, a stage stops early
@@ -281,10 +358,16 @@ impl Trainer {
             .collect()
     }
 
-    fn sampler(&self, si: usize, identity: Identity) -> Result<PkSampler> {
-        let identity: Vec<usize> = self.labels(identity).iter().map(|&l| l as usize).collect();
-        PkSampler::new(&identity, &self.replicates, self.cfg.data.sampler.clone(), self.cfg.seed ^ (si as u64 + 1))
-            .map_err(super::config::data_error)
+    fn sampler(&self, si: usize, identity: Identity) -> Result<StageSampler> {
+        let labelled: Vec<(usize, usize)> =
+            (0..self.drugs.len()).filter_map(|i| Some((i, self.label(identity, i)? as usize))).collect();
+        let members: Vec<usize> = labelled.iter().map(|m| m.0).collect();
+        let classes: Vec<usize> = labelled.iter().map(|m| m.1).collect();
+        let replicates: Vec<usize> = members.iter().map(|&i| self.replicates[i]).collect();
+        let seed = self.cfg.seed ^ (si as u64 + 1);
+        let sampler = PkSampler::new(&classes, &replicates, self.cfg.data.sampler.clone(), seed)
+            .map_err(super::config::data_error)?;
+        Ok(StageSampler { sampler, members })
     }
 
     /// Runs every stage, or what is left of them after [`Trainer::resume`]. With `outputs`,
@@ -312,7 +395,7 @@ impl Trainer {
             let (si, stage) = (state.stage, &stages[state.stage]);
             if stage.epochs > 0 {
                 let sampler = self.sampler(si, stage.identity)?;
-                let classes = self.labels(stage.identity).iter().max().map_or(0, |m| *m as usize + 1);
+                let classes = self.classes(stage.identity);
                 let steps_per_epoch = sampler.epoch(0).len();
                 let schedule = LrSchedule::new(
                     &self.cfg.schedule,
@@ -328,7 +411,22 @@ impl Trainer {
                 );
                 let criterion = Criterion::new(&criterion_store.root(), &loss_cfg, classes, dim)?;
                 let mut params = self.store.trainable();
-                params.extend(criterion_store.trainable());
+                // MitoReID's centres have their own plain SGD; otherwise the run's optimiser.
+                let mut centres = None;
+                if loss_cfg.center_lr > 0.0 && loss_cfg.center > 0.0 {
+                    let sgd = OptimizerConfig {
+                        kind: OptimizerKind::Sgd,
+                        lr: loss_cfg.center_lr,
+                        weight_decay: 0.0,
+                        momentum: 0.0,
+                        nesterov: false,
+                        ..OptimizerConfig::default()
+                    };
+                    let optimizer = Optimizer::new(criterion_store.trainable(), &sgd)?;
+                    centres = Some(CentreSgd { optimizer, rate: loss_cfg.center_lr / loss_cfg.center });
+                } else {
+                    params.extend(criterion_store.trainable());
+                }
                 let mut optimizer = Optimizer::new(params, &self.cfg.optimizer)?;
                 if let Some(opt) = optimizer_state.take() {
                     optimizer.load_state(&opt)?;
@@ -338,9 +436,11 @@ impl Trainer {
                     let mode = Mode::Train { seed: self.cfg.seed ^ ((si as u64) << 32), epoch: epoch as u64 };
                     let batches = sampler.epoch(epoch as u64);
                     while state.batch < batches.len() {
-                        let lr = schedule.lr(epoch * steps_per_epoch + state.batch);
+                        let lr = schedule.lr(epoch * steps_per_epoch + state.batch)
+                            * state.plateau.factor(&self.cfg.schedule);
                         let at = StepAt { stage: si, identity: stage.identity, epoch, step: state.step, mode, lr };
-                        let record = self.step(at, &batches[state.batch], &criterion, &mut optimizer)?;
+                        let record =
+                            self.step(at, &batches[state.batch], &criterion, &mut optimizer, centres.as_mut())?;
                         state.batch += 1;
                         state.step += 1;
                         state.records.push(record);
@@ -351,7 +451,7 @@ impl Trainer {
                             state.epoch += 1;
                             // Early stopping ends the stage here, before the checkpoint, so a
                             // resumed run stops at the same place.
-                            if self.validate(&mut state, stage.identity, outputs)? == Some(true) {
+                            if self.validate(&mut state, stage, outputs)? == Some(true) {
                                 state.epoch = stage.epochs;
                             }
                         }
@@ -375,19 +475,23 @@ impl Trainer {
             state.batch = 0;
             state.best = None;
             state.stale = 0;
+            state.plateau = Plateau::default();
         }
         state.finished = true;
         Ok(state)
     }
 
     /// Validates at the end of an epoch when due; returns whether the stage should stop.
+    /// Within the stage's `hold_epochs`, validations without gain neither count towards
+    /// early stopping nor towards a plateau decay.
     fn validate(
         &mut self,
         state: &mut RunState,
-        identity: Identity,
+        stage: &StageConfig,
         outputs: Option<&TrainOutputs>,
     ) -> Result<Option<bool>> {
-        let every = self.cfg.validate_every;
+        let identity = stage.identity;
+        let every = stage.validate_every.unwrap_or(self.cfg.validate_every);
         if every == 0 || !state.epoch.is_multiple_of(every) {
             return Ok(None);
         }
@@ -412,7 +516,14 @@ impl Trainer {
         } else {
             state.stale += 1;
         }
-        Ok(Some(self.cfg.patience > 0 && state.stale >= self.cfg.patience))
+        let held = state.epoch <= stage.hold_epochs;
+        if held {
+            state.stale = 0;
+        } else if self.cfg.schedule.decay == Decay::Plateau {
+            state.plateau.observe(score, self.cfg.schedule.plateau_patience);
+        }
+        let patience = stage.patience.unwrap_or(self.cfg.patience);
+        Ok(Some(patience > 0 && state.stale >= patience))
     }
 
     fn step(
@@ -421,32 +532,46 @@ impl Trainer {
         indices: &[usize],
         criterion: &Criterion,
         optimizer: &mut Optimizer,
+        centres: Option<&mut CentreSgd>,
     ) -> Result<StepRecord> {
         let StepAt { stage, identity, epoch, step: global_step, mode, lr } = at;
         let x = batch_tensor(&self.train.batch(indices, mode)?, &self.device)?;
-        let labels: Vec<u32> = indices.iter().map(|&i| self.labels(identity)[i]).collect();
+        // The stage's sampler draws labelled videos only.
+        let labels: Vec<u32> = indices.iter().map(|&i| self.label(identity, i).expect("sampled in the task")).collect();
         let video_drugs: Vec<u32> = indices.iter().map(|&i| self.drugs[i]).collect();
         let (terms, temperature) = match &self.model {
             TrainModel::MolClip(m) => {
                 let (out, emb) = m.encode_videos(&x, true)?;
-                let unique: Vec<u32> = video_drugs.iter().copied().collect::<BTreeSet<_>>().into_iter().collect();
-                let mols: Vec<&Molecule> = unique
-                    .iter()
-                    .map(|&d| self.molecules[d as usize].as_ref().expect("parsed for every drug"))
-                    .collect();
-                let input = MoleculeInput::new(&self.cfg.model.molecule, &mols, &self.device)?;
-                let mol_emb = m.encode_molecules(&input, true)?;
-                let clip = ClipInputs {
-                    videos: &emb,
-                    molecules: &mol_emb,
-                    video_drugs: &video_drugs,
-                    molecule_drugs: &unique,
-                    logit_scale: m.logit_scale(),
-                    max_logit_scale: m.max_logit_scale(),
-                };
                 let metric = MetricInputs { feature: &out.feature, logits: out.logits(identity), labels: &labels };
                 let t = inverse_temperature(m.logit_scale(), m.max_logit_scale())?.to_scalar::<f32>()?;
-                (criterion.forward(&metric, Some(&clip))?, Some(t))
+                // The CLIP term on the batch's videos whose drug has a molecule.
+                let with: Vec<u32> = (0..video_drugs.len() as u32)
+                    .filter(|&k| self.molecules[video_drugs[k as usize] as usize].is_some())
+                    .collect();
+                if with.is_empty() {
+                    (criterion.forward(&metric, None)?, Some(t))
+                } else {
+                    let (emb, clip_drugs) = if with.len() == video_drugs.len() {
+                        (emb, video_drugs.clone())
+                    } else {
+                        let rows = Tensor::new(with.as_slice(), &self.device)?;
+                        (emb.index_select(&rows, 0)?, with.iter().map(|&k| video_drugs[k as usize]).collect())
+                    };
+                    let unique: Vec<u32> = clip_drugs.iter().copied().collect::<BTreeSet<_>>().into_iter().collect();
+                    let mols: Vec<&Molecule> =
+                        unique.iter().filter_map(|&d| self.molecules[d as usize].as_ref()).collect();
+                    let input = MoleculeInput::new(&self.cfg.model.molecule, &mols, &self.device)?;
+                    let mol_emb = m.encode_molecules(&input, true)?;
+                    let clip = ClipInputs {
+                        videos: &emb,
+                        molecules: &mol_emb,
+                        video_drugs: &clip_drugs,
+                        molecule_drugs: &unique,
+                        logit_scale: m.logit_scale(),
+                        max_logit_scale: m.max_logit_scale(),
+                    };
+                    (criterion.forward(&metric, Some(&clip))?, Some(t))
+                }
             }
             TrainModel::Video(v) => {
                 let out = v.forward_t(&x, true)?;
@@ -477,6 +602,9 @@ impl Trainer {
             });
         }
         optimizer.step(&grads, lr)?;
+        if let Some(c) = centres {
+            c.optimizer.step(&grads, c.rate)?;
+        }
         Ok(StepRecord {
             stage,
             identity,

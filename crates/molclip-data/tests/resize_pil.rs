@@ -1,0 +1,61 @@
+//! The resize the augmentation starts from matches PIL's `BILINEAR` resize (what MitoReID's
+//! `Scale(128)` calls), antialiasing included, within one grey level: PIL itself, run by
+//! `python3` on the same 8-bit image, is the oracle.
+
+use std::process::Command;
+
+use molclip_data::resize::resize_video;
+use molclip_data::{SampleDepth, Video};
+
+/// A 8-bit test image with detail finer than the output's pixels: fine stripes, a gradient,
+/// a bright disc with a hard edge.
+fn test_image(w: usize, h: usize) -> Vec<u8> {
+    let mut px = Vec::with_capacity(w * h);
+    for y in 0..h {
+        for x in 0..w {
+            let stripes = if (x / 2 + y / 3) % 2 == 0 { 60.0 } else { 0.0 };
+            let gradient = 120.0 * x as f64 / w as f64;
+            let (dx, dy) = (x as f64 - 0.6 * w as f64, y as f64 - 0.4 * h as f64);
+            let disc = if dx * dx + dy * dy < (0.2 * w as f64).powi(2) { 70.0 } else { 0.0 };
+            px.push((stripes + gradient + disc).min(255.0) as u8);
+        }
+    }
+    px
+}
+
+/// `pixels` resized by PIL to `side` x `side`.
+fn pil_resize(pixels: &[u8], w: usize, h: usize, side: usize) -> Vec<u8> {
+    let tmp = tempfile::tempdir().unwrap();
+    let (input, output) = (tmp.path().join("in.png"), tmp.path().join("out.png"));
+    image::GrayImage::from_raw(w as u32, h as u32, pixels.to_vec()).unwrap().save(&input).unwrap();
+    let script = "import sys\nfrom PIL import Image\n\
+                  Image.open(sys.argv[1]).resize((int(sys.argv[3]),) * 2, Image.BILINEAR).save(sys.argv[2])";
+    let run = Command::new("python3")
+        .args(["-c", script, input.to_str().unwrap(), output.to_str().unwrap(), &side.to_string()])
+        .output()
+        .expect("python3 runs (the reference needs Pillow: python3 -m pip install pillow)");
+    assert!(run.status.success(), "PIL failed: {}", String::from_utf8_lossy(&run.stderr));
+    image::open(&output).unwrap().to_luma8().into_raw()
+}
+
+#[test]
+fn downscaling_matches_pils_bilinear_within_one_grey_level() {
+    for (w, h, side) in [(512, 512, 128), (301, 301, 128), (97, 83, 32), (64, 64, 46), (40, 40, 56)] {
+        let pixels = test_image(w, h);
+        let video = Video {
+            width: w,
+            height: h,
+            channels: 1,
+            depth: SampleDepth::Eight,
+            frames: vec![pixels.iter().map(|&v| v as f32 / 255.0).collect()],
+        };
+        let ours = resize_video(&video, side).to_video();
+        let theirs = pil_resize(&pixels, w, h, side);
+        let worst = ours.frames[0]
+            .iter()
+            .zip(&theirs)
+            .map(|(a, &b)| ((a * 255.0).round() - b as f32).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst <= 1.0, "{w}x{h} -> {side}: {worst} grey levels from PIL");
+    }
+}
