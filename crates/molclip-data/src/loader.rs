@@ -249,8 +249,14 @@ impl VideoDataset {
             ));
         }
         let crop = self.config.augment.crop;
+        // One allocation of the batch's exact size (a collect from a flattening iterator
+        // would grow it by doubling, to up to twice that).
+        let mut data = Vec::with_capacity(items.iter().map(|x| x.0.len()).sum());
+        for (item, _) in items {
+            data.extend_from_slice(&item);
+        }
         Ok(Batch {
-            data: items.into_iter().flat_map(|x| x.0).collect(),
+            data,
             shape: [indices.len(), t, self.config.frames.channels.count(), crop, crop],
             indices: indices.to_vec(),
             drug_ids: indices.iter().map(|&i| self.cells[i].drug_id).collect(),

@@ -27,11 +27,11 @@ enum Samples {
 }
 
 impl ResizedVideo {
-    /// Bytes the samples take.
+    /// Bytes the samples take (their allocation, not only their length).
     pub fn bytes(&self) -> usize {
         match &self.samples {
-            Samples::Eight(v) => v.len(),
-            Samples::Sixteen(v) => 2 * v.len(),
+            Samples::Eight(v) => v.capacity(),
+            Samples::Sixteen(v) => 2 * v.capacity(),
         }
     }
 
@@ -63,18 +63,22 @@ pub fn resize_plane(plane: &[f32], width: usize, height: usize, side: usize) -> 
 }
 
 /// Every frame and channel of `video` resized to `side × side` and quantised to its depth.
+/// The samples are allocated at their exact size: a cache of them holds what it counts.
 pub fn resize_video(video: &Video, side: usize) -> ResizedVideo {
     let plane = video.width * video.height;
-    let resized = video
-        .frames
-        .iter()
-        .flat_map(|f| f.chunks_exact(plane.max(1)))
-        .flat_map(|p| resize_plane(p, video.width, video.height, side));
-    let samples = match video.depth {
-        SampleDepth::Eight => Samples::Eight(resized.map(|x| (x.clamp(0.0, 1.0) * 255.0).round() as u8).collect()),
-        SampleDepth::Sixteen => {
-            Samples::Sixteen(resized.map(|x| (x.clamp(0.0, 1.0) * 65535.0).round() as u16).collect())
+    let planes = || video.frames.iter().flat_map(|f| f.chunks_exact(plane.max(1)));
+    let total = video.frames.len() * video.channels * side * side;
+    fn quantised<T>(total: usize, planes: impl Iterator<Item = Vec<f32>>, q: impl Fn(f32) -> T) -> Vec<T> {
+        let mut out = Vec::with_capacity(total);
+        for p in planes {
+            out.extend(p.into_iter().map(|x| q(x.clamp(0.0, 1.0))));
         }
+        out
+    }
+    let resized = planes().map(|p| resize_plane(p, video.width, video.height, side));
+    let samples = match video.depth {
+        SampleDepth::Eight => Samples::Eight(quantised(total, resized, |x| (x * 255.0).round() as u8)),
+        SampleDepth::Sixteen => Samples::Sixteen(quantised(total, resized, |x| (x * 65535.0).round() as u16)),
     };
     ResizedVideo { side, channels: video.channels, frames: video.frames.len(), samples }
 }

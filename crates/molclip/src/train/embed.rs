@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use molclip_data::loader::{Mode, VideoDataset};
+use molclip_data::loader::{DataConfig, Mode, VideoDataset};
 use molclip_data::CellVideo;
 
 use super::config::TrainConfig;
@@ -127,7 +127,8 @@ fn for_each_batch(
     f: &mut dyn FnMut(&Tensor) -> Result<()>,
 ) -> Result<()> {
     let n = cells.len();
-    let dataset = VideoDataset::new(cells, cfg.data.clone())?;
+    // Each video is read once: a cache would only hold memory until the end.
+    let dataset = VideoDataset::new(cells, DataConfig { cache: false, ..cfg.data.clone() })?;
     for start in (0..n).step_by(batch.max(1)) {
         let indices: Vec<usize> = (start..(start + batch).min(n)).collect();
         f(&batch_tensor(&dataset.batch(&indices, Mode::Eval)?, device)?)?;
