@@ -342,4 +342,8 @@ fn the_published_layout_is_read_trained_on_evaluated_and_predicted_with() {
         "{trained}"
     );
     assert!(facts.novel.len() > 1 && expected.len() + 1 == facts.drugs.len());
+    // The report on the published layout: MoA-task gallery on the map, novel drugs named.
+    let page = tmp.path().join("report.html");
+    ok(&["report", s(&run), "--data", s(&data), "--out", s(&page), "--quiet"]);
+    assert!(std::fs::read_to_string(&page).unwrap().contains("Example videos"));
 }

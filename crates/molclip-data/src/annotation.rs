@@ -146,14 +146,14 @@ impl Annotation {
         self.drugs.values().chain(self.novel.values())
     }
 
-    /// The SMILES of a drug folder's drug, when the annotation has one.
-    pub fn smiles(&self, folder: &str) -> Option<&str> {
-        self.lookup(folder).and_then(|r| r.smiles.as_deref()).filter(|s| !s.is_empty())
+    /// The SMILES of the drug of a folder of `split`, when the annotation has one.
+    pub fn smiles(&self, split: Split, folder: &str) -> Option<&str> {
+        self.lookup_in(split, folder).and_then(|r| r.smiles.as_deref()).filter(|s| !s.is_empty())
     }
 
-    /// A drug folder's drug name from the annotation, or else the folder name.
-    pub fn drug_name(&self, folder: &str) -> String {
-        self.lookup(folder).and_then(|r| r.name.clone()).unwrap_or_else(|| folder.to_string())
+    /// The name of the drug of a folder of `split` from the annotation, or else the folder name.
+    pub fn drug_name(&self, split: Split, folder: &str) -> String {
+        self.lookup_in(split, folder).and_then(|r| r.name.clone()).unwrap_or_else(|| folder.to_string())
     }
 
     /// MoA name for an id (falls back to the id itself).
@@ -389,6 +389,10 @@ mod tests {
             .unwrap(),
             novel: BTreeMap::new(),
         };
+        // A novel drug whose folder name is also a screened drug's: the split tells them apart.
+        let mut novel = a.drugs["2"].clone();
+        (novel.name, novel.cas, novel.moa_id, novel.drug_id) = (Some("Aspirin".into()), None, None, 4);
+        a.novel.insert("2".into(), novel);
         let source = |name: &str, smiles: &str, cas: Option<&str>| SmilesSource {
             name: name.into(),
             smiles: smiles.into(),
@@ -396,18 +400,21 @@ mod tests {
         };
         let report = a.join_smiles(&[
             source("acetylsalicylic acid", "CC(=O)Oc1ccccc1C(=O)O", None),
+            source("ASPIRIN", "CC(=O)Oc1ccccc1C(=O)O", None),
             // The CAS number wins over a name that would not match.
             source("1,3,7-trimethylxanthine", "Cn1cnc2c1c(=O)n(C)c(=O)n2C", Some("58-08-2")),
         ]);
-        assert_eq!((report.by_cas, report.by_name, report.kept), (1, 1, 0));
+        assert_eq!((report.by_cas, report.by_name, report.kept), (1, 2, 0));
         assert_eq!(report.unmatched, vec!["Nothing known".to_string(), "DMSO".to_string()]);
-        assert_eq!(a.smiles("1"), Some("CC(=O)Oc1ccccc1C(=O)O"));
-        assert!(a.smiles("2").unwrap().starts_with("Cn1"));
+        assert_eq!(a.smiles(Split::Train, "1"), Some("CC(=O)Oc1ccccc1C(=O)O"));
+        assert!(a.smiles(Split::Query, "2").unwrap().starts_with("Cn1"));
+        assert_eq!(a.smiles(Split::Novel, "2"), Some("CC(=O)Oc1ccccc1C(=O)O"));
+        assert_eq!(a.drug_name(Split::Novel, "2"), "Aspirin");
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("annotation.csv");
         std::fs::write(&path, a.to_csv()).unwrap();
         let back = Annotation::read_csv(&path).unwrap();
-        assert_eq!(back.drugs, a.drugs);
+        assert_eq!((back.drugs, back.novel), (a.drugs, a.novel));
     }
 
     #[test]

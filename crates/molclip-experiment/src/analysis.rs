@@ -172,7 +172,7 @@ fn embedding_map(
         let mut smiles = Vec::new();
         for &(i, moa) in &gallery {
             let c = s.cells[i];
-            if let Some(sm) = index.annotation.smiles(&c.drug_folder).filter(|_| seen.insert(c.drug_id)) {
+            if let Some(sm) = index.annotation.smiles(c.split, &c.drug_folder).filter(|_| seen.insert(c.drug_id)) {
                 smiles.push(sm);
                 points.push(MapPoint { x: 0.0, y: 0.0, category: moa, molecule: true });
             }
@@ -202,11 +202,11 @@ fn zero_shot_novel(
     for &i in &s.novel {
         let c = s.cells[i];
         let Some(moa) = c.moa_id else { continue };
-        let Some(smiles) = index.annotation.smiles(&c.drug_folder) else { continue };
+        let Some(smiles) = index.annotation.smiles(c.split, &c.drug_folder) else { continue };
         if !done.insert(c.drug_id) {
             continue;
         }
-        named.push((index.annotation.drug_name(&c.drug_folder), smiles));
+        named.push((index.annotation.drug_name(c.split, &c.drug_folder), smiles));
         truth.push(index.annotation.moa_name(moa));
     }
     if named.is_empty() {

@@ -37,7 +37,8 @@ pub fn reference(
         )));
     }
     let picks = &picks;
-    let drugs: Vec<String> = picks.iter().map(|&i| index.annotation.drug_name(&cells[i].drug_folder)).collect();
+    let drugs: Vec<String> =
+        picks.iter().map(|&i| index.annotation.drug_name(cells[i].split, &cells[i].drug_folder)).collect();
     let moas: Vec<String> =
         picks.iter().map(|&i| index.annotation.moa_name(cells[i].moa_id.expect("filtered above"))).collect();
     Reference::new(&gather(values, dim, picks), dim, &drugs, &moas)

@@ -2,7 +2,7 @@
 
 use candle_core::{Device, Tensor};
 use molclip_chem::{FingerprintConfig, FragmentPolicy, Molecule};
-use molclip_data::DatasetIndex;
+use molclip_data::{CellVideo, DatasetIndex};
 use serde::{Deserialize, Serialize};
 
 use super::gin::{Gin, GinConfig, GraphBatch};
@@ -56,9 +56,10 @@ pub fn parse_smiles(smiles: &str) -> Result<Molecule> {
         .map_err(|e| ModelError::Input(format!("SMILES {smiles:?}: {e}")))
 }
 
-/// The molecule of the drug in a dataset's drug folder, from the annotation's SMILES.
-pub fn drug_molecule(index: &DatasetIndex, folder: &str) -> Result<Molecule> {
-    let smiles = index.annotation.smiles(folder).ok_or_else(|| {
+/// The molecule of a video's drug, from the annotation's SMILES.
+pub fn drug_molecule(index: &DatasetIndex, cell: &CellVideo) -> Result<Molecule> {
+    let folder = &cell.drug_folder;
+    let smiles = index.annotation.smiles(cell.split, folder).ok_or_else(|| {
         ModelError::Input(format!(
             "{}: drug folder `{folder}` has no SMILES in the annotation, which a molclip model needs (or use kind = \"video-only\")",
             index.root.display()

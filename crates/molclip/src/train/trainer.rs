@@ -290,8 +290,8 @@ impl Trainer {
         if cfg.kind == ModelKind::Molclip {
             for (cell, &d) in cells.iter().zip(&drugs) {
                 let d = d as usize;
-                if molecules[d].is_none() && index.annotation.smiles(&cell.drug_folder).is_some() {
-                    molecules[d] = Some(drug_molecule(index, &cell.drug_folder)?);
+                if molecules[d].is_none() && index.annotation.smiles(cell.split, &cell.drug_folder).is_some() {
+                    molecules[d] = Some(drug_molecule(index, cell)?);
                 }
             }
             if molecules.iter().all(Option::is_none) {
