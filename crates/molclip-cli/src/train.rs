@@ -42,6 +42,10 @@ pub struct TrainArgs {
     /// without an annotation row, drugs of unknown MoA) instead of reporting it.
     #[arg(long)]
     strict: bool,
+    /// Start training without first decoding every frame of the dataset (the check stops a
+    /// run on a corrupt file before its first step).
+    #[arg(long)]
+    skip_check: bool,
     /// (testing) kill this process with SIGKILL after this many steps.
     #[arg(long, hide = true)]
     kill_after_steps: Option<u64>,
@@ -99,8 +103,15 @@ pub fn train(args: TrainArgs, quiet: bool) -> Result<()> {
     let index = open_dataset(&args.data, &progress)?;
     crate::report_selection(&index, args.strict)?;
     let device = molclip::parse_device(&args.device)?;
-    let training =
-        Training { cfg: &cfg, data: &args.data, index: &index, run: &run, device: &device, resume: args.resume };
+    let training = Training {
+        cfg: &cfg,
+        data: &args.data,
+        index: &index,
+        run: &run,
+        device: &device,
+        resume: args.resume,
+        check_frames: !args.skip_check,
+    };
     let outcome = training.run(&progress, &mut |state| {
         if args.kill_after_steps == Some(state.step) {
             kill_self();

@@ -366,3 +366,35 @@ fn train_config_errors_name_the_file_and_field() {
     assert!(!o.status.success());
     assert!(text(&o).contains("bad.toml") && text(&o).contains("optimizer.lr"), "{}", text(&o));
 }
+
+#[test]
+fn a_corrupt_frame_stops_train_before_its_first_step_and_nothing_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("tiny");
+    let o = molclip(&["simulate", "--preset", "tiny", "--out", data.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", text(&o));
+    // Truncated: the header still reads, the pixels do not.
+    let first = |dir: &std::path::Path| {
+        let mut v: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+        v.sort();
+        v[0].clone()
+    };
+    let frame = first(&first(&data.join("l3/gallery"))).join("9.png");
+    let bytes = std::fs::read(&frame).unwrap();
+    std::fs::write(&frame, &bytes[..bytes.len() / 2]).unwrap();
+    let run = tmp.path().join("run");
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/video-only.toml");
+    let o = molclip(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains(frame.to_str().unwrap()), "{}", text(&o));
+    assert!(!run.exists(), "the check runs before the run folder is made");
+}

@@ -111,7 +111,8 @@ fn train(
     if !resume && run.root().exists() {
         std::fs::remove_dir_all(run.root()).map_err(IoError::at(run.root()))?;
     }
-    Training { cfg, data, index, run, device, resume }.run(progress, &mut |_| true)?;
+    // The dataset was just written by the simulator: its frames need no second reading.
+    Training { cfg, data, index, run, device, resume, check_frames: false }.run(progress, &mut |_| true)?;
     Ok(())
 }
 

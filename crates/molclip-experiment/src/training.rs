@@ -81,12 +81,22 @@ pub struct Training<'a> {
     pub device: &'a Device,
     /// Continue from the run's last checkpoint.
     pub resume: bool,
+    /// Decode every frame of the dataset before the first step, so that a corrupt file
+    /// stops the run before anything is written, not hours in.
+    pub check_frames: bool,
 }
 
 impl Training<'_> {
     /// Trains; `on_step` sees the run state after every step and returns false to stop there.
     pub fn run(&self, progress: &dyn Progress, on_step: &mut dyn FnMut(&RunState) -> bool) -> Result<TrainOutcome> {
-        let Training { cfg, data, index, run, device, resume } = *self;
+        let Training { cfg, data, index, run, device, resume, check_frames } = *self;
+        // Before anything is written (the lock file included).
+        if check_frames {
+            progress.start("checking frames", index.cells.len() as u64);
+            let checked = index.verify_frames_with_progress(&crate::progress::scan(progress));
+            progress.finish();
+            checked?;
+        }
         let _lock = run.lock()?;
         let has_checkpoint = run.has_checkpoint();
         if resume && !has_checkpoint {
