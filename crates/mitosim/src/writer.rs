@@ -226,6 +226,9 @@ fn check_replaceable(out: &Path, overwrite: bool) -> Result<(), SimError> {
     if !overwrite {
         return Err(refuse("exists and is not empty (pass --force to replace it)".into()));
     }
+    if let Some(why) = protected(out) {
+        return Err(refuse(format!("is {why}: --force never replaces it; choose another --out")));
+    }
     let marked = fs::read_to_string(out.join("simulation.toml")).is_ok_and(|t| t.starts_with(MARKER));
     let ours = |name: &str| {
         matches!(name, "annotation.csv" | "simulation.toml" | "novel")
@@ -243,6 +246,24 @@ fn check_replaceable(out: &Path, overwrite: bool) -> Result<(), SimError> {
         ))),
         None => Ok(()),
     }
+}
+
+/// Why `out` must never be replaced, whatever it holds: the filesystem's root, the home
+/// folder, or the working directory or one of its ancestors.
+fn protected(out: &Path) -> Option<&'static str> {
+    let out = out.canonicalize().ok()?;
+    if out.parent().is_none() {
+        return Some("the filesystem's root");
+    }
+    let home = std::env::var_os("HOME").and_then(|h| Path::new(&h).canonicalize().ok());
+    if home.is_some_and(|h| h == out) {
+        return Some("the home folder");
+    }
+    let cwd = std::env::current_dir().ok().and_then(|d| d.canonicalize().ok());
+    if cwd.is_some_and(|d| d.starts_with(&out)) {
+        return Some("the working directory or one of its ancestors");
+    }
+    None
 }
 
 /// Writes every video, the annotation and `simulation.toml` into `staging`.

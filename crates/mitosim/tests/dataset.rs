@@ -149,6 +149,21 @@ fn an_existing_output_is_not_overwritten_without_asking() {
 }
 
 #[test]
+fn force_never_replaces_the_root_the_home_folder_or_the_working_directory() {
+    let plan = DatasetPlan::new(tiny(), Path::new(".")).unwrap();
+    let cwd = std::env::current_dir().unwrap();
+    let mut places = vec![(PathBuf::from("/"), "root"), (cwd.clone(), "working directory")];
+    places.push((cwd.parent().unwrap().to_path_buf(), "ancestors"));
+    if let Some(home) = std::env::var_os("HOME").map(PathBuf::from).filter(|h| h.is_dir() && !cwd.starts_with(h)) {
+        places.push((home, "home folder"));
+    }
+    for (place, says) in places {
+        let err = generate(&plan, &place, true, &|| {}).unwrap_err().to_string();
+        assert!(err.contains(says) && err.contains("--force never replaces"), "{}: {err}", place.display());
+    }
+}
+
+#[test]
 fn an_output_that_cannot_be_created_is_an_error_and_leaves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let plan = DatasetPlan::new(tiny(), Path::new(".")).unwrap();
