@@ -21,7 +21,7 @@ pub struct DemoArgs {
     seed: u64,
     /// How much drug effects follow structure in the simulated dataset, in [0, 1]; at 0 the
     /// molecule says nothing about a drug's phenotype beyond its MoA.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     structure_coupling: Option<f64>,
     #[arg(long, default_value = "cpu")]
     device: String,

@@ -40,7 +40,7 @@ pub struct EvaluateArgs {
     #[arg(long, default_value_t = molclip_eval::DEFAULT_MAX_RANK)]
     max_rank: usize,
     /// Nearest gallery videos that vote on a novel drug's MoA.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = crate::at_least_one)]
     novel_k: usize,
     /// Write the novel drugs' MoA confusion matrix (rows true, columns predicted) here.
     #[arg(long)]

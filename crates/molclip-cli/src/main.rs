@@ -134,7 +134,7 @@ struct SimulateArgs {
     #[arg(long)]
     seed: Option<u64>,
     /// How much drug effects follow structure, in [0, 1].
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     structure_coupling: Option<f64>,
     /// A drug table (TSV/CSV with name, moa, smiles) instead of the built-in library.
     #[arg(long)]
@@ -215,6 +215,15 @@ fn keep_freed_memory() {
         libc::mallopt(libc::M_MMAP_MAX, 0);
         libc::mallopt(libc::M_ARENA_MAX, 1);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
+/// A count that must be at least 1 (`--top`, `--novel-k`), refused when parsed.
+fn at_least_one(text: &str) -> std::result::Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
     }
 }
 

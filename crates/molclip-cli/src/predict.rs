@@ -29,10 +29,10 @@ pub struct PredictArgs {
     #[arg(long)]
     data: Option<PathBuf>,
     /// MoAs to show per query.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = crate::at_least_one)]
     top: usize,
     /// Nearest reference drugs to show per query.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = crate::at_least_one)]
     nearest: usize,
     /// Print JSON instead of a table.
     #[arg(long)]

@@ -47,6 +47,19 @@ fn bad_simulation_requests_are_clear_errors() {
 }
 
 #[test]
+fn counts_and_negative_numbers_are_refused_when_parsed_naming_the_flag() {
+    let o = molclip(&["predict", "--run", "nowhere", "--smiles", "C", "--top", "0"]);
+    assert!(!o.status.success() && text(&o).contains("--top") && text(&o).contains("at least 1"), "{}", text(&o));
+    let o = molclip(&["evaluate", "--embeddings", "e.npy", "--metadata", "m.csv", "--novel-k", "0"]);
+    assert!(!o.status.success() && text(&o).contains("--novel-k") && text(&o).contains("at least 1"), "{}", text(&o));
+    // A negative coupling is a value (refused by the range check), not an unknown flag.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x");
+    let o = molclip(&["simulate", "--structure-coupling", "-0.5", "--out", out.to_str().unwrap()]);
+    assert!(text(&o).contains("biology.structure_coupling"), "{}", text(&o));
+}
+
+#[test]
 fn inspect_names_the_missing_dataset() {
     let o = molclip(&["inspect", "/nonexistent/dataset"]);
     assert!(!o.status.success());
