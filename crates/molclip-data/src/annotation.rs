@@ -128,17 +128,14 @@ impl Annotation {
 
     /// The record for a drug folder; the part after `-` is a suffix (`12-a` is drug `12`).
     pub fn lookup(&self, folder: &str) -> Option<&DrugRecord> {
-        self.drugs.get(folder).or_else(|| self.drugs.get(drug_key(folder)))
+        in_table(&self.drugs, folder)
     }
 
     /// The record for a drug folder of `split`: novel folders are looked up among the novel
     /// drugs first.
     pub fn lookup_in(&self, split: Split, folder: &str) -> Option<&DrugRecord> {
-        let novel = || self.novel.get(folder).or_else(|| self.novel.get(drug_key(folder)));
-        match split {
-            Split::Novel => novel().or_else(|| self.lookup(folder)),
-            _ => self.lookup(folder),
-        }
+        let novel = if split == Split::Novel { in_table(&self.novel, folder) } else { None };
+        novel.or_else(|| self.lookup(folder))
     }
 
     /// Every drug, the novel ones included.
@@ -359,6 +356,11 @@ fn cell_text(cell: &calamine::Data) -> String {
         calamine::Data::Float(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", *f as i64),
         other => other.to_string(),
     }
+}
+
+/// A drug folder's row in `table`, by its whole name or else by its drug id part.
+fn in_table<'a>(table: &'a BTreeMap<String, DrugRecord>, folder: &str) -> Option<&'a DrugRecord> {
+    table.get(folder).or_else(|| table.get(drug_key(folder)))
 }
 
 /// The drug id part of a folder name: everything before the first `-`.

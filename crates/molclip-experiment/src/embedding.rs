@@ -36,15 +36,6 @@ pub fn metadata<'a>(cells: impl IntoIterator<Item = &'a CellVideo>) -> Metadata 
     m
 }
 
-/// One CSV field, quoted when it holds a comma, a quote or a line break.
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
 /// Rows `picks` of the row-major `[N, dim]` matrix `rows`, as the evaluator takes them.
 pub fn embeddings(rows: &[f32], dim: usize, picks: impl IntoIterator<Item = usize>) -> Result<Embeddings> {
     let mut e = Embeddings::empty(dim);
@@ -97,15 +88,17 @@ pub fn embed_to_files(
 ) -> Result<PathBuf> {
     let trained = run.load(device)?;
     let cells = cells_of(index, splits)?;
-    let mut metadata = String::from("set,replicate,drug,moa,path\n");
+    let mut metadata = csv::Writer::from_writer(Vec::new());
+    let header = ["set", "replicate", "drug", "moa", "path"];
+    metadata.write_record(header).expect("writing to memory");
     for c in &cells {
         // Empty outside the MoA task, which `evaluate` reads as drug identification only.
         let moa = c.moa_id.map(|m| index.annotation.moa_name(m)).unwrap_or_default();
         let path = c.dir.strip_prefix(&index.root).unwrap_or(&c.dir);
         let fields = [c.split.name(), &c.replicate, drug_key(&c.drug_folder), &moa, &path.to_string_lossy()];
-        metadata.push_str(&fields.map(csv_field).join(","));
-        metadata.push('\n');
+        metadata.write_record(fields).expect("writing to memory");
     }
+    let metadata = metadata.into_inner().expect("writing to memory");
     let (n, dim) = (cells.len(), trained.video().dim());
     progress.start("embedding", n as u64);
     let rows = embed_cells(trained.video(), &trained.cfg, cells, device, batch, &mut |k| progress.advance(k as u64));
@@ -116,6 +109,6 @@ pub fn embed_to_files(
     }
     molclip_eval::npy::write_npy_f32(out, n, dim, &rows)?;
     let meta_path = out.with_extension("csv");
-    molclip_core::write_atomic(&meta_path, metadata.as_bytes())?;
+    molclip_core::write_atomic(&meta_path, &metadata)?;
     Ok(meta_path)
 }

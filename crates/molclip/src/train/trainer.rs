@@ -173,6 +173,12 @@ struct CentreSgd {
     rate: f64,
 }
 
+/// [`contiguous`] for labels every video has.
+fn dense(ids: impl Iterator<Item = usize>) -> (Vec<u32>, usize) {
+    let (labels, n) = contiguous(&ids.map(Some).collect::<Vec<_>>());
+    (labels.into_iter().map(|l| l.expect("every id was given")).collect(), n)
+}
+
 /// A stage's P x K batches over the videos that have a label in the stage's task, as
 /// indices into the training split.
 struct StageSampler {
@@ -272,8 +278,7 @@ impl Trainer {
         if cells.is_empty() {
             return Err(ModelError::Input(format!("{}: the training split is empty", index.root.display())));
         }
-        let (drugs, n_drugs) = contiguous(&cells.iter().map(|c| Some(c.drug_id)).collect::<Vec<_>>());
-        let drugs: Vec<u32> = drugs.into_iter().map(|d| d.expect("every video has a drug")).collect();
+        let (drugs, n_drugs) = dense(cells.iter().map(|c| c.drug_id));
         let (moas, n_moas) = contiguous(&cells.iter().map(|c| c.moa_id).collect::<Vec<_>>());
         let moa_stage = cfg.stages.iter().any(|s| s.identity == Identity::Moa && s.epochs > 0);
         if moa_stage && n_moas == 0 {
@@ -283,8 +288,8 @@ impl Trainer {
                 index.root.display()
             )));
         }
-        let replicates = contiguous(&cells.iter().map(|c| Some(c.replicate_number() as usize)).collect::<Vec<_>>()).0;
-        let replicates = replicates.into_iter().map(|r| r.expect("every video has one") as usize).collect();
+        let replicates = dense(cells.iter().map(|c| c.replicate_number() as usize)).0;
+        let replicates = replicates.into_iter().map(|r| r as usize).collect();
         // The CLIP term learns from the drugs with a molecule; the metric losses from all.
         let mut molecules = vec![None; n_drugs];
         if cfg.kind == ModelKind::Molclip {
