@@ -356,7 +356,7 @@ fn inspect(args: InspectArgs, quiet: bool) -> Result<()> {
     let index = open_dataset(&args.dir, &progress)?;
     report_selection(&index, args.strict)?;
     progress.start("decoding frames", index.cells.len() as u64);
-    let verified = index.verify_frames_with_progress(&|p| {
+    let verified = index.verify_frames_with_progress(&molclip_data::FrameOptions::default(), &|p| {
         if p == molclip_data::index::Progress::Cell {
             progress.advance(1)
         }

@@ -3,7 +3,8 @@
 //! from however many there are; the channels the config names (grey or
 //! luminance, RGB, or a list of channel indices), stored planar.
 
-use std::io::BufReader;
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -138,11 +139,26 @@ pub struct FrameOptions {
     pub channels: Channels,
     /// Images with more pixels are refused before decoding (decompression bombs).
     pub max_pixels: u64,
+    /// Cells with more samples (frames x height x width x channels kept, every frame of the
+    /// cell counted) are refused from their headers, before any frame is decoded.
+    pub max_cell_samples: u64,
+    /// Cells with more frames (files, or pages of a stack) are refused before decoding.
+    pub max_frames: usize,
+    /// Frame files and stacks larger than this (MiB on disk) are refused before reading.
+    pub max_file_mb: u64,
 }
 
 impl Default for FrameOptions {
     fn default() -> Self {
-        Self { frames: 16, short: ShortVideoPolicy::Error, channels: Channels::default(), max_pixels: 64 * 1024 * 1024 }
+        Self {
+            frames: 16,
+            short: ShortVideoPolicy::Error,
+            channels: Channels::default(),
+            max_pixels: 64 * 1024 * 1024,
+            max_cell_samples: 256 * 1024 * 1024,
+            max_frames: 10_000,
+            max_file_mb: 2048,
+        }
     }
 }
 
@@ -196,6 +212,7 @@ pub fn read_video(cell: &CellVideo) -> Result<Video, DataError> {
 
 /// A cell's frames as `options` say: sampled, the channels asked for, limited in size.
 pub fn read_video_with(cell: &CellVideo, options: &FrameOptions) -> Result<Video, DataError> {
+    check_cell(cell, options)?;
     let picks = sample_indices(cell.n_frames, options.frames, options.short)
         .map_err(|e| DataError::invalid(&cell.dir, e.to_string()))?;
     let (frames, depth) = match &cell.source {
@@ -210,6 +227,109 @@ pub fn read_video_with(cell: &CellVideo, options: &FrameOptions) -> Result<Video
     Ok(Video { width, height, channels, depth, frames })
 }
 
+/// Refuses a cell whose frames, as its index read them from the headers, exceed the caps.
+pub fn check_cell(cell: &CellVideo, options: &FrameOptions) -> Result<(), DataError> {
+    if cell.n_frames > options.max_frames {
+        return Err(DataError::invalid(
+            &cell.dir,
+            format!("{} frames exceeds the limit of {} (max_frames)", cell.n_frames, options.max_frames),
+        ));
+    }
+    let samples = (cell.n_frames as u64)
+        .saturating_mul(cell.width as u64 * cell.height as u64)
+        .saturating_mul(options.channels.count() as u64);
+    if samples > options.max_cell_samples {
+        return Err(DataError::invalid(
+            &cell.dir,
+            format!(
+                "{} frames of {}x{} x {} channel(s) = {samples} samples exceeds the limit of {} (max_cell_samples)",
+                cell.n_frames,
+                cell.width,
+                cell.height,
+                options.channels.count(),
+                options.max_cell_samples
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Decodes every frame of a cell, one at a time (memory: one frame), and checks that there
+/// are as many as the index counted: what `inspect` and `train`'s check do.
+pub fn verify_video(cell: &CellVideo, options: &FrameOptions) -> Result<(), DataError> {
+    check_cell(cell, options)?;
+    let decoded = match &cell.source {
+        FrameSource::Files(files) => {
+            for file in files {
+                read_image(file, options)?;
+            }
+            files.len()
+        }
+        FrameSource::Stack(path) => {
+            let layout = stack_layout_with(path, options)?;
+            check_size(path, layout.width, layout.height, options)?;
+            let mut pages = 0;
+            let count = &mut |_, _, _| {
+                pages += 1;
+                Ok(())
+            };
+            visit_stack(path, layout.pages, &|_| true, count, options)?;
+            pages / layout.channels
+        }
+    };
+    if decoded != cell.n_frames {
+        return Err(DataError::invalid(&cell.dir, format!("{decoded} frames decoded, {} expected", cell.n_frames)));
+    }
+    Ok(())
+}
+
+/// Opens a frame file or stack, refusing one larger than `max_file_mb`.
+fn open_checked(path: &Path, options: &FrameOptions) -> Result<File, DataError> {
+    let file = File::open(path).map_err(DataError::io(path))?;
+    let len = file.metadata().map_err(DataError::io(path))?.len();
+    if len > options.max_file_mb.saturating_mul(1 << 20) {
+        return Err(DataError::invalid(
+            path,
+            format!("{} MiB on disk exceeds the limit of {} MiB (max_file_mb)", len >> 20, options.max_file_mb),
+        ));
+    }
+    Ok(file)
+}
+
+/// Bytes after the image's end (PNG: the IEND chunk; JPEG: the end-of-image marker), as a
+/// reason, or `None` where the file ends where the image does.
+fn trailing_data(file: &mut File, format: image::ImageFormat) -> std::io::Result<Option<String>> {
+    let len = file.metadata()?.len();
+    match format {
+        image::ImageFormat::Png => {
+            // Chunks from the 8-byte signature on: length (4), type (4), data, CRC (4).
+            let mut at = 8u64;
+            while at + 12 <= len {
+                let mut head = [0u8; 8];
+                file.seek(SeekFrom::Start(at))?;
+                file.read_exact(&mut head)?;
+                let length = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as u64;
+                at += 12 + length;
+                if &head[4..] == b"IEND" {
+                    return Ok((at < len).then(|| format!("{} bytes after the PNG's end (IEND chunk)", len - at)));
+                }
+            }
+            Ok(None)
+        }
+        image::ImageFormat::Jpeg if len >= 2 => {
+            let mut tail = [0u8; 2];
+            file.seek(SeekFrom::End(-2))?;
+            file.read_exact(&mut tail)?;
+            Ok((tail != [0xFF, 0xD9]).then(|| {
+                "the file does not end with the JPEG end-of-image marker (FF D9): data after the image, \
+                 or a truncated file"
+                    .to_string()
+            }))
+        }
+        _ => Ok(None),
+    }
+}
+
 fn check_size(path: &Path, w: u32, h: u32, options: &FrameOptions) -> Result<(), DataError> {
     if w as u64 * h as u64 > options.max_pixels {
         return Err(DataError::invalid(
@@ -222,16 +342,22 @@ fn check_size(path: &Path, w: u32, h: u32, options: &FrameOptions) -> Result<(),
 
 /// One frame, planar, and the depth of its samples.
 fn read_image(path: &Path, options: &FrameOptions) -> Result<(Vec<f32>, SampleDepth), DataError> {
-    // One read from disk; the header is checked in memory before decoding.
-    let bytes = std::fs::read(path).map_err(DataError::io(path))?;
-    let reader = || {
-        image::ImageReader::new(std::io::Cursor::new(&bytes))
-            .with_guessed_format()
-            .map_err(|e| DataError::invalid(path, format!("unreadable image: {e}")))
-    };
-    let (w, h) = reader()?.into_dimensions().map_err(|e| DataError::invalid(path, format!("unreadable image: {e}")))?;
+    // The file's size and the image's header are checked before anything is decoded.
+    let mut file = open_checked(path, options)?;
+    let unreadable = |e: &dyn std::fmt::Display| DataError::invalid(path, format!("unreadable image: {e}"));
+    let reader =
+        image::ImageReader::new(BufReader::new(&mut file)).with_guessed_format().map_err(|e| unreadable(&e))?;
+    let format = reader.format();
+    let decoder = reader.into_decoder().map_err(|e| unreadable(&e))?;
+    let (w, h) = image::ImageDecoder::dimensions(&decoder);
     check_size(path, w, h, options)?;
-    let img = reader()?.decode().map_err(|e| DataError::invalid(path, format!("cannot decode: {e}")))?;
+    let img = image::DynamicImage::from_decoder(decoder)
+        .map_err(|e| DataError::invalid(path, format!("cannot decode: {e}")))?;
+    if let Some(reason) =
+        format.map(|f| trailing_data(&mut file, f)).transpose().map_err(DataError::io(path))?.flatten()
+    {
+        return Err(DataError::invalid(path, reason));
+    }
     let color = img.color();
     let depth =
         if color.bytes_per_pixel() / color.channel_count() > 1 { SampleDepth::Sixteen } else { SampleDepth::Eight };
@@ -281,15 +407,43 @@ fn ome_attribute(xml: &str, name: &str) -> Option<String> {
     Some(xml[start..].chars().take_while(|c| *c != '"').collect())
 }
 
-/// Read a stack's page count and, for OME-TIFF, its time and channel sizes.
+/// Read a stack's page count and, for OME-TIFF, its time and channel sizes, with the
+/// default limits.
 pub fn stack_layout(path: &Path) -> Result<StackLayout, DataError> {
+    stack_layout_with(path, &FrameOptions::default())
+}
+
+/// A TIFF decoder whose buffers are bounded by `options`' pixel cap.
+fn tiff_decoder(file: File, options: &FrameOptions) -> tiff::TiffResult<tiff::decoder::Decoder<BufReader<File>>> {
+    let mut limits = tiff::decoder::Limits::default();
+    // A page of max_pixels RGBA f32 samples, at most.
+    let page_bytes = usize::try_from(options.max_pixels.saturating_mul(16)).unwrap_or(usize::MAX);
+    limits.decoding_buffer_size = page_bytes;
+    limits.intermediate_buffer_size = page_bytes;
+    Ok(tiff::decoder::Decoder::new(BufReader::new(file))?.with_limits(limits))
+}
+
+/// [`stack_layout`] under `options`' caps: the walk over the pages stops, with an error, as
+/// soon as the stack has more pages than `max_frames` or more pixels than `max_cell_samples`.
+pub fn stack_layout_with(path: &Path, options: &FrameOptions) -> Result<StackLayout, DataError> {
     let bad = |reason: String| DataError::invalid(path, reason);
-    let file = std::fs::File::open(path).map_err(DataError::io(path))?;
-    let mut decoder = tiff::decoder::Decoder::new(BufReader::new(file)).map_err(|e| bad(e.to_string()))?;
+    let file = open_checked(path, options)?;
+    let mut decoder = tiff_decoder(file, options).map_err(|e| bad(e.to_string()))?;
     let (w, h) = decoder.dimensions().map_err(|e| bad(e.to_string()))?;
     let description = decoder.get_tag_ascii_string(tiff::tags::Tag::ImageDescription).ok();
     let mut pages = 1;
     while decoder.more_images() {
+        if pages >= options.max_frames {
+            return Err(bad(format!("more than {} pages: the limit is {} (max_frames)", pages, options.max_frames)));
+        }
+        let pixels = (pages as u64 + 1).saturating_mul(w as u64 * h as u64);
+        if pixels > options.max_cell_samples {
+            return Err(bad(format!(
+                "{} pages of {w}x{h} and more: {pixels} samples exceeds the limit of {} (max_cell_samples)",
+                pages + 1,
+                options.max_cell_samples
+            )));
+        }
         decoder.next_image().map_err(|e| bad(e.to_string()))?;
         let dims = decoder.dimensions().map_err(|e| bad(e.to_string()))?;
         if dims != (w, h) {
@@ -316,45 +470,25 @@ pub fn stack_layout(path: &Path) -> Result<StackLayout, DataError> {
     Ok(StackLayout { width: w, height: h, pages, frames: t, channels: c, channel_major })
 }
 
-/// The frames `picks` of a stack, planar, and the depth of its samples. An OME-TIFF with
-/// several channels keeps one per page; otherwise a page holds a grey or RGB frame.
-fn read_stack(path: &Path, picks: &[usize], options: &FrameOptions) -> Result<(Vec<Vec<f32>>, SampleDepth), DataError> {
-    let layout = stack_layout(path)?;
-    check_size(path, layout.width, layout.height, options)?;
-    let by_page = layout.channels > 1;
-    // Per output frame and channel: the page, and the channel within the page's samples.
-    let count = options.channels.count();
-    let page_channels: Vec<usize> = if by_page {
-        let list: Vec<usize> = match &options.channels {
-            Channels::Named(NamedChannels::Grey) => vec![0],
-            Channels::Named(NamedChannels::Rgb) => vec![0, 1, 2],
-            Channels::Pick(list) => list.clone(),
-        };
-        if let Some(&c) = list.iter().find(|&&c| c >= layout.channels) {
-            return Err(DataError::invalid(
-                path,
-                format!("channel {c} asked for (frames.channels), the stack has {}", layout.channels),
-            ));
-        }
-        list
-    } else {
-        vec![0; count]
-    };
-    let wanted: Vec<usize> = picks
-        .iter()
-        .flat_map(|&t| page_channels.iter().map(move |&c| if by_page { layout.page(t, c) } else { t }))
-        .collect();
+/// Decodes the pages of a stack that `wanted` selects, in page order, one at a time, and
+/// hands each to `page` with its samples (interleaved) and channels per pixel. Returns the
+/// depth of the samples seen.
+fn visit_stack(
+    path: &Path,
+    pages: usize,
+    wanted: &dyn Fn(usize) -> bool,
+    page: &mut dyn FnMut(usize, Vec<f32>, usize) -> Result<(), DataError>,
+    options: &FrameOptions,
+) -> Result<SampleDepth, DataError> {
     let err = |e: tiff::TiffError| DataError::invalid(path, format!("cannot decode TIFF: {e}"));
-    let file = std::fs::File::open(path).map_err(DataError::io(path))?;
-    let mut decoder = tiff::decoder::Decoder::new(BufReader::new(file)).map_err(err)?;
-    let mut pages: Vec<Option<(Vec<f32>, usize)>> = vec![None; layout.pages];
+    let mut decoder = tiff_decoder(open_checked(path, options)?, options).map_err(err)?;
     let mut depth = SampleDepth::Eight;
-    let last = wanted.iter().copied().max().unwrap_or(0);
-    for (page, slot) in pages.iter_mut().enumerate().take(last + 1) {
-        if page > 0 {
+    let last = (0..pages).rev().find(|&p| wanted(p)).unwrap_or(0);
+    for p in 0..=last {
+        if p > 0 {
             decoder.next_image().map_err(err)?;
         }
-        if !wanted.contains(&page) {
+        if !wanted(p) {
             continue;
         }
         let channels = match decoder.colortype().map_err(err)? {
@@ -384,8 +518,50 @@ fn read_stack(path: &Path, picks: &[usize], options: &FrameOptions) -> Result<(V
                 ))
             }
         };
-        *slot = Some((values, channels));
+        page(p, values, channels)?;
     }
+    Ok(depth)
+}
+
+/// The frames `picks` of a stack, planar, and the depth of its samples. An OME-TIFF with
+/// several channels keeps one per page; otherwise a page holds a grey or RGB frame.
+fn read_stack(path: &Path, picks: &[usize], options: &FrameOptions) -> Result<(Vec<Vec<f32>>, SampleDepth), DataError> {
+    let layout = stack_layout_with(path, options)?;
+    check_size(path, layout.width, layout.height, options)?;
+    let by_page = layout.channels > 1;
+    // Per output frame and channel: the page, and the channel within the page's samples.
+    let count = options.channels.count();
+    let page_channels: Vec<usize> = if by_page {
+        let list: Vec<usize> = match &options.channels {
+            Channels::Named(NamedChannels::Grey) => vec![0],
+            Channels::Named(NamedChannels::Rgb) => vec![0, 1, 2],
+            Channels::Pick(list) => list.clone(),
+        };
+        if let Some(&c) = list.iter().find(|&&c| c >= layout.channels) {
+            return Err(DataError::invalid(
+                path,
+                format!("channel {c} asked for (frames.channels), the stack has {}", layout.channels),
+            ));
+        }
+        list
+    } else {
+        vec![0; count]
+    };
+    let wanted: Vec<usize> = picks
+        .iter()
+        .flat_map(|&t| page_channels.iter().map(move |&c| if by_page { layout.page(t, c) } else { t }))
+        .collect();
+    let mut pages: Vec<Option<(Vec<f32>, usize)>> = vec![None; layout.pages];
+    let depth = visit_stack(
+        path,
+        layout.pages,
+        &|p| wanted.contains(&p),
+        &mut |p, values, channels| {
+            pages[p] = Some((values, channels));
+            Ok(())
+        },
+        options,
+    )?;
     let mut frames = Vec::with_capacity(picks.len());
     for group in wanted.chunks(count) {
         let mut frame = Vec::new();

@@ -465,24 +465,27 @@ impl DatasetIndex {
             .collect()
     }
 
-    /// Decode every frame of every cell (in parallel), reporting each
-    /// corrupt or truncated file. `scan` reads headers only.
+    /// Decode every frame of every cell (in parallel, one frame at a time per cell) under the
+    /// default limits, reporting each corrupt, truncated or oversized file. `scan` reads headers
+    /// only.
     pub fn verify_frames(&self) -> Result<(), DataError> {
-        self.verify_frames_with_progress(&no_progress)
+        self.verify_frames_with_progress(&crate::frames::FrameOptions::default(), &no_progress)
     }
 
-    /// [`DatasetIndex::verify_frames`], reporting progress to `progress`.
-    pub fn verify_frames_with_progress(&self, progress: &(dyn Fn(Progress) + Sync)) -> Result<(), DataError> {
+    /// [`DatasetIndex::verify_frames`] under `options`' limits and channels (its frame count
+    /// is ignored: every frame is decoded), reporting progress to `progress`.
+    pub fn verify_frames_with_progress(
+        &self,
+        options: &crate::frames::FrameOptions,
+        progress: &(dyn Fn(Progress) + Sync),
+    ) -> Result<(), DataError> {
         progress(Progress::Total(self.cells.len()));
         let problems: Vec<Problem> = self
             .cells
             .par_iter()
             .inspect(|_| progress(Progress::Cell))
-            .flat_map_iter(|cell| match crate::frames::read_video(cell) {
-                Ok(v) if v.frames.len() == cell.n_frames => vec![],
-                Ok(v) => {
-                    vec![problem(&cell.dir, format!("{} frames decoded, {} expected", v.frames.len(), cell.n_frames))]
-                }
+            .flat_map_iter(|cell| match crate::frames::verify_video(cell, options) {
+                Ok(()) => vec![],
                 Err(DataError::Invalid { path, reason }) => vec![Problem { path, message: reason }],
                 Err(e) => vec![problem(&cell.dir, e.to_string())],
             })
@@ -554,6 +557,10 @@ fn scan_cell(dir: &Path) -> Result<ScannedCell, Vec<Problem>> {
         })
         .collect();
     files.sort();
+    let max_frames = crate::frames::FrameOptions::default().max_frames;
+    if files.len() > max_frames {
+        return Err(vec![problem(dir, format!("{} frame files: the limit is {max_frames} (max_frames)", files.len()))]);
+    }
     if files.is_empty() {
         return Err(vec![problem(dir, "no frames: expected 1.png .. T.png (or jpg/tif), or one multi-page TIFF")]);
     }

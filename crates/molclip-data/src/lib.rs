@@ -17,6 +17,7 @@ pub mod sampler;
 pub use annotation::{Annotation, DrugRecord, JoinReport, SmilesSource};
 pub use error::DataError;
 pub use frames::{
-    read_video, read_video_with, Channels, FrameOptions, NamedChannels, SampleDepth, ShortVideoPolicy, Video,
+    check_cell, read_video, read_video_with, verify_video, Channels, FrameOptions, NamedChannels, SampleDepth,
+    ShortVideoPolicy, Video,
 };
 pub use index::{CellVideo, DatasetIndex, NaturalCompounds, Problem, Skip, SplitCounts, Unannotated};

@@ -174,6 +174,6 @@ fn scans_report_progress_per_cell() {
     assert_eq!(total.load(Ordering::SeqCst), index.cells.len());
     assert_eq!(ticks.load(Ordering::SeqCst), index.cells.len());
     ticks.store(0, Ordering::SeqCst);
-    index.verify_frames_with_progress(&progress).unwrap();
+    index.verify_frames_with_progress(&molclip_data::FrameOptions::default(), &progress).unwrap();
     assert_eq!(ticks.load(Ordering::SeqCst), index.cells.len());
 }

@@ -93,7 +93,7 @@ impl Training<'_> {
         // Before anything is written (the lock file included).
         if check_frames {
             progress.start("checking frames", index.cells.len() as u64);
-            let checked = index.verify_frames_with_progress(&crate::progress::scan(progress));
+            let checked = index.verify_frames_with_progress(&cfg.data.frames, &crate::progress::scan(progress));
             progress.finish();
             checked?;
         }
