@@ -30,7 +30,12 @@ pub struct SmilesRow {
 /// starting with `#` are comments.
 pub fn read_smiles_table(path: &Path) -> Result<Vec<SmilesRow>, ChemError> {
     let err = |reason: String| ChemError::Table { path: path.display().to_string(), reason };
-    let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let valid = e.utf8_error().valid_up_to();
+        let line = 1 + e.as_bytes()[..valid].iter().filter(|&&b| b == b'\n').count();
+        err(format!("line {line}: not UTF-8 text (byte {valid}); save the table as UTF-8"))
+    })?;
     let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim_start().starts_with('#') && !l.trim().is_empty());
     let (_, header_line) =
         lines.next().ok_or_else(|| err("no header row: expected a table with a `smiles` column".into()))?;
@@ -168,4 +173,42 @@ pub fn featurize_smiles(name: &str, smiles: &str, options: &FeaturizeOptions) ->
 /// Featurise many rows in parallel, keeping their order.
 pub fn featurize_rows(rows: &[SmilesRow], options: &FeaturizeOptions) -> Vec<FeatureRecord> {
     rows.par_iter().map(|r| featurize_smiles(&r.name, &r.smiles, options)).collect()
+}
+
+/// Rows featurised at a time by [`featurize_to`]: what bounds its memory.
+const CHUNK: usize = 1024;
+
+/// Featurises `rows` in parallel, a chunk at a time, writing one JSON line per row to `out`
+/// in row order; `failed` sees each row that failed. Memory is bounded by the chunk, not by
+/// the table. Returns the number of failed rows.
+pub fn featurize_to(
+    rows: &[SmilesRow],
+    options: &FeaturizeOptions,
+    out: &mut dyn std::io::Write,
+    failed: &mut dyn FnMut(&SmilesRow, &str),
+) -> std::io::Result<usize> {
+    let mut failures = 0;
+    for chunk in rows.chunks(CHUNK) {
+        let lines: Vec<(String, Option<String>)> = chunk
+            .par_iter()
+            .map(|r| {
+                let record = featurize_smiles(&r.name, &r.smiles, options);
+                let error = match &record {
+                    FeatureRecord::Err { error, .. } => Some(error.clone()),
+                    FeatureRecord::Ok { .. } => None,
+                };
+                (record.to_json().to_string(), error)
+            })
+            .collect();
+        for (row, (line, error)) in chunk.iter().zip(lines) {
+            if let Some(error) = error {
+                failures += 1;
+                failed(row, &error);
+            }
+            out.write_all(line.as_bytes())?;
+            out.write_all(b"\n")?;
+        }
+    }
+    out.flush()?;
+    Ok(failures)
 }

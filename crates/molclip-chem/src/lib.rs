@@ -23,10 +23,12 @@ mod graph;
 mod molecule;
 
 pub use error::ChemError;
-pub use featurize::{featurize_rows, featurize_smiles, read_smiles_table, FeatureRecord, FeaturizeOptions, SmilesRow};
+pub use featurize::{
+    featurize_rows, featurize_smiles, featurize_to, read_smiles_table, FeatureRecord, FeaturizeOptions, SmilesRow,
+};
 pub use fingerprint::{Fingerprint, FingerprintConfig};
 pub use graph::{
     AtomFeatures, BondFeatures, BondStereo, BondType, ChiralTag, Graph, Hybridization, ATOM_FEATURE_DIMS,
     BOND_FEATURE_DIMS,
 };
-pub use molecule::{FragmentPolicy, Molecule};
+pub use molecule::{FragmentPolicy, Molecule, MAX_HEAVY_ATOMS, MAX_SMILES_CHARS};

@@ -70,6 +70,7 @@ impl Molecule {
         if base.is_empty() {
             return Err(ChemError::Empty);
         }
+        check_size(input, base)?;
         let whole = Self::sanitize(input, base)?;
         let input_fragments = whole.graph.fragments().len();
         if policy == FragmentPolicy::Whole || input_fragments == 1 {
@@ -161,6 +162,11 @@ impl Molecule {
     pub fn num_fragments(&self) -> usize {
         self.graph.fragments().len()
     }
+    /// Whether the encoded molecule has a carbon atom. A salt such as `[Na+].[Cl-]` has no
+    /// organic fragment to keep, and its encoding says little about a drug.
+    pub fn is_organic(&self) -> bool {
+        self.graph.atoms.iter().any(|a| a.atomic_num == 6)
+    }
     /// Which fragments were kept.
     pub fn fragment_policy(&self) -> FragmentPolicy {
         self.policy
@@ -180,6 +186,55 @@ impl std::fmt::Debug for Molecule {
             .field("policy", &self.policy)
             .finish()
     }
+}
+
+/// The longest SMILES molclip parses (characters, CXSMILES extension included).
+pub const MAX_SMILES_CHARS: usize = 20_000;
+/// The most heavy atoms a SMILES may hold: drugs have tens, biologics written as SMILES a
+/// few hundred; canonical ranking grows faster than linearly beyond.
+pub const MAX_HEAVY_ATOMS: usize = 1_000;
+
+/// Refuses, before parsing, an input over [`MAX_SMILES_CHARS`] or with more heavy atoms
+/// than [`MAX_HEAVY_ATOMS`] (counted from the text: bracket atoms other than hydrogen, and
+/// organic-subset symbols).
+fn check_size(input: &str, base: &str) -> Result<(), ChemError> {
+    let too_large = |reason: String| ChemError::TooLarge { smiles: input.into(), reason };
+    let chars = input.chars().count();
+    if chars > MAX_SMILES_CHARS {
+        return Err(too_large(format!("{chars} characters, the limit is {MAX_SMILES_CHARS}")));
+    }
+    let heavy = heavy_atoms(base);
+    if heavy > MAX_HEAVY_ATOMS {
+        return Err(too_large(format!("{heavy} heavy atoms, the limit is {MAX_HEAVY_ATOMS}")));
+    }
+    Ok(())
+}
+
+/// Heavy atoms written in a SMILES, by a lexical pass.
+fn heavy_atoms(smiles: &str) -> usize {
+    let bytes = smiles.as_bytes();
+    let (mut i, mut n) = (0, 0);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'[' => {
+                let end = bytes[i..].iter().position(|&b| b == b']').map_or(bytes.len(), |e| i + e);
+                let inside = &smiles[i + 1..end];
+                let symbol = inside.trim_start_matches(|c: char| c.is_ascii_digit());
+                let hydrogen = symbol.starts_with('H') && !symbol[1..].starts_with(|c: char| c.is_ascii_lowercase());
+                n += usize::from(!hydrogen);
+                i = end + 1;
+            }
+            b'%' => i += 3,
+            b'B' | b'C' | b'N' | b'O' | b'P' | b'S' | b'F' | b'I' | b'b' | b'c' | b'n' | b'o' | b'p' | b's' => {
+                n += 1;
+                // Cl and Br are one atom.
+                let two = matches!(&bytes[i..], [b'C', b'l', ..] | [b'B', b'r', ..]);
+                i += 1 + usize::from(two);
+            }
+            _ => i += 1,
+        }
+    }
+    n
 }
 
 fn graph_of(view: &cs::RdkitMolView) -> Graph {

@@ -133,3 +133,54 @@ fn canonical_smiles_of_real_drugs_is_stable_under_reparsing() {
     }
     assert!(checked > 450);
 }
+
+#[test]
+fn oversized_smiles_are_refused_before_parsing_without_echoing_them() {
+    use molclip_chem::{MAX_HEAVY_ATOMS, MAX_SMILES_CHARS};
+    // At the cap: parsed. One heavy atom over: refused, counting Cl and Br as one atom and
+    // explicit hydrogens as none.
+    let at_cap = "C".repeat(MAX_HEAVY_ATOMS);
+    assert_eq!(Molecule::parse(&at_cap).unwrap().graph().atoms.len(), MAX_HEAVY_ATOMS);
+    let over = format!("Cl{}", "C".repeat(MAX_HEAVY_ATOMS));
+    let e = Molecule::parse(&over).unwrap_err();
+    assert!(matches!(e, ChemError::TooLarge { .. }), "{e}");
+    assert!(e.to_string().contains("1001 heavy atoms, the limit is 1000"), "{e}");
+    let with_hydrogens = format!("[H]{}([H])Br", "C".repeat(MAX_HEAVY_ATOMS - 1));
+    Molecule::parse(&with_hydrogens).unwrap();
+    // 99,999 atoms (once 239 s and 5.7 GB): refused at once, the message short.
+    let huge = "C".repeat(99_999);
+    let start = std::time::Instant::now();
+    let e = Molecule::parse(&huge).unwrap_err().to_string();
+    assert!(start.elapsed().as_secs_f64() < 1.0);
+    assert!(e.contains(&format!("99999 characters, the limit is {MAX_SMILES_CHARS}")), "{e}");
+    assert!(e.len() < 200, "{} characters of message", e.len());
+    let e = Molecule::parse(&"C(".repeat(60)).unwrap_err().to_string();
+    assert!(e.contains("(120 characters)") && e.len() < 250, "{e}");
+}
+
+#[test]
+fn a_non_utf8_table_names_its_line_and_featurizing_streams_in_row_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("drugs.tsv");
+    std::fs::write(&table, b"name\tsmiles\naspirin\tCC(=O)Oc1ccccc1C(=O)O\ncaf\xe9ine\tCn1cnc2c1c(=O)n(C)c(=O)n2C\n")
+        .unwrap();
+    let e = molclip_chem::read_smiles_table(&table).unwrap_err().to_string();
+    assert!(e.contains("drugs.tsv") && e.contains("line 3: not UTF-8"), "{e}");
+    // 2,500 rows: three chunks, one bad row; the streamed lines are the records, in order.
+    let rows: Vec<molclip_chem::SmilesRow> = (0..2500)
+        .map(|i| molclip_chem::SmilesRow {
+            line: i + 2,
+            name: format!("d{i}"),
+            smiles: if i == 1700 { "C1CC".into() } else { "C".repeat(1 + i % 7) },
+            fields: Default::default(),
+        })
+        .collect();
+    let options = molclip_chem::FeaturizeOptions::default();
+    let mut out = Vec::new();
+    let mut failed_lines = Vec::new();
+    let failed = molclip_chem::featurize_to(&rows, &options, &mut out, &mut |r, _| failed_lines.push(r.line)).unwrap();
+    assert_eq!((failed, failed_lines), (1, vec![1702]));
+    let expected: String =
+        molclip_chem::featurize_rows(&rows, &options).iter().map(|r| r.to_json().to_string() + "\n").collect();
+    assert_eq!(String::from_utf8(out).unwrap(), expected);
+}

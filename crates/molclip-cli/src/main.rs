@@ -526,19 +526,21 @@ fn featurize(args: FeaturizeArgs) -> Result<()> {
     };
     // Refuse a bad radius or width once, not once per row.
     molclip_chem::Molecule::parse("C")?.morgan(&options.fingerprint)?;
-    let records = molclip_chem::featurize_rows(&rows, &options);
-    let mut text = String::new();
+    // Streamed: a chunk of rows at a time, to a temporary file renamed into place at the end.
     let mut failed = 0;
-    for (row, record) in rows.iter().zip(&records) {
-        let json = record.to_json();
-        if record.is_err() {
-            failed += 1;
-            eprintln!("{}:{}: {}", args.input.display(), row.line, json["error"].as_str().unwrap_or(""));
-        }
-        text.push_str(&json.to_string());
-        text.push('\n');
-    }
-    write_atomic(&args.output, text.as_bytes())?;
+    molclip_core::write_atomic_with(&args.output, |tmp| -> Result<(), molclip_core::IoError> {
+        let file = std::fs::File::create(tmp).map_err(molclip_core::IoError::at(&args.output))?;
+        let mut out = std::io::BufWriter::new(file);
+        let on_error = &mut |row: &molclip_chem::SmilesRow, error: &str| {
+            eprintln!("{}:{}: {error}", args.input.display(), row.line)
+        };
+        failed = molclip_chem::featurize_to(&rows, &options, &mut out, on_error)
+            .map_err(molclip_core::IoError::at(&args.output))?;
+        out.into_inner()
+            .map_err(|e| molclip_core::IoError::at(&args.output)(e.into_error()))?
+            .sync_all()
+            .map_err(molclip_core::IoError::at(&args.output))
+    })?;
     println!("featurized {} of {} molecules into {}", rows.len() - failed, rows.len(), args.output.display());
     if failed > 0 {
         eprintln!("{failed} row(s) failed; their lines hold {{name, smiles, error}}");

@@ -44,6 +44,9 @@ pub struct PredictArgs {
 fn print_table(predictions: &[Prediction], top: usize, what: &str) {
     for p in predictions {
         println!("{} ({} {what})", p.query, p.rows);
+        if let Some(w) = &p.warning {
+            println!("  warning: {w}");
+        }
         println!("  {:<4} {:<40} {:>8}", "rank", "MoA", "cosine");
         for (k, m) in p.moas.iter().take(top).enumerate() {
             println!("  {:<4} {:<40} {:>8.3}", k + 1, m.moa, m.score);
@@ -73,6 +76,9 @@ pub fn predict(args: PredictArgs, quiet: bool) -> Result<()> {
     let progress = Bars::new(quiet);
     let index = open_dataset(&data, &progress)?;
     let mut predictions = molclip_experiment::predict(&trained, &index, &query, args.nearest, &progress)?;
+    for p in predictions.iter().filter_map(|p| p.warning.as_ref().map(|w| (&p.query, w))) {
+        eprintln!("warning: {}: {}", p.0, p.1);
+    }
     if args.json {
         predictions.iter_mut().for_each(|p| p.moas.truncate(args.top));
         println!("{}", serde_json::to_string_pretty(&predictions)?);

@@ -130,6 +130,13 @@ fn quick_demo_then_report_and_predict() {
     let scores: Vec<f64> = moas.iter().map(|s| s["score"].as_f64().unwrap()).collect();
     assert!(scores.windows(2).all(|w| w[0] >= w[1]) && scores.iter().all(|s| (-1.0..=1.0).contains(s)), "{scores:?}");
     assert_eq!(p[0]["nearest"].as_array().unwrap().len(), 3);
+    assert!(p[0].get("warning").is_none(), "{p}");
+    // A salt with no organic fragment is still ranked, with a warning saying what it is.
+    let o = run_ok(&["predict", "--run", mc.to_str().unwrap(), "--smiles", "[Na+].[Cl-]", "--json", "--quiet"]);
+    let p: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let warning = p[0]["warning"].as_str().unwrap();
+    assert!(warning.contains("no organic fragment"), "{warning}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no organic fragment"), "{}", text(&o));
 
     // New videos: one ranking per drug folder, as a table.
     let o = run_ok(&[

@@ -73,8 +73,7 @@ pub fn predict(
         }
         // Parse everything first, so a bad SMILES is reported before any embedding work.
         for (name, smiles) in named.iter() {
-            molclip::models::parse_smiles(smiles)
-                .map_err(|e| ExperimentError::Input(format!("drug `{name}`: invalid SMILES ({e})")))?;
+            molclip::models::parse_smiles(smiles).map_err(|e| ExperimentError::Input(format!("drug `{name}`: {e}")))?;
         }
     }
     let gallery: Vec<&CellVideo> = index.split(Split::Gallery).collect();
@@ -100,7 +99,18 @@ pub fn predict(
         Query::Molecules(named) => {
             let reference = reference(index, &e.shared, e.shared_dim, &refs, &gallery_rows)?;
             let named: Vec<(String, &str)> = named.iter().map(|(n, s)| (n.clone(), s.as_str())).collect();
-            predict_smiles(trained, &reference, &named, nearest)
+            let mut predictions = predict_smiles(trained, &reference, &named, nearest)?;
+            for (p, (_, smiles)) in predictions.iter_mut().zip(&named) {
+                let molecule = molclip::models::parse_smiles(smiles)?;
+                if !molecule.is_organic() {
+                    p.warning = Some(format!(
+                        "no organic fragment: the encoded molecule `{}` has no carbon (a salt or an ion), \
+                         so this ranking says little about a drug",
+                        molecule.canonical_smiles()
+                    ));
+                }
+            }
+            Ok(predictions)
         }
         Query::Videos(_) => {
             let reference = reference(index, &e.feature, e.dim, &refs, &gallery_rows)?;

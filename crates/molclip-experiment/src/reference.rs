@@ -48,6 +48,9 @@ pub struct Prediction {
     pub moas: Vec<MoaScore>,
     /// The nearest reference drugs.
     pub nearest: Vec<Neighbour>,
+    /// Why the ranking may say little (a SMILES without an organic fragment).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// `rows` scaled to unit norm (a zero row stays zero).
@@ -127,6 +130,7 @@ impl Reference {
                 .take(nearest)
                 .map(|(s, i)| Neighbour { drug: self.drugs[i].0.clone(), moa: self.drugs[i].1.clone(), similarity: s })
                 .collect(),
+            warning: None,
         })
     }
 }

@@ -52,8 +52,8 @@ impl MoleculeConfig {
 /// A SMILES as the molecule encoders read it: its largest organic fragment (salts and
 /// solvents dropped); an unparsable SMILES is an error naming it.
 pub fn parse_smiles(smiles: &str) -> Result<Molecule> {
-    Molecule::parse_with(smiles, FragmentPolicy::Largest)
-        .map_err(|e| ModelError::Input(format!("SMILES {smiles:?}: {e}")))
+    // The chemistry error quotes the SMILES itself (shortened when long).
+    Molecule::parse_with(smiles, FragmentPolicy::Largest).map_err(|e| ModelError::Input(e.to_string()))
 }
 
 /// The molecule of a video's drug, from the annotation's SMILES.
