@@ -295,6 +295,27 @@ fn train_killed_and_resumed_equals_an_uninterrupted_run() {
     assert!(o.status.success(), "{}", text(&o));
     let o = molclip(&["train", "--data", other.to_str().unwrap(), "--out", b.to_str().unwrap(), "--resume", "--quiet"]);
     assert!(!o.status.success() && text(&o).contains("not the dataset this run was trained on"), "{}", text(&o));
+    // Another dataset at the same path: its fingerprint differs.
+    let kept = tmp.path().join("kept");
+    std::fs::rename(&data, &kept).unwrap();
+    std::fs::rename(&other, &data).unwrap();
+    let o = train(&b, &["--resume"]);
+    assert!(!o.status.success() && text(&o).contains("changed since the run started"), "{}", text(&o));
+    std::fs::rename(&data, &other).unwrap();
+    std::fs::rename(&kept, &data).unwrap();
+    // A flipped byte in the checkpoint is caught by its checksum, naming the file.
+    let weights = b.join("checkpoints").join("last").join("model.safetensors");
+    let intact = std::fs::read(&weights).unwrap();
+    let mut flipped = intact.clone();
+    *flipped.last_mut().unwrap() ^= 1;
+    std::fs::write(&weights, &flipped).unwrap();
+    let o = train(&b, &["--resume"]);
+    assert!(
+        !o.status.success() && text(&o).contains("model.safetensors") && text(&o).contains("damaged"),
+        "{}",
+        text(&o)
+    );
+    std::fs::write(&weights, &intact).unwrap();
     let o = train(&b, &["--resume"]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(

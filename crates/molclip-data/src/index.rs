@@ -531,6 +531,24 @@ impl DatasetIndex {
         Err(DataError::Problems(problems))
     }
 
+    /// What identifies the dataset's content without reading its frames: the SHA-256 of its
+    /// annotation (as read), its `simulation.toml` if it has one, and every video's path,
+    /// split, frame count and size. A run records it so that `--resume` refuses a dataset
+    /// that changed under it.
+    pub fn fingerprint(&self) -> String {
+        let mut d = molclip_core::Digest::new();
+        d.field(self.annotation.to_csv());
+        if let Ok(sim) = std::fs::read(self.root.join("simulation.toml")) {
+            d.field(sim);
+        }
+        for c in &self.cells {
+            let rel = c.dir.strip_prefix(&self.root).unwrap_or(&c.dir);
+            d.field(rel.to_string_lossy().as_bytes()).field(c.split.name());
+            d.update((c.n_frames as u64).to_le_bytes()).update(c.width.to_le_bytes()).update(c.height.to_le_bytes());
+        }
+        d.hex()
+    }
+
     /// The videos of one split, in index order.
     pub fn split(&self, split: Split) -> impl Iterator<Item = &CellVideo> + '_ {
         self.cells.iter().filter(move |c| c.split == split)

@@ -20,6 +20,7 @@ use molclip::losses::LossTerm;
 use molclip::nn::ParamStore;
 use molclip::train::{is_checkpoint, StepRecord, TrainConfig, TrainOutputs, TrainedRun};
 use molclip_core::{write_atomic, IoError};
+use molclip_data::DatasetIndex;
 use molclip_report::CurvePoint;
 
 use crate::error::{ExperimentError, Result};
@@ -127,31 +128,54 @@ impl RunDir {
         Ok(write_atomic(&self.config_path(), text.as_bytes())?)
     }
 
-    /// Records the dataset the run trains on, so that `report` and `predict` find its gallery.
-    pub fn record_dataset(&self, data: &Path) -> Result<()> {
-        Ok(write_atomic(&self.root.join(DATA), format!("{}\n", absolute(data).display()).as_bytes())?)
+    /// Records the dataset the run trains on (`data.txt`: its path, then its fingerprint and
+    /// video count), so that `report` and `predict` find its gallery and `--resume` can tell
+    /// whether it changed.
+    pub fn record_dataset(&self, data: &Path, index: &DatasetIndex) -> Result<()> {
+        let text =
+            format!("{}\nfingerprint {} videos {}\n", absolute(data).display(), index.fingerprint(), index.cells.len());
+        Ok(write_atomic(&self.root.join(DATA), text.as_bytes())?)
     }
 
-    /// The dataset the run was trained on, as recorded.
-    pub fn trained_on(&self) -> Result<PathBuf> {
+    fn read_data_record(&self) -> Result<(PathBuf, Option<String>)> {
         let path = self.root.join(DATA);
         let text = std::fs::read_to_string(&path).map_err(|_| ExperimentError::Run {
             path: path.clone(),
             message: "no record of the run's dataset; pass --data".into(),
         })?;
-        Ok(PathBuf::from(text.trim()))
+        let mut lines = text.lines();
+        let data = PathBuf::from(lines.next().unwrap_or("").trim());
+        let fingerprint = lines.next().and_then(|l| l.strip_prefix("fingerprint ")).and_then(|l| l.split(' ').next());
+        Ok((data, fingerprint.map(str::to_string)))
     }
 
-    /// Refuses `data` unless it is the dataset the run was trained on, so that a resumed run
-    /// never continues silently on another.
-    pub fn check_dataset(&self, data: &Path) -> Result<()> {
-        let recorded = self.trained_on()?;
+    /// The dataset the run was trained on, as recorded.
+    pub fn trained_on(&self) -> Result<PathBuf> {
+        Ok(self.read_data_record()?.0)
+    }
+
+    /// Refuses `data` unless it is the dataset the run was trained on, at the same path and
+    /// with the same content (its fingerprint), so that a resumed run never continues silently
+    /// on another or on one that changed.
+    pub fn check_dataset(&self, data: &Path, index: &DatasetIndex) -> Result<()> {
+        let (recorded, fingerprint) = self.read_data_record()?;
         if absolute(data) != absolute(&recorded) {
             return Err(ExperimentError::Input(format!(
                 "{}: --data {} is not the dataset this run was trained on ({}): resume with that one",
                 self.root.display(),
                 data.display(),
                 recorded.display()
+            )));
+        }
+        let now = index.fingerprint();
+        if let Some(before) = fingerprint.filter(|f| *f != now) {
+            return Err(ExperimentError::Input(format!(
+                "{}: the dataset {} changed since the run started (fingerprint {}, recorded {}; its annotation, \
+                 simulation.toml or list of videos differ): resume on the dataset as it was, or train a new run",
+                self.root.display(),
+                data.display(),
+                &now[..16],
+                &before[..16.min(before.len())]
             )));
         }
         Ok(())

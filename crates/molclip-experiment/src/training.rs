@@ -112,11 +112,11 @@ impl Training<'_> {
             )));
         }
         if resume {
-            run.check_dataset(data)?;
+            run.check_dataset(data, index)?;
         }
         run.create()?;
         run.write_config(cfg)?;
-        run.record_dataset(data)?;
+        run.record_dataset(data, index)?;
         let outputs = run.outputs();
         let mut trainer = if resume {
             Trainer::resume(cfg, index, device, &outputs.checkpoint)?

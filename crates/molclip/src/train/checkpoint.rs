@@ -1,7 +1,8 @@
 //! Checkpoints: a folder with the weights (one safetensors file per parameter store), the
-//! optimiser state and the trainer's own state, written atomically. The new folder is written beside the old one under a temporary name,
-//! then renamed into place, so a crash leaves either the old checkpoint or the new one, never
-//! a half-written one.
+//! optimiser state and the trainer's own state, written atomically. The new folder is written
+//! beside the old one under a temporary name, then renamed into place, so a crash leaves either
+//! the old checkpoint or the new one, never a half-written one. `checksums.txt` holds every
+//! file's SHA-256, checked on load: flipped bytes are caught, not trained on.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -10,12 +11,15 @@ use candle_core::Tensor;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use molclip_core::{sha256_file, sha256_hex};
+
 use crate::error::{ModelError, Result};
 use crate::nn::{read_safetensors, write_safetensors, ParamStore};
 use crate::optim::Optimizer;
 
 const OPTIMIZER: &str = "optimizer";
 const STATE: &str = "state.json";
+const CHECKSUMS: &str = "checksums.txt";
 
 /// What a checkpoint folder holds, read back.
 pub struct Checkpoint<S> {
@@ -55,6 +59,19 @@ pub fn save_checkpoint<S: Serialize>(
     write_safetensors(&optimizer.state_tensors()?, &tmp.join(format!("{OPTIMIZER}.safetensors")))?;
     std::fs::write(tmp.join("stores.txt"), names.join("\n")).map_err(ModelError::io(&tmp))?;
     let json = serde_json::to_vec_pretty(state).map_err(|e| ModelError::Input(format!("checkpoint state: {e}")))?;
+    // Every file's digest, state.json's from the bytes about to be written; state.json goes
+    // last, as the mark of a complete checkpoint.
+    let mut sums = String::new();
+    let files = names
+        .iter()
+        .map(|n| format!("{n}.safetensors"))
+        .chain([format!("{OPTIMIZER}.safetensors"), "stores.txt".into()]);
+    for file in files {
+        let path = tmp.join(&file);
+        sums.push_str(&format!("{}  {file}\n", sha256_file(&path).map_err(ModelError::io(&path))?));
+    }
+    sums.push_str(&format!("{}  {STATE}\n", sha256_hex(&json)));
+    std::fs::write(tmp.join(CHECKSUMS), sums).map_err(ModelError::io(&tmp))?;
     std::fs::write(tmp.join(STATE), json).map_err(ModelError::io(&tmp))?;
     // Swap: the old folder moves aside, the new one takes its name, the old one goes.
     let old: PathBuf = parent.join(format!(".{name}.old-{}", std::process::id()));
@@ -114,6 +131,7 @@ pub fn load_checkpoint<S: DeserializeOwned>(dir: &Path) -> Result<Checkpoint<S>>
     if let Some(copy) = recoverable(dir) {
         std::fs::rename(&copy, dir).map_err(ModelError::io(dir))?;
     }
+    verify_checksums(dir)?;
     let state_path = dir.join(STATE);
     let text = std::fs::read(&state_path).map_err(ModelError::io(&state_path))?;
     let state = serde_json::from_slice(&text).map_err(|e| ModelError::Weights {
@@ -127,6 +145,33 @@ pub fn load_checkpoint<S: DeserializeOwned>(dir: &Path) -> Result<Checkpoint<S>>
         stores.insert(name.to_string(), read_safetensors(&dir.join(format!("{name}.safetensors")))?);
     }
     Ok(Checkpoint { stores, optimizer: read_safetensors(&dir.join(format!("{OPTIMIZER}.safetensors")))?, state })
+}
+
+/// Checks every file `checksums.txt` lists against its digest. A checkpoint written before
+/// checksums were recorded has no list and is taken as it is.
+fn verify_checksums(dir: &Path) -> Result<()> {
+    let list = dir.join(CHECKSUMS);
+    let Ok(text) = std::fs::read_to_string(&list) else { return Ok(()) };
+    for (k, line) in text.lines().enumerate().filter(|(_, l)| !l.is_empty()) {
+        let Some((expected, file)) = line.split_once("  ") else {
+            return Err(ModelError::Weights {
+                what: format!("{}:{}", list.display(), k + 1),
+                message: "expected `<sha256>  <file>`".into(),
+            });
+        };
+        let path = dir.join(file);
+        let actual = sha256_file(&path).map_err(ModelError::io(&path))?;
+        if actual != expected {
+            return Err(ModelError::Weights {
+                what: path.display().to_string(),
+                message: format!(
+                    "damaged: its SHA-256 is {actual}, the checkpoint recorded {expected} (flipped bytes or an \
+                     incomplete copy); restore the run folder from a backup, or train again without --resume"
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -186,6 +231,17 @@ mod tests {
         std::fs::create_dir(parent.join(".last.tmp-2")).unwrap();
         let ck: Checkpoint<State> = load_checkpoint(&dir).unwrap();
         assert_eq!(ck.state, State { epoch: 3, step: 10 });
+        // One flipped byte in the weights is caught, naming the file.
+        let weights = dir.join("model.safetensors");
+        let mut bytes = std::fs::read(&weights).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x10;
+        std::fs::write(&weights, &bytes).unwrap();
+        let err = load_checkpoint::<State>(&dir).err().unwrap().to_string();
+        assert!(err.contains("model.safetensors") && err.contains("damaged"), "{err}");
+        bytes[last] ^= 0x10;
+        std::fs::write(&weights, &bytes).unwrap();
+        load_checkpoint::<State>(&dir).unwrap();
         // A folder that is not a checkpoint is an error naming the file.
         let err = load_checkpoint::<State>(tmp.path()).err().unwrap().to_string();
         assert!(err.contains("state.json"), "{err}");
