@@ -49,6 +49,9 @@ pub enum SimError {
         /// What the operating system said.
         source: std::io::Error,
     },
+    /// An output another process is writing.
+    #[error(transparent)]
+    Lock(#[from] molclip_core::LockError),
     /// A frame that cannot be encoded.
     #[error("{path}: cannot encode image: {reason}")]
     Encode {

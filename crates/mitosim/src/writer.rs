@@ -21,7 +21,7 @@ use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
 
 use crate::biology::{CellResponse, ScreenBiology};
-use molclip_core::Split;
+use molclip_core::{OutputLock, Split};
 
 use crate::cell::{Cell, CellMovie};
 use crate::config::{FrameFormat, SimConfig};
@@ -158,6 +158,8 @@ pub struct GenerationReport {
     pub drugs: usize,
     /// MoAs in the dataset.
     pub moas: usize,
+    /// Staging folders of interrupted runs that were removed.
+    pub removed_staging: Vec<PathBuf>,
 }
 
 /// Write the dataset to `out`. `progress` is called once per finished cell.
@@ -169,19 +171,26 @@ pub fn generate(
     progress: &(dyn Fn() + Sync),
 ) -> Result<GenerationReport, SimError> {
     let start = Instant::now();
-    check_replaceable(out, overwrite)?;
     let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "dataset".into());
-    let staging = out.with_file_name(format!(".{name}.partial-{}", std::process::id()));
-    // Staging folders of earlier runs that were killed go first: they are ours, by name.
-    let prefix = format!(".{name}.partial-");
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).map_err(SimError::io(parent))?;
+    // One writer per dataset: the lock sits beside it, as the dataset is renamed into place.
+    let _lock = OutputLock::acquire(&parent.join(format!(".{name}.lock")), out, "a dataset there", true)?;
+    check_replaceable(out, overwrite)?;
+    let staging = out.with_file_name(format!(".{name}.partial-{}", std::process::id()));
+    // Staging folders of earlier runs go first: they are ours, by name, and with the lock
+    // held, no living process is writing them.
+    let prefix = format!(".{name}.partial-");
+    let mut removed_staging = Vec::new();
     for entry in fs::read_dir(parent).into_iter().flatten().flatten() {
         if entry.file_name().to_string_lossy().starts_with(&prefix) {
             fs::remove_dir_all(entry.path()).map_err(SimError::io(entry.path()))?;
+            removed_staging.push(entry.path());
         }
     }
     fs::create_dir_all(&staging).map_err(SimError::io(&staging))?;
-    // Nothing half-written is left behind: on any error the staging folder goes.
+    // Nothing half-written is left behind: on any error, or on Ctrl-C, the staging folder goes.
+    let _on_interrupt = molclip_core::remove_on_interrupt(&staging);
     let written = write_staging(plan, &staging, progress).and_then(|()| {
         if out.exists() {
             fs::remove_dir_all(out).map_err(SimError::io(out))?;
@@ -198,6 +207,7 @@ pub fn generate(
         seconds: start.elapsed().as_secs_f64(),
         drugs: plan.library.drugs.len(),
         moas: plan.library.moas.len(),
+        removed_staging,
     })
 }
 

@@ -229,11 +229,33 @@ fn at_least_one(text: &str) -> std::result::Result<usize, String> {
 
 fn main() {
     keep_freed_memory();
+    // Ctrl-C and SIGTERM: staging folders go before the process does (a run folder's
+    // checkpoint needs nothing: it is swapped in atomically and resumes).
+    let _ = ctrlc::set_handler(|| {
+        molclip_core::remove_registered();
+        eprintln!("interrupted");
+        std::process::exit(130);
+    });
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", error_text(&e));
         std::process::exit(2);
     }
+}
+
+/// The error and its causes on one line, each cause once: our errors already quote the OS
+/// error they wrap, which the chain would otherwise repeat.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain().map(|c| c.to_string()) {
+        if !text.contains(&cause) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -287,6 +309,9 @@ fn simulate(args: SimulateArgs, quiet: bool) -> Result<()> {
     let report = mitosim::generate(&plan, &args.out, args.force, &|| bar.inc(1))
         .with_context(|| format!("writing {}", args.out.display()))?;
     bar.finish_and_clear();
+    for stale in &report.removed_staging {
+        eprintln!("removed {}, left by an interrupted simulation", stale.display());
+    }
     println!(
         "wrote {}: {} MoAs, {} drugs ({} novel), {} cells, {} frames of {}x{} in {:.1} s ({:.0} frames/s)",
         args.out.display(),

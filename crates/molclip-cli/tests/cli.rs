@@ -272,6 +272,9 @@ fn train_killed_and_resumed_equals_an_uninterrupted_run() {
         assert_eq!(o.status.signal(), Some(9));
     }
     assert!(!b.join("model.safetensors").exists());
+    // The time up to the last checkpoint (step 4) survives the kill, and the resumed run adds to it.
+    let killed: f64 = std::fs::read_to_string(b.join("train_seconds.txt")).unwrap().trim().parse().unwrap();
+    assert!(killed > 0.0);
     // Without --resume an existing run is not overwritten.
     let o = train(&b, &[]);
     assert!(!o.status.success() && text(&o).contains("--resume"), "{}", text(&o));
@@ -318,6 +321,8 @@ fn train_killed_and_resumed_equals_an_uninterrupted_run() {
     std::fs::write(&weights, &intact).unwrap();
     let o = train(&b, &["--resume"]);
     assert!(o.status.success(), "{}", text(&o));
+    let total: f64 = std::fs::read_to_string(b.join("train_seconds.txt")).unwrap().trim().parse().unwrap();
+    assert!(total > killed, "{total} <= {killed}");
     assert_eq!(
         std::fs::read(a.join("model.safetensors")).unwrap(),
         std::fs::read(b.join("model.safetensors")).unwrap()

@@ -1,10 +1,15 @@
 //! The vocabulary every floor of molclip shares: the splits of a dataset, the identities a
-//! model learns and is scored on, and file writes that a reader never sees half done.
+//! model learns and is scored on, file writes that a reader never sees half done, one writer
+//! per output, digests, and what an interrupted process removes.
 
 mod digest;
 mod fs;
+mod interrupt;
+mod lock;
 mod vocabulary;
 
 pub use digest::{sha256_file, sha256_hex, Digest};
 pub use fs::{write_atomic, write_atomic_with, IoError};
+pub use interrupt::{remove_on_interrupt, remove_registered, RemoveOnInterrupt};
+pub use lock::{LockError, OutputLock};
 pub use vocabulary::{Identity, Split, UnknownName};

@@ -125,6 +125,7 @@ pub fn run_demo(options: &DemoOptions, device: &Device, progress: &dyn Progress)
     let start = Instant::now();
     let out = &options.out;
     std::fs::create_dir_all(out).map_err(IoError::at(out))?;
+    let _lock = molclip_core::OutputLock::acquire(&out.join(".lock"), out, "a demo there", false)?;
     let data = out.join("data");
     let sim = dataset_config(options)?;
     let coupling = sim.biology.structure_coupling;

@@ -39,6 +39,9 @@ pub enum ExperimentError {
         /// What is wrong, and what to do.
         message: String,
     },
+    /// An output another process is writing.
+    #[error(transparent)]
+    Lock(#[from] molclip_core::LockError),
     /// A request that cannot be served (an empty split, a missing SMILES), said why.
     #[error("{0}")]
     Input(String),

@@ -26,11 +26,9 @@ use molclip_report::CurvePoint;
 use crate::error::{ExperimentError, Result};
 
 /// An exclusive hold on a run folder while a training writes into it (an OS file lock on
-/// `RUN/.lock`); released when dropped, and by the OS if the process dies.
-#[derive(Debug)]
-pub struct RunLock {
-    _file: std::fs::File,
-}
+/// `RUN/.lock`, which names the holder's pid); released when dropped, and by the OS if the
+/// process dies.
+pub type RunLock = molclip_core::OutputLock;
 
 /// A run folder, by its path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,17 +100,7 @@ impl RunDir {
     /// this one holds it, is refused instead of mixing two runs' files.
     pub fn lock(&self) -> Result<RunLock> {
         self.create()?;
-        let path = self.root.join(".lock");
-        let io = |source| ExperimentError::Io { path: path.clone(), source };
-        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io)?;
-        match file.try_lock() {
-            Ok(()) => Ok(RunLock { _file: file }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(ExperimentError::Input(format!(
-                "{}: another molclip process is training into this run folder; wait for it, or choose another --out",
-                self.root.display()
-            ))),
-            Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
-        }
+        Ok(RunLock::acquire(&self.root.join(".lock"), &self.root, "into this run folder", false)?)
     }
 
     /// The run's config, parsed and validated.
@@ -304,7 +292,7 @@ mod tests {
         let run = RunDir::new(dir.path().join("run"));
         let held = run.lock().unwrap();
         let e = run.lock().unwrap_err().to_string();
-        assert!(e.contains("another molclip process"), "{e}");
+        assert!(e.contains(&format!("another molclip process (pid {})", std::process::id())), "{e}");
         drop(held);
         run.lock().unwrap();
     }

@@ -129,6 +129,8 @@ impl Training<'_> {
         let total: usize = trainer.steps_per_stage()?.iter().sum();
         progress.start("training", total as u64);
         let start = Instant::now();
+        // The time of earlier sessions, up to their last checkpoint.
+        let before = if resume { run.train_seconds().unwrap_or(0.0) } else { 0.0 };
         let mut write_error = None;
         let result = trainer.train(Some(&outputs), &mut |r: &StepRecord, state: &RunState| {
             progress.set_position(state.step);
@@ -139,12 +141,20 @@ impl Training<'_> {
                 r.epoch + 1,
                 r.loss
             ));
-            // An epoch ended: its checkpoint is written, and so is the log up to it.
-            if state.batch == 0 {
-                if let Err(e) = run.write_metrics(&state.records) {
-                    write_error = Some(e);
-                    return false;
-                }
+            // An epoch ended: its checkpoint is written, and so is the log up to it. With every
+            // checkpoint goes the time so far, so that a killed run keeps it.
+            let every = cfg.checkpoint_every as u64;
+            let written = if state.batch == 0 {
+                run.write_metrics(&state.records)
+                    .and_then(|()| run.write_train_seconds(before + start.elapsed().as_secs_f64()))
+            } else if every > 0 && state.step.is_multiple_of(every) {
+                run.write_train_seconds(before + start.elapsed().as_secs_f64())
+            } else {
+                Ok(())
+            };
+            if let Err(e) = written {
+                write_error = Some(e);
+                return false;
             }
             on_step(state)
         });
@@ -158,7 +168,6 @@ impl Training<'_> {
         })?;
         run.write_metrics(&state.records)?;
         run.save_model(&trainer.store)?;
-        let before = if resume { run.train_seconds().unwrap_or(0.0) } else { 0.0 };
         let seconds = before + start.elapsed().as_secs_f64();
         run.write_train_seconds(seconds)?;
         let molecules = (cfg.kind == molclip::train::ModelKind::Molclip).then(|| trainer.molecule_coverage());
