@@ -70,4 +70,29 @@ impl SimError {
         let path = path.into();
         move |source| Self::Io { path, source }
     }
+
+    /// The error with a path under `from` named as under `to`: files written in a staging
+    /// folder are named where the user will find them.
+    pub(crate) fn moved(self, from: &std::path::Path, to: &std::path::Path) -> Self {
+        let rename = |path: PathBuf| path.strip_prefix(from).map(|rest| to.join(rest)).unwrap_or(path);
+        match self {
+            Self::Io { path, source } => Self::Io { path: rename(path), source },
+            Self::Encode { path, reason } => Self::Encode { path: rename(path), reason },
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_in_a_staging_folder_name_the_output() {
+        let e = SimError::io("/d/.out.partial-7/l1/a.png")(std::io::Error::other("disk full"));
+        let moved = e.moved(std::path::Path::new("/d/.out.partial-7"), std::path::Path::new("/d/out"));
+        assert_eq!(moved.to_string(), "/d/out/l1/a.png: disk full");
+        let elsewhere = SimError::io("/e/f")(std::io::Error::other("x")).moved("/d".as_ref(), "/o".as_ref());
+        assert_eq!(elsewhere.to_string(), "/e/f: x");
+    }
 }

@@ -191,7 +191,8 @@ pub fn generate(
     fs::create_dir_all(&staging).map_err(SimError::io(&staging))?;
     // Nothing half-written is left behind: on any error, or on Ctrl-C, the staging folder goes.
     let _on_interrupt = molclip_core::remove_on_interrupt(&staging);
-    let written = write_staging(plan, &staging, progress).and_then(|()| {
+    // Errors name the files as they would be in `out`: the staging name means nothing to a user.
+    let written = write_staging(plan, &staging, progress).map_err(|e| e.moved(&staging, out)).and_then(|()| {
         if out.exists() {
             fs::remove_dir_all(out).map_err(SimError::io(out))?;
         }

@@ -104,3 +104,15 @@ fn an_os_error_is_said_once() {
     assert_eq!(t.matches("(os error").count(), 1, "{t}");
     assert!(t.contains(s(&file)), "{t}");
 }
+
+#[test]
+fn the_demo_never_replaces_a_folder_molclip_did_not_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = tmp.path().join("demo");
+    let theirs = demo.join("runs").join("single-frame");
+    std::fs::create_dir_all(&theirs).unwrap();
+    std::fs::write(theirs.join("notes.txt"), b"mine").unwrap();
+    let o = molclip(&["demo", "--quick", "--out", s(&demo), "--quiet"]);
+    assert!(!o.status.success() && text(&o).contains("not a molclip run (no run.toml)"), "{}", text(&o));
+    assert_eq!(std::fs::read(theirs.join("notes.txt")).unwrap(), b"mine");
+}

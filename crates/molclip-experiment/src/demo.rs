@@ -109,6 +109,15 @@ fn train(
     }
     let resume = same_config && run.has_checkpoint();
     if !resume && run.root().exists() {
+        // Replaced only when molclip wrote it: a run folder (run.toml) or an empty one.
+        let empty = std::fs::read_dir(run.root()).map_err(IoError::at(run.root()))?.next().is_none();
+        if !empty && !run.config_path().exists() {
+            return Err(ExperimentError::Input(format!(
+                "{} holds files that are not a molclip run (no run.toml): the demo never replaces them; \
+                 move them away or choose another --out",
+                run.root().display()
+            )));
+        }
         std::fs::remove_dir_all(run.root()).map_err(IoError::at(run.root()))?;
     }
     // The dataset was just written by the simulator: its frames need no second reading.

@@ -11,7 +11,7 @@ use candle_core::Tensor;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use molclip_core::{sha256_file, sha256_hex};
+use molclip_core::{sha256_file, sha256_hex, IoError};
 
 use crate::error::{ModelError, Result};
 use crate::nn::{read_safetensors, write_safetensors, ParamStore};
@@ -50,29 +50,18 @@ pub fn save_checkpoint<S: Serialize>(
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(ModelError::io(&tmp))?;
     }
-    std::fs::create_dir_all(&tmp).map_err(ModelError::io(&tmp))?;
-    let mut names = Vec::new();
-    for (name, store) in stores {
-        store.save(&tmp.join(format!("{name}.safetensors")))?;
-        names.push(name.to_string());
+    // Errors name the checkpoint, not its temporary folder, which goes on any error.
+    let real = |path: PathBuf| path.strip_prefix(&tmp).map(|rest| dir.join(rest)).unwrap_or(path);
+    let written = write_checkpoint_files(&tmp, stores, optimizer, state).map_err(|e| match e {
+        ModelError::Io { path, source } | ModelError::Nn(molclip_nn::NnError::Io(IoError { path, source })) => {
+            ModelError::Io { path: real(path), source }
+        }
+        other => other,
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
     }
-    write_safetensors(&optimizer.state_tensors()?, &tmp.join(format!("{OPTIMIZER}.safetensors")))?;
-    std::fs::write(tmp.join("stores.txt"), names.join("\n")).map_err(ModelError::io(&tmp))?;
-    let json = serde_json::to_vec_pretty(state).map_err(|e| ModelError::Input(format!("checkpoint state: {e}")))?;
-    // Every file's digest, state.json's from the bytes about to be written; state.json goes
-    // last, as the mark of a complete checkpoint.
-    let mut sums = String::new();
-    let files = names
-        .iter()
-        .map(|n| format!("{n}.safetensors"))
-        .chain([format!("{OPTIMIZER}.safetensors"), "stores.txt".into()]);
-    for file in files {
-        let path = tmp.join(&file);
-        sums.push_str(&format!("{}  {file}\n", sha256_file(&path).map_err(ModelError::io(&path))?));
-    }
-    sums.push_str(&format!("{}  {STATE}\n", sha256_hex(&json)));
-    std::fs::write(tmp.join(CHECKSUMS), sums).map_err(ModelError::io(&tmp))?;
-    std::fs::write(tmp.join(STATE), json).map_err(ModelError::io(&tmp))?;
+    written?;
     // Swap: the old folder moves aside, the new one takes its name, the old one goes.
     let old: PathBuf = parent.join(format!(".{name}.old-{}", std::process::id()));
     if dir.exists() {
@@ -86,6 +75,40 @@ pub fn save_checkpoint<S: Serialize>(
         }
     }
     Ok(())
+}
+
+/// The files of a checkpoint, written into `tmp`; `state.json` last.
+fn write_checkpoint_files<S: Serialize>(
+    tmp: &Path,
+    stores: &[(&str, &ParamStore)],
+    optimizer: &Optimizer,
+    state: &S,
+) -> Result<()> {
+    std::fs::create_dir_all(tmp).map_err(ModelError::io(tmp))?;
+    let mut names = Vec::new();
+    for (name, store) in stores {
+        store.save(&tmp.join(format!("{name}.safetensors")))?;
+        names.push(name.to_string());
+    }
+    write_safetensors(&optimizer.state_tensors()?, &tmp.join(format!("{OPTIMIZER}.safetensors")))?;
+    let write =
+        |file: &str, bytes: &[u8]| std::fs::write(tmp.join(file), bytes).map_err(ModelError::io(&tmp.join(file)));
+    write("stores.txt", names.join("\n").as_bytes())?;
+    let json = serde_json::to_vec_pretty(state).map_err(|e| ModelError::Input(format!("checkpoint state: {e}")))?;
+    // Every file's digest, state.json's from the bytes about to be written; state.json goes
+    // last, as the mark of a complete checkpoint.
+    let mut sums = String::new();
+    let files = names
+        .iter()
+        .map(|n| format!("{n}.safetensors"))
+        .chain([format!("{OPTIMIZER}.safetensors"), "stores.txt".into()]);
+    for file in files {
+        let path = tmp.join(&file);
+        sums.push_str(&format!("{}  {file}\n", sha256_file(&path).map_err(ModelError::io(&path))?));
+    }
+    sums.push_str(&format!("{}  {STATE}\n", sha256_hex(&json)));
+    write(CHECKSUMS, sums.as_bytes())?;
+    write(STATE, &json)
 }
 
 /// The folders a swap of `dir` leaves beside it until it finishes (`.NAME.tmp-PID`, the new
