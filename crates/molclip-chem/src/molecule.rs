@@ -86,11 +86,18 @@ impl Molecule {
 
     fn sanitize(input: &str, base: &str) -> Result<Self, ChemError> {
         let parsed = cs::parse(base).map_err(|e| syntax_error(input, base, &e))?;
+        let cx = input.get(base.len()..).map(str::trim).filter(|s| s.starts_with('|'));
         // RDKit drops explicit [H] atoms on read; chematic models that as a
         // separate hydrogen-suppressed molecule in RDKit's atom order.
         let suppressed = cs::rdkit_hydrogen_suppressed(&parsed);
         let hydrogens_removed = suppressed.is_some();
-        let inner = suppressed.unwrap_or(parsed);
+        let mut inner = suppressed.unwrap_or_else(|| parsed.clone());
+        // CXSMILES ring double-bond marks (`c:`, `t:`), which RDKit applies over the
+        // directional bonds and chematic does not read.
+        let ring_marks = cx.map(cx_double_bond_marks).unwrap_or_default();
+        if !ring_marks.is_empty() {
+            inner = apply_ring_marks(&parsed, inner, hydrogens_removed, &ring_marks);
+        }
         let view = cs::rdkit_mol_view(&inner).map_err(|e| match e {
             cs::RdkitSmilesError::Sanitization(reason) => ChemError::Sanitization {
                 smiles: input.into(),
@@ -108,7 +115,7 @@ impl Molecule {
             .map_err(|e| ChemError::Unsupported { smiles: input.into(), reason: e.to_string() })?;
         let mut graph = graph_of(&view);
         if !hydrogens_removed {
-            if let Some(cx) = input.get(base.len()..).map(str::trim).filter(|s| s.starts_with('|')) {
+            if let Some(cx) = cx {
                 apply_cx_bond_marks(&mut graph, &view.chematic_bond, cx);
             }
         }
@@ -316,30 +323,9 @@ fn graph_of(view: &cs::RdkitMolView) -> Graph {
 /// unknown geometry (`STEREOANY`). CX bond numbers count bonds in the order
 /// the SMILES writes them, which is chematic's bond order.
 fn apply_cx_bond_marks(graph: &mut Graph, chematic_bond: &[usize], cx: &str) {
-    let body = cx.trim_start_matches('|');
-    let body = &body[..body.find('|').unwrap_or(body.len())];
-    // Coordinates `(x,y,z;...)` hold commas of their own.
-    let mut flat = String::new();
-    let mut depth = 0;
-    for c in body.chars() {
-        match c {
-            '(' => depth += 1,
-            ')' => depth -= 1,
-            _ if depth == 0 => flat.push(c),
-            _ => {}
-        }
-    }
-    let mut field = "";
     let mut marks: Vec<(bool, usize, usize)> = Vec::new();
-    for token in flat.split(',') {
-        let item = match token.split_once(':') {
-            Some((name, rest)) if name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '&') => {
-                field = name;
-                rest
-            }
-            _ => token,
-        };
-        if !matches!(field, "wU" | "wD" | "w") {
+    for (field, item) in cx_items(cx) {
+        if !matches!(field.as_str(), "wU" | "wD" | "w") {
             continue;
         }
         if let Some((a, b)) = item.split_once('.') {
@@ -365,6 +351,211 @@ fn apply_cx_bond_marks(graph: &mut Graph, chematic_bond: &[usize], cx: &str) {
             }
         }
     }
+}
+
+/// The items of a CXSMILES extension (`|...|`), each with the field it belongs to:
+/// `|wU:3.4,5.6,c:7|` gives (wU, 3.4), (wU, 5.6), (c, 7).
+fn cx_items(cx: &str) -> Vec<(String, String)> {
+    let body = cx.trim_start_matches('|');
+    let body = &body[..body.find('|').unwrap_or(body.len())];
+    // Coordinates `(x,y,z;...)` hold commas of their own.
+    let mut flat = String::new();
+    let mut depth = 0;
+    for c in body.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            _ if depth == 0 => flat.push(c),
+            _ => {}
+        }
+    }
+    let mut field = String::new();
+    let mut items = Vec::new();
+    for token in flat.split(',') {
+        let item = match token.split_once(':') {
+            Some((name, rest)) if name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '&') => {
+                field = name.to_string();
+                rest
+            }
+            _ => token,
+        };
+        items.push((field.clone(), item.to_string()));
+    }
+    items
+}
+
+/// CXSMILES ring double-bond marks: (trans, bond as written) for `t:` and `c:` (`ctu:`,
+/// unknown geometry, is left to the directional bonds).
+fn cx_double_bond_marks(cx: &str) -> Vec<(bool, usize)> {
+    cx_items(cx)
+        .into_iter()
+        .filter(|(field, _)| field == "c" || field == "t")
+        .filter_map(|(field, item)| Some((field == "t", item.parse().ok()?)))
+        .collect()
+}
+
+/// Applies CXSMILES `c:`/`t:` marks the way RDKit does: the geometry is cis or trans
+/// relative to the lowest-numbered neighbour of each double-bond atom, in the molecule as
+/// written (explicit hydrogens included), and wins over directional bonds. Where the control
+/// neighbour is a hydrogen that RDKit removes, the other neighbour stands for it, with the
+/// geometry flipped. The mark is realised on `inner` (the molecule every feature is read
+/// from) by setting the directions of the double bond's single bonds; where `inner` already
+/// agrees, nothing changes.
+fn apply_ring_marks(
+    parsed: &cs::parser::Molecule,
+    mut inner: cs::parser::Molecule,
+    hydrogens_removed: bool,
+    marks: &[(bool, usize)],
+) -> cs::parser::Molecule {
+    use chematic_core::{AtomIdx, BondIdx, BondOrder};
+    // Input atom -> atom of `inner`.
+    let map: Vec<Option<usize>> = if hydrogens_removed {
+        let Some((_, kept)) =
+            cs::rdkit_hydrogen_suppressed_with_map(parsed).filter(|(m, _)| m.atom_count() == inner.atom_count())
+        else {
+            return inner;
+        };
+        let mut map = vec![None; parsed.atom_count()];
+        for (new, &old) in kept.iter().enumerate() {
+            map[old] = Some(new);
+        }
+        map
+    } else {
+        (0..parsed.atom_count()).map(Some).collect()
+    };
+    let neighbours = |m: &cs::parser::Molecule, x: usize| -> Vec<(usize, usize)> {
+        m.neighbors(AtomIdx(x as u32)).map(|(n, b)| (n.0 as usize, b.0 as usize)).collect()
+    };
+    for &(trans, written) in marks {
+        if written >= parsed.bond_count() {
+            continue;
+        }
+        let bond = parsed.bond(BondIdx(written as u32));
+        if bond.order != BondOrder::Double {
+            continue;
+        }
+        let (a, b) = (bond.atom1.0.min(bond.atom2.0) as usize, bond.atom1.0.max(bond.atom2.0) as usize);
+        // The control neighbour of each end, as RDKit picks it, then as it stands in `inner`.
+        let mut trans = trans;
+        let mut control = |x: usize, partner: usize| -> Option<usize> {
+            let others: Vec<usize> =
+                neighbours(parsed, x).into_iter().map(|(n, _)| n).filter(|&n| n != partner).collect();
+            let c = *others.iter().min()?;
+            if map[c].is_some() {
+                return map[c];
+            }
+            trans = !trans;
+            others.iter().find(|&&n| n != c && map[n].is_some()).and_then(|&n| map[n])
+        };
+        let (Some(ca), Some(cb)) = (control(a, b), control(b, a)) else { continue };
+        let (Some(a), Some(b)) = (map[a], map[b]) else { continue };
+        // Which side of its double-bond atom `x` a neighbour sits on, from a directional bond
+        // (`true`: above): `/` from atom1 to atom2 puts atom2 above atom1.
+        let side_of = |m: &cs::parser::Molecule, bond: usize, x: usize| -> Option<bool> {
+            let e = m.bond(BondIdx(bond as u32));
+            let up = match e.order {
+                BondOrder::Up => true,
+                BondOrder::Down => false,
+                _ => return None,
+            };
+            Some(if e.atom1.0 as usize == x { up } else { !up })
+        };
+        let side = |m: &cs::parser::Molecule, x: usize, partner: usize, c: usize| -> Option<bool> {
+            let mut others: Vec<(usize, usize)> = neighbours(m, x).into_iter().filter(|&(n, _)| n != partner).collect();
+            others.sort_by_key(|&(n, _)| n != c);
+            others.iter().find_map(|&(n, bond)| side_of(m, bond, x).map(|s| if n == c { s } else { !s }))
+        };
+        let (sa, sb) = (side(&inner, a, b, ca), side(&inner, b, a, cb));
+        if let (Some(x), Some(y)) = (sa, sb) {
+            if (x != y) == trans {
+                continue;
+            }
+        }
+        // What an end allows: bonds of its own (to atoms in no other double bond) take any
+        // direction; a bond to an atom of another double bond keeps that bond's geometry, so
+        // its direction, when it has one or when the other bond's other bonds fix it, fixes
+        // the end's side; a bond whose new direction would give another double bond a
+        // geometry it lacks is left without one.
+        let double_partner = |n: usize, x: usize| {
+            neighbours(&inner, n)
+                .into_iter()
+                .find(|&(m, bond)| m != x && inner.bond(BondIdx(bond as u32)).order == BondOrder::Double)
+        };
+        let directional_except = |n: usize, skip: &[usize]| -> Option<(usize, bool)> {
+            neighbours(&inner, n)
+                .into_iter()
+                .filter(|(m, _)| !skip.contains(m))
+                .find_map(|(m, bond)| side_of(&inner, bond, n).map(|s| (m, s)))
+        };
+        // (the control's side where the end fixes it, or inconsistency; bonds to set, each
+        // with the side its neighbour must take relative to the control's: same or opposite)
+        struct End {
+            fixed: Vec<bool>,
+            set: Vec<(usize, usize, Option<bool>)>,
+        }
+        let end_of = |x: usize, partner: usize, c: usize| -> End {
+            let mut end = End { fixed: Vec::new(), set: Vec::new() };
+            for (n, bond) in neighbours(&inner, x).into_iter().filter(|&(n, _)| n != partner) {
+                let e = inner.bond(BondIdx(bond as u32));
+                let plain = matches!(e.order, BondOrder::Single | BondOrder::Up | BondOrder::Down)
+                    && !inner.is_smiles_ring_closure(BondIdx(bond as u32));
+                let own = side_of(&inner, bond, x);
+                // The control's side that `n` at `side` implies.
+                let control = |side: bool| if n == c { side } else { !side };
+                match double_partner(n, x) {
+                    None if plain => end.set.push((n, bond, None)),
+                    None => end.fixed.extend(own.map(control)),
+                    Some(_) if own.is_some() || !plain => end.fixed.extend(own.map(control)),
+                    Some((y, _)) => match directional_except(n, &[x, y]) {
+                        // `x` must sit opposite `z` at `n`, so `n` sits on `z`'s side of `x`.
+                        Some((_, z_side)) => {
+                            end.fixed.push(control(z_side));
+                            end.set.push((n, bond, Some(z_side)));
+                        }
+                        None if directional_except(y, &[n]).is_none() => end.set.push((n, bond, None)),
+                        None => {}
+                    },
+                }
+            }
+            end
+        };
+        let (end_a, end_b) = (end_of(a, b, ca), end_of(b, a, cb));
+        let fixed = |e: &End| -> Result<Option<bool>, ()> {
+            match e.fixed.first() {
+                None => Ok(None),
+                Some(&v) if e.fixed.iter().all(|&w| w == v) => Ok(Some(v)),
+                Some(_) => Err(()),
+            }
+        };
+        let (Ok(fa), Ok(fb)) = (fixed(&end_a), fixed(&end_b)) else { continue };
+        let free = |e: &End, f: Option<bool>| f.is_none() && !e.set.is_empty();
+        // The control's side at each end after the change, and which ends are set.
+        // A fixed end keeps its side (its bonds are set to agree with it, forced ones
+        // included); a free one takes the side the mark asks for.
+        let (above_a, above_b) = match (fa, fb, free(&end_a, fa), free(&end_b, fb)) {
+            (_, _, true, true) => {
+                let above_a = sa.unwrap_or(true);
+                (above_a, above_a != trans)
+            }
+            (Some(above_a), _, _, true) => (above_a, above_a != trans),
+            (_, Some(above_b), true, _) => (above_b != trans, above_b),
+            // Both fixed and agreeing: only forced bonds to write. Otherwise neither end can
+            // take the geometry without changing another double bond's.
+            (Some(x), Some(y), _, _) if (x != y) == trans => (x, y),
+            _ => continue,
+        };
+        let plan = [(a, ca, above_a, &end_a), (b, cb, above_b, &end_b)];
+        for (x, c, above_c, end) in plan {
+            for &(n, bond, forced) in &end.set {
+                let above = forced.unwrap_or(if n == c { above_c } else { !above_c });
+                // `n` above `x`: Up when the bond runs from `x` to `n`, Down when from `n` to `x`.
+                let from_x = inner.bond(BondIdx(bond as u32)).atom1.0 as usize == x;
+                let order = if above == from_x { BondOrder::Up } else { BondOrder::Down };
+                inner = inner.with_bond_order(BondIdx(bond as u32), order);
+            }
+        }
+    }
+    inner
 }
 
 fn syntax_error(input: &str, base: &str, e: &cs::SmilesError) -> ChemError {

@@ -54,3 +54,37 @@ fn features_fingerprints_and_canonical_smiles_match_rdkit() {
     // difference is a regression worth reading.
     assert!(canon_diff.is_empty(), "canonical SMILES agree on {canon_ok}/1000");
 }
+
+/// CXSMILES ring double-bond marks (`c:`, `t:`), as RDKit 2026.09.1 reads them: cis or
+/// trans relative to the lowest-numbered neighbour of each double-bond atom in the
+/// molecule as written (explicit hydrogens included), winning over the directional bonds;
+/// ignored in rings under eight atoms. Expected values are RDKit's (`Chem.MolFromSmiles`).
+#[test]
+fn cxsmiles_ring_marks_set_double_bond_geometry_as_rdkit_does() {
+    use molclip_chem::{BondStereo, Molecule};
+    let cases: [(&str, &str, BondStereo); 9] = [
+        ("C1CCCC=CCCC1 |t:4|", "C1=C/CCCCCCC/1", BondStereo::E),
+        ("C1CCCC=CCCC1 |c:4|", "C1=C\\CCCCCCC/1", BondStereo::Z),
+        // Explicit hydrogens whose directions disagree with the mark: the mark wins.
+        ("[H]/C1=C(\\[H])CCCCCCC1 |c:1|", "C1=C\\CCCCCCC/1", BondStereo::Z),
+        ("[H]/C1=C(/[H])CCCCCCC1 |t:1|", "C1=C/CCCCCCC/1", BondStereo::E),
+        ("[H]C1=C([H])CCCCCCC1 |t:1|", "C1=C/CCCCCCC/1", BondStereo::E),
+        ("C1CCC=CCCC1 |t:3|", "C1=C/CCCCCC/1", BondStereo::E),
+        ("C1CCC=CC1 |t:3|", "C1=CCCCC1", BondStereo::None),
+        // The control is the lowest-numbered neighbour, not the ring's: F, and the methyl.
+        ("FC1=CCCCCCCC1 |t:1|", "F/C1=C/CCCCCCC1", BondStereo::E),
+        ("C(C)1=CCCCCCCC1 |t:1|", "C/C1=C/CCCCCCC1", BondStereo::Z),
+    ];
+    for (smiles, canonical, stereo) in cases {
+        let m = Molecule::parse(smiles).unwrap();
+        assert_eq!(m.canonical_smiles(), canonical, "{smiles}");
+        let doubles: Vec<BondStereo> = m
+            .graph()
+            .bonds
+            .iter()
+            .filter(|b| b.bond_type == molclip_chem::BondType::Double)
+            .map(|b| b.stereo)
+            .collect();
+        assert_eq!(doubles, vec![stereo], "{smiles}");
+    }
+}
