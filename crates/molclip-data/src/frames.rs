@@ -302,7 +302,18 @@ fn trailing_data(file: &mut File, format: image::ImageFormat) -> std::io::Result
     let len = file.metadata()?.len();
     match format {
         image::ImageFormat::Png => {
-            // Chunks from the 8-byte signature on: length (4), type (4), data, CRC (4).
+            // The usual case in one read: the file ends with an empty IEND chunk.
+            const IEND: [u8; 12] = [0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60, 0x82];
+            if len >= 12 {
+                let mut tail = [0u8; 12];
+                file.seek(SeekFrom::End(-12))?;
+                file.read_exact(&mut tail)?;
+                if tail == IEND {
+                    return Ok(None);
+                }
+            }
+            // Otherwise find it: chunks from the 8-byte signature on are length (4), type (4),
+            // data, CRC (4).
             let mut at = 8u64;
             while at + 12 <= len {
                 let mut head = [0u8; 8];
