@@ -554,17 +554,17 @@ fn featurize(args: FeaturizeArgs) -> Result<()> {
     // Streamed: a chunk of rows at a time, to a temporary file renamed into place at the end.
     let mut failed = 0;
     molclip_core::write_atomic_with(&args.output, |tmp| -> Result<(), molclip_core::IoError> {
-        let file = std::fs::File::create(tmp).map_err(molclip_core::IoError::at(&args.output))?;
-        let mut out = std::io::BufWriter::new(file);
-        let on_error = &mut |row: &molclip_chem::SmilesRow, error: &str| {
-            eprintln!("{}:{}: {error}", args.input.display(), row.line)
+        let write = || -> std::io::Result<usize> {
+            let mut out = std::io::BufWriter::new(std::fs::File::create(tmp)?);
+            let on_error = &mut |row: &molclip_chem::SmilesRow, error: &str| {
+                eprintln!("{}:{}: {error}", args.input.display(), row.line)
+            };
+            let failed = molclip_chem::featurize_to(&rows, &options, &mut out, on_error)?;
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            Ok(failed)
         };
-        failed = molclip_chem::featurize_to(&rows, &options, &mut out, on_error)
-            .map_err(molclip_core::IoError::at(&args.output))?;
-        out.into_inner()
-            .map_err(|e| molclip_core::IoError::at(&args.output)(e.into_error()))?
-            .sync_all()
-            .map_err(molclip_core::IoError::at(&args.output))
+        failed = write().map_err(molclip_core::IoError::at(&args.output))?;
+        Ok(())
     })?;
     println!("featurized {} of {} molecules into {}", rows.len() - failed, rows.len(), args.output.display());
     if failed > 0 {

@@ -266,8 +266,7 @@ pub fn verify_video(cell: &CellVideo, options: &FrameOptions) -> Result<(), Data
             files.len()
         }
         FrameSource::Stack(path) => {
-            let layout = stack_layout_with(path, options)?;
-            check_size(path, layout.width, layout.height, options)?;
+            let layout = stack_layout_checked(path, options)?;
             let mut pages = 0;
             let count = &mut |_, _, _| {
                 pages += 1;
@@ -481,6 +480,13 @@ pub fn stack_layout_with(path: &Path, options: &FrameOptions) -> Result<StackLay
     Ok(StackLayout { width: w, height: h, pages, frames: t, channels: c, channel_major })
 }
 
+/// [`stack_layout_with`], and its pages within `max_pixels`: what decoding a stack needs.
+fn stack_layout_checked(path: &Path, options: &FrameOptions) -> Result<StackLayout, DataError> {
+    let layout = stack_layout_with(path, options)?;
+    check_size(path, layout.width, layout.height, options)?;
+    Ok(layout)
+}
+
 /// Decodes the pages of a stack that `wanted` selects, in page order, one at a time, and
 /// hands each to `page` with its samples (interleaved) and channels per pixel. Returns the
 /// depth of the samples seen.
@@ -537,8 +543,7 @@ fn visit_stack(
 /// The frames `picks` of a stack, planar, and the depth of its samples. An OME-TIFF with
 /// several channels keeps one per page; otherwise a page holds a grey or RGB frame.
 fn read_stack(path: &Path, picks: &[usize], options: &FrameOptions) -> Result<(Vec<Vec<f32>>, SampleDepth), DataError> {
-    let layout = stack_layout_with(path, options)?;
-    check_size(path, layout.width, layout.height, options)?;
+    let layout = stack_layout_checked(path, options)?;
     let by_page = layout.channels > 1;
     // Per output frame and channel: the page, and the channel within the page's samples.
     let count = options.channels.count();

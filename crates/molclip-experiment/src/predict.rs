@@ -66,6 +66,8 @@ pub fn predict(
     nearest: usize,
     progress: &dyn Progress,
 ) -> Result<Vec<Prediction>> {
+    // Per molecule, why its ranking may say little.
+    let mut warnings: Vec<Option<String>> = Vec::new();
     if let Query::Molecules(named) = query {
         trained.molclip("zero-shot prediction from a SMILES")?;
         if named.is_empty() {
@@ -73,7 +75,15 @@ pub fn predict(
         }
         // Parse everything first, so a bad SMILES is reported before any embedding work.
         for (name, smiles) in named.iter() {
-            molclip::models::parse_smiles(smiles).map_err(|e| ExperimentError::Input(format!("drug `{name}`: {e}")))?;
+            let molecule = molclip::models::parse_smiles(smiles)
+                .map_err(|e| ExperimentError::Input(format!("drug `{name}`: {e}")))?;
+            warnings.push((!molecule.is_organic()).then(|| {
+                format!(
+                    "no organic fragment: the encoded molecule `{}` has no carbon (a salt or an ion), \
+                     so this ranking says little about a drug",
+                    molecule.canonical_smiles()
+                )
+            }));
         }
     }
     let gallery: Vec<&CellVideo> = index.split(Split::Gallery).collect();
@@ -100,15 +110,8 @@ pub fn predict(
             let reference = reference(index, &e.shared, e.shared_dim, &refs, &gallery_rows)?;
             let named: Vec<(String, &str)> = named.iter().map(|(n, s)| (n.clone(), s.as_str())).collect();
             let mut predictions = predict_smiles(trained, &reference, &named, nearest)?;
-            for (p, (_, smiles)) in predictions.iter_mut().zip(&named) {
-                let molecule = molclip::models::parse_smiles(smiles)?;
-                if !molecule.is_organic() {
-                    p.warning = Some(format!(
-                        "no organic fragment: the encoded molecule `{}` has no carbon (a salt or an ion), \
-                         so this ranking says little about a drug",
-                        molecule.canonical_smiles()
-                    ));
-                }
+            for (p, warning) in predictions.iter_mut().zip(warnings) {
+                p.warning = warning;
             }
             Ok(predictions)
         }
