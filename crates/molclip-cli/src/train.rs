@@ -1,12 +1,12 @@
 //! `molclip train` and `molclip embed`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use molclip::train::TrainConfig;
 use molclip_data::Split;
-use molclip_experiment::{embed_to_files, open_dataset, RunDir, Training};
+use molclip_experiment::{embed_to_files, open_dataset, resolve_config, Overrides, RunDir, Training};
 
 use crate::progress::Bars;
 
@@ -53,52 +53,22 @@ pub struct TrainArgs {
 
 pub fn train(args: TrainArgs, quiet: bool) -> Result<()> {
     let run = RunDir::new(&args.out);
-    let read = |path: &Path| -> Result<TrainConfig> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        TrainConfig::from_toml(&text).with_context(|| format!("{}", path.display()))
+    let mut overrides = Overrides { epochs: args.epochs, init: args.init.clone(), ..Overrides::default() };
+    for set in &args.sets {
+        let (key, value) = set.split_once('=').with_context(|| format!("--set {set}: expected KEY=VALUE"))?;
+        overrides.sets.push((key.to_string(), value.to_string()));
+    }
+    let given = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let cfg = TrainConfig::from_toml(&text).with_context(|| format!("{}", path.display()))?;
+            Some((path.display().to_string(), cfg))
+        }
+        None if !args.resume => bail!("--config is needed (except with --resume)"),
+        None => None,
     };
-    let overridden = |mut cfg: TrainConfig| -> Result<TrainConfig> {
-        let mut pairs = Vec::new();
-        for set in &args.sets {
-            let (key, value) = set.split_once('=').with_context(|| format!("--set {set}: expected KEY=VALUE"))?;
-            pairs.push((key.trim(), value.trim()));
-        }
-        if !pairs.is_empty() {
-            cfg.set_all(&pairs).context("--set")?;
-        }
-        if let Some(n) = args.epochs {
-            cfg.cap_epochs(n)?;
-        }
-        if let Some(init) = &args.init {
-            cfg.init = Some(std::path::absolute(init).with_context(|| init.display().to_string())?);
-        }
-        Ok(cfg)
-    };
-    let cfg = match (&args.config, args.resume) {
-        (given, true) => {
-            let cfg = read(&run.config_path())?;
-            // A config given with --resume must be the run's own: the run continues as it began.
-            let given = match given {
-                Some(path) => Some((path.display().to_string(), overridden(read(path)?)?)),
-                None if args.epochs.is_some() || !args.sets.is_empty() || args.init.is_some() => {
-                    Some(("--epochs/--set/--init".to_string(), overridden(cfg.clone())?))
-                }
-                None => None,
-            };
-            if let Some((what, given)) = given {
-                if let Some(field) = cfg.difference(&given) {
-                    bail!(
-                        "{what}: {field} differs from the run's own {} (run against given): \
-                         --resume continues the run as it was configured",
-                        run.config_path().display()
-                    );
-                }
-            }
-            cfg
-        }
-        (Some(path), false) => overridden(read(path)?)?,
-        (None, false) => bail!("--config is needed (except with --resume)"),
-    };
+    let given = given.as_ref().map(|(what, cfg)| (what.as_str(), cfg.clone()));
+    let cfg = resolve_config(&run, given, &overrides, args.resume)?;
     let progress = Bars::new(quiet);
     let index = open_dataset(&args.data, &progress)?;
     crate::report_selection(&index, args.strict)?;

@@ -28,6 +28,13 @@ pub struct Video {
     pub frames: Vec<Vec<f32>>,
 }
 
+impl Video {
+    /// The same size, channels and depth, without frames.
+    pub fn clone_header(&self) -> Self {
+        Self { width: self.width, height: self.height, channels: self.channels, depth: self.depth, frames: Vec::new() }
+    }
+}
+
 /// How finely the source quantised its samples: what a cache needs to keep them exactly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum SampleDepth {

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::augment::{transform_video, AugmentConfig, VideoTransform};
 use crate::error::DataError;
-use crate::frames::{read_video_with, FrameOptions};
+use crate::frames::{read_video_with, sample_indices, FrameCountError, FrameOptions, Video};
 use crate::index::CellVideo;
 use crate::resize::{resize_video, ResizedVideo};
 use crate::sampler::SamplerConfig;
@@ -220,15 +220,12 @@ impl VideoDataset {
 
     /// One augmented video, `[T, C, crop, crop]` appended to `out`.
     pub fn item(&self, i: usize, mode: Mode, out: &mut Vec<f32>) -> Result<usize, DataError> {
-        let video = self.video(i)?.to_video();
         let a = &self.config.augment;
         let t = match mode {
             Mode::Train { seed, epoch } => VideoTransform::seeded(a, seed, epoch, i as u64),
             Mode::Eval => VideoTransform::centre(a),
         };
-        let n = &self.config.normalize;
-        transform_video(&video, a, &t, &n.mean.0, &n.std.0, out);
-        Ok(video.frames.len())
+        Ok(model_input(&*self.video(i)?, &self.config, &t, out))
     }
 
     /// Build one batch, its videos in parallel.
@@ -263,6 +260,27 @@ impl VideoDataset {
             moa_ids: indices.iter().map(|&i| self.cells[i].moa_id).collect(),
         })
     }
+}
+
+/// A resized video transformed by `t` and normalised, `[T, C, crop, crop]` appended to `out`;
+/// returns its frame count.
+fn model_input(video: &ResizedVideo, config: &DataConfig, t: &VideoTransform, out: &mut Vec<f32>) -> usize {
+    let video = video.to_video();
+    let n = &config.normalize;
+    transform_video(&video, &config.augment, t, &n.mean.0, &n.std.0, out);
+    video.frames.len()
+}
+
+/// The evaluation input of a video already in memory (every frame, the channels the model
+/// sees): what [`VideoDataset::item`] makes of the same video read from disk in
+/// [`Mode::Eval`]. Frames sampled as `config.frames` says, resized and quantised to the
+/// video's depth, centre-cropped and normalised; `[T, C, crop, crop]` appended to `out`.
+/// Returns its frame count.
+pub fn eval_input(video: &Video, config: &DataConfig, out: &mut Vec<f32>) -> Result<usize, FrameCountError> {
+    let picks = sample_indices(video.frames.len(), config.frames.frames, config.frames.short)?;
+    let sampled = Video { frames: picks.iter().map(|&i| video.frames[i].clone()).collect(), ..video.clone_header() };
+    let resized = resize_video(&sampled, config.augment.resize);
+    Ok(model_input(&resized, config, &VideoTransform::centre(&config.augment), out))
 }
 
 /// Batches built ahead on a background thread, in order.

@@ -83,6 +83,51 @@ pub struct EmbeddingSet {
     pub moas: Names,
 }
 
+/// A feature matrix as the caller holds it: row-major `[rows, cols]`, float32 or float64,
+/// borrowed (each row is read once, into the evaluator's normalised copy).
+#[derive(Debug, Clone, Copy)]
+pub enum Features<'a> {
+    /// float32 values.
+    F32(&'a [f32]),
+    /// float64 values.
+    F64(&'a [f64]),
+}
+
+impl Features<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Features::F32(v) => v.len(),
+            Features::F64(v) => v.len(),
+        }
+    }
+
+    /// Row `i` of width `cols`, widened into `buf` when it is float32.
+    fn row<'b>(&'b self, i: usize, cols: usize, buf: &'b mut Vec<f64>) -> &'b [f64] {
+        match self {
+            Features::F64(v) => &v[i * cols..(i + 1) * cols],
+            Features::F32(v) => {
+                buf.clear();
+                buf.extend(v[i * cols..(i + 1) * cols].iter().map(|&x| x as f64));
+                buf
+            }
+        }
+    }
+}
+
+/// The label columns of an embedding matrix, one entry per row: `set` (query, gallery,
+/// novel or train), `replicate`, `drug` and `moa` (empty outside the MoA task).
+#[derive(Debug, Clone, Copy)]
+pub struct LabelColumns<'a, S: AsRef<str>> {
+    /// Each row's role.
+    pub set: &'a [S],
+    /// Each row's replicate.
+    pub replicate: &'a [S],
+    /// Each row's drug.
+    pub drug: &'a [S],
+    /// Each row's MoA, empty outside the MoA task.
+    pub moa: &'a [S],
+}
+
 impl EmbeddingSet {
     /// Pair an embedding matrix with its metadata CSV, checking every row.
     pub fn from_files(features: &Matrix, metadata: &Path) -> Result<Self, EvalError> {
@@ -98,36 +143,87 @@ impl EmbeddingSet {
                 ))
             })
         };
-        let (c_set, c_rep, c_drug, c_moa) = (col("set")?, col("replicate")?, col("drug")?, col("moa")?);
-        let mut rows = Vec::new();
+        let cols = [col("set")?, col("replicate")?, col("drug")?, col("moa")?];
+        let mut columns: [Vec<String>; 4] = Default::default();
         for (i, record) in reader.records().enumerate() {
             let record = record.map_err(|e| err(format!("line {}: {e}", i + 2)))?;
-            let get = |c: usize| record.get(c).unwrap_or("").trim().to_string();
-            rows.push((get(c_set), get(c_rep), get(c_drug), get(c_moa)));
+            for (column, &c) in columns.iter_mut().zip(&cols) {
+                column.push(record.get(c).unwrap_or("").trim().to_string());
+            }
         }
-        if rows.len() != features.rows {
-            return Err(err(format!(
-                "{} metadata rows but {} embedding rows: they must match, in the same order",
-                rows.len(),
-                features.rows
-            )));
+        let [set, replicate, drug, moa] = &columns;
+        let labels = LabelColumns { set, replicate, drug, moa };
+        // Rows are the file's lines (its header is line 1).
+        let at = |row: Option<usize>, reason: String| match row {
+            Some(i) => err(format!("line {}: {reason}", i + 2)),
+            None => err(reason),
+        };
+        Self::build(Features::F64(&features.data), features.cols, &labels, &at)
+    }
+
+    /// Pair a row-major `[rows, cols]` feature matrix with its label columns, checking every
+    /// row; errors name the row (0-based) and what was expected.
+    pub fn from_columns<S: AsRef<str>>(
+        features: Features<'_>,
+        cols: usize,
+        labels: &LabelColumns<'_, S>,
+    ) -> Result<Self, EvalError> {
+        let at = |row: Option<usize>, reason: String| match row {
+            Some(i) => EvalError::Input(format!("metadata row {i}: {reason}")),
+            None => EvalError::Input(format!("metadata: {reason}")),
+        };
+        Self::build(features, cols, labels, &at)
+    }
+
+    /// Both constructors: `at` makes an error about a row (or the whole table).
+    fn build<S: AsRef<str>>(
+        features: Features<'_>,
+        cols: usize,
+        labels: &LabelColumns<'_, S>,
+        at: &dyn Fn(Option<usize>, String) -> EvalError,
+    ) -> Result<Self, EvalError> {
+        let n = labels.set.len();
+        for (name, len) in
+            [("replicate", labels.replicate.len()), ("drug", labels.drug.len()), ("moa", labels.moa.len())]
+        {
+            if len != n {
+                return Err(at(
+                    None,
+                    format!("{n} values in `set` but {len} in `{name}`: every column has one per row"),
+                ));
+            }
+        }
+        if cols == 0 || features.len() != n * cols {
+            let rows = features.len().checked_div(cols).unwrap_or(0);
+            return Err(at(
+                None,
+                format!(
+                    "{n} metadata rows but {rows} embedding rows of {cols} values: they must match, in the same order"
+                ),
+            ));
         }
         let mut set = Self {
-            query: (Embeddings::empty(features.cols), Metadata::default()),
-            gallery: (Embeddings::empty(features.cols), Metadata::default()),
-            novel: (Embeddings::empty(features.cols), Metadata::default()),
+            query: (Embeddings::empty(cols), Metadata::default()),
+            gallery: (Embeddings::empty(cols), Metadata::default()),
+            novel: (Embeddings::empty(cols), Metadata::default()),
             replicates: Names::default(),
             drugs: Names::default(),
             moas: Names::default(),
         };
-        for (i, (role, rep, drug, moa)) in rows.iter().enumerate() {
-            let line = i + 2;
-            let split = Split::parse_among(role, &Split::LABELLED).map_err(|e| err(format!("line {line}: {e}")))?;
+        let mut buf = Vec::with_capacity(cols);
+        for i in 0..n {
+            let (role, rep, drug, moa) = (
+                labels.set[i].as_ref().trim(),
+                labels.replicate[i].as_ref().trim(),
+                labels.drug[i].as_ref().trim(),
+                labels.moa[i].as_ref().trim(),
+            );
+            let split = Split::parse_among(role, &Split::LABELLED).map_err(|e| at(Some(i), e.to_string()))?;
             if split == Split::Train {
                 continue;
             }
             if drug.is_empty() {
-                return Err(err(format!("line {line}: empty drug")));
+                return Err(at(Some(i), "empty drug".into()));
             }
             let moa = if moa.is_empty() { NO_MOA } else { set.moas.id(moa) };
             let ids = (set.replicates.id(rep), set.drugs.id(drug), moa);
@@ -136,15 +232,15 @@ impl EmbeddingSet {
                 Split::Gallery => &mut set.gallery,
                 _ => &mut set.novel,
             };
-            emb.push_row(&features.data[i * features.cols..(i + 1) * features.cols])
-                .map_err(|reason| EvalError::Input(format!("embedding row {i} (metadata line {line}): {reason}")))?;
+            emb.push_row(features.row(i, cols, &mut buf))
+                .map_err(|reason| at(Some(i), format!("embedding row {i}: {reason}")))?;
             meta.push(ids.0, ids.1, ids.2);
         }
         if set.query.1.is_empty() {
-            return Err(err("no query rows (set = query)".into()));
+            return Err(at(None, "no query rows (set = query)".into()));
         }
         if set.gallery.1.is_empty() {
-            return Err(err("no gallery rows (set = gallery)".into()));
+            return Err(at(None, "no gallery rows (set = gallery)".into()));
         }
         Ok(set)
     }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use molclip::candle_core::Device;
-use molclip::train::embed_cells;
+use molclip::train::{embed_cells, TrainedRun};
 use molclip_core::IoError;
 use molclip_data::annotation::drug_key;
 use molclip_data::{CellVideo, DatasetIndex, Split};
@@ -73,10 +73,90 @@ pub fn evaluation_splits(index: &DatasetIndex) -> Vec<Split> {
     splits
 }
 
+/// The metadata of embedded videos, one entry per row: the `evaluate` schema (`set`,
+/// `replicate`, `drug`, `moa`, empty outside the MoA task) and `path`, the cell's folder
+/// relative to the dataset.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EmbeddedMetadata {
+    /// Each row's split.
+    pub set: Vec<String>,
+    /// Each row's replicate.
+    pub replicate: Vec<String>,
+    /// Each row's drug (its folder's name without the `_suffix`).
+    pub drug: Vec<String>,
+    /// Each row's MoA; empty outside the MoA task.
+    pub moa: Vec<String>,
+    /// Each row's cell folder, relative to the dataset.
+    pub path: Vec<String>,
+}
+
+impl EmbeddedMetadata {
+    /// The columns' names, in the CSV's order.
+    pub const COLUMNS: [&str; 5] = ["set", "replicate", "drug", "moa", "path"];
+
+    /// The labels of `cells` of `index`.
+    pub fn of(index: &DatasetIndex, cells: &[CellVideo]) -> Self {
+        let mut m = Self::default();
+        for c in cells {
+            // Empty outside the MoA task, which `evaluate` reads as drug identification only.
+            m.set.push(c.split.name().to_string());
+            m.replicate.push(c.replicate.clone());
+            m.drug.push(drug_key(&c.drug_folder).to_string());
+            m.moa.push(c.moa_id.map(|m| index.annotation.moa_name(m)).unwrap_or_default());
+            m.path.push(c.dir.strip_prefix(&index.root).unwrap_or(&c.dir).to_string_lossy().into_owned());
+        }
+        m
+    }
+
+    /// The columns in [`Self::COLUMNS`]' order.
+    pub fn columns(&self) -> [&[String]; 5] {
+        [&self.set, &self.replicate, &self.drug, &self.moa, &self.path]
+    }
+
+    /// The metadata CSV.
+    pub fn to_csv(&self) -> Vec<u8> {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        w.write_record(Self::COLUMNS).expect("writing to memory");
+        for i in 0..self.set.len() {
+            w.write_record(self.columns().map(|c| c[i].as_str())).expect("writing to memory");
+        }
+        w.into_inner().expect("writing to memory")
+    }
+}
+
+/// Videos embedded with a run's model: the BNNeck features, `[n, dim]` row-major, and their
+/// labels.
+#[derive(Debug, Clone)]
+pub struct EmbeddedVideos {
+    /// The features.
+    pub rows: Vec<f32>,
+    /// Feature width.
+    pub dim: usize,
+    /// One entry per row.
+    pub metadata: EmbeddedMetadata,
+}
+
+/// Embeds the videos of `splits` (in that order) with `trained`, `batch` at a time.
+pub fn embed_dataset(
+    trained: &TrainedRun,
+    index: &DatasetIndex,
+    splits: &[Split],
+    batch: usize,
+    progress: &dyn Progress,
+) -> Result<EmbeddedVideos> {
+    let cells = cells_of(index, splits)?;
+    let metadata = EmbeddedMetadata::of(index, &cells);
+    let dim = trained.video().dim();
+    progress.start("embedding", cells.len() as u64);
+    let rows =
+        embed_cells(trained.video(), &trained.cfg, cells, &trained.device, batch, &mut |k| progress.advance(k as u64));
+    progress.finish();
+    Ok(EmbeddedVideos { rows: rows?, dim, metadata })
+}
+
 /// Embeds the videos of `splits` with the run's model (the BNNeck feature) into `out`
-/// (float32 `.npy`, `[N, D]`) and the metadata CSV beside it (`set,replicate,drug,moa,path`,
-/// the `evaluate` schema; `moa` is empty outside the MoA task, `path` is the cell's folder
-/// relative to the dataset); returns the metadata's path.
+/// (float32 `.npy`, `[N, D]`) and the metadata CSV beside it ([`EmbeddedMetadata`]);
+/// returns the metadata's path.
 pub fn embed_to_files(
     run: &RunDir,
     index: &DatasetIndex,
@@ -87,28 +167,12 @@ pub fn embed_to_files(
     progress: &dyn Progress,
 ) -> Result<PathBuf> {
     let trained = run.load(device)?;
-    let cells = cells_of(index, splits)?;
-    let mut metadata = csv::Writer::from_writer(Vec::new());
-    let header = ["set", "replicate", "drug", "moa", "path"];
-    metadata.write_record(header).expect("writing to memory");
-    for c in &cells {
-        // Empty outside the MoA task, which `evaluate` reads as drug identification only.
-        let moa = c.moa_id.map(|m| index.annotation.moa_name(m)).unwrap_or_default();
-        let path = c.dir.strip_prefix(&index.root).unwrap_or(&c.dir);
-        let fields = [c.split.name(), &c.replicate, drug_key(&c.drug_folder), &moa, &path.to_string_lossy()];
-        metadata.write_record(fields).expect("writing to memory");
-    }
-    let metadata = metadata.into_inner().expect("writing to memory");
-    let (n, dim) = (cells.len(), trained.video().dim());
-    progress.start("embedding", n as u64);
-    let rows = embed_cells(trained.video(), &trained.cfg, cells, device, batch, &mut |k| progress.advance(k as u64));
-    progress.finish();
-    let rows = rows?;
+    let embedded = embed_dataset(&trained, index, splits, batch, progress)?;
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(IoError::at(parent))?;
     }
-    molclip_eval::npy::write_npy_f32(out, n, dim, &rows)?;
+    molclip_eval::npy::write_npy_f32(out, embedded.metadata.set.len(), embedded.dim, &embedded.rows)?;
     let meta_path = out.with_extension("csv");
-    molclip_core::write_atomic(&meta_path, &metadata)?;
+    molclip_core::write_atomic(&meta_path, &embedded.metadata.to_csv())?;
     Ok(meta_path)
 }

@@ -16,10 +16,10 @@ pub mod training;
 
 pub use analysis::{analyse_run, moa_names, Analysis};
 pub use demo::{run_demo, DemoOptions, DemoOutcome};
-pub use embedding::{embed_to_files, evaluation_splits, open_dataset};
+pub use embedding::{embed_dataset, embed_to_files, evaluation_splits, open_dataset, EmbeddedMetadata, EmbeddedVideos};
 pub use error::{ExperimentError, Result};
 pub use predict::{predict, Query};
 pub use progress::{Progress, Silent};
 pub use reference::{Prediction, Reference, ZeroShot};
 pub use run_dir::RunDir;
-pub use training::{TrainOutcome, Training};
+pub use training::{resolve_config, Overrides, TrainOutcome, Training};

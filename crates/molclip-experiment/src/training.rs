@@ -44,6 +44,73 @@ impl TrainOutcome {
     }
 }
 
+/// What a front end changes in a config before training: `--set`-style overrides by dotted
+/// path, a cap on every stage's epochs, pretrained weights. Recorded in run.toml.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `(dotted.path, value)` pairs, validated like the file.
+    pub sets: Vec<(String, String)>,
+    /// Cap every stage at this many epochs.
+    pub epochs: Option<usize>,
+    /// Start from these pretrained weights.
+    pub init: Option<std::path::PathBuf>,
+}
+
+impl Overrides {
+    /// Whether anything is overridden.
+    pub fn is_empty(&self) -> bool {
+        self.sets.is_empty() && self.epochs.is_none() && self.init.is_none()
+    }
+
+    /// `cfg` with the overrides applied.
+    pub fn apply(&self, mut cfg: TrainConfig) -> Result<TrainConfig> {
+        if !self.sets.is_empty() {
+            let pairs: Vec<(&str, &str)> = self.sets.iter().map(|(k, v)| (k.trim(), v.trim())).collect();
+            cfg.set_all(&pairs)?;
+        }
+        if let Some(n) = self.epochs {
+            cfg.cap_epochs(n)?;
+        }
+        if let Some(init) = &self.init {
+            cfg.init = Some(
+                std::path::absolute(init).map_err(|e| ExperimentError::Input(format!("{}: {e}", init.display())))?,
+            );
+        }
+        Ok(cfg)
+    }
+}
+
+/// The config a training runs with: `given` (named `what` in errors) with `overrides`; with
+/// `resume`, the run's own run.toml, which anything given must match (a run continues as it
+/// was configured).
+pub fn resolve_config(
+    run: &RunDir,
+    given: Option<(&str, TrainConfig)>,
+    overrides: &Overrides,
+    resume: bool,
+) -> Result<TrainConfig> {
+    if !resume {
+        let (_, cfg) = given.ok_or_else(|| ExperimentError::Input("a config is needed (except to resume)".into()))?;
+        return overrides.apply(cfg);
+    }
+    let own = run.read_config()?;
+    let given = match given {
+        Some((what, cfg)) => Some((what.to_string(), overrides.apply(cfg)?)),
+        None if !overrides.is_empty() => Some(("the overrides".to_string(), overrides.apply(own.clone())?)),
+        None => None,
+    };
+    if let Some((what, given)) = given {
+        if let Some(field) = own.difference(&given) {
+            return Err(ExperimentError::Input(format!(
+                "{what}: {field} differs from the run's own {} (run against given): resuming continues the \
+                 run as it was configured",
+                run.config_path().display()
+            )));
+        }
+    }
+    Ok(own)
+}
+
 /// Validation on the query and gallery splits: the MitoReID protocol, drug and MoA mAP.
 fn validator(cfg: &TrainConfig, index: &DatasetIndex, device: &Device) -> Option<Validator> {
     let query: Vec<_> = index.split(Split::Query).cloned().collect();
@@ -87,7 +154,9 @@ pub struct Training<'a> {
 }
 
 impl Training<'_> {
-    /// Trains; `on_step` sees the run state after every step and returns false to stop there.
+    /// Trains; `on_step` sees the run state after every step and returns false to stop there
+    /// (a checkpoint of that step is written and the run can resume; the outcome's state is
+    /// not `finished` and no final weights are written).
     pub fn run(&self, progress: &dyn Progress, on_step: &mut dyn FnMut(&RunState) -> bool) -> Result<TrainOutcome> {
         let Training { cfg, data, index, run, device, resume, check_frames } = *self;
         // Before anything is written (the lock file included).
@@ -167,7 +236,10 @@ impl Training<'_> {
             message: format!("training stopped ({e}); this is the last good checkpoint"),
         })?;
         run.write_metrics(&state.records)?;
-        run.save_model(&trainer.store)?;
+        // A run stopped by `on_step` has its checkpoint, not final weights: it resumes.
+        if state.finished {
+            run.save_model(&trainer.store)?;
+        }
         let seconds = before + start.elapsed().as_secs_f64();
         run.write_train_seconds(seconds)?;
         let molecules = (cfg.kind == molclip::train::ModelKind::Molclip).then(|| trainer.molecule_coverage());

@@ -3,8 +3,9 @@
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use molclip_data::loader::{DataConfig, Mode, VideoDataset};
-use molclip_data::CellVideo;
+use molclip_data::loader::{eval_input, DataConfig, Mode, VideoDataset};
+use molclip_data::{CellVideo, Video};
+use rayon::prelude::*;
 
 use super::config::TrainConfig;
 use super::trainer::TrainModel;
@@ -63,24 +64,73 @@ impl TrainedRun {
         on_batch: &mut dyn FnMut(usize),
     ) -> Result<VideoEmbeddings> {
         let mut e = VideoEmbeddings { dim: self.video().dim(), ..Default::default() };
-        for_each_batch(&self.cfg, cells, &self.device, batch, on_batch, &mut |x| {
-            let (out, shared) = match &self.model {
-                TrainModel::MolClip(m) => {
-                    let (out, shared) = m.encode_videos(x, false)?;
-                    (out, Some(shared))
-                }
-                TrainModel::Video(v) => (v.forward_t(x, false)?, None),
-            };
-            e.steps = out.attention.dim(1)?;
-            e.feature.extend(rows(&out.neck_feature)?);
-            e.attention.extend(rows(&out.attention)?);
-            if let Some(s) = shared {
-                e.shared_dim = s.dim(1)?;
-                e.shared.extend(rows(&s)?);
-            }
-            Ok(())
-        })?;
+        for_each_batch(&self.cfg, cells, &self.device, batch, on_batch, &mut |x| self.encode(x, &mut e))?;
         Ok(e)
+    }
+
+    /// Videos already in memory (every frame; values in [0, 1] at their source's depth; the
+    /// channels the model sees), embedded as [`TrainedRun::embed_videos`] embeds the same
+    /// videos read from disk: frames sampled, resized, centre-cropped and normalised as the
+    /// run's config says, `batch` at a time.
+    pub fn embed_frames(
+        &self,
+        videos: &[Video],
+        batch: usize,
+        on_batch: &mut dyn FnMut(usize),
+    ) -> Result<VideoEmbeddings> {
+        let channels = self.cfg.data.frames.channels.count();
+        if let Some((i, v)) = videos.iter().enumerate().find(|(_, v)| v.channels != channels) {
+            return Err(ModelError::Input(format!(
+                "video {i}: {} channels, but the run's model sees {channels} (data.frames.channels)",
+                v.channels
+            )));
+        }
+        let crop = self.cfg.data.augment.crop;
+        let mut e = VideoEmbeddings { dim: self.video().dim(), ..Default::default() };
+        for (k, chunk) in videos.chunks(batch.max(1)).enumerate() {
+            let items = chunk
+                .par_iter()
+                .enumerate()
+                .map(|(j, v)| {
+                    let mut out = Vec::new();
+                    let frames = eval_input(v, &self.cfg.data, &mut out)
+                        .map_err(|err| ModelError::Input(format!("video {}: {err}", k * batch.max(1) + j)))?;
+                    Ok((out, frames))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let frames = items.first().map_or(0, |x| x.1);
+            if let Some(j) = items.iter().position(|x| x.1 != frames) {
+                return Err(ModelError::Input(format!(
+                    "video {}: {} frames where the batch has {frames}: set data.frames.frames to make videos equal",
+                    k * batch.max(1) + j,
+                    items[j].1
+                )));
+            }
+            let data: Vec<f32> = items.into_iter().flat_map(|x| x.0).collect();
+            let x = Tensor::from_slice(&data, &[chunk.len(), frames, channels, crop, crop], &self.device)?;
+            self.encode(&x, &mut e)?;
+            on_batch(chunk.len());
+        }
+        Ok(e)
+    }
+
+    /// One batch `[B, T, C, H, W]` in evaluation mode, its outputs appended to `e`.
+    fn encode(&self, x: &Tensor, e: &mut VideoEmbeddings) -> Result<()> {
+        let (out, shared) = match &self.model {
+            TrainModel::MolClip(m) => {
+                let (out, shared) = m.encode_videos(x, false)?;
+                (out, Some(shared))
+            }
+            TrainModel::Video(v) => (v.forward_t(x, false)?, None),
+        };
+        e.steps = out.attention.dim(1)?;
+        e.feature.extend(rows(&out.neck_feature)?);
+        e.attention.extend(rows(&out.attention)?);
+        if let Some(s) = shared {
+            e.shared_dim = s.dim(1)?;
+            e.shared.extend(rows(&s)?);
+        }
+        Ok(())
     }
 
     /// Unit-norm shared-space embeddings of molecules given as SMILES (MolCLIP runs only);

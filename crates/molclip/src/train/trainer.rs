@@ -379,7 +379,8 @@ impl Trainer {
     /// a checkpoint is written every `checkpoint_every` steps and at the end of every epoch,
     /// and the best weights whenever validation improves. `on_step` sees each step
     /// (progress, metrics) and the run state after it, and returns false to stop there (the
-    /// state returned is then not `finished`).
+    /// state returned is then not `finished`, and with `outputs` a checkpoint of that step is
+    /// written).
     pub fn train(
         &mut self,
         outputs: Option<&TrainOutputs>,
@@ -460,13 +461,25 @@ impl Trainer {
                                 state.epoch = stage.epochs;
                             }
                         }
-                        if let Some(out) = outputs {
-                            if epoch_done || (every > 0 && state.step % every as u64 == 0) {
-                                let stores = [(MODEL_STORE, &self.store), (CRITERION_STORE, &criterion_store)];
-                                save_checkpoint(&out.checkpoint, &stores, &optimizer, &state)?;
+                        let due = epoch_done || (every > 0 && state.step % every as u64 == 0);
+                        let save = |state: &RunState| -> Result<()> {
+                            match outputs {
+                                Some(out) => {
+                                    let stores = [(MODEL_STORE, &self.store), (CRITERION_STORE, &criterion_store)];
+                                    save_checkpoint(&out.checkpoint, &stores, &optimizer, state)
+                                }
+                                None => Ok(()),
                             }
+                        };
+                        if due {
+                            save(&state)?;
                         }
                         if !on_step(state.records.last().expect("just pushed"), &state) {
+                            // Stopped between checkpoints: one here, so that a resume starts
+                            // at this very step.
+                            if !due {
+                                save(&state)?;
+                            }
                             return Ok(state);
                         }
                         if epoch_done {

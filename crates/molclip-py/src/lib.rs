@@ -1,0 +1,67 @@
+//! molclip from Python: the native module `molclip._molclip`, which the pure-Python package
+//! `molclip` (python/molclip) wraps into its documented API. NumPy arrays go in and come out
+//! without copies where the layout allows; the GIL is released while Rust works; errors
+//! become `molclip.MolclipError` carrying the Rust message.
+//!
+//! The work is done by the library crates (molclip-experiment and below), as for the CLI:
+//! this crate converts arguments and results, and nothing else.
+
+mod chem;
+mod data;
+mod eval;
+mod progress;
+mod run;
+
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+
+create_exception!(
+    _molclip,
+    MolclipError,
+    PyException,
+    "An error from molclip: bad input (a file, a field, a SMILES), or work that failed; the \
+     message says which and what was expected."
+);
+
+/// `error` and its causes as one message, each cause once (a cause whose text its parent
+/// already quotes is not repeated).
+fn message(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let line = cause.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// A Rust error as a `MolclipError`.
+fn py_err(error: impl std::error::Error + 'static) -> PyErr {
+    MolclipError::new_err(message(&error))
+}
+
+/// A message as a `MolclipError`.
+fn py_msg(text: impl Into<String>) -> PyErr {
+    MolclipError::new_err(text.into())
+}
+
+/// The native module.
+#[pymodule]
+fn _molclip(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("MolclipError", m.py().get_type::<MolclipError>())?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(chem::featurize, m)?)?;
+    m.add_function(wrap_pyfunction!(chem::morgan, m)?)?;
+    m.add_function(wrap_pyfunction!(eval::evaluate, m)?)?;
+    m.add_function(wrap_pyfunction!(eval::tsne, m)?)?;
+    m.add_function(wrap_pyfunction!(data::simulate, m)?)?;
+    m.add_class::<data::Dataset>()?;
+    m.add_class::<run::Run>()?;
+    m.add_function(wrap_pyfunction!(run::train, m)?)?;
+    Ok(())
+}
