@@ -35,6 +35,23 @@ def evaluate(dist, q, g, task, max_rank=50):
             "cmc": cmc.tolist()}
 
 
+def blas_core():
+    """The kernels NumPy's OpenBLAS picked for this CPU (OPENBLAS_CORETYPE caps them), e.g.
+    Haswell (AVX2) or SkylakeX (AVX-512); "?" when the BLAS is another."""
+    import ctypes
+
+    with open("/proc/self/maps") as maps:
+        libs = sorted({line.split()[-1] for line in maps if "openblas" in line.lower() and line.split()[-1].startswith("/")})
+    for lib in libs:
+        handle = ctypes.CDLL(lib)
+        for name in ("openblas_get_corename", "scipy_openblas_get_corename64_", "openblas_get_corename64_"):
+            f = getattr(handle, name, None)
+            if f is not None:
+                f.restype = ctypes.c_char_p
+                return "OpenBLAS " + f().decode()
+    return "?"
+
+
 def main():
     start = time.perf_counter()
     features = np.load(sys.argv[1]).astype(np.float64)
@@ -49,6 +66,7 @@ def main():
     dist = 1.0 - features[qi] @ features[gi].T
     result = {"drug": evaluate(dist, q, g, "drug"), "moa": evaluate(dist, q, g, "moa")}
     result["seconds"] = time.perf_counter() - start
+    result["isa"] = blas_core()
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     text = json.dumps(result)
     if len(sys.argv) > 3:

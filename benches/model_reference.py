@@ -55,7 +55,9 @@ def main():
             times.append((time.perf_counter() - start) * 1000)
     times.sort()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"median_ms": times[len(times) // 2], "peak_rss_mib": peak, "torch": torch.__version__, "loss": loss.item()}))
+    print(json.dumps({"median_ms": times[len(times) // 2], "peak_rss_mib": peak, "torch": torch.__version__, "loss": loss.item(),
+                      # The kernels ATen picked (ATEN_CPU_CAPABILITY caps them), or the GPU.
+                      "isa": torch.backends.cpu.get_cpu_capability() if a.device == "cpu" else a.device}))
 
 
 if __name__ == "__main__":

@@ -119,6 +119,10 @@ pub enum BenchCommand {
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
+    // Every table says which CPU it was measured on, and what molclip's kernels used there.
+    if !matches!(cmd, BenchCommand::ModelOnce { .. } | BenchCommand::EvaluateOnce { .. }) {
+        println!("CPU: {}", molclip_cpu::describe());
+    }
     match cmd {
         BenchCommand::Simulate { presets, cells } => bench_simulate(&presets, cells),
         BenchCommand::Evaluate { sizes, dim, reference_max, script } => {
@@ -270,7 +274,8 @@ fn evaluate_once(embeddings: &Path, metadata: &Path) -> Result<()> {
     )?;
     println!(
         "{}",
-        serde_json::json!({"seconds": start.elapsed().as_secs_f64(), "peak_rss_mib": peak_rss_mib(), "drug": e.drug, "moa": e.moa})
+        serde_json::json!({"seconds": start.elapsed().as_secs_f64(), "peak_rss_mib": peak_rss_mib(), "drug": e.drug,
+                           "moa": e.moa, "isa": molclip_cpu::isa().name()})
     );
     Ok(())
 }
@@ -288,8 +293,8 @@ fn bench_evaluate(sizes: &[usize], dim: usize, reference_max: usize, script: &Pa
     let dir = tempfile::tempdir()?;
     println!("ReID evaluation, N queries x N gallery, {dim}-d, both tasks; separate processes, times include reading the files");
     println!(
-        "{:>6} {:<20} {:>9} {:>10} {:>9} {:>10} {:>14}",
-        "N", "implementation", "seconds", "peak MiB", "speed-up", "mAP drug", "max |diff mAP|"
+        "{:>6} {:<36} {:>9} {:>10} {:>9} {:>10} {:>14}",
+        "N", "implementation (ISA)", "seconds", "peak MiB", "speed-up", "mAP drug", "max |diff mAP|"
     );
     for &n in sizes {
         let (features, rows) = molclip_eval::synthetic::clustered_embeddings(n, dim, 7);
@@ -306,9 +311,9 @@ fn bench_evaluate(sizes: &[usize], dim: usize, reference_max: usize, script: &Pa
         };
         if let Some(r) = &reference {
             println!(
-                "{:>6} {:<20} {:>9.2} {:>10.0} {:>9} {:>10.4} {:>14}",
+                "{:>6} {:<36} {:>9.2} {:>10.0} {:>9} {:>10.4} {:>14}",
                 n,
-                "NumPy full sort",
+                format!("NumPy full sort ({})", r["isa"].as_str().unwrap_or("?")),
                 num(r, "seconds"),
                 num(r, "peak_rss_mib"),
                 "1.00x",
@@ -325,9 +330,9 @@ fn bench_evaluate(sizes: &[usize], dim: usize, reference_max: usize, script: &Pa
             .as_ref()
             .map_or("-".to_string(), |r| format!("{:.1}x", num(r, "seconds") / num(&ours, "seconds")));
         println!(
-            "{:>6} {:<20} {:>9.2} {:>10.0} {:>9} {:>10.4} {:>14}",
+            "{:>6} {:<36} {:>9.2} {:>10.0} {:>9} {:>10.4} {:>14}",
             n,
-            "molclip-eval",
+            format!("molclip-eval ({})", ours["isa"].as_str().unwrap_or("?")),
             num(&ours, "seconds"),
             num(&ours, "peak_rss_mib"),
             speedup,
@@ -467,7 +472,8 @@ fn model_once(model: &str, [batch, frames, size]: [usize; 3], steps: usize, devi
     times.sort_by(f64::total_cmp);
     println!(
         "{}",
-        serde_json::json!({"median_ms": times[times.len() / 2], "peak_rss_mib": peak_rss_mib(), "loss": loss_value, "params": store.num_trainable()})
+        serde_json::json!({"median_ms": times[times.len() / 2], "peak_rss_mib": peak_rss_mib(), "loss": loss_value,
+                           "params": store.num_trainable(), "isa": molclip_cpu::isa().name()})
     );
     Ok(())
 }
@@ -501,8 +507,8 @@ fn bench_model(
     let threads = rayon::current_num_threads();
     println!("training step (forward + backward + AdamW), {batch} x {frames} x 1 x {size} x {size}, {device}, {threads} threads, median of {steps}");
     println!(
-        "{:<14} {:<18} {:>10} {:>10} {:>11} {:>12}",
-        "model", "implementation", "ms/step", "peak MiB", "params", "throughput"
+        "{:<14} {:<22} {:>10} {:>10} {:>11} {:>12}",
+        "model", "implementation (ISA)", "ms/step", "peak MiB", "params", "throughput"
     );
     let dims = [batch.to_string(), frames.to_string(), size.to_string(), steps.to_string()];
     let num = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
@@ -510,9 +516,13 @@ fn bench_model(
         video_config(model, frames, size)?;
         let reference = script.and_then(|script| torch_reference(script, model, &dims, threads, device));
         if let Some(r) = &reference {
-            let label = format!("PyTorch {}", r["torch"].as_str().unwrap_or("?").split('+').next().unwrap_or("?"));
+            let label = format!(
+                "PyTorch {} ({})",
+                r["torch"].as_str().unwrap_or("?").split('+').next().unwrap_or("?"),
+                r["isa"].as_str().unwrap_or("?")
+            );
             println!(
-                "{:<14} {:<18} {:>10.0} {:>10.0} {:>11} {:>12}",
+                "{:<14} {:<22} {:>10.0} {:>10.0} {:>11} {:>12}",
                 model,
                 label,
                 num(r, "median_ms"),
@@ -541,9 +551,9 @@ fn bench_model(
             .as_ref()
             .map_or("-".to_string(), |r| format!("{:.2}x", num(r, "median_ms") / num(&ours, "median_ms")));
         println!(
-            "{:<14} {:<18} {:>10.0} {:>10.0} {:>11} {:>12}",
+            "{:<14} {:<22} {:>10.0} {:>10.0} {:>11} {:>12}",
             model,
-            "molclip (candle)",
+            format!("molclip ({})", ours["isa"].as_str().unwrap_or("?")),
             num(&ours, "median_ms"),
             num(&ours, "peak_rss_mib"),
             ours["params"],

@@ -237,7 +237,7 @@ fn main() {
         std::process::exit(130);
     });
     let cli = Cli::parse();
-    if let Err(e) = run(cli) {
+    if let Err(e) = molclip_cpu::check_cap().map_err(anyhow::Error::from).and_then(|()| run(cli)) {
         eprintln!("error: {}", error_text(&e));
         std::process::exit(2);
     }

@@ -203,7 +203,10 @@ fn bench_model_prints_a_row_per_model() {
     ]);
     assert!(o.status.success(), "{}", text(&o));
     let out = text(&o);
-    assert_eq!(out.matches("molclip (candle)").count(), 2, "{out}");
+    // Each row names the instruction set molclip used, and the table the CPU.
+    let isa = molclip_cpu::isa().name();
+    assert_eq!(out.matches(&format!("molclip ({isa})")).count(), 2, "{out}");
+    assert!(out.starts_with(&format!("CPU: {}", molclip_cpu::cpu_model())), "{out}");
     let o = molclip(&["bench", "model", "--models", "resnet", "--no-reference"]);
     assert!(!o.status.success() && text(&o).contains("unknown model `resnet`"), "{}", text(&o));
 }

@@ -157,3 +157,37 @@ fn novel_drugs_get_a_moa_and_a_confusion_matrix() {
     let total: usize = c.lines().skip(1).flat_map(|l| l.split(',').skip(1).map(|x| x.parse::<usize>().unwrap())).sum();
     assert_eq!(total, 10);
 }
+
+/// `MOLCLIP_CPU` caps the kernels (here the distance GEMM): every level this CPU runs gives
+/// the same metrics to 1e-9, and an unknown level is refused before anything runs.
+#[test]
+fn every_instruction_set_gives_the_same_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (e, m) = write_case(tmp.path(), 700, 64, 4);
+    let run = |level: &str| -> serde_json::Value {
+        let json = tmp.path().join(format!("{level}.json"));
+        let o = Command::new(env!("CARGO_BIN_EXE_molclip"))
+            .env("MOLCLIP_CPU", level)
+            .args(["evaluate", "--embeddings", &e, "--metadata", &m, "--json", json.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{level}: {}", text(&o));
+        serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap()
+    };
+    let full = run("avx512");
+    for level in ["avx2", "scalar"] {
+        let capped = run(level);
+        for task in ["drug", "moa"] {
+            let (a, b) = (full[task]["mAP"].as_f64().unwrap(), capped[task]["mAP"].as_f64().unwrap());
+            assert!((a - b).abs() < 1e-9, "{level} {task}: {a} vs {b}");
+            assert_eq!(full[task]["valid_queries"], capped[task]["valid_queries"]);
+        }
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_molclip"))
+        .env("MOLCLIP_CPU", "sse9")
+        .args(["evaluate", "--embeddings", &e, "--metadata", &m])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).contains("MOLCLIP_CPU=sse9: expected avx512, avx2"), "{}", text(&o));
+}

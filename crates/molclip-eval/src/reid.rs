@@ -142,7 +142,8 @@ pub fn for_each_distance_block(
         // start..start+rows and all ng gallery rows exist and have `d` values each (both
         // sets share one width, checked above, and every row was pushed with that width).
         unsafe {
-            gemm::gemm(
+            molclip_cpu::gemm_f64(
+                molclip_cpu::isa(),
                 rows,
                 ng,
                 d,
@@ -158,10 +159,7 @@ pub fn for_each_distance_block(
                 1,
                 0.0,
                 1.0,
-                false,
-                false,
-                false,
-                if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None },
+                if threads > 1 { molclip_cpu::Parallelism::Rayon(threads) } else { molclip_cpu::Parallelism::None },
             );
         }
         for v in out.iter_mut() {

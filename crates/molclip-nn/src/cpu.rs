@@ -1,4 +1,5 @@
-//! Helpers for the hand-written CPU kernels: typed views of candle's storage and GEMM.
+//! Helpers for the hand-written CPU kernels: typed views of candle's storage and GEMM (with
+//! the kernels of the instruction set `molclip_cpu::isa` allows).
 
 use candle_core::{CpuStorage, Layout};
 
@@ -28,11 +29,15 @@ pub(crate) fn gemm_f32(
     rhs_strides: (isize, isize),
 ) {
     let threads = rayon::current_num_threads();
-    let par =
-        if threads > 1 && m * n * k > 1 << 16 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let par = if threads > 1 && m * n * k > 1 << 16 {
+        molclip_cpu::Parallelism::Rayon(threads)
+    } else {
+        molclip_cpu::Parallelism::None
+    };
     // SAFETY: the slices are at least as large as the strided views the sizes describe.
     unsafe {
-        gemm::gemm(
+        molclip_cpu::gemm_f32(
+            molclip_cpu::isa(),
             m,
             n,
             k,
@@ -48,9 +53,6 @@ pub(crate) fn gemm_f32(
             rhs_strides.1,
             1.0,
             1.0,
-            false,
-            false,
-            false,
             par,
         );
     }
@@ -96,9 +98,10 @@ pub(crate) unsafe fn gemm_raw(
     alpha: f32,
 ) {
     // SAFETY: the caller guarantees the strided views are valid and `dst` is not aliased,
-    // which is what `gemm::gemm` requires.
+    // which is what the GEMM requires.
     unsafe {
-        gemm::gemm(
+        molclip_cpu::gemm_f32(
+            molclip_cpu::isa(),
             m,
             n,
             k,
@@ -114,10 +117,7 @@ pub(crate) unsafe fn gemm_raw(
             rhs_strides.1,
             1.0,
             alpha,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
+            molclip_cpu::Parallelism::None,
         );
     }
 }

@@ -53,6 +53,8 @@ fn py_msg(text: impl Into<String>) -> PyErr {
 /// The native module.
 #[pymodule]
 fn _molclip(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // A typo in MOLCLIP_CPU fails the import instead of running at full width unnoticed.
+    molclip_cpu::check_cap().map_err(py_err)?;
     m.add("MolclipError", m.py().get_type::<MolclipError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(chem::featurize, m)?)?;

@@ -1,0 +1,402 @@
+//! The instruction sets molclip's CPU kernels use, and GEMM dispatched by them.
+//!
+//! molclip picks the widest instruction set the CPU has at run time ([`Isa::detected`]).
+//! `MOLCLIP_CPU=avx512|avx2|scalar` caps it ([`isa`]), so that a machine with AVX-512 can
+//! measure the AVX2 path (PyTorch's `ATEN_CPU_CAPABILITY=avx2` does the same for it). Every
+//! GEMM of molclip's own kernels and of the evaluation goes through [`gemm_f32`] and
+//! [`gemm_f64`] with [`isa`], which run the `gemm` crate's kernels for that instruction set: the very
+//! code `gemm::gemm` runs when it picks the same one, so capping changes no number that the
+//! uncapped run on a CPU of that instruction set gives.
+
+use std::sync::OnceLock;
+
+use gemm_common::gemm::gemm_basic_generic;
+pub use gemm_common::Parallelism;
+
+/// An instruction-set level of the CPU kernels, narrowest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Isa {
+    /// No SIMD beyond the target's baseline: portable code on any CPU.
+    Scalar,
+    /// aarch64 with NEON (what molclip uses on ARM CPUs).
+    Neon,
+    /// x86-64 with AVX2 and FMA (x86-64-v3).
+    Avx2,
+    /// x86-64 with AVX-512F (x86-64-v4).
+    Avx512,
+}
+
+/// The environment variable that caps the instruction set.
+pub const CAP_VAR: &str = "MOLCLIP_CPU";
+
+/// A value of `MOLCLIP_CPU` that names no instruction set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{CAP_VAR}={value}: expected avx512, avx2, neon or scalar")]
+pub struct UnknownIsa {
+    /// The value found.
+    pub value: String,
+}
+
+impl Isa {
+    /// Every level, narrowest first.
+    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Neon, Isa::Avx2, Isa::Avx512];
+
+    /// Its name, as `MOLCLIP_CPU` and the benchmark tables write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Neon => "neon",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+
+    /// The level named `value` (`avx512`, `avx2`, `neon` or `scalar`, any case).
+    pub fn parse(value: &str) -> Result<Self, UnknownIsa> {
+        let v = value.trim().to_ascii_lowercase();
+        Isa::ALL.into_iter().find(|i| i.name() == v).ok_or(UnknownIsa { value: value.to_string() })
+    }
+
+    /// Whether this CPU runs the level's kernels (NEON is an ARM level, AVX ones x86 levels).
+    pub fn runs(self) -> bool {
+        let arm = cfg!(target_arch = "aarch64");
+        self <= Isa::detected() && (self != Isa::Neon || arm) && (!matches!(self, Isa::Avx2 | Isa::Avx512) || !arm)
+    }
+
+    /// The widest level this CPU runs.
+    pub fn detected() -> Self {
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("fma") && std::arch::is_x86_feature_detected!("avx2") {
+                return Isa::Avx2;
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            return Isa::Neon;
+        }
+        Isa::Scalar
+    }
+}
+
+impl std::fmt::Display for Isa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The cap `MOLCLIP_CPU` sets, if any.
+pub fn cap() -> Result<Option<Isa>, UnknownIsa> {
+    match std::env::var(CAP_VAR) {
+        Ok(v) if !v.trim().is_empty() => Isa::parse(&v).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// The level the kernels use: the detected one, capped by `MOLCLIP_CPU` (a cap above what
+/// the CPU has changes nothing; another architecture's level means scalar). Read once per process; an unknown `MOLCLIP_CPU` is reported
+/// by [`check_cap`], and ignored here.
+pub fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        let detected = Isa::detected();
+        // The widest level at most the cap that this CPU runs (a NEON cap on x86 is scalar).
+        let cap = cap().ok().flatten().unwrap_or(detected);
+        Isa::ALL.into_iter().rev().find(|l| *l <= cap && l.runs()).unwrap_or(Isa::Scalar)
+    })
+}
+
+/// Refuses an unknown `MOLCLIP_CPU`: front ends call this at start-up, so that a typo is an
+/// error rather than a silent full-speed run.
+pub fn check_cap() -> Result<(), UnknownIsa> {
+    cap().map(|_| ())
+}
+
+/// The CPU's model name (Linux: `/proc/cpuinfo`), or the architecture when unknown.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// One line for benchmark tables: the CPU, and the level molclip's kernels use (with the
+/// cap when one is set).
+pub fn describe() -> String {
+    let (detected, used) = (Isa::detected(), isa());
+    let capped =
+        if used == detected { String::new() } else { format!(" (capped by {CAP_VAR}; the CPU has {detected})") };
+    format!("{}; molclip kernels: {used}{capped}", cpu_model())
+}
+
+macro_rules! gemm_for {
+    ($name:ident, $t:ident, $krate:ident, $doc:literal) => {
+        #[doc = $doc]
+        ///
+        /// `dst[m × n] = alpha · dst + beta · lhs[m × k] · rhs[k × n]` (`alpha` is read only with
+        /// `read_dst`), every operand with its column stride `_cs` and row stride `_rs`, as
+        /// `gemm::gemm` takes them (without conjugation, which real numbers do not need).
+        ///
+        /// # Safety
+        ///
+        /// The pointers must be valid for the strided views the sizes and strides describe:
+        /// `dst` for writes (and reads with `read_dst`), `lhs` and `rhs` for reads; `dst` must
+        /// not overlap `lhs` or `rhs`. `level` must be at most [`Isa::detected`].
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe fn $name(
+            level: Isa,
+            m: usize,
+            n: usize,
+            k: usize,
+            dst: *mut $t,
+            dst_cs: isize,
+            dst_rs: isize,
+            read_dst: bool,
+            lhs: *const $t,
+            lhs_cs: isize,
+            lhs_rs: isize,
+            rhs: *const $t,
+            rhs_cs: isize,
+            rhs_rs: isize,
+            alpha: $t,
+            beta: $t,
+            parallelism: Parallelism,
+        ) {
+            // As gemm::gemm: the microkernels prefer a column-major destination, and every
+            // stride positive.
+            let (
+                m,
+                n,
+                mut dst,
+                mut dst_cs,
+                mut dst_rs,
+                mut lhs,
+                mut lhs_cs,
+                mut lhs_rs,
+                mut rhs,
+                mut rhs_cs,
+                mut rhs_rs,
+            ) = if dst_cs.abs() < dst_rs.abs() {
+                (n, m, dst, dst_rs, dst_cs, rhs, rhs_rs, rhs_cs, lhs, lhs_rs, lhs_cs)
+            } else {
+                (m, n, dst, dst_cs, dst_rs, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs)
+            };
+            if dst_rs < 0 && m > 0 {
+                dst = dst.wrapping_offset((m - 1) as isize * dst_rs);
+                dst_rs = -dst_rs;
+                lhs = lhs.wrapping_offset((m - 1) as isize * lhs_rs);
+                lhs_rs = -lhs_rs;
+            }
+            if dst_cs < 0 && n > 0 {
+                dst = dst.wrapping_offset((n - 1) as isize * dst_cs);
+                dst_cs = -dst_cs;
+                rhs = rhs.wrapping_offset((n - 1) as isize * rhs_cs);
+                rhs_cs = -rhs_cs;
+            }
+            if lhs_cs < 0 && k > 0 {
+                lhs = lhs.wrapping_offset((k - 1) as isize * lhs_cs);
+                lhs_cs = -lhs_cs;
+                rhs = rhs.wrapping_offset((k - 1) as isize * rhs_rs);
+                rhs_rs = -rhs_rs;
+            }
+            macro_rules! run {
+                ($simd:expr, $ukr:path, $lanes:expr) => {{
+                    use $ukr as u;
+                    // SAFETY: the caller guarantees the views and that the level (whose SIMD
+                    // type `$simd` is) exists on this CPU.
+                    unsafe {
+                        gemm_basic_generic::<
+                            _,
+                            $t,
+                            { $lanes },
+                            { u::MR_DIV_N * $lanes },
+                            { u::NR },
+                            { u::MR_DIV_N },
+                            { u::H_M },
+                            { u::H_N },
+                        >(
+                            $simd,
+                            m,
+                            n,
+                            k,
+                            dst,
+                            dst_cs,
+                            dst_rs,
+                            read_dst,
+                            lhs,
+                            lhs_cs,
+                            lhs_rs,
+                            rhs,
+                            rhs_cs,
+                            rhs_rs,
+                            alpha,
+                            beta,
+                            false,
+                            false,
+                            false,
+                            |a, b, c| a * b + c,
+                            &u::UKR,
+                            &u::H_UKR,
+                            false,
+                            parallelism,
+                        )
+                    }
+                }};
+            }
+            match level {
+                #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+                Isa::Avx512 => {
+                    let simd = gemm_common::simd::V4::try_new().expect("AVX-512F detected");
+                    run!(simd, $krate::microkernel::avx512f::$t, 64 / std::mem::size_of::<$t>())
+                }
+                #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+                Isa::Avx2 => {
+                    let simd = gemm_common::simd::V3::try_new().expect("AVX2 and FMA detected");
+                    run!(simd, $krate::microkernel::fma::$t, 32 / std::mem::size_of::<$t>())
+                }
+                #[cfg(target_arch = "aarch64")]
+                Isa::Neon => {
+                    run!(gemm_common::simd::Scalar, $krate::microkernel::neon::$t, 16 / std::mem::size_of::<$t>())
+                }
+                _ => run!(gemm_common::simd::Scalar, $krate::microkernel::scalar::$t, 1),
+            }
+        }
+    };
+}
+
+gemm_for!(gemm_f32, f32, gemm_f32, "Single-precision GEMM with the kernels of `level` (callers pass [`isa`]).");
+gemm_for!(gemm_f64, f64, gemm_f64, "Double-precision GEMM with the kernels of `level` (callers pass [`isa`]).");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_parse_and_order() {
+        assert_eq!(Isa::parse("AVX2"), Ok(Isa::Avx2));
+        assert_eq!(Isa::parse(" avx512 "), Ok(Isa::Avx512));
+        assert_eq!(Isa::parse("scalar"), Ok(Isa::Scalar));
+        let e = Isa::parse("sse9").unwrap_err().to_string();
+        assert!(e.contains("MOLCLIP_CPU=sse9") && e.contains("avx2"), "{e}");
+        assert!(Isa::Scalar < Isa::Avx2 && Isa::Avx2 < Isa::Avx512);
+        assert!(isa() <= Isa::detected() && isa().runs() && Isa::Scalar.runs() && Isa::detected().runs());
+        assert!(describe().contains(isa().name()));
+    }
+
+    /// A deterministic matrix of `n` values in [-1, 1).
+    fn values(n: usize, seed: u64) -> Vec<f64> {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 11) as f64 / (1u64 << 52) as f64 * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// `lhs[m × k] · rhs[k × n]`, both row-major, in f64, the plain way.
+    fn naive(m: usize, n: usize, k: usize, lhs: &[f64], rhs: &[f64]) -> Vec<f64> {
+        let mut out = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = (0..k).map(|p| lhs[i * k + p] * rhs[p * n + j]).sum();
+            }
+        }
+        out
+    }
+
+    /// `dst = 0.5 · dst + 2 · lhs · rhs` for row-major operands and a destination of strides
+    /// `(cs, rs)`: with our kernels of `Some(level)`, or with `gemm::gemm` for `None`.
+    macro_rules! product {
+        ($ours:ident, $t:ty) => {
+            |level: Option<Isa>,
+             dst: &mut [$t],
+             a: &[$t],
+             b: &[$t],
+             (m, n, k): (usize, usize, usize),
+             (cs, rs): (isize, isize)| {
+                let (d, l, r, k_, n_) = (dst.as_mut_ptr(), a.as_ptr(), b.as_ptr(), k as isize, n as isize);
+                // SAFETY: the buffers hold exactly the views the sizes and strides describe.
+                unsafe {
+                    match level {
+                        Some(level) => {
+                            $ours(level, m, n, k, d, cs, rs, true, l, 1, k_, r, 1, n_, 0.5, 2.0, Parallelism::None)
+                        }
+                        None => gemm::gemm(
+                            m,
+                            n,
+                            k,
+                            d,
+                            cs,
+                            rs,
+                            true,
+                            l,
+                            1,
+                            k_,
+                            r,
+                            1,
+                            n_,
+                            0.5,
+                            2.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        ),
+                    }
+                }
+            }
+        };
+    }
+
+    /// Every level this CPU runs, for shapes around the kernels' block sizes, with a row-major
+    /// and a column-major destination, accumulating: the products agree with the plain ones,
+    /// and at the detected level they are gemm::gemm's, bit for bit.
+    #[test]
+    fn every_level_multiplies_and_the_detected_one_is_gemms() {
+        let (p64, p32) = (product!(gemm_f64, f64), product!(gemm_f32, f32));
+        let levels: Vec<Isa> = Isa::ALL.into_iter().filter(|l| l.runs()).collect();
+        for (m, n, k) in [(1, 1, 1), (3, 5, 7), (17, 33, 9), (64, 48, 130), (129, 7, 257)] {
+            let (a, b, c0) = (values(m * k, 1), values(k * n, 2), values(m * n, 3));
+            let (a32, b32): (Vec<f32>, Vec<f32>) =
+                (a.iter().map(|&v| v as f32).collect(), b.iter().map(|&v| v as f32).collect());
+            let want: Vec<f64> = naive(m, n, k, &a, &b).iter().zip(&c0).map(|(p, c)| 0.5 * c + 2.0 * p).collect();
+            for column_major in [false, true] {
+                let strides = if column_major { (m as isize, 1) } else { (1, n as isize) };
+                let at = |i: usize, j: usize| if column_major { j * m + i } else { i * n + j };
+                let mut start = vec![0.0; m * n];
+                for (x, c) in c0.iter().enumerate() {
+                    start[at(x / n, x % n)] = *c;
+                }
+                let start32: Vec<f32> = start.iter().map(|&v| v as f32).collect();
+                for &level in &levels {
+                    let (mut d64, mut d32) = (start.clone(), start32.clone());
+                    p64(Some(level), &mut d64, &a, &b, (m, n, k), strides);
+                    p32(Some(level), &mut d32, &a32, &b32, (m, n, k), strides);
+                    for (x, w) in want.iter().enumerate() {
+                        let (i, j) = (x / n, x % n);
+                        assert!((d64[at(i, j)] - w).abs() <= 1e-12 * (1.0 + k as f64), "{level} f64 {m}x{n}x{k}");
+                        assert!((d32[at(i, j)] as f64 - w).abs() <= 1e-5 * (1.0 + k as f64), "{level} f32 {m}x{n}x{k}");
+                    }
+                    if level == Isa::detected() {
+                        let (mut g64, mut g32) = (start.clone(), start32.clone());
+                        p64(None, &mut g64, &a, &b, (m, n, k), strides);
+                        p32(None, &mut g32, &a32, &b32, (m, n, k), strides);
+                        assert_eq!(g64, d64, "{level} f64 {m}x{n}x{k} differs from gemm::gemm");
+                        assert_eq!(g32, d32, "{level} f32 {m}x{n}x{k} differs from gemm::gemm");
+                    }
+                }
+            }
+        }
+    }
+}
