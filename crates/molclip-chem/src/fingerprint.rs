@@ -25,6 +25,11 @@ impl Default for FingerprintConfig {
 }
 
 impl FingerprintConfig {
+    /// Refuses a radius or width that is not verified against RDKit, naming it.
+    pub fn validate(self) -> Result<(), ChemError> {
+        self.to_chematic().map(|_| ())
+    }
+
     fn to_chematic(self) -> Result<fp::RdkitMorganConfig, ChemError> {
         let radius = match self.radius {
             0 => fp::RdkitMorganRadius::R0,

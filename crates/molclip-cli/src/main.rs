@@ -238,24 +238,10 @@ fn main() {
     });
     let cli = Cli::parse();
     if let Err(e) = molclip_cpu::check_cap().map_err(anyhow::Error::from).and_then(|()| run(cli)) {
-        eprintln!("error: {}", error_text(&e));
+        // Each cause once: our errors already quote the OS error they wrap.
+        eprintln!("error: {}", molclip_core::error_text(e.as_ref()));
         std::process::exit(2);
     }
-}
-
-/// The error and its causes on one line, each cause once: our errors already quote the OS
-/// error they wrap, which the chain would otherwise repeat.
-fn error_text(e: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in e.chain().map(|c| c.to_string()) {
-        if !text.contains(&cause) {
-            if !text.is_empty() {
-                text.push_str(": ");
-            }
-            text.push_str(&cause);
-        }
-    }
-    text
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -550,7 +536,7 @@ fn featurize(args: FeaturizeArgs) -> Result<()> {
         fragments: args.fragments,
     };
     // Refuse a bad radius or width once, not once per row.
-    molclip_chem::Molecule::parse("C")?.morgan(&options.fingerprint)?;
+    options.fingerprint.validate()?;
     // Streamed: a chunk of rows at a time, to a temporary file renamed into place at the end.
     let mut failed = 0;
     molclip_core::write_atomic_with(&args.output, |tmp| -> Result<(), molclip_core::IoError> {

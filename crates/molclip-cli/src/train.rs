@@ -4,9 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use molclip::train::TrainConfig;
 use molclip_data::Split;
-use molclip_experiment::{embed_to_files, open_dataset, resolve_config, Overrides, RunDir, Training};
+use molclip_experiment::{embed_to_files, open_dataset, read_config, resolve_config, Overrides, RunDir, Training};
 
 use crate::progress::Bars;
 
@@ -59,15 +58,10 @@ pub fn train(args: TrainArgs, quiet: bool) -> Result<()> {
         overrides.sets.push((key.to_string(), value.to_string()));
     }
     let given = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            let cfg = TrainConfig::from_toml(&text).with_context(|| format!("{}", path.display()))?;
-            Some((path.display().to_string(), cfg))
-        }
+        Some(path) => Some((path.display().to_string(), read_config(path)?)),
         None if !args.resume => bail!("--config is needed (except with --resume)"),
         None => None,
     };
-    let given = given.as_ref().map(|(what, cfg)| (what.as_str(), cfg.clone()));
     let cfg = resolve_config(&run, given, &overrides, args.resume)?;
     let progress = Bars::new(quiet);
     let index = open_dataset(&args.data, &progress)?;

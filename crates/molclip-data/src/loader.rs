@@ -238,20 +238,9 @@ impl VideoDataset {
                 Ok((v, t))
             })
             .collect::<Result<_, DataError>>()?;
-        let t = items.first().map_or(0, |x| x.1);
-        if let Some((pos, _)) = items.iter().enumerate().find(|(_, x)| x.1 != t) {
-            return Err(DataError::invalid(
-                &self.cells[indices[pos]].dir,
-                format!("{} frames where the batch has {t}: set frames.frames to make videos equal", items[pos].1),
-            ));
-        }
+        let (data, t) =
+            stack(items).map_err(|e| DataError::invalid(&self.cells[indices[e.position]].dir, e.to_string()))?;
         let crop = self.config.augment.crop;
-        // One allocation of the batch's exact size (a collect from a flattening iterator
-        // would grow it by doubling, to up to twice that).
-        let mut data = Vec::with_capacity(items.iter().map(|x| x.0.len()).sum());
-        for (item, _) in items {
-            data.extend_from_slice(&item);
-        }
         Ok(Batch {
             data,
             shape: [indices.len(), t, self.config.frames.channels.count(), crop, crop],
@@ -260,6 +249,33 @@ impl VideoDataset {
             moa_ids: indices.iter().map(|&i| self.cells[i].moa_id).collect(),
         })
     }
+}
+
+/// A video whose frame count differs from the rest of its batch's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{frames} frames where the batch has {batch}: set data.frames.frames to make videos equal")]
+pub struct UnequalFrames {
+    /// Its position in the batch.
+    pub position: usize,
+    /// Its frame count.
+    pub frames: usize,
+    /// The batch's (its first video's).
+    pub batch: usize,
+}
+
+/// Videos (each its `[T, C, H, W]` values and T) stacked into one batch buffer, allocated
+/// once at its exact size (a collect from a flattening iterator would grow it by doubling,
+/// to up to twice that); returns it and T.
+pub fn stack(items: Vec<(Vec<f32>, usize)>) -> Result<(Vec<f32>, usize), UnequalFrames> {
+    let batch = items.first().map_or(0, |x| x.1);
+    if let Some(position) = items.iter().position(|x| x.1 != batch) {
+        return Err(UnequalFrames { position, frames: items[position].1, batch });
+    }
+    let mut data = Vec::with_capacity(items.iter().map(|x| x.0.len()).sum());
+    for (item, _) in items {
+        data.extend_from_slice(&item);
+    }
+    Ok((data, batch))
 }
 
 /// A resized video transformed by `t` and normalised, `[T, C, crop, crop]` appended to `out`;

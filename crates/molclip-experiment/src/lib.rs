@@ -21,5 +21,5 @@ pub use error::{ExperimentError, Result};
 pub use predict::{predict, Query};
 pub use progress::{Progress, Silent};
 pub use reference::{Prediction, Reference, ZeroShot};
-pub use run_dir::RunDir;
+pub use run_dir::{read_config, RunDir};
 pub use training::{resolve_config, Overrides, TrainOutcome, Training};

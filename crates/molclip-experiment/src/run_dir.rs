@@ -105,9 +105,7 @@ impl RunDir {
 
     /// The run's config, parsed and validated.
     pub fn read_config(&self) -> Result<TrainConfig> {
-        let path = self.config_path();
-        let text = std::fs::read_to_string(&path).map_err(IoError::at(&path))?;
-        TrainConfig::from_toml(&text).map_err(|e| ExperimentError::Run { path, message: e.to_string() })
+        read_config(&self.config_path())
     }
 
     /// Writes `run.toml`.
@@ -202,6 +200,12 @@ impl RunDir {
         TrainedRun::load(cfg, &self.model_path(), device)
             .map_err(|e| ExperimentError::Run { path: self.root.clone(), message: format!("loading the run: {e}") })
     }
+}
+
+/// A training config (TOML) read from `path`, parsed and validated; errors name the file.
+pub fn read_config(path: &Path) -> Result<TrainConfig> {
+    let text = std::fs::read_to_string(path).map_err(IoError::at(path))?;
+    TrainConfig::from_toml(&text).map_err(|e| ExperimentError::Run { path: path.to_path_buf(), message: e.to_string() })
 }
 
 /// `path` made absolute where it exists, as it is otherwise.

@@ -85,7 +85,7 @@ impl Overrides {
 /// was configured).
 pub fn resolve_config(
     run: &RunDir,
-    given: Option<(&str, TrainConfig)>,
+    given: Option<(String, TrainConfig)>,
     overrides: &Overrides,
     resume: bool,
 ) -> Result<TrainConfig> {
@@ -95,7 +95,7 @@ pub fn resolve_config(
     }
     let own = run.read_config()?;
     let given = match given {
-        Some((what, cfg)) => Some((what.to_string(), overrides.apply(cfg)?)),
+        Some((what, cfg)) => Some((what, overrides.apply(cfg)?)),
         None if !overrides.is_empty() => Some(("the overrides".to_string(), overrides.apply(own.clone())?)),
         None => None,
     };

@@ -16,7 +16,7 @@ fn options(radius: u32, bits: usize, fragments: &str) -> PyResult<FeaturizeOptio
     let fragments: FragmentPolicy = fragments.parse().map_err(py_msg)?;
     let options = FeaturizeOptions { fingerprint: FingerprintConfig { radius, n_bits: bits }, fragments };
     // A bad radius or width is refused once, not once per row.
-    Molecule::parse("C").and_then(|m| m.morgan(&options.fingerprint)).map_err(py_err)?;
+    options.fingerprint.validate().map_err(py_err)?;
     Ok(options)
 }
 

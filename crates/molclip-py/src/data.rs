@@ -48,7 +48,8 @@ pub fn simulate<'py>(
         progress.start("simulating cells", plan.jobs.len() as u64);
         let report = mitosim::generate(&plan, &out, force, &|| progress.advance(1));
         progress.finish();
-        let report = report.map_err(|e| py_msg(format!("writing {}: {}", out.display(), crate::message(&e))))?;
+        let report =
+            report.map_err(|e| py_msg(format!("writing {}: {}", out.display(), molclip_core::error_text(&e))))?;
         PyResult::Ok((report, plan.library.novel_drugs().count(), plan.config.layout.size))
     })?;
     let d = PyDict::new(py);

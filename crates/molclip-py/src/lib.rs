@@ -24,25 +24,9 @@ create_exception!(
      message says which and what was expected."
 );
 
-/// `error` and its causes as one message, each cause once (a cause whose text its parent
-/// already quotes is not repeated).
-fn message(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let line = cause.to_string();
-        if !text.contains(&line) {
-            text.push_str(": ");
-            text.push_str(&line);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 /// A Rust error as a `MolclipError`.
 fn py_err(error: impl std::error::Error + 'static) -> PyErr {
-    MolclipError::new_err(message(&error))
+    MolclipError::new_err(molclip_core::error_text(&error))
 }
 
 /// A message as a `MolclipError`.

@@ -6,9 +6,10 @@ use std::sync::OnceLock;
 
 use molclip::candle_core::Device;
 use molclip::train::{TrainConfig, TrainedRun};
+use molclip_core::error_text;
 use molclip_data::{SampleDepth, Split, Video};
 use molclip_experiment::embedding::EMBED_BATCH;
-use molclip_experiment::{embed_dataset, resolve_config, Overrides, Progress, Query, RunDir, Training};
+use molclip_experiment::{embed_dataset, read_config, resolve_config, Overrides, Progress, Query, RunDir, Training};
 use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray2, PyReadonlyArray4, PyUntypedArrayMethods};
 use pyo3::prelude::*;
@@ -286,26 +287,17 @@ pub fn train<'py>(
     progress: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let given = match (&config_path, &config_json) {
-        (Some(path), _) => {
-            let text = std::fs::read_to_string(path).map_err(|e| py_msg(format!("reading {}: {e}", path.display())))?;
-            let cfg = TrainConfig::from_toml(&text)
-                .map_err(|e| py_msg(format!("{}: {}", path.display(), crate::message(&e))))?;
-            Some((path.display().to_string(), cfg))
-        }
+        (Some(path), _) => Some((path.display().to_string(), read_config(path).map_err(py_err)?)),
         (None, Some(json)) => {
             let value: toml::Value = serde_json::from_str(json).map_err(|e| py_msg(format!("config: {e}")))?;
             let text = toml::to_string(&value).map_err(|e| py_msg(format!("config: {e}")))?;
-            let cfg = TrainConfig::from_toml(&text).map_err(|e| py_msg(format!("config: {}", crate::message(&e))))?;
+            let cfg = TrainConfig::from_toml(&text).map_err(|e| py_msg(format!("config: {}", error_text(&e))))?;
             Some(("config".to_string(), cfg))
         }
         (None, None) => None,
     };
-    if given.is_none() && !resume {
-        return Err(py_msg("a config is needed (except with resume=True)"));
-    }
     let run = RunDir::new(&out);
     let overrides = Overrides { sets, epochs, init };
-    let given = given.as_ref().map(|(what, cfg)| (what.as_str(), cfg.clone()));
     let cfg = resolve_config(&run, given, &overrides, resume).map_err(py_err)?;
     let device = molclip::parse_device(device).map_err(py_err)?;
     let progress = PyProgress::new(progress);

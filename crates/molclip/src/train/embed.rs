@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use molclip_data::loader::{eval_input, DataConfig, Mode, VideoDataset};
+use molclip_data::loader::{eval_input, stack, DataConfig, Mode, VideoDataset};
 use molclip_data::{CellVideo, Video};
 use rayon::prelude::*;
 
@@ -87,26 +87,21 @@ impl TrainedRun {
         }
         let crop = self.cfg.data.augment.crop;
         let mut e = VideoEmbeddings { dim: self.video().dim(), ..Default::default() };
-        for (k, chunk) in videos.chunks(batch.max(1)).enumerate() {
+        let size = batch.max(1);
+        for (k, chunk) in videos.chunks(size).enumerate() {
+            let first = k * size;
             let items = chunk
                 .par_iter()
                 .enumerate()
                 .map(|(j, v)| {
                     let mut out = Vec::new();
                     let frames = eval_input(v, &self.cfg.data, &mut out)
-                        .map_err(|err| ModelError::Input(format!("video {}: {err}", k * batch.max(1) + j)))?;
+                        .map_err(|err| ModelError::Input(format!("video {}: {err}", first + j)))?;
                     Ok((out, frames))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let frames = items.first().map_or(0, |x| x.1);
-            if let Some(j) = items.iter().position(|x| x.1 != frames) {
-                return Err(ModelError::Input(format!(
-                    "video {}: {} frames where the batch has {frames}: set data.frames.frames to make videos equal",
-                    k * batch.max(1) + j,
-                    items[j].1
-                )));
-            }
-            let data: Vec<f32> = items.into_iter().flat_map(|x| x.0).collect();
+            let (data, frames) =
+                stack(items).map_err(|e| ModelError::Input(format!("video {}: {e}", first + e.position)))?;
             let x = Tensor::from_slice(&data, &[chunk.len(), frames, channels, crop, crop], &self.device)?;
             self.encode(&x, &mut e)?;
             on_batch(chunk.len());
