@@ -143,6 +143,21 @@ impl From<[f64; N_AXES]> for State {
     }
 }
 
+/// One frame of a cell in the three stains of a raw field, on the cell's own
+/// `size * size` canvas.
+#[derive(Debug, Clone)]
+pub struct CellStains {
+    /// w2: the mitochondrial network (what [`CellMovie::next_frame`] draws).
+    pub mito: Vec<f32>,
+    /// w1: the nuclear stain, in [0, 1].
+    pub nucleus: Vec<f32>,
+    /// w3: the cytoplasmic stain, in [0, 1].
+    pub cytoplasm: Vec<f32>,
+    /// Where the cell is: the squared elliptical radius (below 1 inside the body), infinite
+    /// outside. Where cells overlap, a pixel belongs to the cell it is most central to.
+    pub extent: Vec<f32>,
+}
+
 /// Renders a cell's frames in order; it carries motility and drift from one
 /// frame to the next.
 pub struct CellMovie<'a> {
@@ -169,6 +184,25 @@ impl<'a> CellMovie<'a> {
 
     /// The optical image (before blur and camera) for phenotype levels `phenotype`.
     pub fn next_frame(&mut self, phenotype: [f64; N_AXES]) -> Vec<f32> {
+        self.render(phenotype, None)
+    }
+
+    /// The next frame in all three stains, with the cell's extent: what a raw field is
+    /// assembled from. The mitochondrial plane and the random stream are those of
+    /// [`next_frame`](Self::next_frame).
+    pub fn next_stains(&mut self, phenotype: [f64; N_AXES]) -> CellStains {
+        let n = self.size * self.size;
+        let mut stains = CellStains {
+            mito: Vec::new(),
+            nucleus: vec![0.0; n],
+            cytoplasm: vec![0.0; n],
+            extent: vec![f32::INFINITY; n],
+        };
+        stains.mito = self.render(phenotype, Some(&mut stains));
+        stains
+    }
+
+    fn render(&mut self, phenotype: [f64; N_AXES], mut stains: Option<&mut CellStains>) -> Vec<f32> {
         let st = State::from(phenotype);
         let cell = self.cell;
         let scale = self.size as f64 / 64.0;
@@ -210,7 +244,19 @@ impl<'a> CellMovie<'a> {
                 if r2 < 1.0 {
                     let dn = ((u - cell.nucleus[0]).powi(2) + (v - cell.nucleus[1]).powi(2)).sqrt();
                     let edge = ((1.0 - r2) * 6.0).min(1.0) as f32;
-                    image[y * self.size + x] = if dn < rn { 0.01 } else { cyto * edge };
+                    let i = y * self.size + x;
+                    image[i] = if dn < rn { 0.01 } else { cyto * edge };
+                    if let Some(s) = stains.as_deref_mut() {
+                        s.extent[i] = r2 as f32;
+                        // Chromatin is brighter towards the nucleus' centre; the cytoplasmic
+                        // stain fills the body and is dimmer over the nucleus.
+                        if dn < rn {
+                            s.nucleus[i] = (1.0 - 0.35 * (dn / rn).powi(2)) as f32;
+                            s.cytoplasm[i] = 0.45 * edge;
+                        } else {
+                            s.cytoplasm[i] = edge;
+                        }
+                    }
                 }
             }
         }

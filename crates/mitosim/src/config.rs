@@ -22,6 +22,82 @@ pub struct SimConfig {
     pub biology: BiologyConfig,
     /// The microscope: PSF, noise, bleaching, drift.
     pub imaging: ImagingConfig,
+    /// Whole fields of view, for `simulate --raw`.
+    pub raw: RawConfig,
+}
+
+/// Raw time-lapse fields of view (`simulate --raw`): many cells of one drug per field, in
+/// three stains, as the microscope writes them, with ground-truth masks and tracks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// Field side in pixels.
+    pub field_size: usize,
+    /// Cells in a field at the first frame, [min, max].
+    pub cells: [usize; 2],
+    /// Fields per drug and replicate.
+    pub fields: usize,
+    /// The canvas a cell is drawn on, pixels (a cell spans about 0.7 of it).
+    pub cell_size: usize,
+    /// Closest distance between two cells' centres at the first frame, in cell sizes
+    /// (below 1, some cells touch).
+    pub spacing: f64,
+    /// Directed motion, pixels per frame (each cell its own direction).
+    pub speed: f64,
+    /// Random motion, pixels per frame (a random walk's sigma).
+    pub jitter: f64,
+    /// Share of cells that divide during the video.
+    pub divide: f64,
+    /// Share of cells that die (detach and vanish) during the video.
+    pub die: f64,
+    /// Share of cells that walk out of the field.
+    pub leave: f64,
+    /// Peak brightness of the nuclear stain (w1) and of the cytoplasmic stain (w3), as a
+    /// fraction of full scale.
+    pub stain_levels: [f64; 2],
+    /// `mitoreid` (one 16-bit TIFF per field, time point and stain:
+    /// `<field>_<t>_<w1|w2|w3>.tif`) or `ome-tiff` (one OME-TIFF per field).
+    pub format: RawFormat,
+}
+
+/// How raw fields are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RawFormat {
+    /// MitoReID's naming: `<field>_<t>_<w1|w2|w3>.tif`, 16-bit grey.
+    Mitoreid,
+    /// One `<field>.ome.tif` per field: T x 3 16-bit pages, OME-XML in the first page.
+    OmeTiff,
+}
+
+impl std::str::FromStr for RawFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "mitoreid" => Ok(Self::Mitoreid),
+            "ome-tiff" => Ok(Self::OmeTiff),
+            other => Err(format!("unknown raw format {other:?}: expected mitoreid or ome-tiff")),
+        }
+    }
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        Self {
+            field_size: 512,
+            cells: [15, 40],
+            fields: 1,
+            cell_size: 64,
+            spacing: 0.8,
+            speed: 0.4,
+            jitter: 0.5,
+            divide: 0.04,
+            die: 0.03,
+            leave: 0.04,
+            stain_levels: [0.45, 0.2],
+            format: RawFormat::Mitoreid,
+        }
+    }
 }
 
 /// Which drugs, and how many of each MoA.
@@ -222,6 +298,7 @@ impl SimConfig {
             layout: LayoutConfig::default(),
             biology: BiologyConfig::default(),
             imaging: ImagingConfig::default(),
+            raw: RawConfig::default(),
         };
         match name {
             "demo" => {}
@@ -335,6 +412,44 @@ impl SimConfig {
         }
         if !(0.0..1.0).contains(&i.bleaching) {
             return Err(SimError::config("imaging.bleaching", format!("{}: expected a value in [0, 1)", i.bleaching)));
+        }
+        let r = &self.raw;
+        if !(64..=4096).contains(&r.field_size) {
+            return Err(SimError::config("raw.field_size", format!("{} pixels: expected 64 to 4096", r.field_size)));
+        }
+        if !(16..=512).contains(&r.cell_size) || 2 * r.cell_size > r.field_size {
+            return Err(SimError::config(
+                "raw.cell_size",
+                format!("{} pixels: expected 16 to 512, at most half the field", r.cell_size),
+            ));
+        }
+        if r.cells[0] == 0 || r.cells[0] > r.cells[1] {
+            return Err(SimError::config(
+                "raw.cells",
+                format!("{:?}: expected [min, max] with 1 <= min <= max", r.cells),
+            ));
+        }
+        if r.fields == 0 {
+            return Err(SimError::config("raw.fields", "0 fields: expected at least 1"));
+        }
+        for (field, v) in [("raw.divide", r.divide), ("raw.die", r.die), ("raw.leave", r.leave)] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(SimError::config(field, format!("{v}: expected a share in [0, 1]")));
+            }
+        }
+        if r.divide + r.die + r.leave > 1.0 {
+            return Err(SimError::config("raw.divide", "divide + die + leave exceed 1"));
+        }
+        for (field, v) in [("raw.spacing", r.spacing), ("raw.speed", r.speed), ("raw.jitter", r.jitter)] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(SimError::config(field, format!("{v}: expected a finite value >= 0")));
+            }
+        }
+        if !r.stain_levels.iter().all(|v| (0.0..=1.0).contains(v)) {
+            return Err(SimError::config(
+                "raw.stain_levels",
+                format!("{:?}: expected values in [0, 1]", r.stain_levels),
+            ));
         }
         Ok(())
     }

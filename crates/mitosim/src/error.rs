@@ -62,6 +62,12 @@ pub enum SimError {
     },
 }
 
+impl From<molclip_core::IoError> for SimError {
+    fn from(e: molclip_core::IoError) -> Self {
+        Self::Io { path: e.path, source: e.source }
+    }
+}
+
 impl SimError {
     pub(crate) fn config(field: &str, reason: impl Into<String>) -> Self {
         Self::Config { field: field.into(), reason: reason.into() }
@@ -74,7 +80,7 @@ impl SimError {
     /// The error with a path under `from` named as under `to`: files written in a staging
     /// folder are named where the user will find them.
     pub(crate) fn moved(self, from: &std::path::Path, to: &std::path::Path) -> Self {
-        let rename = |path: PathBuf| path.strip_prefix(from).map(|rest| to.join(rest)).unwrap_or(path);
+        let rename = |path: PathBuf| molclip_core::published_path(path, from, to);
         match self {
             Self::Io { path, source } => Self::Io { path: rename(path), source },
             Self::Encode { path, reason } => Self::Encode { path: rename(path), reason },

@@ -13,18 +13,21 @@
 //! - [`biology`]: MoA phenotype programs and drug effects from structure;
 //! - [`cell`]: cell body, nucleus and mitochondrial network, frame by frame;
 //! - [`imaging`]: point-spread function, bleaching, drift, noise, bit depth;
-//! - [`writer`]: the dataset on disk, generated in parallel.
+//! - [`writer`]: the dataset on disk, generated in parallel;
+//! - [`field`]: raw fields of view with ground truth, for segmentation and tracking.
 
 pub mod biology;
 pub mod cell;
 pub mod config;
 mod error;
+pub mod field;
 pub mod imaging;
 pub mod library;
 pub mod writer;
 
-pub use config::{FrameFormat, SimConfig};
+pub use config::{FrameFormat, RawConfig, RawFormat, SimConfig};
 pub use error::SimError;
+pub use field::{generate_raw, render_field, FieldJob, RawField, RawReport};
 pub use library::{Drug, DrugLibrary};
 pub use writer::{generate, render_cell_video, DatasetPlan, GenerationReport};
 

@@ -21,7 +21,7 @@ use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
 
 use crate::biology::{CellResponse, ScreenBiology};
-use molclip_core::{OutputLock, Split};
+use molclip_core::Split;
 
 use crate::cell::{Cell, CellMovie};
 use crate::config::{FrameFormat, SimConfig};
@@ -171,37 +171,7 @@ pub fn generate(
     progress: &(dyn Fn() + Sync),
 ) -> Result<GenerationReport, SimError> {
     let start = Instant::now();
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "dataset".into());
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    fs::create_dir_all(parent).map_err(SimError::io(parent))?;
-    // One writer per dataset: the lock sits beside it, as the dataset is renamed into place.
-    let _lock = OutputLock::acquire(&parent.join(format!(".{name}.lock")), out, "a dataset there", true)?;
-    check_replaceable(out, overwrite)?;
-    let staging = out.with_file_name(format!(".{name}.partial-{}", std::process::id()));
-    // Staging folders of earlier runs go first: they are ours, by name, and with the lock
-    // held, no living process is writing them.
-    let prefix = format!(".{name}.partial-");
-    let mut removed_staging = Vec::new();
-    for entry in fs::read_dir(parent).into_iter().flatten().flatten() {
-        if entry.file_name().to_string_lossy().starts_with(&prefix) {
-            fs::remove_dir_all(entry.path()).map_err(SimError::io(entry.path()))?;
-            removed_staging.push(entry.path());
-        }
-    }
-    fs::create_dir_all(&staging).map_err(SimError::io(&staging))?;
-    // Nothing half-written is left behind: on any error, or on Ctrl-C, the staging folder goes.
-    let _on_interrupt = molclip_core::remove_on_interrupt(&staging);
-    // Errors name the files as they would be in `out`: the staging name means nothing to a user.
-    let written = write_staging(plan, &staging, progress).map_err(|e| e.moved(&staging, out)).and_then(|()| {
-        if out.exists() {
-            fs::remove_dir_all(out).map_err(SimError::io(out))?;
-        }
-        fs::rename(&staging, out).map_err(SimError::io(out))
-    });
-    if written.is_err() {
-        let _ = fs::remove_dir_all(&staging);
-    }
-    written?;
+    let removed_staging = publish(out, overwrite, &mut |staging| write_staging(plan, staging, progress))?;
     Ok(GenerationReport {
         cells: plan.jobs.len(),
         frames: plan.frames(),
@@ -216,65 +186,25 @@ pub fn generate(
 /// dataset that `--force` may replace.
 const MARKER: &str = "# Written by mitosim";
 
-/// Refuses to write into `out` unless it is absent or empty, or, with `overwrite`, a
-/// dataset this crate wrote and nothing else: `--force` never deletes a user's files.
-fn check_replaceable(out: &Path, overwrite: bool) -> Result<(), SimError> {
-    let refuse = |reason: String| SimError::Io {
-        path: out.into(),
-        source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, reason),
-    };
-    if !out.exists() {
-        return Ok(());
-    }
-    let entries: Vec<String> = fs::read_dir(out)
-        .map_err(SimError::io(out))?
-        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
-        .collect::<Result<_, _>>()
-        .map_err(SimError::io(out))?;
-    if entries.is_empty() {
-        return Ok(());
-    }
-    if !overwrite {
-        return Err(refuse("exists and is not empty (pass --force to replace it)".into()));
-    }
-    if let Some(why) = protected(out) {
-        return Err(refuse(format!("is {why}: --force never replaces it; choose another --out")));
-    }
-    let marked = fs::read_to_string(out.join("simulation.toml")).is_ok_and(|t| t.starts_with(MARKER));
-    let ours = |name: &str| {
-        matches!(name, "annotation.csv" | "simulation.toml" | "novel")
+/// Builds a simulated folder with `write` in a staging folder beside `out` and renames it
+/// into place ([`molclip_core::publish_dir`]): `overwrite` replaces only a folder this crate
+/// wrote. Returns the staging folders of interrupted runs that were removed.
+pub(crate) fn publish(
+    out: &Path,
+    overwrite: bool,
+    write: &mut dyn FnMut(&Path) -> Result<(), SimError>,
+) -> Result<Vec<PathBuf>, SimError> {
+    let names = |name: &str| {
+        matches!(name, "annotation.csv" | "simulation.toml" | "novel" | "ground_truth")
             || name.strip_prefix('l').is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
     };
-    match entries.iter().find(|n| !ours(n)) {
-        _ if !marked => Err(refuse(
-            "is not a dataset molclip simulated (no simulation.toml of ours): --force only replaces those; \
-             choose another --out"
-                .into(),
-        )),
-        Some(foreign) => Err(refuse(format!(
-            "holds `{foreign}`, which molclip did not write: --force only replaces a simulated dataset; \
-             move it away or choose another --out"
-        ))),
-        None => Ok(()),
-    }
-}
-
-/// Why `out` must never be replaced, whatever it holds: the filesystem's root, the home
-/// folder, or the working directory or one of its ancestors.
-fn protected(out: &Path) -> Option<&'static str> {
-    let out = out.canonicalize().ok()?;
-    if out.parent().is_none() {
-        return Some("the filesystem's root");
-    }
-    let home = std::env::var_os("HOME").and_then(|h| Path::new(&h).canonicalize().ok());
-    if home.is_some_and(|h| h == out) {
-        return Some("the home folder");
-    }
-    let cwd = std::env::current_dir().ok().and_then(|d| d.canonicalize().ok());
-    if cwd.is_some_and(|d| d.starts_with(&out)) {
-        return Some("the working directory or one of its ancestors");
-    }
-    None
+    let owner = molclip_core::Ownership {
+        marker_file: "simulation.toml",
+        marker: MARKER,
+        names: &names,
+        what: "a simulated dataset",
+    };
+    molclip_core::publish_dir(out, overwrite, &owner, write, &|e: SimError, from, to| e.moved(from, to))
 }
 
 /// Writes every video, the annotation and `simulation.toml` into `staging`.
@@ -288,6 +218,11 @@ fn write_staging(plan: &DatasetPlan, staging: &Path, progress: &(dyn Fn() + Sync
         Ok(())
     })?;
     write_annotation(&staging.join("annotation.csv"), &plan.library)?;
+    write_simulation_toml(plan, staging)
+}
+
+/// `simulation.toml`, marked as ours: the config that regenerates the folder.
+pub(crate) fn write_simulation_toml(plan: &DatasetPlan, staging: &Path) -> Result<(), SimError> {
     let toml = format!(
         "{MARKER} {}. `molclip simulate --config simulation.toml` regenerates this dataset bit for bit.\n{}",
         env!("CARGO_PKG_VERSION"),
@@ -320,20 +255,18 @@ fn write_video(dir: &Path, video: &[Vec<f32>], size: usize, format: FrameFormat)
         }
         FrameFormat::Tiff => {
             let path = dir.join("stack.tif");
-            let enc_err = |e: tiff::TiffError| SimError::Encode { path: path.clone(), reason: e.to_string() };
-            let mut bytes = std::io::Cursor::new(Vec::new());
-            let mut encoder = tiff::encoder::TiffEncoder::new(&mut bytes).map_err(enc_err)?;
-            for frame in video {
-                let pixels: Vec<u16> = frame.iter().map(|v| (v * 65535.0).round() as u16).collect();
-                encoder.write_image::<tiff::encoder::colortype::Gray16>(side, side, &pixels).map_err(enc_err)?;
-            }
-            write(&path, bytes.get_ref())?;
+            let pages: Vec<Vec<u16>> =
+                video.iter().map(|frame| frame.iter().map(|v| (v * 65535.0).round() as u16).collect()).collect();
+            let pages: Vec<&[u16]> = pages.iter().map(Vec::as_slice).collect();
+            let bytes = molclip_core::ome::gray16_stack(size, size, &pages, None)
+                .map_err(|e| SimError::Encode { path: path.clone(), reason: e.to_string() })?;
+            write(&path, &bytes)?;
         }
     }
     Ok(())
 }
 
-fn write_annotation(path: &Path, library: &DrugLibrary) -> Result<(), SimError> {
+pub(crate) fn write_annotation(path: &Path, library: &DrugLibrary) -> Result<(), SimError> {
     let csv_err = |e: csv::Error| SimError::Io { path: path.into(), source: std::io::Error::other(e.to_string()) };
     let mut w = csv::Writer::from_path(path).map_err(csv_err)?;
     w.write_record(["index", "drug_id", "name", "smiles", "moa", "moa_id"]).map_err(csv_err)?;

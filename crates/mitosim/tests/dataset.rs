@@ -129,7 +129,7 @@ fn an_existing_output_is_not_overwritten_without_asking() {
     assert_eq!(std::fs::read_to_string(out.join("keep.txt")).unwrap(), "mine");
     // --force does not delete what molclip did not write: a folder of the user's...
     let err = generate(&plan, &out, true, &|| {}).unwrap_err().to_string();
-    assert!(err.contains("not a dataset molclip simulated"), "{err}");
+    assert!(err.contains("is not a simulated dataset molclip wrote"), "{err}");
     assert_eq!(std::fs::read_to_string(out.join("keep.txt")).unwrap(), "mine");
     // ...nor a simulated dataset the user added a file to.
     let data = tmp.path().join("data");

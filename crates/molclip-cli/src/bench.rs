@@ -106,6 +106,23 @@ pub enum BenchCommand {
     /// (internal) evaluate once in this process and print seconds and peak memory.
     #[command(hide = true)]
     EvaluateOnce { embeddings: PathBuf, metadata: PathBuf },
+    /// Segmenting and tracking simulated raw fields (the tiny preset's drugs, one replicate,
+    /// the default raw field of 512 x 512 x 16 frames) against ground truth: detection F1,
+    /// SEG, tracks recovered whole, fields per second; scikit-image doing the same in the
+    /// same run, with as many processes as molclip has threads.
+    Extract {
+        /// A config for both (only molclip reads it; the reference has the defaults built in).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Field side in pixels.
+        #[arg(long, default_value_t = 512)]
+        field_size: usize,
+        /// Skip the scikit-image reference.
+        #[arg(long)]
+        no_reference: bool,
+        #[arg(long, default_value = "benches/extract_reference.py")]
+        script: PathBuf,
+    },
     /// Featurizing the 1,000 oracle drugs, against RDKit in Python doing the same.
     Chem {
         #[arg(long, default_value = "../shared/chem/rdkit_oracle.jsonl")]
@@ -139,6 +156,9 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         }
         BenchCommand::DeviceCheck { device } => device_check(&device),
         BenchCommand::Chem { oracle, script, repeats } => bench_chem(&oracle, &script, repeats),
+        BenchCommand::Extract { config, field_size, no_reference, script } => {
+            bench_extract(config.as_deref(), field_size, (!no_reference).then_some(script.as_path()))
+        }
     }
 }
 
@@ -620,5 +640,104 @@ fn device_check(device: &str) -> Result<()> {
             start.elapsed().as_secs_f64() * 1e3
         );
     }
+    Ok(())
+}
+
+/// Scores label stacks (track ids per frame) of every field against the ground truth.
+fn score_fields(
+    truth: &Path,
+    fields: &[molclip_extract::RawField],
+    predicted: &(dyn Fn(&molclip_extract::RawField) -> Result<Vec<Vec<u32>>> + Sync),
+) -> Result<molclip_extract::score::Score> {
+    let scores = fields
+        .par_iter()
+        .map(|f| -> Result<molclip_extract::score::Score> {
+            let path = truth.join(&f.replicate).join(format!("{}.masks.tif", f.name));
+            let gt = molclip_extract::score::read_label_stack(&path)?;
+            Ok(molclip_extract::score::score_field(&gt, &predicted(f)?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut total = molclip_extract::score::Score::default();
+    for s in &scores {
+        total.add(s);
+    }
+    Ok(total)
+}
+
+fn bench_extract(config: Option<&Path>, field_size: usize, script: Option<&Path>) -> Result<()> {
+    let cfg = match config {
+        Some(path) => molclip_extract::ExtractConfig::from_toml_file(path)?,
+        None => molclip_extract::ExtractConfig::default(),
+    };
+    let mut sim = SimConfig::preset("tiny")?;
+    sim.layout.replicates = 1;
+    sim.raw.field_size = field_size;
+    let plan = DatasetPlan::new(sim, Path::new("."))?;
+    let dir = tempfile::tempdir()?;
+    let raw = dir.path().join("raw");
+    mitosim::generate_raw(&plan, &raw, false, &|| {})?;
+    let fields = molclip_extract::discover(&raw)?;
+    let truth = raw.join("ground_truth");
+    let threads = rayon::current_num_threads();
+    // Read once untimed, so that both sides read from the page cache.
+    for f in &fields {
+        molclip_extract::read_field(f)?;
+    }
+    let start = Instant::now();
+    let extracted =
+        fields.par_iter().map(|f| molclip_extract::extract_field(f, &cfg, None)).collect::<Result<Vec<_>, _>>()?;
+    let seconds = start.elapsed().as_secs_f64();
+    let labels: std::collections::HashMap<String, Vec<Vec<u32>>> =
+        fields.iter().zip(&extracted).map(|(f, x)| (f.label(), x.track_labels())).collect();
+    let ours = score_fields(&truth, &fields, &|f| Ok(labels[&f.label()].clone()))?;
+    let reference = match script {
+        Some(script) => {
+            let out = dir.path().join("reference");
+            let mut cmd = Command::new("python3");
+            cmd.arg(script).arg(&raw).arg(&out).arg(threads.to_string()).args(fields.iter().map(|f| f.label()));
+            match run_json(&mut cmd) {
+                Ok(json) => {
+                    let score = score_fields(&truth, &fields, &|f| {
+                        let path = out.join(&f.replicate).join(format!("{}.labels.tif", f.name));
+                        Ok(molclip_extract::score::read_label_stack(&path)?)
+                    })?;
+                    let version = json["skimage"].as_str().unwrap_or("?").to_string();
+                    Some((score, json["seconds"].as_f64().unwrap_or(f64::NAN), version))
+                }
+                Err(e) => {
+                    eprintln!("scikit-image reference not run: {e:#}");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let frames = plan.config.layout.frames;
+    println!(
+        "extract: {} raw fields of {field_size} x {field_size} x {frames} frames x 3 stains (tiny preset's drugs, \
+         {} ground-truth tracks), {threads} threads / processes",
+        fields.len(),
+        ours.whole_tracks
+    );
+    println!(
+        "{:<28} {:>12} {:>8} {:>15} {:>10} {:>10}",
+        "implementation", "detection F1", "SEG", "tracks whole", "fields/s", "speed"
+    );
+    let row = |name: &str, s: &molclip_extract::score::Score, secs: f64, speed: String| {
+        println!(
+            "{:<28} {:>12.3} {:>8.3} {:>14.1}% {:>10.2} {:>10}",
+            name,
+            s.f1(),
+            s.seg(),
+            100.0 * s.tracks_recovered(),
+            fields.len() as f64 / secs,
+            speed
+        )
+    };
+    if let Some((score, secs, version)) = &reference {
+        row(&format!("scikit-image {version}"), score, *secs, "1.0x".into());
+    }
+    let speed = reference.as_ref().map_or("-".into(), |r| format!("{:.1}x", r.1 / seconds));
+    row("molclip extract", &ours, seconds, speed);
     Ok(())
 }

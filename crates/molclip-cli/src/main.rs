@@ -4,6 +4,7 @@
 mod bench;
 mod demo;
 mod evaluate;
+mod extract;
 mod predict;
 mod progress;
 mod report;
@@ -41,6 +42,9 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Write a simulated MitoDataset (MitoReID layout).
     Simulate(SimulateArgs),
+    /// Raw time-lapse fields of view -> single-cell videos in the MitoReID layout: nuclei and
+    /// cells segmented, tracked over time (Hungarian assignment), cropped and written.
+    Extract(extract::ExtractArgs),
     /// Validate a dataset (folder or manifest CSV) and summarise it; optionally draw a montage and measure difficulty.
     Inspect(InspectArgs),
     /// Re-identification metrics (mAP, CMC) for drug identification and MoA recognition.
@@ -150,6 +154,16 @@ struct SimulateArgs {
     /// Replace --out if it exists.
     #[arg(long)]
     force: bool,
+    /// Write raw time-lapse fields of view instead of crops (many cells of one drug per
+    /// field, three stains, with ground-truth masks and tracks), for `molclip extract`.
+    #[arg(long)]
+    raw: bool,
+    /// With --raw: mitoreid (one TIFF per field, time point and stain) or ome-tiff.
+    #[arg(long, requires = "raw")]
+    raw_format: Option<mitosim::RawFormat>,
+    /// With --raw: field side in pixels.
+    #[arg(long, requires = "raw")]
+    field_size: Option<usize>,
 }
 
 #[derive(Args)]
@@ -248,6 +262,7 @@ fn run(cli: Cli) -> Result<()> {
     let quiet = cli.quiet;
     match cli.command {
         Command::Simulate(args) => simulate(args, quiet),
+        Command::Extract(args) => extract::extract(args, quiet),
         Command::Inspect(args) => inspect(args, quiet),
         Command::Evaluate(args) => evaluate::evaluate(args, quiet),
         Command::Chem(ChemCommand::Featurize(args)) => featurize(args),
@@ -284,6 +299,12 @@ fn simulation_config(args: &SimulateArgs) -> Result<SimConfig> {
     if let Some(f) = args.format {
         config.layout.format = f;
     }
+    if let Some(f) = args.raw_format {
+        config.raw.format = f;
+    }
+    if let Some(side) = args.field_size {
+        config.raw.field_size = side;
+    }
     config.validate()?;
     Ok(config)
 }
@@ -291,6 +312,9 @@ fn simulation_config(args: &SimulateArgs) -> Result<SimConfig> {
 fn simulate(args: SimulateArgs, quiet: bool) -> Result<()> {
     let config = simulation_config(&args)?;
     let plan = DatasetPlan::new(config, Path::new(".")).context("planning the simulation")?;
+    if args.raw {
+        return simulate_raw(&plan, &args, quiet);
+    }
     let bar = progress::bar(plan.jobs.len() as u64, "simulating cells", quiet);
     let report = mitosim::generate(&plan, &args.out, args.force, &|| bar.inc(1))
         .with_context(|| format!("writing {}", args.out.display()))?;
@@ -310,6 +334,29 @@ fn simulate(args: SimulateArgs, quiet: bool) -> Result<()> {
         plan.config.layout.size,
         report.seconds,
         report.frames as f64 / report.seconds
+    );
+    Ok(())
+}
+
+fn simulate_raw(plan: &DatasetPlan, args: &SimulateArgs, quiet: bool) -> Result<()> {
+    let fields = mitosim::field::field_jobs(plan).len();
+    let bar = progress::bar(fields as u64, "simulating fields", quiet);
+    let report = mitosim::generate_raw(plan, &args.out, args.force, &|| bar.inc(1))
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    bar.finish_and_clear();
+    for stale in &report.removed_staging {
+        eprintln!("removed {}, left by an interrupted simulation", stale.display());
+    }
+    let side = plan.config.raw.field_size;
+    println!(
+        "wrote {}: {} raw fields of {side}x{side}, {} frames, 3 stains; ground truth: {} tracks, {} of them whole \
+         (in every frame), in {:.1} s",
+        args.out.display(),
+        report.fields,
+        plan.config.layout.frames,
+        report.tracks,
+        report.whole_tracks,
+        report.seconds
     );
     Ok(())
 }

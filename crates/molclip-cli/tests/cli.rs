@@ -440,3 +440,54 @@ fn a_corrupt_frame_stops_train_before_its_first_step_and_nothing_is_written() {
     assert!(text(&o).contains(frame.to_str().unwrap()), "{}", text(&o));
     assert!(!run.exists(), "the check runs before the run folder is made");
 }
+
+#[test]
+fn raw_fields_are_simulated_extracted_and_read_as_a_dataset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = tmp.path().join("raw");
+    let cfg = tmp.path().join("sim.toml");
+    std::fs::write(
+        &cfg,
+        "[library]\nmax_moas = 2\n[layout]\nreplicates = 1\nframes = 6\n[raw]\nfield_size = 192\ncells = [6, 8]\n",
+    )
+    .unwrap();
+    let o = molclip(&[
+        "simulate",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--raw",
+        "--raw-format",
+        "ome-tiff",
+        "--out",
+        raw.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("raw fields of 192x192"), "{}", text(&o));
+    let (cells, qc) = (tmp.path().join("cells"), tmp.path().join("qc"));
+    let o = molclip(&[
+        "extract",
+        "--raw",
+        raw.to_str().unwrap(),
+        "--out",
+        cells.to_str().unwrap(),
+        "--format",
+        "tiff",
+        "--qc",
+        qc.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(qc.read_dir().unwrap().count() > 0);
+    let o = molclip(&["inspect", cells.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["cells"].as_u64().unwrap() >= 10, "{v}");
+    // A bad config names its field; an unknown split is refused when parsed.
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, "[crop]\nmargin = 9\n").unwrap();
+    let o = molclip(&["extract", "--raw", raw.to_str().unwrap(), "--out", "x", "--config", bad.to_str().unwrap()]);
+    assert!(!o.status.success() && text(&o).contains("crop.margin"), "{}", text(&o));
+    let o = molclip(&["extract", "--raw", raw.to_str().unwrap(), "--out", "x", "--split", "half"]);
+    assert!(!o.status.success() && text(&o).contains("random, train or novel"), "{}", text(&o));
+}

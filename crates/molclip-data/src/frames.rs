@@ -410,7 +410,8 @@ pub struct StackLayout {
 }
 
 impl StackLayout {
-    fn page(&self, t: usize, c: usize) -> usize {
+    /// The page (from 0) that holds time point `t` of channel `c`.
+    pub fn page(&self, t: usize, c: usize) -> usize {
         if self.channel_major {
             t * self.channels + c
         } else {

@@ -26,8 +26,9 @@ fn read_rgb(cell: &CellVideo) -> Result<Video, DataError> {
     read_video_with(cell, &options)
 }
 
-/// An RGB canvas: `[r, g, b]` per pixel, row-major.
-fn draw_text(canvas: &mut [[u8; 3]], width: usize, x0: usize, y0: usize, text: &str, value: u8) {
+/// Writes `text` in an 8 x 8 pixel font at (`x0`, `y0`) on an RGB canvas (`[r, g, b]` per
+/// pixel, row-major, `width` wide); what falls outside is clipped.
+pub fn draw_text(canvas: &mut [[u8; 3]], width: usize, x0: usize, y0: usize, text: &str, colour: [u8; 3]) {
     for (k, ch) in text.chars().enumerate() {
         let Some(glyph) = font8x8::BASIC_FONTS.get(ch) else { continue };
         for (row, bits) in glyph.iter().enumerate() {
@@ -35,7 +36,7 @@ fn draw_text(canvas: &mut [[u8; 3]], width: usize, x0: usize, y0: usize, text: &
                 if bits & (1 << col) != 0 {
                     let (x, y) = (x0 + k * 8 + col, y0 + row);
                     if x < width && y * width + x < canvas.len() {
-                        canvas[y * width + x] = [value; 3];
+                        canvas[y * width + x] = colour;
                     }
                 }
             }
@@ -107,13 +108,13 @@ pub fn montage_png(index: &DatasetIndex) -> Result<Vec<u8>, DataError> {
     let height = HEADER + rows.len() * (th + GAP);
     let mut canvas = vec![[24u8; 3]; width * height];
     for (k, f) in shown.iter().enumerate() {
-        draw_text(&mut canvas, width, LABEL_WIDTH + k * (tw + GAP), 3, &format!("t={f}"), 230);
+        draw_text(&mut canvas, width, LABEL_WIDTH + k * (tw + GAP), 3, &format!("t={f}"), [230; 3]);
     }
     for (r, (moa, video)) in rows.iter().enumerate() {
         let y0 = HEADER + r * (th + GAP);
         let mut label = index.annotation.moa_name(*moa);
         label.truncate(30);
-        draw_text(&mut canvas, width, 4, y0 + th / 2 - 4, &label, 230);
+        draw_text(&mut canvas, width, 4, y0 + th / 2 - 4, &label, [230; 3]);
         let plane = video.width * video.height;
         for c in 0..3 {
             // One contrast per channel for the whole video, so dimming and bleaching show.
