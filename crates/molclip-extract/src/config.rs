@@ -126,8 +126,13 @@ impl ExtractConfig {
     /// Reads a config file; unknown fields and bad values are errors naming the field.
     pub fn from_toml_file(path: &Path) -> Result<Self, ExtractError> {
         let text = std::fs::read_to_string(path).map_err(ExtractError::io(path))?;
+        Self::from_toml_str(&text, path)
+    }
+
+    /// A config from TOML text; `source` names it in errors.
+    pub fn from_toml_str(text: &str, source: &Path) -> Result<Self, ExtractError> {
         let config: Self =
-            toml::from_str(&text).map_err(|e| ExtractError::Invalid { path: path.into(), reason: e.to_string() })?;
+            toml::from_str(text).map_err(|e| ExtractError::Invalid { path: source.into(), reason: e.to_string() })?;
         config.validate()?;
         Ok(config)
     }

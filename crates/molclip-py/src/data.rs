@@ -14,6 +14,19 @@ use pyo3::types::PyDict;
 use crate::progress::PyProgress;
 use crate::{py_err, py_msg};
 
+/// The simulation config of a preset or a file, with its seed replaced if one is given.
+pub(crate) fn sim_config(preset: &str, config: Option<&Path>, seed: Option<u64>) -> PyResult<SimConfig> {
+    let mut cfg = match config {
+        Some(path) => SimConfig::from_toml_file(path),
+        None => SimConfig::preset(preset),
+    }
+    .map_err(py_err)?;
+    if let Some(seed) = seed {
+        cfg.seed = seed;
+    }
+    Ok(cfg)
+}
+
 /// Writes a simulated MitoDataset (MitoReID layout) into `out`, from a preset or a
 /// simulation config (TOML), as `molclip simulate` does; returns what was written.
 #[pyfunction]
@@ -29,14 +42,7 @@ pub fn simulate<'py>(
     force: bool,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let mut cfg = match &config {
-        Some(path) => SimConfig::from_toml_file(path),
-        None => SimConfig::preset(preset),
-    }
-    .map_err(py_err)?;
-    if let Some(seed) = seed {
-        cfg.seed = seed;
-    }
+    let mut cfg = sim_config(preset, config.as_deref(), seed)?;
     if let Some(c) = structure_coupling {
         cfg.biology.structure_coupling = c;
     }

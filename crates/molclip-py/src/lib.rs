@@ -9,6 +9,7 @@
 mod chem;
 mod data;
 mod eval;
+mod extract;
 mod progress;
 mod run;
 
@@ -34,6 +35,12 @@ fn py_msg(text: impl Into<String>) -> PyErr {
     MolclipError::new_err(text.into())
 }
 
+/// A config given from Python as a dict (sent as JSON) in the TOML that configs are read from.
+fn toml_from_json(json: &str) -> PyResult<String> {
+    let value: toml::Value = serde_json::from_str(json).map_err(|e| py_msg(format!("config: {e}")))?;
+    toml::to_string(&value).map_err(|e| py_msg(format!("config: {e}")))
+}
+
 /// The native module.
 #[pymodule]
 fn _molclip(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -46,6 +53,8 @@ fn _molclip(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(eval::evaluate, m)?)?;
     m.add_function(wrap_pyfunction!(eval::tsne, m)?)?;
     m.add_function(wrap_pyfunction!(data::simulate, m)?)?;
+    m.add_function(wrap_pyfunction!(extract::simulate_raw, m)?)?;
+    m.add_function(wrap_pyfunction!(extract::extract, m)?)?;
     m.add_class::<data::Dataset>()?;
     m.add_class::<run::Run>()?;
     m.add_function(wrap_pyfunction!(run::train, m)?)?;

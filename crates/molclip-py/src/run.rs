@@ -289,8 +289,7 @@ pub fn train<'py>(
     let given = match (&config_path, &config_json) {
         (Some(path), _) => Some((path.display().to_string(), read_config(path).map_err(py_err)?)),
         (None, Some(json)) => {
-            let value: toml::Value = serde_json::from_str(json).map_err(|e| py_msg(format!("config: {e}")))?;
-            let text = toml::to_string(&value).map_err(|e| py_msg(format!("config: {e}")))?;
+            let text = crate::toml_from_json(json)?;
             let cfg = TrainConfig::from_toml(&text).map_err(|e| py_msg(format!("config: {}", error_text(&e))))?;
             Some(("config".to_string(), cfg))
         }

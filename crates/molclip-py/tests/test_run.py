@@ -100,8 +100,14 @@ def test_ctrl_c_leaves_a_checkpoint_and_resume_finishes_the_same_run(
 ) -> None:
     config = molclip.Run(run_dir).config
     out = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt):
-        molclip.train(config, tiny, out, progress=StopAt(3))
+    # Python leaves SIGINT ignored when it starts ignored (a job run in the background by a
+    # non-interactive shell): give Ctrl-C its usual meaning for the test, as in a terminal.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            molclip.train(config, tiny, out, progress=StopAt(3))
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert (out / "checkpoints" / "last").is_dir() and not (out / "model.safetensors").exists()
     assert len(pd.read_csv(out / "metrics.csv")) == 3
     # A second run into the same folder is refused; resume continues it.

@@ -41,6 +41,7 @@ __all__ = [
     "featurize",
     "morgan",
     "simulate",
+    "extract",
     "train",
     "tsne",
 ]
@@ -219,6 +220,9 @@ def simulate(
     structure_coupling: Optional[float] = None,
     force: bool = False,
     progress: Any = True,
+    raw: bool = False,
+    raw_format: Optional[str] = None,
+    field_size: Optional[int] = None,
 ) -> Dict[str, Any]:
     """Write a simulated MitoDataset (MitoReID layout) into ``out``, as ``molclip simulate``:
     ``preset`` is ``tiny``, ``demo``, ``bench`` or ``mito``, or ``config`` a simulation
@@ -228,13 +232,82 @@ def simulate(
 
     Returns what was written: ``path``, ``moas``, ``drugs``, ``novel_drugs``, ``cells``,
     ``frames``, ``size``, ``seconds``.
+
+    With ``raw=True``, raw fields of view instead, as ``molclip simulate --raw``: many cells
+    of one drug per field in three stains, in MitoReID's raw naming or OME-TIFF
+    (``raw_format="mitoreid"`` or ``"ome-tiff"``), ``field_size`` pixels square, with
+    ground-truth masks and tracks under ``out/ground_truth``; for :func:`extract`. Returns
+    ``path``, ``fields``, ``tracks``, ``whole_tracks``, ``seconds``.
     """
+    if raw:
+        return _molclip.simulate_raw(
+            os.fspath(out),
+            preset=preset,
+            config=None if config is None else os.fspath(config),
+            seed=seed,
+            field_size=field_size,
+            raw_format=raw_format,
+            force=force,
+            progress=sink(progress),
+        )
+    if raw_format is not None or field_size is not None:
+        raise ValueError("raw_format and field_size apply to raw=True only")
     return _molclip.simulate(
         os.fspath(out),
         preset=preset,
         config=None if config is None else os.fspath(config),
         seed=seed,
         structure_coupling=structure_coupling,
+        force=force,
+        progress=sink(progress),
+    )
+
+
+def extract(
+    raw: PathLike,
+    out: PathLike,
+    *,
+    config: Union[PathLike, Mapping[str, Any], None] = None,
+    split: str = "random",
+    seed: int = 0,
+    format: Optional[str] = None,
+    annotation: Optional[PathLike] = None,
+    masks: Optional[PathLike] = None,
+    qc: Optional[PathLike] = None,
+    force: bool = False,
+    progress: Any = True,
+) -> Dict[str, Any]:
+    """Raw time-lapse fields of view to single-cell videos in the MitoReID layout, as
+    ``molclip extract``: nuclei and cells segmented, tracked over time, cropped and written
+    into the dataset ``out``, which :class:`Dataset` and :func:`train` read.
+
+    ``config``: a TOML file (configs/extract.toml has every field) or the same as a dict
+    (``{"segment": {"nucleus_sigma": 3.0}}``); ``split``: ``random`` (80/20 per field,
+    seeded by ``seed``), ``train`` or ``novel``; ``format``: ``jpeg`` or ``tiff``;
+    ``annotation``: the drug table if ``raw`` has none; ``masks``: label masks to use
+    instead of segmenting and tracking; ``qc``: a folder for an overlay PNG per field;
+    ``force`` replaces an earlier extraction.
+
+    Returns ``path``, ``fields``, ``frames``, ``tracks``, ``videos`` (per split),
+    ``unannotated`` (fields whose drug has no annotation row) and ``seconds``.
+    """
+    config_path = config_json = None
+    if isinstance(config, Mapping):
+        config_json = json.dumps(config)
+    elif config is not None:
+        config_path = os.fspath(config)
+    path = lambda p: None if p is None else os.fspath(p)  # noqa: E731
+    return _molclip.extract(
+        os.fspath(raw),
+        os.fspath(out),
+        config_path=config_path,
+        config_json=config_json,
+        split=split,
+        seed=seed,
+        format=format,
+        annotation=path(annotation),
+        masks=path(masks),
+        qc=path(qc),
         force=force,
         progress=sink(progress),
     )

@@ -46,6 +46,31 @@ def simulate(
     progress: Any = None,
 ) -> Dict[str, Any]: ...
 
+def simulate_raw(
+    out: _Path,
+    preset: str = "tiny",
+    config: Optional[_Path] = None,
+    seed: Optional[int] = None,
+    field_size: Optional[int] = None,
+    raw_format: Optional[str] = None,
+    force: bool = False,
+    progress: Any = None,
+) -> Dict[str, Any]: ...
+def extract(
+    raw: _Path,
+    out: _Path,
+    config_path: Optional[_Path] = None,
+    config_json: Optional[str] = None,
+    split: str = "random",
+    seed: int = 0,
+    format: Optional[str] = None,
+    annotation: Optional[_Path] = None,
+    masks: Optional[_Path] = None,
+    qc: Optional[_Path] = None,
+    force: bool = False,
+    progress: Any = None,
+) -> Dict[str, Any]: ...
+
 class Dataset:
     def __init__(self, path: _Path, progress: Any = None) -> None: ...
     @property
