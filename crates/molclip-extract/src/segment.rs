@@ -95,24 +95,30 @@ fn to_gray(mask: &[bool], width: usize, height: usize) -> GrayImage {
     })
 }
 
-/// Removes the 8-connected components of `mask` smaller than `min_area`.
-fn remove_small(mask: &mut [bool], width: usize, height: usize, min_area: usize) {
-    let labels = connected_components(&to_gray(mask, width, height), Connectivity::Eight, Luma([0u8]));
-    let mut areas = vec![0usize; 1];
-    for &l in labels.as_raw() {
-        if l as usize >= areas.len() {
-            areas.resize(l as usize + 1, 0);
-        }
+/// The 8-connected components of `mask` of at least `min_area` pixels, as bounding boxes
+/// (x0, y0, x1, y1, exclusive) and a label image; smaller ones are removed from `mask`.
+fn components(mask: &mut [bool], width: usize, height: usize, min_area: usize) -> (Vec<u32>, Vec<[usize; 4]>) {
+    let labels = connected_components(&to_gray(mask, width, height), Connectivity::Eight, Luma([0u8])).into_raw();
+    let n = labels.iter().copied().max().unwrap_or(0) as usize;
+    let mut areas = vec![0usize; n + 1];
+    let mut boxes = vec![[usize::MAX, usize::MAX, 0, 0]; n + 1];
+    for (i, &l) in labels.iter().enumerate() {
+        let (x, y) = (i % width, i / width);
+        let b = &mut boxes[l as usize];
+        *b = [b[0].min(x), b[1].min(y), b[2].max(x + 1), b[3].max(y + 1)];
         areas[l as usize] += 1;
     }
-    for (m, &l) in mask.iter_mut().zip(labels.as_raw()) {
+    for (m, &l) in mask.iter_mut().zip(&labels) {
         if l > 0 && areas[l as usize] < min_area {
             *m = false;
         }
     }
+    let kept = (0..=n).map(|l| if l > 0 && areas[l] >= min_area { boxes[l] } else { [0; 4] }).collect();
+    (labels, kept)
 }
 
-/// Euclidean distance from each pixel of `mask` to the nearest pixel outside it.
+/// Euclidean distance from each pixel of `mask` (`width` x `height`) to the nearest pixel
+/// outside it.
 fn distance_inside(mask: &[bool], width: usize, height: usize) -> Vec<f32> {
     let outside = GrayImage::from_fn(width as u32, height as u32, |x, y| {
         Luma([if mask[y as usize * width + x as usize] { 0 } else { 255 }])
@@ -142,6 +148,64 @@ fn max_filter(image: &[f32], width: usize, height: usize, r: usize) -> Vec<f32> 
         }
     }
     out
+}
+
+/// The distance transform of every nucleus (`depth`, 0 outside) and seed labels: the
+/// plateaus of its local maxima over `seed_radius`, searched within each nucleus alone (a
+/// neighbour's deeper centre never suppresses a nucleus' own seed), at least
+/// `min_seed_depth` deep. Works nucleus by nucleus, in each one's bounding box.
+fn seeds(
+    labels: &[u32],
+    boxes: &[[usize; 4]],
+    width: usize,
+    height: usize,
+    cfg: &SegmentConfig,
+) -> (Vec<f32>, Vec<u32>) {
+    let mut depth = vec![0.0f32; labels.len()];
+    let mut seeds = vec![0u32; labels.len()];
+    let mut next = 0u32;
+    let mut stack = Vec::new();
+    for (l, b) in boxes.iter().enumerate().filter(|(_, b)| b[2] > b[0]) {
+        // The box, one pixel wider where the field allows, so that its edge is background.
+        let (x0, y0) = (b[0].saturating_sub(1), b[1].saturating_sub(1));
+        let (x1, y1) = ((b[2] + 1).min(width), (b[3] + 1).min(height));
+        let (w, h) = (x1 - x0, y1 - y0);
+        let at = |x: usize, y: usize| (y0 + y) * width + x0 + x;
+        let mine: Vec<bool> = (0..w * h).map(|i| labels[at(i % w, i / w)] == l as u32).collect();
+        let d = distance_inside(&mine, w, h);
+        let masked: Vec<f32> = d.iter().zip(&mine).map(|(&v, &m)| if m { v } else { f32::MIN }).collect();
+        let peak = max_filter(&masked, w, h, cfg.seed_radius);
+        let is_seed: Vec<bool> = (0..w * h).map(|i| mine[i] && d[i] >= cfg.min_seed_depth && d[i] >= peak[i]).collect();
+        let mut labelled = vec![false; w * h];
+        for i in 0..w * h {
+            if mine[i] {
+                depth[at(i % w, i / w)] = d[i];
+            }
+            if !is_seed[i] || labelled[i] {
+                continue;
+            }
+            // A new plateau: flood its 8-connected seed pixels.
+            next += 1;
+            labelled[i] = true;
+            stack.push(i);
+            while let Some(j) = stack.pop() {
+                let (x, y) = (j % w, j / w);
+                seeds[at(x, y)] = next;
+                for (dx, dy) in [(-1, -1), (0, -1), (1, -1), (-1, 0), (1, 0), (-1, 1), (0, 1), (1, 1)] {
+                    let (nx, ny) = (x as isize + dx, y as isize + dy);
+                    if nx < 0 || ny < 0 || nx >= w as isize || ny >= h as isize {
+                        continue;
+                    }
+                    let k = ny as usize * w + nx as usize;
+                    if is_seed[k] && !labelled[k] {
+                        labelled[k] = true;
+                        stack.push(k);
+                    }
+                }
+            }
+        }
+    }
+    (depth, seeds)
 }
 
 /// Grey levels a watershed floods by.
@@ -201,15 +265,10 @@ pub fn segment(stains: &[Vec<f32>; 3], width: usize, height: usize, cfg: &Segmen
     let w1 = gaussian(&stains[0], width, height, cfg.nucleus_sigma);
     let t = otsu(&w1) * cfg.nucleus_threshold;
     let mut nuclei: Vec<bool> = w1.iter().map(|&v| v > t).collect();
-    remove_small(&mut nuclei, width, height, cfg.min_nucleus_area);
+    let (components, boxes) = components(&mut nuclei, width, height, cfg.min_nucleus_area);
     // Seeds: plateaus of the distance transform's local maxima, one per nucleus unless two
     // are joined by a neck; a watershed on the distance splits them there.
-    let depth = distance_inside(&nuclei, width, height);
-    let peaks = max_filter(&depth, width, height, cfg.seed_radius);
-    let is_seed: Vec<bool> =
-        (0..n).map(|i| nuclei[i] && depth[i] >= cfg.min_seed_depth && depth[i] >= peaks[i]).collect();
-    let seeds = connected_components(&to_gray(&is_seed, width, height), Connectivity::Eight, Luma([0u8]));
-    let mut labels: Vec<u32> = seeds.into_raw();
+    let (depth, mut labels) = seeds(&components, &boxes, width, height, cfg);
     let negative: Vec<f32> = depth.iter().map(|d| -d).collect();
     watershed(&negative, &mut labels, &nuclei, width, height);
     // Cells: the nuclei grow over the cell foreground, through the valleys of the inverted
