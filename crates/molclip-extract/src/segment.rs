@@ -364,6 +364,21 @@ mod tests {
     }
 
     #[test]
+    fn a_deeper_neighbouring_nucleus_does_not_take_a_small_nucleus_seed() {
+        // Two separate nuclei, radii 10 and 3.3, two pixels apart along a diagonal: the big
+        // one is deeper than the small one within the small one's seed window, so a maximum
+        // filter over the whole field would find no seed in the small one.
+        let (w, h) = (40, 40);
+        let disc = |i: usize, c: f64, r: f64| (((i % w) as f64 - c).powi(2) + ((i / w) as f64 - c).powi(2)).sqrt() < r;
+        let w1: Vec<f32> =
+            (0..w * h).map(|i| if disc(i, 14.0, 10.0) || disc(i, 25.0, 3.3) { 1.0 } else { 0.0 }).collect();
+        let cfg = SegmentConfig { nucleus_sigma: 0.5, min_cell_area: 10, ..SegmentConfig::default() };
+        let s = segment(&[w1.clone(), vec![0.0; w * h], w1], w, h, &cfg);
+        assert_eq!(s.cells.len(), 2, "{:?}", s.cells);
+        assert!((s.cells[1].centroid[0] - 25.0).abs() < 1.5, "{:?}", s.cells);
+    }
+
+    #[test]
     fn measure_drops_small_regions_and_renumbers() {
         let labels = vec![0, 5, 5, 5, 2, 0, 5, 9, 9];
         let s = measure(labels, 3, 3, 2);
