@@ -211,7 +211,9 @@ fn plan_actors(plan: &DatasetPlan, rng: &mut ChaCha8Rng) -> Vec<Actor> {
             life = rng.random_range(2..frames.max(3) - 1);
         }
         let path = walk(rng, centre, velocity, life);
+        // A label is an index in `actors` + 1: the mother goes before her daughters.
         let id = actors.len() as u16 + 1;
+        let mut daughters = Vec::new();
         if fate == Fate::Divides {
             let end = *path.last().expect("a life of at least 2 frames");
             let axis = rng.random_range(0.0..std::f64::consts::TAU);
@@ -223,7 +225,7 @@ fn plan_actors(plan: &DatasetPlan, rng: &mut ChaCha8Rng) -> Vec<Actor> {
                 let cell = Cell::draw(rng, daughter, &cfg.biology);
                 let movie_seed = rng.random();
                 let path = walk(rng, start, apart, frames - life);
-                actors.push(Actor {
+                daughters.push(Actor {
                     cell,
                     canvas: daughter,
                     response,
@@ -236,26 +238,20 @@ fn plan_actors(plan: &DatasetPlan, rng: &mut ChaCha8Rng) -> Vec<Actor> {
                     parent: Some(id),
                 });
             }
-            // The mother goes before her daughters: a label is its index in `actors` + 1.
-            let at = actors.len() - 2;
-            actors.insert(
-                at,
-                Actor { cell, canvas: s, response, gain, nucleus_gain, movie_seed, path, born: 0, fate, parent: None },
-            );
-        } else {
-            actors.push(Actor {
-                cell,
-                canvas: s,
-                response,
-                gain,
-                nucleus_gain,
-                movie_seed,
-                path,
-                born: 0,
-                fate,
-                parent: None,
-            });
         }
+        actors.push(Actor {
+            cell,
+            canvas: s,
+            response,
+            gain,
+            nucleus_gain,
+            movie_seed,
+            path,
+            born: 0,
+            fate,
+            parent: None,
+        });
+        actors.extend(daughters);
     }
     actors
 }
@@ -291,7 +287,6 @@ pub fn render_field(plan: &DatasetPlan, job: &FieldJob) -> RawField {
             let (x0, y0) =
                 ((centre[0] + stage[0] - half).round() as isize, (centre[1] + stage[1] - half).round() as isize);
             let (gain, nucleus) = (actor.gain as f32, nucleus_level * actor.nucleus_gain as f32);
-            let mut shown = false;
             for cy in 0..actor.canvas {
                 let fy = y0 + cy as isize;
                 if fy < 0 || fy >= side as isize {
@@ -309,13 +304,18 @@ pub fn render_field(plan: &DatasetPlan, job: &FieldJob) -> RawField {
                     if cell.extent[c] < 1.0 && cell.extent[c] < nearest[f] {
                         nearest[f] = cell.extent[c];
                         mask[f] = k as u16 + 1;
-                        shown = true;
                     }
                 }
             }
-            if shown {
-                seen[k] = Some(seen[k].map_or((t, t), |(first, _)| (first, t)));
-            }
+        }
+        // A cell is in the frame where the mask keeps a pixel of it (a more central
+        // neighbour may have taken all of them).
+        let mut shown = vec![false; actors.len()];
+        for &label in mask.iter().filter(|&&l| l > 0) {
+            shown[label as usize - 1] = true;
+        }
+        for (k, _) in shown.iter().enumerate().filter(|(_, &s)| s) {
+            seen[k] = Some(seen[k].map_or((t, t), |(first, _)| (first, t)));
         }
         let bleach = (1.0 - cfg.imaging.bleaching).powf(time);
         for (s, mut plane) in planes.into_iter().enumerate() {

@@ -196,7 +196,7 @@ pub(crate) fn publish(
 ) -> Result<Vec<PathBuf>, SimError> {
     let names = |name: &str| {
         matches!(name, "annotation.csv" | "simulation.toml" | "novel" | "ground_truth")
-            || name.strip_prefix('l').is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            || molclip_core::is_replicate_folder(name)
     };
     let owner = molclip_core::Ownership {
         marker_file: "simulation.toml",

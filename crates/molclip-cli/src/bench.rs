@@ -654,7 +654,15 @@ fn score_fields(
         .map(|f| -> Result<molclip_extract::score::Score> {
             let path = truth.join(&f.replicate).join(format!("{}.masks.tif", f.name));
             let gt = molclip_extract::score::read_label_stack(&path)?;
-            Ok(molclip_extract::score::score_field(&gt, &predicted(f)?))
+            let prediction = predicted(f)?;
+            anyhow::ensure!(
+                prediction.len() == gt.len(),
+                "{}: {} predicted frames, {} true ones",
+                f.label(),
+                prediction.len(),
+                gt.len()
+            );
+            Ok(molclip_extract::score::score_field(&gt, &prediction))
         })
         .collect::<Result<Vec<_>>>()?;
     let mut total = molclip_extract::score::Score::default();

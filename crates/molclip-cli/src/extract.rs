@@ -65,7 +65,7 @@ pub fn extract(args: ExtractArgs, quiet: bool) -> Result<()> {
         annotation: args.annotation.clone(),
         masks: args.masks.clone(),
     };
-    let report = molclip_extract::extract(&args.raw, &args.out, &config, &options, &|| bar.inc(1))
+    let report = molclip_extract::extract(&args.raw, &fields, &args.out, &config, &options, &|| bar.inc(1))
         .with_context(|| format!("extracting {} into {}", args.raw.display(), args.out.display()))?;
     bar.finish_and_clear();
     for stale in &report.removed_staging {

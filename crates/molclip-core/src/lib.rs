@@ -17,4 +17,4 @@ pub use interrupt::{remove_on_interrupt, remove_registered, RemoveOnInterrupt};
 pub use lock::{LockError, OutputLock};
 pub use publish::{publish_dir, published_path, Ownership};
 pub use report::error_text;
-pub use vocabulary::{Identity, Split, UnknownName};
+pub use vocabulary::{is_replicate_folder, Identity, Split, UnknownName};

@@ -74,6 +74,11 @@ impl FromStr for Split {
     }
 }
 
+/// Whether `name` is a replicate folder's: `l` and digits (`l1`, `l2`, ...).
+pub fn is_replicate_folder(name: &str) -> bool {
+    name.strip_prefix('l').is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// The identity a model learns in a training stage, and the task it is scored on: the drug
 /// (drug identification) or its mechanism of action (MoA recognition).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -92,6 +92,13 @@ pub struct FieldExtraction {
 }
 
 impl FieldExtraction {
+    /// Marks the tracks long enough to become videos (`crop.min_frames`; 0: every frame).
+    fn new(images: FieldImages, frames: Vec<Segmentation>, tracks: Vec<Track>, crop: &CropConfig) -> Self {
+        let need = if crop.min_frames == 0 { frames.len() } else { crop.min_frames.min(frames.len()) };
+        let kept = tracks.iter().map(|tr| tr.span() >= need).collect();
+        Self { images, frames, tracks, kept }
+    }
+
     /// Per frame, a label image whose labels are track numbers + 1: what [`score`] compares
     /// with ground truth.
     pub fn track_labels(&self) -> Vec<Vec<u32>> {
@@ -112,10 +119,7 @@ pub fn extract_images(images: FieldImages, cfg: &ExtractConfig) -> FieldExtracti
     let frames: Vec<Segmentation> =
         images.frames.par_iter().map(|f| segment::segment(f, images.width, images.height, &cfg.segment)).collect();
     let tracks = track::track(&frames, &cfg.track);
-    let t = frames.len();
-    let need = if cfg.crop.min_frames == 0 { t } else { cfg.crop.min_frames.min(t) };
-    let kept = tracks.iter().map(|tr| tr.span() >= need).collect();
-    FieldExtraction { images, frames, tracks, kept }
+    FieldExtraction::new(images, frames, tracks, &cfg.crop)
 }
 
 /// Cells and tracks from label masks made elsewhere (a ground truth, or another
@@ -131,9 +135,7 @@ pub fn extract_with_masks(images: FieldImages, masks: Vec<Vec<u32>>, cfg: &Extra
         }
     }
     let tracks: Vec<Track> = by_id.into_values().map(|detections| Track { detections }).collect();
-    let need = if cfg.crop.min_frames == 0 { frames.len() } else { cfg.crop.min_frames.min(frames.len()) };
-    let kept = tracks.iter().map(|tr| tr.span() >= need).collect();
-    FieldExtraction { images, frames, tracks, kept }
+    FieldExtraction::new(images, frames, tracks, &cfg.crop)
 }
 
 /// Reads one field, then segments and tracks its cells, or with `masks` (a folder of
@@ -227,12 +229,14 @@ fn annotation_source(raw: &Path, given: Option<&Path>) -> Result<PathBuf, Extrac
     })
 }
 
-/// Extracts every field under `raw` into a dataset at `out` (MitoReID layout:
+/// Extracts `fields` (what [`discover`] found under `raw`: the caller discovers them, and
+/// may size a progress bar by them) into a dataset at `out` (MitoReID layout:
 /// `<replicate>/<split>/<field>/<field>_<n>/`, or `novel/<field>/<replicate>-<field>_<n>/`),
 /// fields in parallel, `progress` called once per field. The dataset appears whole or not
 /// at all; `overwrite` replaces only an earlier extraction.
 pub fn extract(
     raw: &Path,
+    fields: &[RawField],
     out: &Path,
     cfg: &ExtractConfig,
     options: &ExtractOptions,
@@ -240,7 +244,6 @@ pub fn extract(
 ) -> Result<ExtractReport, ExtractError> {
     let start = std::time::Instant::now();
     cfg.validate()?;
-    let fields = discover(raw)?;
     let annotation = annotation_source(raw, options.annotation.as_deref())?;
     let extension = annotation.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
     if !matches!(extension.as_str(), "csv" | "xlsx") {
@@ -252,7 +255,7 @@ pub fn extract(
     let mut report = ExtractReport { fields: fields.len(), ..Default::default() };
     let names = |name: &str| {
         matches!(name, "annotation.csv" | "annotation.xlsx" | "extract.toml" | "novel")
-            || name.strip_prefix('l').is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            || molclip_core::is_replicate_folder(name)
     };
     let owner = molclip_core::Ownership {
         marker_file: "extract.toml",

@@ -66,10 +66,6 @@ pub struct FieldImages {
     pub frames: Vec<[Vec<f32>; 3]>,
 }
 
-fn is_replicate(name: &str) -> bool {
-    name.strip_prefix('l').is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-}
-
 /// Every field under `root`, sorted by replicate and name. Incomplete fields (a time point
 /// or a stain missing) are errors that name the missing file.
 pub fn discover(root: &Path) -> Result<Vec<RawField>, ExtractError> {
@@ -78,7 +74,7 @@ pub fn discover(root: &Path) -> Result<Vec<RawField>, ExtractError> {
         .filter_map(|e| e.ok())
         .filter(|e| e.path().is_dir())
         .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
-        .filter(|(n, _)| is_replicate(n))
+        .filter(|(n, _)| molclip_core::is_replicate_folder(n))
         .collect();
     if replicates.is_empty() {
         replicates.push(("l1".into(), root.to_path_buf()));

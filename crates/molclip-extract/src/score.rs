@@ -59,13 +59,20 @@ fn areas(labels: &[u32]) -> HashMap<u32, usize> {
 }
 
 /// Scores one field: `truth[t]` and `predicted[t]` are label images of frame `t` whose
-/// labels are track ids (the same cell has the same label in every frame).
+/// labels are track ids (the same cell has the same label in every frame). Both hold the
+/// same number of frames.
 pub fn score_field(truth: &[Vec<u32>], predicted: &[Vec<u32>]) -> Score {
+    assert_eq!(truth.len(), predicted.len(), "frames of the truth and of the prediction");
     let mut score = Score::default();
     // Per frame: true label -> predicted label matched at IoU > 0.5.
     let mut matched: Vec<HashMap<u32, u32>> = Vec::with_capacity(truth.len());
+    // Frames each true label is present in.
+    let mut present: HashMap<u32, usize> = HashMap::new();
     for (gt, pr) in truth.iter().zip(predicted) {
         let (ga, pa) = (areas(gt), areas(pr));
+        for &g in ga.keys() {
+            *present.entry(g).or_insert(0) += 1;
+        }
         let mut common: HashMap<(u32, u32), usize> = HashMap::new();
         for (&g, &p) in gt.iter().zip(pr) {
             if g != 0 && p != 0 {
@@ -92,12 +99,6 @@ pub fn score_field(truth: &[Vec<u32>], predicted: &[Vec<u32>]) -> Score {
         matched.push(frame_matches);
     }
     // Whole tracks: true ids present in every frame.
-    let mut present: HashMap<u32, usize> = HashMap::new();
-    for gt in truth {
-        for g in areas(gt).into_keys() {
-            *present.entry(g).or_insert(0) += 1;
-        }
-    }
     for (g, _) in present.into_iter().filter(|&(_, n)| n == truth.len()) {
         score.whole_tracks += 1;
         let first = matched.first().and_then(|m| m.get(&g)).copied();

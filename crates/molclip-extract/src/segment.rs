@@ -95,26 +95,15 @@ fn to_gray(mask: &[bool], width: usize, height: usize) -> GrayImage {
     })
 }
 
-/// The 8-connected components of `mask` of at least `min_area` pixels, as bounding boxes
-/// (x0, y0, x1, y1, exclusive) and a label image; smaller ones are removed from `mask`.
-fn components(mask: &mut [bool], width: usize, height: usize, min_area: usize) -> (Vec<u32>, Vec<[usize; 4]>) {
+/// The 8-connected components of `mask` of at least `min_area` pixels, measured; smaller
+/// ones are removed from `mask`.
+fn components(mask: &mut [bool], width: usize, height: usize, min_area: usize) -> Segmentation {
     let labels = connected_components(&to_gray(mask, width, height), Connectivity::Eight, Luma([0u8])).into_raw();
-    let n = labels.iter().copied().max().unwrap_or(0) as usize;
-    let mut areas = vec![0usize; n + 1];
-    let mut boxes = vec![[usize::MAX, usize::MAX, 0, 0]; n + 1];
-    for (i, &l) in labels.iter().enumerate() {
-        let (x, y) = (i % width, i / width);
-        let b = &mut boxes[l as usize];
-        *b = [b[0].min(x), b[1].min(y), b[2].max(x + 1), b[3].max(y + 1)];
-        areas[l as usize] += 1;
+    let kept = measure(labels, width, height, min_area);
+    for (m, &l) in mask.iter_mut().zip(&kept.labels) {
+        *m = l != 0;
     }
-    for (m, &l) in mask.iter_mut().zip(&labels) {
-        if l > 0 && areas[l as usize] < min_area {
-            *m = false;
-        }
-    }
-    let kept = (0..=n).map(|l| if l > 0 && areas[l] >= min_area { boxes[l] } else { [0; 4] }).collect();
-    (labels, kept)
+    kept
 }
 
 /// Euclidean distance from each pixel of `mask` (`width` x `height`) to the nearest pixel
@@ -154,24 +143,19 @@ fn max_filter(image: &[f32], width: usize, height: usize, r: usize) -> Vec<f32> 
 /// plateaus of its local maxima over `seed_radius`, searched within each nucleus alone (a
 /// neighbour's deeper centre never suppresses a nucleus' own seed), at least
 /// `min_seed_depth` deep. Works nucleus by nucleus, in each one's bounding box.
-fn seeds(
-    labels: &[u32],
-    boxes: &[[usize; 4]],
-    width: usize,
-    height: usize,
-    cfg: &SegmentConfig,
-) -> (Vec<f32>, Vec<u32>) {
+fn seeds(nuclei: &Segmentation, cfg: &SegmentConfig) -> (Vec<f32>, Vec<u32>) {
+    let (labels, width, height) = (&nuclei.labels, nuclei.width, nuclei.height);
     let mut depth = vec![0.0f32; labels.len()];
     let mut seeds = vec![0u32; labels.len()];
     let mut next = 0u32;
     let mut stack = Vec::new();
-    for (l, b) in boxes.iter().enumerate().filter(|(_, b)| b[2] > b[0]) {
+    for &CellRegion { label: l, bbox: b, .. } in &nuclei.cells {
         // The box, one pixel wider where the field allows, so that its edge is background.
         let (x0, y0) = (b[0].saturating_sub(1), b[1].saturating_sub(1));
         let (x1, y1) = ((b[2] + 1).min(width), (b[3] + 1).min(height));
         let (w, h) = (x1 - x0, y1 - y0);
         let at = |x: usize, y: usize| (y0 + y) * width + x0 + x;
-        let mine: Vec<bool> = (0..w * h).map(|i| labels[at(i % w, i / w)] == l as u32).collect();
+        let mine: Vec<bool> = (0..w * h).map(|i| labels[at(i % w, i / w)] == l).collect();
         let d = distance_inside(&mine, w, h);
         let masked: Vec<f32> = d.iter().zip(&mine).map(|(&v, &m)| if m { v } else { f32::MIN }).collect();
         let peak = max_filter(&masked, w, h, cfg.seed_radius);
@@ -265,10 +249,10 @@ pub fn segment(stains: &[Vec<f32>; 3], width: usize, height: usize, cfg: &Segmen
     let w1 = gaussian(&stains[0], width, height, cfg.nucleus_sigma);
     let t = otsu(&w1) * cfg.nucleus_threshold;
     let mut nuclei: Vec<bool> = w1.iter().map(|&v| v > t).collect();
-    let (components, boxes) = components(&mut nuclei, width, height, cfg.min_nucleus_area);
+    let components = components(&mut nuclei, width, height, cfg.min_nucleus_area);
     // Seeds: plateaus of the distance transform's local maxima, one per nucleus unless two
     // are joined by a neck; a watershed on the distance splits them there.
-    let (depth, mut labels) = seeds(&components, &boxes, width, height, cfg);
+    let (depth, mut labels) = seeds(&components, cfg);
     let negative: Vec<f32> = depth.iter().map(|d| -d).collect();
     watershed(&negative, &mut labels, &nuclei, width, height);
     // Cells: the nuclei grow over the cell foreground, through the valleys of the inverted

@@ -49,9 +49,15 @@ fn a_tiny_raw_screen_is_extracted_as_its_ground_truth_says() {
     // The dataset: what inspect and train read, one video per whole track.
     let out = dir.path().join("cells");
     let qc = dir.path().join("qc");
-    let report =
-        extract(&raw, &out, &cfg, &ExtractOptions { qc: Some(qc.clone()), ..options(SplitPolicy::Random) }, &|| {})
-            .unwrap();
+    let report = extract(
+        &raw,
+        &fields,
+        &out,
+        &cfg,
+        &ExtractOptions { qc: Some(qc.clone()), ..options(SplitPolicy::Random) },
+        &|| {},
+    )
+    .unwrap();
     let index = molclip_data::DatasetIndex::open(&out).unwrap();
     let videos: usize = report.videos.iter().sum();
     assert_eq!(index.cells.len(), videos);
@@ -63,20 +69,27 @@ fn a_tiny_raw_screen_is_extracted_as_its_ground_truth_says() {
     // Ground-truth masks give exactly the whole tracks.
     let truth_out = dir.path().join("truth-cells");
     let o = ExtractOptions { masks: Some(raw.join("ground_truth")), ..options(SplitPolicy::Train) };
-    let truth = extract(&raw, &truth_out, &cfg, &o, &|| {}).unwrap();
+    let truth = extract(&raw, &fields, &truth_out, &cfg, &o, &|| {}).unwrap();
     assert_eq!(truth.videos, [score.whole_tracks, 0, 0, 0]);
 
     // --force replaces an extraction, never a folder of someone else's.
-    let again = extract(&raw, &out, &cfg, &options(SplitPolicy::Train), &|| {}).unwrap_err().to_string();
+    let again = extract(&raw, &fields, &out, &cfg, &options(SplitPolicy::Train), &|| {}).unwrap_err().to_string();
     assert!(again.contains("--force"), "{again}");
-    extract(&raw, &out, &cfg, &ExtractOptions { overwrite: true, ..options(SplitPolicy::Train) }, &|| {}).unwrap();
+    extract(&raw, &fields, &out, &cfg, &ExtractOptions { overwrite: true, ..options(SplitPolicy::Train) }, &|| {})
+        .unwrap();
     let foreign = dir.path().join("mine");
     std::fs::create_dir(&foreign).unwrap();
     std::fs::write(foreign.join("notes.txt"), "keep").unwrap();
-    let refused =
-        extract(&raw, &foreign, &cfg, &ExtractOptions { overwrite: true, ..options(SplitPolicy::Train) }, &|| {})
-            .unwrap_err()
-            .to_string();
+    let refused = extract(
+        &raw,
+        &fields,
+        &foreign,
+        &cfg,
+        &ExtractOptions { overwrite: true, ..options(SplitPolicy::Train) },
+        &|| {},
+    )
+    .unwrap_err()
+    .to_string();
     assert!(refused.contains("not an extracted dataset molclip wrote"), "{refused}");
     assert_eq!(std::fs::read_to_string(foreign.join("notes.txt")).unwrap(), "keep");
 }
@@ -97,11 +110,13 @@ fn a_field_with_a_missing_image_or_no_annotation_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let raw = raw_screen(dir.path(), RawFormat::Mitoreid);
     std::fs::remove_file(raw.join("annotation.csv")).unwrap();
-    let err = extract(&raw, &dir.path().join("o"), &ExtractConfig::default(), &options(SplitPolicy::Random), &|| {})
-        .unwrap_err()
-        .to_string();
+    let fields = discover(&raw).unwrap();
+    let err =
+        extract(&raw, &fields, &dir.path().join("o"), &ExtractConfig::default(), &options(SplitPolicy::Random), &|| {})
+            .unwrap_err()
+            .to_string();
     assert!(err.contains("annotation"), "{err}");
-    let field = discover(&raw).unwrap()[0].name.clone();
+    let field = fields[0].name.clone();
     std::fs::remove_file(raw.join("l1").join(format!("{field}_3_w3.tif"))).unwrap();
     let err = discover(&raw).unwrap_err().to_string();
     assert!(err.contains(&format!("{field}_3_w3.tif")), "{err}");

@@ -95,7 +95,7 @@ pub fn extract<'py>(
         use molclip_experiment::Progress;
         let fields = molclip_extract::discover(&raw).map_err(py_err)?;
         progress.start("extracting fields", fields.len() as u64);
-        let report = molclip_extract::extract(&raw, &out, &cfg, &options, &|| progress.advance(1));
+        let report = molclip_extract::extract(&raw, &fields, &out, &cfg, &options, &|| progress.advance(1));
         progress.finish();
         report.map_err(|e| {
             py_msg(format!("extracting {} into {}: {}", raw.display(), out.display(), molclip_core::error_text(&e)))
