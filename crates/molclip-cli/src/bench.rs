@@ -285,7 +285,7 @@ fn evaluate_once(embeddings: &Path, metadata: &Path) -> Result<()> {
     let features = molclip_eval::npy::read_npy(embeddings)?;
     let set = molclip_eval::EmbeddingSet::from_files(&features, metadata)?;
     drop(features);
-    let e = molclip_eval::evaluate(
+    let (e, profile) = molclip_eval::evaluate_profiled(
         &set.query.0,
         &set.query.1,
         &set.gallery.0,
@@ -295,7 +295,8 @@ fn evaluate_once(embeddings: &Path, metadata: &Path) -> Result<()> {
     println!(
         "{}",
         serde_json::json!({"seconds": start.elapsed().as_secs_f64(), "peak_rss_mib": peak_rss_mib(), "drug": e.drug,
-                           "moa": e.moa, "isa": molclip_cpu::isa().name()})
+                           "moa": e.moa, "isa": molclip_cpu::isa().name(), "products_seconds": profile.products,
+                           "ranking_seconds": profile.ranking})
     );
     Ok(())
 }
@@ -313,8 +314,15 @@ fn bench_evaluate(sizes: &[usize], dim: usize, reference_max: usize, script: &Pa
     let dir = tempfile::tempdir()?;
     println!("ReID evaluation, N queries x N gallery, {dim}-d, both tasks; separate processes, times include reading the files");
     println!(
-        "{:>6} {:<36} {:>9} {:>10} {:>9} {:>10} {:>14}",
-        "N", "implementation (ISA)", "seconds", "peak MiB", "speed-up", "mAP drug", "max |diff mAP|"
+        "{:>6} {:<36} {:>9} {:>22} {:>10} {:>9} {:>10} {:>14}",
+        "N",
+        "implementation (ISA)",
+        "seconds",
+        "products/ranking",
+        "peak MiB",
+        "speed-up",
+        "mAP drug",
+        "max |diff mAP|"
     );
     for &n in sizes {
         let (features, rows) = molclip_eval::synthetic::clustered_embeddings(n, dim, 7);
@@ -331,10 +339,11 @@ fn bench_evaluate(sizes: &[usize], dim: usize, reference_max: usize, script: &Pa
         };
         if let Some(r) = &reference {
             println!(
-                "{:>6} {:<36} {:>9.2} {:>10.0} {:>9} {:>10.4} {:>14}",
+                "{:>6} {:<36} {:>9.2} {:>22} {:>10.0} {:>9} {:>10.4} {:>14}",
                 n,
                 format!("NumPy full sort ({})", r["isa"].as_str().unwrap_or("?")),
                 num(r, "seconds"),
+                "",
                 num(r, "peak_rss_mib"),
                 "1.00x",
                 num(&r["drug"], "mAP"),
@@ -349,11 +358,14 @@ fn bench_evaluate(sizes: &[usize], dim: usize, reference_max: usize, script: &Pa
         let speedup = reference
             .as_ref()
             .map_or("-".to_string(), |r| format!("{:.1}x", num(r, "seconds") / num(&ours, "seconds")));
+        // The products' rate: 2 n² dim floating-point operations.
+        let gflops = 2.0 * (n * n * dim) as f64 / num(&ours, "products_seconds") / 1e9;
         println!(
-            "{:>6} {:<36} {:>9.2} {:>10.0} {:>9} {:>10.4} {:>14}",
+            "{:>6} {:<36} {:>9.2} {:>22} {:>10.0} {:>9} {:>10.4} {:>14}",
             n,
             format!("molclip-eval ({})", ours["isa"].as_str().unwrap_or("?")),
             num(&ours, "seconds"),
+            format!("{:.1}/{:.1} ({gflops:.0} GF/s)", num(&ours, "products_seconds"), num(&ours, "ranking_seconds")),
             num(&ours, "peak_rss_mib"),
             speedup,
             num(&ours["drug"], "mAP"),

@@ -137,6 +137,48 @@ pub fn describe() -> String {
     format!("{}; molclip kernels: {used}{capped}", cpu_model())
 }
 
+/// A piece of work that [`vectorize`] compiles for each instruction set. `run` must be
+/// `#[inline(always)]`, and so must what it calls for the wider code to reach it: an
+/// inlined body takes the instruction set of the function it lands in.
+pub trait Vectorized {
+    /// What the work returns.
+    type Output;
+    /// Does the work.
+    fn run(self) -> Self::Output;
+}
+
+/// Runs `work` compiled for the widest instruction set `level` allows: the loops it inlines
+/// are vectorised for AVX2 and FMA (or AVX-512) instead of the target's baseline. It changes
+/// no number: Rust neither contracts a multiply and an add into an FMA nor reorders a float
+/// reduction, whatever the instruction set, so only element-wise loops get wider.
+#[inline(always)]
+pub fn vectorize<W: Vectorized>(level: Isa, work: W) -> W::Output {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        unsafe fn avx512<W: Vectorized>(work: W) -> W::Output {
+            work.run()
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<W: Vectorized>(work: W) -> W::Output {
+            work.run()
+        }
+        // `level` names more than the CPU has only when a caller made it up: isa() never does.
+        let level = level.min(Isa::detected());
+        if level == Isa::Avx512 {
+            // SAFETY: Isa::detected() found AVX-512F (and AVX2 and FMA come with it on every
+            // CPU that has it).
+            return unsafe { avx512(work) };
+        }
+        if level == Isa::Avx2 {
+            // SAFETY: Isa::detected() found AVX2 and FMA.
+            return unsafe { avx2(work) };
+        }
+    }
+    let _ = level;
+    work.run()
+}
+
 macro_rules! gemm_for {
     ($name:ident, $t:ident, $krate:ident, $doc:literal) => {
         #[doc = $doc]
@@ -289,6 +331,36 @@ mod tests {
         assert!(Isa::Scalar < Isa::Avx2 && Isa::Avx2 < Isa::Avx512);
         assert!(isa() <= Isa::detected() && isa().runs() && Isa::Scalar.runs() && Isa::detected().runs());
         assert!(describe().contains(isa().name()));
+    }
+
+    /// An element-wise pass (a multiply-add and a division, which an FMA or a reciprocal
+    /// would change), a sum and a float-to-int conversion.
+    struct Work<'a>(&'a [f64]);
+
+    impl Vectorized for Work<'_> {
+        type Output = (Vec<f64>, f64, Vec<i32>);
+        #[inline(always)]
+        fn run(self) -> Self::Output {
+            let y: Vec<f64> = self.0.iter().map(|&x| (x * 1.7 + 0.3) / (x.abs() + 0.9)).collect();
+            let sum = y.iter().sum();
+            let ints = y.iter().map(|&v| (v * 1e6) as i32).collect();
+            (y, sum, ints)
+        }
+    }
+
+    #[test]
+    fn vectorize_gives_the_same_bits_at_every_level() {
+        let x = values(1003, 5);
+        let scalar = vectorize(Isa::Scalar, Work(&x));
+        for level in Isa::ALL.into_iter().filter(|l| l.runs()) {
+            let got = vectorize(level, Work(&x));
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got.0), bits(&scalar.0), "{level}");
+            assert_eq!(got.1.to_bits(), scalar.1.to_bits(), "{level}");
+            assert_eq!(got.2, scalar.2, "{level}");
+        }
+        // A level above the CPU's runs what the CPU has.
+        assert_eq!(vectorize(Isa::Avx512, Work(&x)).1.to_bits(), scalar.1.to_bits());
     }
 
     /// A deterministic matrix of `n` values in [-1, 1).

@@ -24,5 +24,5 @@ pub mod synthetic;
 pub use error::EvalError;
 pub use metadata::{EmbeddingSet, Features, LabelColumns, Metadata, NO_MOA};
 pub use novel::{novel_moa_votes, novel_retrieval, query_moa_votes, NovelReport};
-pub use reid::{evaluate, Embeddings, Evaluation, RowError, TaskMetrics, DEFAULT_MAX_RANK};
+pub use reid::{evaluate, evaluate_profiled, Embeddings, Evaluation, Profile, RowError, TaskMetrics, DEFAULT_MAX_RANK};
 pub use set::{NamedPrediction, NovelSection, SetEvaluation};

@@ -130,6 +130,27 @@ pub fn for_each_distance_block(
     gallery: &Embeddings,
     mut f: impl FnMut(usize, &[f64]),
 ) -> Result<(), EvalError> {
+    for_each_similarity_block(query, gallery, |start, block| {
+        for v in block.iter_mut() {
+            *v = distance(*v);
+        }
+        f(start, block)
+    })
+}
+
+/// The cosine distance of a cosine similarity; every distance of the protocol is this.
+#[inline(always)]
+fn distance(similarity: f64) -> f64 {
+    1.0 - similarity
+}
+
+/// As [`for_each_distance_block`], with the cosine similarities themselves: evaluation takes
+/// their [`distance`] as it reads them, instead of a pass over the block to write them.
+fn for_each_similarity_block(
+    query: &Embeddings,
+    gallery: &Embeddings,
+    mut f: impl FnMut(usize, &mut [f64]),
+) -> Result<(), EvalError> {
     check_widths(query, gallery, "query", "gallery")?;
     let (nq, ng, d) = (query.len(), gallery.len(), query.dim);
     let mut block = vec![0.0f64; BLOCK.min(nq.max(1)) * ng];
@@ -161,9 +182,6 @@ pub fn for_each_distance_block(
                 1.0,
                 if threads > 1 { molclip_cpu::Parallelism::Rayon(threads) } else { molclip_cpu::Parallelism::None },
             );
-        }
-        for v in out.iter_mut() {
-            *v = 1.0 - *v;
         }
         f(start, out);
     }
@@ -232,60 +250,152 @@ impl InvertedIndex {
     }
 }
 
+/// Distances are bucketed this many at a time, in a loop the compiler vectorises.
+const CHUNK: usize = 256;
+
+/// Copies of each task's `ahead` counts: consecutive non-matches falling in one interval
+/// add to different copies instead of waiting on each other's increment.
+const LANES: usize = 4;
+
 /// One task's state for one query: its sorted true matches and the
 /// distance buckets that place a non-match among them.
-#[derive(Default)]
 struct TaskRanks {
+    /// The true matches (distance, gallery index), sorted in [`TaskRanks::prepare`].
     matches: Vec<(f64, usize)>,
-    /// `first_match[b]`: number of matches in distance buckets below `b`.
-    first_match: Vec<u32>,
-    /// `ahead[p]`: kept non-matches ranked between match p-1 and match p.
-    ahead: Vec<usize>,
+    /// Where the sort puts them.
+    sorted: Vec<(f64, usize)>,
+    /// `slot[b]`: number of matches in buckets below `b`, with [`HOLDS_MATCH`] set when
+    /// bucket `b` holds a match itself.
+    slot: Vec<u32>,
+    /// `ahead[lane * (m + 2) + p]`: kept non-matches ranked between match p-1 and match p,
+    /// counted in [`LANES`] copies.
+    ahead: Vec<u32>,
     lo: f64,
     scale: f64,
-    buckets: usize,
+    top: f64,
+    /// The bucket of items outside the task (matches, excluded, other labels): its slot
+    /// counts them past the last interval, in `ahead[lane * (m + 2) + m + 1]`, never read.
+    skip: i32,
+    /// The buckets of the chunk of distances being placed.
+    buckets: [i32; CHUNK],
 }
 
+impl Default for TaskRanks {
+    fn default() -> Self {
+        Self {
+            matches: Vec::new(),
+            sorted: Vec::new(),
+            slot: Vec::new(),
+            ahead: Vec::new(),
+            lo: 0.0,
+            scale: 0.0,
+            top: 0.0,
+            skip: 0,
+            buckets: [0; CHUNK],
+        }
+    }
+}
+
+/// Bucket `floor((d - lo) scale + 1)`, clamped to [0, top]: monotone in `d`.
+#[inline(always)]
+fn bucket(d: f64, lo: f64, scale: f64, top: f64) -> i32 {
+    // `max` returns 0 for NaN as well; both bounds keep the order of distances.
+    let x = ((d - lo) * scale + 1.0).max(0.0).min(top);
+    // SAFETY: x is a number in [0, top], and top <= 2^16 + 3 fits an i32.
+    unsafe { x.to_int_unchecked::<i32>() }
+}
+
+/// The flag of a bucket that holds a match in [`TaskRanks::slot`].
+const HOLDS_MATCH: u32 = 1 << 31;
+
 impl TaskRanks {
-    /// Sort the matches and build a monotone bucketing of [lo, hi]:
-    /// d1 <= d2 implies bucket(d1) <= bucket(d2).
-    fn prepare(&mut self, lo: f64, hi: f64) {
+    /// Bucket distances monotonically (d1 <= d2 implies bucket(d1) <= bucket(d2)) so that
+    /// the matches' range [lo, hi] gets `16 m` buckets, everything below it bucket 0 and
+    /// everything well above it the top one; sort the matches by (distance, index).
+    fn prepare(&mut self) {
         let m = self.matches.len();
-        self.matches.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        self.buckets = (32 * m).clamp(64, 1 << 17);
-        self.lo = lo;
-        self.scale = if hi > lo { self.buckets as f64 / (hi - lo) } else { 0.0 };
-        self.first_match.clear();
-        self.first_match.resize(self.buckets + 1, 0);
-        for k in 0..m {
-            let b = self.bucket(self.matches[k].0);
-            self.first_match[b + 1] += 1;
-        }
-        for b in 0..self.buckets {
-            self.first_match[b + 1] += self.first_match[b];
-        }
         self.ahead.clear();
-        self.ahead.resize(m + 1, 0);
+        self.ahead.resize(LANES * (m + 2), 0);
+        if m == 0 {
+            return;
+        }
+        let (lo, hi) =
+            self.matches.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &(d, _)| (lo.min(d), hi.max(d)));
+        let inner = (16 * m).clamp(16, 1 << 16);
+        let scale = inner as f64 / (hi - lo);
+        (self.lo, self.scale) = (lo, if scale.is_finite() { scale } else { 0.0 });
+        // hi lands in bucket inner + 1 at most (rounding aside); the top bucket holds no match.
+        let top = inner + 3;
+        self.top = top as f64;
+        self.skip = top as i32 + 1;
+        // A counting sort by bucket: slot[b + 1] counts bucket b's matches, and the scan
+        // makes slot[b] the count below b, where bucket b's matches go.
+        self.slot.clear();
+        self.slot.resize(top + 2, 0);
+        let (lo, scale, top_f) = (self.lo, self.scale, self.top);
+        let at = |d: f64| bucket(d, lo, scale, top_f) as usize;
+        for &(d, _) in &self.matches {
+            self.slot[at(d) + 1] += 1;
+        }
+        let mut below = 0;
+        for s in self.slot.iter_mut() {
+            below += *s;
+            *s = below;
+        }
+        self.sorted.clear();
+        self.sorted.resize(m, (0.0, 0));
+        for &(d, j) in &self.matches {
+            let b = at(d);
+            self.sorted[self.slot[b] as usize] = (d, j);
+            self.slot[b] += 1;
+        }
+        // Each slot[b] moved on to the count below b + 1: shift them back.
+        self.slot.copy_within(0..top + 1, 1);
+        self.slot[0] = 0;
+        // Buckets keep the order of distances, so only matches sharing a bucket can be out of
+        // order: one insertion pass sorts them by (distance, index), as the stable sort ranks.
+        for k in 1..m {
+            let x = self.sorted[k];
+            let mut i = k;
+            while i > 0 && (self.sorted[i - 1].0, self.sorted[i - 1].1) > (x.0, x.1) {
+                self.sorted[i] = self.sorted[i - 1];
+                i -= 1;
+            }
+            self.sorted[i] = x;
+        }
+        std::mem::swap(&mut self.matches, &mut self.sorted);
+        for &(d, _) in &self.matches {
+            self.slot[at(d)] |= HOLDS_MATCH;
+        }
+        self.slot[top + 1] = m as u32 + 1;
     }
 
+    /// Count the kept non-matches of a chunk of at most [`CHUNK`] distances, the first at
+    /// gallery index `first`: `non_match[k]` says which are. A non-match is placed in O(1)
+    /// unless its bucket also holds a match, where (distance, index) decides exactly, as the
+    /// stable sort would.
     #[inline(always)]
-    fn bucket(&self, d: f64) -> usize {
-        (((d - self.lo) * self.scale) as usize).min(self.buckets - 1)
-    }
-
-    /// Count a kept non-match at gallery index `j`, distance `d`: O(1)
-    /// unless its bucket also holds a match, where (distance, index)
-    /// decides exactly, as the stable sort would.
-    #[inline(always)]
-    fn place(&mut self, d: f64, j: usize) {
-        let b = self.bucket(d);
-        let (from, to) = (self.first_match[b] as usize, self.first_match[b + 1] as usize);
-        let p = if from == to {
-            from
-        } else {
-            from + self.matches[from..to].partition_point(|&(md, mj)| md < d || (md == d && mj < j))
-        };
-        self.ahead[p] += 1;
+    fn place_chunk(&mut self, dist: &[f64], non_match: &[bool], first: usize) {
+        let (lo, scale, top, skip) = (self.lo, self.scale, self.top, self.skip);
+        // Vectorised: every item gets its bucket, items outside the task the skipped one.
+        for ((b, &d), &keep) in self.buckets.iter_mut().zip(dist).zip(non_match) {
+            *b = if keep { bucket(d, lo, scale, top) } else { skip };
+        }
+        let stride = self.matches.len() + 2;
+        let (slot, matches, buckets) = (&self.slot[..], &self.matches[..], &self.buckets[..dist.len()]);
+        let mut lanes = self.ahead.chunks_exact_mut(stride);
+        let lanes: [&mut [u32]; LANES] = std::array::from_fn(|_| lanes.next().expect("LANES lanes"));
+        for (k, &b) in buckets.iter().enumerate() {
+            let s = slot[b as usize];
+            let p = if s & HOLDS_MATCH == 0 {
+                s as usize
+            } else {
+                let (d, j) = (dist[k], first + k);
+                let (from, to) = ((s & !HOLDS_MATCH) as usize, (slot[b as usize + 1] & !HOLDS_MATCH) as usize);
+                from + matches[from..to].partition_point(|&(md, mj)| md < d || (md == d && mj < j))
+            };
+            lanes[k % LANES][p] += 1;
+        }
     }
 
     /// AP and first-match rank (1-based), or `None` without matches.
@@ -295,8 +405,8 @@ impl TaskRanks {
             return None;
         }
         let (mut before, mut ap, mut first) = (0usize, 0.0, 0);
-        for (k, count) in self.ahead.iter().take(m).enumerate() {
-            before += count;
+        for k in 0..m {
+            before += (0..LANES).map(|lane| self.ahead[lane * (m + 2) + k] as usize).sum::<usize>();
             let rank = k + 1 + before;
             if k == 0 {
                 first = rank;
@@ -308,10 +418,26 @@ impl TaskRanks {
 }
 
 /// Per-thread buffers, reused between queries.
-#[derive(Default)]
 struct Scratch {
     drug: TaskRanks,
     moa: TaskRanks,
+    /// The distances of the chunk being placed.
+    dist: [f64; CHUNK],
+    /// Which of its items are non-matches of each task.
+    non_drug: [bool; CHUNK],
+    non_moa: [bool; CHUNK],
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Self {
+            drug: TaskRanks::default(),
+            moa: TaskRanks::default(),
+            dist: [0.0; CHUNK],
+            non_drug: [false; CHUNK],
+            non_moa: [false; CHUNK],
+        }
+    }
 }
 
 /// One task's result for one query: its AP and the rank of its first true match, or
@@ -322,9 +448,10 @@ type QueryResult = Option<(f64, usize)>;
 ///
 /// Ranks are counted, not sorted: a task's sorted true matches split the
 /// gallery into m + 1 intervals, and each kept non-match is dropped into its
-/// interval, all in one pass over the gallery for both tasks.
+/// interval, in one pass over the gallery for both tasks, a chunk at a time.
+#[inline(always)]
 fn rank_query(
-    dist: &[f64],
+    sim: &[f64],
     q: (u32, u32, u32),
     g: &Metadata,
     index: &InvertedIndex,
@@ -332,29 +459,54 @@ fn rank_query(
 ) -> (QueryResult, QueryResult) {
     let (q_rep, q_drug, q_moa) = q;
     let excluded = |j: usize| g.replicate[j] == q_rep && g.drug[j] == q_drug;
-    let (lo, hi) = dist.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &d| (lo.min(d), hi.max(d)));
     let no_items: &[u32] = &[];
     for (task, list) in [
         (&mut s.drug, index.by_drug.get(q_drug as usize).map_or(no_items, Vec::as_slice)),
         (&mut s.moa, index.by_moa.get(q_moa as usize).map_or(no_items, Vec::as_slice)),
     ] {
         task.matches.clear();
-        task.matches.extend(list.iter().map(|&j| j as usize).filter(|&j| !excluded(j)).map(|j| (dist[j], j)));
-        task.prepare(lo, hi);
+        task.matches.extend(list.iter().map(|&j| j as usize).filter(|&j| !excluded(j)).map(|j| (distance(sim[j]), j)));
+        task.prepare();
     }
     let (has_drug, has_moa) = (!s.drug.matches.is_empty(), !s.moa.matches.is_empty());
-    for (j, &d) in dist.iter().enumerate() {
-        if excluded(j) {
-            continue;
+    let labels = g.replicate.chunks(CHUNK).zip(g.drug.chunks(CHUNK)).zip(g.moa.chunks(CHUNK));
+    for (c, (sim, ((rep, drug), moa))) in sim.chunks(CHUNK).zip(labels).enumerate() {
+        let d = &mut s.dist[..sim.len()];
+        for (d, &sim) in d.iter_mut().zip(sim) {
+            *d = distance(sim);
         }
-        if has_drug && g.drug[j] != q_drug {
-            s.drug.place(d, j);
+        let items = s.non_drug.iter_mut().zip(s.non_moa.iter_mut()).zip(rep).zip(drug).zip(moa);
+        for ((((non_drug, non_moa), &rep), &drug), &moa) in items {
+            // Excluded items are of the query's drug: neither matches nor non-matches here.
+            *non_drug = drug != q_drug;
+            *non_moa = moa != q_moa && moa != NO_MOA && !(drug == q_drug && rep == q_rep);
         }
-        if has_moa && g.moa[j] != q_moa && g.moa[j] != NO_MOA {
-            s.moa.place(d, j);
+        let d = &s.dist[..sim.len()];
+        if has_drug {
+            s.drug.place_chunk(d, &s.non_drug, c * CHUNK);
+        }
+        if has_moa {
+            s.moa.place_chunk(d, &s.non_moa, c * CHUNK);
         }
     }
     (s.drug.finish(), s.moa.finish())
+}
+
+/// [`rank_query`] as one piece of work for [`molclip_cpu::vectorize`].
+struct RankQuery<'a> {
+    sim: &'a [f64],
+    labels: (u32, u32, u32),
+    g: &'a Metadata,
+    index: &'a InvertedIndex,
+    scratch: &'a mut Scratch,
+}
+
+impl molclip_cpu::Vectorized for RankQuery<'_> {
+    type Output = (QueryResult, QueryResult);
+    #[inline(always)]
+    fn run(self) -> Self::Output {
+        rank_query(self.sim, self.labels, self.g, self.index, self.scratch)
+    }
 }
 
 fn summarise(
@@ -395,6 +547,27 @@ pub fn evaluate(
     g: &Metadata,
     max_rank: usize,
 ) -> Result<Evaluation, EvalError> {
+    evaluate_profiled(query, q, gallery, g, max_rank).map(|(e, _)| e)
+}
+
+/// Where the time of an evaluation went: the similarity products, and the ranking that
+/// follows each block of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Profile {
+    /// The matrix products (seconds).
+    pub products: f64,
+    /// Ranking and AP (seconds).
+    pub ranking: f64,
+}
+
+/// [`evaluate`], with where its time went.
+pub fn evaluate_profiled(
+    query: &Embeddings,
+    q: &Metadata,
+    gallery: &Embeddings,
+    g: &Metadata,
+    max_rank: usize,
+) -> Result<(Evaluation, Profile), EvalError> {
     if query.is_empty() || gallery.is_empty() {
         return Err(EvalError::Input(format!(
             "empty {}: need at least one query and one gallery video",
@@ -409,19 +582,25 @@ pub fn evaluate(
     let mut moa = vec![None; q.len()];
     let ng = gallery.len();
     let index = InvertedIndex::new(g);
-    for_each_distance_block(query, gallery, |start, block| {
+    let isa = molclip_cpu::isa();
+    let (started, mut ranking) = (std::time::Instant::now(), std::time::Duration::ZERO);
+    for_each_similarity_block(query, gallery, |start, block| {
+        let ranked = std::time::Instant::now();
         let rows: Vec<(QueryResult, QueryResult)> = block
             .par_chunks(ng)
             .enumerate()
-            .map_init(Scratch::default, |scratch, (r, dist)| {
+            .map_init(Scratch::default, |scratch, (r, sim)| {
                 let i = start + r;
-                rank_query(dist, (q.replicate[i], q.drug[i], q.moa[i]), g, &index, scratch)
+                let labels = (q.replicate[i], q.drug[i], q.moa[i]);
+                molclip_cpu::vectorize(isa, RankQuery { sim, labels, g, index: &index, scratch })
             })
             .collect();
         for (r, (d, m)) in rows.into_iter().enumerate() {
             drug[start + r] = d;
             moa[start + r] = m;
         }
+        ranking += ranked.elapsed();
     })?;
-    Ok(Evaluation { drug: summarise(drug, max_rank, "drug")?, moa: summarise(moa, max_rank, "MoA")? })
+    let profile = Profile { products: (started.elapsed() - ranking).as_secs_f64(), ranking: ranking.as_secs_f64() };
+    Ok((Evaluation { drug: summarise(drug, max_rank, "drug")?, moa: summarise(moa, max_rank, "MoA")? }, profile))
 }

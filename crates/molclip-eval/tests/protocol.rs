@@ -2,7 +2,7 @@
 //! implementation.
 
 use molclip_eval::reid::for_each_distance_block;
-use molclip_eval::{evaluate, Embeddings, EvalError, Metadata};
+use molclip_eval::{evaluate, Embeddings, EvalError, Metadata, NO_MOA};
 use proptest::prelude::*;
 
 fn at_angles(degrees: &[f64]) -> Embeddings {
@@ -116,11 +116,17 @@ fn naive(dist: &[Vec<f64>], q: &Metadata, g: &Metadata, drug_task: bool) -> (Vec
         order.sort_by(|&a, &b| row[a].partial_cmp(&row[b]).unwrap());
         let label = |j: usize| if drug_task { g.drug[j] } else { g.moa[j] };
         let ql = if drug_task { q.drug[i] } else { q.moa[i] };
-        let kept: Vec<bool> = order
-            .iter()
-            .filter(|&&j| !(g.replicate[j] == q.replicate[i] && g.drug[j] == q.drug[i]))
-            .map(|&j| label(j) == ql)
-            .collect();
+        // MoA recognition leaves out the videos without a MoA, as queries and as gallery items.
+        let in_task = |j: usize| drug_task || g.moa[j] != NO_MOA;
+        let kept: Vec<bool> = if !drug_task && ql == NO_MOA {
+            Vec::new()
+        } else {
+            order
+                .iter()
+                .filter(|&&j| !(g.replicate[j] == q.replicate[i] && g.drug[j] == q.drug[i]) && in_task(j))
+                .map(|&j| label(j) == ql)
+                .collect()
+        };
         if !kept.iter().any(|&m| m) {
             aps.push(None);
             firsts.push(None);
@@ -145,17 +151,19 @@ proptest! {
     #[test]
     fn counting_ranks_equals_the_full_stable_sort(
         nq in 1usize..12,
-        ng in 1usize..300,
+        ng in 1usize..700,
         dim in 1usize..4,
         seed in any::<u64>(),
+        fine in any::<bool>(),
     ) {
-        // Coarse integer coordinates make exact ties common.
+        // Coarse integer coordinates make exact ties common; fine ones spread the distances.
+        let spread = if fine { 2001 } else { 3 };
         let mut state = seed | 1;
         let mut next = |m: u64| { state ^= state << 13; state ^= state >> 7; state ^= state << 17; state % m };
         let mut vec_rows = |n: usize| -> Vec<f64> {
             let mut v = Vec::new();
             for _ in 0..n {
-                let row: Vec<f64> = (0..dim).map(|_| next(3) as f64 - 1.0).collect();
+                let row: Vec<f64> = (0..dim).map(|_| next(spread) as f64 - (spread / 2) as f64).collect();
                 if row.iter().all(|x| *x == 0.0) { v.extend((0..dim).map(|k| if k == 0 { 1.0 } else { 0.0 })); } else { v.extend(row); }
             }
             v
@@ -169,8 +177,8 @@ proptest! {
             moa: (0..n).map(|_| 0).collect(),
         };
         let (mut qm, mut gm) = (labels(nq), labels(ng));
-        // MoA is a function of the drug, as in a real screen.
-        for m in [&mut qm, &mut gm] { m.moa = m.drug.iter().map(|d| d % 2).collect(); }
+        // MoA is a function of the drug, as in a real screen; drug 4 has none.
+        for m in [&mut qm, &mut gm] { m.moa = m.drug.iter().map(|d| if *d == 4 { NO_MOA } else { d % 2 }).collect(); }
         let mut dist = Vec::new();
         for_each_distance_block(&q, &g, |_, block| dist.extend(block.chunks(ng).map(|r| r.to_vec()))).unwrap();
         match evaluate(&q, &qm, &g, &gm, 50) {
