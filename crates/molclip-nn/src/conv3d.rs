@@ -108,7 +108,7 @@ pub fn max_pool3d(x: &Tensor, window: Window3d) -> Result<Tensor> {
     let (_, _, t, h, w) = x.dims5()?;
     window.out_dims([t, h, w])?;
     if matches!(x.device(), Device::Cpu) && x.dtype() == candle_core::DType::F32 {
-        Ok(x.contiguous()?.apply_op1(MaxPool3dCpu { window })?)
+        Ok(x.contiguous()?.apply_op1(MaxPool3dCpu { window, argmax: std::sync::OnceLock::new() })?)
     } else {
         max_pool3d_composed(x, window)
     }
@@ -496,55 +496,71 @@ impl CustomOp2 for Conv3dGradWeight {
 
 struct MaxPool3dCpu {
     window: Window3d,
+    /// The forward pass's argmax, kept for the backward pass (which scanned every window
+    /// again before).
+    argmax: std::sync::OnceLock<std::sync::Arc<Vec<u32>>>,
+}
+
+/// An output element whose window holds only padding.
+const NO_TAP: u32 = u32::MAX;
+
+/// The input positions `[from, to)` a window starting at `start` (padding included) covers
+/// along an axis of `size`.
+fn window_range(start: usize, padding: usize, kernel: usize, size: usize) -> (usize, usize) {
+    let from = start.saturating_sub(padding);
+    (from.min(size), (start + kernel).saturating_sub(padding).min(size))
 }
 
 /// For each output element, the flat index (within its channel) of the first maximum of its
-/// window, scanning time, then height, then width, as PyTorch does; `usize::MAX` if the window
-/// holds only padding.
-fn pool_argmax(x: &[f32], planes: usize, dims: [usize; 3], window: Window3d, out: [usize; 3]) -> Vec<usize> {
+/// window, scanning time, then height, then width, as PyTorch does (a NaN wins, the last one
+/// seen); [`NO_TAP`] if the window holds only padding.
+fn pool_argmax(
+    x: &[f32],
+    planes: usize,
+    dims: [usize; 3],
+    window: Window3d,
+    out: [usize; 3],
+) -> candle_core::Result<Vec<u32>> {
     let [t, h, w] = dims;
     let vol = t * h * w;
+    if vol >= NO_TAP as usize {
+        candle_core::bail!("max-pool3d: {vol} values per channel, more than the 2^32 - 1 it indexes");
+    }
     let n = out.iter().product::<usize>();
-    let mut arg = vec![usize::MAX; planes * n];
+    let ranges = |axis: usize, size: usize| -> Vec<(usize, usize)> {
+        (0..out[axis])
+            .map(|o| window_range(o * window.stride[axis], window.padding[axis], window.kernel[axis], size))
+            .collect()
+    };
+    let (rt, rh, rw) = (ranges(0, t), ranges(1, h), ranges(2, w));
+    let mut arg = vec![NO_TAP; planes * n];
     arg.par_chunks_mut(n).enumerate().for_each(|(p, dst)| {
         let src = &x[p * vol..(p + 1) * vol];
-        let mut i = 0;
-        for ot in 0..out[0] {
-            for oh in 0..out[1] {
-                for ow in 0..out[2] {
-                    let mut best = f32::NEG_INFINITY;
-                    let mut at = usize::MAX;
-                    for a in 0..window.kernel[0] {
-                        let it = (ot * window.stride[0] + a) as isize - window.padding[0] as isize;
-                        if it < 0 || it >= t as isize {
-                            continue;
-                        }
-                        for b in 0..window.kernel[1] {
-                            let ih = (oh * window.stride[1] + b) as isize - window.padding[1] as isize;
-                            if ih < 0 || ih >= h as isize {
-                                continue;
-                            }
-                            for c in 0..window.kernel[2] {
-                                let iw = (ow * window.stride[2] + c) as isize - window.padding[2] as isize;
-                                if iw < 0 || iw >= w as isize {
-                                    continue;
-                                }
-                                let idx = (it as usize * h + ih as usize) * w + iw as usize;
-                                let v = src[idx];
-                                if v > best || v.is_nan() || at == usize::MAX {
-                                    best = v;
-                                    at = idx;
+        let mut outputs = dst.iter_mut();
+        for &(t0, t1) in &rt {
+            for &(h0, h1) in &rh {
+                for &(w0, w1) in &rw {
+                    let at = outputs.next().expect("one argmax per output");
+                    if t0 == t1 || h0 == h1 || w0 == w1 {
+                        continue;
+                    }
+                    let (mut best, mut best_at) = (src[(t0 * h + h0) * w + w0], (t0 * h + h0) * w + w0);
+                    for it in t0..t1 {
+                        for ih in h0..h1 {
+                            let row = (it * h + ih) * w;
+                            for (iw, &v) in src[row + w0..row + w1].iter().enumerate() {
+                                if v > best || v.is_nan() {
+                                    (best, best_at) = (v, row + w0 + iw);
                                 }
                             }
                         }
                     }
-                    dst[i] = at;
-                    i += 1;
+                    *at = best_at as u32;
                 }
             }
         }
     });
-    arg
+    Ok(arg)
 }
 
 impl CustomOp1 for MaxPool3dCpu {
@@ -558,23 +574,29 @@ impl CustomOp1 for MaxPool3dCpu {
         let out = self.window.out_dims([t, h, w]).map_err(candle_core::Error::wrap)?;
         let n = out.iter().product::<usize>();
         let vol = t * h * w;
-        let arg = pool_argmax(x, b * c, [t, h, w], self.window, out);
+        let arg = pool_argmax(x, b * c, [t, h, w], self.window, out)?;
         let y: Vec<f32> = arg
             .iter()
             .enumerate()
-            .map(|(i, &a)| if a == usize::MAX { f32::NEG_INFINITY } else { x[(i / n) * vol + a] })
+            .map(|(i, &a)| if a == NO_TAP { f32::NEG_INFINITY } else { x[(i / n) * vol + a as usize] })
             .collect();
+        // A second forward pass of this op (none is made) would keep the first argmax, and
+        // the backward pass recomputes it when the input's shape says it is not this one.
+        let _ = self.argmax.set(std::sync::Arc::new(arg));
         Ok((CpuStorage::F32(y), Shape::from(vec![b, c, out[0], out[1], out[2]])))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let grad = grad.contiguous()?;
-        Ok(Some(x.apply_op2_no_bwd(&grad, &MaxPool3dGrad { window: self.window })?))
+        let argmax = self.argmax.get().filter(|a| a.len() == grad.elem_count()).cloned();
+        Ok(Some(x.apply_op2_no_bwd(&grad, &MaxPool3dGrad { window: self.window, argmax })?))
     }
 }
 
 struct MaxPool3dGrad {
     window: Window3d,
+    /// The forward pass's argmax, when it kept it.
+    argmax: Option<std::sync::Arc<Vec<u32>>>,
 }
 
 impl CustomOp2 for MaxPool3dGrad {
@@ -594,13 +616,15 @@ impl CustomOp2 for MaxPool3dGrad {
         let [b, c, t, h, w] = dims5(l1)?;
         let [_, _, ot, oh, ow] = dims5(l2)?;
         let (n, vol) = (ot * oh * ow, t * h * w);
-        let arg = pool_argmax(x, b * c, [t, h, w], self.window, [ot, oh, ow]);
+        let arg = match &self.argmax {
+            Some(a) => a.clone(),
+            None => std::sync::Arc::new(pool_argmax(x, b * c, [t, h, w], self.window, [ot, oh, ow])?),
+        };
         let mut gx = vec![0f32; b * c * vol];
         gx.par_chunks_mut(vol).enumerate().for_each(|(p, dst)| {
-            for i in 0..n {
-                let a = arg[p * n + i];
-                if a != usize::MAX {
-                    dst[a] += gy[p * n + i];
+            for (&a, &g) in arg[p * n..(p + 1) * n].iter().zip(&gy[p * n..(p + 1) * n]) {
+                if a != NO_TAP {
+                    dst[a as usize] += g;
                 }
             }
         });
@@ -680,5 +704,61 @@ mod tests {
         // Random inputs have no ties, so both routes pick the same maxima.
         assert!(max_abs_diff(g1.get(&x).unwrap(), g2.get(&x).unwrap()) < 1e-6);
         assert_eq!(y1.dtype(), DType::F32);
+    }
+
+    /// PyTorch's rule, tap by tap: a tap inside the input replaces the best so far when it is
+    /// the first, larger, or NaN.
+    fn naive_argmax(x: &[f32], dims: [usize; 3], win: Window3d, out: [usize; 3]) -> Vec<u32> {
+        let [t, h, w] = dims;
+        let mut arg = Vec::new();
+        for ot in 0..out[0] {
+            for oh in 0..out[1] {
+                for ow in 0..out[2] {
+                    let (mut best, mut at) = (f32::NEG_INFINITY, NO_TAP);
+                    for a in 0..win.kernel[0] {
+                        for b in 0..win.kernel[1] {
+                            for c in 0..win.kernel[2] {
+                                let i = [ot * win.stride[0] + a, oh * win.stride[1] + b, ow * win.stride[2] + c];
+                                let inside = (0..3).all(|k| i[k] >= win.padding[k] && i[k] - win.padding[k] < dims[k]);
+                                if !inside {
+                                    continue;
+                                }
+                                let idx =
+                                    ((i[0] - win.padding[0]) * h + i[1] - win.padding[1]) * w + i[2] - win.padding[2];
+                                let v = x[idx];
+                                if v > best || v.is_nan() || at == NO_TAP {
+                                    (best, at) = (v, idx as u32);
+                                }
+                            }
+                        }
+                    }
+                    arg.push(at);
+                }
+            }
+        }
+        let _ = t;
+        arg
+    }
+
+    #[test]
+    fn max_pool_picks_the_first_maximum_and_the_last_nan_as_pytorch() {
+        let dims = [3, 5, 6];
+        // Few distinct values make ties everywhere; a few NaNs and -inf values too.
+        let mut x: Vec<f32> = (0..90).map(|k| ((k * 7) % 4) as f32).collect();
+        (x[13], x[14], x[40], x[41], x[77]) = (f32::NAN, f32::NAN, f32::NEG_INFINITY, f32::NAN, f32::NEG_INFINITY);
+        for win in [
+            Window3d::new([3, 3, 3], [2, 2, 2], [1, 1, 1]),
+            Window3d::new([1, 3, 3], [1, 2, 2], [0, 1, 1]),
+            Window3d::new([2, 2, 4], [1, 3, 1], [1, 1, 2]),
+            Window3d::new([1, 1, 1], [1, 1, 1], [0, 0, 0]),
+        ] {
+            let out = win.out_dims(dims).unwrap();
+            let got = pool_argmax(&x, 1, dims, win, out).unwrap();
+            assert_eq!(got, naive_argmax(&x, dims, win, out), "{win:?}");
+        }
+        // A window of padding only.
+        let win = Window3d::new([1, 1, 1], [1, 2, 2], [0, 1, 1]);
+        let got = pool_argmax(&x, 1, dims, win, win.out_dims(dims).unwrap()).unwrap();
+        assert_eq!(got[0], NO_TAP);
     }
 }

@@ -419,34 +419,85 @@ impl CustomOp3 for BatchNormGrad {
 
 // ------------------------------------------------------------------ elementwise and softmax
 
-/// Applies `f` to a contiguous f32 tensor in parallel.
-fn map_par(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
+/// Applies `f` to a contiguous f32 tensor in parallel, each chunk's loop compiled for the
+/// instruction set `molclip_cpu::isa` allows. Give a function marked `#[inline(always)]`
+/// (or a small closure) for the loop to vectorise.
+fn map_par<F: Fn(f32) -> f32 + Sync>(x: &[f32], f: F) -> Vec<f32> {
+    struct Map<'a, F>(&'a mut [f32], &'a [f32], &'a F);
+    impl<F: Fn(f32) -> f32> molclip_cpu::Vectorized for Map<'_, F> {
+        type Output = ();
+        #[inline(always)]
+        fn run(self) {
+            self.0.iter_mut().zip(self.1).for_each(|(y, x)| *y = (self.2)(*x));
+        }
+    }
+    let (isa, mut y) = (molclip_cpu::isa(), vec![0f32; x.len()]);
     y.par_chunks_mut(1 << 14)
         .zip(x.par_chunks(1 << 14))
-        .for_each(|(yc, xc)| yc.iter_mut().zip(xc).for_each(|(y, x)| *y = f(*x)));
+        .for_each(|(yc, xc)| molclip_cpu::vectorize(isa, Map(yc, xc, &f)));
     y
 }
 
-fn zip_par(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
-    let mut y = vec![0f32; a.len()];
+/// [`map_par`] over two tensors of one shape.
+fn zip_par<F: Fn(f32, f32) -> f32 + Sync>(a: &[f32], b: &[f32], f: F) -> Vec<f32> {
+    struct Zip<'a, F>(&'a mut [f32], &'a [f32], &'a [f32], &'a F);
+    impl<F: Fn(f32, f32) -> f32> molclip_cpu::Vectorized for Zip<'_, F> {
+        type Output = ();
+        #[inline(always)]
+        fn run(self) {
+            self.0.iter_mut().zip(self.1.iter().zip(self.2)).for_each(|(y, (a, b))| *y = (self.3)(*a, *b));
+        }
+    }
+    let (isa, mut y) = (molclip_cpu::isa(), vec![0f32; a.len()]);
     y.par_chunks_mut(1 << 14)
         .zip(a.par_chunks(1 << 14).zip(b.par_chunks(1 << 14)))
-        .for_each(|(yc, (ac, bc))| yc.iter_mut().zip(ac.iter().zip(bc)).for_each(|(y, (a, b))| *y = f(*a, *b)));
+        .for_each(|(yc, (ac, bc))| molclip_cpu::vectorize(isa, Zip(yc, ac, bc, &f)));
     y
 }
 
-/// erf, Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), enough for f32.
+/// GELU, exact (erf) form, as `F.gelu`.
+#[inline(always)]
+fn gelu_value(v: f32) -> f32 {
+    0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// GELU's input gradient at x, for the output gradient d.
+#[inline(always)]
+fn gelu_grad(x: f32, d: f32) -> f32 {
+    let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+    let pdf = exp(-0.5 * x * x) * 0.398_942_3;
+    d * (cdf + x * pdf)
+}
+
+/// erf, Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), enough for f32. Branch-free, and
+/// its exp is [`exp`], so that loops over it vectorise.
+#[inline(always)]
 fn erf(x: f32) -> f32 {
     let a = x.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
     let poly = t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152 + t * 1.061_405_4))));
-    let y = 1.0 - poly * (-a * a).exp();
-    if x < 0.0 {
-        -y
-    } else {
-        y
-    }
+    (1.0 - poly * exp(-a * a)).copysign(x)
+}
+
+/// e^x for f32 within 2 ulp (the tests measure it), in plain arithmetic that vectorises:
+/// x = n ln 2 + r with |r| <= ln 2 / 2, e^r by its Taylor series to r^7 (truncation below
+/// 6e-9 relatively), 2^n by the exponent bits. Inputs below -87.3 give about 1e-38 instead
+/// of 0; above 88.3 the 2^127 · e^r they give is clamped there too (GELU and softmax never
+/// exponentiate a positive argument).
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer
+    let x = x.clamp(-87.3, 88.3);
+    let t = x * std::f32::consts::LOG2_E + ROUND;
+    let n = t - ROUND;
+    // ln 2 in two parts, the first exact in few bits, so that n · LN2_HI is exact.
+    let r = (x - n * 0.693_145_75) - n * 1.428_606_8e-6;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r / 5040.0))))));
+    // t's low mantissa bits hold n (two's complement, |n| <= 127): 2^n has exponent n + 127.
+    let n = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
+    p * f32::from_bits(((n + 127) as u32) << 23)
 }
 
 /// GELU with the exact (erf) form, as `F.gelu`.
@@ -475,7 +526,7 @@ impl CustomOp1 for Elementwise {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l)?;
         let y = match self {
-            Self::Gelu => map_par(x, |v| 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2))),
+            Self::Gelu => map_par(x, gelu_value),
             Self::Relu => map_par(x, |v| v.max(0.0)),
         };
         Ok((CpuStorage::F32(y), l.shape().clone()))
@@ -550,11 +601,7 @@ impl CustomOp2 for ElementwiseGrad {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (a, dy) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
         let g = match self {
-            Self::Gelu => zip_par(a, dy, |x, d| {
-                let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
-                let pdf = (-0.5 * x * x).exp() * 0.398_942_3;
-                d * (cdf + x * pdf)
-            }),
+            Self::Gelu => zip_par(a, dy, gelu_grad),
             Self::Relu => zip_par(a, dy, |y, d| if y > 0.0 { d } else { 0.0 }),
         };
         Ok((CpuStorage::F32(g), l1.shape().clone()))
@@ -977,5 +1024,51 @@ mod tests {
         let (_, mean, var) = batch_norm_train(&x, &w, &b, 1e-5, false).unwrap();
         assert_eq!(mean, vec![4.0]);
         assert_eq!(var, vec![5.0]);
+    }
+
+    #[test]
+    fn exp_is_within_two_ulp_of_the_exact_value() {
+        let mut worst = 0f64;
+        for k in 0..=400_000 {
+            let x = -87.0 + 175.0 * k as f32 / 400_000.0;
+            let (got, exact) = (exp(x) as f64, (x as f64).exp());
+            // In units of the last place of the exact value, as f32 holds it.
+            let ulp = (exact as f32).to_bits();
+            let ulp = (f32::from_bits(ulp + 1) - f32::from_bits(ulp)) as f64;
+            worst = worst.max((got - exact).abs() / ulp);
+        }
+        assert!(worst <= 2.0, "{worst} ulp");
+        assert_eq!(exp(0.0), 1.0);
+        assert!(exp(-200.0) < 1e-37 && exp(-200.0) >= 0.0);
+        assert!(exp(f32::NAN).is_nan());
+    }
+
+    /// GELU and its gradient over a grid, as the kernels run them.
+    struct Gelu<'a>(&'a [f32]);
+
+    impl molclip_cpu::Vectorized for Gelu<'_> {
+        type Output = Vec<u32>;
+        #[inline(always)]
+        fn run(self) -> Vec<u32> {
+            self.0.iter().flat_map(|&x| [gelu_value(x).to_bits(), gelu_grad(x, 0.75).to_bits()]).collect()
+        }
+    }
+
+    #[test]
+    fn gelu_agrees_with_libm_and_gives_the_same_bits_on_every_instruction_set() {
+        let xs: Vec<f32> = (0..20_001).map(|k| -10.0 + k as f32 / 1000.0).collect();
+        for &x in &xs {
+            // Abramowitz & Stegun with libm's exp, in f64.
+            let (x64, a) = (x as f64, (x as f64 / std::f64::consts::SQRT_2).abs());
+            let t = 1.0 / (1.0 + 0.327_591_1 * a);
+            let poly = t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152 + t * 1.061_405_4))));
+            let erf = (1.0 - poly * (-a * a).exp()).copysign(x64);
+            let reference = 0.5 * x64 * (1.0 + erf);
+            assert!((gelu_value(x) as f64 - reference).abs() < 2e-6 * (1.0 + x64.abs()), "gelu({x})");
+        }
+        let scalar = molclip_cpu::vectorize(molclip_cpu::Isa::Scalar, Gelu(&xs));
+        for level in molclip_cpu::Isa::ALL.into_iter().filter(|l| l.runs()) {
+            assert!(molclip_cpu::vectorize(level, Gelu(&xs)) == scalar, "{level}");
+        }
     }
 }
