@@ -78,15 +78,51 @@ impl CustomOp3 for LinearCpu {
         _res: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        // Detached: a gradient built from tracked tensors would keep the whole forward graph
-        // alive for as long as the optimiser keeps its moments.
+        // Untracked (no_bwd): a gradient built from tracked tensors would keep the whole
+        // forward graph alive for as long as the optimiser keeps its moments.
         let (k, o) = (x.dims()[x.rank() - 1], w.dim(0)?);
-        let x2 = x.detach().reshape(((), k))?;
-        let dy = dy.detach().contiguous()?.reshape(((), o))?;
-        let dx = dy.matmul(&w.detach())?.reshape(x.dims())?;
-        let dw = dy.t()?.matmul(&x2)?;
+        let n = x.elem_count() / k.max(1);
+        let dy = dy.contiguous()?.reshape(((), o))?;
+        let packed = x.apply_op3_no_bwd(w, &dy, &LinearGrad)?;
+        let dx = packed.narrow(0, 0, n * k)?.reshape(x.dims())?;
+        // A copy, so that the small gradient does not keep the large buffer alive.
+        let dw = packed.narrow(0, n * k, o * k)?.reshape((o, k))?.copy()?;
         let db = dy.apply_op1_no_bwd(&ColumnSum)?;
         Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// (x `[N, K]`, w `[O, K]`, dy `[N, O]`) to [dx = dy · w (N·K), dw = dyᵀ · x (O·K)] packed,
+/// both products through `molclip_cpu`'s GEMM (and so under `MOLCLIP_CPU`).
+struct LinearGrad;
+
+impl CustomOp3 for LinearGrad {
+    fn name(&self) -> &'static str {
+        "linear-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w, dy) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let (n, k) = rows_and_width(l1);
+        let (o, _) = dims2(l2)?;
+        if dy.len() != n * o {
+            candle_core::bail!("linear-grad: {} output gradients for {n} rows of {o}", dy.len());
+        }
+        let mut out = vec![0f32; n * k + o * k];
+        let (dx, dw) = out.split_at_mut(n * k);
+        // dx[N × K] = dy[N × O] · w[O × K]
+        gemm_f32(n, k, o, dx, false, dy, (1, o as isize), w, (1, k as isize));
+        // dw[O × K] = dyᵀ[O × N] · x[N × K]: dyᵀ's element (o, n) sits at n·O + o.
+        gemm_f32(o, k, n, dw, false, dy, (o as isize, 1), x, (1, k as isize));
+        Ok((CpuStorage::F32(out), Shape::from(n * k + o * k)))
     }
 }
 

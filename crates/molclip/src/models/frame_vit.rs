@@ -194,10 +194,9 @@ impl FrameVit {
         // A stride-p convolution with a p×p kernel is a linear map of each patch.
         let patches =
             frames.reshape((n, c, g, p, g, p))?.permute((0, 2, 4, 1, 3, 5))?.reshape((n * g * g, c * p * p))?;
-        let tokens = patches
-            .matmul(&self.patch_weight.reshape((d, c * p * p))?.t()?)?
-            .broadcast_add(&self.patch_bias)?
-            .reshape((n, g * g, d))?;
+        // As a linear layer, so that the CPU runs it (and its backward pass) fused.
+        let embed = Linear::from_tensors(self.patch_weight.reshape((d, c * p * p))?, Some(self.patch_bias.clone()));
+        let tokens = embed.forward(&patches)?.reshape((n, g * g, d))?;
         let cls = self.cls_token.broadcast_as((n, 1, d))?;
         let mut x = Tensor::cat(&[&cls, &tokens], 1)?.broadcast_add(&self.pos_embed)?;
         for block in &self.blocks {
