@@ -252,6 +252,12 @@ fn main() {
     });
     let cli = Cli::parse();
     if let Err(e) = molclip_cpu::check_cap().map_err(anyhow::Error::from).and_then(|()| run(cli)) {
+        if molclip_core::interrupted() {
+            // The error is the interruption's (the handler removed a staging folder a worker
+            // was writing into): the handler says so and exits with 130 once it is done.
+            std::thread::sleep(std::time::Duration::from_secs(30));
+            std::process::exit(130);
+        }
         // Each cause once: our errors already quote the OS error they wrap.
         eprintln!("error: {}", molclip_core::error_text(e.as_ref()));
         std::process::exit(2);

@@ -2,9 +2,17 @@
 //! [`remove_registered`], which the binary's Ctrl-C / SIGTERM handler calls before it exits.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 static REGISTERED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether [`remove_registered`] has been called: the process is being interrupted, and an
+/// error a worker meets now (its staging folder vanished under it) is the interruption's.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
 
 /// Registered while alive: dropping it (the work finished or failed, and cleaned up itself)
 /// takes the folder off the list.
@@ -29,6 +37,7 @@ impl Drop for RemoveOnInterrupt {
 /// Removes every registered folder (the interrupt handler's work); returns those removed.
 /// Workers may still be writing into them, so each removal is tried a few times.
 pub fn remove_registered() -> Vec<PathBuf> {
+    INTERRUPTED.store(true, Ordering::SeqCst);
     let list = std::mem::take(&mut *REGISTERED.lock().unwrap_or_else(|e| e.into_inner()));
     let mut removed = Vec::new();
     for folder in list {
@@ -57,5 +66,6 @@ mod tests {
         let removed = remove_registered();
         assert!(removed.contains(&a) && !removed.contains(&b), "{removed:?}");
         assert!(!a.exists() && b.exists());
+        assert!(interrupted());
     }
 }

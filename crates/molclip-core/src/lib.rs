@@ -13,7 +13,7 @@ mod vocabulary;
 
 pub use digest::{sha256_file, sha256_hex, Digest};
 pub use fs::{write_atomic, write_atomic_with, IoError};
-pub use interrupt::{remove_on_interrupt, remove_registered, RemoveOnInterrupt};
+pub use interrupt::{interrupted, remove_on_interrupt, remove_registered, RemoveOnInterrupt};
 pub use lock::{LockError, OutputLock};
 pub use publish::{publish_dir, published_path, Ownership};
 pub use report::error_text;
