@@ -323,17 +323,15 @@ impl TaskRanks {
             self.matches.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &(d, _)| (lo.min(d), hi.max(d)));
         let inner = (16 * m).clamp(16, 1 << 16);
         let scale = inner as f64 / (hi - lo);
-        (self.lo, self.scale) = (lo, if scale.is_finite() { scale } else { 0.0 });
+        let scale = if scale.is_finite() { scale } else { 0.0 };
         // hi lands in bucket inner + 1 at most (rounding aside); the top bucket holds no match.
         let top = inner + 3;
-        self.top = top as f64;
-        self.skip = top as i32 + 1;
+        (self.lo, self.scale, self.top, self.skip) = (lo, scale, top as f64, top as i32 + 1);
         // A counting sort by bucket: slot[b + 1] counts bucket b's matches, and the scan
         // makes slot[b] the count below b, where bucket b's matches go.
         self.slot.clear();
         self.slot.resize(top + 2, 0);
-        let (lo, scale, top_f) = (self.lo, self.scale, self.top);
-        let at = |d: f64| bucket(d, lo, scale, top_f) as usize;
+        let at = |d: f64| bucket(d, lo, scale, top as f64) as usize;
         for &(d, _) in &self.matches {
             self.slot[at(d) + 1] += 1;
         }

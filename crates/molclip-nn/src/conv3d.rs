@@ -544,7 +544,8 @@ fn pool_argmax(
                     if t0 == t1 || h0 == h1 || w0 == w1 {
                         continue;
                     }
-                    let (mut best, mut best_at) = (src[(t0 * h + h0) * w + w0], (t0 * h + h0) * w + w0);
+                    let first = (t0 * h + h0) * w + w0;
+                    let (mut best, mut best_at) = (src[first], first);
                     for it in t0..t1 {
                         for ih in h0..h1 {
                             let row = (it * h + ih) * w;

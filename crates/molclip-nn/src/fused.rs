@@ -518,10 +518,10 @@ fn erf(x: f32) -> f32 {
 /// e^x for f32 within 2 ulp (the tests measure it), in plain arithmetic that vectorises:
 /// x = n ln 2 + r with |r| <= ln 2 / 2, e^r by its Taylor series to r^7 (truncation below
 /// 6e-9 relatively), 2^n by the exponent bits. Inputs below -87.3 give about 1e-38 instead
-/// of 0; above 88.3 the 2^127 · e^r they give is clamped there too (GELU and softmax never
-/// exponentiate a positive argument).
+/// of 0; above 88.3 the 2^127 · e^r they give is clamped there too (GELU, its one user,
+/// never exponentiates a positive argument).
 #[inline(always)]
-pub(crate) fn exp(x: f32) -> f32 {
+fn exp(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer
     let x = x.clamp(-87.3, 88.3);
     let t = x * std::f32::consts::LOG2_E + ROUND;
