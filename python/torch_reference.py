@@ -17,11 +17,13 @@ import torch.nn.functional as F
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, c_in, planes, st, ss):
+    def __init__(self, c_in, planes, st, ss, blocks="inflated"):
         super().__init__()
         self.conv1 = nn.Conv3d(c_in, planes, (3, 3, 3), (st, ss, ss), (1, 1, 1), bias=False)
         self.bn1 = nn.BatchNorm3d(planes)
-        self.conv2 = nn.Conv3d(planes, planes, (1, 3, 3), 1, (0, 1, 1), bias=False)
+        # Inflated: 1x3x3 after the temporal first convolution; r3d (kenshohara): 3x3x3.
+        k2, p2 = ((3, 3, 3), (1, 1, 1)) if blocks == "r3d" else ((1, 3, 3), (0, 1, 1))
+        self.conv2 = nn.Conv3d(planes, planes, k2, 1, p2, bias=False)
         self.bn2 = nn.BatchNorm3d(planes)
         self.downsample = None
         if c_in != planes or st != 1 or ss != 1:
@@ -36,12 +38,16 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    def __init__(self, c_in, planes, st, ss):
+    def __init__(self, c_in, planes, st, ss, blocks="inflated"):
         super().__init__()
         out = planes * 4
-        self.conv1 = nn.Conv3d(c_in, planes, (3, 1, 1), 1, (1, 0, 0), bias=False)
+        # Inflated: 3x1x1 then 1x3x3; r3d (kenshohara): 1x1x1 then 3x3x3.
+        r3d = blocks == "r3d"
+        k1, p1 = ((1, 1, 1), (0, 0, 0)) if r3d else ((3, 1, 1), (1, 0, 0))
+        k2, p2 = ((3, 3, 3), (1, 1, 1)) if r3d else ((1, 3, 3), (0, 1, 1))
+        self.conv1 = nn.Conv3d(c_in, planes, k1, 1, p1, bias=False)
         self.bn1 = nn.BatchNorm3d(planes)
-        self.conv2 = nn.Conv3d(planes, planes, (1, 3, 3), (st, ss, ss), (0, 1, 1), bias=False)
+        self.conv2 = nn.Conv3d(planes, planes, k2, (st, ss, ss), p2, bias=False)
         self.bn2 = nn.BatchNorm3d(planes)
         self.conv3 = nn.Conv3d(planes, out, 1, 1, bias=False)
         self.bn3 = nn.BatchNorm3d(out)
@@ -61,12 +67,16 @@ class Bottleneck(nn.Module):
 class I3dResNet(nn.Module):
     """[B, C, T, H, W] -> [B, T', D]."""
 
-    def __init__(self, depth=18, in_channels=1, width=64, temporal="modified"):
+    def __init__(self, depth=18, in_channels=1, width=64, temporal="modified", blocks="inflated"):
         super().__init__()
+        style = blocks
         blocks, block = {18: ([2, 2, 2, 2], BasicBlock), 34: ([3, 4, 6, 3], BasicBlock), 50: ([3, 4, 6, 3], Bottleneck)}[depth]
         expansion = 4 if block is Bottleneck else 1
         time_strides = [1, 2, 1, 1] if temporal == "modified" else [1, 2, 2, 2]
-        self.conv1 = nn.Conv3d(in_channels, width, (5, 7, 7), (1, 2, 2), (2, 3, 3), bias=False)
+        if style == "r3d":
+            self.conv1 = nn.Conv3d(in_channels, width, (7, 7, 7), (1, 2, 2), (3, 3, 3), bias=False)
+        else:
+            self.conv1 = nn.Conv3d(in_channels, width, (5, 7, 7), (1, 2, 2), (2, 3, 3), bias=False)
         self.bn1 = nn.BatchNorm3d(width)
         self.pool = nn.MaxPool3d(3, 2, 1)
         c_in = width
@@ -75,7 +85,7 @@ class I3dResNet(nn.Module):
             ss = 1 if stage == 0 else 2
             layer = []
             for i in range(n):
-                layer.append(block(c_in, planes, st if i == 0 else 1, ss if i == 0 else 1))
+                layer.append(block(c_in, planes, st if i == 0 else 1, ss if i == 0 else 1, style))
                 c_in = planes * expansion
             setattr(self, f"layer{stage + 1}", nn.Sequential(*layer))
         self.out_dim = c_in

@@ -68,6 +68,31 @@ pub enum BenchCommand {
         #[arg(long, default_value = "benches/model_reference.py")]
         script: PathBuf,
     },
+    /// One epoch of training end to end (reading and augmenting the videos, forward, backward,
+    /// update) with a config, against PyTorch training the same network with a DataLoader
+    /// over the same files: seconds, videos per second, and the share of the step spent
+    /// waiting for data.
+    Train {
+        /// The dataset; without it, the `bench` preset (3,900 cells, 112 x 112) is simulated
+        /// into a temporary folder first.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// The recipe (video-only configs; MitoReID's by default).
+        #[arg(long, default_value = "configs/mitoreid.toml")]
+        config: PathBuf,
+        /// Time only the first N steps of the first stage's first epoch (the epoch's time is
+        /// projected from them).
+        #[arg(long)]
+        steps: Option<usize>,
+        /// `cpu`, or `cuda[:N]` (a build with `--features cuda`); PyTorch runs on the same device.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Skip the PyTorch reference.
+        #[arg(long)]
+        no_reference: bool,
+        #[arg(long, default_value = "benches/train_reference.py")]
+        script: PathBuf,
+    },
     /// (internal) time training steps of one model in this process; print JSON.
     #[command(hide = true)]
     ModelOnce {
@@ -135,7 +160,7 @@ pub enum BenchCommand {
     },
 }
 
-pub fn run(cmd: BenchCommand) -> Result<()> {
+pub fn run(cmd: BenchCommand, quiet: bool) -> Result<()> {
     // Every table says which CPU it was measured on, and what molclip's kernels used there.
     if !matches!(cmd, BenchCommand::ModelOnce { .. } | BenchCommand::EvaluateOnce { .. }) {
         println!("CPU: {}", molclip_cpu::describe());
@@ -155,6 +180,9 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             model_once(&model, [batch, frames, size], steps, &device)
         }
         BenchCommand::DeviceCheck { device } => device_check(&device),
+        BenchCommand::Train { data, config, steps, device, no_reference, script } => {
+            bench_train(data.as_deref(), &config, steps, &device, (!no_reference).then_some(script.as_path()), quiet)
+        }
         BenchCommand::Chem { oracle, script, repeats } => bench_chem(&oracle, &script, repeats),
         BenchCommand::Extract { config, field_size, no_reference, script } => {
             bench_extract(config.as_deref(), field_size, (!no_reference).then_some(script.as_path()))
@@ -591,6 +619,135 @@ fn bench_model(
             ours["params"],
             ratio
         );
+    }
+    Ok(())
+}
+
+/// The `bench` preset simulated into `dir`: 3,900 cells at 112 x 112.
+fn simulate_bench_preset(dir: &Path, quiet: bool) -> Result<PathBuf> {
+    let plan = DatasetPlan::new(SimConfig::preset("bench")?, Path::new("."))?;
+    let root = dir.join("bench");
+    let bar = crate::progress::bar(plan.jobs.len() as u64, "simulating the bench preset", quiet);
+    mitosim::generate(&plan, &root, false, &|| bar.inc(1))?;
+    bar.finish_and_clear();
+    Ok(root)
+}
+
+fn bench_train(
+    data: Option<&Path>,
+    config: &Path,
+    steps: Option<usize>,
+    device: &str,
+    script: Option<&Path>,
+    quiet: bool,
+) -> Result<()> {
+    use molclip::train::{Identity, ModelKind, Trainer};
+    let cfg = molclip_experiment::read_config(config)?;
+    if cfg.kind == ModelKind::Molclip && script.is_some() {
+        bail!(
+            "{}: the PyTorch reference trains video models only (kind = \"video-only\"); pass --no-reference \
+             to time a MolCLIP config alone",
+            config.display()
+        );
+    }
+    let tmp = tempfile::tempdir()?;
+    let data = match data {
+        Some(d) => d.to_path_buf(),
+        None => simulate_bench_preset(tmp.path(), quiet)?,
+    };
+    let index = molclip_data::DatasetIndex::open(&data)?;
+    let dev = molclip::parse_device(device)?;
+    let mut trainer = Trainer::new(&cfg, &index, &dev)?;
+    let (stage, stage_steps) = trainer
+        .steps_per_stage()?
+        .into_iter()
+        .enumerate()
+        .find(|s| s.1 > 0)
+        .context("no stage of the config has a step on this dataset")?;
+    let per_epoch = stage_steps / cfg.stages[stage].epochs;
+    let n = steps.unwrap_or(per_epoch).clamp(1, per_epoch);
+    let identity = cfg.stages[stage].identity;
+    // The stage's training videos and their labels (numbered densely, as the trainer's
+    // classifiers do), for the reference.
+    let train: Vec<_> = index.split(molclip_data::Split::Train).collect();
+    let dense = |ids: &mut dyn Iterator<Item = usize>| -> std::collections::BTreeMap<usize, usize> {
+        ids.collect::<std::collections::BTreeSet<_>>().into_iter().enumerate().map(|(k, id)| (id, k)).collect()
+    };
+    let (drugs, moas) =
+        (dense(&mut train.iter().map(|c| c.drug_id)), dense(&mut train.iter().filter_map(|c| c.moa_id)));
+    let cells: Vec<serde_json::Value> = train
+        .iter()
+        .filter_map(|c| {
+            let label = match identity {
+                Identity::Drug => Some(drugs[&c.drug_id]),
+                Identity::Moa => c.moa_id.map(|m| moas[&m]),
+            }?;
+            Some(serde_json::json!([c.dir, label]))
+        })
+        .collect();
+    let batch = cfg.data.sampler.p * cfg.data.sampler.k;
+    let threads = rayon::current_num_threads();
+    println!(
+        "training epoch end to end, {} ({} stage): {} videos of {}, batches of {batch}, {n} of {per_epoch} steps timed, {device}, {threads} threads",
+        config.display(),
+        format!("{identity:?}").to_lowercase(),
+        cells.len(),
+        data.display(),
+    );
+    println!(
+        "{:<30} {:>10} {:>12} {:>13} {:>10} {:>11} {:>11}",
+        "implementation (ISA)", "s/step", "epoch s", "videos/s", "data wait", "peak MiB", "throughput"
+    );
+    let reference = match script {
+        Some(script) => {
+            let job = tmp.path().join("job.json");
+            let value = serde_json::json!({"config": &cfg, "cells": cells, "identity": identity, "drugs": drugs.len(),
+                                           "moas": moas.len(), "steps": n, "threads": threads, "device": device,
+                                           "seed": cfg.seed});
+            std::fs::write(&job, serde_json::to_vec(&value)?)?;
+            run_json(Command::new("python3").arg(script).arg(&job))
+                .map_err(|e| eprintln!("PyTorch reference not run: {e:#}"))
+                .ok()
+        }
+        None => None,
+    };
+    let num = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    let row = |label: String, step_s: f64, share: f64, peak: f64, ratio: &str| {
+        println!(
+            "{:<30} {:>10.3} {:>12.1} {:>13.1} {:>9.1}% {:>11.0} {:>11}",
+            label,
+            step_s,
+            step_s * per_epoch as f64,
+            batch as f64 / step_s,
+            share * 100.0,
+            peak,
+            ratio
+        );
+    };
+    if let Some(r) = &reference {
+        let label = format!(
+            "PyTorch {} ({})",
+            r["torch"].as_str().unwrap_or("?").split('+').next().unwrap_or("?"),
+            r["isa"].as_str().unwrap_or("?")
+        );
+        row(label, num(r, "step_seconds"), num(r, "data_share"), num(r, "peak_rss_mib"), "1.00x");
+    }
+    let bar = crate::progress::bar(n as u64, "training", quiet);
+    let state = trainer.train(None, &mut |_, state| {
+        bar.set_position(state.step);
+        (state.step as usize) < n
+    })?;
+    bar.finish_and_clear();
+    let times = trainer.step_times();
+    anyhow::ensure!(times.steps as usize == n && state.step as usize == n, "{} steps taken, {n} expected", times.steps);
+    let step_s = times.total.as_secs_f64() / n as f64;
+    let ratio = reference.as_ref().map_or("-".to_string(), |r| format!("{:.2}x", num(r, "step_seconds") / step_s));
+    row(format!("molclip ({})", molclip_cpu::isa().name()), step_s, times.data_share(), peak_rss_mib(), &ratio);
+    if let Some(r) = &reference {
+        let params = trainer.store.num_trainable() as f64;
+        if num(r, "params") != params {
+            eprintln!("note: PyTorch's network has {} trainable parameters, molclip's {params}", r["params"]);
+        }
     }
     Ok(())
 }

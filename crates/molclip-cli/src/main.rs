@@ -274,7 +274,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Chem(ChemCommand::Featurize(args)) => featurize(args),
         Command::Data(DataCommand::Stats { dir, config }) => data_stats(&dir, config.as_deref(), quiet),
         Command::Annotate(args) => annotate(args),
-        Command::Bench(cmd) => bench::run(cmd),
+        Command::Bench(cmd) => bench::run(cmd, quiet),
         Command::Train(args) => train::train(args, quiet),
         Command::Demo(args) => demo::demo(args, quiet),
         Command::Report(args) => report::report(args, quiet),

@@ -211,6 +211,28 @@ fn bench_model_prints_a_row_per_model() {
     assert!(!o.status.success() && text(&o).contains("unknown model `resnet`"), "{}", text(&o));
 }
 
+#[test]
+fn bench_train_times_the_first_steps_of_an_epoch() {
+    let (_tmp, data, cfg) = tiny_and_small_config();
+    let bench = |extra: &[&str]| {
+        let mut args = vec!["bench", "train", "--data", data.to_str().unwrap(), "--config", cfg.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        molclip(&args)
+    };
+    let o = bench(&["--steps", "3", "--no-reference", "--quiet"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    assert!(out.contains(", 3 of ") && out.contains("(drug stage)"), "{out}");
+    let row = out.lines().find(|l| l.starts_with(&format!("molclip ({})", molclip_cpu::isa().name()))).expect(&out);
+    // s/step, epoch s, videos/s, data wait %, peak MiB.
+    let cols: Vec<f64> =
+        row.split_whitespace().skip(2).take(5).map(|c| c.trim_end_matches('%').parse().unwrap()).collect();
+    assert!(cols[0] > 0.0 && cols[1] >= 3.0 * cols[0] && (0.0..=100.0).contains(&cols[3]), "{row}");
+    // The reference trains video models only: a MolCLIP config needs --no-reference.
+    let o = bench(&["--steps", "1", "--quiet"]);
+    assert!(!o.status.success() && text(&o).contains("--no-reference"), "{}", text(&o));
+}
+
 const SMALL_TRAIN: &str = r#"
 kind = "molclip"
 seed = 3
@@ -223,6 +245,8 @@ width = 4
 hidden = 16
 [data]
 cache = true
+# Batches built ahead on the loader's thread: the kill finds some built and unused.
+prefetch = 2
 [data.frames]
 frames = 4
 [data.augment]
@@ -241,16 +265,22 @@ identity = "moa"
 epochs = 1
 "#;
 
-/// A run killed with SIGKILL mid-epoch and resumed ends with the same weights and metrics as
-/// a run that was never interrupted.
-#[test]
-fn train_killed_and_resumed_equals_an_uninterrupted_run() {
+/// The tiny preset simulated and [`SMALL_TRAIN`] written, in a temporary folder.
+fn tiny_and_small_config() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("tiny");
     let o = molclip(&["simulate", "--preset", "tiny", "--out", data.to_str().unwrap(), "--quiet"]);
     assert!(o.status.success(), "{}", text(&o));
     let cfg = tmp.path().join("small.toml");
     std::fs::write(&cfg, SMALL_TRAIN).unwrap();
+    (tmp, data, cfg)
+}
+
+/// A run killed with SIGKILL mid-epoch and resumed ends with the same weights and metrics as
+/// a run that was never interrupted.
+#[test]
+fn train_killed_and_resumed_equals_an_uninterrupted_run() {
+    let (tmp, data, cfg) = tiny_and_small_config();
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     let train = |out: &std::path::Path, extra: &[&str]| {
         let mut args = vec![

@@ -79,7 +79,9 @@ pub struct DataConfig {
     pub cache: bool,
     /// The cache's budget in MiB (a 16-frame RGB video at 128 × 128 takes 0.75 MiB in u8).
     pub cache_mb: usize,
-    /// Batches prepared ahead of the consumer.
+    /// Batches prepared ahead of the consumer (the trainer) on a background thread, so that
+    /// reading and augmenting overlap the training step; 0 builds each batch when the step
+    /// asks for it.
     pub prefetch: usize,
 }
 
@@ -299,33 +301,53 @@ pub fn eval_input(video: &Video, config: &DataConfig, out: &mut Vec<f32>) -> Res
     Ok(model_input(&resized, config, &VideoTransform::centre(&config.augment), out))
 }
 
-/// Batches built ahead on a background thread, in order.
+/// Batches in order: built ahead on a background thread (`config.prefetch` ≥ 1), or each
+/// on the consumer's thread when it asks for it (`prefetch = 0`).
 pub struct Loader {
-    rx: Receiver<Result<Batch, DataError>>,
+    source: Source,
+}
+
+enum Source {
+    Ahead(Receiver<Result<Batch, DataError>>),
+    Inline { dataset: Arc<VideoDataset>, batches: std::vec::IntoIter<Vec<usize>>, mode: Mode, failed: bool },
 }
 
 impl Loader {
     /// Start building `batches` (lists of dataset indices). At most
-    /// `config.prefetch` batches wait for the consumer.
+    /// `config.prefetch` batches wait for the consumer, besides the one being built; none
+    /// is built ahead with `prefetch = 0`. The first error ends the batches.
     pub fn start(dataset: Arc<VideoDataset>, batches: Vec<Vec<usize>>, mode: Mode) -> Self {
-        let (tx, rx) = sync_channel(dataset.config.prefetch.max(1));
+        let prefetch = dataset.config.prefetch;
+        if prefetch == 0 {
+            return Self { source: Source::Inline { dataset, batches: batches.into_iter(), mode, failed: false } };
+        }
+        let (tx, rx) = sync_channel(prefetch);
         std::thread::spawn(move || {
             for indices in batches {
                 let batch = dataset.batch(&indices, mode);
                 let failed = batch.is_err();
+                // A consumer that stopped early has dropped the receiver: stop too.
                 if tx.send(batch).is_err() || failed {
                     break;
                 }
             }
         });
-        Self { rx }
+        Self { source: Source::Ahead(rx) }
     }
 }
 
 impl Iterator for Loader {
     type Item = Result<Batch, DataError>;
     fn next(&mut self) -> Option<Self::Item> {
-        self.rx.recv().ok()
+        match &mut self.source {
+            Source::Ahead(rx) => rx.recv().ok(),
+            Source::Inline { failed: true, .. } => None,
+            Source::Inline { dataset, batches, mode, failed } => {
+                let batch = dataset.batch(&batches.next()?, *mode);
+                *failed = batch.is_err();
+                Some(batch)
+            }
+        }
     }
 }
 

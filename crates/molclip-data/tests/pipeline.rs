@@ -164,6 +164,11 @@ fn loader_yields_pk_batches_of_tensors_deterministically() {
     // The prefetching loader hands out the same batches, in order.
     let loaded: Vec<Vec<f32>> = Loader::start(ds.clone(), batches.clone(), mode).map(|b| b.unwrap().data).collect();
     assert_eq!(loaded, one);
+    // So does one that builds each batch when asked (prefetch = 0).
+    let inline = DataConfig { prefetch: 0, ..ds.config().clone() };
+    let inline = Arc::new(VideoDataset::new(ds.cells.clone(), inline).unwrap());
+    let built: Vec<Vec<f32>> = Loader::start(inline, batches.clone(), mode).map(|b| b.unwrap().data).collect();
+    assert_eq!(built, one);
     let b = ds.batch(&batches[0], Mode::Train { seed: 1, epoch: 0 }).unwrap();
     assert_eq!(b.shape, [12, 16, 1, 112, 112]);
     assert_eq!(b.data.len(), 12 * 16 * 112 * 112);

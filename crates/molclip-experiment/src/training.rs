@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use molclip::candle_core::Device;
 use molclip::models::VideoModel;
-use molclip::train::{embed_cells, RunState, StepRecord, TrainConfig, Trainer, Validator};
+use molclip::train::{embed_cells, RunState, StepRecord, StepTimes, TrainConfig, Trainer, Validator};
 use molclip::ModelError;
 use molclip_data::{DatasetIndex, Split};
 
@@ -23,15 +23,23 @@ pub struct TrainOutcome {
     pub seconds: f64,
     /// MolCLIP runs: training drugs with a molecule (the CLIP term's), and all.
     pub molecules: Option<(usize, usize)>,
+    /// This session's steps: their time, and the part spent waiting for batches.
+    pub step_times: StepTimes,
 }
 
 impl TrainOutcome {
-    /// One line: steps, time, final loss and the last validation.
+    /// One line: steps, time, final loss, the last validation, and the share of the steps
+    /// spent waiting for data.
     pub fn summary(&self, run: &RunDir) -> String {
         let last = self.state.records.last();
         let validated = self.state.records.iter().rev().find_map(|r| r.validation);
+        let waited = if self.step_times.steps > 0 {
+            format!("; the steps waited for data {:.1} % of their time", 100.0 * self.step_times.data_share())
+        } else {
+            String::new()
+        };
         format!(
-            "{}: {} steps in {:.1} s, final loss {}{}{}",
+            "{}: {} steps in {:.1} s, final loss {}{}{}{waited}",
             run.root().display(),
             self.state.step,
             self.seconds,
@@ -243,6 +251,6 @@ impl Training<'_> {
         let seconds = before + start.elapsed().as_secs_f64();
         run.write_train_seconds(seconds)?;
         let molecules = (cfg.kind == molclip::train::ModelKind::Molclip).then(|| trainer.molecule_coverage());
-        Ok(TrainOutcome { state, seconds, molecules })
+        Ok(TrainOutcome { state, seconds, molecules, step_times: trainer.step_times() })
     }
 }

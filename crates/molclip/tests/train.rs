@@ -94,6 +94,35 @@ fn a_nan_stops_training_and_names_the_step_and_the_term() {
     assert!(["triplet", "ce", "center", "gradient norm"].iter().any(|t| err.contains(t)), "{err}");
 }
 
+/// Batches built ahead (`data.prefetch`) are the batches built when the step asks: the same
+/// run to the bit; the trainer's step times count every step, the wait for data within them.
+#[test]
+fn prefetching_batches_changes_no_number() {
+    let tmp = tempfile::tempdir().unwrap();
+    let index = tiny_dataset(&tmp.path().join("tiny"));
+    let mut cfg = small("video-only");
+    cfg.stages[0].epochs = 2;
+    let run = |prefetch: usize| {
+        let cfg =
+            TrainConfig { data: molclip_data::loader::DataConfig { prefetch, ..cfg.data.clone() }, ..cfg.clone() };
+        let mut trainer = Trainer::new(&cfg, &index, &Device::Cpu).unwrap();
+        let state = trainer.train(None, &mut |_, _| true).unwrap();
+        let times = trainer.step_times();
+        assert_eq!(times.steps as usize, state.records.len());
+        assert!(times.data_wait <= times.total && !times.total.is_zero(), "{times:?}");
+        assert!((0.0..=1.0).contains(&times.data_share()));
+        (state.records, trainer.store.tensors())
+    };
+    let (inline, ahead) = (run(0), run(3));
+    assert_eq!(inline.0, ahead.0);
+    for (name, t) in &inline.1 {
+        let flat = |t: &candle_core::Tensor| {
+            t.flatten_all().unwrap().to_dtype(candle_core::DType::F64).unwrap().to_vec1::<f64>().unwrap()
+        };
+        assert_eq!(flat(t), flat(&ahead.1[name]), "{name}");
+    }
+}
+
 /// Stopped mid-epoch and resumed from the last checkpoint, a run ends with the same weights
 /// and the same log as a run that was never interrupted, across a stage change too.
 #[test]
@@ -106,6 +135,8 @@ fn a_resumed_run_ends_exactly_like_an_uninterrupted_one() {
     cfg.stages[1].epochs = 2;
     cfg.loss.center = 0.01;
     cfg.checkpoint_every = 3;
+    // Batches built ahead on the loader's thread: a stop leaves some built and unused.
+    cfg.data.prefetch = 2;
     let (a, b) = (outputs(&tmp.path().join("a")), outputs(&tmp.path().join("b")));
     let full = Trainer::new(&cfg, &index, &Device::Cpu).unwrap().train(Some(&a), &mut |_, _| true).unwrap();
     for stop_at in [5u64, 17] {

@@ -1,9 +1,10 @@
 //! A trained run's model, and embeddings of a dataset's videos and of molecules with it.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
-use molclip_data::loader::{eval_input, stack, DataConfig, Mode, VideoDataset};
+use molclip_data::loader::{eval_input, stack, DataConfig, Loader, Mode, VideoDataset};
 use molclip_data::{CellVideo, Video};
 use rayon::prelude::*;
 
@@ -173,11 +174,13 @@ fn for_each_batch(
 ) -> Result<()> {
     let n = cells.len();
     // Each video is read once: a cache would only hold memory until the end.
-    let dataset = VideoDataset::new(cells, DataConfig { cache: false, ..cfg.data.clone() })?;
-    for start in (0..n).step_by(batch.max(1)) {
-        let indices: Vec<usize> = (start..(start + batch).min(n)).collect();
-        f(&batch_tensor(&dataset.batch(&indices, Mode::Eval)?, device)?)?;
-        on_batch(indices.len());
+    let dataset = Arc::new(VideoDataset::new(cells, DataConfig { cache: false, ..cfg.data.clone() })?);
+    let batches = (0..n).step_by(batch.max(1)).map(|start| (start..(start + batch).min(n)).collect()).collect();
+    // Built ahead as `data.prefetch` says, so that reading overlaps the model.
+    for b in Loader::start(dataset, batches, Mode::Eval) {
+        let b = b?;
+        f(&batch_tensor(&b, device)?)?;
+        on_batch(b.indices.len());
     }
     Ok(())
 }

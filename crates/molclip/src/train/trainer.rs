@@ -4,10 +4,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
 use molclip_chem::Molecule;
-use molclip_data::loader::{Mode, VideoDataset};
+use molclip_data::loader::{Batch, Loader, Mode, VideoDataset};
 use molclip_data::sampler::PkSampler;
 use molclip_data::{DatasetIndex, Split};
 
@@ -113,7 +114,6 @@ struct StepAt {
     identity: Identity,
     epoch: usize,
     step: u64,
-    mode: Mode,
     lr: f64,
 }
 
@@ -213,6 +213,30 @@ pub struct Trainer {
     /// Set by [`Trainer::resume`]: where to continue from.
     resume: Option<Resume>,
     validator: Option<Validator>,
+    times: StepTimes,
+}
+
+/// How long the training steps of this process took, and how much of it they waited for
+/// their batches (reading and augmenting that the loader's prefetch did not hide).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepTimes {
+    /// Steps taken.
+    pub steps: u64,
+    /// Their time, from asking for the batch to the optimiser's update.
+    pub total: Duration,
+    /// The part of it spent waiting for batches.
+    pub data_wait: Duration,
+}
+
+impl StepTimes {
+    /// The share of the steps' time spent waiting for data (0 before any step).
+    pub fn data_share(&self) -> f64 {
+        if self.total.is_zero() {
+            0.0
+        } else {
+            self.data_wait.as_secs_f64() / self.total.as_secs_f64()
+        }
+    }
 }
 
 impl Trainer {
@@ -322,6 +346,7 @@ impl Trainer {
             molecules,
             resume: None,
             validator: None,
+            times: StepTimes::default(),
         })
     }
 
@@ -349,6 +374,11 @@ impl Trainer {
     /// `RUN/best.safetensors`.
     pub fn set_validator(&mut self, validator: Validator) {
         self.validator = Some(validator);
+    }
+
+    /// The time of the steps this trainer took, and the part spent waiting for data.
+    pub fn step_times(&self) -> StepTimes {
+        self.times
     }
 
     /// Steps per epoch of each stage (0 for a skipped stage), for progress bars.
@@ -441,12 +471,19 @@ impl Trainer {
                     let epoch = state.epoch;
                     let mode = Mode::Train { seed: self.cfg.seed ^ ((si as u64) << 32), epoch: epoch as u64 };
                     let batches = sampler.epoch(epoch as u64);
+                    // The rest of the epoch's batches, built ahead as `data.prefetch` says.
+                    let mut loader = Loader::start(self.train.clone(), batches[state.batch..].to_vec(), mode);
                     while state.batch < batches.len() {
                         let lr = schedule.lr(epoch * steps_per_epoch + state.batch)
                             * state.plateau.factor(&self.cfg.schedule);
-                        let at = StepAt { stage: si, identity: stage.identity, epoch, step: state.step, mode, lr };
-                        let record =
-                            self.step(at, &batches[state.batch], &criterion, &mut optimizer, centres.as_mut())?;
+                        let at = StepAt { stage: si, identity: stage.identity, epoch, step: state.step, lr };
+                        let started = Instant::now();
+                        let batch = loader.next().expect("the loader holds the rest of the epoch's batches")?;
+                        let waited = started.elapsed();
+                        let record = self.step(at, &batch, &criterion, &mut optimizer, centres.as_mut())?;
+                        self.times.steps += 1;
+                        self.times.data_wait += waited;
+                        self.times.total += started.elapsed();
                         state.batch += 1;
                         state.step += 1;
                         state.records.push(record);
@@ -547,13 +584,14 @@ impl Trainer {
     fn step(
         &self,
         at: StepAt,
-        indices: &[usize],
+        batch: &Batch,
         criterion: &Criterion,
         optimizer: &mut Optimizer,
         centres: Option<&mut CentreSgd>,
     ) -> Result<StepRecord> {
-        let StepAt { stage, identity, epoch, step: global_step, mode, lr } = at;
-        let x = batch_tensor(&self.train.batch(indices, mode)?, &self.device)?;
+        let StepAt { stage, identity, epoch, step: global_step, lr } = at;
+        let indices = &batch.indices;
+        let x = batch_tensor(batch, &self.device)?;
         // The stage's sampler draws labelled videos only.
         let labels: Vec<u32> = indices.iter().map(|&i| self.label(identity, i).expect("sampled in the task")).collect();
         let video_drugs: Vec<u32> = indices.iter().map(|&i| self.drugs[i]).collect();

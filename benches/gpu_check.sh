@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The GPU figures in one run, for the README's GPU table (README, "Benchmarks on a GPU").
+#
+#   benches/gpu_check.sh BIN OUT
+#
+# BIN: molclip built with `--features cuda` (README, "Building for CUDA"); OUT: a folder that
+# receives gpu_check.md (every table) and bench/ (the simulated bench preset, removed at the
+# end). Run from the repository root, on a machine with an NVIDIA GPU, python3 with a CUDA
+# build of PyTorch (the reference side), and the CUDA libraries molclip loads at run time
+# (cuBLAS, cuRAND, NVRTC): the lib folders of PyTorch's nvidia-* wheels are put on the library
+# path. Each step has its own time limit; the whole script takes under 8 minutes on one H200.
+set -uo pipefail
+bin="${1:?usage: benches/gpu_check.sh BIN OUT}"
+out="${2:?usage: benches/gpu_check.sh BIN OUT}"
+mkdir -p "$out"
+table="$out/gpu_check.md"
+
+nvidia="$(python3 -c 'import os, nvidia; print(os.path.dirname(nvidia.__path__[0]) + "/nvidia")' 2>/dev/null)"
+if [ -n "$nvidia" ]; then
+    for lib in "$nvidia"/*/lib; do LD_LIBRARY_PATH="$lib:${LD_LIBRARY_PATH:-}"; done
+    export LD_LIBRARY_PATH
+fi
+
+step() { # step SECONDS TITLE COMMAND...: one section of the table, within SECONDS
+    local limit="$1" title="$2"
+    shift 2
+    printf '\n## %s\n\n```\n$ %s\n' "$title" "$*"
+    local start=$SECONDS
+    timeout "$limit" "$@" 2>&1
+    local rc=$?
+    printf '```\n(%s s, exit %s)\n' "$((SECONDS - start))" "$rc"
+}
+
+{
+    printf '# molclip on the GPU, %s\n\n' "$(date -u +%Y-%m-%dT%H:%MZ)"
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    python3 -c 'import torch; print("PyTorch", torch.__version__, "cuDNN", torch.backends.cudnn.version())'
+    step 120 "Agreement with the CPU" "$bin" bench device-check --device cuda
+    step 240 "Training steps against PyTorch eager" "$bin" bench model --device cuda \
+        --models i3d-resnet18,i3d-resnet50,frame-vit --steps 10 --quiet
+    step 60 "The bench preset" "$bin" simulate --preset bench --out "$out/bench" --quiet
+    step 150 "An epoch's first steps, end to end (MitoReID's recipe)" "$bin" bench train --device cuda \
+        --data "$out/bench" --config configs/mitoreid.toml --steps 12 --quiet
+} | tee "$table"
+rm -rf "$out/bench"

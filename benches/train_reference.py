@@ -1,0 +1,186 @@
+"""PyTorch reference for `molclip bench train`: the first steps of a training epoch, end to
+end, the usual PyTorch way. A DataLoader with one worker process per thread reads and
+augments the same frame files with PIL (resize, rotation, flips, random crop, jitter,
+normalisation, as the config says), batches of P x K videos drawn at random per step;
+the same network (python/torch_reference.py), the config's losses (cross-entropy with label
+smoothing, batch-hard triplet, centre loss with its own SGD) and optimiser.
+
+    python3 benches/train_reference.py JOB.json
+JOB.json (written by molclip): {"config": the run config as JSON, "cells": [[folder, label],
+...], "identity": "drug" or "moa", "drugs", "moas" (classes), "steps", "threads", "device",
+"seed"}.
+Prints one JSON line: {"step_seconds", "data_share", "peak_rss_mib", "params", "torch", "isa"}.
+"""
+
+import inspect
+import json
+import os
+import random
+import resource
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
+import torch_reference as R  # noqa: E402
+
+FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+def frame_files(folder):
+    names = [f for f in os.listdir(folder) if f.lower().endswith(FRAME_SUFFIXES)]
+    return [os.path.join(folder, f) for f in sorted(names, key=lambda f: int(os.path.splitext(f)[0]))]
+
+
+class Videos(torch.utils.data.Dataset):
+    """One augmented video [T, C, crop, crop] and its label per item."""
+
+    def __init__(self, cells, data, seed):
+        self.cells, self.seed = cells, seed
+        self.frames = data["frames"]["frames"]
+        self.rgb = data["frames"]["channels"] == "rgb"
+        a = data["augment"]
+        self.resize, self.crop = a["resize"], a["crop"]
+        self.rotation, self.hflip, self.vflip = a["max_rotation"], a["hflip"], a["vflip"]
+        self.brightness, self.contrast = a["brightness"], a["contrast"]
+        channels = 3 if self.rgb else 1
+        per = lambda v: np.asarray(v if isinstance(v, list) else [v] * channels, dtype=np.float32)
+        self.mean = per(data["normalize"]["mean"]).reshape(1, -1, 1, 1)
+        self.std = per(data["normalize"]["std"]).reshape(1, -1, 1, 1)
+
+    def __len__(self):
+        return len(self.cells)
+
+    def __getitem__(self, i):
+        folder, label = self.cells[i]
+        rng = random.Random(self.seed * 1_000_003 + i)
+        files = frame_files(folder)
+        picks = np.linspace(0, len(files) - 1, self.frames).round().astype(int)
+        angle = rng.uniform(-self.rotation, self.rotation) if self.rotation > 0 else 0.0
+        hflip = self.hflip and rng.random() < 0.5
+        vflip = self.vflip and rng.random() < 0.5
+        x0, y0 = rng.randint(0, self.resize - self.crop), rng.randint(0, self.resize - self.crop)
+        out = []
+        for k in picks:
+            img = Image.open(files[k]).convert("RGB" if self.rgb else "L")
+            img = img.resize((self.resize, self.resize), Image.BILINEAR)
+            if angle:
+                img = img.rotate(angle, resample=Image.BILINEAR)
+            if hflip:
+                img = img.transpose(Image.FLIP_LEFT_RIGHT)
+            if vflip:
+                img = img.transpose(Image.FLIP_TOP_BOTTOM)
+            img = img.crop((x0, y0, x0 + self.crop, y0 + self.crop))
+            a = np.asarray(img, dtype=np.float32) / 255.0
+            out.append(a.transpose(2, 0, 1) if self.rgb else a[None])
+        video = np.stack(out)
+        if self.brightness or self.contrast:
+            b = 1 + rng.uniform(-self.brightness, self.brightness)
+            c = 1 + rng.uniform(-self.contrast, self.contrast)
+            grey = video.mean() * b
+            video = np.clip((video * b - grey) * c + grey, 0.0, 1.0)
+        return torch.from_numpy((video - self.mean) / self.std), label
+
+
+def pk_batches(labels, p, k, steps, rng):
+    """`steps` batches of p labels drawn at random, k of each label's videos."""
+    by = {}
+    for i, l in enumerate(labels):
+        by.setdefault(l, []).append(i)
+    keys = sorted(by)
+    out = []
+    for _ in range(steps):
+        batch = []
+        for l in rng.sample(keys, min(p, len(keys))):
+            members = by[l]
+            batch += rng.sample(members, k) if len(members) >= k else rng.choices(members, k=k)
+        out.append(batch)
+    return out
+
+
+def encoder(video, crop, channels, frames):
+    name = video["encoder"]
+    if name.startswith("i3d-resnet"):
+        i3d = video["i3d"]
+        return R.I3dResNet(depth=int(name[len("i3d-resnet"):]), in_channels=channels, width=i3d["width"],
+                           temporal=i3d["temporal"], blocks=i3d["blocks"])
+    if name == "frame-vit":
+        known = inspect.signature(R.FrameVit).parameters
+        vit = {k: v for k, v in video["vit"].items() if k in known}
+        vit.update(image_size=crop, in_channels=channels, max_frames=max(vit.get("max_frames", 32), frames))
+        return R.FrameVit(**vit)
+    raise SystemExit(f"encoder {name}: the reference builds i3d-resnet18/34/50 and frame-vit")
+
+
+def main():
+    job = json.load(open(sys.argv[1]))
+    cfg, data, device = job["config"], job["config"]["data"], job["device"]
+    threads = job["threads"]
+    torch.set_num_threads(threads)
+    torch.manual_seed(job["seed"])
+    cells = [tuple(c) for c in job["cells"]]
+    labels = [c[1] for c in cells]
+    # Both heads, as molclip's trainer builds them; the stage trains one.
+    head = "drug_logits" if job["identity"] == "drug" else "moa_logits"
+    classes = job["drugs"] if head == "drug_logits" else job["moas"]
+    s = data["sampler"]
+    batches = pk_batches(labels, s["p"], s["k"], job["steps"], random.Random(job["seed"]))
+    dataset = Videos(cells, data, job["seed"])
+    channels = 3 if dataset.rgb else 1
+    video = cfg["model"]["video"]
+    net = encoder(video, dataset.crop, channels, dataset.frames)
+    model = R.VideoModel(net, pooling=video["pooling"], drugs=job["drugs"], moas=job["moas"]).to(device)
+    loss_cfg, opt_cfg = cfg["loss"], cfg["optimizer"]
+    params = [p for p in model.parameters() if p.requires_grad]
+    if opt_cfg["kind"] == "sgd":
+        opt = torch.optim.SGD(params, lr=opt_cfg["lr"], momentum=opt_cfg["momentum"],
+                              nesterov=opt_cfg["nesterov"], weight_decay=opt_cfg["weight_decay"])
+    else:
+        opt = torch.optim.AdamW(params, lr=opt_cfg["lr"], weight_decay=opt_cfg["weight_decay"])
+    centres, centre_opt = None, None
+    if loss_cfg["center"] > 0:
+        centres = torch.nn.Parameter(torch.randn(classes, net.out_dim, device=device))
+        if loss_cfg.get("center_lr", 0) > 0:
+            centre_opt = torch.optim.SGD([centres], lr=loss_cfg["center_lr"] / loss_cfg["center"])
+        else:
+            opt.add_param_group({"params": [centres]})
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=threads,
+                                         pin_memory=device.startswith("cuda"), prefetch_factor=2)
+    model.train()
+    total = wait = 0.0
+    it = iter(loader)
+    for _ in range(len(batches)):
+        start = time.perf_counter()
+        x, y = next(it)
+        wait += time.perf_counter() - start
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        out = model(x)
+        loss = loss_cfg["ce"] * F.cross_entropy(out[head], y, label_smoothing=loss_cfg["label_smoothing"])
+        if loss_cfg["triplet"] > 0:
+            loss = loss + loss_cfg["triplet"] * R.batch_hard_triplet(out["feature"], y, loss_cfg["margin"])
+        if centres is not None:
+            loss = loss + loss_cfg["center"] * R.center_loss(out["feature"], y, centres)
+        opt.zero_grad(set_to_none=True)
+        if centre_opt is not None:
+            centre_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg["clip_grad_norm"] > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg["clip_grad_norm"])
+        opt.step()
+        if centre_opt is not None:
+            centre_opt.step()
+        if device != "cpu":
+            torch.cuda.synchronize()
+        total += time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"step_seconds": total / len(batches), "data_share": wait / total, "peak_rss_mib": peak,
+                      "params": sum(p.numel() for p in params), "loss": loss.item(), "torch": torch.__version__,
+                      "isa": torch.backends.cpu.get_cpu_capability() if device == "cpu" else device}))
+
+
+if __name__ == "__main__":
+    main()
