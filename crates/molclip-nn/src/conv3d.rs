@@ -68,11 +68,13 @@ pub fn conv3d(x: &Tensor, weight: &Tensor, window: Window3d) -> Result<Tensor> {
         )));
     }
     window.out_dims([t, h, w])?;
-    if matches!(x.device(), Device::Cpu) && x.dtype() == candle_core::DType::F32 {
-        Ok(x.contiguous()?.apply_op2(&weight.contiguous()?, Conv3dCpu { window })?)
-    } else {
-        conv3d_by_taps(x, weight, window)
-    }
+    crate::precision::cast_product(x, weight, |x, w| {
+        if matches!(x.device(), Device::Cpu) && x.dtype() == candle_core::DType::F32 {
+            Ok(x.contiguous()?.apply_op2(&w.contiguous()?, Conv3dCpu { window })?)
+        } else {
+            conv3d_by_taps(x, w, window)
+        }
+    })
 }
 
 /// One 2D convolution (candle's, with its GPU kernels) per temporal tap of the window, summed.

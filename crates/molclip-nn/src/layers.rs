@@ -4,6 +4,7 @@ use candle_core::{DType, Tensor, Var, D};
 
 use super::fused::{self, on_cpu_f32};
 use super::params::{Init, Vb};
+use super::precision::{cast_product, compute_dtype};
 use crate::error::Result;
 
 /// `nn.Linear`: y = x Wᵀ + b, over the last dimension of any input.
@@ -35,15 +36,16 @@ impl Linear {
     /// `x · wᵀ + b` over the last dimension (fused on the CPU).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if let (Some(b), true) = (&self.bias, on_cpu_f32(x)) {
-            return fused::linear(x, &self.weight, b);
+            return cast_product(x, &self.weight, |x, w| fused::linear(x, w, b));
         }
         let dims = x.dims().to_vec();
         let in_dim = *dims.last().expect("linear input has at least one dimension");
         let rows = x.elem_count() / in_dim.max(1);
         let x2 = x.reshape((rows, in_dim))?;
+        let y = cast_product(&x2, &self.weight, |x, w| Ok(x.matmul(&w.t()?)?))?;
         let y = match &self.bias {
-            Some(b) => x2.matmul(&self.weight.t()?)?.broadcast_add(b)?,
-            None => x2.matmul(&self.weight.t()?)?,
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
         };
         let mut out_dims = dims;
         *out_dims.last_mut().unwrap() = self.weight.dim(0)?;
@@ -262,7 +264,7 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// Multi-head self-attention over packed projections: `qkv` is `[B, N, 3·D]` (queries, keys
 /// and values, each `D = heads × head size`), the result `[B, N, D]`. Fused on the CPU.
 pub fn attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
-    if on_cpu_f32(qkv) {
+    if on_cpu_f32(qkv) && compute_dtype().is_none() {
         return fused::attention(qkv, heads);
     }
     attention_composed(qkv, heads)
@@ -277,6 +279,6 @@ pub(crate) fn attention_composed(qkv: &Tensor, heads: usize) -> Result<Tensor> {
     let q = (qkv.get(0)?.contiguous()? * (dh as f64).powf(-0.5))?;
     let k = qkv.get(1)?.contiguous()?;
     let v = qkv.get(2)?.contiguous()?;
-    let att = softmax_last_dim(&q.matmul(&k.t()?)?)?;
-    Ok(att.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?)
+    let att = softmax_last_dim(&cast_product(&q, &k, |q, k| Ok(q.matmul(&k.t()?)?))?)?;
+    Ok(cast_product(&att, &v, |a, v| Ok(a.matmul(v)?))?.transpose(1, 2)?.reshape((b, n, d))?)
 }

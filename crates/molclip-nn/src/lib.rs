@@ -10,6 +10,7 @@ mod error;
 pub(crate) mod fused;
 pub mod layers;
 pub mod params;
+pub mod precision;
 
 pub use conv3d::{conv3d, max_pool3d, Window3d};
 pub use error::{NnError, Result};
@@ -18,3 +19,4 @@ pub use layers::{
     LayerNorm, Linear,
 };
 pub use params::{read_safetensors, read_weights, write_safetensors, Init, ParamStore, Vb};
+pub use precision::{autocast, Autocast};

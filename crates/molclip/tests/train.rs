@@ -1,8 +1,9 @@
 //! Training on the `tiny` simulated dataset: every model kind learns, and a NaN stops the run.
 
+use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use molclip::train::{ModelKind, StepRecord, TrainConfig, TrainOutputs, Trainer};
 use molclip_data::DatasetIndex;
 
@@ -39,6 +40,16 @@ fn small(kind: &str) -> TrainConfig {
     cfg.schedule.warmup_epochs = 0.5;
     cfg.optimizer.lr = 3e-3;
     cfg
+}
+
+/// The same tensors under the same names, to the bit.
+fn assert_same_weights(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}");
+    let flat =
+        |t: &Tensor| t.flatten_all().unwrap().to_dtype(candle_core::DType::F64).unwrap().to_vec1::<f64>().unwrap();
+    for (name, t) in a {
+        assert_eq!(flat(t), flat(&b[name]), "{name}, {what}");
+    }
 }
 
 fn mean_loss(records: &[StepRecord], epoch: usize) -> f32 {
@@ -115,12 +126,33 @@ fn prefetching_batches_changes_no_number() {
     };
     let (inline, ahead) = (run(0), run(3));
     assert_eq!(inline.0, ahead.0);
-    for (name, t) in &inline.1 {
-        let flat = |t: &candle_core::Tensor| {
-            t.flatten_all().unwrap().to_dtype(candle_core::DType::F64).unwrap().to_vec1::<f64>().unwrap()
-        };
-        assert_eq!(flat(t), flat(&ahead.1[name]), "{name}");
-    }
+    assert_same_weights(&inline.1, &ahead.1, "prefetch 0 against 3");
+}
+
+/// bf16 autocast starts where the float32 run starts (the same weights, the products' operands
+/// rounded) and trains as it does, without being the same run; TF32 needs a CUDA device.
+#[test]
+fn bf16_autocast_follows_the_float32_run_and_tf32_needs_cuda() {
+    use molclip::train::Precision;
+    let tmp = tempfile::tempdir().unwrap();
+    let index = tiny_dataset(&tmp.path().join("tiny"));
+    let mut cfg = small("video-only");
+    cfg.stages[0].epochs = 3;
+    let run = |precision: Precision| {
+        let cfg = TrainConfig { precision, ..cfg.clone() };
+        Trainer::new(&cfg, &index, &Device::Cpu).unwrap().train(None, &mut |_, _| true).unwrap().records
+    };
+    let (full, bf16) = (run(Precision::F32), run(Precision::Bf16));
+    assert_ne!(full, bf16, "autocast changed nothing");
+    let first = (bf16[0].loss - full[0].loss).abs() / full[0].loss;
+    let (a, b) = (mean_loss(&full, 2), mean_loss(&bf16, 2));
+    eprintln!("first step: loss off by {first:.2e}; last epoch's mean loss f32 {a:.4}, bf16 {b:.4}");
+    assert!(first > 0.0 && first < 1e-2, "{first}");
+    assert!((a - b).abs() < 0.15 * a, "{a} {b}");
+    assert!(b < mean_loss(&bf16, 0), "bf16: the loss did not go down");
+    let tf32 = TrainConfig { precision: Precision::Tf32, ..cfg.clone() };
+    let err = Trainer::new(&tf32, &index, &Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("precision") && err.contains("CUDA"), "{err}");
 }
 
 /// Stopped mid-epoch and resumed from the last checkpoint, a run ends with the same weights
@@ -153,16 +185,8 @@ fn a_resumed_run_ends_exactly_like_an_uninterrupted_one() {
         let end = resumed.train(Some(&b), &mut |_, _| true).unwrap();
         assert!(end.finished);
         assert_eq!(end.records, full.records, "stopped at step {stop_at}");
-        let (wa, wb) =
-            (molclip::nn::read_safetensors(&a.checkpoint.join("model.safetensors")).unwrap(), resumed.store.tensors());
-        assert_eq!(wa.len(), wb.len());
-        for (name, t) in &wa {
-            let (x, y) = (
-                t.flatten_all().unwrap().to_dtype(candle_core::DType::F64).unwrap(),
-                wb[name].flatten_all().unwrap().to_dtype(candle_core::DType::F64).unwrap(),
-            );
-            assert_eq!(x.to_vec1::<f64>().unwrap(), y.to_vec1::<f64>().unwrap(), "{name}, stopped at step {stop_at}");
-        }
+        let wa = molclip::nn::read_safetensors(&a.checkpoint.join("model.safetensors")).unwrap();
+        assert_same_weights(&wa, &resumed.store.tensors(), &format!("stopped at step {stop_at}"));
     }
 }
 

@@ -78,6 +78,29 @@ fn one() -> f64 {
     1.0
 }
 
+/// The arithmetic of a training step. Weights, batch norm, softmax, the losses and the
+/// optimiser stay float32 in every case; validation and embedding run in float32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Float32 throughout.
+    #[default]
+    F32,
+    /// Float32, with matrix products in TF32 on the GPU's tensor cores (cuBLAS; CUDA
+    /// devices only).
+    Tf32,
+    /// Autocast: linear layers, attention's products and convolutions from bf16 operands
+    /// with float32 sums (on the CPU, the operands rounded to bf16 and the float32 kernels).
+    Bf16,
+}
+
+impl Precision {
+    /// The dtype products compute in under autocast, if any.
+    pub fn autocast(self) -> Option<candle_core::DType> {
+        (self == Precision::Bf16).then_some(candle_core::DType::BF16)
+    }
+}
+
 /// A training run's configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -100,6 +123,8 @@ pub struct TrainConfig {
     pub stages: Vec<StageConfig>,
     /// Largest global gradient norm (0: no clipping).
     pub clip_grad_norm: f64,
+    /// The training step's arithmetic: `f32` (default), `tf32` or `bf16`.
+    pub precision: Precision,
     /// Validation mAP every this many epochs (0: never).
     pub validate_every: usize,
     /// Stop a stage after this many validations without a better mAP (0: never).
@@ -126,6 +151,7 @@ impl Default for TrainConfig {
             schedule: ScheduleConfig::default(),
             stages: vec![StageConfig::new(Identity::Drug, 10, 1.0), StageConfig::new(Identity::Moa, 5, 0.5)],
             clip_grad_norm: 5.0,
+            precision: Precision::F32,
             validate_every: 1,
             patience: 0,
             checkpoint_every: 0,

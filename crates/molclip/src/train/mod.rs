@@ -7,7 +7,7 @@ pub mod schedule;
 pub mod trainer;
 
 pub use checkpoint::{is_checkpoint, load_checkpoint, save_checkpoint, Checkpoint};
-pub use config::{Identity, ModelKind, StageConfig, TrainConfig};
+pub use config::{Identity, ModelKind, Precision, StageConfig, TrainConfig};
 pub use embed::{embed_cells, TrainedRun, VideoEmbeddings};
 pub use schedule::{Decay, LrSchedule, Plateau, ScheduleConfig};
 pub use trainer::{Resume, RunState, StepRecord, StepTimes, TrainModel, TrainOutputs, Trainer, Validator, ENCODER};

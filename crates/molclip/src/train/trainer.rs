@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{load_checkpoint, save_checkpoint};
 use super::config::StageConfig;
-use super::config::{Identity, ModelKind, TrainConfig};
+use super::config::{Identity, ModelKind, Precision, TrainConfig};
 use super::schedule::{Decay, LrSchedule, Plateau};
 use crate::error::{ModelError, Result};
 use crate::losses::{inverse_temperature, ClipInputs, Criterion, LossTerm, MetricInputs};
@@ -298,6 +298,17 @@ impl Trainer {
         weights: HashMap<String, Tensor>,
     ) -> Result<Self> {
         cfg.validate()?;
+        match (cfg.precision, device.is_cuda()) {
+            (Precision::Tf32, false) => {
+                return Err(ModelError::config(
+                    "precision",
+                    "tf32 is a mode of CUDA's tensor cores: train on a CUDA device, or use f32 or bf16",
+                ))
+            }
+            // cuBLAS's float32 products: TF32 only where the run asks for it.
+            (p, true) => candle_core::cuda::set_gemm_reduced_precision_f32(p == Precision::Tf32),
+            _ => {}
+        }
         let cells: Vec<_> = index.split(Split::Train).cloned().collect();
         if cells.is_empty() {
             return Err(ModelError::Input(format!("{}: the training split is empty", index.root.display())));
@@ -590,6 +601,8 @@ impl Trainer {
         centres: Option<&mut CentreSgd>,
     ) -> Result<StepRecord> {
         let StepAt { stage, identity, epoch, step: global_step, lr } = at;
+        // Forward and losses under the run's precision (float32 outside autocast).
+        let _autocast = crate::nn::autocast(self.cfg.precision.autocast());
         let indices = &batch.indices;
         let x = batch_tensor(batch, &self.device)?;
         // The stage's sampler draws labelled videos only.
