@@ -667,24 +667,13 @@ fn bench_train(
     let per_epoch = stage_steps / cfg.stages[stage].epochs;
     let n = steps.unwrap_or(per_epoch).clamp(1, per_epoch);
     let identity = cfg.stages[stage].identity;
-    // The stage's training videos and their labels (numbered densely, as the trainer's
-    // classifiers do), for the reference.
+    // The stage's training videos and their labels, numbered as the trainer's classifiers
+    // number them, for the reference.
     let train: Vec<_> = index.split(molclip_data::Split::Train).collect();
-    let dense = |ids: &mut dyn Iterator<Item = usize>| -> std::collections::BTreeMap<usize, usize> {
-        ids.collect::<std::collections::BTreeSet<_>>().into_iter().enumerate().map(|(k, id)| (id, k)).collect()
-    };
-    let (drugs, moas) =
-        (dense(&mut train.iter().map(|c| c.drug_id)), dense(&mut train.iter().filter_map(|c| c.moa_id)));
-    let cells: Vec<serde_json::Value> = train
-        .iter()
-        .filter_map(|c| {
-            let label = match identity {
-                Identity::Drug => Some(drugs[&c.drug_id]),
-                Identity::Moa => c.moa_id.map(|m| moas[&m]),
-            }?;
-            Some(serde_json::json!([c.dir, label]))
-        })
-        .collect();
+    let (labels, _) = trainer.labels(identity);
+    let (drugs, moas) = (trainer.labels(Identity::Drug).1, trainer.labels(Identity::Moa).1);
+    let cells: Vec<serde_json::Value> =
+        train.iter().zip(labels).filter_map(|(c, label)| Some(serde_json::json!([c.dir, label?]))).collect();
     let batch = cfg.data.sampler.p * cfg.data.sampler.k;
     let threads = rayon::current_num_threads();
     println!(
@@ -701,8 +690,8 @@ fn bench_train(
     let reference = match script {
         Some(script) => {
             let job = tmp.path().join("job.json");
-            let value = serde_json::json!({"config": &cfg, "cells": cells, "identity": identity, "drugs": drugs.len(),
-                                           "moas": moas.len(), "steps": n, "threads": threads, "device": device,
+            let value = serde_json::json!({"config": &cfg, "cells": cells, "identity": identity, "drugs": drugs,
+                                           "moas": moas, "steps": n, "threads": threads, "device": device,
                                            "seed": cfg.seed});
             std::fs::write(&job, serde_json::to_vec(&value)?)?;
             run_json(Command::new("python3").arg(script).arg(&job))

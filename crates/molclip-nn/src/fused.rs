@@ -1,6 +1,6 @@
 //! Fused CPU kernels, each with a hand-written backward pass, for the layers that dominate
-//! training time: linear with bias, layer norm, batch norm (+ ReLU), GELU, softmax, ReLU and
-//! add + ReLU.
+//! training time: linear (with or without bias), layer norm, batch norm (alone, with ReLU,
+//! or with a residual sum and ReLU), GELU, softmax, ReLU and add + ReLU.
 //!
 //! Composed from candle ops, each of these is several graph nodes, and every node costs
 //! full passes over the activations in the backward pass (a zero tensor, an add, the
@@ -42,6 +42,50 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok(x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, LinearCpu)?)
 }
 
+/// x `[..., K]` · wᵀ (`w`: `[O, K]`): [`linear`] without a bias, both operands tracked.
+pub(crate) fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op2(&w.contiguous()?, ProductCpu)?)
+}
+
+/// [`linear`]'s forward pass; `b: None` leaves out the bias.
+fn linear_fwd(
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+    b: Option<&[f32]>,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let (x, w) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+    let (rows, k) = rows_and_width(l1);
+    let (o, k_w) = dims2(l2)?;
+    if k != k_w {
+        candle_core::bail!("linear: inputs of width {k} against weights of width {k_w}");
+    }
+    let mut y = vec![0f32; rows * o];
+    if let Some(b) = b {
+        y.par_chunks_mut(o).for_each(|row| row.copy_from_slice(b));
+    }
+    // wᵀ: element (k, o) sits at o·K + k.
+    gemm_f32(rows, o, k, &mut y, b.is_some(), x, (1, k as isize), w, (k as isize, 1));
+    let mut dims = l1.shape().dims().to_vec();
+    *dims.last_mut().unwrap() = o;
+    Ok((CpuStorage::F32(y), Shape::from(dims)))
+}
+
+/// The gradients of x · wᵀ: (dx = dy · w, shaped as x; dw = dyᵀ · x).
+fn linear_bwd(x: &Tensor, w: &Tensor, dy: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    // Untracked (no_bwd): a gradient built from tracked tensors would keep the whole
+    // forward graph alive for as long as the optimiser keeps its moments.
+    let (k, o) = (x.dims()[x.rank() - 1], w.dim(0)?);
+    let n = x.elem_count() / k.max(1);
+    let dy = dy.contiguous()?.reshape(((), o))?;
+    let packed = x.apply_op3_no_bwd(w, &dy, &LinearGrad)?;
+    let dx = packed.narrow(0, 0, n * k)?.reshape(x.dims())?;
+    // A copy, so that the small gradient does not keep the large buffer alive.
+    let dw = packed.narrow(0, n * k, o * k)?.reshape((o, k))?.copy()?;
+    Ok((dx, dw, dy))
+}
+
 struct LinearCpu;
 
 impl CustomOp3 for LinearCpu {
@@ -58,16 +102,7 @@ impl CustomOp3 for LinearCpu {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, w, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
-        let (rows, k) = rows_and_width(l1);
-        let (o, _) = dims2(l2)?;
-        let mut y = vec![0f32; rows * o];
-        y.par_chunks_mut(o).for_each(|row| row.copy_from_slice(b));
-        // wᵀ: element (k, o) sits at o·K + k.
-        gemm_f32(rows, o, k, &mut y, true, x, (1, k as isize), w, (k as isize, 1));
-        let mut dims = l1.shape().dims().to_vec();
-        *dims.last_mut().unwrap() = o;
-        Ok((CpuStorage::F32(y), Shape::from(dims)))
+        linear_fwd(s1, l1, s2, l2, Some(f32_slice(s3, l3)?))
     }
 
     fn bwd(
@@ -78,17 +113,38 @@ impl CustomOp3 for LinearCpu {
         _res: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        // Untracked (no_bwd): a gradient built from tracked tensors would keep the whole
-        // forward graph alive for as long as the optimiser keeps its moments.
-        let (k, o) = (x.dims()[x.rank() - 1], w.dim(0)?);
-        let n = x.elem_count() / k.max(1);
-        let dy = dy.contiguous()?.reshape(((), o))?;
-        let packed = x.apply_op3_no_bwd(w, &dy, &LinearGrad)?;
-        let dx = packed.narrow(0, 0, n * k)?.reshape(x.dims())?;
-        // A copy, so that the small gradient does not keep the large buffer alive.
-        let dw = packed.narrow(0, n * k, o * k)?.reshape((o, k))?.copy()?;
+        let (dx, dw, dy) = linear_bwd(x, w, dy)?;
         let db = dy.apply_op1_no_bwd(&ColumnSum)?;
         Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+struct ProductCpu;
+
+impl CustomOp2 for ProductCpu {
+    fn name(&self) -> &'static str {
+        "matmul-t"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        linear_fwd(s1, l1, s2, l2, None)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, _) = linear_bwd(x, w, dy)?;
+        Ok((Some(dx), Some(dw)))
     }
 }
 
@@ -283,7 +339,19 @@ impl CustomOp3 for LayerNormGrad {
 
 // -------------------------------------------------------------------------- batch norm
 
-/// Batch norm with batch statistics (training) over `[B, C, M]`, optionally followed by ReLU.
+/// What follows batch norm in one fused op.
+#[derive(Clone, Copy)]
+pub(crate) enum After<'a> {
+    /// Nothing.
+    Nothing,
+    /// ReLU.
+    Relu,
+    /// relu(· + shortcut), the end of a residual block: batch norm's own output is never
+    /// stored, which is a tensor of the block's widest size less to keep for the backward pass.
+    AddRelu(&'a Tensor),
+}
+
+/// Batch norm with batch statistics (training) over `[B, C, M]`, followed by `after`.
 /// Returns the output and the batch mean and biased variance per channel (for the running
 /// statistics).
 pub(crate) fn batch_norm_train(
@@ -291,11 +359,20 @@ pub(crate) fn batch_norm_train(
     w: &Tensor,
     b: &Tensor,
     eps: f64,
-    relu: bool,
+    after: After,
 ) -> Result<(Tensor, Vec<f32>, Vec<f32>)> {
     let stats = Arc::new(Mutex::new(Vec::new()));
-    let op = BatchNormCpu { eps: eps as f32, relu, stats: stats.clone() };
-    let y = x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, op)?;
+    let (x, eps) = (x.contiguous()?, eps as f32);
+    let y = match after {
+        After::Nothing | After::Relu => {
+            let op = BatchNormCpu { eps, relu: matches!(after, After::Relu), stats: stats.clone() };
+            x.apply_op3(&w.contiguous()?, &b.contiguous()?, op)?
+        }
+        After::AddRelu(shortcut) => {
+            let op = BatchNormAddReluCpu { eps, stats: stats.clone() };
+            x.apply_op3(&Tensor::cat(&[w, b], 0)?, &shortcut.contiguous()?, op)?
+        }
+    };
     let s = stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let c = w.dim(0)?;
     Ok((y, s[..c].to_vec(), s[c..].to_vec()))
@@ -306,6 +383,65 @@ struct BatchNormCpu {
     relu: bool,
     /// Mean then biased variance per channel, written by the forward pass.
     stats: Arc<Mutex<Vec<f32>>>,
+}
+
+/// relu(batch_norm(x) + shortcut): (x, [w, b], shortcut).
+struct BatchNormAddReluCpu {
+    eps: f32,
+    /// As [`BatchNormCpu::stats`].
+    stats: Arc<Mutex<Vec<f32>>>,
+}
+
+/// Batch norm's forward pass over `[B, C, M]`, then ReLU, or relu(· + shortcut); stores the
+/// mean and biased variance per channel in `stats`.
+#[allow(clippy::too_many_arguments)]
+fn batch_norm_fwd(
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    (b, c, m): (usize, usize, usize),
+    eps: f32,
+    relu: bool,
+    shortcut: Option<&[f32]>,
+    stats: &Mutex<Vec<f32>>,
+) -> Vec<f32> {
+    let moments = channel_moments(x, b, c, m);
+    let scale: Vec<f32> = moments.iter().zip(w).map(|((_, var), w)| w / (var + eps).sqrt()).collect();
+    let shift: Vec<f32> = moments.iter().zip(&scale).zip(bias).map(|(((mean, _), s), bb)| bb - mean * s).collect();
+    let mut y = vec![0f32; b * c * m];
+    y.par_chunks_mut(m).zip(x.par_chunks(m)).enumerate().for_each(|(bc, (yr, xr))| {
+        let (s, t) = (scale[bc % c], shift[bc % c]);
+        match shortcut {
+            Some(sc) => {
+                let sc = &sc[bc * m..][..m];
+                yr.iter_mut().zip(xr.iter().zip(sc)).for_each(|(y, (x, r))| *y = (x * s + t + r).max(0.0));
+            }
+            None if relu => yr.iter_mut().zip(xr).for_each(|(y, x)| *y = (x * s + t).max(0.0)),
+            None => yr.iter_mut().zip(xr).for_each(|(y, x)| *y = x * s + t),
+        }
+    });
+    *stats.lock().unwrap_or_else(|e| e.into_inner()) =
+        moments.iter().map(|m| m.0).chain(moments.iter().map(|m| m.1)).collect();
+    y
+}
+
+/// Batch norm's gradients from the gradient `dy` at its affine output, with the statistics of
+/// the forward pass: (dx, [dw, db] packed).
+fn batch_norm_bwd(
+    x: &Tensor,
+    w: &Tensor,
+    bias: &Tensor,
+    stats: &Mutex<Vec<f32>>,
+    dy: &Tensor,
+    grad: BatchNormGrad,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let (b, c, m) = x.dims3()?;
+    let stats = stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let params = Tensor::cat(&[w, bias, &Tensor::from_vec(stats, 2 * c, x.device())?], 0)?;
+    let packed = x.apply_op3_no_bwd(&params, &dy.contiguous()?, &grad)?;
+    let n = b * c * m;
+    // A copy, so that the small gradients do not keep the large buffer alive.
+    Ok((packed.narrow(0, 0, n)?.reshape((b, c, m))?, packed.narrow(0, n, 2 * c)?.copy()?))
 }
 
 fn channel_moments(x: &[f32], b: usize, c: usize, m: usize) -> Vec<(f32, f32)> {
@@ -346,22 +482,9 @@ impl CustomOp3 for BatchNormCpu {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, w, bias) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
-        let (b, c, m) = dims3(l1)?;
-        let moments = channel_moments(x, b, c, m);
-        let scale: Vec<f32> = moments.iter().zip(w).map(|((_, var), w)| w / (var + self.eps).sqrt()).collect();
-        let shift: Vec<f32> = moments.iter().zip(&scale).zip(bias).map(|(((mean, _), s), bb)| bb - mean * s).collect();
-        let mut y = vec![0f32; b * c * m];
-        y.par_chunks_mut(m).zip(x.par_chunks(m)).enumerate().for_each(|(bc, (yr, xr))| {
-            let (s, t) = (scale[bc % c], shift[bc % c]);
-            if self.relu {
-                yr.iter_mut().zip(xr).for_each(|(y, x)| *y = (x * s + t).max(0.0));
-            } else {
-                yr.iter_mut().zip(xr).for_each(|(y, x)| *y = x * s + t);
-            }
-        });
-        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        *stats = moments.iter().map(|m| m.0).chain(moments.iter().map(|m| m.1)).collect();
-        Ok((CpuStorage::F32(y), Shape::from((b, c, m))))
+        let bcm = dims3(l1)?;
+        let y = batch_norm_fwd(x, w, bias, bcm, self.eps, self.relu, None, &self.stats);
+        Ok((CpuStorage::F32(y), Shape::from(bcm)))
     }
 
     fn bwd(
@@ -372,14 +495,56 @@ impl CustomOp3 for BatchNormCpu {
         _res: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (b, c, m) = x.dims3()?;
-        let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let params = Tensor::cat(&[w, bias, &Tensor::from_vec(stats, 2 * c, x.device())?], 0)?;
         let grad = BatchNormGrad { eps: self.eps, relu: self.relu };
-        let packed = x.apply_op3_no_bwd(&params, &dy.contiguous()?, &grad)?;
-        let n = b * c * m;
-        let dx = packed.narrow(0, 0, n)?.reshape((b, c, m))?;
-        Ok((Some(dx), Some(packed.narrow(0, n, c)?.copy()?), Some(packed.narrow(0, n + c, c)?.copy()?)))
+        let (dx, dwb) = batch_norm_bwd(x, w, bias, &self.stats, dy, grad)?;
+        let c = w.dim(0)?;
+        Ok((Some(dx), Some(dwb.narrow(0, 0, c)?), Some(dwb.narrow(0, c, c)?)))
+    }
+}
+
+impl CustomOp3 for BatchNormAddReluCpu {
+    fn name(&self) -> &'static str {
+        "batch-norm-add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, wb, shortcut) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let bcm = dims3(l1)?;
+        if l3.shape() != l1.shape() || wb.len() != 2 * bcm.1 {
+            candle_core::bail!(
+                "batch-norm-add-relu: input {:?}, shortcut {:?}, {} affine values",
+                l1.shape(),
+                l3.shape(),
+                wb.len()
+            );
+        }
+        let (w, bias) = wb.split_at(bcm.1);
+        let y = batch_norm_fwd(x, w, bias, bcm, self.eps, true, Some(shortcut), &self.stats);
+        Ok((CpuStorage::F32(y), Shape::from(bcm)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        wb: &Tensor,
+        _shortcut: &Tensor,
+        res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // The gradient past the ReLU goes to the shortcut as it is, and to batch norm's output.
+        let g = res.apply_op2_no_bwd(&dy.contiguous()?, &ElementwiseGrad::Relu)?;
+        let c = x.dim(1)?;
+        let (w, bias) = (wb.narrow(0, 0, c)?, wb.narrow(0, c, c)?);
+        let (dx, dwb) = batch_norm_bwd(x, &w, &bias, &self.stats, &g, BatchNormGrad { eps: self.eps, relu: false })?;
+        Ok((Some(dx), Some(dwb), Some(g)))
     }
 }
 
@@ -965,6 +1130,16 @@ mod tests {
             |t| t[0].broadcast_matmul(&t[1].t().unwrap()).unwrap().broadcast_add(&t[2]).unwrap(),
             "linear",
         );
+        let w = rand(&[4, 7], 12);
+        agree(
+            &[x.clone(), w],
+            |t| matmul_t(&t[0], &t[1]).unwrap(),
+            |t| t[0].broadcast_matmul(&t[1].t().unwrap()).unwrap(),
+            "a · bᵀ",
+        );
+        // One operand twice, as the triplet loss's Gram matrix: both gradients add up.
+        let g = rand(&[6, 7], 13);
+        agree(&[g], |t| matmul_t(&t[0], &t[0]).unwrap(), |t| t[0].matmul(&t[0].t().unwrap()).unwrap(), "a · aᵀ");
 
         let (w, b) = (rand(&[7], 4), rand(&[7], 5));
         agree(
@@ -985,40 +1160,37 @@ mod tests {
         );
 
         let (xb, w, b) = (rand(&[4, 3, 10], 6), rand(&[3], 7), rand(&[3], 8));
-        for relu_after in [false, true] {
-            agree(
-                &[xb.clone(), w.clone(), b.clone()],
-                |t| batch_norm_train(&t[0], &t[1], &t[2], 1e-5, relu_after).unwrap().0,
-                |t| {
-                    let xt = t[0].transpose(0, 1).unwrap().reshape((3, 40)).unwrap();
-                    let m = xt.mean_keepdim(1).unwrap().reshape((1, 3, 1)).unwrap();
-                    let c = t[0].broadcast_sub(&m).unwrap();
-                    let v = c
-                        .transpose(0, 1)
-                        .unwrap()
-                        .reshape((3, 40))
-                        .unwrap()
-                        .sqr()
-                        .unwrap()
-                        .mean_keepdim(1)
-                        .unwrap()
-                        .reshape((1, 3, 1))
-                        .unwrap();
-                    let y = c.broadcast_div(&(v + 1e-5).unwrap().sqrt().unwrap()).unwrap();
-                    let y = y
-                        .broadcast_mul(&t[1].reshape((1, 3, 1)).unwrap())
-                        .unwrap()
-                        .broadcast_add(&t[2].reshape((1, 3, 1)).unwrap())
-                        .unwrap();
-                    if relu_after {
-                        y.relu().unwrap()
-                    } else {
-                        y
-                    }
-                },
-                "batch norm",
-            );
-        }
+        let composed_bn = |t: &[Tensor]| {
+            let xt = t[0].transpose(0, 1).unwrap().reshape((3, 40)).unwrap();
+            let m = xt.mean_keepdim(1).unwrap().reshape((1, 3, 1)).unwrap();
+            let c = t[0].broadcast_sub(&m).unwrap();
+            let v = c.transpose(0, 1).unwrap().reshape((3, 40)).unwrap().sqr().unwrap().mean_keepdim(1).unwrap();
+            let y = c.broadcast_div(&(v.reshape((1, 3, 1)).unwrap() + 1e-5).unwrap().sqrt().unwrap()).unwrap();
+            y.broadcast_mul(&t[1].reshape((1, 3, 1)).unwrap())
+                .unwrap()
+                .broadcast_add(&t[2].reshape((1, 3, 1)).unwrap())
+                .unwrap()
+        };
+        let shortcut = rand(&[4, 3, 10], 14);
+        let bn_inputs = [xb.clone(), w.clone(), b.clone()];
+        agree(
+            &bn_inputs,
+            |t| batch_norm_train(&t[0], &t[1], &t[2], 1e-5, After::Nothing).unwrap().0,
+            composed_bn,
+            "batch norm",
+        );
+        agree(
+            &bn_inputs,
+            |t| batch_norm_train(&t[0], &t[1], &t[2], 1e-5, After::Relu).unwrap().0,
+            |t| composed_bn(t).relu().unwrap(),
+            "batch norm + relu",
+        );
+        agree(
+            &[xb.clone(), w.clone(), b.clone(), shortcut],
+            |t| batch_norm_train(&t[0], &t[1], &t[2], 1e-5, After::AddRelu(&t[3])).unwrap().0,
+            |t| (composed_bn(t) + &t[3]).unwrap().relu().unwrap(),
+            "batch norm + shortcut + relu",
+        );
 
         agree(std::slice::from_ref(&x), |t| gelu(&t[0]).unwrap(), |t| t[0].gelu_erf().unwrap(), "gelu");
         agree(std::slice::from_ref(&x), |t| relu(&t[0]).unwrap(), |t| t[0].relu().unwrap(), "relu");
@@ -1057,7 +1229,7 @@ mod tests {
         let x = Tensor::new(&[[[1f32, 3.0]], [[5.0, 7.0]]], &Device::Cpu).unwrap();
         let (w, b) =
             (Tensor::ones(1, DType::F32, &Device::Cpu).unwrap(), Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap());
-        let (_, mean, var) = batch_norm_train(&x, &w, &b, 1e-5, false).unwrap();
+        let (_, mean, var) = batch_norm_train(&x, &w, &b, 1e-5, After::Nothing).unwrap();
         assert_eq!(mean, vec![4.0]);
         assert_eq!(var, vec![5.0]);
     }

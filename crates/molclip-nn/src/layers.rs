@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Tensor, Var, D};
 
-use super::fused::{self, on_cpu_f32};
+use super::fused::{self, on_cpu_f32, After};
 use super::params::{Init, Vb};
 use super::precision::{cast_product, compute_dtype};
 use crate::error::Result;
@@ -35,8 +35,11 @@ impl Linear {
 
     /// `x · wᵀ + b` over the last dimension (fused on the CPU).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if let (Some(b), true) = (&self.bias, on_cpu_f32(x)) {
-            return cast_product(x, &self.weight, |x, w| fused::linear(x, w, b));
+        if on_cpu_f32(x) {
+            return cast_product(x, &self.weight, |x, w| match &self.bias {
+                Some(b) => fused::linear(x, w, b),
+                None => fused::matmul_t(x, w),
+            });
         }
         let dims = x.dims().to_vec();
         let in_dim = *dims.last().expect("linear input has at least one dimension");
@@ -129,29 +132,47 @@ impl BatchNorm {
 
     /// Batch statistics in training (updating the running ones), running statistics otherwise.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.apply(x, train, false)
+        self.apply(x, train, After::Nothing)
     }
 
     /// relu(batch_norm(x)), fused on the CPU.
     pub fn forward_relu_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.apply(x, train, true)
+        self.apply(x, train, After::Relu)
     }
 
-    fn apply(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+    /// relu(batch_norm(x) + shortcut), the end of a residual block (`shortcut`: x's shape).
+    /// Fused on the CPU in training, where batch norm's own output is never kept for the
+    /// backward pass, as PyTorch's in-place `out += identity; relu_(out)` keeps none.
+    pub fn forward_add_relu_t(&self, x: &Tensor, shortcut: &Tensor, train: bool) -> Result<Tensor> {
+        self.apply(x, train, After::AddRelu(shortcut))
+    }
+
+    fn apply(&self, x: &Tensor, train: bool, after: After) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let (b, c) = (dims[0], dims[1]);
         let m: usize = dims[2..].iter().product();
         let x3 = x.reshape((b, c, m))?;
         if train && on_cpu_f32(x) {
-            let (y, mean, var) = fused::batch_norm_train(&x3, &self.weight, &self.bias, self.eps, relu)?;
+            let shortcut;
+            let after = match after {
+                After::AddRelu(s) => {
+                    shortcut = s.reshape((b, c, m))?;
+                    After::AddRelu(&shortcut)
+                }
+                other => other,
+            };
+            let (y, mean, var) = fused::batch_norm_train(&x3, &self.weight, &self.bias, self.eps, after)?;
             let n = (b * m) as f32;
             let unbiased: Vec<f32> = var.iter().map(|v| if n > 1.0 { v * n / (n - 1.0) } else { *v }).collect();
             self.update_running(&Tensor::from_vec(mean, c, x.device())?, &Tensor::from_vec(unbiased, c, x.device())?)?;
             return Ok(y.reshape(dims)?);
         }
-        let y = self.apply_composed(&x3, train)?;
-        let y = if relu { y.relu()? } else { y };
-        Ok(y.reshape(dims)?)
+        let y = self.apply_composed(&x3, train)?.reshape(dims)?;
+        match after {
+            After::Nothing => Ok(y),
+            After::Relu => Ok(y.relu()?),
+            After::AddRelu(shortcut) => add_relu(&y, shortcut),
+        }
     }
 
     fn update_running(&self, mean: &Tensor, unbiased_var: &Tensor) -> Result<()> {
@@ -204,6 +225,18 @@ impl Embedding {
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         Ok(self.weight.index_select(ids, 0)?)
     }
+}
+
+/// a · bᵀ for `a`: `[..., K]` and `b`: `[M, K]`, differentiable in both, in float32 whatever
+/// [`crate::autocast`] says (the losses' products). On the CPU through `molclip_cpu`'s GEMM, and
+/// so under `MOLCLIP_CPU`, as every product of training is.
+pub fn matmul_t(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if on_cpu_f32(a) {
+        return fused::matmul_t(a, b);
+    }
+    let (k, mut dims) = (a.dim(D::Minus1)?, a.dims().to_vec());
+    *dims.last_mut().expect("a has a last dimension: dim(Minus1) said so") = b.dim(0)?;
+    Ok(a.reshape(((), k))?.matmul(&b.t()?)?.reshape(dims)?)
 }
 
 /// Softmax over the last dimension, differentiable (candle's fused softmax has no backward).

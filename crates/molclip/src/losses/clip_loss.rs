@@ -5,7 +5,7 @@
 use candle_core::Tensor;
 
 use crate::error::{ModelError, Result};
-use crate::nn::log_softmax_last_dim;
+use crate::nn::{log_softmax_last_dim, matmul_t};
 
 /// The clamped inverse temperature, exp(min(logit_scale, ln max)).
 pub fn inverse_temperature(logit_scale: &Tensor, max_logit_scale: f64) -> Result<Tensor> {
@@ -38,7 +38,7 @@ pub fn clip_loss(
     let v2m = Tensor::from_vec(v2m, (b, p), device)?;
     let m2v = Tensor::from_vec(m2v, (p, b), device)?;
     let scale = inverse_temperature(logit_scale, max_logit_scale)?;
-    let logits = videos.matmul(&molecules.t()?)?.broadcast_mul(&scale)?;
+    let logits = matmul_t(videos, molecules)?.broadcast_mul(&scale)?;
     let loss_v = (log_softmax_last_dim(&logits)? * v2m)?.sum_all()?.affine(-1.0 / b as f64, 0.0)?;
     let loss_m = (log_softmax_last_dim(&logits.t()?)? * m2v)?.sum_all()?.affine(-1.0 / p as f64, 0.0)?;
     Ok(((loss_v + loss_m)? * 0.5)?)

@@ -5,12 +5,13 @@
 use candle_core::{DType, Tensor};
 
 use crate::error::{ModelError, Result};
+use crate::nn::matmul_t;
 
 /// Pairwise Euclidean distances `[B, B]`, computed as in the re-identification baselines:
 /// sqrt(max(|a|² + |b|² − 2ab, 1e-12)).
 pub fn euclidean_distances(x: &Tensor) -> Result<Tensor> {
     let sq = x.sqr()?.sum_keepdim(1)?;
-    let d2 = sq.broadcast_add(&sq.t()?)?.sub(&(x.matmul(&x.t()?)? * 2.0)?)?;
+    let d2 = sq.broadcast_add(&sq.t()?)?.sub(&(matmul_t(x, x)? * 2.0)?)?;
     Ok(d2.clamp(1e-12f32, f32::MAX)?.sqrt()?)
 }
 

@@ -8,7 +8,7 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::nn::{softmax_last_dim, Init, Linear, Vb};
+use crate::nn::{matmul_t, softmax_last_dim, Init, Linear, Vb};
 
 /// How time steps are pooled into one feature.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -53,12 +53,14 @@ impl TemporalPool {
         let (b, t, d) = x.dims3()?;
         let weights = match self {
             TemporalPool::Attention { key, query } => {
-                let scores = key.forward(x)?.reshape((b * t, d))?.matmul(&query.reshape((d, 1))?)?;
+                let scores = matmul_t(&key.forward(x)?.reshape((b * t, d))?, &query.reshape((1, d))?)?;
                 softmax_last_dim(&(scores.reshape((b, t))? * (d as f64).powf(-0.5))?)?
             }
             TemporalPool::Mean => Tensor::full(1.0 / t as f32, (b, t), x.device())?,
         };
-        let pooled = weights.unsqueeze(1)?.matmul(x)?.squeeze(1)?;
+        // Σ_t weights[b, t] · x[b, t, :]: element-wise, so that no product of training is left
+        // to candle's GEMM and its own instruction-set choice (`MOLCLIP_CPU` caps molclip's).
+        let pooled = weights.unsqueeze(2)?.broadcast_mul(x)?.sum(1)?;
         Ok((pooled, weights))
     }
 }

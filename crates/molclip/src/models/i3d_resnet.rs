@@ -19,7 +19,7 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
-use crate::nn::{add_relu, conv3d, max_pool3d, BatchNorm, Init, Vb, Window3d};
+use crate::nn::{conv3d, max_pool3d, BatchNorm, Init, Vb, Window3d};
 
 /// Where time is downsampled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -172,6 +172,12 @@ impl ConvBn {
             Ok(self.bn.forward_t(&y, train)?)
         }
     }
+
+    /// relu(conv + batch norm + shortcut), the end of a residual block, in one op after the
+    /// convolution.
+    fn forward_add_relu_t(&self, x: &Tensor, shortcut: &Tensor, train: bool) -> Result<Tensor> {
+        Ok(self.bn.forward_add_relu_t(&conv3d(x, &self.weight, self.window)?, shortcut, train)?)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -212,16 +218,16 @@ impl Block {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut y = x.clone();
-        let last = self.convs.len() - 1;
-        for (i, conv) in self.convs.iter().enumerate() {
-            y = conv.forward_t(&y, train, i < last)?;
-        }
         let shortcut = match &self.downsample {
             Some(ds) => ds.forward_t(x, train, false)?,
             None => x.clone(),
         };
-        Ok(add_relu(&y, &shortcut)?)
+        let (last, first) = self.convs.split_last().expect("a block has two or three convolutions");
+        let mut y = x.clone();
+        for conv in first {
+            y = conv.forward_t(&y, train, true)?;
+        }
+        last.forward_add_relu_t(&y, &shortcut, train)
     }
 }
 

@@ -380,6 +380,12 @@ impl Trainer {
         (0..self.drugs.len()).filter_map(|i| self.label(identity, i)).max().map_or(0, |m| m as usize + 1)
     }
 
+    /// Each training video's class under `identity`, in the training split's order, as the
+    /// classifiers number them (`None` outside the task), and the number of classes.
+    pub fn labels(&self, identity: Identity) -> (Vec<Option<u32>>, usize) {
+        ((0..self.drugs.len()).map(|i| self.label(identity, i)).collect(), self.classes(identity))
+    }
+
     /// Validate every `validate_every` epochs with this; with `patience`, a stage stops early
     /// when the mAP has not improved that many times; the best weights go to
     /// `RUN/best.safetensors`.
