@@ -671,7 +671,7 @@ fn bench_train(
     // number them, for the reference.
     let train: Vec<_> = index.split(molclip_data::Split::Train).collect();
     let (labels, _) = trainer.labels(identity);
-    let (drugs, moas) = (trainer.labels(Identity::Drug).1, trainer.labels(Identity::Moa).1);
+    let (drugs, moas) = (trainer.classes(Identity::Drug), trainer.classes(Identity::Moa));
     let cells: Vec<serde_json::Value> =
         train.iter().zip(labels).filter_map(|(c, label)| Some(serde_json::json!([c.dir, label?]))).collect();
     let batch = cfg.data.sampler.p * cfg.data.sampler.k;

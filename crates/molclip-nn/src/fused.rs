@@ -82,7 +82,7 @@ fn linear_bwd(x: &Tensor, w: &Tensor, dy: &Tensor) -> candle_core::Result<(Tenso
     let packed = x.apply_op3_no_bwd(w, &dy, &LinearGrad)?;
     let dx = packed.narrow(0, 0, n * k)?.reshape(x.dims())?;
     // A copy, so that the small gradient does not keep the large buffer alive.
-    let dw = packed.narrow(0, n * k, o * k)?.reshape((o, k))?.copy()?;
+    let dw = packed.narrow(0, n * k, o * k)?.reshape((o, k))?.force_contiguous()?;
     Ok((dx, dw, dy))
 }
 
@@ -276,7 +276,11 @@ impl CustomOp3 for LayerNormCpu {
         let packed = x.apply_op3_no_bwd(w, &dy.contiguous()?, &LayerNormGrad { eps: self.eps })?;
         let dx = packed.narrow(0, 0, n * d)?.reshape(x.dims())?;
         // Copies, so that the small gradients do not keep the large buffer alive.
-        Ok((Some(dx), Some(packed.narrow(0, n * d, d)?.copy()?), Some(packed.narrow(0, n * d + d, d)?.copy()?)))
+        Ok((
+            Some(dx),
+            Some(packed.narrow(0, n * d, d)?.force_contiguous()?),
+            Some(packed.narrow(0, n * d + d, d)?.force_contiguous()?),
+        ))
     }
 }
 
@@ -392,17 +396,26 @@ struct BatchNormAddReluCpu {
     stats: Arc<Mutex<Vec<f32>>>,
 }
 
-/// Batch norm's forward pass over `[B, C, M]`, then ReLU, or relu(· + shortcut); stores the
-/// mean and biased variance per channel in `stats`.
-#[allow(clippy::too_many_arguments)]
+/// What batch norm's forward kernel does after its affine map: [`After`] on the CPU's slices.
+#[derive(Clone, Copy)]
+enum Epilogue<'a> {
+    /// Nothing.
+    Nothing,
+    /// ReLU.
+    Relu,
+    /// relu(· + shortcut), the shortcut laid out as the input.
+    AddRelu(&'a [f32]),
+}
+
+/// Batch norm's forward pass over `[B, C, M]`, then `epilogue`; stores the mean and biased
+/// variance per channel in `stats`.
 fn batch_norm_fwd(
     x: &[f32],
     w: &[f32],
     bias: &[f32],
     (b, c, m): (usize, usize, usize),
     eps: f32,
-    relu: bool,
-    shortcut: Option<&[f32]>,
+    epilogue: Epilogue,
     stats: &Mutex<Vec<f32>>,
 ) -> Vec<f32> {
     let moments = channel_moments(x, b, c, m);
@@ -411,13 +424,13 @@ fn batch_norm_fwd(
     let mut y = vec![0f32; b * c * m];
     y.par_chunks_mut(m).zip(x.par_chunks(m)).enumerate().for_each(|(bc, (yr, xr))| {
         let (s, t) = (scale[bc % c], shift[bc % c]);
-        match shortcut {
-            Some(sc) => {
+        match epilogue {
+            Epilogue::AddRelu(sc) => {
                 let sc = &sc[bc * m..][..m];
                 yr.iter_mut().zip(xr.iter().zip(sc)).for_each(|(y, (x, r))| *y = (x * s + t + r).max(0.0));
             }
-            None if relu => yr.iter_mut().zip(xr).for_each(|(y, x)| *y = (x * s + t).max(0.0)),
-            None => yr.iter_mut().zip(xr).for_each(|(y, x)| *y = x * s + t),
+            Epilogue::Relu => yr.iter_mut().zip(xr).for_each(|(y, x)| *y = (x * s + t).max(0.0)),
+            Epilogue::Nothing => yr.iter_mut().zip(xr).for_each(|(y, x)| *y = x * s + t),
         }
     });
     *stats.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -441,7 +454,7 @@ fn batch_norm_bwd(
     let packed = x.apply_op3_no_bwd(&params, &dy.contiguous()?, &grad)?;
     let n = b * c * m;
     // A copy, so that the small gradients do not keep the large buffer alive.
-    Ok((packed.narrow(0, 0, n)?.reshape((b, c, m))?, packed.narrow(0, n, 2 * c)?.copy()?))
+    Ok((packed.narrow(0, 0, n)?.reshape((b, c, m))?, packed.narrow(0, n, 2 * c)?.force_contiguous()?))
 }
 
 fn channel_moments(x: &[f32], b: usize, c: usize, m: usize) -> Vec<(f32, f32)> {
@@ -483,7 +496,15 @@ impl CustomOp3 for BatchNormCpu {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, w, bias) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
         let bcm = dims3(l1)?;
-        let y = batch_norm_fwd(x, w, bias, bcm, self.eps, self.relu, None, &self.stats);
+        let y = batch_norm_fwd(
+            x,
+            w,
+            bias,
+            bcm,
+            self.eps,
+            if self.relu { Epilogue::Relu } else { Epilogue::Nothing },
+            &self.stats,
+        );
         Ok((CpuStorage::F32(y), Shape::from(bcm)))
     }
 
@@ -527,7 +548,7 @@ impl CustomOp3 for BatchNormAddReluCpu {
             );
         }
         let (w, bias) = wb.split_at(bcm.1);
-        let y = batch_norm_fwd(x, w, bias, bcm, self.eps, true, Some(shortcut), &self.stats);
+        let y = batch_norm_fwd(x, w, bias, bcm, self.eps, Epilogue::AddRelu(shortcut), &self.stats);
         Ok((CpuStorage::F32(y), Shape::from(bcm)))
     }
 

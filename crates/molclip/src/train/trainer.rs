@@ -376,7 +376,7 @@ impl Trainer {
     }
 
     /// Classes of `identity` among the training videos.
-    fn classes(&self, identity: Identity) -> usize {
+    pub fn classes(&self, identity: Identity) -> usize {
         (0..self.drugs.len()).filter_map(|i| self.label(identity, i)).max().map_or(0, |m| m as usize + 1)
     }
 
