@@ -496,15 +496,8 @@ impl CustomOp3 for BatchNormCpu {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, w, bias) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
         let bcm = dims3(l1)?;
-        let y = batch_norm_fwd(
-            x,
-            w,
-            bias,
-            bcm,
-            self.eps,
-            if self.relu { Epilogue::Relu } else { Epilogue::Nothing },
-            &self.stats,
-        );
+        let epilogue = if self.relu { Epilogue::Relu } else { Epilogue::Nothing };
+        let y = batch_norm_fwd(x, w, bias, bcm, self.eps, epilogue, &self.stats);
         Ok((CpuStorage::F32(y), Shape::from(bcm)))
     }
 
