@@ -1,16 +1,21 @@
 //! 3D convolution and 3D max pooling, which candle lacks.
 //!
 //! On the CPU both are custom ops with hand-written backward passes: the convolution is
-//! vol2col + one GEMM per video (forward), Wᵀ·dY + col2vol (input gradient) and dY·colᵀ
-//! (weight gradient), all on the `gemm` crate. candle's own CPU conv2d and its transpose are
-//! direct loops, several times slower. On other devices the same maths is composed from
+//! vol2col + GEMM (forward), Wᵀ·dY + col2vol (input gradient) and dY·colᵀ (weight gradient),
+//! all on the `gemm` crate. The first layers (many positions, few weights) build the window
+//! matrix one tile of positions at a time, in cache, and multiply each tile at once; the deeper
+//! ones build it for a group of videos and run one GEMM over the group. Width strides read a
+//! copy of the input split into phases, so that the window matrix is made of contiguous copies.
+//! candle's own CPU conv2d and its transpose are direct loops, several times slower. On other devices the same maths is composed from
 //! candle ops (strided slices, stack, matmul), so autograd comes for free; the tests check
 //! that both paths agree with each other and with PyTorch.
+
+use std::borrow::Cow;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::{f32_slice, gemm_f32};
+use super::cpu::{f32_slice, gemm_f32, gemm_f32_strided, gemm_raw, SharedMut};
 use crate::error::Result;
 
 /// Kernel, stride and padding of a 3D window, as (time, height, width).
@@ -196,46 +201,93 @@ fn valid_range(out: usize, offset: usize, stride: usize, pad: usize, size: usize
     (lo.min(hi), hi)
 }
 
-/// Fills `col` (`[C·taps, G·N]`, N = To·Ho·Wo) with the window contents of `g` consecutive videos
-/// `[G, C, T, H, W]`; video `i` fills columns `i·N..(i+1)·N`.
-fn vol2col(x: &[f32], g: usize, dims: [usize; 3], window: Window3d, out: [usize; 3], col: &mut [f32]) {
+/// The videos `[G, C, T, H, W]` with each line of width W split into its phases modulo the
+/// window's width stride `sw`, `[G, C, T, H, sw, ⌈W / sw⌉]` (value `w` in phase `w mod sw`, at
+/// `w div sw`, the phases' tails zero): the window matrix then copies contiguous runs out of it
+/// instead of gathering every `sw`-th value. The videos themselves when `sw` is 1.
+fn phase_split(x: &[f32], w: usize, sw: usize) -> Cow<'_, [f32]> {
+    if sw == 1 {
+        return Cow::Borrowed(x);
+    }
+    let wp = w.div_ceil(sw);
+    let mut xs = vec![0f32; x.len() / w * sw * wp];
+    xs.par_chunks_mut(sw * wp).zip(x.par_chunks(w)).for_each(|(dst, line)| {
+        for (i, &v) in line.iter().enumerate() {
+            dst[(i % sw) * wp + i / sw] = v;
+        }
+    });
+    Cow::Owned(xs)
+}
+
+/// Row `row` (one channel and tap of the window) of the window matrix of the videos `xs`
+/// (`c` channels of `dims`, phase-split by [`phase_split`]), for the positions
+/// `p0..p0 + dst.len()`; positions are numbered video-major
+/// (`video · N + (ot · Ho + oh) · Wo + ow`, N = To·Ho·Wo).
+#[allow(clippy::too_many_arguments)]
+fn window_row(
+    xs: &[f32],
+    c: usize,
+    dims: [usize; 3],
+    window: Window3d,
+    out: [usize; 3],
+    row: usize,
+    p0: usize,
+    dst: &mut [f32],
+) {
     let n = out.iter().product::<usize>();
     let [kt, kh, kw] = window.kernel;
     let [st, sh, sw] = window.stride;
     let [pt, ph, pw] = window.padding;
     let [t, h, w] = dims;
-    let c = x.len() / (g * t * h * w);
-    col.par_chunks_mut(g * n).enumerate().for_each(|(row, dst_row)| {
-        let (ci, tap) = (row / (kt * kh * kw), row % (kt * kh * kw));
-        let (a, b, cc) = (tap / (kh * kw), (tap / kw) % kh, tap % kw);
-        let (lo, hi) = valid_range(out[2], cc, sw, pw, w);
-        for (gi, dst) in dst_row.chunks_mut(n).enumerate() {
-            let src = &x[(gi * c + ci) * t * h * w..][..t * h * w];
-            let mut i = 0;
-            for ot in 0..out[0] {
-                let it = (ot * st + a) as isize - pt as isize;
-                for oh in 0..out[1] {
-                    let ih = (oh * sh + b) as isize - ph as isize;
-                    let seg = &mut dst[i..i + out[2]];
-                    i += out[2];
-                    if it < 0 || it >= t as isize || ih < 0 || ih >= h as isize {
-                        seg.fill(0.0);
-                        continue;
-                    }
-                    let line = &src[(it as usize * h + ih as usize) * w..][..w];
-                    seg[..lo].fill(0.0);
-                    seg[hi..].fill(0.0);
-                    if sw == 1 {
-                        seg[lo..hi].copy_from_slice(&line[lo + cc - pw..hi + cc - pw]);
-                    } else {
-                        for ow in lo..hi {
-                            seg[ow] = line[ow * sw + cc - pw];
-                        }
-                    }
-                }
+    let (ci, tap) = (row / (kt * kh * kw), row % (kt * kh * kw));
+    let (a, b, cc) = (tap / (kh * kw), (tap / kw) % kh, tap % kw);
+    let (lo, hi) = valid_range(out[2], cc, sw, pw, w);
+    // Output ow reads input ow·sw + d = (ow + q)·sw + phase: in that phase, at ow + q.
+    let d = cc as isize - pw as isize;
+    let (q, phase) = (d.div_euclid(sw as isize), d.rem_euclid(sw as isize) as usize);
+    let wp = w.div_ceil(sw);
+    // The line of output positions (video gi, ot, oh) that position p0 is on, and its ow.
+    let (mut gi, r) = (p0 / n, p0 % n);
+    let (mut ot, mut oh, mut ow0) = (r / (out[1] * out[2]), (r / out[2]) % out[1], r % out[2]);
+    let mut i = 0;
+    while i < dst.len() {
+        let len = (out[2] - ow0).min(dst.len() - i);
+        let seg = &mut dst[i..i + len];
+        let (it, ih) = ((ot * st + a) as isize - pt as isize, (oh * sh + b) as isize - ph as isize);
+        if it < 0 || it >= t as isize || ih < 0 || ih >= h as isize {
+            seg.fill(0.0);
+        } else {
+            let line = &xs[(((gi * c + ci) * t + it as usize) * h + ih as usize) * sw * wp + phase * wp..][..wp];
+            // The outputs ow0..ow0 + len, of which lo..hi read inside the line.
+            let (lo, hi) = (lo.clamp(ow0, ow0 + len), hi.clamp(ow0, ow0 + len));
+            let (l, hh) = (lo - ow0, hi - ow0);
+            // lo..hi read inside the line, so lo + q >= 0.
+            let from = (lo as isize + q) as usize;
+            let (head, rest) = seg.split_at_mut(l);
+            let (body, tail) = rest.split_at_mut(hh - l);
+            head.iter_mut().for_each(|v| *v = 0.0);
+            body.iter_mut().zip(&line[from..from + (hh - l)]).for_each(|(v, &x)| *v = x);
+            tail.iter_mut().for_each(|v| *v = 0.0);
+        }
+        i += len;
+        // The next line.
+        ow0 = 0;
+        oh += 1;
+        if oh == out[1] {
+            (oh, ot) = (0, ot + 1);
+            if ot == out[0] {
+                (ot, gi) = (0, gi + 1);
             }
         }
-    });
+    }
+}
+
+/// Fills `col` (`[C·taps, G·N]`, N = To·Ho·Wo) with the window contents of `g` consecutive videos
+/// of `c` channels (phase-split by [`phase_split`]); video `i` fills columns `i·N..(i+1)·N`.
+#[allow(clippy::too_many_arguments)]
+fn vol2col(xs: &[f32], g: usize, c: usize, dims: [usize; 3], window: Window3d, out: [usize; 3], col: &mut [f32]) {
+    let n = out.iter().product::<usize>();
+    col.par_chunks_mut(g * n).enumerate().for_each(|(row, dst)| window_row(xs, c, dims, window, out, row, 0, dst));
 }
 
 /// Adds the window contents `col` (`[C·taps, G·N]`) back into the gradient of `g` videos
@@ -293,6 +345,19 @@ fn regroup(src: &[f32], dst: &mut [f32], o: usize, g: usize, n: usize, to_videos
     });
 }
 
+/// `[O, CK]` from partial sums `[parts, CK, O]`, summed in order. The weight gradient's GEMM
+/// writes the transpose: with both of its operands position-major, it runs about twice as fast
+/// into a column-major result.
+fn sum_transposed(partial: &[f32], o: usize, ck: usize) -> Vec<f32> {
+    let mut gw = vec![0f32; o * ck];
+    gw.par_chunks_mut(ck).enumerate().for_each(|(oi, row)| {
+        for (j, g) in row.iter_mut().enumerate() {
+            *g = partial.chunks(o * ck).map(|part| part[j * o + oi]).sum();
+        }
+    });
+    gw
+}
+
 /// Sizes shared by the forward and both backward kernels of one convolution.
 struct ConvSizes {
     /// Videos, input channels, output channels.
@@ -305,11 +370,23 @@ struct ConvSizes {
     n: usize,
     ck: usize,
     vol: usize,
+    /// Values per video once phase-split for the window's width stride ([`phase_split`]).
+    pvol: usize,
     /// Videos per GEMM.
     g: usize,
     /// The window matrix of a 1×1×1 convolution of single videos is the input itself.
     direct: bool,
 }
+
+/// Window-matrix values per tile: a tile's window matrix stays in a core's cache.
+const TILE_VALUES: usize = 1 << 19;
+/// Most weights of a convolution that runs tile by tile (each tile's GEMM packs them again).
+const TILED_MAX_WEIGHTS: usize = 1 << 20;
+/// Fewest output positions per video of a convolution that runs tile by tile.
+const TILED_MIN_POSITIONS: usize = 2048;
+/// Most values of the weight gradient's partial sums, and most partial sums.
+const PARTIAL_VALUES: usize = 1 << 21;
+const MAX_PARTS: usize = 16;
 
 impl ConvSizes {
     fn new(window: Window3d, [b, c, t, h, w]: [usize; 5], o: usize, out: [usize; 3]) -> Self {
@@ -324,9 +401,144 @@ impl ConvSizes {
             n,
             ck: c * window.taps(),
             vol: c * t * h * w,
+            pvol: c * t * h * window.stride[2] * w.div_ceil(window.stride[2]),
             g,
             direct: window.is_pointwise() && g == 1,
         }
+    }
+
+    /// Positions per tile when the convolution runs tile by tile, None when it runs by
+    /// groups of videos. Tiled: the layers with many positions and few weights (the first
+    /// ones), whose whole window matrix is tens of MB: each task builds the window matrix of
+    /// one tile of positions of one video in its cache and multiplies it at once, so that the
+    /// matrix never goes through memory.
+    fn tile(&self) -> Option<usize> {
+        if self.direct || self.o * self.ck > TILED_MAX_WEIGHTS || self.n < TILED_MIN_POSITIONS {
+            return None;
+        }
+        Some((TILE_VALUES / self.ck).clamp(96, 1024) / 16 * 16)
+    }
+
+    /// The tiles (video, first position, positions) of every video, in order.
+    fn tiles(&self, tile: usize) -> Vec<(usize, usize, usize)> {
+        (0..self.b).flat_map(|bi| (0..self.n).step_by(tile).map(move |r0| (bi, r0, tile.min(self.n - r0)))).collect()
+    }
+
+    /// The window matrix `[C·taps, len]` of positions `r0..r0 + len` of one video `xv`.
+    fn tile_matrix(&self, window: Window3d, xv: &[f32], r0: usize, len: usize, col: &mut [f32]) {
+        for (row, dst) in col[..self.ck * len].chunks_mut(len).enumerate() {
+            window_row(xv, self.c, self.input, window, self.out, row, r0, dst);
+        }
+    }
+
+    /// y `[B, O, N]` = W · window matrix, tile by tile.
+    fn forward_tiled(&self, window: Window3d, x: &[f32], wt: &[f32], tile: usize) -> Vec<f32> {
+        let (o, n, ck, pvol) = (self.o, self.n, self.ck, self.pvol);
+        let xs = phase_split(x, self.input[2], window.stride[2]);
+        let mut y = vec![0f32; self.b * o * n];
+        let dst = SharedMut(y.as_mut_ptr());
+        self.tiles(tile).into_par_iter().for_each_init(
+            || vec![0f32; ck * tile],
+            |col, (bi, r0, len)| {
+                self.tile_matrix(window, &xs[bi * pvol..(bi + 1) * pvol], r0, len, col);
+                // SAFETY: y holds B·O·N values, and this task writes y[bi, :, r0..r0 + len]
+                // (row stride N) alone: the tiles of a video are disjoint ranges of positions.
+                // W and the tile's window matrix are the slices' own `[O, CK]` and `[CK, len]`.
+                unsafe {
+                    gemm_raw(
+                        o,
+                        len,
+                        ck,
+                        dst.ptr().add(bi * o * n + r0),
+                        (1, n as isize),
+                        false,
+                        wt.as_ptr(),
+                        (1, ck as isize),
+                        col.as_ptr(),
+                        (1, len as isize),
+                        1.0,
+                    );
+                }
+            },
+        );
+        y
+    }
+
+    /// y `[B, O, N]` = W · window matrix, by groups of videos.
+    fn forward_grouped(&self, window: Window3d, x: &[f32], wt: &[f32]) -> Vec<f32> {
+        let (o, n, ck, pvol) = (self.o, self.n, self.ck, self.pvol);
+        let xs = phase_split(x, self.input[2], window.stride[2]);
+        let mut y = vec![0f32; self.b * o * n];
+        let (mut col, mut tmp) = self.buffers();
+        for (b0, gs) in self.groups() {
+            let m = gs * n;
+            let col_ref = self.window_matrix(window, &xs[b0 * pvol..(b0 + gs) * pvol], gs, &mut col);
+            let ys = &mut y[b0 * o * n..(b0 + gs) * o * n];
+            if self.g == 1 {
+                gemm_f32(o, n, ck, ys, false, wt, (1, ck as isize), col_ref, (1, n as isize));
+            } else {
+                gemm_f32(o, m, ck, &mut tmp[..o * m], false, wt, (1, ck as isize), col_ref, (1, m as isize));
+                regroup(&tmp[..o * m], ys, o, gs, n, true);
+            }
+        }
+        y
+    }
+
+    /// The weight gradient `[O, CK]` = Σ over positions of dY · window matrixᵀ, tile by tile:
+    /// the tiles are split into a number of parts that depends on the shapes alone (so that
+    /// the numbers do not depend on the thread count), each summed in order by one task.
+    fn weight_grad_tiled(&self, window: Window3d, x: &[f32], gy: &[f32], tile: usize) -> Vec<f32> {
+        let (o, n, ck, pvol) = (self.o, self.n, self.ck, self.pvol);
+        let xs = phase_split(x, self.input[2], window.stride[2]);
+        let tiles = self.tiles(tile);
+        let parts = (PARTIAL_VALUES / (o * ck)).clamp(1, MAX_PARTS).min(tiles.len());
+        let threads = rayon::current_num_threads().div_ceil(parts);
+        let mut partial = vec![0f32; parts * o * ck];
+        partial.par_chunks_mut(o * ck).enumerate().for_each(|(p, acc)| {
+            let mut col = vec![0f32; ck * tile];
+            let mine = &tiles[p * tiles.len() / parts..(p + 1) * tiles.len() / parts];
+            for (i, &(bi, r0, len)) in mine.iter().enumerate() {
+                self.tile_matrix(window, &xs[bi * pvol..(bi + 1) * pvol], r0, len, &mut col);
+                // gwᵀ `[CK, O]` (column-major dst) += dY[bi, :, r0..r0 + len] · colᵀ.
+                gemm_f32_strided(
+                    o,
+                    ck,
+                    len,
+                    (acc, (o as isize, 1)),
+                    i > 0,
+                    (&gy[bi * o * n + r0..], (1, n as isize)),
+                    (&col[..ck * len], (len as isize, 1)),
+                    threads,
+                );
+            }
+        });
+        sum_transposed(&partial, o, ck)
+    }
+
+    /// The weight gradient `[O, CK]`, by groups of videos.
+    fn weight_grad_grouped(&self, window: Window3d, x: &[f32], gy: &[f32]) -> Vec<f32> {
+        let (o, n, ck, pvol) = (self.o, self.n, self.ck, self.pvol);
+        let xs = phase_split(x, self.input[2], window.stride[2]);
+        let threads = rayon::current_num_threads();
+        let mut gwt = vec![0f32; o * ck];
+        let (mut col, mut tmp) = self.buffers();
+        for (b0, gs) in self.groups() {
+            let m = gs * n;
+            let col_ref = self.window_matrix(window, &xs[b0 * pvol..(b0 + gs) * pvol], gs, &mut col);
+            let lhs = self.output_matrix(&gy[b0 * o * n..(b0 + gs) * o * n], gs, &mut tmp);
+            // gwᵀ `[CK, O]` (column-major dst) += dY · colᵀ, colᵀ's element (m, ck) at ck·M + m.
+            gemm_f32_strided(
+                o,
+                ck,
+                m,
+                (&mut gwt, (o as isize, 1)),
+                b0 > 0,
+                (lhs, (1, m as isize)),
+                (col_ref, (m as isize, 1)),
+                threads,
+            );
+        }
+        sum_transposed(&gwt, o, ck)
     }
 
     /// Scratch buffers: the window matrix of a group, and the regrouped output of a group.
@@ -348,7 +560,7 @@ impl ConvSizes {
             return xs;
         }
         let len = self.ck * gs * self.n;
-        vol2col(xs, gs, self.input, window, self.out, &mut col[..len]);
+        vol2col(xs, gs, self.c, self.input, window, self.out, &mut col[..len]);
         &col[..len]
     }
 
@@ -384,20 +596,11 @@ impl CustomOp2 for Conv3dCpu {
         let dims = dims5(l1)?;
         let out = self.window.out_dims([dims[2], dims[3], dims[4]]).map_err(candle_core::Error::wrap)?;
         let z = ConvSizes::new(self.window, dims, l2.shape().dims()[0], out);
-        let (o, n, ck, vol) = (z.o, z.n, z.ck, z.vol);
-        let mut y = vec![0f32; z.b * o * n];
-        let (mut col, mut tmp) = z.buffers();
-        for (b0, gs) in z.groups() {
-            let m = gs * n;
-            let col_ref = z.window_matrix(self.window, &x[b0 * vol..(b0 + gs) * vol], gs, &mut col);
-            let ys = &mut y[b0 * o * n..(b0 + gs) * o * n];
-            if z.g == 1 {
-                gemm_f32(o, n, ck, ys, false, wt, (1, ck as isize), col_ref, (1, n as isize));
-            } else {
-                gemm_f32(o, m, ck, &mut tmp[..o * m], false, wt, (1, ck as isize), col_ref, (1, m as isize));
-                regroup(&tmp[..o * m], ys, o, gs, n, true);
-            }
-        }
+        let o = z.o;
+        let y = match z.tile() {
+            Some(tile) => z.forward_tiled(self.window, x, wt, tile),
+            None => z.forward_grouped(self.window, x, wt),
+        };
         Ok((CpuStorage::F32(y), Shape::from(vec![z.b, o, out[0], out[1], out[2]])))
     }
 
@@ -481,16 +684,11 @@ impl CustomOp2 for Conv3dGradWeight {
         let dims = dims5(l1)?;
         let [_, o, ot, oh, ow] = dims5(l2)?;
         let z = ConvSizes::new(self.window, dims, o, [ot, oh, ow]);
-        let (c, n, ck, vol) = (z.c, z.n, z.ck, z.vol);
-        let mut gw = vec![0f32; o * ck];
-        let (mut col, mut tmp) = z.buffers();
-        for (b0, gs) in z.groups() {
-            let m = gs * n;
-            let col_ref = z.window_matrix(self.window, &x[b0 * vol..(b0 + gs) * vol], gs, &mut col);
-            let lhs = z.output_matrix(&gy[b0 * o * n..(b0 + gs) * o * n], gs, &mut tmp);
-            // colᵀ: element (m, ck) sits at ck·M + m.
-            gemm_f32(o, ck, m, &mut gw, b0 > 0, lhs, (1, m as isize), col_ref, (m as isize, 1));
-        }
+        let c = z.c;
+        let gw = match z.tile() {
+            Some(tile) => z.weight_grad_tiled(self.window, x, gy, tile),
+            None => z.weight_grad_grouped(self.window, x, gy),
+        };
         let [kt, kh, kw] = self.window.kernel;
         Ok((CpuStorage::F32(gw), Shape::from(vec![o, c, kt, kh, kw])))
     }
@@ -690,6 +888,43 @@ mod tests {
                 assert!(max_abs_diff(&gx1, &gx2) < 1e-4, "grad input {win:?}");
                 assert!(max_abs_diff(&gw1, &gw2) < 1e-4, "grad weight {win:?}");
             }
+        }
+    }
+
+    /// The first layers' shapes (many positions, few weights) run tile by tile: tiles that
+    /// end inside a line and a video, an odd width under a width stride of 2, several partial
+    /// sums of the weight gradient.
+    #[test]
+    fn tiled_kernels_match_composed_ops() {
+        for (i, (win, input)) in [
+            (Window3d::new([3, 3, 3], [1, 1, 1], [1, 1, 1]), [3, 30, 27]),
+            (Window3d::new([5, 7, 7], [1, 2, 2], [2, 3, 3]), [3, 64, 95]),
+            (Window3d::new([1, 3, 3], [1, 2, 1], [0, 1, 1]), [4, 33, 50]),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let [t, h, w] = input;
+            let x = Var::from_tensor(&rand(&[2, 2, t, h, w], 40 + i as u64)).unwrap();
+            let wt =
+                Var::from_tensor(&rand(&[3, 2, win.kernel[0], win.kernel[1], win.kernel[2]], 50 + i as u64)).unwrap();
+            let out = win.out_dims(input).unwrap();
+            let z = ConvSizes::new(win, [2, 2, t, h, w], 3, out);
+            let tile = z.tile().expect("a tiled shape");
+            assert!(!z.n.is_multiple_of(tile) && z.tiles(tile).len() > 2, "{win:?}: tiles end inside a video");
+            let probe = rand(&[2, 3, out[0], out[1], out[2]], 60 + i as u64);
+            let run = |f: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>| {
+                let y = f(x.as_tensor(), wt.as_tensor()).unwrap();
+                let g = (&y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+                (y, g.get(&x).unwrap().clone(), g.get(&wt).unwrap().clone())
+            };
+            let (y1, gx1, gw1) = run(&|x, w| conv3d(x, w, win));
+            let (y2, gx2, gw2) = run(&|x, w| conv3d_composed(x, w, win));
+            assert!(max_abs_diff(&y1, &y2) < 1e-4, "forward {win:?}");
+            assert!(max_abs_diff(&gx1, &gx2) < 1e-4, "grad input {win:?}");
+            // A sum over thousands of positions: compare relative to its size.
+            let scale = gw2.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(max_abs_diff(&gw1, &gw2) < 1e-5 * scale.max(1.0), "grad weight {win:?}");
         }
     }
 

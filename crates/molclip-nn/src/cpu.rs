@@ -15,7 +15,7 @@ pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Resul
 }
 
 /// dst[m×n] (row-major) = (accumulate ? dst : 0) + lhs · rhs, with explicit strides
-/// (column stride, row stride) for both operands.
+/// (column stride, row stride) for both operands, on every thread.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_f32(
     m: usize,
@@ -29,12 +29,49 @@ pub(crate) fn gemm_f32(
     rhs_strides: (isize, isize),
 ) {
     let threads = rayon::current_num_threads();
+    let dst_strides = (1, n as isize);
+    gemm_f32_strided(m, n, k, (dst, dst_strides), accumulate, (lhs, lhs_strides), (rhs, rhs_strides), threads);
+}
+
+/// An operand of [`gemm_f32_strided`]: its elements and (column stride, row stride).
+pub(crate) type Strided<T> = (T, (isize, isize));
+
+/// One past the largest offset a `rows × cols` view with these (positive) strides reads.
+fn extent(rows: usize, cols: usize, (cs, rs): (isize, isize)) -> usize {
+    if rows == 0 || cols == 0 {
+        return 0;
+    }
+    assert!(cs > 0 && rs > 0, "strides must be positive, got ({cs}, {rs})");
+    (rows - 1) * rs as usize + (cols - 1) * cs as usize + 1
+}
+
+/// dst[m×n] = (accumulate ? dst : 0) + lhs[m×k] · rhs[k×n], every operand with its own
+/// strides (a column-major `dst` is (m, 1)), on up to `threads` threads (the split is over
+/// `dst`'s blocks, never over `k`, so the numbers do not depend on it).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_f32_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    (dst, dst_strides): Strided<&mut [f32]>,
+    accumulate: bool,
+    (lhs, lhs_strides): Strided<&[f32]>,
+    (rhs, rhs_strides): Strided<&[f32]>,
+    threads: usize,
+) {
+    assert!(
+        dst.len() >= extent(m, n, dst_strides)
+            && lhs.len() >= extent(m, k, lhs_strides)
+            && rhs.len() >= extent(k, n, rhs_strides),
+        "GEMM {m}x{n}x{k}: an operand is smaller than its strided view"
+    );
     let par = if threads > 1 && m * n * k > 1 << 16 {
         molclip_cpu::Parallelism::Rayon(threads)
     } else {
         molclip_cpu::Parallelism::None
     };
-    // SAFETY: the slices are at least as large as the strided views the sizes describe.
+    // SAFETY: the assertion above checks that every slice covers its strided view, `dst` is
+    // borrowed mutably so it overlaps neither operand, and isa() never names more than the CPU has.
     unsafe {
         molclip_cpu::gemm_f32(
             molclip_cpu::isa(),
@@ -42,8 +79,8 @@ pub(crate) fn gemm_f32(
             n,
             k,
             dst.as_mut_ptr(),
-            1,
-            n as isize,
+            dst_strides.0,
+            dst_strides.1,
             accumulate,
             lhs.as_ptr(),
             lhs_strides.0,
