@@ -55,6 +55,13 @@ impl Window3d {
         self.kernel.iter().product()
     }
 
+    /// The offsets (time, height, width) of tap `tap` within the window, taps numbered
+    /// time-major as the weight's last three axes.
+    fn tap_offsets(&self, tap: usize) -> [usize; 3] {
+        let [_, kh, kw] = self.kernel;
+        [tap / (kh * kw), (tap / kw) % kh, tap % kw]
+    }
+
     fn is_pointwise(&self) -> bool {
         self.kernel == [1, 1, 1] && self.stride == [1, 1, 1] && self.padding == [0, 0, 0]
     }
@@ -235,12 +242,11 @@ fn window_row(
     dst: &mut [f32],
 ) {
     let n = out.iter().product::<usize>();
-    let [kt, kh, kw] = window.kernel;
     let [st, sh, sw] = window.stride;
     let [pt, ph, pw] = window.padding;
     let [t, h, w] = dims;
-    let (ci, tap) = (row / (kt * kh * kw), row % (kt * kh * kw));
-    let (a, b, cc) = (tap / (kh * kw), (tap / kw) % kh, tap % kw);
+    let (ci, tap) = (row / window.taps(), row % window.taps());
+    let [a, b, cc] = window.tap_offsets(tap);
     let (lo, hi) = valid_range(out[2], cc, sw, pw, w);
     // Output ow reads input ow·sw + d = (ow + q)·sw + phase: in that phase, at ow + q.
     let d = cc as isize - pw as isize;
@@ -295,7 +301,6 @@ fn vol2col(xs: &[f32], g: usize, c: usize, dims: [usize; 3], window: Window3d, o
 fn col2vol(col: &[f32], g: usize, dims: [usize; 3], window: Window3d, out: [usize; 3], gx: &mut [f32]) {
     let n = out.iter().product::<usize>();
     let taps = window.taps();
-    let [_, kh, kw] = window.kernel;
     let [st, sh, sw] = window.stride;
     let [pt, ph, pw] = window.padding;
     let [t, h, w] = dims;
@@ -303,7 +308,7 @@ fn col2vol(col: &[f32], g: usize, dims: [usize; 3], window: Window3d, out: [usiz
     gx.par_chunks_mut(t * h * w).enumerate().for_each(|(plane, dst)| {
         let (gi, ci) = (plane / c, plane % c);
         for tap in 0..taps {
-            let (a, b, cc) = (tap / (kh * kw), (tap / kw) % kh, tap % kw);
+            let [a, b, cc] = window.tap_offsets(tap);
             let (lo, hi) = valid_range(out[2], cc, sw, pw, w);
             let src = &col[(ci * taps + tap) * g * n + gi * n..][..n];
             let mut i = 0;
@@ -431,10 +436,9 @@ impl ConvSizes {
         }
     }
 
-    /// y `[B, O, N]` = W · window matrix, tile by tile.
-    fn forward_tiled(&self, window: Window3d, x: &[f32], wt: &[f32], tile: usize) -> Vec<f32> {
+    /// y `[B, O, N]` = W · window matrix of the phase-split videos `xs`, tile by tile.
+    fn forward_tiled(&self, window: Window3d, xs: &[f32], wt: &[f32], tile: usize) -> Vec<f32> {
         let (o, n, ck, pvol) = (self.o, self.n, self.ck, self.pvol);
-        let xs = phase_split(x, self.input[2], window.stride[2]);
         let mut y = vec![0f32; self.b * o * n];
         let dst = SharedMut(y.as_mut_ptr());
         self.tiles(tile).into_par_iter().for_each_init(
@@ -457,6 +461,7 @@ impl ConvSizes {
                         col.as_ptr(),
                         (1, len as isize),
                         1.0,
+                        1,
                     );
                 }
             },
@@ -464,10 +469,9 @@ impl ConvSizes {
         y
     }
 
-    /// y `[B, O, N]` = W · window matrix, by groups of videos.
-    fn forward_grouped(&self, window: Window3d, x: &[f32], wt: &[f32]) -> Vec<f32> {
+    /// y `[B, O, N]` = W · window matrix of the phase-split videos `xs`, by groups of videos.
+    fn forward_grouped(&self, window: Window3d, xs: &[f32], wt: &[f32]) -> Vec<f32> {
         let (o, n, ck, pvol) = (self.o, self.n, self.ck, self.pvol);
-        let xs = phase_split(x, self.input[2], window.stride[2]);
         let mut y = vec![0f32; self.b * o * n];
         let (mut col, mut tmp) = self.buffers();
         for (b0, gs) in self.groups() {
@@ -484,12 +488,12 @@ impl ConvSizes {
         y
     }
 
-    /// The weight gradient `[O, CK]` = Σ over positions of dY · window matrixᵀ, tile by tile:
-    /// the tiles are split into a number of parts that depends on the shapes alone (so that
-    /// the numbers do not depend on the thread count), each summed in order by one task.
-    fn weight_grad_tiled(&self, window: Window3d, x: &[f32], gy: &[f32], tile: usize) -> Vec<f32> {
+    /// The weight gradient `[O, CK]` = Σ over positions of dY · window matrixᵀ (phase-split
+    /// videos `xs`), tile by tile: the tiles are split into a number of parts that depends on
+    /// the shapes alone (so that the numbers do not depend on the thread count), each summed in
+    /// order by one task.
+    fn weight_grad_tiled(&self, window: Window3d, xs: &[f32], gy: &[f32], tile: usize) -> Vec<f32> {
         let (o, n, ck, pvol) = (self.o, self.n, self.ck, self.pvol);
-        let xs = phase_split(x, self.input[2], window.stride[2]);
         let tiles = self.tiles(tile);
         let parts = (PARTIAL_VALUES / (o * ck)).clamp(1, MAX_PARTS).min(tiles.len());
         let threads = rayon::current_num_threads().div_ceil(parts);
@@ -515,10 +519,9 @@ impl ConvSizes {
         sum_transposed(&partial, o, ck)
     }
 
-    /// The weight gradient `[O, CK]`, by groups of videos.
-    fn weight_grad_grouped(&self, window: Window3d, x: &[f32], gy: &[f32]) -> Vec<f32> {
+    /// The weight gradient `[O, CK]` (phase-split videos `xs`), by groups of videos.
+    fn weight_grad_grouped(&self, window: Window3d, xs: &[f32], gy: &[f32]) -> Vec<f32> {
         let (o, n, ck, pvol) = (self.o, self.n, self.ck, self.pvol);
-        let xs = phase_split(x, self.input[2], window.stride[2]);
         let threads = rayon::current_num_threads();
         let mut gwt = vec![0f32; o * ck];
         let (mut col, mut tmp) = self.buffers();
@@ -597,9 +600,10 @@ impl CustomOp2 for Conv3dCpu {
         let out = self.window.out_dims([dims[2], dims[3], dims[4]]).map_err(candle_core::Error::wrap)?;
         let z = ConvSizes::new(self.window, dims, l2.shape().dims()[0], out);
         let o = z.o;
+        let xs = phase_split(x, dims[4], self.window.stride[2]);
         let y = match z.tile() {
-            Some(tile) => z.forward_tiled(self.window, x, wt, tile),
-            None => z.forward_grouped(self.window, x, wt),
+            Some(tile) => z.forward_tiled(self.window, &xs, wt, tile),
+            None => z.forward_grouped(self.window, &xs, wt),
         };
         Ok((CpuStorage::F32(y), Shape::from(vec![z.b, o, out[0], out[1], out[2]])))
     }
@@ -685,9 +689,10 @@ impl CustomOp2 for Conv3dGradWeight {
         let [_, o, ot, oh, ow] = dims5(l2)?;
         let z = ConvSizes::new(self.window, dims, o, [ot, oh, ow]);
         let c = z.c;
+        let xs = phase_split(x, dims[4], self.window.stride[2]);
         let gw = match z.tile() {
-            Some(tile) => z.weight_grad_tiled(self.window, x, gy, tile),
-            None => z.weight_grad_grouped(self.window, x, gy),
+            Some(tile) => z.weight_grad_tiled(self.window, &xs, gy, tile),
+            None => z.weight_grad_grouped(self.window, &xs, gy),
         };
         let [kt, kh, kw] = self.window.kernel;
         Ok((CpuStorage::F32(gw), Shape::from(vec![o, c, kt, kh, kw])))

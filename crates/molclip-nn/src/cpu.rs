@@ -46,8 +46,8 @@ fn extent(rows: usize, cols: usize, (cs, rs): (isize, isize)) -> usize {
 }
 
 /// dst[m×n] = (accumulate ? dst : 0) + lhs[m×k] · rhs[k×n], every operand with its own
-/// strides (a column-major `dst` is (m, 1)), on up to `threads` threads (the split is over
-/// `dst`'s blocks, never over `k`, so the numbers do not depend on it).
+/// strides (a column-major `dst` is (m, 1)), on up to `threads` threads: [`gemm_raw`] on
+/// slices checked to cover their strided views.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_f32_strided(
     m: usize,
@@ -65,32 +65,22 @@ pub(crate) fn gemm_f32_strided(
             && rhs.len() >= extent(k, n, rhs_strides),
         "GEMM {m}x{n}x{k}: an operand is smaller than its strided view"
     );
-    let par = if threads > 1 && m * n * k > 1 << 16 {
-        molclip_cpu::Parallelism::Rayon(threads)
-    } else {
-        molclip_cpu::Parallelism::None
-    };
-    // SAFETY: the assertion above checks that every slice covers its strided view, `dst` is
-    // borrowed mutably so it overlaps neither operand, and isa() never names more than the CPU has.
+    // SAFETY: the assertion above checks that every slice covers its strided view, and `dst`
+    // is borrowed mutably so it overlaps neither operand.
     unsafe {
-        molclip_cpu::gemm_f32(
-            molclip_cpu::isa(),
+        gemm_raw(
             m,
             n,
             k,
             dst.as_mut_ptr(),
-            dst_strides.0,
-            dst_strides.1,
+            dst_strides,
             accumulate,
             lhs.as_ptr(),
-            lhs_strides.0,
-            lhs_strides.1,
+            lhs_strides,
             rhs.as_ptr(),
-            rhs_strides.0,
-            rhs_strides.1,
+            rhs_strides,
             1.0,
-            1.0,
-            par,
+            threads,
         );
     }
 }
@@ -115,8 +105,9 @@ unsafe impl Send for SharedMut {}
 // disjoint, and nothing reads through it while the loop runs.
 unsafe impl Sync for SharedMut {}
 
-/// Single-threaded GEMM on raw pointers with arbitrary strides (column stride, row stride):
-/// dst = (accumulate ? dst : 0) + alpha · lhs · rhs.
+/// GEMM on raw pointers with arbitrary strides (column stride, row stride), on up to
+/// `threads` threads (the split is over `dst`'s blocks, never over `k`, so the numbers do not
+/// depend on it): dst = (accumulate ? dst : 0) + alpha · lhs · rhs.
 ///
 /// # Safety
 /// The pointers must be valid for the strided views described, and `dst` not aliased.
@@ -133,9 +124,15 @@ pub(crate) unsafe fn gemm_raw(
     rhs: *const f32,
     rhs_strides: (isize, isize),
     alpha: f32,
+    threads: usize,
 ) {
+    let par = if threads > 1 && m * n * k > 1 << 16 {
+        molclip_cpu::Parallelism::Rayon(threads)
+    } else {
+        molclip_cpu::Parallelism::None
+    };
     // SAFETY: the caller guarantees the strided views are valid and `dst` is not aliased,
-    // which is what the GEMM requires.
+    // which is what the GEMM requires; isa() never names more than the CPU has.
     unsafe {
         molclip_cpu::gemm_f32(
             molclip_cpu::isa(),
@@ -154,7 +151,7 @@ pub(crate) unsafe fn gemm_raw(
             rhs_strides.1,
             1.0,
             alpha,
-            molclip_cpu::Parallelism::None,
+            par,
         );
     }
 }

@@ -396,7 +396,7 @@ struct BatchNormAddReluCpu {
     stats: Arc<Mutex<Vec<f32>>>,
 }
 
-/// What batch norm's forward kernel does after its affine map: [`After`] on the CPU's slices.
+/// What batch norm's forward kernel does after its affine map.
 #[derive(Clone, Copy)]
 enum Epilogue<'a> {
     /// Nothing.
@@ -947,6 +947,7 @@ impl Heads {
                 qkv.add(k),
                 (row, 1),
                 self.scale,
+                1,
             );
         }
         for r in p.chunks_mut(n) {
@@ -990,6 +991,7 @@ impl CustomOp1 for AttentionCpu {
                         qkv.as_ptr().add(v),
                         (1, 3 * g.d as isize),
                         1.0,
+                        1,
                     );
                 }
             },
@@ -1046,6 +1048,7 @@ impl CustomOp2 for AttentionGrad {
                         d.add(o),
                         (1, row),
                         1.0,
+                        1,
                     );
                     // dP = dO Vᵀ
                     super::cpu::gemm_raw(
@@ -1060,6 +1063,7 @@ impl CustomOp2 for AttentionGrad {
                         x.add(v),
                         (row3, 1),
                         1.0,
+                        1,
                     );
                     // dS = P ∘ (dP − rowsum(dP ∘ P))
                     for (pr, dr) in p.chunks(n).zip(dp.chunks_mut(n)) {
@@ -1079,6 +1083,7 @@ impl CustomOp2 for AttentionGrad {
                         x.add(k),
                         (1, row3),
                         g.scale,
+                        1,
                     );
                     super::cpu::gemm_raw(
                         n,
@@ -1092,6 +1097,7 @@ impl CustomOp2 for AttentionGrad {
                         x.add(q),
                         (1, row3),
                         g.scale,
+                        1,
                     );
                 }
             },
