@@ -38,7 +38,7 @@ step() { # step SECONDS TITLE COMMAND...: one section of the table, within SECON
     python3 -c 'import torch; print("PyTorch", torch.__version__, "cuDNN", torch.backends.cudnn.version())'
     step 90 "Agreement with the CPU" "$bin" bench device-check --device cuda
     step 200 "Training steps against PyTorch eager" "$bin" bench model --device cuda \
-        --models i3d-resnet18,i3d-resnet50,frame-vit --steps 10 --quiet
+        --models i3d-resnet18,i3d-resnet50,frame-vit --steps 10 --rounds 1 --quiet
     step 45 "The bench preset" "$bin" simulate --preset bench --out "$out/bench" --quiet
     step 120 "An epoch's first steps, end to end (MitoReID's recipe)" "$bin" bench train --device cuda \
         --data "$out/bench" --config configs/mitoreid.toml --steps 12 --quiet

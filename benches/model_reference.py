@@ -31,6 +31,7 @@ def main():
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    isa = R.cpu_isa() if a.device == "cpu" else a.device
     torch.manual_seed(0)
     if a.model == "frame-vit":
         enc = R.FrameVit(image_size=a.size, max_frames=max(32, a.frames))
@@ -56,8 +57,8 @@ def main():
     times.sort()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"median_ms": times[len(times) // 2], "peak_rss_mib": peak, "torch": torch.__version__, "loss": loss.item(),
-                      # The kernels ATen picked (ATEN_CPU_CAPABILITY caps them), or the GPU.
-                      "isa": torch.backends.cpu.get_cpu_capability() if a.device == "cpu" else a.device}))
+                      # The kernels ATen and oneDNN picked, or the GPU.
+                      "isa": isa}))
 
 
 if __name__ == "__main__":

@@ -121,6 +121,7 @@ def main():
     cfg, data, device = job["config"], job["config"]["data"], job["device"]
     threads = job["threads"]
     torch.set_num_threads(threads)
+    isa = R.cpu_isa() if device == "cpu" else device
     torch.manual_seed(job["seed"])
     cells = [tuple(c) for c in job["cells"]]
     labels = [c[1] for c in cells]
@@ -179,7 +180,7 @@ def main():
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"step_seconds": total / len(batches), "data_share": wait / total, "peak_rss_mib": peak,
                       "params": sum(p.numel() for p in params), "loss": loss.item(), "torch": torch.__version__,
-                      "isa": torch.backends.cpu.get_cpu_capability() if device == "cpu" else device}))
+                      "isa": isa}))
 
 
 if __name__ == "__main__":

@@ -315,3 +315,37 @@ def cross_entropy(logits, targets, label_smoothing=0.1):
 
 def center_loss(features, labels, centers):
     return ((features - centers[labels]) ** 2).sum(1).mean()
+
+
+# --------------------------------------------------------------------------- benchmarks
+
+
+def cpu_isa():
+    """The instruction sets PyTorch's CPU kernels run with: ATen's (ATEN_CPU_CAPABILITY caps it)
+    and oneDNN's, which runs the convolutions and ignores ATen's cap (ONEDNN_MAX_CPU_ISA caps
+    it), e.g. "AVX2, oneDNN AVX2". oneDNN names its ISA in its verbose header, which it prints
+    to the process's standard output when it first builds a primitive; that is read here from
+    one small convolution with the output redirected."""
+    import os
+    import tempfile
+
+    aten = torch.backends.cpu.get_cpu_capability()
+    if not torch.backends.mkldnn.is_available():
+        return aten
+    with tempfile.TemporaryFile(mode="w+") as captured:
+        saved = os.dup(1)
+        os.dup2(captured.fileno(), 1)
+        try:
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                # Large enough for PyTorch to hand it to oneDNN rather than its own loop.
+                F.conv3d(torch.randn(2, 8, 8, 32, 32), torch.randn(16, 8, 3, 3, 3))
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+        captured.seek(0)
+        for line in captured:
+            if ",isa:" in line:
+                # "Intel AVX-512 with Intel DL Boost and bfloat16 support" -> "AVX-512"
+                isa = line.split(",isa:", 1)[1].strip().removeprefix("Intel ").split(" with ")[0]
+                return f"{aten}, oneDNN {isa}"
+    return f"{aten}, oneDNN ?"

@@ -56,9 +56,14 @@ pub enum BenchCommand {
         frames: usize,
         #[arg(long, default_value_t = 112)]
         size: usize,
-        /// Timed steps (the median is reported), after one warm-up step.
+        /// Timed steps per round (each side's median step), after one warm-up step.
         #[arg(long, default_value_t = 5)]
         steps: usize,
+        /// Rounds of PyTorch then molclip, each side a process of its own per round: the
+        /// ratio is the median of the rounds' ratios, so that a machine whose speed drifts
+        /// slows both sides alike.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         /// `cpu`, or `cuda[:N]` (a build with `--features cuda`); PyTorch runs on the same device.
         #[arg(long, default_value = "cpu")]
         device: String,
@@ -173,8 +178,9 @@ pub fn run(cmd: BenchCommand, quiet: bool) -> Result<()> {
         BenchCommand::Data { videos, script } => bench_data(videos, &script),
         BenchCommand::Cache { data, config, batch } => bench_cache(&data, &config, batch),
         BenchCommand::EvaluateOnce { embeddings, metadata } => evaluate_once(&embeddings, &metadata),
-        BenchCommand::Model { models, batch, frames, size, steps, device, no_reference, script } => {
-            bench_model(&models, [batch, frames, size], steps, &device, (!no_reference).then_some(script.as_path()))
+        BenchCommand::Model { models, batch, frames, size, steps, rounds, device, no_reference, script } => {
+            let reference = (!no_reference).then_some(script.as_path());
+            bench_model(&models, [batch, frames, size], [steps, rounds], &device, reference)
         }
         BenchCommand::ModelOnce { model, batch, frames, size, steps, device } => {
             model_once(&model, [batch, frames, size], steps, &device)
@@ -278,7 +284,7 @@ fn bench_chem(oracle: &Path, script: &Path, repeats: usize) -> Result<()> {
     let parallel = time(true);
     println!("featurizing {} drugs (parse, sanitise, canonical SMILES, atom/bond features, Morgan r2/2048); best of {repeats}", smiles.len());
     println!("{:<34} {:>10} {:>12} {:>10}", "implementation", "seconds", "mol/s", "vs RDKit");
-    let rdkit = python_number(Command::new("python3").arg(script).arg(oracle).arg(repeats.to_string()));
+    let rdkit = python_number(python_reference().arg(script).arg(oracle).arg(repeats.to_string()));
     let n = smiles.len() as f64;
     let ratio = |s: f64| rdkit.map_or("-".to_string(), |r| format!("{:.2}x", r / s));
     if let Some(r) = rdkit {
@@ -329,6 +335,47 @@ fn evaluate_once(embeddings: &Path, metadata: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A Python reference's command, with the libraries it runs on held to the instruction set
+/// molclip's kernels use (`MOLCLIP_CPU`), so that a capped run measures both sides on the
+/// same ISA: ATen's own kernels (`ATEN_CPU_CAPABILITY`), oneDNN, which runs PyTorch's
+/// convolutions and ignores ATen's cap (`ONEDNN_MAX_CPU_ISA`), MKL (`MKL_ENABLE_INSTRUCTIONS`),
+/// NumPy's OpenBLAS (`OPENBLAS_CORETYPE`) and NumPy's own dispatch, its sorts included
+/// (`NPY_DISABLE_CPU_FEATURES`). Nothing is set at the CPU's own level, nor a variable the user
+/// set; the reference scripts report what their libraries picked.
+fn python_reference() -> Command {
+    let mut cmd = Command::new("python3");
+    let caps: &[(&str, &str)] = match molclip_cpu::isa() {
+        isa if isa == molclip_cpu::Isa::detected() || !cfg!(target_arch = "x86_64") => &[],
+        molclip_cpu::Isa::Avx2 => &[
+            ("ATEN_CPU_CAPABILITY", "avx2"),
+            ("ONEDNN_MAX_CPU_ISA", "AVX2"),
+            ("MKL_ENABLE_INSTRUCTIONS", "AVX2"),
+            ("OPENBLAS_CORETYPE", "Haswell"),
+            ("NPY_DISABLE_CPU_FEATURES", NUMPY_AVX512),
+        ],
+        _ => &[
+            ("ATEN_CPU_CAPABILITY", "default"),
+            ("ONEDNN_MAX_CPU_ISA", "SSE41"),
+            ("MKL_ENABLE_INSTRUCTIONS", "SSE4_2"),
+            ("OPENBLAS_CORETYPE", "Nehalem"),
+            ("NPY_DISABLE_CPU_FEATURES", NUMPY_AVX),
+        ],
+    };
+    for (var, value) in caps {
+        if std::env::var_os(var).is_none() {
+            cmd.env(var, value);
+        }
+    }
+    cmd
+}
+
+/// NumPy's AVX-512 dispatch targets, under the names of NumPy 1.x and 2.x (each ignores the
+/// other's).
+const NUMPY_AVX512: &str =
+    "X86_V4 AVX512F AVX512CD AVX512_KNL AVX512_KNM AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL AVX512_SPR";
+/// NumPy's AVX and AVX-512 dispatch targets.
+const NUMPY_AVX: &str = "X86_V3 X86_V4 AVX AVX2 FMA3 F16C AVX512F AVX512CD AVX512_KNL AVX512_KNM AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL AVX512_SPR";
+
 fn run_json(cmd: &mut Command) -> Result<serde_json::Value> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
@@ -360,11 +407,8 @@ fn bench_evaluate(sizes: &[usize], dim: usize, reference_max: usize, script: &Pa
         drop(features);
         let ours = run_json(Command::new(&exe).args(["bench", "evaluate-once"]).arg(&e).arg(&m))?;
         let num = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
-        let reference = if n <= reference_max {
-            Some(run_json(Command::new("python3").arg(script).arg(&e).arg(&m))?)
-        } else {
-            None
-        };
+        let reference =
+            if n <= reference_max { Some(run_json(python_reference().arg(script).arg(&e).arg(&m))?) } else { None };
         if let Some(r) = &reference {
             println!(
                 "{:>6} {:<36} {:>9.2} {:>22} {:>10.0} {:>9} {:>10.4} {:>14}",
@@ -437,7 +481,7 @@ fn bench_data(videos: usize, script: &Path) -> Result<()> {
     time_with(rayon::current_num_threads())?;
     let one = time_with(1)?;
     let all = time_with(rayon::current_num_threads())?;
-    let reference = python_number(Command::new("python3").arg(script).arg(&list));
+    let reference = python_number(python_reference().arg(script).arg(&list));
     println!("decode + augment (resize 128, rotate, flip, crop 112, jitter, normalise), {n} videos x 16 frames of 112 x 112 PNG");
     println!("{:<34} {:>12} {:>16}", "implementation", "frames/s", "vs Python/core");
     let ratio = |fps: f64, cores: f64| reference.map_or("-".into(), |r| format!("{:.1}x", fps / cores / r));
@@ -547,7 +591,7 @@ fn torch_reference(
     threads: usize,
     device: &str,
 ) -> Option<serde_json::Value> {
-    let mut cmd = Command::new("python3");
+    let mut cmd = python_reference();
     cmd.arg(script).args(["--model", model, "--batch", &dims[0], "--frames", &dims[1], "--size", &dims[2]]);
     cmd.args(["--steps", &dims[3], "--threads", &threads.to_string(), "--device", device]);
     run_json(&mut cmd).map_err(|e| eprintln!("PyTorch reference not run: {e:#}")).ok()
@@ -556,67 +600,93 @@ fn torch_reference(
 fn bench_model(
     models: &[String],
     [batch, frames, size]: [usize; 3],
-    steps: usize,
+    [steps, rounds]: [usize; 2],
     device: &str,
     script: Option<&Path>,
 ) -> Result<()> {
     if batch < 4 {
         bail!("--batch {batch}: needs at least 4 videos (two drugs, two videos each) for the triplet loss");
     }
+    if steps == 0 || rounds == 0 {
+        bail!("--steps and --rounds must be at least 1");
+    }
     let exe = std::env::current_exe()?;
     let threads = rayon::current_num_threads();
-    println!("training step (forward + backward + AdamW), {batch} x {frames} x 1 x {size} x {size}, {device}, {threads} threads, median of {steps}");
     println!(
-        "{:<14} {:<22} {:>10} {:>10} {:>11} {:>12}",
+        "training step (forward + backward + AdamW), {batch} x {frames} x 1 x {size} x {size}, {device}, {threads} threads, \
+         median of {steps} steps, {rounds} rounds of PyTorch then molclip (median / fastest round; ratio: median of the rounds' ratios)"
+    );
+    println!(
+        "{:<14} {:<40} {:>15} {:>10} {:>11} {:>12}",
         "model", "implementation (ISA)", "ms/step", "peak MiB", "params", "throughput"
     );
     let dims = [batch.to_string(), frames.to_string(), size.to_string(), steps.to_string()];
     let num = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let h = v.len() / 2;
+        if v.len() % 2 == 1 {
+            v[h]
+        } else {
+            (v[h - 1] + v[h]) / 2.0
+        }
+    };
+    let fastest = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
     for model in models {
         video_config(model, frames, size)?;
-        let reference = script.and_then(|script| torch_reference(script, model, &dims, threads, device));
-        if let Some(r) = &reference {
+        // (PyTorch's step, ours) per round, PyTorch's `None` where it did not run.
+        let (mut paired, mut ours) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            paired.push(script.and_then(|script| torch_reference(script, model, &dims, threads, device)));
+            ours.push(run_json(Command::new(&exe).args([
+                "bench",
+                "model-once",
+                "--model",
+                model,
+                "--batch",
+                &dims[0],
+                "--frames",
+                &dims[1],
+                "--size",
+                &dims[2],
+                "--steps",
+                &dims[3],
+                "--device",
+                device,
+            ]))?);
+        }
+        let times = |runs: &[serde_json::Value]| runs.iter().map(|r| num(r, "median_ms")).collect::<Vec<_>>();
+        let peak = |runs: &[serde_json::Value]| runs.iter().map(|r| num(r, "peak_rss_mib")).fold(0.0, f64::max);
+        let references: Vec<serde_json::Value> = paired.iter().flatten().cloned().collect();
+        let (ref_ms, our_ms) = (times(&references), times(&ours));
+        let cell = |ms: &[f64]| format!("{:.0} / {:.0}", median(ms.to_vec()), fastest(ms));
+        if let Some(r) = references.first() {
             let label = format!(
                 "PyTorch {} ({})",
                 r["torch"].as_str().unwrap_or("?").split('+').next().unwrap_or("?"),
                 r["isa"].as_str().unwrap_or("?")
             );
             println!(
-                "{:<14} {:<22} {:>10.0} {:>10.0} {:>11} {:>12}",
+                "{:<14} {:<40} {:>15} {:>10.0} {:>11} {:>12}",
                 model,
                 label,
-                num(r, "median_ms"),
-                num(r, "peak_rss_mib"),
+                cell(&ref_ms),
+                peak(&references),
                 "",
                 "1.00x"
             );
         }
-        let ours = run_json(Command::new(&exe).args([
-            "bench",
-            "model-once",
-            "--model",
-            model,
-            "--batch",
-            &dims[0],
-            "--frames",
-            &dims[1],
-            "--size",
-            &dims[2],
-            "--steps",
-            &dims[3],
-            "--device",
-            device,
-        ]))?;
-        let ratio = reference
-            .as_ref()
-            .map_or("-".to_string(), |r| format!("{:.2}x", num(r, "median_ms") / num(&ours, "median_ms")));
+        // Each round's ratio pairs runs a few seconds apart, in the rounds where PyTorch ran.
+        let ratios: Vec<f64> =
+            paired.iter().zip(&our_ms).filter_map(|(r, o)| r.as_ref().map(|r| num(r, "median_ms") / o)).collect();
+        let ratio = if ratios.is_empty() { "-".to_string() } else { format!("{:.2}x", median(ratios)) };
         println!(
-            "{:<14} {:<22} {:>10.0} {:>10.0} {:>11} {:>12}",
+            "{:<14} {:<40} {:>15} {:>10.0} {:>11} {:>12}",
             model,
-            format!("molclip ({})", ours["isa"].as_str().unwrap_or("?")),
-            num(&ours, "median_ms"),
-            num(&ours, "peak_rss_mib"),
-            ours["params"],
+            format!("molclip ({})", ours[0]["isa"].as_str().unwrap_or("?")),
+            cell(&our_ms),
+            peak(&ours),
+            ours[0]["params"],
             ratio
         );
     }
@@ -684,7 +754,7 @@ fn bench_train(
         data.display(),
     );
     println!(
-        "{:<30} {:>10} {:>12} {:>13} {:>10} {:>11} {:>11}",
+        "{:<40} {:>10} {:>12} {:>13} {:>10} {:>11} {:>11}",
         "implementation (ISA)", "s/step", "epoch s", "videos/s", "data wait", "peak MiB", "throughput"
     );
     let reference = match script {
@@ -694,7 +764,7 @@ fn bench_train(
                                            "moas": moas, "steps": n, "threads": threads, "device": device,
                                            "seed": cfg.seed});
             std::fs::write(&job, serde_json::to_vec(&value)?)?;
-            run_json(Command::new("python3").arg(script).arg(&job))
+            run_json(python_reference().arg(script).arg(&job))
                 .map_err(|e| eprintln!("PyTorch reference not run: {e:#}"))
                 .ok()
         }
@@ -703,7 +773,7 @@ fn bench_train(
     let num = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     let row = |label: String, step_s: f64, share: f64, peak: f64, ratio: &str| {
         println!(
-            "{:<30} {:>10.3} {:>12.1} {:>13.1} {:>9.1}% {:>11.0} {:>11}",
+            "{:<40} {:>10.3} {:>12.1} {:>13.1} {:>9.1}% {:>11.0} {:>11}",
             label,
             step_s,
             step_s * per_epoch as f64,
@@ -859,7 +929,7 @@ fn bench_extract(config: Option<&Path>, field_size: usize, script: Option<&Path>
     let reference = match script {
         Some(script) => {
             let out = dir.path().join("reference");
-            let mut cmd = Command::new("python3");
+            let mut cmd = python_reference();
             cmd.arg(script).arg(&raw).arg(&out).arg(threads.to_string()).args(fields.iter().map(|f| f.label()));
             match run_json(&mut cmd) {
                 Ok(json) => {

@@ -199,6 +199,8 @@ fn bench_model_prints_a_row_per_model() {
         "32",
         "--steps",
         "1",
+        "--rounds",
+        "2",
         "--no-reference",
     ]);
     assert!(o.status.success(), "{}", text(&o));

@@ -72,17 +72,18 @@ fn linear_fwd(
     Ok((CpuStorage::F32(y), Shape::from(dims)))
 }
 
-/// The gradients of x · wᵀ: (dx = dy · w, shaped as x; dw = dyᵀ · x).
-fn linear_bwd(x: &Tensor, w: &Tensor, dy: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+/// The gradients of x · wᵀ: (dx = dy · w, shaped as x, or `None` when nothing before x needs
+/// it, as for a first layer fed the data; dw = dyᵀ · x).
+fn linear_bwd(x: &Tensor, w: &Tensor, dy: &Tensor) -> candle_core::Result<(Option<Tensor>, Tensor, Tensor)> {
     // Untracked (no_bwd): a gradient built from tracked tensors would keep the whole
     // forward graph alive for as long as the optimiser keeps its moments.
     let (k, o) = (x.dims()[x.rank() - 1], w.dim(0)?);
-    let n = x.elem_count() / k.max(1);
+    let dx_rows = if x.track_op() { x.elem_count() / k.max(1) } else { 0 };
     let dy = dy.contiguous()?.reshape(((), o))?;
-    let packed = x.apply_op3_no_bwd(w, &dy, &LinearGrad)?;
-    let dx = packed.narrow(0, 0, n * k)?.reshape(x.dims())?;
+    let packed = x.apply_op3_no_bwd(w, &dy, &LinearGrad { dx: dx_rows > 0 })?;
+    let dx = (dx_rows > 0).then(|| packed.narrow(0, 0, dx_rows * k)?.reshape(x.dims())).transpose()?;
     // A copy, so that the small gradient does not keep the large buffer alive.
-    let dw = packed.narrow(0, n * k, o * k)?.reshape((o, k))?.force_contiguous()?;
+    let dw = packed.narrow(0, dx_rows * k, o * k)?.reshape((o, k))?.force_contiguous()?;
     Ok((dx, dw, dy))
 }
 
@@ -115,7 +116,7 @@ impl CustomOp3 for LinearCpu {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (dx, dw, dy) = linear_bwd(x, w, dy)?;
         let db = dy.apply_op1_no_bwd(&ColumnSum)?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        Ok((dx, Some(dw), Some(db)))
     }
 }
 
@@ -144,13 +145,16 @@ impl CustomOp2 for ProductCpu {
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let (dx, dw, _) = linear_bwd(x, w, dy)?;
-        Ok((Some(dx), Some(dw)))
+        Ok((dx, Some(dw)))
     }
 }
 
 /// (x `[N, K]`, w `[O, K]`, dy `[N, O]`) to [dx = dy · w (N·K), dw = dyᵀ · x (O·K)] packed,
-/// both products through `molclip_cpu`'s GEMM (and so under `MOLCLIP_CPU`).
-struct LinearGrad;
+/// both products through `molclip_cpu`'s GEMM (and so under `MOLCLIP_CPU`); without `dx`,
+/// dw alone.
+struct LinearGrad {
+    dx: bool,
+}
 
 impl CustomOp3 for LinearGrad {
     fn name(&self) -> &'static str {
@@ -172,13 +176,16 @@ impl CustomOp3 for LinearGrad {
         if dy.len() != n * o {
             candle_core::bail!("linear-grad: {} output gradients for {n} rows of {o}", dy.len());
         }
-        let mut out = vec![0f32; n * k + o * k];
-        let (dx, dw) = out.split_at_mut(n * k);
-        // dx[N × K] = dy[N × O] · w[O × K]
-        gemm_f32(n, k, o, dx, false, dy, (1, o as isize), w, (1, k as isize));
+        let dx_len = if self.dx { n * k } else { 0 };
+        let mut out = vec![0f32; dx_len + o * k];
+        let (dx, dw) = out.split_at_mut(dx_len);
+        if self.dx {
+            // dx[N × K] = dy[N × O] · w[O × K]
+            gemm_f32(n, k, o, dx, false, dy, (1, o as isize), w, (1, k as isize));
+        }
         // dw[O × K] = dyᵀ[O × N] · x[N × K]: dyᵀ's element (o, n) sits at n·O + o.
         gemm_f32(o, k, n, dw, false, dy, (o as isize, 1), x, (1, k as isize));
-        Ok((CpuStorage::F32(out), Shape::from(n * k + o * k)))
+        Ok((CpuStorage::F32(out), Shape::from(dx_len + o * k)))
     }
 }
 
@@ -643,7 +650,14 @@ fn map_par<F: Fn(f32) -> f32 + Sync>(x: &[f32], f: F) -> Vec<f32> {
         type Output = ();
         #[inline(always)]
         fn run(self) {
-            self.0.iter_mut().zip(self.1).for_each(|(y, x)| *y = (self.2)(*x));
+            let (y, f) = (self.0, self.2);
+            let x = &self.1[..y.len()];
+            // An indexed loop: an iterator's `for_each` is a function of its own, which the
+            // compiler may leave outside this one and so compile for the baseline ISA.
+            #[allow(clippy::needless_range_loop)]
+            for i in 0..y.len() {
+                y[i] = f(x[i]);
+            }
         }
     }
     let (isa, mut y) = (molclip_cpu::isa(), vec![0f32; x.len()]);
@@ -660,7 +674,13 @@ fn zip_par<F: Fn(f32, f32) -> f32 + Sync>(a: &[f32], b: &[f32], f: F) -> Vec<f32
         type Output = ();
         #[inline(always)]
         fn run(self) {
-            self.0.iter_mut().zip(self.1.iter().zip(self.2)).for_each(|(y, (a, b))| *y = (self.3)(*a, *b));
+            let (y, f) = (self.0, self.3);
+            let (a, b) = (&self.1[..y.len()], &self.2[..y.len()]);
+            // Indexed, as in `map_par`.
+            #[allow(clippy::needless_range_loop)]
+            for i in 0..y.len() {
+                y[i] = f(a[i], b[i]);
+            }
         }
     }
     let (isa, mut y) = (molclip_cpu::isa(), vec![0f32; a.len()]);
@@ -1139,6 +1159,25 @@ mod tests {
             let d = max_diff(ga.get(v.as_tensor()).unwrap(), gb.get(v.as_tensor()).unwrap());
             assert!(d < 1e-4, "{what}: gradient of input {i} differs by {d}");
         }
+    }
+
+    #[test]
+    fn a_linear_layer_fed_data_gets_its_weight_gradients_and_gives_none_to_its_input() {
+        let (x, w, b) = (rand(&[3, 5, 7], 1), rand(&[4, 7], 2), rand(&[4], 3));
+        // The same values, untracked: data, as a first layer's input.
+        let data = x.as_tensor().detach();
+        let probe = rand(&[3, 5, 4], 77);
+        let loss = |input: &Tensor| (linear(input, w.as_tensor(), b.as_tensor()).unwrap() * probe.as_tensor()).unwrap();
+        let tracked = loss(x.as_tensor()).sum_all().unwrap().backward().unwrap();
+        let fed = loss(&data).sum_all().unwrap().backward().unwrap();
+        assert!(fed.get(&data).is_none() && tracked.get(x.as_tensor()).is_some());
+        for v in [&w, &b] {
+            let (a, e) = (fed.get(v.as_tensor()).unwrap(), tracked.get(v.as_tensor()).unwrap());
+            assert_eq!(max_diff(a, e), 0.0, "the weight gradients do not depend on whether x is tracked");
+        }
+        let expected =
+            probe.as_tensor().reshape((15, 4)).unwrap().t().unwrap().matmul(&data.reshape((15, 7)).unwrap()).unwrap();
+        assert!(max_diff(fed.get(w.as_tensor()).unwrap(), &expected) < 1e-5);
     }
 
     #[test]
