@@ -174,7 +174,8 @@ proptest! {
         let g = Embeddings::from_rows(dim, &gr).unwrap();
         let mut labels = |n: usize| Metadata {
             replicate: (0..n).map(|_| next(3) as u32).collect(),
-            // Few drugs give many true matches per query, many give few: both ways of counting.
+            // Few drugs give many true matches per query, many give few or none left after the
+            // query's own replicate is excluded.
             drug: (0..n).map(|_| next(drugs) as u32).collect(),
             moa: (0..n).map(|_| 0).collect(),
         };
