@@ -179,6 +179,39 @@ pub fn vectorize<W: Vectorized>(level: Isa, work: W) -> W::Output {
     work.run()
 }
 
+/// The operands of one GEMM, handed to the threads that compute its parts.
+#[derive(Clone, Copy)]
+struct SendPtrs<T>(*mut T, *const T, *const T);
+
+// SAFETY: the parts a GEMM is split into read the operands and write disjoint parts of the
+// destination, and the scope that runs them ends before the GEMM returns.
+unsafe impl<T> Send for SendPtrs<T> {}
+// SAFETY: as for Send; the threads only copy the pointers out.
+unsafe impl<T> Sync for SendPtrs<T> {}
+
+/// Where a threaded GEMM with a long reduction (`k > max(m, n)`: a weight gradient, summed
+/// over every position of a batch) runs faster as one single-threaded GEMM per thread, each
+/// on a block of the destination's larger dimension, than threaded inside the `gemm` crate
+/// (1.05 to 1.2x measured on 192 x 768 x 6400 and the like, AVX2 and AVX-512): the `(first,
+/// length)` of each block. The blocks are multiples of 16 long and the last keeps more than
+/// 64, so that every block takes the kernel path, and with it the reduction blocks of the
+/// whole (they depend on `k` alone there): every element gets the same sums, bit for bit.
+fn split_output(m: usize, n: usize, k: usize, parallelism: Parallelism) -> Option<Vec<(usize, usize)>> {
+    let Parallelism::Rayon(threads) = parallelism else { return None };
+    let threads = if threads == 0 { rayon::current_num_threads() } else { threads };
+    let big = m.max(n);
+    // Blocks of at least 65 x 4 take the kernel path, as the whole does when it is this large.
+    if threads < 2 || k <= big || m.min(n) < 4 {
+        return None;
+    }
+    // As many blocks as threads, or fewer where the last would be too short.
+    let block = (2..=threads).rev().map(|parts| big.div_ceil(parts).div_ceil(16) * 16).find(|&block| {
+        let last = big - (big.div_ceil(block) - 1) * block;
+        block > 64 && last > 64
+    })?;
+    Some((0..big).step_by(block).map(|first| (first, block.min(big - first))).collect())
+}
+
 macro_rules! gemm_for {
     ($name:ident, $t:ident, $krate:ident, $doc:literal) => {
         #[doc = $doc]
@@ -248,6 +281,49 @@ macro_rules! gemm_for {
                 lhs_cs = -lhs_cs;
                 rhs = rhs.wrapping_offset((k - 1) as isize * rhs_rs);
                 rhs_rs = -rhs_rs;
+            }
+            if let Some(parts) = split_output(m, n, k, parallelism) {
+                let whole = SendPtrs(dst, lhs, rhs);
+                let whole = &whole;
+                rayon::scope(|scope| {
+                    for (first, len) in parts {
+                        scope.spawn(move |_| {
+                            let SendPtrs(dst, lhs, rhs) = *whole;
+                            let (first, (pm, pn)) = (first as isize, if m >= n { (len, n) } else { (m, len) });
+                            // The part's rows (m >= n) or columns of dst, and the lhs rows or rhs
+                            // columns they are made of; the other operand whole.
+                            let (dst, lhs, rhs) = if m >= n {
+                                (dst.wrapping_offset(first * dst_rs), lhs.wrapping_offset(first * lhs_rs), rhs)
+                            } else {
+                                (dst.wrapping_offset(first * dst_cs), lhs, rhs.wrapping_offset(first * rhs_cs))
+                            };
+                            // SAFETY: a sub-view of the caller's views (the caller's guarantee
+                            // covers it); the parts write disjoint rows or columns of dst.
+                            unsafe {
+                                $name(
+                                    level,
+                                    pm,
+                                    pn,
+                                    k,
+                                    dst,
+                                    dst_cs,
+                                    dst_rs,
+                                    read_dst,
+                                    lhs,
+                                    lhs_cs,
+                                    lhs_rs,
+                                    rhs,
+                                    rhs_cs,
+                                    rhs_rs,
+                                    alpha,
+                                    beta,
+                                    Parallelism::None,
+                                )
+                            }
+                        });
+                    }
+                });
+                return;
             }
             macro_rules! run {
                 ($simd:expr, $ukr:path, $lanes:expr) => {{
@@ -467,6 +543,90 @@ mod tests {
                         assert_eq!(g64, d64, "{level} f64 {m}x{n}x{k} differs from gemm::gemm");
                         assert_eq!(g32, d32, "{level} f32 {m}x{n}x{k} differs from gemm::gemm");
                     }
+                }
+            }
+        }
+    }
+
+    /// A threaded GEMM with a long reduction runs as blocks of the destination, one per
+    /// thread: the blocks tile the larger dimension, and the product is the one-threaded
+    /// product bit for bit, at every level, both dimensions split, both destination orders.
+    #[test]
+    fn a_gemm_split_by_threads_gives_the_single_threaded_bits() {
+        assert_eq!(split_output(192, 768, 6400, Parallelism::Rayon(2)), Some(vec![(0, 384), (384, 384)]));
+        for (m, n, k, threads) in [(240, 40, 700, 2), (40, 250, 900, 2), (301, 7, 1200, 3), (333, 333, 1000, 4)] {
+            let parts = split_output(m, n, k, Parallelism::Rayon(threads)).expect("split");
+            assert!(parts.len() <= threads && parts.iter().all(|&(_, len)| len > 64));
+            assert_eq!(parts.iter().map(|p| p.1).sum::<usize>(), m.max(n));
+            assert!(parts.windows(2).all(|w| w[0].0 + w[0].1 == w[1].0));
+        }
+        assert_eq!(split_output(6400, 192, 768, Parallelism::Rayon(2)), None, "short reduction");
+        assert_eq!(split_output(100, 100, 6400, Parallelism::Rayon(2)), None, "blocks of 64 or less");
+        assert_eq!(split_output(512, 512, 13824, Parallelism::Rayon(2)), Some(vec![(0, 256), (256, 256)]));
+        assert_eq!(split_output(200, 7, 1200, Parallelism::Rayon(3)), Some(vec![(0, 112), (112, 88)]), "fewer blocks");
+        assert_eq!(split_output(301, 3, 1200, Parallelism::Rayon(3)), None, "blocks of a few columns");
+        assert_eq!(split_output(192, 768, 6400, Parallelism::None), None);
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().expect("pool");
+        let levels: Vec<Isa> = Isa::ALL.into_iter().filter(|l| l.runs()).collect();
+        for (m, n, k) in [(240, 40, 700), (40, 250, 900), (301, 7, 1200)] {
+            let (a, b, c0) = (values(m * k, 4), values(k * n, 5), values(m * n, 6));
+            let (a32, b32, c32): (Vec<f32>, Vec<f32>, Vec<f32>) = (
+                a.iter().map(|&v| v as f32).collect(),
+                b.iter().map(|&v| v as f32).collect(),
+                c0.iter().map(|&v| v as f32).collect(),
+            );
+            for &level in &levels {
+                for strides in [(1, n as isize), (m as isize, 1)] {
+                    let run = |par: Parallelism| {
+                        let (mut d64, mut d32) = (c0.clone(), c32.clone());
+                        let (k_, n_) = (k as isize, n as isize);
+                        // SAFETY: the buffers hold exactly the views the sizes and strides describe.
+                        pool.install(|| unsafe {
+                            gemm_f64(
+                                level,
+                                m,
+                                n,
+                                k,
+                                d64.as_mut_ptr(),
+                                strides.0,
+                                strides.1,
+                                true,
+                                a.as_ptr(),
+                                1,
+                                k_,
+                                b.as_ptr(),
+                                1,
+                                n_,
+                                0.5,
+                                2.0,
+                                par,
+                            );
+                            gemm_f32(
+                                level,
+                                m,
+                                n,
+                                k,
+                                d32.as_mut_ptr(),
+                                strides.0,
+                                strides.1,
+                                true,
+                                a32.as_ptr(),
+                                1,
+                                k_,
+                                b32.as_ptr(),
+                                1,
+                                n_,
+                                0.5,
+                                2.0,
+                                par,
+                            );
+                        });
+                        (
+                            d64.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            d32.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        )
+                    };
+                    assert_eq!(run(Parallelism::Rayon(3)), run(Parallelism::None), "{level} {m}x{n}x{k} {strides:?}");
                 }
             }
         }

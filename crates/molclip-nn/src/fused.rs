@@ -717,8 +717,8 @@ fn erf(x: f32) -> f32 {
 /// e^x for f32 within 2 ulp (the tests measure it), in plain arithmetic that vectorises:
 /// x = n ln 2 + r with |r| <= ln 2 / 2, e^r by its Taylor series to r^7 (truncation below
 /// 6e-9 relatively), 2^n by the exponent bits. Inputs below -87.3 give about 1e-38 instead
-/// of 0; above 88.3 the 2^127 · e^r they give is clamped there too (GELU, its one user,
-/// never exponentiates a positive argument).
+/// of 0; above 88.3 the 2^127 · e^r they give is clamped there too (its users, GELU and
+/// softmax, never exponentiate a positive argument).
 #[inline(always)]
 fn exp(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer
@@ -843,6 +843,40 @@ impl CustomOp2 for ElementwiseGrad {
     }
 }
 
+/// Softmax of each row of `n` values of `x`, in place: e^(v - row max) by [`exp`], divided by
+/// the row's sum, summed in order. Compiled for [`molclip_cpu::isa`], so that the max, the
+/// exponentials and the divisions vectorise; every instruction set gives the same bits.
+fn softmax_rows(x: &mut [f32], n: usize) {
+    struct Rows<'a>(&'a mut [f32], usize);
+    impl molclip_cpu::Vectorized for Rows<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn run(self) {
+            // Indexed loops, as in `map_par`.
+            #[allow(clippy::needless_range_loop)]
+            for r in self.0.chunks_mut(self.1) {
+                let mut max = f32::NEG_INFINITY;
+                for i in 0..r.len() {
+                    max = max.max(r[i]);
+                }
+                for i in 0..r.len() {
+                    r[i] = exp(r[i] - max);
+                }
+                let mut sum = 0f32;
+                for i in 0..r.len() {
+                    sum += r[i];
+                }
+                for i in 0..r.len() {
+                    r[i] /= sum;
+                }
+            }
+        }
+    }
+    if n > 0 {
+        molclip_cpu::vectorize(molclip_cpu::isa(), Rows(x, n));
+    }
+}
+
 /// Softmax over the last dimension.
 pub(crate) fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     Ok(x.contiguous()?.apply_op1(Softmax)?)
@@ -858,16 +892,10 @@ impl CustomOp1 for Softmax {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l)?;
         let d = *l.shape().dims().last().unwrap_or(&1);
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(yr, xr)| {
-            let max = xr.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
-            let mut sum = 0f32;
-            for (y, x) in yr.iter_mut().zip(xr) {
-                *y = (x - max).exp();
-                sum += *y;
-            }
-            yr.iter_mut().for_each(|y| *y /= sum);
-        });
+        let mut y = x.to_vec();
+        // Whole rows per task, about 4,096 values each.
+        let rows = (4096 / d.max(1)).max(1) * d.max(1);
+        y.par_chunks_mut(rows).for_each(|block| softmax_rows(block, d));
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -970,15 +998,7 @@ impl Heads {
                 1,
             );
         }
-        for r in p.chunks_mut(n) {
-            let max = r.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
-            let mut sum = 0f32;
-            r.iter_mut().for_each(|v| {
-                *v = (*v - max).exp();
-                sum += *v;
-            });
-            r.iter_mut().for_each(|v| *v /= sum);
-        }
+        softmax_rows(&mut p[..n * n], n);
     }
 }
 
