@@ -428,17 +428,14 @@ fn batch_norm_fwd(
     let moments = channel_moments(x, b, c, m);
     let scale: Vec<f32> = moments.iter().zip(w).map(|((_, var), w)| w / (var + eps).sqrt()).collect();
     let shift: Vec<f32> = moments.iter().zip(&scale).zip(bias).map(|(((mean, _), s), bb)| bb - mean * s).collect();
-    let mut y = vec![0f32; b * c * m];
-    y.par_chunks_mut(m).zip(x.par_chunks(m)).enumerate().for_each(|(bc, (yr, xr))| {
-        let (s, t) = (scale[bc % c], shift[bc % c]);
-        match epilogue {
-            Epilogue::AddRelu(sc) => {
-                let sc = &sc[bc * m..][..m];
-                yr.iter_mut().zip(xr.iter().zip(sc)).for_each(|(y, (x, r))| *y = (x * s + t + r).max(0.0));
-            }
-            Epilogue::Relu => yr.iter_mut().zip(xr).for_each(|(y, x)| *y = (x * s + t).max(0.0)),
-            Epilogue::Nothing => yr.iter_mut().zip(xr).for_each(|(y, x)| *y = x * s + t),
-        }
+    let (isa, mut y) = (molclip_cpu::isa(), vec![0f32; b * c * m]);
+    y.par_chunks_mut(m).zip(x.par_chunks(m)).enumerate().for_each(|(bc, (y, x))| {
+        let shortcut = match epilogue {
+            Epilogue::AddRelu(sc) => Some(&sc[bc * m..][..m]),
+            _ => None,
+        };
+        let relu = !matches!(epilogue, Epilogue::Nothing);
+        molclip_cpu::vectorize(isa, AffineRow { y, x, scale: scale[bc % c], shift: shift[bc % c], shortcut, relu })
     });
     *stats.lock().unwrap_or_else(|e| e.into_inner()) =
         moments.iter().map(|m| m.0).chain(moments.iter().map(|m| m.1)).collect();
@@ -464,23 +461,119 @@ fn batch_norm_bwd(
     Ok((packed.narrow(0, 0, n)?.reshape((b, c, m))?, packed.narrow(0, n, 2 * c)?.force_contiguous()?))
 }
 
+/// Mean and biased variance of each channel of `[B, C, M]`, each a sum in [`LaneSums`]'s order
+/// (two passes: the mean, then the squared deviations from it).
 fn channel_moments(x: &[f32], b: usize, c: usize, m: usize) -> Vec<(f32, f32)> {
-    (0..c)
-        .into_par_iter()
-        .map(|ci| {
-            let n = (b * m) as f64;
-            let mut sum = 0f64;
-            for bi in 0..b {
-                sum += x[(bi * c + ci) * m..][..m].iter().map(|&v| v as f64).sum::<f64>();
+    let isa = molclip_cpu::isa();
+    (0..c).into_par_iter().map(|ci| molclip_cpu::vectorize(isa, Moments { x, bcm: (b, c, m), ci })).collect()
+}
+
+/// One row of batch norm's output: `x · scale + shift`, then the shortcut added and ReLU.
+struct AffineRow<'a> {
+    y: &'a mut [f32],
+    x: &'a [f32],
+    scale: f32,
+    shift: f32,
+    shortcut: Option<&'a [f32]>,
+    relu: bool,
+}
+
+impl molclip_cpu::Vectorized for AffineRow<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let (y, (s, t)) = (self.y, (self.scale, self.shift));
+        let x = &self.x[..y.len()];
+        // Indexed loops, as in `map_par`.
+        #[allow(clippy::needless_range_loop)]
+        match (self.shortcut, self.relu) {
+            (Some(sc), _) => {
+                let sc = &sc[..y.len()];
+                for i in 0..y.len() {
+                    y[i] = (x[i] * s + t + sc[i]).max(0.0);
+                }
             }
-            let mean = sum / n;
-            let mut sq = 0f64;
-            for bi in 0..b {
-                sq += x[(bi * c + ci) * m..][..m].iter().map(|&v| (v as f64 - mean) * (v as f64 - mean)).sum::<f64>();
+            (None, true) => {
+                for i in 0..y.len() {
+                    y[i] = (x[i] * s + t).max(0.0);
+                }
             }
-            (mean as f32, (sq / n) as f32)
-        })
-        .collect()
+            (None, false) => {
+                for i in 0..y.len() {
+                    y[i] = x[i] * s + t;
+                }
+            }
+        }
+    }
+}
+
+/// Channel `ci`'s mean and biased variance over `[B, C, M]`.
+struct Moments<'a> {
+    x: &'a [f32],
+    bcm: (usize, usize, usize),
+    ci: usize,
+}
+
+impl molclip_cpu::Vectorized for Moments<'_> {
+    type Output = (f32, f32);
+    #[inline(always)]
+    fn run(self) -> (f32, f32) {
+        let ((b, c, m), ci) = (self.bcm, self.ci);
+        let n = (b * m) as f64;
+        let rows = |bi: usize| &self.x[(bi * c + ci) * m..][..m];
+        let mut sum = LaneSums::default();
+        for bi in 0..b {
+            sum.add(rows(bi), rows(bi), |v, _| [v as f64]);
+        }
+        let mean = sum.total()[0] / n;
+        let mut sq = LaneSums::default();
+        for bi in 0..b {
+            sq.add(rows(bi), rows(bi), |v, _| [(v as f64 - mean) * (v as f64 - mean)]);
+        }
+        (mean as f32, (sq.total()[0] / n) as f32)
+    }
+}
+
+/// `K` float64 sums of a long run of values kept in eight running sums each, value `i` of a
+/// run going to sum `i % 8`, and the eight added in a fixed tree at the end: unlike one
+/// running sum, the loop vectorises (each sum is a lane), and the result is the same on every
+/// instruction set and thread count.
+struct LaneSums<const K: usize>([[f64; 8]; K]);
+
+impl<const K: usize> Default for LaneSums<K> {
+    fn default() -> Self {
+        Self([[0.0; 8]; K])
+    }
+}
+
+impl<const K: usize> LaneSums<K> {
+    /// Adds `f(a[i], b[i])` for every `i` of `a` (`b` at least as long).
+    #[inline(always)]
+    fn add(&mut self, a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> [f64; K]) {
+        let b = &b[..a.len()];
+        let (mut ca, mut cb) = (a.chunks_exact(8), b.chunks_exact(8));
+        for (ca, cb) in (&mut ca).zip(&mut cb) {
+            for l in 0..8 {
+                self.add_at(l, f(ca[l], cb[l]));
+            }
+        }
+        for (l, (&x, &y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
+            self.add_at(l, f(x, y));
+        }
+    }
+
+    /// Adds `v` to lane `l` of the sums.
+    #[inline(always)]
+    fn add_at(&mut self, l: usize, v: [f64; K]) {
+        for (sum, v) in self.0.iter_mut().zip(v) {
+            sum[l] += v;
+        }
+    }
+
+    /// The `K` sums.
+    fn total(&self) -> [f64; K] {
+        self.0.map(|s| ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7])))
+    }
 }
 
 fn dims3(l: &Layout) -> candle_core::Result<(usize, usize, usize)> {
@@ -593,49 +686,108 @@ impl CustomOp3 for BatchNormGrad {
         let (b, c, m) = dims3(l1)?;
         let (w, bias, mean, var) = (&p[..c], &p[c..2 * c], &p[2 * c..3 * c], &p[3 * c..]);
         let rstd: Vec<f32> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
-        let relu = self.relu;
-        // The gradient reaching the affine output, zero where ReLU cut it.
-        let g = |ci: usize, xv: f32, d: f32| -> f32 {
-            if relu && ((xv - mean[ci]) * rstd[ci] * w[ci] + bias[ci]) <= 0.0 {
-                0.0
-            } else {
-                d
-            }
-        };
+        let isa = molclip_cpu::isa();
+        let channel = |ci: usize| Channel { mean: mean[ci], rstd: rstd[ci], w: w[ci], bias: bias[ci], relu: self.relu };
         let sums: Vec<(f32, f32)> = (0..c)
             .into_par_iter()
-            .map(|ci| {
-                let (mut sg, mut sgx) = (0f64, 0f64);
-                for bi in 0..b {
-                    let off = (bi * c + ci) * m;
-                    for (xv, d) in x[off..off + m].iter().zip(&dy[off..off + m]) {
-                        let gv = g(ci, *xv, *d) as f64;
-                        sg += gv;
-                        sgx += gv * ((xv - mean[ci]) * rstd[ci]) as f64;
-                    }
-                }
-                (sg as f32, sgx as f32)
-            })
+            .map(|ci| molclip_cpu::vectorize(isa, GradSums { x, dy, bcm: (b, c, m), ci, ch: channel(ci) }))
             .collect();
         let n = b * c * m;
         let count = (b * m) as f32;
         let mut out = vec![0f32; n + 2 * c];
-        out[..n].par_chunks_mut(m).enumerate().for_each(|(bc, dxr)| {
-            let ci = bc % c;
-            let off = bc * m;
-            let (sg, sgx) = sums[ci];
-            let k = w[ci] * rstd[ci];
-            for (i, dxv) in dxr.iter_mut().enumerate() {
-                let xv = x[off + i];
-                let xh = (xv - mean[ci]) * rstd[ci];
-                *dxv = k * (g(ci, xv, dy[off + i]) - sg / count - xh * sgx / count);
-            }
+        out[..n].par_chunks_mut(m).enumerate().for_each(|(bc, dx)| {
+            let (x, dy) = (&x[bc * m..][..m], &dy[bc * m..][..m]);
+            molclip_cpu::vectorize(isa, GradRow { dx, x, dy, ch: channel(bc % c), sums: sums[bc % c], count })
         });
         for ci in 0..c {
             out[n + ci] = sums[ci].1;
             out[n + c + ci] = sums[ci].0;
         }
         Ok((CpuStorage::F32(out), Shape::from(n + 2 * c)))
+    }
+}
+
+/// One channel's statistics and affine parameters, for batch norm's backward loops.
+#[derive(Clone, Copy)]
+struct Channel {
+    mean: f32,
+    rstd: f32,
+    w: f32,
+    bias: f32,
+    /// Whether a ReLU followed the affine map.
+    relu: bool,
+}
+
+impl Channel {
+    /// The normalised input.
+    #[inline(always)]
+    fn normalised(&self, x: f32) -> f32 {
+        (x - self.mean) * self.rstd
+    }
+
+    /// The gradient reaching the affine output, zero where ReLU cut it.
+    #[inline(always)]
+    fn grad(&self, x: f32, d: f32) -> f32 {
+        if self.relu && self.normalised(x) * self.w + self.bias <= 0.0 {
+            0.0
+        } else {
+            d
+        }
+    }
+}
+
+/// Channel `ci`'s sums of the gradient at the affine output and of its product with the
+/// normalised input (the bias's and the weight's gradients), over `[B, C, M]`.
+struct GradSums<'a> {
+    x: &'a [f32],
+    dy: &'a [f32],
+    bcm: (usize, usize, usize),
+    ci: usize,
+    ch: Channel,
+}
+
+impl molclip_cpu::Vectorized for GradSums<'_> {
+    type Output = (f32, f32);
+    #[inline(always)]
+    fn run(self) -> (f32, f32) {
+        let ((b, c, m), ch) = (self.bcm, self.ch);
+        let mut sums = LaneSums::default();
+        for bi in 0..b {
+            let off = (bi * c + self.ci) * m;
+            sums.add(&self.x[off..off + m], &self.dy[off..off + m], |x, d| {
+                let g = ch.grad(x, d) as f64;
+                [g, g * ch.normalised(x) as f64]
+            });
+        }
+        let [sg, sgx] = sums.total();
+        (sg as f32, sgx as f32)
+    }
+}
+
+/// One row of batch norm's input gradient.
+struct GradRow<'a> {
+    dx: &'a mut [f32],
+    x: &'a [f32],
+    dy: &'a [f32],
+    ch: Channel,
+    /// The channel's [`GradSums`].
+    sums: (f32, f32),
+    /// Values per channel in the batch.
+    count: f32,
+}
+
+impl molclip_cpu::Vectorized for GradRow<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let (dx, ch, (sg, sgx), count) = (self.dx, self.ch, self.sums, self.count);
+        let (x, dy) = (&self.x[..dx.len()], &self.dy[..dx.len()]);
+        let k = ch.w * ch.rstd;
+        // Indexed, as in `map_par`.
+        #[allow(clippy::needless_range_loop)]
+        for i in 0..dx.len() {
+            dx[i] = k * (ch.grad(x[i], dy[i]) - sg / count - ch.normalised(x[i]) * sgx / count);
+        }
     }
 }
 
@@ -1356,6 +1508,48 @@ mod tests {
         let scalar = molclip_cpu::vectorize(molclip_cpu::Isa::Scalar, Gelu(&xs));
         for level in molclip_cpu::Isa::ALL.into_iter().filter(|l| l.runs()) {
             assert!(molclip_cpu::vectorize(level, Gelu(&xs)) == scalar, "{level}");
+        }
+    }
+
+    /// Batch norm's backward sums of two runs, as the kernel adds them.
+    struct Sums<'a>(&'a [f32], &'a [f32]);
+
+    impl molclip_cpu::Vectorized for Sums<'_> {
+        type Output = [u64; 2];
+        #[inline(always)]
+        fn run(self) -> [u64; 2] {
+            let mut sums = LaneSums::default();
+            // Two runs, the second starting again at lane 0, as a channel's rows do.
+            let third = self.0.len() / 3;
+            for (a, b) in [(&self.0[..third], &self.1[..third]), (&self.0[third..], &self.1[third..])] {
+                sums.add(a, b, |x, y| [x as f64, x as f64 * y as f64]);
+            }
+            sums.total().map(f64::to_bits)
+        }
+    }
+
+    #[test]
+    fn lane_sums_add_in_the_documented_order_on_every_instruction_set() {
+        // Values of very different sizes, so that another order of the additions gives other bits.
+        for n in [1usize, 7, 8, 9, 23, 64, 1001] {
+            let a: Vec<f32> =
+                (0..n).map(|i| ((i * 7919 % 613) as f32 - 300.0) * 10f32.powi((i % 9) as i32 - 4)).collect();
+            let b: Vec<f32> = (0..n).map(|i| ((i * 104_729 % 331) as f32 - 160.0) / 17.0).collect();
+            // The order by hand: value i of a run into lane i % 8, each run from lane 0, then
+            // ((0 + 1) + (2 + 3)) + ((4 + 5) + (6 + 7)).
+            let mut lanes = [[0f64; 8]; 2];
+            let third = n / 3;
+            for (run, run_b) in [(&a[..third], &b[..third]), (&a[third..], &b[third..])] {
+                for (i, (&x, &y)) in run.iter().zip(run_b).enumerate() {
+                    lanes[0][i % 8] += x as f64;
+                    lanes[1][i % 8] += x as f64 * y as f64;
+                }
+            }
+            let tree = |l: [f64; 8]| (((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]))).to_bits();
+            let expected = [tree(lanes[0]), tree(lanes[1])];
+            for level in molclip_cpu::Isa::ALL.into_iter().filter(|l| l.runs()) {
+                assert_eq!(molclip_cpu::vectorize(level, Sums(&a, &b)), expected, "{level}, n = {n}");
+            }
         }
     }
 }
