@@ -282,9 +282,82 @@ macro_rules! gemm_for {
                 rhs = rhs.wrapping_offset((k - 1) as isize * rhs_rs);
                 rhs_rs = -rhs_rs;
             }
+            // The product of an m x n block of dst from its lhs rows and rhs columns, in one call
+            // to the kernels of `level`, every other operand as the caller gave it: the whole,
+            // or each part of a split.
+            let product = |m: usize,
+                           n: usize,
+                           dst: *mut $t,
+                           lhs: *const $t,
+                           rhs: *const $t,
+                           parallelism: Parallelism| {
+                macro_rules! run {
+                    ($simd:expr, $ukr:path, $lanes:expr) => {{
+                        use $ukr as u;
+                        // SAFETY: `product` is called below only with the caller's views or with
+                        // parts of them that write disjoint rows or columns of dst, which the
+                        // caller's guarantee covers; the caller guarantees that the level (whose
+                        // SIMD type `$simd` is) exists on this CPU.
+                        unsafe {
+                            gemm_basic_generic::<
+                                _,
+                                $t,
+                                { $lanes },
+                                { u::MR_DIV_N * $lanes },
+                                { u::NR },
+                                { u::MR_DIV_N },
+                                { u::H_M },
+                                { u::H_N },
+                            >(
+                                $simd,
+                                m,
+                                n,
+                                k,
+                                dst,
+                                dst_cs,
+                                dst_rs,
+                                read_dst,
+                                lhs,
+                                lhs_cs,
+                                lhs_rs,
+                                rhs,
+                                rhs_cs,
+                                rhs_rs,
+                                alpha,
+                                beta,
+                                false,
+                                false,
+                                false,
+                                |a, b, c| a * b + c,
+                                &u::UKR,
+                                &u::H_UKR,
+                                false,
+                                parallelism,
+                            )
+                        }
+                    }};
+                }
+                match level {
+                    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+                    Isa::Avx512 => {
+                        let simd = gemm_common::simd::V4::try_new().expect("AVX-512F detected");
+                        run!(simd, $krate::microkernel::avx512f::$t, 64 / std::mem::size_of::<$t>())
+                    }
+                    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+                    Isa::Avx2 => {
+                        let simd = gemm_common::simd::V3::try_new().expect("AVX2 and FMA detected");
+                        run!(simd, $krate::microkernel::fma::$t, 32 / std::mem::size_of::<$t>())
+                    }
+                    #[cfg(target_arch = "aarch64")]
+                    Isa::Neon => {
+                        run!(gemm_common::simd::Scalar, $krate::microkernel::neon::$t, 16 / std::mem::size_of::<$t>())
+                    }
+                    _ => run!(gemm_common::simd::Scalar, $krate::microkernel::scalar::$t, 1),
+                }
+            };
             if let Some(parts) = split_output(m, n, k, parallelism) {
                 let whole = SendPtrs(dst, lhs, rhs);
-                let whole = &whole;
+                let (whole, product) = (&whole, &product);
                 rayon::scope(|scope| {
                     for (first, len) in parts {
                         scope.spawn(move |_| {
@@ -297,94 +370,12 @@ macro_rules! gemm_for {
                             } else {
                                 (dst.wrapping_offset(first * dst_cs), lhs, rhs.wrapping_offset(first * rhs_cs))
                             };
-                            // SAFETY: a sub-view of the caller's views (the caller's guarantee
-                            // covers it); the parts write disjoint rows or columns of dst.
-                            unsafe {
-                                $name(
-                                    level,
-                                    pm,
-                                    pn,
-                                    k,
-                                    dst,
-                                    dst_cs,
-                                    dst_rs,
-                                    read_dst,
-                                    lhs,
-                                    lhs_cs,
-                                    lhs_rs,
-                                    rhs,
-                                    rhs_cs,
-                                    rhs_rs,
-                                    alpha,
-                                    beta,
-                                    Parallelism::None,
-                                )
-                            }
+                            product(pm, pn, dst, lhs, rhs, Parallelism::None)
                         });
                     }
                 });
-                return;
-            }
-            macro_rules! run {
-                ($simd:expr, $ukr:path, $lanes:expr) => {{
-                    use $ukr as u;
-                    // SAFETY: the caller guarantees the views and that the level (whose SIMD
-                    // type `$simd` is) exists on this CPU.
-                    unsafe {
-                        gemm_basic_generic::<
-                            _,
-                            $t,
-                            { $lanes },
-                            { u::MR_DIV_N * $lanes },
-                            { u::NR },
-                            { u::MR_DIV_N },
-                            { u::H_M },
-                            { u::H_N },
-                        >(
-                            $simd,
-                            m,
-                            n,
-                            k,
-                            dst,
-                            dst_cs,
-                            dst_rs,
-                            read_dst,
-                            lhs,
-                            lhs_cs,
-                            lhs_rs,
-                            rhs,
-                            rhs_cs,
-                            rhs_rs,
-                            alpha,
-                            beta,
-                            false,
-                            false,
-                            false,
-                            |a, b, c| a * b + c,
-                            &u::UKR,
-                            &u::H_UKR,
-                            false,
-                            parallelism,
-                        )
-                    }
-                }};
-            }
-            match level {
-                #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-                Isa::Avx512 => {
-                    let simd = gemm_common::simd::V4::try_new().expect("AVX-512F detected");
-                    run!(simd, $krate::microkernel::avx512f::$t, 64 / std::mem::size_of::<$t>())
-                }
-                #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-                Isa::Avx2 => {
-                    let simd = gemm_common::simd::V3::try_new().expect("AVX2 and FMA detected");
-                    run!(simd, $krate::microkernel::fma::$t, 32 / std::mem::size_of::<$t>())
-                }
-                #[cfg(target_arch = "aarch64")]
-                Isa::Neon => {
-                    run!(gemm_common::simd::Scalar, $krate::microkernel::neon::$t, 16 / std::mem::size_of::<$t>())
-                }
-                _ => run!(gemm_common::simd::Scalar, $krate::microkernel::scalar::$t, 1),
+            } else {
+                product(m, n, dst, lhs, rhs, parallelism)
             }
         }
     };

@@ -430,12 +430,12 @@ fn batch_norm_fwd(
     let shift: Vec<f32> = moments.iter().zip(&scale).zip(bias).map(|(((mean, _), s), bb)| bb - mean * s).collect();
     let (isa, mut y) = (molclip_cpu::isa(), vec![0f32; b * c * m]);
     y.par_chunks_mut(m).zip(x.par_chunks(m)).enumerate().for_each(|(bc, (y, x))| {
-        let shortcut = match epilogue {
-            Epilogue::AddRelu(sc) => Some(&sc[bc * m..][..m]),
-            _ => None,
+        // The row's own part of the shortcut.
+        let epilogue = match epilogue {
+            Epilogue::AddRelu(sc) => Epilogue::AddRelu(&sc[bc * m..][..m]),
+            other => other,
         };
-        let relu = !matches!(epilogue, Epilogue::Nothing);
-        molclip_cpu::vectorize(isa, AffineRow { y, x, scale: scale[bc % c], shift: shift[bc % c], shortcut, relu })
+        molclip_cpu::vectorize(isa, AffineRow { y, x, scale: scale[bc % c], shift: shift[bc % c], epilogue })
     });
     *stats.lock().unwrap_or_else(|e| e.into_inner()) =
         moments.iter().map(|m| m.0).chain(moments.iter().map(|m| m.1)).collect();
@@ -468,14 +468,14 @@ fn channel_moments(x: &[f32], b: usize, c: usize, m: usize) -> Vec<(f32, f32)> {
     (0..c).into_par_iter().map(|ci| molclip_cpu::vectorize(isa, Moments { x, bcm: (b, c, m), ci })).collect()
 }
 
-/// One row of batch norm's output: `x · scale + shift`, then the shortcut added and ReLU.
+/// One row of batch norm's output: `x · scale + shift`, then the epilogue (its shortcut that
+/// row's part).
 struct AffineRow<'a> {
     y: &'a mut [f32],
     x: &'a [f32],
     scale: f32,
     shift: f32,
-    shortcut: Option<&'a [f32]>,
-    relu: bool,
+    epilogue: Epilogue<'a>,
 }
 
 impl molclip_cpu::Vectorized for AffineRow<'_> {
@@ -486,19 +486,19 @@ impl molclip_cpu::Vectorized for AffineRow<'_> {
         let x = &self.x[..y.len()];
         // Indexed loops, as in `map_par`.
         #[allow(clippy::needless_range_loop)]
-        match (self.shortcut, self.relu) {
-            (Some(sc), _) => {
+        match self.epilogue {
+            Epilogue::AddRelu(sc) => {
                 let sc = &sc[..y.len()];
                 for i in 0..y.len() {
                     y[i] = (x[i] * s + t + sc[i]).max(0.0);
                 }
             }
-            (None, true) => {
+            Epilogue::Relu => {
                 for i in 0..y.len() {
                     y[i] = (x[i] * s + t).max(0.0);
                 }
             }
-            (None, false) => {
+            Epilogue::Nothing => {
                 for i in 0..y.len() {
                     y[i] = x[i] * s + t;
                 }
@@ -518,9 +518,9 @@ impl molclip_cpu::Vectorized for Moments<'_> {
     type Output = (f32, f32);
     #[inline(always)]
     fn run(self) -> (f32, f32) {
-        let ((b, c, m), ci) = (self.bcm, self.ci);
+        let (b, _, m) = self.bcm;
         let n = (b * m) as f64;
-        let rows = |bi: usize| &self.x[(bi * c + ci) * m..][..m];
+        let rows = |bi: usize| channel_row(self.x, self.bcm, bi, self.ci);
         let mut sum = LaneSums::default();
         for bi in 0..b {
             sum.add(rows(bi), rows(bi), |v, _| [v as f64]);
@@ -532,6 +532,12 @@ impl molclip_cpu::Vectorized for Moments<'_> {
         }
         (mean as f32, (sq.total()[0] / n) as f32)
     }
+}
+
+/// Channel `ci`'s values in video `bi` of `[B, C, M]`.
+#[inline(always)]
+fn channel_row(values: &[f32], (_, c, m): (usize, usize, usize), bi: usize, ci: usize) -> &[f32] {
+    &values[(bi * c + ci) * m..][..m]
 }
 
 /// `K` float64 sums of a long run of values kept in eight running sums each, value `i` of a
@@ -750,11 +756,11 @@ impl molclip_cpu::Vectorized for GradSums<'_> {
     type Output = (f32, f32);
     #[inline(always)]
     fn run(self) -> (f32, f32) {
-        let ((b, c, m), ch) = (self.bcm, self.ch);
+        let ((b, _, _), ch) = (self.bcm, self.ch);
         let mut sums = LaneSums::default();
         for bi in 0..b {
-            let off = (bi * c + self.ci) * m;
-            sums.add(&self.x[off..off + m], &self.dy[off..off + m], |x, d| {
+            let row = |values| channel_row(values, self.bcm, bi, self.ci);
+            sums.add(row(self.x), row(self.dy), |x, d| {
                 let g = ch.grad(x, d) as f64;
                 [g, g * ch.normalised(x) as f64]
             });
