@@ -9,7 +9,7 @@ use std::path::Path;
 use molclip_core::Split;
 
 use crate::error::EvalError;
-use crate::npy::Matrix;
+use crate::npy::{Matrix, Values};
 use crate::reid::Embeddings;
 
 /// The MoA id of a row outside the MoA task (an empty `moa` in the metadata CSV: a drug
@@ -158,7 +158,11 @@ impl EmbeddingSet {
             Some(i) => err(format!("line {}: {reason}", i + 2)),
             None => err(reason),
         };
-        Self::build(Features::F64(&features.data), features.cols, &labels, &at)
+        let values = match &features.data {
+            Values::F32(v) => Features::F32(v),
+            Values::F64(v) => Features::F64(v),
+        };
+        Self::build(values, features.cols, &labels, &at)
     }
 
     /// Pair a row-major `[rows, cols]` feature matrix with its label columns, checking every

@@ -1,5 +1,6 @@
-//! `.npy` arrays through npyz (format versions 1, 2 and 3): 2-D float32 or float64, either
-//! byte order, C or Fortran order, read into row-major f64; float32 written.
+//! `.npy` arrays, their headers through npyz (format versions 1, 2 and 3): 2-D float32 or
+//! float64, either byte order, C or Fortran order, read row-major in the file's precision;
+//! float32 written.
 
 use std::path::Path;
 
@@ -15,11 +16,31 @@ pub struct Matrix {
     /// Columns.
     pub cols: usize,
     /// Values, row-major.
-    pub data: Vec<f64>,
+    pub data: Values,
 }
 
-/// Reads a 2-D float32 or float64 `.npy` file into a row-major f64 matrix; errors name
-/// the file and what was expected.
+/// A matrix's values in the precision of its file: float32 features stay float32 (half the
+/// memory) until each row is widened as it is normalised.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Values {
+    /// From a float32 file.
+    F32(Vec<f32>),
+    /// From a float64 file.
+    F64(Vec<f64>),
+}
+
+impl Values {
+    /// Every value, widened to f64.
+    pub fn to_f64(&self) -> Vec<f64> {
+        match self {
+            Values::F32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            Values::F64(v) => v.clone(),
+        }
+    }
+}
+
+/// Reads a 2-D float32 or float64 `.npy` file into a row-major matrix of its precision;
+/// errors name the file and what was expected.
 pub fn read_npy(path: &Path) -> Result<Matrix, EvalError> {
     let bytes = std::fs::read(path).map_err(|source| EvalError::Io { path: path.to_path_buf(), source })?;
     parse_npy(&bytes).map_err(|e| EvalError::file(path, e.to_string()))
@@ -72,20 +93,39 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Matrix, NpyError> {
         return Err(NpyError::Truncated { rows, cols, need, have: bytes.len() });
     }
     let fortran = file.order() == npyz::Order::Fortran;
-    let values: Vec<f64> =
-        if size == 4 { file.into_vec::<f32>()?.into_iter().map(f64::from).collect() } else { file.into_vec::<f64>()? };
-    let data = if fortran {
-        let mut out = vec![0.0; values.len()];
-        for c in 0..cols {
-            for r in 0..rows {
-                out[r * cols + c] = values[c * rows + r];
-            }
-        }
-        out
+    // `<` little-endian, `>` big-endian, `=` or `|` this machine's order.
+    let big = dtype.starts_with('>') || (cfg!(target_endian = "big") && !dtype.starts_with('<'));
+    // The header is read; what follows it is the raw data, decoded here a value at a time
+    // from a slice instead of through npyz's reader.
+    let data = file.into_inner();
+    let Some(data) = data.get(..need) else {
+        let reason = format!("the data ends after {} of the {need} bytes the shape needs", data.len());
+        return Err(NpyError::Format(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, reason)));
+    };
+    let data = if size == 4 {
+        let v = decode(data, |b| if big { f32::from_be_bytes(b) } else { f32::from_le_bytes(b) });
+        Values::F32(if fortran { row_major(&v, rows, cols) } else { v })
     } else {
-        values
+        let v = decode(data, |b| if big { f64::from_be_bytes(b) } else { f64::from_le_bytes(b) });
+        Values::F64(if fortran { row_major(&v, rows, cols) } else { v })
     };
     Ok(Matrix { rows, cols, data })
+}
+
+/// Values of `N` bytes each.
+fn decode<const N: usize, T>(bytes: &[u8], value: impl Fn([u8; N]) -> T) -> Vec<T> {
+    bytes.chunks_exact(N).map(|b| value(b.try_into().expect("chunks of N bytes"))).collect()
+}
+
+/// Column-major `[rows, cols]` values, row-major.
+fn row_major<T: Copy + Default>(values: &[T], rows: usize, cols: usize) -> Vec<T> {
+    let mut out = vec![T::default(); values.len()];
+    for c in 0..cols {
+        for r in 0..rows {
+            out[r * cols + c] = values[c * rows + r];
+        }
+    }
+    out
 }
 
 /// Writes a float32 `.npy` (C order) atomically.
@@ -135,15 +175,26 @@ mod tests {
         let vals = [1.0f64, 2.0, 3.0, 4.0, 5.0, 6.0];
         let le32: Vec<u8> = vals.iter().flat_map(|v| (*v as f32).to_le_bytes()).collect();
         let be64: Vec<u8> = vals.iter().flat_map(|v| v.to_be_bytes()).collect();
+        let be32: Vec<u8> = vals.iter().flat_map(|v| (*v as f32).to_be_bytes()).collect();
+        let le64: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
         for version in [1, 2, 3] {
             let m = parse_npy(&npy(version, "<f4", false, "(2, 3)", &le32)).unwrap();
-            assert_eq!((m.rows, m.cols, m.data.as_slice()), (2, 3, &vals[..]));
+            assert_eq!((m.rows, m.cols, m.data.to_f64()), (2, 3, vals.to_vec()));
+            assert!(matches!(m.data, Values::F32(_)), "float32 stays float32");
         }
-        let m = parse_npy(&npy(1, ">f8", false, "(3, 2)", &be64)).unwrap();
-        assert_eq!((m.rows, m.cols, m.data.as_slice()), (3, 2, &vals[..]));
+        for (descr, body) in [(">f8", &be64), ("<f8", &le64), (">f4", &be32)] {
+            let m = parse_npy(&npy(1, descr, false, "(3, 2)", body)).unwrap();
+            assert_eq!((m.rows, m.cols, m.data.to_f64()), (3, 2, vals.to_vec()), "{descr}");
+        }
         // Fortran order: column-major on disk.
-        let m = parse_npy(&npy(1, "<f4", true, "(2, 3)", &le32)).unwrap();
-        assert_eq!(m.data, vec![1.0, 3.0, 5.0, 2.0, 4.0, 6.0]);
+        for (descr, body) in [("<f4", &le32), ("<f8", &le64)] {
+            let m = parse_npy(&npy(1, descr, true, "(2, 3)", body)).unwrap();
+            assert_eq!(m.data.to_f64(), vec![1.0, 3.0, 5.0, 2.0, 4.0, 6.0], "{descr}");
+        }
+        // Bytes past the data are not values.
+        let mut longer = le32.clone();
+        longer.extend_from_slice(&[0xff; 8]);
+        assert_eq!(parse_npy(&npy(1, "<f4", false, "(2, 3)", &longer)).unwrap().data.to_f64(), vals.to_vec());
     }
 
     #[test]
@@ -163,7 +214,7 @@ mod tests {
         let path = dir.path().join("x.npy");
         write_npy_f32(&path, 2, 2, &[0.5, -1.0, 2.0, 3.25]).unwrap();
         let m = read_npy(&path).unwrap();
-        assert_eq!(m.data, vec![0.5, -1.0, 2.0, 3.25]);
+        assert_eq!(m.data, Values::F32(vec![0.5, -1.0, 2.0, 3.25]));
         assert_eq!(std::fs::read(&path).unwrap().len() % 64, 16);
     }
 }

@@ -267,14 +267,14 @@ struct TaskRanks {
     /// `slot[b]`: number of matches in buckets below `b`, with [`HOLDS_MATCH`] set when
     /// bucket `b` holds a match itself.
     slot: Vec<u32>,
-    /// `ahead[lane * (m + 2) + p]`: kept non-matches ranked between match p-1 and match p,
+    /// `ahead[p * LANES + lane]`: kept non-matches ranked between match p-1 and match p,
     /// counted in [`LANES`] copies.
     ahead: Vec<u32>,
     lo: f64,
     scale: f64,
     top: f64,
     /// The bucket of items outside the task (matches, excluded, other labels): its slot
-    /// counts them past the last interval, in `ahead[lane * (m + 2) + m + 1]`, never read.
+    /// counts them past the last interval, in `ahead[(m + 1) * LANES + lane]`, never read.
     skip: i32,
     /// The buckets of the chunk of distances being placed.
     buckets: [i32; CHUNK],
@@ -379,20 +379,29 @@ impl TaskRanks {
         for ((b, &d), &keep) in self.buckets.iter_mut().zip(dist).zip(non_match) {
             *b = if keep { bucket(d, lo, scale, top) } else { skip };
         }
-        let stride = self.matches.len() + 2;
         let (slot, matches, buckets) = (&self.slot[..], &self.matches[..], &self.buckets[..dist.len()]);
-        let mut lanes = self.ahead.chunks_exact_mut(stride);
-        let lanes: [&mut [u32]; LANES] = std::array::from_fn(|_| lanes.next().expect("LANES lanes"));
-        for (k, &b) in buckets.iter().enumerate() {
+        let ahead = &mut self.ahead[..];
+        // The interval of item `k` in bucket `b`.
+        let interval = |k: usize, b: i32| {
             let s = slot[b as usize];
-            let p = if s & HOLDS_MATCH == 0 {
+            if s & HOLDS_MATCH == 0 {
                 s as usize
             } else {
                 let (d, j) = (dist[k], first + k);
                 let (from, to) = ((s & !HOLDS_MATCH) as usize, (slot[b as usize + 1] & !HOLDS_MATCH) as usize);
                 from + matches[from..to].partition_point(|&(md, mj)| md < d || (md == d && mj < j))
-            };
-            lanes[k % LANES][p] += 1;
+            }
+        };
+        // Item k counts in lane k % LANES, unrolled so that each lane is a constant offset.
+        let mut quads = buckets.chunks_exact(LANES);
+        for (q, quad) in quads.by_ref().enumerate() {
+            for (lane, &b) in quad.iter().enumerate() {
+                ahead[interval(q * LANES + lane, b) * LANES + lane] += 1;
+            }
+        }
+        let done = buckets.len() - quads.remainder().len();
+        for (lane, &b) in quads.remainder().iter().enumerate() {
+            ahead[interval(done + lane, b) * LANES + lane] += 1;
         }
     }
 
@@ -404,7 +413,7 @@ impl TaskRanks {
         }
         let (mut before, mut ap, mut first) = (0usize, 0.0, 0);
         for k in 0..m {
-            before += (0..LANES).map(|lane| self.ahead[lane * (m + 2) + k] as usize).sum::<usize>();
+            before += self.ahead[k * LANES..(k + 1) * LANES].iter().map(|&c| c as usize).sum::<usize>();
             let rank = k + 1 + before;
             if k == 0 {
                 first = rank;
