@@ -184,15 +184,25 @@ pub fn vectorize<W: Vectorized>(level: Isa, work: W) -> W::Output {
     work.run()
 }
 
-/// The operands of one GEMM, handed to the threads that compute its parts.
+/// Raw pointers to the operands of one GEMM, handed to the threads that compute its parts
+/// (of a split product, or of `sgemm_avx2`'s packing and tiles).
 #[derive(Clone, Copy)]
-struct SendPtrs<T>(*mut T, *const T, *const T);
+pub(crate) struct Shared<P>(pub(crate) P);
 
-// SAFETY: the parts a GEMM is split into read the operands and write disjoint parts of the
-// destination, and the scope that runs them ends before the GEMM returns.
-unsafe impl<T> Send for SendPtrs<T> {}
+// SAFETY: only GEMMs make these, from their operands' pointers; the threads they hand them to
+// read the operands and write disjoint parts of the destination, and the scope or parallel
+// loop that runs those threads ends before the GEMM returns.
+unsafe impl<P> Send for Shared<P> {}
 // SAFETY: as for Send; the threads only copy the pointers out.
-unsafe impl<T> Sync for SendPtrs<T> {}
+unsafe impl<P> Sync for Shared<P> {}
+
+impl<P: Copy> Shared<P> {
+    /// The pointers: a method, so that a closure captures the whole (Send) wrapper, not the
+    /// pointers inside it.
+    pub(crate) fn get(&self) -> P {
+        self.0
+    }
+}
 
 /// Where a threaded GEMM with a long reduction (`k > max(m, n)`: a weight gradient, summed
 /// over every position of a batch) runs faster as one single-threaded GEMM per thread, each
@@ -385,12 +395,12 @@ macro_rules! gemm_for {
                 }
             };
             if let Some(parts) = split_output(m, n, k, parallelism) {
-                let whole = SendPtrs(dst, lhs, rhs);
+                let whole = Shared((dst, lhs, rhs));
                 let (whole, product) = (&whole, &product);
                 rayon::scope(|scope| {
                     for (first, len) in parts {
                         scope.spawn(move |_| {
-                            let SendPtrs(dst, lhs, rhs) = *whole;
+                            let (dst, lhs, rhs) = whole.get();
                             let (first, (pm, pn)) = (first as isize, if m >= n { (len, n) } else { (m, len) });
                             // The part's rows (m >= n) or columns of dst, and the lhs rows or rhs
                             // columns they are made of; the other operand whole.

@@ -21,7 +21,7 @@ use std::cell::Cell;
 
 use rayon::prelude::*;
 
-use crate::{Parallelism, Product};
+use crate::{Parallelism, Product, Shared};
 
 /// Rows of the register tile (two vectors of eight).
 const MR: usize = 16;
@@ -41,26 +41,6 @@ thread_local! {
     /// that a product started on the same thread meanwhile (rayon runs other jobs while it
     /// waits) gets buffers of its own.
     static BUFFERS: Cell<(Vec<f32>, Vec<f32>)> = const { Cell::new((Vec::new(), Vec::new())) };
-}
-
-/// The operands, handed to rayon's threads.
-#[derive(Clone, Copy)]
-struct Operands {
-    dst: *mut f32,
-    lhs: *const f32,
-    rhs: *const f32,
-}
-// SAFETY: the panels a product packs read the operands, its tiles write disjoint elements of
-// the destination, and the parallel loops that run them end before the product returns.
-unsafe impl Send for Operands {}
-// SAFETY: as for Send; the threads only copy the pointers out.
-unsafe impl Sync for Operands {}
-
-impl Operands {
-    /// A copy, so that a closure captures the whole (Send) struct, not its pointer fields.
-    fn get(&self) -> Self {
-        *self
-    }
 }
 
 /// How a block's sums meet the destination.
@@ -134,7 +114,7 @@ pub(crate) unsafe fn sgemm(product: Product<f32>) {
     packed_rhs.resize(if direct { 0 } else { n_panels * NR * kc_max }, 0.0);
     let tiles: Vec<(usize, usize)> =
         (0..n.div_ceil(NC)).flat_map(|jc| (0..m.div_ceil(MC)).map(move |ic| (ic * MC, jc * NC))).collect();
-    let ops = Operands { dst, lhs, rhs };
+    let ops = Shared((dst, rhs));
     for block in 0..blocks {
         let (pc, kc) = (block * kc_max, kc_max.min(k - block * kc_max));
         let (a, b) =
@@ -142,11 +122,10 @@ pub(crate) unsafe fn sgemm(product: Product<f32>) {
         // SAFETY: the panels read rows < m of lhs and columns < n of rhs at reduction indices
         // pc..pc + kc < k, inside the caller's views.
         unsafe {
-            let (lhs, rhs) =
-                (ops.lhs.wrapping_offset(pc as isize * lhs_cs), ops.rhs.wrapping_offset(pc as isize * rhs_rs));
-            pack_all::<MR>(a, Src(lhs), (lhs_rs, lhs_cs), m, kc, threaded);
+            let (lhs, rhs) = (lhs.wrapping_offset(pc as isize * lhs_cs), rhs.wrapping_offset(pc as isize * rhs_rs));
+            pack_all::<MR>(a, Shared(lhs), (lhs_rs, lhs_cs), m, kc, threaded);
             if !direct {
-                pack_all::<NR>(b, Src(rhs), (rhs_cs, rhs_rs), n, kc, threaded);
+                pack_all::<NR>(b, Shared(rhs), (rhs_cs, rhs_rs), n, kc, threaded);
             }
         }
         let merge = match (block, read_dst) {
@@ -156,11 +135,11 @@ pub(crate) unsafe fn sgemm(product: Product<f32>) {
         };
         let (a, b) = (&*a, &*b);
         let tile = |&(i0, j0): &(usize, usize)| {
-            let dst = ops.get().dst;
+            let (dst, rhs) = ops.get();
             let shape = Tile { m, n, kc, i0, j0, dst_cs, dst_rs, beta, merge };
             // Read in place, the right operand's columns start at the block's reduction index
             // (its row stride is 1).
-            let rhs = if direct { Right::Direct(ops.get().rhs.wrapping_add(pc), rhs_cs) } else { Right::Packed(b) };
+            let rhs = if direct { Right::Direct(rhs.wrapping_add(pc), rhs_cs) } else { Right::Packed(b) };
             // SAFETY: tiles write disjoint elements of dst inside the caller's view, and read
             // the right operand in place only inside it (columns < n, reduction indices
             // pc..pc + kc < k); the CPU has AVX2 and FMA, as the caller guarantees.
@@ -173,21 +152,6 @@ pub(crate) unsafe fn sgemm(product: Product<f32>) {
         }
     }
     BUFFERS.with(|b| b.set((packed_lhs, packed_rhs)));
-}
-
-/// An operand's first element at the block's reduction index, handed to rayon's threads.
-#[derive(Clone, Copy)]
-struct Src(*const f32);
-// SAFETY: packing only reads through it, inside the parallel loops of one product.
-unsafe impl Send for Src {}
-// SAFETY: as for Send.
-unsafe impl Sync for Src {}
-
-impl Src {
-    /// The pointer (a method, so that closures capture the Send struct, not its field).
-    fn ptr(self) -> *const f32 {
-        self.0
-    }
 }
 
 /// Micro-panels per packing task.
@@ -204,14 +168,14 @@ const GROUP: usize = 16;
 /// Every element read must be inside the operand's view.
 unsafe fn pack_all<const W: usize>(
     buf: &mut [f32],
-    src: Src,
+    src: Shared<*const f32>,
     (along, down): (isize, isize),
     len: usize,
     kc: usize,
     threaded: bool,
 ) {
     let group = |(g, chunk): (usize, &mut [f32])| {
-        let src = src.ptr();
+        let src = src.get();
         let first = |q: usize| (g * GROUP + q) * W;
         for (q, panel) in chunk.chunks_mut(W * kc).enumerate() {
             if len - first(q) < W {
@@ -283,23 +247,23 @@ struct Tile {
 unsafe fn macro_tile(a: &[f32], b: Right<'_>, dst: *mut f32, t: Tile) {
     let kc = t.kc;
     for j in (t.j0..t.n.min(t.j0 + NC)).step_by(NR) {
-        // Columns past n (an edge panel read in place) read column j again: their sums are
-        // never written.
-        let columns: [*const f32; NR] = match b {
-            Right::Packed(_) => [std::ptr::null(); NR],
+        // The six columns of this panel and the step between their values: packed, the
+        // panel's own (step NR); read in place, the operand's, where columns past n (an edge
+        // panel) read column n - 1 again, their sums never written (step 1).
+        let (columns, step): ([*const f32; NR], usize) = match b {
+            Right::Packed(b) => {
+                let panel = b[(j / NR) * NR * kc..][..NR * kc].as_ptr();
+                (std::array::from_fn(|c| panel.wrapping_add(c)), NR)
+            }
             Right::Direct(first, cs) => {
-                std::array::from_fn(|c| first.wrapping_offset((j + c).min(t.n - 1) as isize * cs))
+                (std::array::from_fn(|c| first.wrapping_offset((j + c).min(t.n - 1) as isize * cs)), 1)
             }
         };
         for i in (t.i0..t.m.min(t.i0 + MC)).step_by(MR) {
             let ap = &a[(i / MR) * MR * kc..][..MR * kc];
-            // SAFETY: this function's own features.
-            let acc = unsafe {
-                match b {
-                    Right::Packed(b) => micro(ap, &b[(j / NR) * NR * kc..][..NR * kc], kc),
-                    Right::Direct(..) => micro_direct(ap, columns, kc),
-                }
-            };
+            // SAFETY: this function's own features; each column holds kc values `step` apart
+            // (the packed panel's length was checked by slicing it).
+            let acc = unsafe { micro(ap, columns, step, kc) };
             let (rows, cols) = (MR.min(t.m - i), NR.min(t.n - j));
             let corner = dst.wrapping_offset(i as isize * t.dst_rs + j as isize * t.dst_cs);
             let beta = _mm256_set1_ps(t.beta);
@@ -353,44 +317,25 @@ enum Right<'a> {
     Direct(*const f32, isize),
 }
 
-/// [`micro`] with the right operand's six columns read in place, `kc` contiguous values each.
+/// The 16 x 6 sums of a packed left micro-panel and six columns of the right operand (column
+/// `c`'s value at reduction index `p` is at `b[c] + p * step`), column `c`'s rows 0..8 in
+/// `[2c]` and 8..16 in `[2c + 1]`: one FMA chain per element over `p` in order, from zero.
 ///
 /// # Safety
 ///
-/// AVX2 and FMA; each column valid for `kc` reads.
+/// AVX2 and FMA; each column valid for `kc` reads `step` apart.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn micro_direct(a: &[f32], b: [*const f32; NR], kc: usize) -> [__m256; 2 * NR] {
+unsafe fn micro(a: &[f32], b: [*const f32; NR], step: usize, kc: usize) -> [__m256; 2 * NR] {
     let mut acc = [_mm256_setzero_ps(); 2 * NR];
     let a = a[..MR * kc].as_ptr();
     for p in 0..kc {
-        // SAFETY: the panel holds MR values at p * MR, and each column kc values, p < kc.
+        // SAFETY: the panel holds MR values at p * MR (its length checked by the slicing
+        // above), and each column a value at p * step, p < kc.
         unsafe {
             let (a0, a1) = (_mm256_loadu_ps(a.add(p * MR)), _mm256_loadu_ps(a.add(p * MR + 8)));
             for c in 0..NR {
-                let bc = _mm256_broadcast_ss(&*b[c].add(p));
-                acc[2 * c] = _mm256_fmadd_ps(a0, bc, acc[2 * c]);
-                acc[2 * c + 1] = _mm256_fmadd_ps(a1, bc, acc[2 * c + 1]);
-            }
-        }
-    }
-    acc
-}
-
-/// The 16 x 6 sums of two packed micro-panels, column `c`'s rows 0..8 in `[2c]` and 8..16 in
-/// `[2c + 1]`: one FMA chain per element over `p` in order, from zero.
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn micro(a: &[f32], b: &[f32], kc: usize) -> [__m256; 2 * NR] {
-    let mut acc = [_mm256_setzero_ps(); 2 * NR];
-    let (a, b) = (a[..MR * kc].as_ptr(), b[..NR * kc].as_ptr());
-    for p in 0..kc {
-        // SAFETY: the panels hold MR and NR values at p * MR and p * NR, p < kc (the slicing
-        // above checked their lengths).
-        unsafe {
-            let (a0, a1) = (_mm256_loadu_ps(a.add(p * MR)), _mm256_loadu_ps(a.add(p * MR + 8)));
-            for c in 0..NR {
-                let bc = _mm256_broadcast_ss(&*b.add(p * NR + c));
+                let bc = _mm256_broadcast_ss(&*b[c].add(p * step));
                 acc[2 * c] = _mm256_fmadd_ps(a0, bc, acc[2 * c]);
                 acc[2 * c + 1] = _mm256_fmadd_ps(a1, bc, acc[2 * c + 1]);
             }
