@@ -2,10 +2,11 @@
 //!
 //! On the CPU both are custom ops with hand-written backward passes: the convolution is
 //! vol2col + GEMM (forward), Wᵀ·dY + col2vol (input gradient) and dY·colᵀ (weight gradient),
-//! all on the `gemm` crate. The first layers (many positions, few weights) build the window
-//! matrix one tile of positions at a time, in cache, and multiply each tile at once; the deeper
-//! ones build it for a group of videos and run one GEMM over the group. Width strides read a
-//! copy of the input split into phases, so that the window matrix is made of contiguous copies.
+//! all on `molclip_cpu`'s GEMM. The first layers (many positions, few weights) build the
+//! window matrix, or its gradient, one tile of positions at a time, in cache, and multiply or
+//! add back each tile at once; the deeper ones build it for a group of videos and run one
+//! GEMM over the group. Width strides read a copy of the input split into phases, so that the
+//! window matrix is made of contiguous copies.
 //! candle's own CPU conv2d and its transpose are direct loops, several times slower. On other devices the same maths is composed from
 //! candle ops (strided slices, stack, matmul), so autograd comes for free; the tests check
 //! that both paths agree with each other and with PyTorch.
@@ -226,10 +227,60 @@ fn phase_split(x: &[f32], w: usize, sw: usize) -> Cow<'_, [f32]> {
     Cow::Owned(xs)
 }
 
+/// The runs of `len` consecutive positions from `p0` (numbered video-major, `video · N +
+/// (ot · Ho + oh) · Wo + ow`, N = To·Ho·Wo) that lie on one line of outputs: `(offset from
+/// p0, length, video, ot, oh, first ow)`.
+fn line_runs(
+    out: [usize; 3],
+    p0: usize,
+    len: usize,
+) -> impl Iterator<Item = (usize, usize, usize, usize, usize, usize)> {
+    let n = out.iter().product::<usize>();
+    let (gi, r) = (p0 / n, p0 % n);
+    let (mut at, mut ow0) = ((gi * out[0] + r / (out[1] * out[2])) * out[1] + (r / out[2]) % out[1], r % out[2]);
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        if i >= len {
+            return None;
+        }
+        // `at` counts lines of outputs over the videos: (video · To + ot) · Ho + oh.
+        let run = (i, (out[2] - ow0).min(len - i), at / (out[0] * out[1]), (at / out[1]) % out[0], at % out[1], ow0);
+        (i, at, ow0) = (i + run.1, at + 1, 0);
+        Some(run)
+    })
+}
+
+/// Where row `row` (one channel and tap) of the window matrix reads its line `(ot, oh)`:
+/// the channel, the input's `(it, ih)` (None where the tap falls in the padding), the
+/// outputs `lo..hi` whose tap lies inside the line, and the tap's offset `cc - pw` along it.
+struct TapLines {
+    ci: usize,
+    a: usize,
+    b: usize,
+    lo: usize,
+    hi: usize,
+    shift: isize,
+}
+
+impl TapLines {
+    fn new(window: Window3d, dims: [usize; 3], out: [usize; 3], row: usize) -> Self {
+        let (ci, tap) = (row / window.taps(), row % window.taps());
+        let [a, b, cc] = window.tap_offsets(tap);
+        let (lo, hi) = valid_range(out[2], cc, window.stride[2], window.padding[2], dims[2]);
+        Self { ci, a, b, lo, hi, shift: cc as isize - window.padding[2] as isize }
+    }
+
+    /// The input line `(it, ih)` that outputs `(ot, oh)` read, if it is not padding.
+    fn input_line(&self, window: Window3d, [t, h, _]: [usize; 3], ot: usize, oh: usize) -> Option<(usize, usize)> {
+        let it = (ot * window.stride[0] + self.a) as isize - window.padding[0] as isize;
+        let ih = (oh * window.stride[1] + self.b) as isize - window.padding[1] as isize;
+        (it >= 0 && it < t as isize && ih >= 0 && ih < h as isize).then_some((it as usize, ih as usize))
+    }
+}
+
 /// Row `row` (one channel and tap of the window) of the window matrix of the videos `xs`
 /// (`c` channels of `dims`, phase-split by [`phase_split`]), for the positions
-/// `p0..p0 + dst.len()`; positions are numbered video-major
-/// (`video · N + (ot · Ho + oh) · Wo + ow`, N = To·Ho·Wo).
+/// `p0..p0 + dst.len()` (numbered as in [`line_runs`]).
 #[allow(clippy::too_many_arguments)]
 fn window_row(
     xs: &[f32],
@@ -241,48 +292,58 @@ fn window_row(
     p0: usize,
     dst: &mut [f32],
 ) {
-    let n = out.iter().product::<usize>();
-    let [st, sh, sw] = window.stride;
-    let [pt, ph, pw] = window.padding;
     let [t, h, w] = dims;
-    let (ci, tap) = (row / window.taps(), row % window.taps());
-    let [a, b, cc] = window.tap_offsets(tap);
-    let (lo, hi) = valid_range(out[2], cc, sw, pw, w);
-    // Output ow reads input ow·sw + d = (ow + q)·sw + phase: in that phase, at ow + q.
-    let d = cc as isize - pw as isize;
-    let (q, phase) = (d.div_euclid(sw as isize), d.rem_euclid(sw as isize) as usize);
+    let sw = window.stride[2];
+    let tap = TapLines::new(window, dims, out, row);
+    // Output ow reads input ow·sw + shift = (ow + q)·sw + phase: in that phase, at ow + q.
+    let (q, phase) = (tap.shift.div_euclid(sw as isize), tap.shift.rem_euclid(sw as isize) as usize);
     let wp = w.div_ceil(sw);
-    // The line of output positions (video gi, ot, oh) that position p0 is on, and its ow.
-    let (mut gi, r) = (p0 / n, p0 % n);
-    let (mut ot, mut oh, mut ow0) = (r / (out[1] * out[2]), (r / out[2]) % out[1], r % out[2]);
-    let mut i = 0;
-    while i < dst.len() {
-        let len = (out[2] - ow0).min(dst.len() - i);
+    for (i, len, gi, ot, oh, ow0) in line_runs(out, p0, dst.len()) {
         let seg = &mut dst[i..i + len];
-        let (it, ih) = ((ot * st + a) as isize - pt as isize, (oh * sh + b) as isize - ph as isize);
-        if it < 0 || it >= t as isize || ih < 0 || ih >= h as isize {
+        let Some((it, ih)) = tap.input_line(window, dims, ot, oh) else {
             seg.fill(0.0);
+            continue;
+        };
+        let line = &xs[(((gi * c + tap.ci) * t + it) * h + ih) * sw * wp + phase * wp..][..wp];
+        // The outputs ow0..ow0 + len, of which lo..hi read inside the line.
+        let (lo, hi) = (tap.lo.clamp(ow0, ow0 + len), tap.hi.clamp(ow0, ow0 + len));
+        let (l, hh) = (lo - ow0, hi - ow0);
+        // lo..hi read inside the line, so lo + q >= 0.
+        let from = (lo as isize + q) as usize;
+        let (head, rest) = seg.split_at_mut(l);
+        let (body, tail) = rest.split_at_mut(hh - l);
+        head.fill(0.0);
+        body.copy_from_slice(&line[from..from + (hh - l)]);
+        tail.fill(0.0);
+    }
+}
+
+/// Adds row `row` of a window-matrix gradient, for the positions `p0..p0 + src.len()` of one
+/// video, back into that video's gradient `gx` (`[C, T, H, W]`): [`window_row`] transposed.
+fn unwindow_row(
+    gx: &mut [f32],
+    dims: [usize; 3],
+    window: Window3d,
+    out: [usize; 3],
+    row: usize,
+    p0: usize,
+    src: &[f32],
+) {
+    let [t, h, w] = dims;
+    let sw = window.stride[2];
+    let tap = TapLines::new(window, dims, out, row);
+    for (i, len, _, ot, oh, ow0) in line_runs(out, p0, src.len()) {
+        let Some((it, ih)) = tap.input_line(window, dims, ot, oh) else { continue };
+        let line = &mut gx[((tap.ci * t + it) * h + ih) * w..][..w];
+        let (lo, hi) = (tap.lo.clamp(ow0, ow0 + len), tap.hi.clamp(ow0, ow0 + len));
+        let seg = &src[i + lo - ow0..i + hi - ow0];
+        // Output ow read input ow·sw + shift, inside the line for lo <= ow < hi.
+        let first = (lo * sw) as isize + tap.shift;
+        if sw == 1 {
+            line[first as usize..][..seg.len()].iter_mut().zip(seg).for_each(|(d, g)| *d += g);
         } else {
-            let line = &xs[(((gi * c + ci) * t + it as usize) * h + ih as usize) * sw * wp + phase * wp..][..wp];
-            // The outputs ow0..ow0 + len, of which lo..hi read inside the line.
-            let (lo, hi) = (lo.clamp(ow0, ow0 + len), hi.clamp(ow0, ow0 + len));
-            let (l, hh) = (lo - ow0, hi - ow0);
-            // lo..hi read inside the line, so lo + q >= 0.
-            let from = (lo as isize + q) as usize;
-            let (head, rest) = seg.split_at_mut(l);
-            let (body, tail) = rest.split_at_mut(hh - l);
-            head.iter_mut().for_each(|v| *v = 0.0);
-            body.iter_mut().zip(&line[from..from + (hh - l)]).for_each(|(v, &x)| *v = x);
-            tail.iter_mut().for_each(|v| *v = 0.0);
-        }
-        i += len;
-        // The next line.
-        ow0 = 0;
-        oh += 1;
-        if oh == out[1] {
-            (oh, ot) = (0, ot + 1);
-            if ot == out[0] {
-                (ot, gi) = (0, gi + 1);
+            for (k, g) in seg.iter().enumerate() {
+                line[first as usize + k * sw] += g;
             }
         }
     }
@@ -301,36 +362,13 @@ fn vol2col(xs: &[f32], g: usize, c: usize, dims: [usize; 3], window: Window3d, o
 fn col2vol(col: &[f32], g: usize, dims: [usize; 3], window: Window3d, out: [usize; 3], gx: &mut [f32]) {
     let n = out.iter().product::<usize>();
     let taps = window.taps();
-    let [st, sh, sw] = window.stride;
-    let [pt, ph, pw] = window.padding;
-    let [t, h, w] = dims;
-    let c = gx.len() / (g * t * h * w);
-    gx.par_chunks_mut(t * h * w).enumerate().for_each(|(plane, dst)| {
-        let (gi, ci) = (plane / c, plane % c);
+    let plane = dims.iter().product::<usize>();
+    let c = gx.len() / (g * plane);
+    gx.par_chunks_mut(plane).enumerate().for_each(|(p, dst)| {
+        let (gi, ci) = (p / c, p % c);
+        // The plane is the gradient of one channel: its rows are the taps alone.
         for tap in 0..taps {
-            let [a, b, cc] = window.tap_offsets(tap);
-            let (lo, hi) = valid_range(out[2], cc, sw, pw, w);
-            let src = &col[(ci * taps + tap) * g * n + gi * n..][..n];
-            let mut i = 0;
-            for ot in 0..out[0] {
-                let it = (ot * st + a) as isize - pt as isize;
-                for oh in 0..out[1] {
-                    let ih = (oh * sh + b) as isize - ph as isize;
-                    let seg = &src[i..i + out[2]];
-                    i += out[2];
-                    if it < 0 || it >= t as isize || ih < 0 || ih >= h as isize {
-                        continue;
-                    }
-                    let line = &mut dst[(it as usize * h + ih as usize) * w..][..w];
-                    if sw == 1 {
-                        line[lo + cc - pw..hi + cc - pw].iter_mut().zip(&seg[lo..hi]).for_each(|(d, g)| *d += g);
-                    } else {
-                        for ow in lo..hi {
-                            line[ow * sw + cc - pw] += seg[ow];
-                        }
-                    }
-                }
-            }
+            unwindow_row(dst, dims, window, out, tap, 0, &col[(ci * taps + tap) * g * n + gi * n..][..n]);
         }
     });
 }
@@ -467,6 +505,39 @@ impl ConvSizes {
             },
         );
         y
+    }
+
+    /// dX `[B, C, T, H, W]` = the window-matrix gradient Wᵀ · dY added back into the videos,
+    /// tile by tile: each task takes one video and, a tile at a time, computes that tile's
+    /// window-matrix gradient in its cache and adds it into the video's gradient, which no
+    /// other task writes (the whole matrix would go through memory twice).
+    fn input_grad_tiled(&self, window: Window3d, gy: &[f32], wt: &[f32], tile: usize) -> Vec<f32> {
+        let (o, n, ck, vol) = (self.o, self.n, self.ck, self.vol);
+        let threads = rayon::current_num_threads().div_ceil(self.b);
+        let mut gx = vec![0f32; self.b * vol];
+        gx.par_chunks_mut(vol).enumerate().for_each_init(
+            || vec![0f32; ck * tile],
+            |gcol, (bi, gxv)| {
+                for r0 in (0..n).step_by(tile) {
+                    let len = tile.min(n - r0);
+                    // Wᵀ (element (ck, o) at o·CK + ck) · dY[bi, :, r0..r0 + len].
+                    gemm_f32_strided(
+                        ck,
+                        len,
+                        o,
+                        (&mut gcol[..ck * len], (1, len as isize)),
+                        false,
+                        (wt, (ck as isize, 1)),
+                        (&gy[bi * o * n + r0..], (1, n as isize)),
+                        threads,
+                    );
+                    for (row, src) in gcol[..ck * len].chunks(len).enumerate() {
+                        unwindow_row(gxv, self.input, window, self.out, row, r0, src);
+                    }
+                }
+            },
+        );
+        gx
     }
 
     /// y `[B, O, N]` = W · window matrix of the phase-split videos `xs`, by groups of videos.
@@ -649,6 +720,10 @@ impl CustomOp2 for Conv3dGradInput {
         let [b, o, ot, oh, ow] = dims5(l1)?;
         let [t, h, w] = self.input;
         let z = ConvSizes::new(self.window, [b, l2.shape().dims()[1], t, h, w], o, [ot, oh, ow]);
+        if let Some(tile) = z.tile() {
+            let gx = z.input_grad_tiled(self.window, gy, wt, tile);
+            return Ok((CpuStorage::F32(gx), Shape::from(vec![b, z.c, t, h, w])));
+        }
         let (n, ck, vol) = (z.n, z.ck, z.vol);
         let mut gx = vec![0f32; b * vol];
         let (mut gcol, mut tmp) = z.buffers();
