@@ -184,22 +184,24 @@ pub fn vectorize<W: Vectorized>(level: Isa, work: W) -> W::Output {
     work.run()
 }
 
-/// Raw pointers to the operands of one GEMM, handed to the threads that compute its parts
-/// (of a split product, or of `sgemm_avx2`'s packing and tiles).
+/// Raw pointers handed to parallel tasks: the operands of one GEMM (to the threads that
+/// compute the parts of a split product, or `sgemm_avx2`'s packing and tiles), or the
+/// destination of a parallel loop in molclip's other kernels.
 #[derive(Clone, Copy)]
-pub(crate) struct Shared<P>(pub(crate) P);
+pub struct Shared<P>(pub P);
 
-// SAFETY: only GEMMs make these, from their operands' pointers; the threads they hand them to
-// read the operands and write disjoint parts of the destination, and the scope or parallel
-// loop that runs those threads ends before the GEMM returns.
+// SAFETY: a `Shared` is made only from pointers to buffers that outlive the scope or parallel
+// loop its tasks run in; the tasks read the operands and write disjoint parts of the
+// destination, which nothing else reads or writes while they run, so sending the pointers to
+// another thread cannot create a data race (and dereferencing them takes `unsafe` anyway).
 unsafe impl<P> Send for Shared<P> {}
-// SAFETY: as for Send; the threads only copy the pointers out.
+// SAFETY: as for Send; the tasks only copy the pointers out.
 unsafe impl<P> Sync for Shared<P> {}
 
 impl<P: Copy> Shared<P> {
     /// The pointers: a method, so that a closure captures the whole (Send) wrapper, not the
     /// pointers inside it.
-    pub(crate) fn get(&self) -> P {
+    pub fn get(&self) -> P {
         self.0
     }
 }

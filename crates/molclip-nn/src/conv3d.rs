@@ -14,9 +14,10 @@
 use std::borrow::Cow;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Device, Layout, Shape, Tensor};
+use molclip_cpu::Shared;
 use rayon::prelude::*;
 
-use super::cpu::{f32_slice, gemm_f32, gemm_f32_strided, gemm_raw, SharedMut};
+use super::cpu::{f32_slice, gemm_f32, gemm_f32_strided, gemm_raw};
 use crate::error::Result;
 
 /// Kernel, stride and padding of a 3D window, as (time, height, width).
@@ -478,7 +479,7 @@ impl ConvSizes {
     fn forward_tiled(&self, window: Window3d, xs: &[f32], wt: &[f32], tile: usize) -> Vec<f32> {
         let (o, n, ck, pvol) = (self.o, self.n, self.ck, self.pvol);
         let mut y = vec![0f32; self.b * o * n];
-        let dst = SharedMut(y.as_mut_ptr());
+        let dst = Shared(y.as_mut_ptr());
         self.tiles(tile).into_par_iter().for_each_init(
             || vec![0f32; ck * tile],
             |col, (bi, r0, len)| {
@@ -491,7 +492,7 @@ impl ConvSizes {
                         o,
                         len,
                         ck,
-                        dst.ptr().add(bi * o * n + r0),
+                        dst.get().add(bi * o * n + r0),
                         (1, n as isize),
                         false,
                         wt.as_ptr(),

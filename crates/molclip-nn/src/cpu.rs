@@ -85,26 +85,6 @@ pub(crate) fn gemm_f32_strided(
     }
 }
 
-/// A raw pointer that parallel tasks may share because each writes a disjoint region.
-#[derive(Clone, Copy)]
-pub(crate) struct SharedMut(pub *mut f32);
-impl SharedMut {
-    /// The pointer. Closures call this rather than reading the field, so that they capture
-    /// the whole `SharedMut` (which is `Send` and `Sync`), not the raw pointer inside it.
-    pub(crate) fn ptr(self) -> *mut f32 {
-        self.0
-    }
-}
-
-// SAFETY: a `SharedMut` is only made from a buffer that outlives the parallel loop that uses
-// it (the loop borrows nothing else of it), and every task writes a region of the buffer no
-// other task reads or writes (one (video, head) pair's columns in the attention kernels), so
-// sending the pointer to another thread cannot create a data race.
-unsafe impl Send for SharedMut {}
-// SAFETY: as for `Send`: shared references only hand the pointer to tasks whose writes are
-// disjoint, and nothing reads through it while the loop runs.
-unsafe impl Sync for SharedMut {}
-
 /// GEMM on raw pointers with arbitrary strides (column stride, row stride), on up to
 /// `threads` threads (the split is over `dst`'s blocks, never over `k`, so the numbers do not
 /// depend on it): dst = (accumulate ? dst : 0) + alpha · lhs · rhs.

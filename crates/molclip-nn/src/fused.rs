@@ -1169,7 +1169,7 @@ impl CustomOp1 for AttentionCpu {
         let qkv = f32_slice(s, l)?;
         let g = Heads::new(l.shape(), self.heads)?;
         let mut out = vec![0f32; g.b * g.n * g.d];
-        let dst = super::cpu::SharedMut(out.as_mut_ptr());
+        let dst = molclip_cpu::Shared(out.as_mut_ptr());
         (0..g.b * g.heads).into_par_iter().for_each_init(
             || vec![0f32; g.n * g.n],
             |p, bh| {
@@ -1181,7 +1181,7 @@ impl CustomOp1 for AttentionCpu {
                         g.n,
                         g.dh,
                         g.n,
-                        dst.ptr().add(o),
+                        dst.get().add(o),
                         (1, g.d as isize),
                         false,
                         p.as_ptr(),
@@ -1222,7 +1222,7 @@ impl CustomOp2 for AttentionGrad {
         let (qkv, dout) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
         let g = Heads::new(l1.shape(), self.heads)?;
         let mut dqkv = vec![0f32; qkv.len()];
-        let dst = super::cpu::SharedMut(dqkv.as_mut_ptr());
+        let dst = molclip_cpu::Shared(dqkv.as_mut_ptr());
         let (n, dh) = (g.n, g.dh);
         let (row3, row) = (3 * g.d as isize, g.d as isize);
         (0..g.b * g.heads).into_par_iter().for_each_init(
@@ -1238,7 +1238,7 @@ impl CustomOp2 for AttentionGrad {
                         n,
                         dh,
                         n,
-                        dst.ptr().add(v),
+                        dst.get().add(v),
                         (1, row3),
                         false,
                         p.as_ptr(),
@@ -1273,7 +1273,7 @@ impl CustomOp2 for AttentionGrad {
                         n,
                         dh,
                         n,
-                        dst.ptr().add(q),
+                        dst.get().add(q),
                         (1, row3),
                         false,
                         dp.as_ptr(),
@@ -1287,7 +1287,7 @@ impl CustomOp2 for AttentionGrad {
                         n,
                         dh,
                         n,
-                        dst.ptr().add(k),
+                        dst.get().add(k),
                         (1, row3),
                         false,
                         dp.as_ptr(),
