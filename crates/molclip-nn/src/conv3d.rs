@@ -237,16 +237,23 @@ fn line_runs(
     len: usize,
 ) -> impl Iterator<Item = (usize, usize, usize, usize, usize, usize)> {
     let n = out.iter().product::<usize>();
-    let (gi, r) = (p0 / n, p0 % n);
-    let (mut at, mut ow0) = ((gi * out[0] + r / (out[1] * out[2])) * out[1] + (r / out[2]) % out[1], r % out[2]);
+    // The line (video gi, ot, oh) that position p0 is on, and its ow; then running indices,
+    // with no division per line.
+    let (mut gi, r) = (p0 / n, p0 % n);
+    let (mut ot, mut oh, mut ow0) = (r / (out[1] * out[2]), (r / out[2]) % out[1], r % out[2]);
     let mut i = 0;
     std::iter::from_fn(move || {
         if i >= len {
             return None;
         }
-        // `at` counts lines of outputs over the videos: (video · To + ot) · Ho + oh.
-        let run = (i, (out[2] - ow0).min(len - i), at / (out[0] * out[1]), (at / out[1]) % out[0], at % out[1], ow0);
-        (i, at, ow0) = (i + run.1, at + 1, 0);
+        let run = (i, (out[2] - ow0).min(len - i), gi, ot, oh, ow0);
+        (i, ow0, oh) = (i + run.1, 0, oh + 1);
+        if oh == out[1] {
+            (oh, ot) = (0, ot + 1);
+            if ot == out[0] {
+                (ot, gi) = (0, gi + 1);
+            }
+        }
         Some(run)
     })
 }
@@ -541,6 +548,27 @@ impl ConvSizes {
         gx
     }
 
+    /// dX `[B, C, T, H, W]` = the window-matrix gradient Wᵀ · dY added back into the videos,
+    /// by groups of videos (for a direct convolution, Wᵀ · dY is the gradient itself).
+    fn input_grad_grouped(&self, window: Window3d, gy: &[f32], wt: &[f32]) -> Vec<f32> {
+        let (o, n, ck, vol) = (self.o, self.n, self.ck, self.vol);
+        let mut gx = vec![0f32; self.b * vol];
+        let (mut gcol, mut tmp) = self.buffers();
+        for (b0, gs) in self.groups() {
+            let m = gs * n;
+            let lhs = self.output_matrix(&gy[b0 * o * n..(b0 + gs) * o * n], gs, &mut tmp);
+            let gxs = &mut gx[b0 * vol..(b0 + gs) * vol];
+            // Wᵀ: element (ck, o) of the transpose sits at o·CK + ck.
+            if self.direct {
+                gemm_f32(ck, n, o, gxs, false, wt, (ck as isize, 1), lhs, (1, n as isize));
+            } else {
+                gemm_f32(ck, m, o, &mut gcol[..ck * m], false, wt, (ck as isize, 1), lhs, (1, m as isize));
+                col2vol(&gcol[..ck * m], gs, self.input, window, self.out, gxs);
+            }
+        }
+        gx
+    }
+
     /// y `[B, O, N]` = W · window matrix of the phase-split videos `xs`, by groups of videos.
     fn forward_grouped(&self, window: Window3d, xs: &[f32], wt: &[f32]) -> Vec<f32> {
         let (o, n, ck, pvol) = (self.o, self.n, self.ck, self.pvol);
@@ -721,25 +749,10 @@ impl CustomOp2 for Conv3dGradInput {
         let [b, o, ot, oh, ow] = dims5(l1)?;
         let [t, h, w] = self.input;
         let z = ConvSizes::new(self.window, [b, l2.shape().dims()[1], t, h, w], o, [ot, oh, ow]);
-        if let Some(tile) = z.tile() {
-            let gx = z.input_grad_tiled(self.window, gy, wt, tile);
-            return Ok((CpuStorage::F32(gx), Shape::from(vec![b, z.c, t, h, w])));
-        }
-        let (n, ck, vol) = (z.n, z.ck, z.vol);
-        let mut gx = vec![0f32; b * vol];
-        let (mut gcol, mut tmp) = z.buffers();
-        for (b0, gs) in z.groups() {
-            let m = gs * n;
-            let lhs = z.output_matrix(&gy[b0 * o * n..(b0 + gs) * o * n], gs, &mut tmp);
-            let gxs = &mut gx[b0 * vol..(b0 + gs) * vol];
-            // Wᵀ: element (ck, o) of the transpose sits at o·CK + ck.
-            if z.direct {
-                gemm_f32(ck, n, o, gxs, false, wt, (ck as isize, 1), lhs, (1, n as isize));
-            } else {
-                gemm_f32(ck, m, o, &mut gcol[..ck * m], false, wt, (ck as isize, 1), lhs, (1, m as isize));
-                col2vol(&gcol[..ck * m], gs, z.input, self.window, z.out, gxs);
-            }
-        }
+        let gx = match z.tile() {
+            Some(tile) => z.input_grad_tiled(self.window, gy, wt, tile),
+            None => z.input_grad_grouped(self.window, gy, wt),
+        };
         Ok((CpuStorage::F32(gx), Shape::from(vec![b, z.c, t, h, w])))
     }
 }
