@@ -184,6 +184,24 @@ pub fn vectorize<W: Vectorized>(level: Isa, work: W) -> W::Output {
     work.run()
 }
 
+/// Asks the CPU to bring `data` into its level-2 cache ahead of its use, one request per
+/// 64-byte line; a hint, with no effect on any result (and none on CPUs other than x86-64).
+#[inline(always)]
+pub fn prefetch<T>(data: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let bytes = std::mem::size_of_val(data);
+        let start = data.as_ptr().cast::<i8>();
+        for offset in (0..bytes).step_by(64) {
+            // SAFETY: a prefetch only hints; the address lies inside `data`, and even one
+            // outside it could not fault.
+            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(start.add(offset)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
+}
+
 /// Raw pointers handed to parallel tasks: the operands of one GEMM (to the threads that
 /// compute the parts of a split product, or `sgemm_avx2`'s packing and tiles), or the
 /// destination of a parallel loop in molclip's other kernels.

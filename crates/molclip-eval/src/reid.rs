@@ -11,7 +11,7 @@ pub const DEFAULT_MAX_RANK: usize = 50;
 
 /// Queries per block of the similarity product: bounds memory at
 /// `BLOCK x gallery x 8` bytes whatever the dataset size.
-const BLOCK: usize = 256;
+const BLOCK: usize = 512;
 
 /// L2-normalised feature rows, row-major, f64. Every row has `dim` values and unit norm:
 /// the only way in is [`Embeddings::push_row`], which checks both.
@@ -234,6 +234,8 @@ impl Evaluation {
 struct InvertedIndex {
     by_drug: Vec<Vec<u32>>,
     by_moa: Vec<Vec<u32>>,
+    /// The items without a MoA, outside MoA recognition.
+    no_moa: Vec<u32>,
 }
 
 impl InvertedIndex {
@@ -246,51 +248,61 @@ impl InvertedIndex {
             }
             lists
         };
-        Self { by_drug: group(&g.drug), by_moa: group(&g.moa) }
+        let no_moa = (0..g.moa.len()).filter(|&j| g.moa[j] == NO_MOA).map(|j| j as u32).collect();
+        Self { by_drug: group(&g.drug), by_moa: group(&g.moa), no_moa }
     }
 }
 
 /// Distances are bucketed this many at a time, in a loop the compiler vectorises.
 const CHUNK: usize = 256;
 
-/// Copies of each task's `ahead` counts: consecutive non-matches falling in one interval
-/// add to different copies instead of waiting on each other's increment.
+/// Copies of the per-interval counts of the gallery pass: consecutive items falling in one
+/// interval add to different copies instead of waiting on each other's increment.
 const LANES: usize = 4;
 
-/// One task's state for one query: its sorted true matches and the
-/// distance buckets that place a non-match among them.
-struct TaskRanks {
-    /// The true matches (distance, gallery index), sorted in [`TaskRanks::prepare`].
-    matches: Vec<(f64, usize)>,
-    /// Where the sort puts them.
+/// One query's probes, the true matches of both its tasks sorted by (distance, gallery
+/// index), and the distance buckets that place any gallery item among them in O(1).
+///
+/// Ranks are counted, not sorted. The probes split the gallery into intervals, and one pass
+/// counts every gallery item into its interval, labels unread. A task's non-matches are the
+/// gallery less a short list the index gives (the query's drug for drug identification; its
+/// MoA, the videos without one and its excluded videos for MoA recognition): the task counts
+/// that list into the same intervals and takes it away.
+struct Probes {
+    /// The probes (distance, gallery index), in the order the caller pushes them until
+    /// [`Probes::prepare`] sorts them.
     sorted: Vec<(f64, usize)>,
-    /// `slot[b]`: number of matches in buckets below `b`, with [`HOLDS_MATCH`] set when
-    /// bucket `b` holds a match itself.
+    /// Where the sort puts them.
+    spare: Vec<(f64, usize)>,
+    /// `slot[b]`: number of probes in buckets below `b`, with [`HOLDS_PROBE`] set when
+    /// bucket `b` holds a probe itself.
     slot: Vec<u32>,
-    /// `ahead[p * LANES + lane]`: kept non-matches ranked between match p-1 and match p,
-    /// counted in [`LANES`] copies.
-    ahead: Vec<u32>,
+    /// `all[k * LANES + lane]`: gallery items after exactly k probes, counted in [`LANES`]
+    /// copies.
+    all: Vec<u32>,
+    /// `not_drug[k]`, `not_moa[k]`: of those, the items that are not non-matches of the
+    /// task.
+    not_drug: Vec<u32>,
+    not_moa: Vec<u32>,
     lo: f64,
     scale: f64,
     top: f64,
-    /// The bucket of items outside the task (matches, excluded, other labels): its slot
-    /// counts them past the last interval, in `ahead[(m + 1) * LANES + lane]`, never read.
-    skip: i32,
-    /// The buckets of the chunk of distances being placed.
+    /// The buckets of the chunk of distances being counted.
     buckets: [i32; CHUNK],
 }
 
-impl Default for TaskRanks {
+impl Default for Probes {
     fn default() -> Self {
         Self {
-            matches: Vec::new(),
             sorted: Vec::new(),
+            spare: Vec::new(),
             slot: Vec::new(),
-            ahead: Vec::new(),
+            all: Vec::new(),
+            not_drug: Vec::new(),
+            not_moa: Vec::new(),
             lo: 0.0,
             scale: 0.0,
             top: 0.0,
-            skip: 0,
             buckets: [0; CHUNK],
         }
     }
@@ -305,34 +317,57 @@ fn bucket(d: f64, lo: f64, scale: f64, top: f64) -> i32 {
     unsafe { x.to_int_unchecked::<i32>() }
 }
 
-/// The flag of a bucket that holds a match in [`TaskRanks::slot`].
-const HOLDS_MATCH: u32 = 1 << 31;
+/// The flag of a bucket that holds a probe in [`Probes::slot`].
+const HOLDS_PROBE: u32 = 1 << 31;
 
-impl TaskRanks {
-    /// Bucket distances monotonically (d1 <= d2 implies bucket(d1) <= bucket(d2)) so that
-    /// the matches' range [lo, hi] gets `16 m` buckets, everything below it bucket 0 and
-    /// everything well above it the top one; sort the matches by (distance, index).
-    fn prepare(&mut self) {
-        let m = self.matches.len();
-        self.ahead.clear();
-        self.ahead.resize(LANES * (m + 2), 0);
-        if m == 0 {
-            return;
+/// The number of `probes` ranked before the item (d, j) in bucket `b`: O(1) unless the
+/// bucket also holds probes, where (distance, index) decides exactly, as the stable sort
+/// would.
+#[inline(always)]
+fn probes_before(slot: &[u32], probes: &[(f64, usize)], b: i32, d: f64, j: usize) -> usize {
+    let s = slot[b as usize];
+    if s & HOLDS_PROBE == 0 {
+        s as usize
+    } else {
+        let (from, to) = ((s & !HOLDS_PROBE) as usize, (slot[b as usize + 1] & !HOLDS_PROBE) as usize);
+        let precedes = |&(pd, pj): &(f64, usize)| pd < d || (pd == d && pj < j);
+        // Most such buckets hold one probe.
+        if to == from + 1 {
+            from + precedes(&probes[from]) as usize
+        } else {
+            from + probes[from..to].partition_point(precedes)
         }
+    }
+}
+
+impl Probes {
+    /// Bucket distances monotonically (d1 <= d2 implies bucket(d1) <= bucket(d2)) so that
+    /// the probes' range [lo, hi] gets `32 m` buckets, everything below it bucket 0 and
+    /// everything well above it the top one; sort the probes by (distance, index). With 32
+    /// per probe rather than 16 or 8, fewer items share a bucket with a probe, the one case
+    /// that branches, and the pass ran faster in spite of the larger table.
+    fn prepare(&mut self) {
+        let m = self.sorted.len();
+        for counts in [&mut self.not_drug, &mut self.not_moa] {
+            counts.clear();
+            counts.resize(m + 1, 0);
+        }
+        self.all.clear();
+        self.all.resize(LANES * (m + 1), 0);
         let (lo, hi) =
-            self.matches.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &(d, _)| (lo.min(d), hi.max(d)));
-        let inner = (16 * m).clamp(16, 1 << 16);
+            self.sorted.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &(d, _)| (lo.min(d), hi.max(d)));
+        let inner = (32 * m).clamp(16, 1 << 16);
         let scale = inner as f64 / (hi - lo);
         let scale = if scale.is_finite() { scale } else { 0.0 };
-        // hi lands in bucket inner + 1 at most (rounding aside); the top bucket holds no match.
+        // hi lands in bucket inner + 1 at most (rounding aside); the top bucket holds no probe.
         let top = inner + 3;
-        (self.lo, self.scale, self.top, self.skip) = (lo, scale, top as f64, top as i32 + 1);
-        // A counting sort by bucket: slot[b + 1] counts bucket b's matches, and the scan
-        // makes slot[b] the count below b, where bucket b's matches go.
+        (self.lo, self.scale, self.top) = (lo, scale, top as f64);
+        // A counting sort by bucket: slot[b + 1] counts bucket b's probes, and the scan
+        // makes slot[b] the count below b, where bucket b's probes go.
         self.slot.clear();
         self.slot.resize(top + 2, 0);
         let at = |d: f64| bucket(d, lo, scale, top as f64) as usize;
-        for &(d, _) in &self.matches {
+        for &(d, _) in &self.sorted {
             self.slot[at(d) + 1] += 1;
         }
         let mut below = 0;
@@ -340,110 +375,118 @@ impl TaskRanks {
             below += *s;
             *s = below;
         }
-        self.sorted.clear();
-        self.sorted.resize(m, (0.0, 0));
-        for &(d, j) in &self.matches {
+        self.spare.clear();
+        self.spare.resize(m, (0.0, 0));
+        for &(d, j) in &self.sorted {
             let b = at(d);
-            self.sorted[self.slot[b] as usize] = (d, j);
+            self.spare[self.slot[b] as usize] = (d, j);
             self.slot[b] += 1;
         }
         // Each slot[b] moved on to the count below b + 1: shift them back.
         self.slot.copy_within(0..top + 1, 1);
         self.slot[0] = 0;
-        // Buckets keep the order of distances, so only matches sharing a bucket can be out of
+        // Buckets keep the order of distances, so only probes sharing a bucket can be out of
         // order: one insertion pass sorts them by (distance, index), as the stable sort ranks.
+        let sorted = &mut self.spare;
         for k in 1..m {
-            let x = self.sorted[k];
+            let x = sorted[k];
             let mut i = k;
-            while i > 0 && (self.sorted[i - 1].0, self.sorted[i - 1].1) > (x.0, x.1) {
-                self.sorted[i] = self.sorted[i - 1];
+            while i > 0 && (sorted[i - 1].0, sorted[i - 1].1) > (x.0, x.1) {
+                sorted[i] = sorted[i - 1];
                 i -= 1;
             }
-            self.sorted[i] = x;
+            sorted[i] = x;
         }
-        std::mem::swap(&mut self.matches, &mut self.sorted);
-        for &(d, _) in &self.matches {
-            self.slot[at(d)] |= HOLDS_MATCH;
+        std::mem::swap(&mut self.sorted, &mut self.spare);
+        for &(d, _) in &self.sorted {
+            self.slot[at(d)] |= HOLDS_PROBE;
         }
-        self.slot[top + 1] = m as u32 + 1;
     }
 
-    /// Count the kept non-matches of a chunk of at most [`CHUNK`] distances, the first at
-    /// gallery index `first`: `non_match[k]` says which are. A non-match is placed in O(1)
-    /// unless its bucket also holds a match, where (distance, index) decides exactly, as the
-    /// stable sort would.
+    /// The number of probes ranked before the gallery item `j` at distance `d`.
     #[inline(always)]
-    fn place_chunk(&mut self, dist: &[f64], non_match: &[bool], first: usize) {
-        let (lo, scale, top, skip) = (self.lo, self.scale, self.top, self.skip);
-        // Vectorised: every item gets its bucket, items outside the task the skipped one.
-        for ((b, &d), &keep) in self.buckets.iter_mut().zip(dist).zip(non_match) {
-            *b = if keep { bucket(d, lo, scale, top) } else { skip };
-        }
-        let (slot, matches, buckets) = (&self.slot[..], &self.matches[..], &self.buckets[..dist.len()]);
-        let ahead = &mut self.ahead[..];
-        // The interval of item `k` in bucket `b`.
-        let interval = |k: usize, b: i32| {
-            let s = slot[b as usize];
-            if s & HOLDS_MATCH == 0 {
-                s as usize
-            } else {
-                let (d, j) = (dist[k], first + k);
-                let (from, to) = ((s & !HOLDS_MATCH) as usize, (slot[b as usize + 1] & !HOLDS_MATCH) as usize);
-                from + matches[from..to].partition_point(|&(md, mj)| md < d || (md == d && mj < j))
+    fn before(&self, d: f64, j: usize) -> usize {
+        probes_before(&self.slot, &self.sorted, bucket(d, self.lo, self.scale, self.top), d, j)
+    }
+
+    /// Count every gallery item, of similarities `sim`, into its interval, while the next
+    /// query's similarities, `next`, come into the cache.
+    #[inline(always)]
+    fn count_gallery(&mut self, sim: &[f64], next: &[f64]) {
+        let (lo, scale, top) = (self.lo, self.scale, self.top);
+        let mut next = next.chunks(CHUNK);
+        for (c, sim) in sim.chunks(CHUNK).enumerate() {
+            molclip_cpu::prefetch(next.next().unwrap_or_default());
+            // Vectorised: every item gets its bucket.
+            for (b, &s) in self.buckets.iter_mut().zip(sim) {
+                *b = bucket(distance(s), lo, scale, top);
             }
-        };
-        // Item k counts in lane k % LANES, unrolled so that each lane is a constant offset.
-        let mut quads = buckets.chunks_exact(LANES);
-        for (q, quad) in quads.by_ref().enumerate() {
-            for (lane, &b) in quad.iter().enumerate() {
-                ahead[interval(q * LANES + lane, b) * LANES + lane] += 1;
+            let (slot, probes, buckets) = (&self.slot[..], &self.sorted[..], &self.buckets[..sim.len()]);
+            let all = &mut self.all[..];
+            let first = c * CHUNK;
+            let interval = |k: usize, b: i32| probes_before(slot, probes, b, distance(sim[k]), first + k);
+            // Item k counts in lane k % LANES, unrolled so that each lane is a constant offset.
+            let mut quads = buckets.chunks_exact(LANES);
+            for (q, quad) in quads.by_ref().enumerate() {
+                for (lane, &b) in quad.iter().enumerate() {
+                    all[interval(q * LANES + lane, b) * LANES + lane] += 1;
+                }
             }
-        }
-        let done = buckets.len() - quads.remainder().len();
-        for (lane, &b) in quads.remainder().iter().enumerate() {
-            ahead[interval(done + lane, b) * LANES + lane] += 1;
+            let done = buckets.len() - quads.remainder().len();
+            for (lane, &b) in quads.remainder().iter().enumerate() {
+                all[interval(done + lane, b) * LANES + lane] += 1;
+            }
         }
     }
 
-    /// AP and first-match rank (1-based), or `None` without matches.
-    fn finish(&self) -> Option<(f64, usize)> {
-        let m = self.matches.len();
-        if m == 0 {
-            return None;
+    /// AP and first true match's rank (1-based) of both tasks, or `None` for a task without
+    /// probes; `is_drug` and `is_moa` say whose probe each is.
+    fn finish(&self, is_drug: impl Fn(usize) -> bool, is_moa: impl Fn(usize) -> bool) -> (QueryResult, QueryResult) {
+        let (mut drug, mut moa) = (TaskRanks::default(), TaskRanks::default());
+        let mut all = 0usize;
+        for (k, &(_, j)) in self.sorted.iter().enumerate() {
+            all += self.all[k * LANES..(k + 1) * LANES].iter().map(|&c| c as usize).sum::<usize>();
+            drug.pass(all, self.not_drug[k], is_drug(j));
+            moa.pass(all, self.not_moa[k], is_moa(j));
         }
-        let (mut before, mut ap, mut first) = (0usize, 0.0, 0);
-        for k in 0..m {
-            before += self.ahead[k * LANES..(k + 1) * LANES].iter().map(|&c| c as usize).sum::<usize>();
-            let rank = k + 1 + before;
-            if k == 0 {
-                first = rank;
-            }
-            ap += (k + 1) as f64 / rank as f64;
-        }
-        Some((ap / m as f64, first))
+        (drug.result(), moa.result())
     }
 }
 
-/// Per-thread buffers, reused between queries.
-struct Scratch {
-    drug: TaskRanks,
-    moa: TaskRanks,
-    /// The distances of the chunk being placed.
-    dist: [f64; CHUNK],
-    /// Which of its items are non-matches of each task.
-    non_drug: [bool; CHUNK],
-    non_moa: [bool; CHUNK],
+/// One task's walk along the sorted probes, in [`Probes::finish`].
+#[derive(Default)]
+struct TaskRanks {
+    /// The task's probes passed so far.
+    matches: usize,
+    /// Gallery items counted so far that are not the task's non-matches.
+    not: usize,
+    /// The sum of precisions at each true match.
+    precisions: f64,
+    /// The rank of the first true match.
+    first: usize,
 }
 
-impl Default for Scratch {
-    fn default() -> Self {
-        Self {
-            drug: TaskRanks::default(),
-            moa: TaskRanks::default(),
-            dist: [0.0; CHUNK],
-            non_drug: [false; CHUNK],
-            non_moa: [false; CHUNK],
+impl TaskRanks {
+    /// Probe k: `all` items up to and including its interval, `not` of them in the task's
+    /// list, and whether the probe is one of the task's true matches.
+    #[inline(always)]
+    fn pass(&mut self, all: usize, not: u32, is_match: bool) {
+        self.not += not as usize;
+        if is_match {
+            self.matches += 1;
+            // The probe itself is in the task's list, so `all - not` counts the non-matches
+            // ranked before it.
+            let rank = self.matches + all - self.not;
+            if self.matches == 1 {
+                self.first = rank;
+            }
+            self.precisions += self.matches as f64 / rank as f64;
         }
+    }
+
+    /// AP and first-match rank, or `None` without matches.
+    fn result(&self) -> QueryResult {
+        (self.matches > 0).then(|| (self.precisions / self.matches as f64, self.first))
     }
 }
 
@@ -451,68 +494,71 @@ impl Default for Scratch {
 /// `None` when it has no true match left.
 type QueryResult = Option<(f64, usize)>;
 
-/// Drug and MoA results of query `i`, from its distances to the gallery.
-///
-/// Ranks are counted, not sorted: a task's sorted true matches split the
-/// gallery into m + 1 intervals, and each kept non-match is dropped into its
-/// interval, in one pass over the gallery for both tasks, a chunk at a time.
+/// Drug and MoA results of query `i`, from its similarities to the gallery, in one pass
+/// over the gallery for both tasks (see [`Probes`]); the next query's, `next`, are
+/// prefetched meanwhile.
 #[inline(always)]
 fn rank_query(
     sim: &[f64],
+    next: &[f64],
     q: (u32, u32, u32),
     g: &Metadata,
     index: &InvertedIndex,
-    s: &mut Scratch,
+    p: &mut Probes,
 ) -> (QueryResult, QueryResult) {
     let (q_rep, q_drug, q_moa) = q;
+    // The query's own replicate of its drug: neither a true match nor a non-match.
     let excluded = |j: usize| g.replicate[j] == q_rep && g.drug[j] == q_drug;
+    let is_drug = |j: usize| g.drug[j] == q_drug;
+    let is_moa = |j: usize| q_moa != NO_MOA && g.moa[j] == q_moa;
     let no_items: &[u32] = &[];
-    for (task, list) in [
-        (&mut s.drug, index.by_drug.get(q_drug as usize).map_or(no_items, Vec::as_slice)),
-        (&mut s.moa, index.by_moa.get(q_moa as usize).map_or(no_items, Vec::as_slice)),
-    ] {
-        task.matches.clear();
-        task.matches.extend(list.iter().map(|&j| j as usize).filter(|&j| !excluded(j)).map(|j| (distance(sim[j]), j)));
-        task.prepare();
+    let drug_items = index.by_drug.get(q_drug as usize).map_or(no_items, Vec::as_slice);
+    let moa_items =
+        if q_moa == NO_MOA { no_items } else { index.by_moa.get(q_moa as usize).map_or(no_items, Vec::as_slice) };
+    let item = |&j: &u32| (distance(sim[j as usize]), j as usize);
+    p.sorted.clear();
+    p.sorted.extend(moa_items.iter().map(item).filter(|&(_, j)| !excluded(j)));
+    p.sorted.extend(drug_items.iter().map(item).filter(|&(_, j)| !excluded(j) && !is_moa(j)));
+    if p.sorted.is_empty() {
+        return (None, None);
     }
-    let (has_drug, has_moa) = (!s.drug.matches.is_empty(), !s.moa.matches.is_empty());
-    let labels = g.replicate.chunks(CHUNK).zip(g.drug.chunks(CHUNK)).zip(g.moa.chunks(CHUNK));
-    for (c, (sim, ((rep, drug), moa))) in sim.chunks(CHUNK).zip(labels).enumerate() {
-        let d = &mut s.dist[..sim.len()];
-        for (d, &sim) in d.iter_mut().zip(sim) {
-            *d = distance(sim);
-        }
-        let items = s.non_drug.iter_mut().zip(s.non_moa.iter_mut()).zip(rep).zip(drug).zip(moa);
-        for ((((non_drug, non_moa), &rep), &drug), &moa) in items {
-            // Excluded items are of the query's drug: neither matches nor non-matches here.
-            *non_drug = drug != q_drug;
-            *non_moa = moa != q_moa && moa != NO_MOA && !(drug == q_drug && rep == q_rep);
-        }
-        let d = &s.dist[..sim.len()];
-        if has_drug {
-            s.drug.place_chunk(d, &s.non_drug, c * CHUNK);
-        }
-        if has_moa {
-            s.moa.place_chunk(d, &s.non_moa, c * CHUNK);
+    p.prepare();
+    p.count_gallery(sim, next);
+    // Not a drug non-match: the query's drug, its excluded videos included.
+    for (d, j) in drug_items.iter().map(item) {
+        let k = p.before(d, j);
+        p.not_drug[k] += 1;
+    }
+    if !moa_items.is_empty() {
+        // Not a MoA non-match: the query's MoA, the videos without one, and the excluded
+        // videos that are neither.
+        let odd_excluded = drug_items.iter().filter(|&&j| {
+            let j = j as usize;
+            excluded(j) && g.moa[j] != q_moa && g.moa[j] != NO_MOA
+        });
+        for (d, j) in moa_items.iter().chain(&index.no_moa).chain(odd_excluded).map(item) {
+            let k = p.before(d, j);
+            p.not_moa[k] += 1;
         }
     }
-    (s.drug.finish(), s.moa.finish())
+    p.finish(is_drug, is_moa)
 }
 
 /// [`rank_query`] as one piece of work for [`molclip_cpu::vectorize`].
 struct RankQuery<'a> {
     sim: &'a [f64],
+    next: &'a [f64],
     labels: (u32, u32, u32),
     g: &'a Metadata,
     index: &'a InvertedIndex,
-    scratch: &'a mut Scratch,
+    probes: &'a mut Probes,
 }
 
 impl molclip_cpu::Vectorized for RankQuery<'_> {
     type Output = (QueryResult, QueryResult);
     #[inline(always)]
     fn run(self) -> Self::Output {
-        rank_query(self.sim, self.labels, self.g, self.index, self.scratch)
+        rank_query(self.sim, self.next, self.labels, self.g, self.index, self.probes)
     }
 }
 
@@ -593,13 +639,15 @@ pub fn evaluate_profiled(
     let (started, mut ranking) = (std::time::Instant::now(), std::time::Duration::ZERO);
     for_each_similarity_block(query, gallery, |start, block| {
         let ranked = std::time::Instant::now();
+        let block: &[f64] = block;
         let rows: Vec<(QueryResult, QueryResult)> = block
             .par_chunks(ng)
             .enumerate()
-            .map_init(Scratch::default, |scratch, (r, sim)| {
+            .map_init(Probes::default, |probes, (r, sim)| {
                 let i = start + r;
                 let labels = (q.replicate[i], q.drug[i], q.moa[i]);
-                molclip_cpu::vectorize(isa, RankQuery { sim, labels, g, index: &index, scratch })
+                let next = block.get((r + 1) * ng..(r + 2) * ng).unwrap_or_default();
+                molclip_cpu::vectorize(isa, RankQuery { sim, next, labels, g, index: &index, probes })
             })
             .collect();
         for (r, (d, m)) in rows.into_iter().enumerate() {

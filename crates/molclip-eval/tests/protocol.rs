@@ -156,6 +156,7 @@ proptest! {
         seed in any::<u64>(),
         fine in any::<bool>(),
         drugs in 5u64..80,
+        moa_of_drug in any::<bool>(),
     ) {
         // Coarse integer coordinates make exact ties common; fine ones spread the distances.
         let spread = if fine { 2001 } else { 3 };
@@ -180,8 +181,16 @@ proptest! {
             moa: (0..n).map(|_| 0).collect(),
         };
         let (mut qm, mut gm) = (labels(nq), labels(ng));
-        // MoA is a function of the drug, as in a real screen; drug 4 has none.
-        for m in [&mut qm, &mut gm] { m.moa = m.drug.iter().map(|d| if *d == 4 { NO_MOA } else { d % 2 }).collect(); }
+        // MoA is a function of the drug, as in a real screen, where drug 4 has none; or, where
+        // labels are inconsistent, drawn for each video (a third of them without one), so that a
+        // query's excluded videos may have another MoA than its own.
+        for m in [&mut qm, &mut gm] {
+            m.moa = if moa_of_drug {
+                m.drug.iter().map(|d| if *d == 4 { NO_MOA } else { d % 2 }).collect()
+            } else {
+                m.drug.iter().map(|_| match next(3) { 2 => NO_MOA, moa => moa as u32 }).collect()
+            };
+        }
         let mut dist = Vec::new();
         for_each_distance_block(&q, &g, |_, block| dist.extend(block.chunks(ng).map(|r| r.to_vec()))).unwrap();
         match evaluate(&q, &qm, &g, &gm, 50) {
