@@ -798,16 +798,28 @@ struct MaxPool3dCpu {
 /// An output element whose window holds only padding.
 const NO_TAP: u32 = u32::MAX;
 
-/// The input positions `[from, to)` a window starting at `start` (padding included) covers
-/// along an axis of `size`.
-fn window_range(start: usize, padding: usize, kernel: usize, size: usize) -> (usize, usize) {
-    let from = start.saturating_sub(padding);
-    (from.min(size), (start + kernel).saturating_sub(padding).min(size))
+/// One step of the first-maximum scan, over a row of candidates at once: candidate `o`
+/// (value `v[o]`, input index `at[o]`, [`NO_TAP`] with value -inf for padding) replaces the
+/// best so far when that is none yet, when it is larger, or when it is NaN (PyTorch's rule).
+/// Branch-free, so that it vectorises: which candidate wins is data.
+#[inline(always)]
+fn pool_step(best: &mut [f32], best_at: &mut [u32], v: &[f32], at: &[u32]) {
+    for (((b, ba), &v), &a) in best.iter_mut().zip(best_at.iter_mut()).zip(v).zip(at) {
+        let take = v > *b || v.is_nan() || *ba == NO_TAP;
+        *b = if take { v } else { *b };
+        *ba = if take { a } else { *ba };
+    }
 }
 
 /// For each output element, the flat index (within its channel) of the first maximum of its
 /// window, scanning time, then height, then width, as PyTorch does (a NaN wins, the last one
 /// seen); [`NO_TAP`] if the window holds only padding.
+///
+/// The window is scanned one axis at a time: each input line's width windows first, then
+/// those results' height windows, then time. The first maximum of a window is the first
+/// maximum among its lines' first maxima, taken in scan order (and the last NaN the last
+/// among theirs), so this is the tap-by-tap scan's answer, with each step a loop over a row
+/// of outputs that the compiler vectorises.
 fn pool_argmax(
     x: &[f32],
     planes: usize,
@@ -816,42 +828,67 @@ fn pool_argmax(
     out: [usize; 3],
 ) -> candle_core::Result<Vec<u32>> {
     let [t, h, w] = dims;
+    let [ot, oh, ow] = out;
+    let [kt, kh, kw] = window.kernel;
+    let [st, sh, sw] = window.stride;
+    let [pt, ph, pw] = window.padding;
     let vol = t * h * w;
     if vol >= NO_TAP as usize {
         candle_core::bail!("max-pool3d: {vol} values per channel, more than the 2^32 - 1 it indexes");
     }
-    let n = out.iter().product::<usize>();
-    let ranges = |axis: usize, size: usize| -> Vec<(usize, usize)> {
-        (0..out[axis])
-            .map(|o| window_range(o * window.stride[axis], window.padding[axis], window.kernel[axis], size))
-            .collect()
+    let n = ot * oh * ow;
+    // The input index an output `o` reads at tap `k` of an axis, if not padding.
+    let input = |o: usize, k: usize, stride: usize, pad: usize, size: usize| {
+        (o * stride + k).checked_sub(pad).filter(|&i| i < size)
     };
-    let (rt, rh, rw) = (ranges(0, t), ranges(1, h), ranges(2, w));
     let mut arg = vec![NO_TAP; planes * n];
-    arg.par_chunks_mut(n).enumerate().for_each(|(p, dst)| {
+    if n == 0 || vol == 0 {
+        return Ok(arg);
+    }
+    let scratch = || {
+        let lines = (vec![0f32; t * h * ow], vec![0u32; t * h * ow]);
+        let taps = (vec![0f32; ow], vec![0u32; ow]);
+        (lines, taps, (vec![0f32; t * oh * ow], vec![0u32; t * oh * ow]), vec![0f32; n])
+    };
+    arg.par_chunks_mut(n).enumerate().for_each_init(scratch, |((vw, aw), (tv, ta), (vh, ah), vt), (p, dst)| {
         let src = &x[p * vol..(p + 1) * vol];
-        let mut outputs = dst.iter_mut();
-        for &(t0, t1) in &rt {
-            for &(h0, h1) in &rh {
-                for &(w0, w1) in &rw {
-                    let at = outputs.next().expect("one argmax per output");
-                    if t0 == t1 || h0 == h1 || w0 == w1 {
-                        continue;
-                    }
-                    let first = (t0 * h + h0) * w + w0;
-                    let (mut best, mut best_at) = (src[first], first);
-                    for it in t0..t1 {
-                        for ih in h0..h1 {
-                            let row = (it * h + ih) * w;
-                            for (iw, &v) in src[row + w0..row + w1].iter().enumerate() {
-                                if v > best || v.is_nan() {
-                                    (best, best_at) = (v, row + w0 + iw);
-                                }
-                            }
-                        }
-                    }
-                    *at = best_at as u32;
+        // Width: every input line (it, ih), to [T, H, Wo]; each tap's values are gathered
+        // first, so that the scan runs over contiguous rows.
+        vw.fill(f32::NEG_INFINITY);
+        aw.fill(NO_TAP);
+        for (r, line) in src.chunks_exact(w).enumerate() {
+            let (best, best_at) = (&mut vw[r * ow..(r + 1) * ow], &mut aw[r * ow..(r + 1) * ow]);
+            for k in 0..kw {
+                let (lo, hi) = valid_range(ow, k, sw, pw, w);
+                // Outputs lo..hi read inside the line at this tap, so o·sw + k >= pw.
+                for o in lo..hi {
+                    let i = o * sw + k - pw;
+                    (tv[o], ta[o]) = (line[i], (r * w + i) as u32);
                 }
+                pool_step(&mut best[lo..hi], &mut best_at[lo..hi], &tv[lo..hi], &ta[lo..hi]);
+            }
+        }
+        // Height: to [T, Ho, Wo].
+        vh.fill(f32::NEG_INFINITY);
+        ah.fill(NO_TAP);
+        for it in 0..t {
+            for o in 0..oh {
+                let row = (it * oh + o) * ow;
+                let (best, best_at) = (&mut vh[row..row + ow], &mut ah[row..row + ow]);
+                for ih in (0..kh).filter_map(|k| input(o, k, sh, ph, h)) {
+                    let from = (it * h + ih) * ow;
+                    pool_step(best, best_at, &vw[from..from + ow], &aw[from..from + ow]);
+                }
+            }
+        }
+        // Time: to [To, Ho, Wo], the output.
+        let plane = oh * ow;
+        vt.fill(f32::NEG_INFINITY);
+        for o in 0..ot {
+            let (best, best_at) = (&mut vt[o * plane..(o + 1) * plane], &mut dst[o * plane..(o + 1) * plane]);
+            for it in (0..kt).filter_map(|k| input(o, k, st, pt, t)) {
+                let from = it * plane;
+                pool_step(best, best_at, &vh[from..from + plane], &ah[from..from + plane]);
             }
         }
     });
@@ -870,11 +907,10 @@ impl CustomOp1 for MaxPool3dCpu {
         let n = out.iter().product::<usize>();
         let vol = t * h * w;
         let arg = pool_argmax(x, b * c, [t, h, w], self.window, out)?;
-        let y: Vec<f32> = arg
-            .iter()
-            .enumerate()
-            .map(|(i, &a)| if a == NO_TAP { f32::NEG_INFINITY } else { x[(i / n) * vol + a as usize] })
-            .collect();
+        let mut y = Vec::with_capacity(arg.len());
+        for (arg, x) in arg.chunks(n.max(1)).zip(x.chunks(vol.max(1))) {
+            y.extend(arg.iter().map(|&a| if a == NO_TAP { f32::NEG_INFINITY } else { x[a as usize] }));
+        }
         // A second forward pass of this op (none is made) would keep the first argmax, and
         // the backward pass recomputes it when the input's shape says it is not this one.
         let _ = self.argmax.set(std::sync::Arc::new(arg));
