@@ -64,6 +64,12 @@ impl Window3d {
         [tap / (kh * kw), (tap / kw) % kh, tap % kw]
     }
 
+    /// The input index that output `o` reads at tap offset `k` along `axis` (of `size`
+    /// values), or `None` where that falls in the padding.
+    fn tap_input(&self, axis: usize, o: usize, k: usize, size: usize) -> Option<usize> {
+        (o * self.stride[axis] + k).checked_sub(self.padding[axis]).filter(|&i| i < size)
+    }
+
     fn is_pointwise(&self) -> bool {
         self.kernel == [1, 1, 1] && self.stride == [1, 1, 1] && self.padding == [0, 0, 0]
     }
@@ -280,9 +286,7 @@ impl TapLines {
 
     /// The input line `(it, ih)` that outputs `(ot, oh)` read, if it is not padding.
     fn input_line(&self, window: Window3d, [t, h, _]: [usize; 3], ot: usize, oh: usize) -> Option<(usize, usize)> {
-        let it = (ot * window.stride[0] + self.a) as isize - window.padding[0] as isize;
-        let ih = (oh * window.stride[1] + self.b) as isize - window.padding[1] as isize;
-        (it >= 0 && it < t as isize && ih >= 0 && ih < h as isize).then_some((it as usize, ih as usize))
+        Some((window.tap_input(0, ot, self.a, t)?, window.tap_input(1, oh, self.b, h)?))
     }
 }
 
@@ -830,17 +834,12 @@ fn pool_argmax(
     let [t, h, w] = dims;
     let [ot, oh, ow] = out;
     let [kt, kh, kw] = window.kernel;
-    let [st, sh, sw] = window.stride;
-    let [pt, ph, pw] = window.padding;
+    let (sw, pw) = (window.stride[2], window.padding[2]);
     let vol = t * h * w;
     if vol >= NO_TAP as usize {
         candle_core::bail!("max-pool3d: {vol} values per channel, more than the 2^32 - 1 it indexes");
     }
     let n = ot * oh * ow;
-    // The input index an output `o` reads at tap `k` of an axis, if not padding.
-    let input = |o: usize, k: usize, stride: usize, pad: usize, size: usize| {
-        (o * stride + k).checked_sub(pad).filter(|&i| i < size)
-    };
     let mut arg = vec![NO_TAP; planes * n];
     if n == 0 || vol == 0 {
         return Ok(arg);
@@ -875,7 +874,7 @@ fn pool_argmax(
             for o in 0..oh {
                 let row = (it * oh + o) * ow;
                 let (best, best_at) = (&mut vh[row..row + ow], &mut ah[row..row + ow]);
-                for ih in (0..kh).filter_map(|k| input(o, k, sh, ph, h)) {
+                for ih in (0..kh).filter_map(|k| window.tap_input(1, o, k, h)) {
                     let from = (it * h + ih) * ow;
                     pool_step(best, best_at, &vw[from..from + ow], &aw[from..from + ow]);
                 }
@@ -886,7 +885,7 @@ fn pool_argmax(
         vt.fill(f32::NEG_INFINITY);
         for o in 0..ot {
             let (best, best_at) = (&mut vt[o * plane..(o + 1) * plane], &mut dst[o * plane..(o + 1) * plane]);
-            for it in (0..kt).filter_map(|k| input(o, k, st, pt, t)) {
+            for it in (0..kt).filter_map(|k| window.tap_input(0, o, k, t)) {
                 let from = it * plane;
                 pool_step(best, best_at, &vh[from..from + plane], &ah[from..from + plane]);
             }
