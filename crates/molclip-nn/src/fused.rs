@@ -1091,20 +1091,25 @@ impl CustomOp2 for SoftmaxGrad {
 // ---------------------------------------------------------------------------- attention
 
 /// Multi-head self-attention from a fused projection `qkv` `[B, N, 3D]` (per token: q, k, v,
-/// each `heads × dh`) to `[B, N, D]`: softmax(q·kᵀ/√dh)·v per head. The backward pass
-/// recomputes the attention matrix instead of keeping it.
-pub(crate) fn attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
-    Ok(qkv.contiguous()?.apply_op1(AttentionCpu { heads })?)
+/// each `heads × dh`) to `[B, Q, D]`: softmax(q·kᵀ/√dh)·v per head, for the queries of the
+/// first `Q = queries` tokens against the keys and values of all `N` (`Q = N`: every token's
+/// output). The backward pass recomputes the attention matrix instead of keeping it.
+pub(crate) fn attention(qkv: &Tensor, heads: usize, queries: usize) -> Result<Tensor> {
+    Ok(qkv.contiguous()?.apply_op1(AttentionCpu { heads, queries })?)
 }
 
 struct AttentionCpu {
     heads: usize,
+    queries: usize,
 }
 
 /// Geometry of one (video, head) pair inside `qkv` and the output.
 struct Heads {
     b: usize,
+    /// Tokens: keys and values.
     n: usize,
+    /// Queries: the first `nq` tokens.
+    nq: usize,
     d: usize,
     heads: usize,
     dh: usize,
@@ -1112,37 +1117,40 @@ struct Heads {
 }
 
 impl Heads {
-    fn new(shape: &Shape, heads: usize) -> candle_core::Result<Self> {
+    fn new(shape: &Shape, heads: usize, queries: usize) -> candle_core::Result<Self> {
         let (b, n, d3) = shape.dims3()?;
         if d3 % 3 != 0 || (d3 / 3) % heads != 0 {
             candle_core::bail!("attention: last dimension {d3} is not 3 × heads × head size");
         }
+        if queries == 0 || queries > n {
+            candle_core::bail!("attention: {queries} queries asked of {n} tokens");
+        }
         let d = d3 / 3;
         let dh = d / heads;
-        Ok(Self { b, n, d, heads, dh, scale: (dh as f32).powf(-0.5) })
+        Ok(Self { b, n, nq: queries, d, heads, dh, scale: (dh as f32).powf(-0.5) })
     }
 
     /// Offsets of q, k, v of pair `bh` in `qkv`, and of its block in the output.
     fn offsets(&self, bh: usize) -> (usize, usize, usize, usize) {
         let (bi, h) = (bh / self.heads, bh % self.heads);
         let base = bi * self.n * 3 * self.d + h * self.dh;
-        (base, base + self.d, base + 2 * self.d, bi * self.n * self.d + h * self.dh)
+        (base, base + self.d, base + 2 * self.d, bi * self.nq * self.d + h * self.dh)
     }
 
-    /// softmax(scale · q kᵀ) into `p` (`[N, N]`).
+    /// softmax(scale · q kᵀ) into `p` (`[Q, N]`).
     ///
     /// # Safety
-    /// `qkv` must point at a `[b, n, 3·d]` array of this geometry, and `p` hold `n × n` values.
+    /// `qkv` must point at a `[b, n, 3·d]` array of this geometry, and `p` hold `nq × n` values.
     unsafe fn probabilities(&self, qkv: *const f32, bh: usize, p: &mut [f32]) {
         let (q, k, _, _) = self.offsets(bh);
-        let (n, row) = (self.n, 3 * self.d as isize);
-        debug_assert!(p.len() >= n * n);
+        let (n, nq, row) = (self.n, self.nq, 3 * self.d as isize);
+        debug_assert!(p.len() >= nq * n);
         // SAFETY: `offsets` places q and k of pair `bh` inside the `[b, n, 3·d]` array the
-        // caller vouches for; each view is n rows of dh values at row stride 3·d, and `p`
-        // (n × n, written at row stride n) is this task's own buffer.
+        // caller vouches for; each view is nq or n rows of dh values at row stride 3·d, and `p`
+        // (nq × n, written at row stride n) is this task's own buffer.
         unsafe {
             super::cpu::gemm_raw(
-                n,
+                nq,
                 n,
                 self.dh,
                 p.as_mut_ptr(),
@@ -1156,7 +1164,7 @@ impl Heads {
                 1,
             );
         }
-        softmax_rows(&mut p[..n * n], n);
+        softmax_rows(&mut p[..nq * n], n);
     }
 }
 
@@ -1167,18 +1175,18 @@ impl CustomOp1 for AttentionCpu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let qkv = f32_slice(s, l)?;
-        let g = Heads::new(l.shape(), self.heads)?;
-        let mut out = vec![0f32; g.b * g.n * g.d];
+        let g = Heads::new(l.shape(), self.heads, self.queries)?;
+        let mut out = vec![0f32; g.b * g.nq * g.d];
         let dst = molclip_cpu::Shared(out.as_mut_ptr());
         (0..g.b * g.heads).into_par_iter().for_each_init(
-            || vec![0f32; g.n * g.n],
+            || vec![0f32; g.nq * g.n],
             |p, bh| {
                 let (_, _, v, o) = g.offsets(bh);
                 // SAFETY: each (video, head) pair writes its own columns of the output.
                 unsafe {
                     g.probabilities(qkv.as_ptr(), bh, p);
                     super::cpu::gemm_raw(
-                        g.n,
+                        g.nq,
                         g.dh,
                         g.n,
                         dst.get().add(o),
@@ -1194,17 +1202,19 @@ impl CustomOp1 for AttentionCpu {
                 }
             },
         );
-        Ok((CpuStorage::F32(out), Shape::from((g.b, g.n, g.d))))
+        Ok((CpuStorage::F32(out), Shape::from((g.b, g.nq, g.d))))
     }
 
     fn bwd(&self, qkv: &Tensor, _res: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(qkv.apply_op2_no_bwd(&dy.contiguous()?, &AttentionGrad { heads: self.heads })?))
+        let grad = AttentionGrad { heads: self.heads, queries: self.queries };
+        Ok(Some(qkv.apply_op2_no_bwd(&dy.contiguous()?, &grad)?))
     }
 }
 
-/// (qkv, dO) to dqkv.
+/// (qkv, dO) to dqkv (zero for the queries of tokens past the first `queries`).
 struct AttentionGrad {
     heads: usize,
+    queries: usize,
 }
 
 impl CustomOp2 for AttentionGrad {
@@ -1220,13 +1230,13 @@ impl CustomOp2 for AttentionGrad {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (qkv, dout) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
-        let g = Heads::new(l1.shape(), self.heads)?;
+        let g = Heads::new(l1.shape(), self.heads, self.queries)?;
         let mut dqkv = vec![0f32; qkv.len()];
         let dst = molclip_cpu::Shared(dqkv.as_mut_ptr());
-        let (n, dh) = (g.n, g.dh);
+        let (n, nq, dh) = (g.n, g.nq, g.dh);
         let (row3, row) = (3 * g.d as isize, g.d as isize);
         (0..g.b * g.heads).into_par_iter().for_each_init(
-            || (vec![0f32; n * n], vec![0f32; n * n]),
+            || (vec![0f32; nq * n], vec![0f32; nq * n]),
             |(p, dp), bh| {
                 let (q, k, v, o) = g.offsets(bh);
                 let (x, d) = (qkv.as_ptr(), dout.as_ptr());
@@ -1237,7 +1247,7 @@ impl CustomOp2 for AttentionGrad {
                     super::cpu::gemm_raw(
                         n,
                         dh,
-                        n,
+                        nq,
                         dst.get().add(v),
                         (1, row3),
                         false,
@@ -1250,7 +1260,7 @@ impl CustomOp2 for AttentionGrad {
                     );
                     // dP = dO Vᵀ
                     super::cpu::gemm_raw(
-                        n,
+                        nq,
                         n,
                         dh,
                         dp.as_mut_ptr(),
@@ -1270,7 +1280,7 @@ impl CustomOp2 for AttentionGrad {
                     }
                     // dQ = scale · dS K ; dK = scale · dSᵀ Q
                     super::cpu::gemm_raw(
-                        n,
+                        nq,
                         dh,
                         n,
                         dst.get().add(q),
@@ -1286,7 +1296,7 @@ impl CustomOp2 for AttentionGrad {
                     super::cpu::gemm_raw(
                         n,
                         dh,
-                        n,
+                        nq,
                         dst.get().add(k),
                         (1, row3),
                         false,
@@ -1440,25 +1450,34 @@ mod tests {
         let y = rand(&[3, 5, 7], 9);
         agree(&[x, y], |t| add_relu(&t[0], &t[1]).unwrap(), |t| (&t[0] + &t[1]).unwrap().relu().unwrap(), "add relu");
 
-        // Attention: 2 videos, 5 tokens, 2 heads of 3.
+        // Attention: 2 videos, 5 tokens, 2 heads of 3; every token's output, and the first
+        // two tokens' only (the gradients of the other queries zero).
         let qkv = rand(&[2, 5, 18], 10);
-        agree(
-            &[qkv],
-            |t| attention(&t[0], 2).unwrap(),
-            |t| {
-                let q = t[0].reshape((2, 5, 3, 2, 3)).unwrap().permute((2, 0, 3, 1, 4)).unwrap();
-                let (qh, kh, vh) = (
-                    q.get(0).unwrap().contiguous().unwrap(),
-                    q.get(1).unwrap().contiguous().unwrap(),
-                    q.get(2).unwrap().contiguous().unwrap(),
-                );
-                let att =
-                    crate::layers::softmax_composed(&(qh.matmul(&kh.t().unwrap()).unwrap() * 3f64.powf(-0.5)).unwrap())
-                        .unwrap();
-                att.matmul(&vh).unwrap().transpose(1, 2).unwrap().reshape((2, 5, 6)).unwrap()
-            },
-            "attention",
-        );
+        let by_hand = |t: &[Tensor], queries: usize| {
+            let q = t[0].reshape((2, 5, 3, 2, 3)).unwrap().permute((2, 0, 3, 1, 4)).unwrap();
+            let (qh, kh, vh) =
+                (q.get(0).unwrap().contiguous().unwrap(), q.get(1).unwrap().contiguous().unwrap(), q.get(2).unwrap());
+            let att =
+                crate::layers::softmax_composed(&(qh.matmul(&kh.t().unwrap()).unwrap() * 3f64.powf(-0.5)).unwrap())
+                    .unwrap();
+            let all =
+                att.matmul(&vh.contiguous().unwrap()).unwrap().transpose(1, 2).unwrap().reshape((2, 5, 6)).unwrap();
+            all.narrow(1, 0, queries).unwrap()
+        };
+        for queries in [5, 2] {
+            agree(
+                std::slice::from_ref(&qkv),
+                |t| attention(&t[0], 2, queries).unwrap(),
+                |t| by_hand(t, queries),
+                &format!("attention of the first {queries}"),
+            );
+            agree(
+                std::slice::from_ref(&qkv),
+                |t| crate::layers::attention_composed(&t[0], 2, queries).unwrap(),
+                |t| by_hand(t, queries),
+                &format!("composed attention of the first {queries}"),
+            );
+        }
     }
 
     #[test]

@@ -297,21 +297,28 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// Multi-head self-attention over packed projections: `qkv` is `[B, N, 3·D]` (queries, keys
 /// and values, each `D = heads × head size`), the result `[B, N, D]`. Fused on the CPU.
 pub fn attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
-    if on_cpu_f32(qkv) && compute_dtype().is_none() {
-        return fused::attention(qkv, heads);
-    }
-    attention_composed(qkv, heads)
+    attention_of_first(qkv, heads, qkv.dim(1)?)
 }
 
-/// [`attention`] from candle ops: what other devices run.
-pub(crate) fn attention_composed(qkv: &Tensor, heads: usize) -> Result<Tensor> {
+/// [`attention`]'s output for the first `queries` tokens only, `[B, queries, D]`: their
+/// queries against the keys and values of all `N` tokens (a class-token readout needs one).
+/// The same values as [`attention`]'s first rows, for `queries / N` of its work.
+pub fn attention_of_first(qkv: &Tensor, heads: usize, queries: usize) -> Result<Tensor> {
+    if on_cpu_f32(qkv) && compute_dtype().is_none() {
+        return fused::attention(qkv, heads, queries);
+    }
+    attention_composed(qkv, heads, queries)
+}
+
+/// [`attention_of_first`] from candle ops: what other devices run.
+pub(crate) fn attention_composed(qkv: &Tensor, heads: usize, queries: usize) -> Result<Tensor> {
     let (b, n, d3) = qkv.dims3()?;
     let d = d3 / 3;
     let dh = d / heads;
     let qkv = qkv.reshape((b, n, 3, heads, dh))?.permute((2, 0, 3, 1, 4))?;
-    let q = (qkv.get(0)?.contiguous()? * (dh as f64).powf(-0.5))?;
+    let q = (qkv.get(0)?.narrow(2, 0, queries)?.contiguous()? * (dh as f64).powf(-0.5))?;
     let k = qkv.get(1)?.contiguous()?;
     let v = qkv.get(2)?.contiguous()?;
     let att = softmax_last_dim(&cast_product(&q, &k, |q, k| Ok(q.matmul(&k.t()?)?))?)?;
-    Ok(cast_product(&att, &v, |a, v| Ok(a.matmul(v)?))?.transpose(1, 2)?.reshape((b, n, d))?)
+    Ok(cast_product(&att, &v, |a, v| Ok(a.matmul(v)?))?.transpose(1, 2)?.reshape((b, queries, d))?)
 }

@@ -15,8 +15,8 @@ pub mod precision;
 pub use conv3d::{conv3d, max_pool3d, Window3d};
 pub use error::{NnError, Result};
 pub use layers::{
-    add_relu, attention, gelu, l2_normalize, log_softmax_last_dim, matmul_t, relu, softmax_last_dim, BatchNorm,
-    Embedding, LayerNorm, Linear,
+    add_relu, attention, attention_of_first, gelu, l2_normalize, log_softmax_last_dim, matmul_t, relu,
+    softmax_last_dim, BatchNorm, Embedding, LayerNorm, Linear,
 };
 pub use params::{read_safetensors, read_weights, write_safetensors, Init, ParamStore, Vb};
 pub use precision::{autocast, Autocast};

@@ -11,7 +11,7 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
-use crate::nn::{attention, gelu, Init, LayerNorm, Linear, Vb};
+use crate::nn::{attention_of_first, gelu, Init, LayerNorm, Linear, Vb};
 
 /// A ViT on each frame, then a temporal transformer over the frames' tokens.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -103,8 +103,9 @@ impl Attention {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.proj.forward(&attention(&self.qkv.forward(x)?, self.heads)?)?)
+    /// The outputs of the first `queries` tokens (all tokens' keys and values).
+    fn forward_first(&self, x: &Tensor, queries: usize) -> Result<Tensor> {
+        Ok(self.proj.forward(&attention_of_first(&self.qkv.forward(x)?, self.heads, queries)?)?)
     }
 }
 
@@ -131,7 +132,15 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = (x + self.attn.forward(&self.norm1.forward(x)?)?)?;
+        self.forward_first(x, x.dim(1)?)
+    }
+
+    /// The block's output for the first `queries` tokens only, `[B, queries, D]`: the same
+    /// values as [`Block::forward`]'s first rows. Past the attention's keys and values, each
+    /// token's work is its own, so a block whose other outputs nobody reads (the last one,
+    /// read through its class token) skips it.
+    fn forward_first(&self, x: &Tensor, queries: usize) -> Result<Tensor> {
+        let x = (x.narrow(1, 0, queries)? + self.attn.forward_first(&self.norm1.forward(x)?, queries)?)?;
         let h = gelu(&self.fc1.forward(&self.norm2.forward(&x)?)?)?;
         Ok((&x + self.fc2.forward(&h)?)?)
     }
@@ -199,10 +208,13 @@ impl FrameVit {
         let tokens = embed.forward(&patches)?.reshape((n, g * g, d))?;
         let cls = self.cls_token.broadcast_as((n, 1, d))?;
         let mut x = Tensor::cat(&[&cls, &tokens], 1)?.broadcast_add(&self.pos_embed)?;
-        for block in &self.blocks {
+        // Only the class token is read out of the last block: its other tokens' outputs are
+        // not computed (a fifth of the frames' work at depth 4; the same features).
+        let (last, blocks) = self.blocks.split_last().expect("validated: depth > 0");
+        for block in blocks {
             x = block.forward(&x)?;
         }
-        Ok(self.norm.forward(&x)?.narrow(1, 0, 1)?.squeeze(1)?)
+        Ok(self.norm.forward(&last.forward_first(&x, 1)?)?.squeeze(1)?)
     }
 
     /// `x`: `[B, T, C, H, W]`. Returns `[B, T, D]`.
