@@ -1,6 +1,6 @@
 //! The kernels and building blocks molclip's models are made of, in candle: parameters with
 //! PyTorch's names and initialisation, layers, the 3D operations candle lacks, and fused CPU
-//! kernels with hand-written backward passes. On other devices every layer runs the same
+//! kernels with hand-written backward passes, and the optimiser's update in place. On other devices every layer runs the same
 //! maths as composed candle ops. The CPU and GPU speed work grows here; the models
 //! (the method) live in the `molclip` crate.
 
@@ -11,6 +11,7 @@ pub(crate) mod fused;
 pub mod layers;
 pub mod params;
 pub mod precision;
+pub mod update;
 
 pub use conv3d::{conv3d, max_pool3d, Window3d};
 pub use error::{NnError, Result};
@@ -20,3 +21,4 @@ pub use layers::{
 };
 pub use params::{read_safetensors, read_weights, write_safetensors, Init, ParamStore, Vb};
 pub use precision::{autocast, Autocast};
+pub use update::{adamw_in_place, AdamWStep};

@@ -9,6 +9,7 @@ use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
+use crate::nn::{adamw_in_place, AdamWStep};
 
 /// Which optimiser.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -121,20 +122,27 @@ impl Optimizer {
             let p = &var.as_tensor().detach();
             match c.kind {
                 OptimizerKind::AdamW => {
-                    let m = match s1.take() {
-                        Some(m) => ((m * c.beta1)? + (g * (1.0 - c.beta1))?)?,
-                        None => (g * (1.0 - c.beta1))?,
+                    let step = AdamWStep {
+                        beta1: c.beta1,
+                        beta2: c.beta2,
+                        eps: c.eps,
+                        lr,
+                        weight_decay: c.weight_decay,
+                        step: t,
                     };
-                    let v = match s2.take() {
-                        Some(v) => ((v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?,
-                        None => (g.sqr()? * (1.0 - c.beta2))?,
+                    // The moments start from zeros; in place on the CPU, composed elsewhere (the
+                    // same bits).
+                    let (m, v) = match (s1.take(), s2.take()) {
+                        (Some(m), Some(v)) => (m, v),
+                        _ => (p.zeros_like()?, p.zeros_like()?),
                     };
-                    let bc1 = 1.0 - c.beta1.powi(t);
-                    let bc2 = 1.0 - c.beta2.powi(t);
-                    let denom = ((v.sqrt()? / bc2.sqrt())? + c.eps)?;
-                    let decayed = (p * (1.0 - lr * c.weight_decay))?;
-                    let update = ((&m / denom)? * (lr / bc1))?;
-                    var.set(&(decayed - update)?)?;
+                    let (m, v) = if adamw_in_place(var.as_tensor(), g, &m, &v, &step)? {
+                        (m, v)
+                    } else {
+                        let (new, m, v) = step.composed(p, g, Some(m), Some(v))?;
+                        var.set(&new)?;
+                        (m, v)
+                    };
                     *s1 = Some(m);
                     *s2 = Some(v);
                 }
@@ -186,7 +194,10 @@ impl Optimizer {
         for ((name, var), (s1, s2)) in self.params.iter().zip(self.state.iter_mut()) {
             for (slot, prefix) in [(s1, n1), (s2, n2)] {
                 *slot = match tensors.get(&format!("{prefix}.{name}")) {
-                    Some(t) if t.dims() == var.dims() => Some(t.to_device(var.device())?.to_dtype(var.dtype())?),
+                    // A copy of its own: the update writes the moments in place.
+                    Some(t) if t.dims() == var.dims() => {
+                        Some(t.to_device(var.device())?.to_dtype(var.dtype())?.copy()?)
+                    }
                     Some(t) => {
                         return Err(molclip_nn::NnError::WeightShape {
                             name: format!("{prefix}.{name}"),

@@ -1,0 +1,260 @@
+//! Optimiser updates in place on the CPU: AdamW's moments and parameter step, each one pass
+//! over its tensor, with the same float32 operations in the same order as the update composed
+//! of candle ops (which other devices run), so that both give the same bits.
+
+use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Tensor};
+use rayon::prelude::*;
+
+use crate::fused::on_cpu_f32;
+use crate::Result;
+
+/// One AdamW step's constants, in float64 as the optimiser holds them.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWStep {
+    /// The first moment's decay rate.
+    pub beta1: f64,
+    /// The second moment's decay rate.
+    pub beta2: f64,
+    /// Added to the second moment's root.
+    pub eps: f64,
+    /// The learning rate.
+    pub lr: f64,
+    /// Decoupled weight decay (the parameter shrinks by `lr · weight_decay`).
+    pub weight_decay: f64,
+    /// The step's number, from 1 (bias correction).
+    pub step: i32,
+}
+
+impl AdamWStep {
+    /// `m = β1·m + (1 − β1)·g`, `v = β2·v + (1 − β2)·g²` and
+    /// `p = (1 − lr·wd)·p − lr/bc1 · m / (√v / √bc2 + eps)` (`bc = 1 − β^step`) from candle
+    /// ops, the moments starting from zero: what runs off the CPU, and the reference of
+    /// [`adamw_in_place`]. Returns the new parameter and moments.
+    pub fn composed(
+        &self,
+        p: &Tensor,
+        g: &Tensor,
+        m: Option<Tensor>,
+        v: Option<Tensor>,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let m = match m {
+            Some(m) => ((m * self.beta1)? + (g * (1.0 - self.beta1))?)?,
+            None => (g * (1.0 - self.beta1))?,
+        };
+        let v = match v {
+            Some(v) => ((v * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?,
+            None => (g.sqr()? * (1.0 - self.beta2))?,
+        };
+        let (bc1, bc2) = self.bias_corrections();
+        let denom = ((v.sqrt()? / bc2.sqrt())? + self.eps)?;
+        let decayed = (p * (1.0 - self.lr * self.weight_decay))?;
+        let update = ((&m / denom)? * (self.lr / bc1))?;
+        Ok(((decayed - update)?, m, v))
+    }
+
+    fn bias_corrections(&self) -> (f64, f64) {
+        (1.0 - self.beta1.powi(self.step), 1.0 - self.beta2.powi(self.step))
+    }
+}
+
+/// [`AdamWStep::composed`] in place, on float32 CPU tensors: the moments `m` and `v` (zeros
+/// for a first step) are updated from the gradient `g`, then the parameter `p` from them, one
+/// pass each. Returns false, touching nothing, where a tensor is elsewhere, of another type or
+/// not contiguous: the caller composes the step then.
+///
+/// Every constant is rounded to float32 and every operation done as candle does it (an
+/// affine map is `x · mul + add`, its `+ 0` included, which turns −0 into +0), so the bits
+/// are [`AdamWStep::composed`]'s; a test checks it.
+pub fn adamw_in_place(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, step: &AdamWStep) -> Result<bool> {
+    let all = [p, g, m, v];
+    if !all.iter().all(|t| on_cpu_f32(t) && t.is_contiguous() && t.shape() == p.shape()) {
+        return Ok(false);
+    }
+    let (b1, b2) = (step.beta1, step.beta2);
+    m.inplace_op2(g, &Moment { keep: b1 as f32, take: (1.0 - b1) as f32, square: false })?;
+    v.inplace_op2(g, &Moment { keep: b2 as f32, take: (1.0 - b2) as f32, square: true })?;
+    let (bc1, bc2) = step.bias_corrections();
+    p.inplace_op3(
+        m,
+        v,
+        &ParamStep {
+            unbias: (1.0 / bc2.sqrt()) as f32,
+            eps: step.eps as f32,
+            decay: (1.0 - step.lr * step.weight_decay) as f32,
+            rate: (step.lr / bc1) as f32,
+        },
+    )?;
+    Ok(true)
+}
+
+/// Elements per parallel task.
+const CHUNK: usize = 1 << 14;
+
+/// The contiguous float32 values of a CPU storage (checked contiguous by the caller).
+fn values<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    match s {
+        CpuStorage::F32(v) => Ok(&v[l.start_offset()..][..l.shape().elem_count()]),
+        _ => candle_core::bail!("optimiser update: float32 expected"),
+    }
+}
+
+fn values_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
+    match s {
+        CpuStorage::F32(v) => Ok(&mut v[l.start_offset()..][..l.shape().elem_count()]),
+        _ => candle_core::bail!("optimiser update: float32 expected"),
+    }
+}
+
+/// A moment's update from the gradient: `x = (x·keep + 0) + (g·take + 0)`, `g²` for `g` with
+/// `square`.
+struct Moment {
+    keep: f32,
+    take: f32,
+    square: bool,
+}
+
+/// One task's values of a [`Moment`] update.
+struct MomentChunk<'a>(&'a Moment, &'a mut [f32], &'a [f32]);
+
+impl molclip_cpu::Vectorized for MomentChunk<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let MomentChunk(Moment { keep, take, square }, x, g) = self;
+        let g = &g[..x.len()];
+        // Indexed loops, as in `map_par`; `+ 0.0` as candle's affine map adds it.
+        #[allow(clippy::needless_range_loop)]
+        if *square {
+            for i in 0..x.len() {
+                x[i] = (x[i] * keep + 0.0) + ((g[i] * g[i]) * take + 0.0);
+            }
+        } else {
+            for i in 0..x.len() {
+                x[i] = (x[i] * keep + 0.0) + (g[i] * take + 0.0);
+            }
+        }
+    }
+}
+
+impl InplaceOp2 for Moment {
+    fn name(&self) -> &'static str {
+        "adamw-moment"
+    }
+
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
+        let (x, g) = (values_mut(s1, l1)?, values(s2, l2)?);
+        let isa = molclip_cpu::isa();
+        x.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .for_each(|(x, g)| molclip_cpu::vectorize(isa, MomentChunk(self, x, g)));
+        Ok(())
+    }
+}
+
+/// The parameter's step from its moments:
+/// `p = (p·decay + 0) − ((m / ((√v·unbias + 0)·1 + eps))·rate + 0)`.
+struct ParamStep {
+    unbias: f32,
+    eps: f32,
+    decay: f32,
+    rate: f32,
+}
+
+/// One task's values of a [`ParamStep`].
+struct ParamChunk<'a>(&'a ParamStep, &'a mut [f32], &'a [f32], &'a [f32]);
+
+impl molclip_cpu::Vectorized for ParamChunk<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let ParamChunk(ParamStep { unbias, eps, decay, rate }, p, m, v) = self;
+        let (m, v) = (&m[..p.len()], &v[..p.len()]);
+        #[allow(clippy::needless_range_loop)]
+        for i in 0..p.len() {
+            let denom = (v[i].sqrt() * unbias + 0.0) * 1.0 + eps;
+            p[i] = (p[i] * decay + 0.0) - ((m[i] / denom) * rate + 0.0);
+        }
+    }
+}
+
+impl InplaceOp3 for ParamStep {
+    fn name(&self) -> &'static str {
+        "adamw-step"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<()> {
+        let (p, m, v) = (values_mut(s1, l1)?, values(s2, l2)?, values(s3, l3)?);
+        let isa = molclip_cpu::isa();
+        p.par_chunks_mut(CHUNK).zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK))).for_each(|(p, (m, v))| {
+            molclip_cpu::vectorize(isa, ParamChunk(self, p, m, v));
+        });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn values(n: usize, seed: u64, scale: f32) -> Tensor {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut v: Vec<f32> = (0..n).map(|_| rng.random_range(-scale..scale)).collect();
+        // Signed zeros and tiny values, where a dropped `+ 0` or a contracted FMA would show.
+        v[0] = -0.0;
+        v[1] = 0.0;
+        v[2] = 1e-30;
+        Tensor::from_vec(v, n, &Device::Cpu).unwrap()
+    }
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        t.to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// Three steps from zero moments (the first from none, in the composed update), with and
+    /// without weight decay, over more than one parallel chunk: the parameter and both moments
+    /// have the composed update's bits.
+    #[test]
+    fn in_place_adamw_gives_the_composed_bits() {
+        let n = 3 * CHUNK + 5;
+        for weight_decay in [0.0, 0.05] {
+            let start = values(n, 1, 2.0);
+            let var = Var::from_tensor(&start).unwrap();
+            let (mut p, mut m, mut v) = (start.copy().unwrap(), None, None);
+            let (fm, fv) = (start.zeros_like().unwrap(), start.zeros_like().unwrap());
+            for step in 1..=3 {
+                let g = values(n, 10 + step as u64, 0.5);
+                let hyper = AdamWStep { beta1: 0.9, beta2: 0.999, eps: 1e-8, lr: 3e-4, weight_decay, step };
+                (p, m, v) = {
+                    let (p, m, v) = hyper.composed(&p, &g, m, v).unwrap();
+                    (p, Some(m), Some(v))
+                };
+                assert!(adamw_in_place(var.as_tensor(), &g, &fm, &fv, &hyper).unwrap());
+                assert_eq!(bits(var.as_tensor()), bits(&p), "parameter, step {step}");
+                assert_eq!(bits(&fm), bits(m.as_ref().unwrap()), "first moment, step {step}");
+                assert_eq!(bits(&fv), bits(v.as_ref().unwrap()), "second moment, step {step}");
+            }
+            assert_ne!(bits(&start), bits(&p), "the parameter moved");
+        }
+    }
+
+    #[test]
+    fn tensors_it_cannot_update_in_place_are_left_alone() {
+        let p = values(8, 1, 1.0);
+        let g = values(8, 2, 1.0).to_dtype(candle_core::DType::F64).unwrap();
+        let (m, v) = (p.zeros_like().unwrap(), p.zeros_like().unwrap());
+        let hyper = AdamWStep { beta1: 0.9, beta2: 0.999, eps: 1e-8, lr: 1e-3, weight_decay: 0.0, step: 1 };
+        let before = bits(&p);
+        assert!(!adamw_in_place(&p, &g, &m, &v, &hyper).unwrap());
+        assert_eq!(bits(&p), before);
+    }
+}
