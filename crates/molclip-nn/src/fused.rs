@@ -19,10 +19,10 @@ pub(crate) fn on_cpu_f32(t: &Tensor) -> bool {
     matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32
 }
 
-/// Rows per parallel task, so that each task has at least ~16k elements.
+/// Rows per parallel task: about 16k elements each, from the shape alone, so that partial
+/// sums per task (summed in task order) do not depend on the thread count.
 fn rows_per_task(rows: usize, width: usize) -> usize {
-    let threads = rayon::current_num_threads().max(1);
-    (16_384 / width.max(1)).max(1).max(rows.div_ceil(threads * 4)).min(rows.max(1))
+    (16_384 / width.max(1)).clamp(1, rows.max(1))
 }
 
 fn dims2(l: &Layout) -> candle_core::Result<(usize, usize)> {
@@ -238,11 +238,84 @@ struct LayerNormCpu {
     eps: f32,
 }
 
+/// A row's mean and 1 / √(variance + eps), summed in float64 in eight lanes ([`LaneSums`]):
+/// the same on every instruction set, and vectorised.
+#[inline(always)]
 fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
-    let d = row.len() as f32;
-    let mean = row.iter().sum::<f32>() / d;
-    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d;
-    (mean, 1.0 / (var + eps).sqrt())
+    let d = row.len() as f64;
+    let mut sum = LaneSums::default();
+    sum.add(row, row, |v, _| [v as f64]);
+    let mean = sum.total()[0] / d;
+    let mut sq = LaneSums::default();
+    sq.add(row, row, |v, _| [(v as f64 - mean) * (v as f64 - mean)]);
+    let var = sq.total()[0] / d;
+    (mean as f32, (1.0 / (var + eps as f64).sqrt()) as f32)
+}
+
+/// Layer norm of rows of `x` into `y`, one task's rows.
+struct LayerNormRows<'a> {
+    y: &'a mut [f32],
+    x: &'a [f32],
+    w: &'a [f32],
+    b: &'a [f32],
+    eps: f32,
+}
+
+impl molclip_cpu::Vectorized for LayerNormRows<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let d = self.w.len();
+        let (w, b) = (self.w, &self.b[..d]);
+        for (yr, xr) in self.y.chunks_exact_mut(d).zip(self.x.chunks_exact(d)) {
+            let (mean, rstd) = row_stats(xr, self.eps);
+            // Indexed, as in `map_par`.
+            #[allow(clippy::needless_range_loop)]
+            for i in 0..d {
+                yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
+            }
+        }
+    }
+}
+
+/// Layer norm's backward pass over one task's rows: their input gradient, and the task's
+/// partial sums of the weight and bias gradients.
+struct LayerNormGradRows<'a> {
+    dx: &'a mut [f32],
+    x: &'a [f32],
+    dy: &'a [f32],
+    w: &'a [f32],
+    eps: f32,
+}
+
+impl molclip_cpu::Vectorized for LayerNormGradRows<'_> {
+    type Output = (Vec<f32>, Vec<f32>);
+    #[inline(always)]
+    fn run(self) -> (Vec<f32>, Vec<f32>) {
+        let (d, w) = (self.w.len(), self.w);
+        // The weight and bias gradients' partial sums, and a row's dy · w.
+        let (mut dw, mut db, mut g) = (vec![0f32; d], vec![0f32; d], vec![0f32; d]);
+        let rows = self.dx.chunks_exact_mut(d).zip(self.x.chunks_exact(d)).zip(self.dy.chunks_exact(d));
+        // Indexed loops, as in `map_par`.
+        #[allow(clippy::needless_range_loop)]
+        for ((dxr, xr), dyr) in rows {
+            let (mean, rstd) = row_stats(xr, self.eps);
+            for i in 0..d {
+                g[i] = dyr[i] * w[i];
+            }
+            let mut sums = LaneSums::default();
+            sums.add(&g, xr, |g, x| [g as f64, (g * ((x - mean) * rstd)) as f64]);
+            let [sum_g, sum_gx] = sums.total();
+            let (mg, mgx) = ((sum_g / d as f64) as f32, (sum_gx / d as f64) as f32);
+            for i in 0..d {
+                let xh = (xr[i] - mean) * rstd;
+                dw[i] += dyr[i] * xh;
+                db[i] += dyr[i];
+                dxr[i] = rstd * (g[i] - mg - xh * mgx);
+            }
+        }
+        (dw, db)
+    }
 }
 
 impl CustomOp3 for LayerNormCpu {
@@ -261,12 +334,9 @@ impl CustomOp3 for LayerNormCpu {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, w, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
         let (n, d) = rows_and_width(l1);
-        let mut y = vec![0f32; n * d];
-        y.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(yr, xr)| {
-            let (mean, rstd) = row_stats(xr, self.eps);
-            for i in 0..d {
-                yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
-            }
+        let (mut y, rows, isa) = (vec![0f32; n * d], rows_per_task(n, d) * d, molclip_cpu::isa());
+        y.par_chunks_mut(rows).zip(x.par_chunks(rows)).for_each(|(y, x)| {
+            molclip_cpu::vectorize(isa, LayerNormRows { y, x, w: &w[..d], b, eps: self.eps });
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -314,30 +384,12 @@ impl CustomOp3 for LayerNormGrad {
         let (n, d) = rows_and_width(l1);
         let mut out = vec![0f32; n * d + 2 * d];
         let (dx, _) = out.split_at_mut(n * d);
-        let chunk = rows_per_task(n, d);
+        let (rows, isa) = (rows_per_task(n, d) * d, molclip_cpu::isa());
         let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
-            .par_chunks_mut(chunk * d)
-            .zip(x.par_chunks(chunk * d).zip(dy.par_chunks(chunk * d)))
-            .map(|(dxc, (xc, dyc))| {
-                let (mut dw, mut db) = (vec![0f32; d], vec![0f32; d]);
-                for ((dxr, xr), dyr) in dxc.chunks_mut(d).zip(xc.chunks(d)).zip(dyc.chunks(d)) {
-                    let (mean, rstd) = row_stats(xr, self.eps);
-                    let (mut sum_g, mut sum_gx) = (0f32, 0f32);
-                    for i in 0..d {
-                        let xh = (xr[i] - mean) * rstd;
-                        let g = dyr[i] * w[i];
-                        sum_g += g;
-                        sum_gx += g * xh;
-                        dw[i] += dyr[i] * xh;
-                        db[i] += dyr[i];
-                    }
-                    let (mg, mgx) = (sum_g / d as f32, sum_gx / d as f32);
-                    for i in 0..d {
-                        let xh = (xr[i] - mean) * rstd;
-                        dxr[i] = rstd * (dyr[i] * w[i] - mg - xh * mgx);
-                    }
-                }
-                (dw, db)
+            .par_chunks_mut(rows)
+            .zip(x.par_chunks(rows).zip(dy.par_chunks(rows)))
+            .map(|(dx, (x, dy))| {
+                molclip_cpu::vectorize(isa, LayerNormGradRows { dx, x, dy, w: &w[..d], eps: self.eps })
             })
             .collect();
         let (dws, dbs): (Vec<_>, Vec<_>) = partial.into_iter().unzip();
@@ -1478,6 +1530,41 @@ mod tests {
                 &format!("composed attention of the first {queries}"),
             );
         }
+    }
+
+    /// Layer norm's forward and backward kernels give the same bits on every instruction set
+    /// (lane sums) and thread count (partial sums over a split fixed by the shape).
+    #[test]
+    fn layer_norm_bits_depend_on_neither_the_isa_nor_the_thread_count() {
+        let (n, d) = (3000, 70);
+        let flat = |t: &Var| t.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (x, dy, w, b) =
+            (flat(&rand(&[n, d], 1)), flat(&rand(&[n, d], 2)), flat(&rand(&[d], 3)), flat(&rand(&[d], 4)));
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let levels = molclip_cpu::Isa::ALL.into_iter().filter(|l| l.runs());
+        let by_level: Vec<_> = levels
+            .map(|level| {
+                let (mut y, mut dx) = (vec![0f32; n * d], vec![0f32; n * d]);
+                molclip_cpu::vectorize(level, LayerNormRows { y: &mut y, x: &x, w: &w, b: &b, eps: 1e-6 });
+                let (dw, db) =
+                    molclip_cpu::vectorize(level, LayerNormGradRows { dx: &mut dx, x: &x, dy: &dy, w: &w, eps: 1e-6 });
+                [y, dx, dw, db].map(|v| bits(&v))
+            })
+            .collect();
+        assert!(by_level.windows(2).all(|p| p[0] == p[1]), "the bits differ between instruction sets");
+        let tensor = |v: &[f32], shape: &[usize]| Tensor::from_vec(v.to_vec(), shape, &Device::Cpu).unwrap();
+        let (xt, dyt, wt, bt) = (tensor(&x, &[n, d]), tensor(&dy, &[n, d]), tensor(&w, &[d]), tensor(&b, &[d]));
+        let by_threads: Vec<_> = [1, 3]
+            .map(|threads| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                pool.install(|| {
+                    let y = layer_norm(&xt, &wt, &bt, 1e-6).unwrap();
+                    let grads = xt.apply_op3_no_bwd(&wt, &dyt, &LayerNormGrad { eps: 1e-6 }).unwrap();
+                    [y, grads].map(|t| bits(&t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+                })
+            })
+            .into();
+        assert_eq!(by_threads[0], by_threads[1], "the bits differ between thread counts");
     }
 
     #[test]
