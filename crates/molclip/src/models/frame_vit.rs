@@ -210,7 +210,8 @@ impl FrameVit {
         let mut x = Tensor::cat(&[&cls, &tokens], 1)?.broadcast_add(&self.pos_embed)?;
         // Only the class token is read out of the last block: its other tokens' outputs are
         // not computed (a fifth of the frames' work at depth 4; the same features).
-        let (last, blocks) = self.blocks.split_last().expect("validated: depth > 0");
+        let (last, blocks) =
+            self.blocks.split_last().ok_or_else(|| ModelError::config("vit.depth", "must be positive"))?;
         for block in blocks {
             x = block.forward(&x)?;
         }
