@@ -8,8 +8,21 @@ pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Resul
         CpuStorage::F32(v) => v.as_slice(),
         _ => candle_core::bail!("only f32 on the CPU"),
     };
+    Ok(&data[contiguous_range(l)?])
+}
+
+/// [`f32_slice`], writable: the destination of an in-place op.
+pub(crate) fn f32_slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
+    let data = match s {
+        CpuStorage::F32(v) => v.as_mut_slice(),
+        _ => candle_core::bail!("only f32 on the CPU"),
+    };
+    Ok(&mut data[contiguous_range(l)?])
+}
+
+fn contiguous_range(l: &Layout) -> candle_core::Result<std::ops::Range<usize>> {
     match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
+        Some((a, b)) => Ok(a..b),
         None => candle_core::bail!("input must be contiguous"),
     }
 }

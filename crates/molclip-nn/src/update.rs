@@ -5,6 +5,7 @@
 use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Tensor};
 use rayon::prelude::*;
 
+use crate::cpu::{f32_slice, f32_slice_mut};
 use crate::fused::on_cpu_f32;
 use crate::Result;
 
@@ -90,21 +91,6 @@ pub fn adamw_in_place(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, step: &Ada
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
 
-/// The contiguous float32 values of a CPU storage (checked contiguous by the caller).
-fn values<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    match s {
-        CpuStorage::F32(v) => Ok(&v[l.start_offset()..][..l.shape().elem_count()]),
-        _ => candle_core::bail!("optimiser update: float32 expected"),
-    }
-}
-
-fn values_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
-    match s {
-        CpuStorage::F32(v) => Ok(&mut v[l.start_offset()..][..l.shape().elem_count()]),
-        _ => candle_core::bail!("optimiser update: float32 expected"),
-    }
-}
-
 /// A moment's update from the gradient: `x = (x·keep + 0) + (g·take + 0)`, `g²` for `g` with
 /// `square`.
 struct Moment {
@@ -142,7 +128,7 @@ impl InplaceOp2 for Moment {
     }
 
     fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
-        let (x, g) = (values_mut(s1, l1)?, values(s2, l2)?);
+        let (x, g) = (f32_slice_mut(s1, l1)?, f32_slice(s2, l2)?);
         let isa = molclip_cpu::isa();
         x.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK))
@@ -191,7 +177,7 @@ impl InplaceOp3 for ParamStep {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<()> {
-        let (p, m, v) = (values_mut(s1, l1)?, values(s2, l2)?, values(s3, l3)?);
+        let (p, m, v) = (f32_slice_mut(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
         let isa = molclip_cpu::isa();
         p.par_chunks_mut(CHUNK).zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK))).for_each(|(p, (m, v))| {
             molclip_cpu::vectorize(isa, ParamChunk(self, p, m, v));
