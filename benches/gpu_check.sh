@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # The GPU figures in one run, for the README's GPU table (README, "Benchmarks on a GPU").
 #
-#   benches/gpu_check.sh BIN OUT
+#   benches/gpu_check.sh BIN OUT [DRUGS]
 #
-# BIN: molclip built with `--features cuda` (README, "Building for CUDA"); OUT: a folder that
+# BIN: molclip built with `--features cudnn` (README, "Building for CUDA"); OUT: a folder that
 # receives gpu_check.md (every table) and bench/ (the simulated bench preset, removed at the
-# end). Run from the repository root, on a machine with an NVIDIA GPU, python3 with a CUDA
+# end); DRUGS: the drug table the bench preset is simulated from (default
+# ../shared/data/launched_drugs.tsv; a copy travels where ../shared does not). Run from the repository root, on a machine with an NVIDIA GPU, python3 with a CUDA
 # build of PyTorch (the reference side), and the CUDA libraries molclip loads at run time
-# (cuBLAS, cuRAND, NVRTC): the lib folders of PyTorch's nvidia-* wheels are put on the library
-# path. Each step has its own time limit (90 + 200 + 45 + 120 s): the whole script ends within 8
-# minutes, whatever the machine.
+# (cuBLAS, cuRAND, NVRTC, cuDNN): the lib folders of PyTorch's nvidia-* wheels are put on the library
+# path. Each step has its own time limit (40 + 100 + 100 + 40 + 40 + 130 s): the whole script
+# ends within 8 minutes, whatever the machine. "Before cuDNN" runs the same binary with
+# MOLCLIP_CUDNN=0 (the composed candle ops), molclip alone.
 set -uo pipefail
-bin="${1:?usage: benches/gpu_check.sh BIN OUT}"
-out="${2:?usage: benches/gpu_check.sh BIN OUT}"
+bin="${1:?usage: benches/gpu_check.sh BIN OUT [DRUGS]}"
+out="${2:?usage: benches/gpu_check.sh BIN OUT [DRUGS]}"
+drugs="${3:-../shared/data/launched_drugs.tsv}"
 mkdir -p "$out"
 table="$out/gpu_check.md"
 
@@ -36,11 +39,15 @@ step() { # step SECONDS TITLE COMMAND...: one section of the table, within SECON
     printf '# molclip on the GPU, %s\n\n' "$(date -u +%Y-%m-%dT%H:%MZ)"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
     python3 -c 'import torch; print("PyTorch", torch.__version__, "cuDNN", torch.backends.cudnn.version())'
-    step 90 "Agreement with the CPU" "$bin" bench device-check --device cuda
-    step 200 "Training steps against PyTorch eager" "$bin" bench model --device cuda \
+    step 40 "Agreement with the CPU" "$bin" bench device-check --device cuda
+    step 100 "Training steps against PyTorch eager, float32 (PyTorch's defaults)" "$bin" bench model --device cuda \
         --models i3d-resnet18,i3d-resnet50,frame-vit --steps 10 --rounds 1 --quiet
-    step 45 "The bench preset" "$bin" simulate --preset bench --out "$out/bench" --quiet
-    step 120 "An epoch's first steps, end to end (MitoReID's recipe)" "$bin" bench train --device cuda \
+    step 100 "Training steps against PyTorch eager, bf16 autocast" "$bin" bench model --device cuda \
+        --models i3d-resnet18,i3d-resnet50,frame-vit --steps 10 --rounds 1 --precision bf16 --quiet
+    step 40 "Before cuDNN: the composed candle ops (MOLCLIP_CUDNN=0), float32" env MOLCLIP_CUDNN=0 "$bin" bench model \
+        --device cuda --models i3d-resnet18,i3d-resnet50,frame-vit --steps 5 --rounds 1 --no-reference --quiet
+    step 40 "The bench preset" "$bin" simulate --preset bench --drugs "$drugs" --out "$out/bench" --quiet
+    step 130 "An epoch's first steps, end to end (MitoReID's recipe)" "$bin" bench train --device cuda \
         --data "$out/bench" --config configs/mitoreid.toml --steps 12 --quiet
 } | tee "$table"
 rm -rf "$out/bench"

@@ -29,7 +29,14 @@ def main():
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--device", default="cpu")
+    # f32: PyTorch's defaults (cuDNN may use TF32, matrix products do not); tf32: TF32
+    # products too; bf16: autocast.
+    ap.add_argument("--precision", default="f32", choices=["f32", "tf32", "bf16"])
     a = ap.parse_args()
+    if a.precision == "tf32":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    autocast = torch.autocast(device_type=torch.device(a.device).type, dtype=torch.bfloat16, enabled=a.precision == "bf16")
     torch.set_num_threads(a.threads)
     isa = R.cpu_isa() if a.device == "cpu" else a.device
     torch.manual_seed(0)
@@ -45,8 +52,11 @@ def main():
     times = []
     for step in range(a.warmup + a.steps):
         start = time.perf_counter()
-        out = model(x)
-        loss = F.cross_entropy(out["drug_logits"], labels, label_smoothing=0.1) + R.batch_hard_triplet(out["feature"], labels, 0.3)
+        with autocast:
+            out = model(x)
+        # The losses in float32, as molclip's autocast keeps them.
+        logits, feature = out["drug_logits"].float(), out["feature"].float()
+        loss = F.cross_entropy(logits, labels, label_smoothing=0.1) + R.batch_hard_triplet(feature, labels, 0.3)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

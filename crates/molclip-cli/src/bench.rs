@@ -67,6 +67,11 @@ pub enum BenchCommand {
         /// `cpu`, or `cuda[:N]` (a build with `--features cuda`); PyTorch runs on the same device.
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// The step's arithmetic, as `[train] precision`: `f32`, `tf32` (CUDA) or `bf16`
+        /// (autocast). PyTorch runs the same: f32 with its defaults (cuDNN may use TF32, matrix
+        /// products do not), tf32 with TF32 products too, bf16 under `torch.autocast`.
+        #[arg(long, default_value = "f32")]
+        precision: String,
         /// Skip the PyTorch reference.
         #[arg(long)]
         no_reference: bool,
@@ -113,6 +118,8 @@ pub enum BenchCommand {
         steps: usize,
         #[arg(long)]
         device: String,
+        #[arg(long, default_value = "f32")]
+        precision: String,
     },
     /// The same training forward and backward pass on the CPU and on `--device`: the largest
     /// relative difference of the features and weight gradients, per model.
@@ -178,12 +185,12 @@ pub fn run(cmd: BenchCommand, quiet: bool) -> Result<()> {
         BenchCommand::Data { videos, script } => bench_data(videos, &script),
         BenchCommand::Cache { data, config, batch } => bench_cache(&data, &config, batch),
         BenchCommand::EvaluateOnce { embeddings, metadata } => evaluate_once(&embeddings, &metadata),
-        BenchCommand::Model { models, batch, frames, size, steps, rounds, device, no_reference, script } => {
+        BenchCommand::Model { models, batch, frames, size, steps, rounds, device, precision, no_reference, script } => {
             let reference = (!no_reference).then_some(script.as_path());
-            bench_model(&models, [batch, frames, size], [steps, rounds], &device, reference)
+            bench_model(&models, [batch, frames, size], [steps, rounds], [&device, &precision], reference)
         }
-        BenchCommand::ModelOnce { model, batch, frames, size, steps, device } => {
-            model_once(&model, [batch, frames, size], steps, &device)
+        BenchCommand::ModelOnce { model, batch, frames, size, steps, device, precision } => {
+            model_once(&model, [batch, frames, size], steps, &device, &precision)
         }
         BenchCommand::DeviceCheck { device } => device_check(&device),
         BenchCommand::Train { data, config, steps, device, no_reference, script } => {
@@ -546,11 +553,22 @@ fn video_config(model: &str, frames: usize, size: usize) -> Result<molclip::mode
 
 /// Times `steps` training steps after one warm-up: CE (label smoothing 0.1) on a 4-drug
 /// classifier plus batch-hard triplet, then AdamW; prints the median and the peak memory.
-fn model_once(model: &str, [batch, frames, size]: [usize; 3], steps: usize, device: &str) -> Result<()> {
+fn model_once(
+    model: &str,
+    [batch, frames, size]: [usize; 3],
+    steps: usize,
+    device: &str,
+    precision: &str,
+) -> Result<()> {
     use molclip::losses::{batch_hard_triplet, cross_entropy};
     use molclip::nn::ParamStore;
     use molclip::optim::{Optimizer, OptimizerConfig};
+    use molclip::train::Precision;
     let device = molclip::parse_device(device)?;
+    let precision = bench_precision(precision, device.is_cuda())?;
+    if device.is_cuda() {
+        molclip::candle_core::cuda::set_gemm_reduced_precision_f32(precision == Precision::Tf32);
+    }
     let store = ParamStore::new(0, &device);
     let net = molclip::models::VideoModel::new(&store.root(), &video_config(model, frames, size)?, 4, 0)?;
     let mut opt = Optimizer::new(store.trainable(), &OptimizerConfig::default())?;
@@ -560,26 +578,65 @@ fn model_once(model: &str, [batch, frames, size]: [usize; 3], steps: usize, devi
     let labels: Vec<u32> = (0..batch as u32).map(|i| i / 2 % 4).collect();
     let mut times = Vec::new();
     let mut loss_value = 0f32;
-    for step in 0..steps + 1 {
-        let start = Instant::now();
-        let out = net.forward_t(&x, true)?;
-        let logits = out.drug_logits.as_ref().context("no classifier")?;
-        let loss = (cross_entropy(logits, &labels, 0.1)? + batch_hard_triplet(&out.feature, &labels, 0.3)?)?;
+    // The timed steps, then as many again split into forward (with the loss), backward and
+    // update by a synchronisation after each (which the timed steps do without).
+    let mut phases = [Vec::new(), Vec::new(), Vec::new()];
+    for step in 0..2 * steps + 1 {
+        let split = step > steps;
+        let mut marks = vec![Instant::now()];
+        let mark = |marks: &mut Vec<Instant>| -> Result<()> {
+            if split {
+                device.synchronize()?;
+                marks.push(Instant::now());
+            }
+            Ok(())
+        };
+        let loss = {
+            let _autocast = molclip::nn::autocast(precision.autocast());
+            let out = net.forward_t(&x, true)?;
+            let logits = out.drug_logits.as_ref().context("no classifier")?;
+            (cross_entropy(logits, &labels, 0.1)? + batch_hard_triplet(&out.feature, &labels, 0.3)?)?
+        };
+        mark(&mut marks)?;
         let grads = loss.backward()?;
+        mark(&mut marks)?;
         opt.step(&grads, 3e-4)?;
         loss_value = loss.to_scalar::<f32>()?;
         device.synchronize()?;
-        if step > 0 {
-            times.push(start.elapsed().as_secs_f64() * 1000.0);
+        let end = Instant::now();
+        if split {
+            marks.push(end);
+            for (p, w) in phases.iter_mut().zip(marks.windows(2)) {
+                p.push((w[1] - w[0]).as_secs_f64() * 1000.0);
+            }
+        } else if step > 0 {
+            times.push((end - marks[0]).as_secs_f64() * 1000.0);
         }
     }
-    times.sort_by(f64::total_cmp);
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let [forward, backward, update] = phases.map(median);
     println!(
         "{}",
-        serde_json::json!({"median_ms": times[times.len() / 2], "peak_rss_mib": peak_rss_mib(), "loss": loss_value,
-                           "params": store.num_trainable(), "isa": molclip_cpu::isa().name()})
+        serde_json::json!({"median_ms": median(times), "peak_rss_mib": peak_rss_mib(), "loss": loss_value,
+                           "params": store.num_trainable(), "isa": molclip_cpu::isa().name(),
+                           "forward_ms": forward, "backward_ms": backward, "update_ms": update})
     );
     Ok(())
+}
+
+/// `--precision` of `bench model`: f32, bf16, or tf32 on a CUDA device.
+fn bench_precision(precision: &str, cuda: bool) -> Result<molclip::train::Precision> {
+    use molclip::train::Precision;
+    Ok(match precision {
+        "f32" => Precision::F32,
+        "tf32" if cuda => Precision::Tf32,
+        "tf32" => bail!("--precision tf32: a mode of CUDA's tensor cores, for --device cuda"),
+        "bf16" => Precision::Bf16,
+        other => bail!("--precision {other}: expected f32, tf32 or bf16"),
+    })
 }
 
 /// One model's step time in PyTorch (`benches/model_reference.py`), or `None` with a note
@@ -589,11 +646,11 @@ fn torch_reference(
     model: &str,
     dims: &[String; 4],
     threads: usize,
-    device: &str,
+    [device, precision]: [&str; 2],
 ) -> Option<serde_json::Value> {
     let mut cmd = python_reference();
     cmd.arg(script).args(["--model", model, "--batch", &dims[0], "--frames", &dims[1], "--size", &dims[2]]);
-    cmd.args(["--steps", &dims[3], "--threads", &threads.to_string(), "--device", device]);
+    cmd.args(["--steps", &dims[3], "--threads", &threads.to_string(), "--device", device, "--precision", precision]);
     run_json(&mut cmd).map_err(|e| eprintln!("PyTorch reference not run: {e:#}")).ok()
 }
 
@@ -601,7 +658,7 @@ fn bench_model(
     models: &[String],
     [batch, frames, size]: [usize; 3],
     [steps, rounds]: [usize; 2],
-    device: &str,
+    [device, precision]: [&str; 2],
     script: Option<&Path>,
 ) -> Result<()> {
     if batch < 4 {
@@ -610,10 +667,11 @@ fn bench_model(
     if steps == 0 || rounds == 0 {
         bail!("--steps and --rounds must be at least 1");
     }
+    bench_precision(precision, device.starts_with("cuda"))?;
     let exe = std::env::current_exe()?;
     let threads = rayon::current_num_threads();
     println!(
-        "training step (forward + backward + AdamW), {batch} x {frames} x 1 x {size} x {size}, {device}, {threads} threads, \
+        "training step (forward + backward + AdamW), {batch} x {frames} x 1 x {size} x {size}, {device}, {precision}, {threads} threads, \
          median of {steps} steps, {rounds} rounds of PyTorch then molclip (median / fastest round; ratio: median of the rounds' ratios)"
     );
     println!(
@@ -637,7 +695,7 @@ fn bench_model(
         // (PyTorch's step, ours) per round, PyTorch's `None` where it did not run.
         let (mut paired, mut ours) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
-            paired.push(script.and_then(|script| torch_reference(script, model, &dims, threads, device)));
+            paired.push(script.and_then(|script| torch_reference(script, model, &dims, threads, [device, precision])));
             ours.push(run_json(Command::new(&exe).args([
                 "bench",
                 "model-once",
@@ -653,6 +711,8 @@ fn bench_model(
                 &dims[3],
                 "--device",
                 device,
+                "--precision",
+                precision,
             ]))?);
         }
         let times = |runs: &[serde_json::Value]| runs.iter().map(|r| num(r, "median_ms")).collect::<Vec<_>>();
@@ -688,6 +748,13 @@ fn bench_model(
             peak(&ours),
             ours[0]["params"],
             ratio
+        );
+        let phase = |k: &str| median(ours.iter().map(|r| num(r, k)).collect());
+        println!(
+            "{:<14} {:<40} {:>15}",
+            "",
+            "  forward / backward / update, ms",
+            format!("{:.1} / {:.1} / {:.1}", phase("forward_ms"), phase("backward_ms"), phase("update_ms"))
         );
     }
     Ok(())

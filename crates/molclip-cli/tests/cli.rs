@@ -209,6 +209,20 @@ fn bench_model_prints_a_row_per_model() {
     let isa = molclip_cpu::isa().name();
     assert_eq!(out.matches(&format!("molclip ({isa})")).count(), 2, "{out}");
     assert!(out.starts_with(&format!("CPU: {}", molclip_cpu::cpu_model())), "{out}");
+    // And where its step went: three positive phase times per model.
+    let phases: Vec<Vec<f64>> = out
+        .lines()
+        .filter(|l| l.contains("forward / backward / update, ms"))
+        .map(|l| l.rsplit("ms").next().unwrap().split('/').map(|v| v.trim().parse().unwrap()).collect())
+        .collect();
+    assert_eq!(phases.len(), 2, "{out}");
+    assert!(phases.iter().all(|p| p.len() == 3 && p.iter().all(|&v| v > 0.0)), "{out}");
+    let o = molclip(&["bench", "model", "--models", "frame-vit", "--precision", "tf32", "--no-reference"]);
+    assert!(
+        !o.status.success() && text(&o).contains("--precision tf32: a mode of CUDA's tensor cores"),
+        "{}",
+        text(&o)
+    );
     let o = molclip(&["bench", "model", "--models", "resnet", "--no-reference"]);
     assert!(!o.status.success() && text(&o).contains("unknown model `resnet`"), "{}", text(&o));
 }

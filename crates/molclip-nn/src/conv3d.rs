@@ -7,9 +7,12 @@
 //! add back each tile at once; the deeper ones build it for a group of videos and run one
 //! GEMM over the group. Width strides read a copy of the input split into phases, so that the
 //! window matrix is made of contiguous copies.
-//! candle's own CPU conv2d and its transpose are direct loops, several times slower. On other devices the same maths is composed from
-//! candle ops (strided slices, stack, matmul), so autograd comes for free; the tests check
-//! that both paths agree with each other and with PyTorch.
+//! candle's own CPU conv2d and its transpose are direct loops, several times slower.
+//!
+//! On CUDA, with the `cudnn` feature, the same ops run cuDNN's convolution and pooling, forward
+//! and backward (module `cudnn`). Elsewhere the same maths is composed from candle ops
+//! (one conv2d per temporal tap, or strided slices, stack and matmul), so autograd comes for
+//! free; the tests check that the paths agree with each other and with PyTorch.
 
 use std::borrow::Cow;
 
@@ -21,7 +24,7 @@ use super::cpu::{f32_slice, gemm_f32, gemm_f32_strided, gemm_raw};
 use crate::error::Result;
 
 /// Kernel, stride and padding of a 3D window, as (time, height, width).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Window3d {
     /// Kernel size (time, height, width).
     pub kernel: [usize; 3],
@@ -89,12 +92,24 @@ pub fn conv3d(x: &Tensor, weight: &Tensor, window: Window3d) -> Result<Tensor> {
     }
     window.out_dims([t, h, w])?;
     crate::precision::cast_product(x, weight, |x, w| {
-        if matches!(x.device(), Device::Cpu) && x.dtype() == candle_core::DType::F32 {
-            Ok(x.contiguous()?.apply_op2(&w.contiguous()?, Conv3dCpu { window })?)
+        if kernels_serve(x) {
+            Ok(x.contiguous()?.apply_op2(&w.contiguous()?, Conv3dOp { window })?)
         } else {
             conv3d_by_taps(x, w, window)
         }
     })
+}
+
+/// Whether this module's own ops serve `x`: float32 on the CPU, and with the `cudnn` feature,
+/// the floating-point dtypes on a CUDA device (through cuDNN). Elsewhere the composed ops do.
+fn kernels_serve(x: &Tensor) -> bool {
+    match x.device() {
+        Device::Cpu => x.dtype() == candle_core::DType::F32,
+        #[cfg(feature = "cudnn")]
+        Device::Cuda(_) => crate::cudnn::serves(x.dtype()),
+        #[allow(unreachable_patterns)]
+        _ => false,
+    }
 }
 
 /// One 2D convolution (candle's, with its GPU kernels) per temporal tap of the window, summed.
@@ -129,8 +144,8 @@ pub(crate) fn conv3d_by_taps(x: &Tensor, weight: &Tensor, window: Window3d) -> R
 pub fn max_pool3d(x: &Tensor, window: Window3d) -> Result<Tensor> {
     let (_, _, t, h, w) = x.dims5()?;
     window.out_dims([t, h, w])?;
-    if matches!(x.device(), Device::Cpu) && x.dtype() == candle_core::DType::F32 {
-        Ok(x.contiguous()?.apply_op1(MaxPool3dCpu { window, argmax: std::sync::OnceLock::new() })?)
+    if kernels_serve(x) {
+        Ok(x.contiguous()?.apply_op1(MaxPool3dOp { window, argmax: std::sync::OnceLock::new() })?)
     } else {
         max_pool3d_composed(x, window)
     }
@@ -707,11 +722,12 @@ impl ConvSizes {
     }
 }
 
-struct Conv3dCpu {
+/// `conv3d` as one op: vol2col and GEMM on the CPU, cuDNN on CUDA.
+struct Conv3dOp {
     window: Window3d,
 }
 
-impl CustomOp2 for Conv3dCpu {
+impl CustomOp2 for Conv3dOp {
     fn name(&self) -> &'static str {
         "conv3d"
     }
@@ -734,6 +750,17 @@ impl CustomOp2 for Conv3dCpu {
             None => z.forward_grouped(self.window, &xs, wt),
         };
         Ok((CpuStorage::F32(y), Shape::from(vec![z.b, o, out[0], out[1], out[2]])))
+    }
+
+    #[cfg(feature = "cudnn")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        crate::cudnn::conv3d_forward(self.window, (s1, l1), (s2, l2))
     }
 
     fn bwd(
@@ -783,6 +810,17 @@ impl CustomOp2 for Conv3dGradInput {
         };
         Ok((CpuStorage::F32(gx), Shape::from(vec![b, z.c, t, h, w])))
     }
+
+    #[cfg(feature = "cudnn")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        crate::cudnn::conv3d_input_grad(self.window, self.input, (s1, l1), (s2, l2))
+    }
 }
 
 struct Conv3dGradWeight {
@@ -814,9 +852,21 @@ impl CustomOp2 for Conv3dGradWeight {
         let [kt, kh, kw] = self.window.kernel;
         Ok((CpuStorage::F32(gw), Shape::from(vec![o, c, kt, kh, kw])))
     }
+
+    #[cfg(feature = "cudnn")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        crate::cudnn::conv3d_weight_grad(self.window, (s1, l1), (s2, l2))
+    }
 }
 
-struct MaxPool3dCpu {
+/// `max_pool3d` as one op: a separable scan on the CPU, cuDNN on CUDA.
+struct MaxPool3dOp {
     window: Window3d,
     /// The forward pass's argmax, kept for the backward pass (which scanned every window
     /// again before).
@@ -918,7 +968,7 @@ fn pool_argmax(
     Ok(arg)
 }
 
-impl CustomOp1 for MaxPool3dCpu {
+impl CustomOp1 for MaxPool3dOp {
     fn name(&self) -> &'static str {
         "max-pool3d"
     }
@@ -940,8 +990,22 @@ impl CustomOp1 for MaxPool3dCpu {
         Ok((CpuStorage::F32(y), Shape::from(vec![b, c, out[0], out[1], out[2]])))
     }
 
-    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    #[cfg(feature = "cudnn")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        crate::cudnn::max_pool3d_forward(self.window, (s, l))
+    }
+
+    #[cfg_attr(not(feature = "cudnn"), allow(unused_variables))]
+    fn bwd(&self, x: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let grad = grad.contiguous()?;
+        #[cfg(feature = "cudnn")]
+        if x.device().is_cuda() {
+            return Ok(Some(crate::cudnn::max_pool3d_backward(self.window, x, res, &grad)?));
+        }
         let argmax = self.argmax.get().filter(|a| a.len() == grad.elem_count()).cloned();
         Ok(Some(x.apply_op2_no_bwd(&grad, &MaxPool3dGrad { window: self.window, argmax })?))
     }

@@ -167,7 +167,19 @@ impl BatchNorm {
             self.update_running(&Tensor::from_vec(mean, c, x.device())?, &Tensor::from_vec(unbiased, c, x.device())?)?;
             return Ok(y.reshape(dims)?);
         }
-        let y = self.apply_composed(&x3, train)?.reshape(dims)?;
+        #[cfg(feature = "cudnn")]
+        if train && x.device().is_cuda() && x.dtype() == DType::F32 && crate::cudnn::serves(DType::F32) {
+            let (y, mean, var) = crate::cudnn::batch_norm_train(&x3, &self.weight, &self.bias, self.eps)?;
+            let n = (b * m) as f64;
+            let unbiased = if n > 1.0 { (var * (n / (n - 1.0)))? } else { var };
+            self.update_running(&mean, &unbiased)?;
+            return Self::then(y.reshape(dims)?, after);
+        }
+        Self::then(self.apply_composed(&x3, train)?.reshape(dims)?, after)
+    }
+
+    /// `y` followed by `after`, composed.
+    fn then(y: Tensor, after: After) -> Result<Tensor> {
         match after {
             After::Nothing => Ok(y),
             After::Relu => Ok(y.relu()?),

@@ -6,6 +6,8 @@
 
 pub mod conv3d;
 mod cpu;
+#[cfg(feature = "cudnn")]
+mod cudnn;
 mod error;
 pub(crate) mod fused;
 pub mod layers;
