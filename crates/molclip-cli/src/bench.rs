@@ -122,7 +122,8 @@ pub enum BenchCommand {
         precision: String,
     },
     /// The same training forward and backward pass on the CPU and on `--device`: the largest
-    /// relative difference of the features and weight gradients, per model.
+    /// relative difference of the features, the weight gradients and batch norm's running
+    /// statistics, per model; then one AdamW update.
     DeviceCheck {
         #[arg(long, default_value = "cuda")]
         device: String,
@@ -906,7 +907,11 @@ fn device_check(device: &str) -> Result<()> {
         };
         let cpu = ParamStore::new(0, &Device::Cpu);
         let (f_cpu, g_cpu) = run(&cpu, &x)?;
-        let on_device = ParamStore::with_tensors(0, cpu.tensors(), &device);
+        // The device starts where the CPU did (a fresh store of the same seed), so that batch
+        // norm's running statistics after the pass compare too.
+        let fresh = ParamStore::new(0, &Device::Cpu);
+        molclip::models::VideoModel::new(&fresh.root(), &cfg, 2, 0)?;
+        let on_device = ParamStore::with_tensors(0, fresh.tensors(), &device);
         let start = Instant::now();
         let (f_dev, g_dev) = run(&on_device, &x.to_device(&device)?)?;
         let max_abs = |a: &Tensor| -> Result<f32> { Ok(a.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?) };
@@ -927,6 +932,15 @@ fn device_check(device: &str) -> Result<()> {
                 worst = (r, name.clone());
             }
         }
+        let after = on_device.tensors();
+        for (name, t) in cpu.tensors().iter().filter(|(n, _)| n.ends_with("running_mean") || n.ends_with("running_var"))
+        {
+            let d = after.get(name).with_context(|| format!("{name}: not on the device"))?.to_device(&Device::Cpu)?;
+            let r = rel(t, &d, 0.0)?;
+            if r > worst.0 {
+                worst = (r, name.clone());
+            }
+        }
         println!(
             "{model:<14} {} gradients, worst relative difference CPU vs {device:?}: {:.1e} ({}), {:.0} ms",
             g_cpu.len(),
@@ -935,6 +949,47 @@ fn device_check(device: &str) -> Result<()> {
             start.elapsed().as_secs_f64() * 1e3
         );
     }
+    device_check_update(&device)
+}
+
+/// One AdamW update (its third step) of random float32 tensors of 2^20 values, in place where
+/// the device has the kernels and composed elsewhere, on the CPU and on `device`: the largest
+/// difference of the parameter and the moments, relative to each one's largest value.
+fn device_check_update(device: &molclip::candle_core::Device) -> Result<()> {
+    use molclip::candle_core::{Device, Tensor};
+    use molclip::nn::{adamw_in_place, AdamWStep};
+    let n = 1 << 20;
+    let values = |seed: u64, scale: f32| -> Vec<f32> {
+        (0..n as u64).map(|i| ((i * 2654435761 + seed * 40503) % 2001) as f32 / 1000.0 * scale - scale).collect()
+    };
+    let (p, g, m, v) = (values(1, 1.0), values(2, 1e-2), values(3, 1e-3), values(4, 1e-2));
+    let v: Vec<f32> = v.iter().map(|x| x * x).collect();
+    let step = AdamWStep { beta1: 0.9, beta2: 0.999, eps: 1e-8, lr: 1e-3, weight_decay: 0.05, step: 3 };
+    let update = |dev: &Device| -> Result<[Vec<f32>; 3]> {
+        let t = |x: &[f32]| Tensor::from_slice(x, n, dev);
+        let (p, g, m, v) = (t(&p)?, t(&g)?, t(&m)?, t(&v)?);
+        let (p, m, v) =
+            if adamw_in_place(&p, &g, &m, &v, &step)? { (p, m, v) } else { step.composed(&p, &g, Some(m), Some(v))? };
+        Ok([p.to_vec1()?, m.to_vec1()?, v.to_vec1()?])
+    };
+    let start = Instant::now();
+    let (cpu, dev) = (update(&Device::Cpu)?, update(device)?);
+    let rel = |a: &[f32], b: &[f32]| {
+        let scale = a.iter().fold(1e-30f32, |s, x| s.max(x.abs()));
+        a.iter().zip(b).fold(0f32, |w, (x, y)| w.max((x - y).abs())) / scale
+    };
+    let worst = ["weight", "first moment", "second moment"]
+        .into_iter()
+        .zip(cpu.iter().zip(&dev))
+        .map(|(name, (a, b))| (rel(a, b), name))
+        .fold((0f32, "weight"), |w, x| if x.0 > w.0 { x } else { w });
+    println!(
+        "{:<14} AdamW, {n} values, worst relative difference CPU vs {device:?}: {:.1e} ({}), {:.0} ms",
+        "update",
+        worst.0,
+        worst.1,
+        start.elapsed().as_secs_f64() * 1e3
+    );
     Ok(())
 }
 

@@ -537,3 +537,19 @@ fn raw_fields_are_simulated_extracted_and_read_as_a_dataset() {
     let o = molclip(&["extract", "--raw", raw.to_str().unwrap(), "--out", "x", "--split", "half"]);
     assert!(!o.status.success() && text(&o).contains("random, train or novel"), "{}", text(&o));
 }
+
+/// `bench device-check` against the CPU itself: every model's features and gradients, and the
+/// AdamW update, are the same bits twice (a difference would be nondeterminism or a check
+/// comparing the wrong tensors), one line each.
+#[test]
+fn device_check_on_the_cpu_finds_no_difference() {
+    let o = molclip(&["bench", "device-check", "--device", "cpu"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    let lines: Vec<&str> = out.lines().filter(|l| l.contains("worst relative difference CPU vs Cpu: ")).collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    for (line, name) in lines.iter().zip(["frame-vit", "i3d-resnet18", "i3d-resnet50", "update"]) {
+        assert!(line.starts_with(name), "{out}");
+        assert!(line.contains("CPU vs Cpu: 0.0e0 "), "{out}");
+    }
+}
