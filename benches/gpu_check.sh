@@ -9,7 +9,7 @@
 # ../shared/data/launched_drugs.tsv; a copy travels where ../shared does not). Run from the repository root, on a machine with an NVIDIA GPU, python3 with a CUDA
 # build of PyTorch (the reference side), and the CUDA libraries molclip loads at run time
 # (cuBLAS, cuRAND, NVRTC, cuDNN): the lib folders of PyTorch's nvidia-* wheels are put on the library
-# path. Each step has its own time limit (40 + 100 + 100 + 40 + 40 + 130 s): the whole script
+# path. Each step has its own time limit (40 + 3 x 80 + 40 + 40 + 120 s): the whole script
 # ends within 8 minutes, whatever the machine. "Before cuDNN" runs the same binary with
 # MOLCLIP_CUDNN=0 (the composed candle ops), molclip alone.
 set -uo pipefail
@@ -40,14 +40,14 @@ step() { # step SECONDS TITLE COMMAND...: one section of the table, within SECON
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
     python3 -c 'import torch; print("PyTorch", torch.__version__, "cuDNN", torch.backends.cudnn.version())'
     step 40 "Agreement with the CPU" "$bin" bench device-check --device cuda
-    step 100 "Training steps against PyTorch eager, float32 (PyTorch's defaults)" "$bin" bench model --device cuda \
-        --models i3d-resnet18,i3d-resnet50,frame-vit --steps 10 --rounds 1 --quiet
-    step 100 "Training steps against PyTorch eager, bf16 autocast" "$bin" bench model --device cuda \
-        --models i3d-resnet18,i3d-resnet50,frame-vit --steps 10 --rounds 1 --precision bf16 --quiet
+    for precision in f32 tf32 bf16; do
+        step 80 "Training steps against PyTorch eager, $precision" "$bin" bench model --device cuda \
+            --models i3d-resnet18,i3d-resnet50,frame-vit --steps 10 --rounds 1 --precision "$precision" --quiet
+    done
     step 40 "Before cuDNN: the composed candle ops (MOLCLIP_CUDNN=0), float32" env MOLCLIP_CUDNN=0 "$bin" bench model \
         --device cuda --models i3d-resnet18,i3d-resnet50,frame-vit --steps 5 --rounds 1 --no-reference --quiet
     step 40 "The bench preset" "$bin" simulate --preset bench --drugs "$drugs" --out "$out/bench" --quiet
-    step 130 "An epoch's first steps, end to end (MitoReID's recipe)" "$bin" bench train --device cuda \
+    step 120 "An epoch's first steps, end to end (MitoReID's recipe)" "$bin" bench train --device cuda \
         --data "$out/bench" --config configs/mitoreid.toml --steps 12 --quiet
 } | tee "$table"
 rm -rf "$out/bench"
