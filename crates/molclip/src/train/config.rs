@@ -86,8 +86,8 @@ pub enum Precision {
     /// Float32 throughout.
     #[default]
     F32,
-    /// Float32, with matrix products in TF32 on the GPU's tensor cores (cuBLAS; CUDA
-    /// devices only).
+    /// Float32, with matrix products in TF32 on the GPU's tensor cores (cuBLAS, and cuDNN's
+    /// convolutions in a `cudnn` build; CUDA devices only).
     Tf32,
     /// Autocast: linear layers, attention's products and convolutions from bf16 operands
     /// with float32 sums (on the CPU, the operands rounded to bf16 and the float32 kernels).
