@@ -219,7 +219,7 @@ pub(crate) fn max_pool3d_composed(x: &Tensor, window: Window3d) -> Result<Tensor
 // ---------------------------------------------------------------------------------------
 // CPU kernels.
 
-fn dims5(l: &Layout) -> candle_core::Result<[usize; 5]> {
+pub(crate) fn dims5(l: &Layout) -> candle_core::Result<[usize; 5]> {
     let (a, b, c, d, e) = l.shape().dims5()?;
     Ok([a, b, c, d, e])
 }

@@ -23,7 +23,7 @@ use candle_core::cuda::cudarc::driver::{DevicePtr, DevicePtrMut, SyncOnDrop};
 use candle_core::cuda::{CudaStorageSlice, DeviceId};
 use candle_core::{CudaDevice, CudaStorage, DType, Layout, Shape};
 
-use crate::conv3d::Window3d;
+use crate::conv3d::{dims5, Window3d};
 
 type Result<T> = candle_core::Result<T>;
 
@@ -34,8 +34,17 @@ pub(crate) fn serves(dtype: DType) -> bool {
     on && matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
 }
 
-fn check(status: std::result::Result<(), result::CudnnError>, what: &str) -> Result<()> {
+/// A cuDNN call's result, its error naming `what` failed.
+fn check<T>(status: std::result::Result<T, result::CudnnError>, what: &str) -> Result<T> {
     status.map_err(|e| candle_core::Error::Msg(format!("cuDNN {what}: {e:?}")))
+}
+
+/// The scaling factors cuDNN reads through pointers (float32 for every data type served).
+static ONE: f32 = 1.0;
+static ZERO: f32 = 0.0;
+
+fn scale(v: &'static f32) -> *const c_void {
+    v as *const f32 as *const c_void
 }
 
 // ------------------------------------------------------------------------------ handles
@@ -67,7 +76,7 @@ fn with_handle<R>(dev: &CudaDevice, f: impl FnOnce(&mut Handle) -> Result<R>) ->
             std::collections::hash_map::Entry::Vacant(e) => {
                 let stream = dev.cuda_stream();
                 stream.context().bind_to_thread().map_err(candle_core::Error::wrap)?;
-                let raw = result::create_handle().map_err(|e| candle_core::Error::Msg(format!("cuDNN: {e:?}")))?;
+                let raw = check(result::create_handle(), "handle")?;
                 let handle = e.insert(Handle { raw, algos: HashMap::new() });
                 // SAFETY: a live handle and candle's live stream of the same context.
                 let status = unsafe { result::set_stream(handle.raw, stream.cu_stream() as sys::cudaStream_t) };
@@ -91,8 +100,7 @@ impl TensorDesc {
         for i in (0..4).rev() {
             strides[i] = strides[i + 1] * dims[i + 1];
         }
-        let desc =
-            Self(result::create_tensor_descriptor().map_err(|e| candle_core::Error::Msg(format!("cuDNN: {e:?}")))?);
+        let desc = Self(check(result::create_tensor_descriptor(), "tensor descriptor")?);
         // SAFETY: a descriptor just created; dims and strides hold 5 values each.
         let status = unsafe { result::set_tensornd_descriptor(desc.0, dtype, 5, dims.as_ptr(), strides.as_ptr()) };
         check(status, "tensor")?;
@@ -113,8 +121,7 @@ struct FilterDesc(sys::cudnnFilterDescriptor_t);
 impl FilterDesc {
     fn new(dtype: sys::cudnnDataType_t, dims: [usize; 5]) -> Result<Self> {
         let dims = to_c(dims)?;
-        let desc =
-            Self(result::create_filter_descriptor().map_err(|e| candle_core::Error::Msg(format!("cuDNN: {e:?}")))?);
+        let desc = Self(check(result::create_filter_descriptor(), "filter descriptor")?);
         let format = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
         // SAFETY: a descriptor just created; dims holds 5 values.
         let status = unsafe { result::set_filternd_descriptor(desc.0, dtype, format, 5, dims.as_ptr()) };
@@ -136,9 +143,7 @@ struct ConvDesc(sys::cudnnConvolutionDescriptor_t);
 impl ConvDesc {
     fn new(window: Window3d, math: sys::cudnnMathType_t) -> Result<Self> {
         let (pads, strides, dilations) = (to_c(window.padding)?, to_c(window.stride)?, [1 as c_int; 3]);
-        let desc = Self(
-            result::create_convolution_descriptor().map_err(|e| candle_core::Error::Msg(format!("cuDNN: {e:?}")))?,
-        );
+        let desc = Self(check(result::create_convolution_descriptor(), "convolution descriptor")?);
         let mode = sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION;
         let compute = sys::cudnnDataType_t::CUDNN_DATA_FLOAT;
         // SAFETY: a descriptor just created; each array holds 3 values.
@@ -174,8 +179,7 @@ struct PoolDesc(sys::cudnnPoolingDescriptor_t);
 impl PoolDesc {
     fn new(window: Window3d) -> Result<Self> {
         let (kernel, pads, strides) = (to_c(window.kernel)?, to_c(window.padding)?, to_c(window.stride)?);
-        let desc =
-            Self(result::create_pooling_descriptor().map_err(|e| candle_core::Error::Msg(format!("cuDNN: {e:?}")))?);
+        let desc = Self(check(result::create_pooling_descriptor(), "pooling descriptor")?);
         let mode = sys::cudnnPoolingMode_t::CUDNN_POOLING_MAX_DETERMINISTIC;
         let nan = sys::cudnnNanPropagation_t::CUDNN_PROPAGATE_NAN;
         // SAFETY: a descriptor just created; each array holds 3 values.
@@ -256,11 +260,6 @@ fn output_ptr<'a>(
     })
 }
 
-fn dims5(l: &Layout) -> Result<[usize; 5]> {
-    let (b, c, t, h, w) = l.shape().dims5()?;
-    Ok([b, c, t, h, w])
-}
-
 // ------------------------------------------------------------------------- convolutions
 
 /// Which of a convolution's three products.
@@ -278,7 +277,7 @@ struct ConvKey {
     w: [usize; 5],
     window: Window3d,
     dtype: DType,
-    math: c_int,
+    math: sys::cudnnMathType_t,
 }
 
 /// A picked algorithm, of its pass.
@@ -328,6 +327,8 @@ struct ConvDescs {
     x: TensorDesc,
     w: FilterDesc,
     y: TensorDesc,
+    /// y's dims.
+    y_dims: [usize; 5],
     conv: ConvDesc,
     key: ConvKey,
 }
@@ -342,18 +343,16 @@ impl ConvDescs {
         cudnn: sys::cudnnDataType_t,
     ) -> Result<Self> {
         let out = window.out_dims([x[2], x[3], x[4]]).map_err(candle_core::Error::wrap)?;
+        let y_dims = [x[0], w[0], out[0], out[1], out[2]];
         let math = math_for(dtype);
         Ok(Self {
             x: TensorDesc::new(cudnn, x)?,
             w: FilterDesc::new(cudnn, w)?,
-            y: TensorDesc::new(cudnn, [x[0], w[0], out[0], out[1], out[2]])?,
+            y: TensorDesc::new(cudnn, y_dims)?,
+            y_dims,
             conv: ConvDesc::new(window, math)?,
-            key: ConvKey { pass, x, w, window, dtype, math: math as c_int },
+            key: ConvKey { pass, x, w, window, dtype, math },
         })
-    }
-
-    fn math(&self) -> sys::cudnnMathType_t {
-        math_for(self.key.dtype)
     }
 
     /// This pass's algorithm, picked on the shape's first use.
@@ -361,7 +360,7 @@ impl ConvDescs {
         if let Some(a) = handle.algos.get(&self.key) {
             return Ok(*a);
         }
-        let (h, math) = (handle.raw, self.math());
+        let (h, math) = (handle.raw, self.key.math);
         let (x, w, y, conv) = (self.x.0, self.w.0, self.y.0, self.conv.0);
         let picked = match self.key.pass {
             Pass::Forward => {
@@ -434,12 +433,12 @@ fn pick<P, A: Copy>(
     check(rank(n as c_int, &mut count, perf.as_mut_ptr()), what)?;
     let ranked: Vec<_> = perf[..(count.max(0) as usize).min(n)].iter().map(fields).collect();
     let algo = first_fitting(&ranked, math, what)?;
-    let bytes = workspace(algo).map_err(|e| candle_core::Error::Msg(format!("cuDNN {what} workspace: {e:?}")))?;
-    Ok((algo, bytes))
+    Ok((algo, check(workspace(algo), &format!("{what} workspace"))?))
 }
 
-/// One pass of a convolution: `pass` reads `a` and `b` and writes a fresh output of `out`
-/// dims. Forward: (x, w) to y. Input gradient: (dy, w) to dx. Weight gradient: (x, dy) to dw.
+/// One pass of a convolution `x * w -> y` (x and w of these dims): `pass` reads `a` and `b`
+/// and writes a fresh output. Forward: (x, w) to y. Input gradient: (dy, w) to dx. Weight
+/// gradient: (x, dy) to dw.
 fn conv_pass(
     pass: Pass,
     window: Window3d,
@@ -447,8 +446,7 @@ fn conv_pass(
     (s2, l2): (&CudaStorage, &Layout),
     x: [usize; 5],
     w: [usize; 5],
-    out: [usize; 5],
-) -> Result<CudaStorage> {
+) -> Result<(CudaStorage, Shape)> {
     let dev = s1.device.clone();
     let stream = dev.cuda_stream();
     if s1.dtype() != s2.dtype() {
@@ -457,6 +455,11 @@ fn conv_pass(
     let dtype = s1.dtype();
     let (a, b) = (operand(s1, l1, &stream)?, operand(s2, l2, &stream)?);
     let descs = ConvDescs::new(pass, x, w, window, dtype, a.dtype)?;
+    let out = match pass {
+        Pass::Forward => descs.y_dims,
+        Pass::InputGrad => x,
+        Pass::WeightGrad => w,
+    };
     let mut y = output(&dev, &out, dtype)?;
     with_handle(&dev, |handle| {
         let algo = descs.algo(handle)?;
@@ -464,8 +467,7 @@ fn conv_pass(
         let mut ws = unsafe { dev.alloc::<u8>(algo.workspace.max(1))? };
         let (wsp, _ws_sync) = ws.device_ptr_mut(&stream);
         let (yp, _y_sync) = output_ptr(&mut y, &stream)?;
-        let (alpha, beta) = (1f32, 0f32);
-        let (alpha, beta) = (&alpha as *const f32 as *const c_void, &beta as *const f32 as *const c_void);
+        let (alpha, beta) = (scale(&ONE), scale(&ZERO));
         let (ap, bp, yp, wsp) = (a.ptr as *const c_void, b.ptr as *const c_void, yp as *mut c_void, wsp as *mut c_void);
         let h = handle.raw;
         // SAFETY: the descriptors describe the operands (packed, of their dtype and shapes, as
@@ -523,7 +525,7 @@ fn conv_pass(
         check(status, "convolution")
     })?;
     drop((a, b));
-    Ok(y)
+    Ok((y, Shape::from(out.to_vec())))
 }
 
 /// `conv3d(x, w)`: x `[B, C, T, H, W]`, w `[O, C, kt, kh, kw]`.
@@ -532,10 +534,7 @@ pub(crate) fn conv3d_forward(
     x: (&CudaStorage, &Layout),
     w: (&CudaStorage, &Layout),
 ) -> Result<(CudaStorage, Shape)> {
-    let (xd, wd) = (dims5(x.1)?, dims5(w.1)?);
-    let o = window.out_dims([xd[2], xd[3], xd[4]]).map_err(candle_core::Error::wrap)?;
-    let out = [xd[0], wd[0], o[0], o[1], o[2]];
-    Ok((conv_pass(Pass::Forward, window, x, w, xd, wd, out)?, Shape::from(out.to_vec())))
+    conv_pass(Pass::Forward, window, x, w, dims5(x.1)?, dims5(w.1)?)
 }
 
 /// The input's gradient from the output's `dy [B, O, ...]` and w, for an input of `input`
@@ -548,7 +547,7 @@ pub(crate) fn conv3d_input_grad(
 ) -> Result<(CudaStorage, Shape)> {
     let (yd, wd) = (dims5(dy.1)?, dims5(w.1)?);
     let xd = [yd[0], wd[1], input[0], input[1], input[2]];
-    Ok((conv_pass(Pass::InputGrad, window, dy, w, xd, wd, xd)?, Shape::from(xd.to_vec())))
+    conv_pass(Pass::InputGrad, window, dy, w, xd, wd)
 }
 
 /// The weight's gradient from the input x and the output's gradient dy.
@@ -560,7 +559,7 @@ pub(crate) fn conv3d_weight_grad(
     let (xd, yd) = (dims5(x.1)?, dims5(dy.1)?);
     let [kt, kh, kw] = window.kernel;
     let wd = [yd[1], xd[1], kt, kh, kw];
-    Ok((conv_pass(Pass::WeightGrad, window, x, dy, xd, wd, wd)?, Shape::from(wd.to_vec())))
+    conv_pass(Pass::WeightGrad, window, x, dy, xd, wd)
 }
 
 // ------------------------------------------------------------------------------ pooling
@@ -577,17 +576,16 @@ pub(crate) fn max_pool3d_forward(window: Window3d, (s, l): (&CudaStorage, &Layou
     let mut y = output(&dev, &yd, s.dtype())?;
     with_handle(&dev, |handle| {
         let (yp, _y_sync) = output_ptr(&mut y, &stream)?;
-        let (alpha, beta) = (1f32, 0f32);
         // SAFETY: packed descriptors of the operands' dtype and shapes, live device buffers of
         // those sizes on the handle's stream.
         let status = unsafe {
             result::pooling_forward(
                 handle.raw,
                 pool.0,
-                &alpha as *const f32 as *const c_void,
+                scale(&ONE),
                 xdesc.0,
                 x.ptr as *const c_void,
-                &beta as *const f32 as *const c_void,
+                scale(&ZERO),
                 ydesc.0,
                 yp as *mut c_void,
             )
@@ -616,20 +614,19 @@ pub(crate) fn max_pool3d_grad(
     let mut dx = output(&dev, &xd, sx.dtype())?;
     with_handle(&dev, |handle| {
         let (dxp, _dx_sync) = output_ptr(&mut dx, &stream)?;
-        let (alpha, beta) = (1f32, 0f32);
         // SAFETY: as in the forward pass; dy is laid out as y and dx as x.
         let status = unsafe {
             sys::cudnnPoolingBackward(
                 handle.raw,
                 pool.0,
-                &alpha as *const f32 as *const c_void,
+                scale(&ONE),
                 ydesc.0,
                 y.ptr as *const c_void,
                 ydesc.0,
                 dy.ptr as *const c_void,
                 xdesc.0,
                 x.ptr as *const c_void,
-                &beta as *const f32 as *const c_void,
+                scale(&ZERO),
                 xdesc.0,
                 dxp as *mut c_void,
             )
@@ -733,7 +730,6 @@ pub(crate) fn batch_norm_forward(
     with_handle(&dev, |handle| {
         let (yp, _y_sync) = output_ptr(&mut y, &stream)?;
         let (sp, _s_sync) = output_ptr(&mut stats, &stream)?;
-        let (alpha, beta) = (1f32, 0f32);
         // SAFETY: packed float32 descriptors of the operands' shapes; live device buffers of
         // those sizes on the handle's stream; no running statistics (both null, as allowed);
         // the saved mean and inverse deviation go to the two halves of `stats` (C each).
@@ -741,8 +737,8 @@ pub(crate) fn batch_norm_forward(
             sys::cudnnBatchNormalizationForwardTraining(
                 handle.raw,
                 sys::cudnnBatchNormMode_t::CUDNN_BATCHNORM_SPATIAL,
-                &alpha as *const f32 as *const c_void,
-                &beta as *const f32 as *const c_void,
+                scale(&ONE),
+                scale(&ZERO),
                 xdesc.0,
                 x.ptr as *const c_void,
                 xdesc.0,
@@ -809,8 +805,7 @@ pub(crate) fn batch_norm_backward(
     let mut out = output(&dev, &[n + 2 * c], DType::F32)?;
     with_handle(&dev, |handle| {
         let (op, _o_sync) = output_ptr(&mut out, &stream)?;
-        let (one, zero) = (1f32, 0f32);
-        let (one, zero) = (&one as *const f32 as *const c_void, &zero as *const f32 as *const c_void);
+        let (one, zero) = (scale(&ONE), scale(&ZERO));
         // SAFETY: as in the forward pass; dx, dweight and dbias are the three consecutive parts
         // (n, C and C floats) of `out`.
         let status = unsafe {
