@@ -87,6 +87,12 @@ impl LayerNorm {
     }
 }
 
+/// The unbiased variance (times n / (n - 1)) from the biased one of n values, as PyTorch's
+/// running statistics take it.
+fn unbiased(n: f64, var: &Tensor) -> Result<Tensor> {
+    Ok(if n > 1.0 { (var * (n / (n - 1.0)))? } else { var.clone() })
+}
+
 /// `nn.BatchNorm1d/2d/3d`: normalises dimension 1 of `[B, C, ...]` with batch statistics while
 /// training (updating the running ones, momentum 0.1, unbiased variance) and with the running
 /// statistics in evaluation.
@@ -170,9 +176,7 @@ impl BatchNorm {
         #[cfg(feature = "cudnn")]
         if train && x.device().is_cuda() && x.dtype() == DType::F32 && crate::cudnn::serves(DType::F32) {
             let (y, mean, var) = crate::cudnn::batch_norm_train(&x3, &self.weight, &self.bias, self.eps)?;
-            let n = (b * m) as f64;
-            let unbiased = if n > 1.0 { (var * (n / (n - 1.0)))? } else { var };
-            self.update_running(&mean, &unbiased)?;
+            self.update_running(&mean, &unbiased((b * m) as f64, &var)?)?;
             return Self::then(y.reshape(dims)?, after);
         }
         Self::then(self.apply_composed(&x3, train)?.reshape(dims)?, after)
@@ -207,8 +211,7 @@ impl BatchNorm {
             let per_channel = x3.transpose(0, 1)?.reshape((c, b * m))?;
             let mean = per_channel.mean_keepdim(1)?;
             let var = per_channel.broadcast_sub(&mean)?.sqr()?.mean_keepdim(1)?;
-            let n = (b * m) as f64;
-            let unbiased = if n > 1.0 { (var.detach() * (n / (n - 1.0)))? } else { var.detach() };
+            let unbiased = unbiased((b * m) as f64, &var.detach())?;
             self.update_running(&mean.detach().flatten_all()?, &unbiased.flatten_all()?)?;
             (mean.reshape((1, c, 1))?, var.reshape((1, c, 1))?)
         } else {
