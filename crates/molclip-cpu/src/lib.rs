@@ -14,9 +14,11 @@ use std::sync::OnceLock;
 
 #[cfg(target_arch = "x86_64")]
 mod sgemm_avx2;
+pub mod shifted;
 
 use gemm_common::gemm::gemm_basic_generic;
 pub use gemm_common::Parallelism;
+pub use shifted::{shifted_dot, shifted_gemm, Run, ShiftedWeights};
 
 /// An instruction-set level of the CPU kernels, narrowest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -14,10 +14,12 @@
 //! (one conv2d per temporal tap, or strided slices, stack and matmul), so autograd comes for
 //! free; the tests check that the paths agree with each other and with PyTorch.
 
+mod shifted;
+
 use std::borrow::Cow;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Device, Layout, Shape, Tensor};
-use molclip_cpu::Shared;
+use molclip_cpu::{Shared, ShiftedWeights};
 use rayon::prelude::*;
 
 use super::cpu::{f32_slice, gemm_f32, gemm_f32_strided, gemm_raw};
@@ -400,6 +402,28 @@ fn col2vol(col: &[f32], g: usize, dims: [usize; 3], window: Window3d, out: [usiz
     });
 }
 
+/// The padded grid on which a convolution runs without a window matrix ([`shifted`]), for
+/// `b` videos of `c` channels of `input` dims, where that grid is dense in outputs; None for
+/// the others, and for 1×1×1 windows (whose window matrix is the input itself, or a strided
+/// view of it).
+fn shifted_grid(window: Window3d, b: usize, c: usize, input: [usize; 3]) -> Option<shifted::PaddedGrid> {
+    if window.kernel == [1, 1, 1] || !shifted_enabled() {
+        return None;
+    }
+    shifted::PaddedGrid::new(b, c, input, window).filter(|g| g.dense())
+}
+
+/// `MOLCLIP_SHIFTED=0` builds the window matrix for every convolution, as before the grid
+/// kernels, for comparisons (read once per process).
+fn shifted_enabled() -> bool {
+    #[cfg(test)]
+    if tests::WINDOW_MATRIX_ONLY.get() {
+        return false;
+    }
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var("MOLCLIP_SHIFTED").map_or(true, |v| v.trim() != "0"))
+}
+
 /// Videos per GEMM: deep layers have few output positions per video, and one GEMM over
 /// several videos keeps the matrices large enough to run near peak.
 fn group_size(batch: usize, positions: usize) -> usize {
@@ -744,6 +768,10 @@ impl CustomOp2 for Conv3dOp {
         let out = self.window.out_dims([dims[2], dims[3], dims[4]]).map_err(candle_core::Error::wrap)?;
         let z = ConvSizes::new(self.window, dims, l2.shape().dims()[0], out);
         let o = z.o;
+        if let Some(grid) = shifted_grid(self.window, z.b, z.c, z.input) {
+            let packed = ShiftedWeights::new(molclip_cpu::isa(), wt, o, z.ck);
+            return Ok((CpuStorage::F32(grid.convolve(x, &packed)), Shape::from(vec![z.b, o, out[0], out[1], out[2]])));
+        }
         let xs = phase_split(x, dims[4], self.window.stride[2]);
         let y = match z.tile() {
             Some(tile) => z.forward_tiled(self.window, &xs, wt, tile),
@@ -804,6 +832,15 @@ impl CustomOp2 for Conv3dGradInput {
         let [b, o, ot, oh, ow] = dims5(l1)?;
         let [t, h, w] = self.input;
         let z = ConvSizes::new(self.window, [b, l2.shape().dims()[1], t, h, w], o, [ot, oh, ow]);
+        if let Some(grid) = shifted_grid(self.window, b, z.c, [t, h, w])
+            .and_then(|_| shifted::PaddedGrid::for_input_grad(b, o, [ot, oh, ow], self.window))
+            .filter(|g| g.dense())
+        {
+            let taps = self.window.taps();
+            let packed = ShiftedWeights::new(molclip_cpu::isa(), &shifted::flipped(wt, o, z.c, taps), z.c, o * taps);
+            debug_assert_eq!(grid.out(), [t, h, w]);
+            return Ok((CpuStorage::F32(grid.convolve(gy, &packed)), Shape::from(vec![b, z.c, t, h, w])));
+        }
         let gx = match z.tile() {
             Some(tile) => z.input_grad_tiled(self.window, gy, wt, tile),
             None => z.input_grad_grouped(self.window, gy, wt),
@@ -844,12 +881,15 @@ impl CustomOp2 for Conv3dGradWeight {
         let [_, o, ot, oh, ow] = dims5(l2)?;
         let z = ConvSizes::new(self.window, dims, o, [ot, oh, ow]);
         let c = z.c;
+        let [kt, kh, kw] = self.window.kernel;
+        if let Some(grid) = shifted_grid(self.window, z.b, c, z.input) {
+            return Ok((CpuStorage::F32(grid.weight_grad(x, gy, o)), Shape::from(vec![o, c, kt, kh, kw])));
+        }
         let xs = phase_split(x, dims[4], self.window.stride[2]);
         let gw = match z.tile() {
             Some(tile) => z.weight_grad_tiled(self.window, &xs, gy, tile),
             None => z.weight_grad_grouped(self.window, &xs, gy),
         };
-        let [kt, kh, kw] = self.window.kernel;
         Ok((CpuStorage::F32(gw), Shape::from(vec![o, c, kt, kh, kw])))
     }
 
@@ -1054,6 +1094,13 @@ impl CustomOp2 for MaxPool3dGrad {
 mod tests {
     use super::*;
     use candle_core::{DType, Var};
+    use molclip_cpu::shifted::MAX_TILE;
+
+    thread_local! {
+        /// Set by a test that checks the window-matrix kernels on shapes the grid kernels
+        /// would take (the ops run on the test's own thread).
+        pub(super) static WINDOW_MATRIX_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
 
     fn rand(shape: &[usize], seed: u64) -> Tensor {
         use rand::{Rng, SeedableRng};
@@ -1113,6 +1160,7 @@ mod tests {
     /// sums of the weight gradient.
     #[test]
     fn tiled_kernels_match_composed_ops() {
+        WINDOW_MATRIX_ONLY.set(true);
         for (i, (win, input)) in [
             (Window3d::new([3, 3, 3], [1, 1, 1], [1, 1, 1]), [3, 30, 27]),
             (Window3d::new([5, 7, 7], [1, 2, 2], [2, 3, 3]), [3, 64, 95]),
@@ -1143,6 +1191,50 @@ mod tests {
             let scale = gw2.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(max_abs_diff(&gw1, &gw2) < 1e-5 * scale.max(1.0), "grad weight {win:?}");
         }
+    }
+
+    /// Windows on grids dense enough in outputs run without a window matrix ([`shifted`]):
+    /// the forward pass and the weight gradient, and for stride 1 the input gradient too.
+    /// Against the composed ops, with blocks of positions that end inside lines and videos,
+    /// and output channels past a register tile's width.
+    #[test]
+    fn shifted_kernels_match_composed_ops() {
+        for (i, (win, input, c, o)) in [
+            (Window3d::new([3, 3, 3], [1, 1, 1], [1, 1, 1]), [4, 20, 21], 3, 13),
+            (Window3d::new([1, 3, 3], [1, 1, 1], [0, 1, 1]), [3, 30, 30], 2, 70),
+            (Window3d::new([3, 1, 1], [1, 1, 1], [1, 0, 0]), [5, 12, 11], 4, 5),
+            (Window3d::new([3, 5, 3], [1, 1, 1], [1, 2, 1]), [3, 40, 17], 2, 3),
+            // Strided: the stem's window, and a stage's first convolution (odd width).
+            (Window3d::new([5, 7, 7], [1, 2, 2], [2, 3, 3]), [4, 60, 59], 1, 14),
+            (Window3d::new([3, 3, 3], [2, 2, 2], [1, 1, 1]), [6, 28, 27], 3, 5),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let [t, h, w] = input;
+            let grid = shifted_grid(win, 2, c, input).expect("a dense stride-1 grid");
+            let n = grid.out().iter().product::<usize>();
+            assert_eq!(grid.out(), win.out_dims(input).unwrap());
+            assert!(n > 2 * MAX_TILE, "{win:?}: several blocks of positions per video");
+            let x = Var::from_tensor(&rand(&[2, c, t, h, w], 70 + i as u64)).unwrap();
+            let wt =
+                Var::from_tensor(&rand(&[o, c, win.kernel[0], win.kernel[1], win.kernel[2]], 80 + i as u64)).unwrap();
+            let out = grid.out();
+            let probe = rand(&[2, o, out[0], out[1], out[2]], 90 + i as u64);
+            let run = |f: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>| {
+                let y = f(x.as_tensor(), wt.as_tensor()).unwrap();
+                let g = (&y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+                (y, g.get(&x).unwrap().clone(), g.get(&wt).unwrap().clone())
+            };
+            let (y1, gx1, gw1) = run(&|x, w| conv3d(x, w, win));
+            let (y2, gx2, gw2) = run(&|x, w| conv3d_composed(x, w, win));
+            assert!(max_abs_diff(&y1, &y2) < 1e-4, "forward {win:?}");
+            assert!(max_abs_diff(&gx1, &gx2) < 1e-4, "grad input {win:?}");
+            let scale = gw2.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(max_abs_diff(&gw1, &gw2) < 1e-5 * scale.max(1.0), "grad weight {win:?}");
+        }
+        // The deep layers' sparse grids (4 x 4 frames padded to 6 x 6) keep the window matrix.
+        assert!(shifted_grid(Window3d::new([3, 3, 3], [1, 1, 1], [1, 1, 1]), 8, 512, [4, 4, 4]).is_none());
     }
 
     /// The partial sums of a weight gradient, summed and transposed: each element the sum of
