@@ -9,6 +9,10 @@
 //! at AVX2 with both sides of the destination 64 or more, which runs molclip's own
 //! (`sgemm_avx2`: the crate reaches 55 to 65 % of the cores' FMA peak there). Either way,
 //! capping changes no number that the uncapped run on a CPU of that instruction set gives.
+//!
+//! [`shifted`] holds the products of a convolution computed on the grid of its zero-padded
+//! input, whose window-matrix rows are shifted views of that input ([`shifted_gemm`] for the
+//! forward pass, [`shifted_dot`] for the weight gradient), with kernels for each level.
 
 use std::sync::OnceLock;
 

@@ -126,6 +126,9 @@ pub fn shifted_gemm(w: &ShiftedWeights, src: &[f32], offsets: &[usize], len: usi
 /// `g` and of the source stay in cache while every tile of outputs runs over them.
 pub const DOT_BLOCK: usize = 1024;
 
+/// Values of slack [`shifted_dot`] needs past the last position of the source it reads.
+pub const DOT_SLACK: usize = 16;
+
 /// A run of positions of [`shifted_dot`]: where it starts in each output's row of `g`, and
 /// past each row's offset in the source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,7 +149,8 @@ pub struct Run {
 /// The runs are summed in blocks of whole runs, about [`DOT_BLOCK`] positions each, each
 /// block one vector of partial sums per element, reduced across its lanes and added to the
 /// element: the bits depend on the runs alone, not on how the caller splits the rows among
-/// threads. `src` needs no slack.
+/// threads. `src` must hold [`DOT_SLACK`] values of slack past the last position read (a
+/// run's last vector reads whole; the positions past the run meet zeros of `g`).
 #[allow(clippy::too_many_arguments)]
 pub fn shifted_dot(
     level: Isa,
@@ -171,7 +175,8 @@ pub fn shifted_dot(
     let g_end = runs.iter().map(|r| r.at_g + run_len).max().unwrap_or(0);
     assert!(g_end <= ldg && g.len() >= (n - 1) * ldg + g_end, "gradient rows of {ldg} values, runs reach {g_end}");
     let reach = rows.clone().map(|r| offsets[r]).max().unwrap_or(0)
-        + runs.iter().map(|r| r.at_src + run_len).max().unwrap_or(0);
+        + runs.iter().map(|r| r.at_src + run_len).max().unwrap_or(0)
+        + DOT_SLACK;
     assert!(src.len() >= reach, "source of {} values, the positions read reach {reach}", src.len());
     let level = level.min(Isa::detected());
     let (nj, nk) = dot_tile_of(level);
@@ -423,8 +428,8 @@ mod x86 {
     ///
     /// # Safety
     ///
-    /// AVX2 and FMA; `g + gs[i] + run.at_g` and `src + offs[i] + run.at_src` valid for `len`
-    /// reads.
+    /// AVX2 and FMA; `g + gs[i] + run.at_g` valid for `len` reads, `src + offs[i] + run.at_src`
+    /// for `len` rounded up to 8.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dot_avx2(
         g: *const f32,
@@ -437,27 +442,35 @@ mod x86 {
         const NJ: usize = 3;
         const NK: usize = 4;
         let mut acc = [_mm256_setzero_ps(); NJ * NK];
-        // The lanes kept at each offset from a run's end: all of them, or its last positions.
-        let keep = |q: usize| {
-            let lanes: [i32; 8] = std::array::from_fn(|i| if q + i < len { -1 } else { 0 });
-            // SAFETY: eight values.
-            unsafe { _mm256_loadu_si256(lanes.as_ptr().cast()) }
-        };
-        let (full, tail) = (len / 8 * 8, keep(len / 8 * 8));
-        for run in runs {
-            let (ga, sa) = (g.wrapping_add(run.at_g), src.wrapping_add(run.at_src));
-            for q in (0..len).step_by(8) {
-                // SAFETY: the lanes the mask keeps, q..min(q + 8, len), are inside every row.
-                unsafe {
-                    let mask = if q < full { _mm256_set1_epi32(-1) } else { tail };
-                    let gv: [__m256; NJ] = std::array::from_fn(|j| _mm256_maskload_ps(ga.add(gs[j] + q), mask));
-                    for r in 0..NK {
-                        let sv = _mm256_maskload_ps(sa.add(offs[r] + q), mask);
-                        for j in 0..NJ {
-                            acc[j * NK + r] = _mm256_fmadd_ps(gv[j], sv, acc[j * NK + r]);
-                        }
+        let full = len / 8 * 8;
+        let lanes: [i32; 8] = std::array::from_fn(|i| if full + i < len { -1 } else { 0 });
+        // SAFETY: eight values.
+        let tail = unsafe { _mm256_loadu_si256(lanes.as_ptr().cast()) };
+        // One step of 8 positions at q, each row of g read by `$load`: a plain load, or for a
+        // run's last positions a masked one (zeros past the run), whose products are then zero
+        // whatever the source holds there (its slack). vmaskmovps is slower than a load on AMD's
+        // cores, so only g's tail takes it.
+        macro_rules! step {
+            ($ga:expr, $sa:expr, $q:expr, $load:expr) => {{
+                let gv: [__m256; NJ] = std::array::from_fn(|j| $load($ga.add(gs[j] + $q)));
+                for r in 0..NK {
+                    let sv = _mm256_loadu_ps($sa.add(offs[r] + $q));
+                    for j in 0..NJ {
+                        acc[j * NK + r] = _mm256_fmadd_ps(gv[j], sv, acc[j * NK + r]);
                     }
                 }
+            }};
+        }
+        for run in runs {
+            let (ga, sa) = (g.wrapping_add(run.at_g), src.wrapping_add(run.at_src));
+            for q in (0..full).step_by(8) {
+                // SAFETY: q + 8 <= len: inside every row.
+                unsafe { step!(ga, sa, q, |p| _mm256_loadu_ps(p)) };
+            }
+            if full < len {
+                // SAFETY: the mask keeps g's lanes full..len, inside its rows; the source's rows
+                // are read 8 values from `full`, inside their slack (the caller's bound).
+                unsafe { step!(ga, sa, full, |p| _mm256_maskload_ps(p, tail)) };
             }
         }
         for (s, &v) in sums.iter_mut().zip(&acc) {

@@ -882,7 +882,10 @@ impl CustomOp2 for Conv3dGradWeight {
         let z = ConvSizes::new(self.window, dims, o, [ot, oh, ow]);
         let c = z.c;
         let [kt, kh, kw] = self.window.kernel;
-        if let Some(grid) = shifted_grid(self.window, z.b, c, z.input) {
+        // The grid's weight gradient pays with AVX-512's masked loads (a line's last
+        // positions); at other levels the window matrix and the GEMM ran faster.
+        let wide = molclip_cpu::isa() == molclip_cpu::Isa::Avx512;
+        if let Some(grid) = shifted_grid(self.window, z.b, c, z.input).filter(|_| wide) {
             return Ok((CpuStorage::F32(grid.weight_grad(x, gy, o)), Shape::from(vec![o, c, kt, kh, kw])));
         }
         let xs = phase_split(x, dims[4], self.window.stride[2]);
@@ -1232,6 +1235,11 @@ mod tests {
             assert!(max_abs_diff(&gx1, &gx2) < 1e-4, "grad input {win:?}");
             let scale = gw2.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(max_abs_diff(&gw1, &gw2) < 1e-5 * scale.max(1.0), "grad weight {win:?}");
+            // The grid's weight gradient itself, which the op takes at AVX-512 only.
+            let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let direct = grid.weight_grad(&flat(x.as_tensor()), &flat(&probe), o);
+            let direct = Tensor::from_vec(direct, gw2.shape(), &Device::Cpu).unwrap();
+            assert!(max_abs_diff(&direct, &gw2) < 1e-5 * scale.max(1.0), "grid weight gradient {win:?}");
         }
         // The deep layers' sparse grids (4 x 4 frames padded to 6 x 6) keep the window matrix.
         assert!(shifted_grid(Window3d::new([3, 3, 3], [1, 1, 1], [1, 1, 1]), 8, 512, [4, 4, 4]).is_none());
