@@ -1215,10 +1215,10 @@ mod tests {
         .enumerate()
         {
             let [t, h, w] = input;
-            let grid = shifted_grid(win, 2, c, input).expect("a dense stride-1 grid");
+            let grid = shifted_grid(win, 2, c, input).expect("a dense grid");
             let n = grid.out().iter().product::<usize>();
             assert_eq!(grid.out(), win.out_dims(input).unwrap());
-            assert!(n > 2 * MAX_TILE, "{win:?}: several blocks of positions per video");
+            assert!(n > 2 * MAX_TILE, "{win:?}: several register tiles of positions per video");
             let x = Var::from_tensor(&rand(&[2, c, t, h, w], 70 + i as u64)).unwrap();
             let wt =
                 Var::from_tensor(&rand(&[o, c, win.kernel[0], win.kernel[1], win.kernel[2]], 80 + i as u64)).unwrap();

@@ -85,8 +85,8 @@ impl PaddedGrid {
     }
 
     /// The videos `[B, C, T, H, W]` zero-padded and split into phases, `[B, C · phases, Tp,
-    /// Hp, Wp]` (phases time-major), with the slack the product's last register tile reads
-    /// past the end.
+    /// Hp, Wp]` (phases time-major), with the slack the products' last vectors read past the
+    /// end ([`MAX_TILE`] values, more than `shifted_dot`'s).
     fn pad_input(&self, x: &[f32]) -> Vec<f32> {
         let [t, h, w] = self.input;
         let [_, hp, wp] = self.phased;
@@ -170,9 +170,7 @@ impl PaddedGrid {
         );
         y
     }
-}
 
-impl PaddedGrid {
     /// The weight gradient `[O, C · taps]` of the convolution of the videos `x` whose output
     /// gradient is `gy` (`[B, O, To, Ho, Wo]`): for each row of the (never built) window
     /// matrix, its dot product with each output channel's gradient, a line of outputs at a
