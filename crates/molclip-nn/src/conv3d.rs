@@ -1181,19 +1181,26 @@ mod tests {
             let tile = z.tile().expect("a tiled shape");
             assert!(!z.n.is_multiple_of(tile) && z.tiles(tile).len() > 2, "{win:?}: tiles end inside a video");
             let probe = rand(&[2, 3, out[0], out[1], out[2]], 60 + i as u64);
-            let run = |f: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>| {
-                let y = f(x.as_tensor(), wt.as_tensor()).unwrap();
-                let g = (&y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-                (y, g.get(&x).unwrap().clone(), g.get(&wt).unwrap().clone())
-            };
-            let (y1, gx1, gw1) = run(&|x, w| conv3d(x, w, win));
-            let (y2, gx2, gw2) = run(&|x, w| conv3d_composed(x, w, win));
-            assert!(max_abs_diff(&y1, &y2) < 1e-4, "forward {win:?}");
-            assert!(max_abs_diff(&gx1, &gx2) < 1e-4, "grad input {win:?}");
-            // A sum over thousands of positions: compare relative to its size.
-            let scale = gw2.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            assert!(max_abs_diff(&gw1, &gw2) < 1e-5 * scale.max(1.0), "grad weight {win:?}");
+            matches_composed(&x, &wt, &probe, win);
         }
+    }
+
+    /// `conv3d` against `conv3d_composed` on `x` and `wt`: the forward pass and both gradients
+    /// of `Σ y · probe`. The weight gradient, a sum over thousands of positions, is compared
+    /// relative to its size: returned with that size (the composed one's largest magnitude).
+    fn matches_composed(x: &Var, wt: &Var, probe: &Tensor, win: Window3d) -> (Tensor, f32) {
+        let run = |f: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>| {
+            let y = f(x.as_tensor(), wt.as_tensor()).unwrap();
+            let g = (&y * probe).unwrap().sum_all().unwrap().backward().unwrap();
+            (y, g.get(x).unwrap().clone(), g.get(wt).unwrap().clone())
+        };
+        let (y1, gx1, gw1) = run(&|x, w| conv3d(x, w, win));
+        let (y2, gx2, gw2) = run(&|x, w| conv3d_composed(x, w, win));
+        assert!(max_abs_diff(&y1, &y2) < 1e-4, "forward {win:?}");
+        assert!(max_abs_diff(&gx1, &gx2) < 1e-4, "grad input {win:?}");
+        let scale = gw2.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1.0);
+        assert!(max_abs_diff(&gw1, &gw2) < 1e-5 * scale, "grad weight {win:?}");
+        (gw2, scale)
     }
 
     /// Windows on grids dense enough in outputs run without a window matrix ([`shifted`]):
@@ -1224,22 +1231,12 @@ mod tests {
                 Var::from_tensor(&rand(&[o, c, win.kernel[0], win.kernel[1], win.kernel[2]], 80 + i as u64)).unwrap();
             let out = grid.out();
             let probe = rand(&[2, o, out[0], out[1], out[2]], 90 + i as u64);
-            let run = |f: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>| {
-                let y = f(x.as_tensor(), wt.as_tensor()).unwrap();
-                let g = (&y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-                (y, g.get(&x).unwrap().clone(), g.get(&wt).unwrap().clone())
-            };
-            let (y1, gx1, gw1) = run(&|x, w| conv3d(x, w, win));
-            let (y2, gx2, gw2) = run(&|x, w| conv3d_composed(x, w, win));
-            assert!(max_abs_diff(&y1, &y2) < 1e-4, "forward {win:?}");
-            assert!(max_abs_diff(&gx1, &gx2) < 1e-4, "grad input {win:?}");
-            let scale = gw2.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            assert!(max_abs_diff(&gw1, &gw2) < 1e-5 * scale.max(1.0), "grad weight {win:?}");
+            let (gw, scale) = matches_composed(&x, &wt, &probe, win);
             // The grid's weight gradient itself, which the op takes at AVX-512 only.
             let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let direct = grid.weight_grad(&flat(x.as_tensor()), &flat(&probe), o);
-            let direct = Tensor::from_vec(direct, gw2.shape(), &Device::Cpu).unwrap();
-            assert!(max_abs_diff(&direct, &gw2) < 1e-5 * scale.max(1.0), "grid weight gradient {win:?}");
+            let direct = Tensor::from_vec(direct, gw.shape(), &Device::Cpu).unwrap();
+            assert!(max_abs_diff(&direct, &gw) < 1e-5 * scale, "grid weight gradient {win:?}");
         }
         // The deep layers' sparse grids (4 x 4 frames padded to 6 x 6) keep the window matrix.
         assert!(shifted_grid(Window3d::new([3, 3, 3], [1, 1, 1], [1, 1, 1]), 8, 512, [4, 4, 4]).is_none());
