@@ -761,15 +761,6 @@ pub(crate) fn batch_norm_forward(
     Ok((y, Shape::from(vec![b, c, m])))
 }
 
-/// A copy of the saved statistics (`[2C]`: mean, inverse deviation) of the forward pass.
-pub(crate) fn batch_norm_stats(saved: &SavedStats, c: usize) -> Result<(CudaStorage, Shape)> {
-    let guard = lock(saved);
-    let Some(stats) = guard.as_ref() else {
-        candle_core::bail!("cuDNN batch norm: no forward pass to read the statistics of");
-    };
-    Ok((stats.try_clone(&Layout::contiguous(2 * c))?, Shape::from(2 * c)))
-}
-
 /// Batch norm's backward pass: (x, weight, dy) to `[dx, dweight, dbias]` packed, from the
 /// forward pass's saved statistics.
 pub(crate) fn batch_norm_backward(
@@ -838,22 +829,73 @@ pub(crate) fn batch_norm_backward(
 }
 
 /// Batch norm with batch statistics (training) over float32 `[B, C, M]` on a CUDA device,
-/// through cuDNN: the output, and the batch mean and biased variance per channel (for the
-/// running statistics).
+/// through cuDNN; the running statistics `running` (mean, variance) move towards the batch's
+/// by `momentum`, the variance unbiased, in place (one kernel each).
 pub(crate) fn batch_norm_train(
     x: &candle_core::Tensor,
     w: &candle_core::Tensor,
     b: &candle_core::Tensor,
     eps: f64,
-) -> Result<(candle_core::Tensor, candle_core::Tensor, candle_core::Tensor)> {
+    [running_mean, running_var]: [&candle_core::Tensor; 2],
+    momentum: f64,
+) -> Result<candle_core::Tensor> {
     let saved = SavedStats::default();
     let y = x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, BatchNormOp { eps, saved: saved.clone() })?;
-    let c = w.dim(0)?;
-    let stats = w.apply_op1_no_bwd(&BatchNormStats { saved })?;
-    let mean = stats.narrow(0, 0, c)?;
-    // cuDNN keeps 1 / sqrt(var + eps).
-    let var = (stats.narrow(0, c, c)?.sqr()?.recip()? - eps)?;
-    Ok((y, mean, var))
+    let (bs, _, m) = x.dims3()?;
+    let n = (bs * m) as f64;
+    for (running, variance) in [(running_mean, false), (running_var, true)] {
+        running.inplace_op1(&RunningStats {
+            saved: saved.clone(),
+            variance,
+            momentum: momentum as f32,
+            eps: eps as f32,
+            unbias: if n > 1.0 { (n / (n - 1.0)) as f32 } else { 1.0 },
+        })?;
+    }
+    Ok(y)
+}
+
+/// A running statistic (mean, or variance) moved towards the batch's, in place.
+struct RunningStats {
+    saved: SavedStats,
+    variance: bool,
+    momentum: f32,
+    eps: f32,
+    /// n / (n - 1), the variance's Bessel correction.
+    unbias: f32,
+}
+
+impl candle_core::InplaceOp1 for RunningStats {
+    fn name(&self) -> &'static str {
+        "batch-norm-running-stats"
+    }
+
+    fn cpu_fwd(&self, _: &mut candle_core::CpuStorage, _: &Layout) -> Result<()> {
+        cuda_only(self.name())
+    }
+
+    fn cuda_fwd(&self, s: &mut CudaStorage, l: &Layout) -> Result<()> {
+        use candle_core::cuda::cudarc::driver::PushKernelArg;
+        let c = l.shape().elem_count();
+        let guard = lock(&self.saved);
+        let Some(saved) = guard.as_ref() else {
+            candle_core::bail!("cuDNN batch norm: no forward pass to take the running statistics from");
+        };
+        let dev = s.device.clone();
+        let f = crate::kernels::function(&dev, "bn_running")?;
+        let stream = dev.cuda_stream();
+        let stats = saved.as_cuda_slice::<f32>()?;
+        let mut running = s.as_cuda_slice_mut::<f32>()?.slice_mut(l.start_offset()..);
+        let (len, variance, keep) = (c as u64, self.variance as i32, 1.0 - self.momentum);
+        let mut b = stream.launch_builder(&f);
+        b.arg(&mut running).arg(stats).arg(&len).arg(&variance).arg(&keep).arg(&self.momentum).arg(&self.eps);
+        b.arg(&self.unbias);
+        // SAFETY: `running` holds C float32 values from its offset and `stats` 2C (the saved
+        // mean and inverse deviation of the same C channels); the kernel touches indices below
+        // C of the first and below 2C of the second.
+        unsafe { b.launch(crate::kernels::launch(c)) }.map_err(candle_core::Error::wrap)?;
+        Ok(())
+    }
 }
 
 struct BatchNormOp {
@@ -940,24 +982,5 @@ impl candle_core::CustomOp3 for BatchNormGradOp {
         l3: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         batch_norm_backward(self.eps, &self.saved, (s1, l1), (s2, l2), (s3, l3))
-    }
-}
-
-/// The saved statistics as a tensor (applied to the weight, for its device and channels).
-struct BatchNormStats {
-    saved: SavedStats,
-}
-
-impl candle_core::CustomOp1 for BatchNormStats {
-    fn name(&self) -> &'static str {
-        "batch-norm-cudnn-stats"
-    }
-
-    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
-        cuda_only(self.name())
-    }
-
-    fn cuda_fwd(&self, _: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
-        batch_norm_stats(&self.saved, l.shape().elem_count())
     }
 }

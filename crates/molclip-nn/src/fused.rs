@@ -945,6 +945,58 @@ fn exp(x: f32) -> f32 {
     p * f32::from_bits(((n + 127) as u32) << 23)
 }
 
+/// Whether the element-wise kernels serve `t`: float32 on the CPU, or float32 on a CUDA
+/// device where molclip's kernels load.
+pub(crate) fn elementwise_serves(t: &Tensor) -> bool {
+    match t.device() {
+        Device::Cpu => t.dtype() == DType::F32,
+        #[cfg(feature = "cuda")]
+        Device::Cuda(dev) => t.dtype() == DType::F32 && crate::kernels::ready(dev),
+        #[allow(unreachable_patterns)]
+        _ => false,
+    }
+}
+
+/// A fresh float32 CUDA output of `shape` from the kernel `name` over its float32 inputs (each
+/// of `shape`, contiguous from its layout's offset): `name(inputs..., out, n)`.
+#[cfg(feature = "cuda")]
+fn cuda_map(
+    name: &str,
+    inputs: &[(&candle_core::CudaStorage, &Layout)],
+    shape: &Shape,
+) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+    use candle_core::backend::BackendDevice;
+    use candle_core::cuda::cudarc::driver::PushKernelArg;
+    let n = shape.elem_count();
+    let dev = inputs[0].0.device.clone();
+    for (_, l) in inputs {
+        if l.shape() != shape || !l.is_contiguous() {
+            candle_core::bail!("{name}: an input of {:?}, not a contiguous {shape:?}", l.shape());
+        }
+    }
+    let views = inputs
+        .iter()
+        .map(|(s, l)| Ok(s.as_cuda_slice::<f32>()?.slice(l.start_offset()..)))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    // SAFETY: the kernel writes every one of the n elements before anything reads them.
+    let mut out = unsafe { dev.alloc_uninit(shape, DType::F32)? };
+    let f = crate::kernels::function(&dev, name)?;
+    let stream = dev.cuda_stream();
+    {
+        let y = out.as_cuda_slice_mut::<f32>()?;
+        let mut b = stream.launch_builder(&f);
+        for v in &views {
+            b.arg(v);
+        }
+        let len = n as u64;
+        b.arg(y).arg(&len);
+        // SAFETY: every input holds n float32 values from its offset, the output n; the kernel
+        // reads inputs and writes the output at indices below n only.
+        unsafe { b.launch(crate::kernels::launch(n)) }.map_err(candle_core::Error::wrap)?;
+    }
+    Ok((out, shape.clone()))
+}
+
 /// GELU with the exact (erf) form, as `F.gelu`.
 pub(crate) fn gelu(x: &Tensor) -> Result<Tensor> {
     Ok(x.contiguous()?.apply_op1(Elementwise::Gelu)?)
@@ -975,6 +1027,18 @@ impl CustomOp1 for Elementwise {
             Self::Relu => map_par(x, |v| v.max(0.0)),
         };
         Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        match self {
+            Self::Relu => cuda_map("relu", &[(s, l)], l.shape()),
+            Self::Gelu => candle_core::bail!("gelu: no CUDA kernel (composed off the CPU)"),
+        }
     }
 
     fn bwd(&self, x: &Tensor, res: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -1010,6 +1074,17 @@ impl CustomOp2 for AddRelu {
         }
         let y = zip_par(f32_slice(s1, l1)?, f32_slice(s2, l2)?, |a, b| (a + b).max(0.0));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        cuda_map("add_relu", &[(s1, l1), (s2, l2)], l1.shape())
     }
 
     fn bwd(
@@ -1050,6 +1125,20 @@ impl CustomOp2 for ElementwiseGrad {
             Self::Relu => zip_par(a, dy, |y, d| if y > 0.0 { d } else { 0.0 }),
         };
         Ok((CpuStorage::F32(g), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        match self {
+            Self::Relu => cuda_map("relu_grad", &[(s1, l1), (s2, l2)], l1.shape()),
+            Self::Gelu => candle_core::bail!("gelu's gradient: no CUDA kernel (composed off the CPU)"),
+        }
     }
 }
 

@@ -175,8 +175,9 @@ impl BatchNorm {
         }
         #[cfg(feature = "cudnn")]
         if train && x.device().is_cuda() && x.dtype() == DType::F32 && crate::cudnn::serves(DType::F32) {
-            let (y, mean, var) = crate::cudnn::batch_norm_train(&x3, &self.weight, &self.bias, self.eps)?;
-            self.update_running(&mean, &unbiased((b * m) as f64, &var)?)?;
+            let running = [self.running_mean.as_tensor(), self.running_var.as_tensor()];
+            let y = crate::cudnn::batch_norm_train(&x3, &self.weight, &self.bias, self.eps, running, self.momentum)?;
+            self.count_batch()?;
             return Self::then(y.reshape(dims)?, after);
         }
         Self::then(self.apply_composed(&x3, train)?.reshape(dims)?, after)
@@ -186,7 +187,7 @@ impl BatchNorm {
     fn then(y: Tensor, after: After) -> Result<Tensor> {
         match after {
             After::Nothing => Ok(y),
-            After::Relu => Ok(y.relu()?),
+            After::Relu => relu(&y),
             After::AddRelu(shortcut) => add_relu(&y, shortcut),
         }
     }
@@ -197,6 +198,11 @@ impl BatchNorm {
         let rv = ((self.running_var.as_tensor() * (1.0 - mom))? + (unbiased_var * mom)?)?;
         self.running_mean.set(&rm)?;
         self.running_var.set(&rv)?;
+        self.count_batch()
+    }
+
+    /// `num_batches_tracked += 1`.
+    fn count_batch(&self) -> Result<()> {
         let tracked = self.num_batches_tracked.as_tensor().to_dtype(DType::F64)?;
         self.num_batches_tracked.set(&(tracked + 1.0)?.to_dtype(DType::I64)?)?;
         Ok(())
@@ -291,18 +297,18 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// max(x, 0) (fused on the CPU).
+/// max(x, 0) (one kernel on the CPU and on CUDA devices).
 pub fn relu(x: &Tensor) -> Result<Tensor> {
-    if on_cpu_f32(x) {
+    if fused::elementwise_serves(x) {
         fused::relu(x)
     } else {
         Ok(x.relu()?)
     }
 }
 
-/// relu(a + b), the end of a residual block.
+/// relu(a + b), the end of a residual block (one kernel on the CPU and on CUDA devices).
 pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if on_cpu_f32(a) {
+    if fused::elementwise_serves(a) && b.dtype() == a.dtype() {
         fused::add_relu(a, b)
     } else {
         Ok((a + b)?.relu()?)

@@ -10,6 +10,8 @@ mod cpu;
 mod cudnn;
 mod error;
 pub(crate) mod fused;
+#[cfg(feature = "cuda")]
+mod kernels;
 pub mod layers;
 pub mod params;
 pub mod precision;

@@ -130,8 +130,8 @@ impl Optimizer {
                         weight_decay: c.weight_decay,
                         step: t,
                     };
-                    // The moments start from zeros; in place on the CPU, composed elsewhere (the
-                    // same bits).
+                    // The moments start from zeros; in place on the CPU and on CUDA devices,
+                    // composed elsewhere (on the CPU, the same bits).
                     let (m, v) = match (s1.take(), s2.take()) {
                         (Some(m), Some(v)) => (m, v),
                         _ => (p.zeros_like()?, p.zeros_like()?),
