@@ -9,9 +9,9 @@
 # ../shared/data/launched_drugs.tsv; a copy travels where ../shared does not). Run from the repository root, on a machine with an NVIDIA GPU, python3 with a CUDA
 # build of PyTorch (the reference side), and the CUDA libraries molclip loads at run time
 # (cuBLAS, cuRAND, NVRTC, cuDNN): the lib folders of PyTorch's nvidia-* wheels are put on the library
-# path. Each step has its own time limit (40 + 3 x 80 + 40 + 40 + 120 s): the whole script
-# ends within 8 minutes, whatever the machine. "Before cuDNN" runs the same binary with
-# MOLCLIP_CUDNN=0 (the composed candle ops), molclip alone.
+# path. Each step has its own time limit (40 + 3 x 65 + 2 x 70 + 20 + 80 s): the whole script
+# ends within 8 minutes, whatever the machine. MOLCLIP_CUDNN_BENCHMARK=1 picks molclip's cuDNN
+# algorithms by measurement, and the PyTorch references set cudnn.benchmark alike.
 set -uo pipefail
 bin="${1:?usage: benches/gpu_check.sh BIN OUT [DRUGS]}"
 out="${2:?usage: benches/gpu_check.sh BIN OUT [DRUGS]}"
@@ -41,13 +41,17 @@ step() { # step SECONDS TITLE COMMAND...: one section of the table, within SECON
     python3 -c 'import torch; print("PyTorch", torch.__version__, "cuDNN", torch.backends.cudnn.version())'
     step 40 "Agreement with the CPU" "$bin" bench device-check --device cuda
     for precision in f32 tf32 bf16; do
-        step 80 "Training steps against PyTorch eager, $precision" "$bin" bench model --device cuda \
-            --models i3d-resnet18,i3d-resnet50,frame-vit --steps 10 --rounds 1 --precision "$precision" --quiet
+        step 65 "Training steps against PyTorch eager, $precision, cuDNN's heuristic algorithms" "$bin" bench model \
+            --device cuda --models i3d-resnet18,i3d-resnet50,frame-vit --steps 10 --rounds 1 --precision "$precision" --quiet
     done
-    step 40 "Before cuDNN: the composed candle ops (MOLCLIP_CUDNN=0), float32" env MOLCLIP_CUDNN=0 "$bin" bench model \
-        --device cuda --models i3d-resnet18,i3d-resnet50,frame-vit --steps 5 --rounds 1 --no-reference --quiet
-    step 40 "The bench preset" "$bin" simulate --preset bench --drugs "$drugs" --out "$out/bench" --quiet
-    step 120 "An epoch's first steps, end to end (MitoReID's recipe)" "$bin" bench train --device cuda \
-        --data "$out/bench" --config configs/mitoreid.toml --steps 12 --quiet
+    for precision in tf32 bf16; do
+        step 70 "Training steps against PyTorch eager, $precision, measured algorithms (cudnn.benchmark on both sides)" \
+            env MOLCLIP_CUDNN_BENCHMARK=1 "$bin" bench model --device cuda --models i3d-resnet18,i3d-resnet50,frame-vit \
+            --steps 10 --rounds 1 --precision "$precision" --quiet
+    done
+    step 20 "The bench preset" "$bin" simulate --preset bench --drugs "$drugs" --out "$out/bench" --quiet
+    step 80 "An epoch's first steps, end to end (MitoReID's recipe, measured algorithms on both sides)" \
+        env MOLCLIP_CUDNN_BENCHMARK=1 "$bin" bench train --device cuda --data "$out/bench" \
+        --config configs/mitoreid.toml --steps 12 --quiet
 } | tee "$table"
 rm -rf "$out/bench"

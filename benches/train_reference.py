@@ -121,6 +121,8 @@ def main():
     cfg, data, device = job["config"], job["config"]["data"], job["device"]
     threads = job["threads"]
     torch.set_num_threads(threads)
+    # Measured cuDNN algorithms where molclip's run measures them (config or environment).
+    torch.backends.cudnn.benchmark = cfg.get("cudnn_benchmark", False) or os.environ.get("MOLCLIP_CUDNN_BENCHMARK") == "1"
     isa = R.cpu_isa() if device == "cpu" else device
     torch.manual_seed(job["seed"])
     cells = [tuple(c) for c in job["cells"]]

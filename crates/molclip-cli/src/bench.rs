@@ -628,6 +628,17 @@ fn model_once(
     Ok(())
 }
 
+/// How a CUDA run's cuDNN convolutions pick their algorithms, for a table's header: measured
+/// where the config asks (`configured`) or `MOLCLIP_CUDNN_BENCHMARK=1` is set, for both sides
+/// (the PyTorch references set `cudnn.benchmark` alike), heuristic otherwise.
+fn cudnn_algorithms(device: &str, configured: bool) -> &'static str {
+    match device.starts_with("cuda") {
+        false => "",
+        true if configured || molclip::nn::cudnn_benchmark() => " (cuDNN algorithms measured, both sides)",
+        true => " (cuDNN algorithms from its heuristics, both sides)",
+    }
+}
+
 /// `--precision` of `bench model`: f32, bf16, or tf32 on a CUDA device.
 fn bench_precision(precision: &str, cuda: bool) -> Result<molclip::train::Precision> {
     use molclip::train::Precision;
@@ -672,8 +683,9 @@ fn bench_model(
     let exe = std::env::current_exe()?;
     let threads = rayon::current_num_threads();
     println!(
-        "training step (forward + backward + AdamW), {batch} x {frames} x 1 x {size} x {size}, {device}, {precision}, {threads} threads, \
-         median of {steps} steps, {rounds} rounds of PyTorch then molclip (median / fastest round; ratio: median of the rounds' ratios)"
+        "training step (forward + backward + AdamW), {batch} x {frames} x 1 x {size} x {size}, {device}{}, {precision}, {threads} threads, \
+         median of {steps} steps, {rounds} rounds of PyTorch then molclip (median / fastest round; ratio: median of the rounds' ratios)",
+        cudnn_algorithms(device, false)
     );
     println!(
         "{:<14} {:<40} {:>15} {:>10} {:>11} {:>12}",
@@ -815,11 +827,12 @@ fn bench_train(
     let batch = cfg.data.sampler.p * cfg.data.sampler.k;
     let threads = rayon::current_num_threads();
     println!(
-        "training epoch end to end, {} ({} stage): {} videos of {}, batches of {batch}, {n} of {per_epoch} steps timed, {device}, {threads} threads",
+        "training epoch end to end, {} ({} stage): {} videos of {}, batches of {batch}, {n} of {per_epoch} steps timed, {device}{}, {threads} threads",
         config.display(),
         format!("{identity:?}").to_lowercase(),
         cells.len(),
         data.display(),
+        cudnn_algorithms(device, cfg.cudnn_benchmark),
     );
     println!(
         "{:<40} {:>10} {:>12} {:>13} {:>10} {:>11} {:>11}",

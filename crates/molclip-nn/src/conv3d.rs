@@ -102,6 +102,25 @@ pub fn conv3d(x: &Tensor, weight: &Tensor, window: Window3d) -> Result<Tensor> {
     })
 }
 
+/// Whether cuDNN picks each convolution's algorithm by running its candidates on the shape's
+/// first use and keeping the fastest (PyTorch's `torch.backends.cudnn.benchmark`), rather than
+/// from its heuristics. On for the process when `on` is true or `MOLCLIP_CUDNN_BENCHMARK=1` is
+/// in the environment; shapes already picked keep their algorithm. The fastest algorithm may
+/// differ between runs, so GPU results may differ in the last bits between runs (the CPU's do
+/// not). Without the `cudnn` feature this has no effect.
+pub fn set_cudnn_benchmark(on: bool) {
+    CUDNN_BENCHMARK.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+static CUDNN_BENCHMARK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether cuDNN's algorithms are picked by measurement ([`set_cudnn_benchmark`]).
+pub fn cudnn_benchmark() -> bool {
+    static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    CUDNN_BENCHMARK.load(std::sync::atomic::Ordering::Relaxed)
+        || *ENV.get_or_init(|| std::env::var("MOLCLIP_CUDNN_BENCHMARK").is_ok_and(|v| v == "1"))
+}
+
 /// Whether this module's own ops serve `x`: float32 on the CPU, and with the `cudnn` feature,
 /// the floating-point dtypes on a CUDA device (through cuDNN). Elsewhere the composed ops do.
 fn kernels_serve(x: &Tensor) -> bool {
@@ -1045,8 +1064,11 @@ impl CustomOp1 for MaxPool3dOp {
     #[cfg_attr(not(feature = "cudnn"), allow(unused_variables))]
     fn bwd(&self, x: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let grad = grad.contiguous()?;
+        // Float32 on CUDA takes molclip's kernels (MaxPool3dGrad's CUDA body: cuDNN's
+        // deterministic backward pass was 2 ms of a 35 ms ResNet-18 step on an H200); other
+        // dtypes, or where the kernels do not load, cuDNN's.
         #[cfg(feature = "cudnn")]
-        if x.device().is_cuda() {
+        if x.device().is_cuda() && !crate::fused::elementwise_serves(x) {
             return Ok(Some(crate::cudnn::max_pool3d_backward(self.window, x, res, &grad)?));
         }
         let argmax = self.argmax.get().filter(|a| a.len() == grad.elem_count()).cloned();
@@ -1090,6 +1112,17 @@ impl CustomOp2 for MaxPool3dGrad {
             }
         });
         Ok((CpuStorage::F32(gx), Shape::from(vec![b, c, t, h, w])))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        crate::kernels::max_pool3d_grad(self.window, (s1, l1), (s2, l2))
     }
 }
 

@@ -4,8 +4,9 @@
 //!
 //! One cuDNN handle per thread and device, bound to candle's stream, so that cuDNN's kernels
 //! queue behind candle's own. Each convolution's algorithm is picked once per shape, from
-//! cuDNN's heuristics (as PyTorch does unless `cudnn.benchmark` is set), and kept with its
-//! workspace size. Float32 convolutions use plain FMA arithmetic unless TF32 is on for the
+//! cuDNN's heuristics (as PyTorch does unless `cudnn.benchmark` is set), or with
+//! [`crate::set_cudnn_benchmark`] by running cuDNN's candidates and taking the fastest, and
+//! kept with its workspace size. Float32 convolutions use plain FMA arithmetic unless TF32 is on for the
 //! run (the same switch as cuBLAS's, `candle_core::cuda::set_gemm_reduced_precision_f32`);
 //! bf16 and f16 ones use the tensor cores and sum in float32.
 //!
@@ -355,13 +356,17 @@ impl ConvDescs {
         })
     }
 
-    /// This pass's algorithm, picked on the shape's first use.
-    fn algo(&self, handle: &mut Handle) -> Result<Algo> {
+    /// This pass's algorithm, picked on the shape's first use: from cuDNN's heuristic ranking,
+    /// or with [`crate::cudnn_benchmark`] on, by running the candidates on `bufs` (which the
+    /// search overwrites the output of).
+    fn algo(&self, handle: &mut Handle, dev: &CudaDevice, bufs: Buffers) -> Result<Algo> {
         if let Some(a) = handle.algos.get(&self.key) {
             return Ok(*a);
         }
+        let measure = crate::conv3d::cudnn_benchmark().then_some(dev);
         let (h, math) = (handle.raw, self.key.math);
         let (x, w, y, conv) = (self.x.0, self.w.0, self.y.0, self.conv.0);
+        let Buffers { a, b, out } = bufs;
         let picked = match self.key.pass {
             Pass::Forward => {
                 let (algo, workspace) = pick::<sys::cudnnConvolutionFwdAlgoPerf_t, _>(
@@ -372,7 +377,17 @@ impl ConvDescs {
                     |n, count, perf| unsafe {
                         result::get_convolution_forward_algorithm(h, x, w, conv, y, n, count, perf)
                     },
-                    |p| (p.algo, p.status, p.mathType),
+                    measure.map(|dev| {
+                        // SAFETY: live descriptors; `a`, `b` and `out` are live buffers of x, w
+                        // and y; `perf` holds `n` results; the workspace holds `bytes`.
+                        let find = move |n, count, perf, ws, bytes| unsafe {
+                            sys::cudnnFindConvolutionForwardAlgorithmEx(
+                                h, x, a, w, b, conv, y, out, n, count, perf, ws, bytes,
+                            )
+                        };
+                        (dev, find)
+                    }),
+                    |p| (p.algo, p.status, p.mathType, p.memory),
                     // SAFETY: live descriptors and an algorithm of this pass.
                     |a| unsafe { result::get_convolution_forward_workspace_size(h, x, w, conv, y, a) },
                 )?;
@@ -387,7 +402,17 @@ impl ConvDescs {
                     |n, count, perf| unsafe {
                         result::get_convolution_backward_data_algorithm(h, w, y, conv, x, n, count, perf)
                     },
-                    |p| (p.algo, p.status, p.mathType),
+                    measure.map(|dev| {
+                        // SAFETY: live descriptors; `a`, `b` and `out` are live buffers of dy,
+                        // w and dx; `perf` holds `n` results; the workspace holds `bytes`.
+                        let find = move |n, count, perf, ws, bytes| unsafe {
+                            sys::cudnnFindConvolutionBackwardDataAlgorithmEx(
+                                h, w, b, y, a, conv, x, out, n, count, perf, ws, bytes,
+                            )
+                        };
+                        (dev, find)
+                    }),
+                    |p| (p.algo, p.status, p.mathType, p.memory),
                     // SAFETY: live descriptors and an algorithm of this pass.
                     |a| unsafe { result::get_convolution_backward_data_workspace_size(h, w, y, conv, x, a) },
                 )?;
@@ -402,7 +427,17 @@ impl ConvDescs {
                     |n, count, perf| unsafe {
                         result::get_convolution_backward_filter_algorithm(h, x, y, conv, w, n, count, perf)
                     },
-                    |p| (p.algo, p.status, p.mathType),
+                    measure.map(|dev| {
+                        // SAFETY: live descriptors; `a`, `b` and `out` are live buffers of x, dy
+                        // and dw; `perf` holds `n` results; the workspace holds `bytes`.
+                        let find = move |n, count, perf, ws, bytes| unsafe {
+                            sys::cudnnFindConvolutionBackwardFilterAlgorithmEx(
+                                h, x, a, y, b, conv, w, out, n, count, perf, ws, bytes,
+                            )
+                        };
+                        (dev, find)
+                    }),
+                    |p| (p.algo, p.status, p.mathType, p.memory),
                     // SAFETY: live descriptors and an algorithm of this pass.
                     |a| unsafe { result::get_convolution_backward_filter_workspace_size(h, x, y, conv, w, a) },
                 )?;
@@ -414,8 +449,24 @@ impl ConvDescs {
     }
 }
 
-/// cuDNN's ranking of one pass's algorithms (`rank` fills up to `n` results of type `P`),
-/// the one [`first_fitting`] takes from it, and its workspace in bytes.
+/// The device addresses of one pass's operands `a`, `b` and its output `out` (see
+/// [`conv_pass`]).
+#[derive(Clone, Copy)]
+struct Buffers {
+    a: *const c_void,
+    b: *const c_void,
+    out: *mut c_void,
+}
+
+/// The most workspace a measured pick lends the candidates: 2 GiB, and never more than half
+/// the device's free memory. Candidates that need more are left out of the search.
+const SEARCH_WORKSPACE: usize = 2 << 30;
+
+/// One pass's algorithm and its workspace in bytes, as [`first_fitting`] takes it from cuDNN's
+/// ranking: the heuristic one (`rank` fills up to `n` results of type `P`), or where
+/// `measure` is given, the measured one (its search runs every candidate whose workspace fits
+/// [`SEARCH_WORKSPACE`] and ranks them by time). Where the search fails (said once on stderr)
+/// or no candidate ran, the heuristic ranking serves.
 ///
 /// `P` must be one of cuDNN's algorithm-performance structs: plain C structs of numbers and
 /// enums whose all-zero bytes are a valid value.
@@ -424,14 +475,43 @@ fn pick<P, A: Copy>(
     math: sys::cudnnMathType_t,
     n: usize,
     rank: impl FnOnce(c_int, *mut c_int, *mut P) -> std::result::Result<(), result::CudnnError>,
-    fields: impl Fn(&P) -> (A, sys::cudnnStatus_t, sys::cudnnMathType_t),
+    measure: Option<(&CudaDevice, impl FnOnce(c_int, *mut c_int, *mut P, *mut c_void, usize) -> sys::cudnnStatus_t)>,
+    fields: impl Fn(&P) -> (A, sys::cudnnStatus_t, sys::cudnnMathType_t, usize),
     workspace: impl FnOnce(A) -> std::result::Result<usize, result::CudnnError>,
 ) -> Result<(A, usize)> {
     // SAFETY: `P` is such a struct (above), for which zeroed bytes are a value.
-    let mut perf: Vec<P> = (0..n).map(|_| unsafe { std::mem::zeroed() }).collect();
+    let zeroed = || (0..n).map(|_| unsafe { std::mem::zeroed() }).collect::<Vec<P>>();
+    let mut perf = zeroed();
     let mut count: c_int = 0;
     check(rank(n as c_int, &mut count, perf.as_mut_ptr()), what)?;
-    let ranked: Vec<_> = perf[..(count.max(0) as usize).min(n)].iter().map(fields).collect();
+    let mut ranked: Vec<_> = perf[..(count.max(0) as usize).min(n)].iter().map(&fields).collect();
+    if let Some((dev, find)) = measure {
+        let ok = sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS;
+        let needed = ranked.iter().filter(|r| r.1 == ok).map(|r| r.3).max().unwrap_or(0);
+        let free = candle_core::cuda::cudarc::driver::result::mem_get_info().map_or(SEARCH_WORKSPACE, |(f, _)| f / 2);
+        let bytes = needed.min(SEARCH_WORKSPACE).min(free);
+        let searched = (|| -> Result<Vec<P>> {
+            let stream = dev.cuda_stream();
+            // SAFETY: the candidates write the workspace before they read it.
+            let mut ws = unsafe { dev.alloc::<u8>(bytes.max(1))? };
+            let (wsp, _ws_sync) = ws.device_ptr_mut(&stream);
+            let mut found = zeroed();
+            let mut count: c_int = 0;
+            let status = find(n as c_int, &mut count, found.as_mut_ptr(), wsp as *mut c_void, bytes);
+            check(status.result(), &format!("{what} algorithm search"))?;
+            found.truncate((count.max(0) as usize).min(n));
+            Ok(found)
+        })();
+        match searched.map(|found| found.iter().map(&fields).collect::<Vec<_>>()) {
+            Ok(found) if found.iter().any(|r| r.1 == ok) => ranked = found,
+            Ok(_) => {}
+            Err(e) => {
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| eprintln!("molclip: {e}; cuDNN's heuristic algorithms serve instead"));
+            }
+        }
+    }
+    let ranked: Vec<_> = ranked.into_iter().map(|(a, s, m, _)| (a, s, m)).collect();
     let algo = first_fitting(&ranked, math, what)?;
     Ok((algo, check(workspace(algo), &format!("{what} workspace"))?))
 }
@@ -462,13 +542,14 @@ fn conv_pass(
     };
     let mut y = output(&dev, &out, dtype)?;
     with_handle(&dev, |handle| {
-        let algo = descs.algo(handle)?;
+        let (yp, _y_sync) = output_ptr(&mut y, &stream)?;
+        let (ap, bp, yp) = (a.ptr as *const c_void, b.ptr as *const c_void, yp as *mut c_void);
+        let algo = descs.algo(handle, &dev, Buffers { a: ap, b: bp, out: yp })?;
         // SAFETY: the workspace is written by cuDNN before it is read.
         let mut ws = unsafe { dev.alloc::<u8>(algo.workspace.max(1))? };
         let (wsp, _ws_sync) = ws.device_ptr_mut(&stream);
-        let (yp, _y_sync) = output_ptr(&mut y, &stream)?;
         let (alpha, beta) = (scale(&ONE), scale(&ZERO));
-        let (ap, bp, yp, wsp) = (a.ptr as *const c_void, b.ptr as *const c_void, yp as *mut c_void, wsp as *mut c_void);
+        let wsp = wsp as *mut c_void;
         let h = handle.raw;
         // SAFETY: the descriptors describe the operands (packed, of their dtype and shapes, as
         // checked by the callers); the pointers are live device buffers of those sizes on the

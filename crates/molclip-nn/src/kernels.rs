@@ -4,9 +4,12 @@
 
 use std::sync::OnceLock;
 
-use candle_core::cuda::cudarc::driver::{CudaFunction, LaunchConfig};
+use candle_core::backend::BackendDevice;
+use candle_core::cuda::cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda::cudarc::nvrtc;
-use candle_core::CudaDevice;
+use candle_core::{CudaDevice, CudaStorage, DType, Layout, Shape};
+
+use crate::conv3d::{dims5, Window3d};
 
 const SOURCE: &str = r#"
 #define EACH(i, n) for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < (n); \
@@ -49,7 +52,141 @@ extern "C" __global__ void bn_running(float* running, const float* saved, unsign
         running[i] = running[i] * keep + batch * momentum;
     }
 }
+
+/* 3D max pooling's geometry: input t x h x w per plane, output ot x oh x ow, kernel, stride and
+   padding per axis (as `Pool` in kernels.rs). */
+struct Pool { int t, h, w, ot, oh, ow, kt, kh, kw, st, sh, sw, pt, ph, pw; };
+
+#define NO_TAP 0xffffffffu
+
+/* For each output element, the index (within its plane) of its window's first maximum in
+   time, height, width order, a NaN winning (the last one seen); NO_TAP if the window holds
+   only padding. The CPU's pool_argmax, tap by tap. */
+extern "C" __global__ void pool_argmax(const float* x, unsigned* arg, unsigned long long planes, struct Pool p) {
+    unsigned long long n = (unsigned long long)p.ot * p.oh * p.ow, vol = (unsigned long long)p.t * p.h * p.w;
+    EACH(i, planes * n) {
+        const float* src = x + (i / n) * vol;
+        int o = (int)(i % n), ow = o % p.ow, oh = (o / p.ow) % p.oh, ot = o / (p.ow * p.oh);
+        float best = 0.0f;
+        unsigned at = NO_TAP;
+        for (int a = 0; a < p.kt; a++) {
+            int it = ot * p.st + a - p.pt;
+            if (it < 0 || it >= p.t) continue;
+            for (int b = 0; b < p.kh; b++) {
+                int ih = oh * p.sh + b - p.ph;
+                if (ih < 0 || ih >= p.h) continue;
+                for (int c = 0; c < p.kw; c++) {
+                    int iw = ow * p.sw + c - p.pw;
+                    if (iw < 0 || iw >= p.w) continue;
+                    unsigned idx = (unsigned)((it * p.h + ih) * p.w + iw);
+                    float v = src[idx];
+                    if (at == NO_TAP || v > best || v != v) { best = v; at = idx; }
+                }
+            }
+        }
+        arg[i] = at;
+    }
+}
+
+/* The first output along one axis whose window covers input position i, and the last. */
+__device__ int first_cover(int i, int k, int s, int pad) {
+    int num = i + pad - k + 1;
+    return num <= 0 ? 0 : (num + s - 1) / s;
+}
+__device__ int last_cover(int i, int s, int pad, int out) {
+    return min(out - 1, (i + pad) / s);
+}
+
+/* max pooling's input gradient: each input element sums, from 0 and in the outputs' order,
+   the gradient of every output whose argmax it is (the CPU's scatter, gathered). */
+extern "C" __global__ void pool_grad(const unsigned* arg, const float* dy, float* dx, unsigned long long planes,
+                                     struct Pool p) {
+    unsigned long long n = (unsigned long long)p.ot * p.oh * p.ow, vol = (unsigned long long)p.t * p.h * p.w;
+    EACH(i, planes * vol) {
+        unsigned long long plane = i / vol;
+        unsigned idx = (unsigned)(i % vol);
+        int iw = idx % p.w, ih = (idx / p.w) % p.h, it = idx / (p.w * p.h);
+        const unsigned* a = arg + plane * n;
+        const float* g = dy + plane * n;
+        float acc = 0.0f;
+        for (int ot = first_cover(it, p.kt, p.st, p.pt); ot <= last_cover(it, p.st, p.pt, p.ot); ot++)
+            for (int oh = first_cover(ih, p.kh, p.sh, p.ph); oh <= last_cover(ih, p.sh, p.ph, p.oh); oh++)
+                for (int ow = first_cover(iw, p.kw, p.sw, p.pw); ow <= last_cover(iw, p.sw, p.pw, p.ow); ow++) {
+                    int o = (ot * p.oh + oh) * p.ow + ow;
+                    if (a[o] == idx) acc += g[o];
+                }
+        dx[i] = acc;
+    }
+}
 "#;
+
+/// 3D max pooling's geometry, as the kernels' `struct Pool` reads it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Pool {
+    input: [i32; 3],
+    output: [i32; 3],
+    kernel: [i32; 3],
+    stride: [i32; 3],
+    padding: [i32; 3],
+}
+
+// SAFETY: a `repr(C)` struct of fifteen `i32`s, laid out as the kernels' `struct Pool`.
+unsafe impl DeviceRepr for Pool {}
+
+/// The input gradient of `max_pool3d(x, window)` from its output's gradient `dy`, both float32
+/// `[B, C, ...]`: the first maximum of each window (as the CPU picks it) takes the window's
+/// gradient, each input summing its windows' in their order, as the CPU does.
+pub(crate) fn max_pool3d_grad(
+    window: Window3d,
+    (sx, lx): (&CudaStorage, &Layout),
+    (sg, lg): (&CudaStorage, &Layout),
+) -> candle_core::Result<(CudaStorage, Shape)> {
+    let ([b, c, t, h, w], [gb, gc, ot, oh, ow]) = (dims5(lx)?, dims5(lg)?);
+    let out = window.out_dims([t, h, w]).map_err(candle_core::Error::wrap)?;
+    if [gb, gc, ot, oh, ow] != [b, c, out[0], out[1], out[2]] || !lx.is_contiguous() || !lg.is_contiguous() {
+        candle_core::bail!("max-pool3d grad: input {:?} and output gradient {:?} disagree", lx.shape(), lg.shape());
+    }
+    let int =
+        |v: usize| i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("max-pool3d grad: {v} over 2^31")));
+    let ints = |v: [usize; 3]| -> candle_core::Result<[i32; 3]> { Ok([int(v[0])?, int(v[1])?, int(v[2])?]) };
+    let vol = t * h * w;
+    int(vol)?;
+    let pool = Pool {
+        input: ints([t, h, w])?,
+        output: ints(out)?,
+        kernel: ints(window.kernel)?,
+        stride: ints(window.stride)?,
+        padding: ints(window.padding)?,
+    };
+    let dev = sx.device.clone();
+    let stream = dev.cuda_stream();
+    let (planes, n) = (b * c, ot * oh * ow);
+    let x = sx.as_cuda_slice::<f32>()?.slice(lx.start_offset()..);
+    let dy = sg.as_cuda_slice::<f32>()?.slice(lg.start_offset()..);
+    // SAFETY: pool_argmax writes every one of the planes x n elements before pool_grad reads.
+    let mut arg = unsafe { stream.alloc::<u32>((planes * n).max(1)) }.map_err(candle_core::Error::wrap)?;
+    // SAFETY: pool_grad writes every one of the planes x vol elements.
+    let mut dx = unsafe { dev.alloc_uninit(&Shape::from(vec![b, c, t, h, w]), DType::F32)? };
+    let planes_arg = planes as u64;
+    {
+        let f = function(&dev, "pool_argmax")?;
+        let mut l = stream.launch_builder(&f);
+        l.arg(&x).arg(&mut arg).arg(&planes_arg).arg(&pool);
+        // SAFETY: x holds planes x vol values from its offset and arg planes x n; the kernel
+        // reads x inside each plane's window and writes arg below planes x n only.
+        unsafe { l.launch(launch(planes * n)) }.map_err(candle_core::Error::wrap)?;
+    }
+    {
+        let f = function(&dev, "pool_grad")?;
+        let mut l = stream.launch_builder(&f);
+        l.arg(&arg).arg(&dy).arg(dx.as_cuda_slice_mut::<f32>()?).arg(&planes_arg).arg(&pool);
+        // SAFETY: arg and dy hold planes x n values, dx planes x vol; the kernel reads arg and
+        // dy below planes x n and writes dx below planes x vol only.
+        unsafe { l.launch(launch(planes * vol)) }.map_err(candle_core::Error::wrap)?;
+    }
+    Ok((dx, Shape::from(vec![b, c, t, h, w])))
+}
 
 /// The kernel `name`, compiled on the first use in the process and loaded on `dev`.
 pub(crate) fn function(dev: &CudaDevice, name: &str) -> candle_core::Result<CudaFunction> {
@@ -76,4 +213,20 @@ pub(crate) fn ready(dev: &CudaDevice) -> bool {
 pub(crate) fn launch(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(256).clamp(1, 1024) as u32;
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    /// NVRTC compiles the kernels without a GPU: a build with the `cuda` feature checks them
+    /// where no device is lent.
+    #[test]
+    fn the_kernels_compile() {
+        let ptx = super::nvrtc::compile_ptx(super::SOURCE).unwrap_or_else(|e| panic!("{e:?}"));
+        let src = ptx.to_src();
+        for name in
+            ["adamw_moment", "adamw_step", "relu", "add_relu", "relu_grad", "bn_running", "pool_argmax", "pool_grad"]
+        {
+            assert!(src.contains(&format!(".entry {name}(")), "{name} missing from the PTX");
+        }
+    }
 }

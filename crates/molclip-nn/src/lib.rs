@@ -17,7 +17,7 @@ pub mod params;
 pub mod precision;
 pub mod update;
 
-pub use conv3d::{conv3d, max_pool3d, Window3d};
+pub use conv3d::{conv3d, cudnn_benchmark, max_pool3d, set_cudnn_benchmark, Window3d};
 pub use error::{NnError, Result};
 pub use layers::{
     add_relu, attention, attention_of_first, gelu, l2_normalize, log_softmax_last_dim, matmul_t, relu,

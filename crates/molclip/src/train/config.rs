@@ -125,6 +125,12 @@ pub struct TrainConfig {
     pub clip_grad_norm: f64,
     /// The training step's arithmetic: `f32` (default), `tf32` or `bf16`.
     pub precision: Precision,
+    /// On a CUDA device built with cuDNN: pick each convolution's algorithm by running
+    /// cuDNN's candidates on its first shape and keeping the fastest (PyTorch's
+    /// `cudnn.benchmark`), instead of cuDNN's heuristic choice. Faster steps for a search of
+    /// a few seconds at the start; the GPU's last bits may then differ between runs.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cudnn_benchmark: bool,
     /// Validation mAP every this many epochs (0: never).
     pub validate_every: usize,
     /// Stop a stage after this many validations without a better mAP (0: never).
@@ -152,6 +158,7 @@ impl Default for TrainConfig {
             stages: vec![StageConfig::new(Identity::Drug, 10, 1.0), StageConfig::new(Identity::Moa, 5, 0.5)],
             clip_grad_norm: 5.0,
             precision: Precision::F32,
+            cudnn_benchmark: false,
             validate_every: 1,
             patience: 0,
             checkpoint_every: 0,
@@ -382,6 +389,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("model.video.i3d.in_channels") && e.contains("data.frames.channels"), "{e}");
+    }
+
+    #[test]
+    fn measured_cudnn_algorithms_are_a_key_that_configs_written_before_it_lack() {
+        let on = TrainConfig::from_toml("cudnn_benchmark = true").unwrap();
+        assert!(on.cudnn_benchmark && !TrainConfig::default().cudnn_benchmark);
+        // Off, it is not written: a run folder's config reads back as it was before the key.
+        let off = toml::to_string(&TrainConfig::default()).unwrap();
+        assert!(!off.contains("cudnn_benchmark"), "{off}");
+        assert_eq!(TrainConfig::from_toml(&off).unwrap(), TrainConfig::default());
+        assert_eq!(TrainConfig::from_toml(&toml::to_string(&on).unwrap()).unwrap(), on);
+        assert!(TrainConfig::from_toml("cudnn_benchmark = 1").unwrap_err().to_string().contains("cudnn_benchmark"));
     }
 
     #[test]

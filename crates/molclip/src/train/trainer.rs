@@ -309,6 +309,9 @@ impl Trainer {
             (p, true) => candle_core::cuda::set_gemm_reduced_precision_f32(p == Precision::Tf32),
             _ => {}
         }
+        if cfg.cudnn_benchmark && device.is_cuda() {
+            molclip_nn::set_cudnn_benchmark(true);
+        }
         let cells: Vec<_> = index.split(Split::Train).cloned().collect();
         if cells.is_empty() {
             return Err(ModelError::Input(format!("{}: the training split is empty", index.root.display())));
