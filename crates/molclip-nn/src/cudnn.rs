@@ -6,9 +6,10 @@
 //! queue behind candle's own. Each convolution's algorithm is picked once per shape, from
 //! cuDNN's heuristics (as PyTorch does unless `cudnn.benchmark` is set), or with
 //! [`crate::set_cudnn_benchmark`] by running cuDNN's candidates and taking the fastest, and
-//! kept with its workspace size. Float32 convolutions use plain FMA arithmetic unless TF32 is on for the
-//! run (the same switch as cuBLAS's, `candle_core::cuda::set_gemm_reduced_precision_f32`);
-//! bf16 and f16 ones use the tensor cores and sum in float32.
+//! kept with its workspace size. Float32 convolutions use plain FMA arithmetic unless TF32 is
+//! on for the run (the same switch as cuBLAS's,
+//! `candle_core::cuda::set_gemm_reduced_precision_f32`); bf16 and f16 ones use the tensor
+//! cores and sum in float32.
 //!
 //! `MOLCLIP_CUDNN=0` in the environment turns this path off (for comparisons): the composed
 //! candle ops then serve, as in a build without the feature.
