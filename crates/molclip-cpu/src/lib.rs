@@ -22,7 +22,7 @@ pub mod shifted;
 
 use gemm_common::gemm::gemm_basic_generic;
 pub use gemm_common::Parallelism;
-pub use shifted::{shifted_dot, shifted_gemm, Run, ShiftedWeights};
+pub use shifted::{shifted_dot, shifted_gemm, DotPanels, Run, ShiftedWeights};
 
 /// An instruction-set level of the CPU kernels, narrowest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -126,9 +126,6 @@ pub fn shifted_gemm(w: &ShiftedWeights, src: &[f32], offsets: &[usize], len: usi
 /// `g` and of the source stay in cache while every tile of outputs runs over them.
 pub const DOT_BLOCK: usize = 1024;
 
-/// Values of slack [`shifted_dot`] needs past the last position of the source it reads.
-pub const DOT_SLACK: usize = 16;
-
 /// A run of positions of [`shifted_dot`]: where it starts in each output's row of `g`, and
 /// past each row's offset in the source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,30 +136,94 @@ pub struct Run {
     pub at_src: usize,
 }
 
+/// The output gradient `g` of [`shifted_dot`] (`n` rows, read at the `runs` of `run_len`
+/// positions), packed for its kernels once, whatever rows the calls then take: the runs in
+/// blocks of about [`DOT_BLOCK`] positions, and each block's `g` transposed into panels of the
+/// register tile's outputs (for each position, the panel's outputs, zeros past `n`). One
+/// buffer serves gradient after gradient of the same shape ([`DotPanels::pack`]).
+#[derive(Clone, Debug)]
+pub struct DotPanels {
+    level: Isa,
+    n: usize,
+    runs: Vec<Run>,
+    run_len: usize,
+    packed: Vec<f32>,
+}
+
+impl DotPanels {
+    /// The buffer for `n` outputs over `runs`, for the kernels of `level` (capped at what the
+    /// CPU runs); [`DotPanels::pack`] fills it.
+    pub fn new(level: Isa, n: usize, (runs, run_len): (&[Run], usize)) -> Self {
+        let level = level.min(Isa::detected());
+        let (nj, _) = dot_tile_of(level);
+        let packed = vec![0f32; n.div_ceil(nj) * runs.len() * run_len * nj];
+        Self { level, n, runs: runs.to_vec(), run_len, packed }
+    }
+
+    /// Packs `g` (rows of `ldg` values), its blocks in parallel.
+    pub fn pack(&mut self, (g, ldg): (&[f32], usize)) -> &Self {
+        use rayon::prelude::*;
+        let (n, run_len) = (self.n, self.run_len);
+        let g_end = self.runs.iter().map(|r| r.at_g + run_len).max().unwrap_or(0);
+        assert!(
+            n == 0 || (g_end <= ldg && g.len() >= (n - 1) * ldg + g_end),
+            "gradient rows of {ldg} values, runs reach {g_end}"
+        );
+        let (nj, _) = dot_tile_of(self.level);
+        let per_block = Self::runs_per_block(run_len);
+        let block_values = (n.div_ceil(nj) * per_block * run_len * nj).max(1);
+        self.packed.par_chunks_mut(block_values).zip(self.runs.par_chunks(per_block)).for_each(|(to, block)| {
+            let positions = block.len() * run_len;
+            // A run at a time, so that the values it writes (run_len x nj) stay in cache; the
+            // n rows of g it reads are n streams, so the next run's are fetched ahead.
+            for (i, run) in block.iter().enumerate() {
+                if let Some(next) = block.get(i + 2) {
+                    for j in 0..n {
+                        crate::prefetch(&g[j * ldg + next.at_g..][..run_len]);
+                    }
+                }
+                for j in 0..n {
+                    let (panel, jj) = (j / nj, j % nj);
+                    let to = &mut to[(panel * positions + i * run_len) * nj..][..run_len * nj];
+                    for (at, &v) in to.chunks_exact_mut(nj).zip(&g[j * ldg + run.at_g..][..run_len]) {
+                        at[jj] = v;
+                    }
+                }
+            }
+        });
+        self
+    }
+
+    /// Whole runs per block: about [`DOT_BLOCK`] positions, at least one run.
+    fn runs_per_block(run_len: usize) -> usize {
+        (DOT_BLOCK / run_len.max(1)).max(1)
+    }
+}
+
 /// `dst[j · ldd + r - rows.start] (+)= Σ_runs Σ_{i < run_len} g[j · ldg + run.at_g + i] ·
 /// src[offsets[r] + run.at_src + i]`, for `j < n` and the rows `r` in `rows` (of `offsets`),
-/// on the calling thread: the transpose of [`shifted_gemm`], whose reduction runs along the
-/// positions. A convolution's weight gradient is one, summed over its outputs a line at a
-/// time: a line of outputs is a run of its output gradient and, at each tap, of the padded
-/// input. `accumulate` adds to `dst` instead of setting it.
+/// `g` and its runs packed in `panels`, on the calling thread: the transpose of
+/// [`shifted_gemm`], whose reduction runs along the positions. A convolution's weight
+/// gradient is one, summed over its outputs a line at a time: a line of outputs is a run of
+/// its output gradient and, at each tap, of the padded input. `accumulate` adds to `dst`
+/// instead of setting it.
 ///
-/// The runs are summed in blocks of whole runs, about [`DOT_BLOCK`] positions each, each
-/// block one vector of partial sums per element, reduced across its lanes and added to the
+/// Each block of runs (about [`DOT_BLOCK`] positions) is multiplied as outer products: a
+/// position's panel of outputs by the source's values at each row, broadcast one at a time,
+/// in a register tile of 64 outputs by 6 rows at AVX-512, 16 by 6 at AVX2, 8 by 4 elsewhere;
+/// no masked loads at a run's end, no reduction across lanes. Each element's block sum is one
+/// chain of multiply-adds over the block's positions in order, from zero, added to the
 /// element: the bits depend on the runs alone, not on how the caller splits the rows among
-/// threads. `src` must hold [`DOT_SLACK`] values of slack past the last position read (a
-/// run's last vector reads whole; the positions past the run meet zeros of `g`).
-#[allow(clippy::too_many_arguments)]
+/// threads. The source is read at the runs' positions only (no slack past them).
 pub fn shifted_dot(
-    level: Isa,
-    (g, ldg): (&[f32], usize),
-    n: usize,
+    panels: &DotPanels,
     src: &[f32],
     offsets: &[usize],
-    (runs, run_len): (&[Run], usize),
     rows: std::ops::Range<usize>,
     (dst, ldd): (&mut [f32], usize),
     accumulate: bool,
 ) {
+    let (n, runs, run_len, level) = (panels.n, &panels.runs[..], panels.run_len, panels.level);
     assert!(rows.end <= offsets.len(), "rows {rows:?} past the {} offsets", offsets.len());
     if n == 0 || rows.is_empty() {
         return;
@@ -172,33 +233,32 @@ pub fn shifted_dot(
         ldd >= width && dst.len() >= (n - 1) * ldd + width,
         "destination smaller than {n} x {width} (row stride {ldd})"
     );
-    let g_end = runs.iter().map(|r| r.at_g + run_len).max().unwrap_or(0);
-    assert!(g_end <= ldg && g.len() >= (n - 1) * ldg + g_end, "gradient rows of {ldg} values, runs reach {g_end}");
     let reach = rows.clone().map(|r| offsets[r]).max().unwrap_or(0)
-        + runs.iter().map(|r| r.at_src + run_len).max().unwrap_or(0)
-        + DOT_SLACK;
+        + runs.iter().map(|r| r.at_src + run_len).max().unwrap_or(0);
     assert!(src.len() >= reach, "source of {} values, the positions read reach {reach}", src.len());
-    let level = level.min(Isa::detected());
     let (nj, nk) = dot_tile_of(level);
-    let per_block = (DOT_BLOCK / run_len.max(1)).max(1);
-    for (b, block) in runs.chunks(per_block).enumerate() {
+    let panel_count = n.div_ceil(nj);
+    let mut packed = &panels.packed[..];
+    for (b, block) in runs.chunks(DotPanels::runs_per_block(run_len)).enumerate() {
         let add = accumulate || b > 0;
-        for r0 in rows.clone().step_by(nk) {
-            let rn = nk.min(rows.end - r0);
-            // Rows past the range read the last one again; their sums are not written.
-            let offs: [usize; 8] = std::array::from_fn(|i| offsets[r0 + i.min(rn - 1)]);
-            for j0 in (0..n).step_by(nj) {
-                let jn = nj.min(n - j0);
-                let gs: [usize; 8] = std::array::from_fn(|i| (j0 + i.min(jn - 1)) * ldg);
-                let mut sums = [0f32; 64];
+        let positions = block.len() * run_len;
+        let (this, rest) = packed.split_at(panel_count * positions * nj);
+        packed = rest;
+        for (p, panel) in this.chunks_exact(positions * nj).enumerate() {
+            let jn = nj.min(n - p * nj);
+            for r0 in rows.clone().step_by(nk) {
+                let rn = nk.min(rows.end - r0);
+                // Rows past the range read the last one again; their sums are not written.
+                let offs: [usize; 6] = std::array::from_fn(|i| offsets[r0 + i.min(rn - 1)]);
+                let mut sums = [0f32; 64 * 6];
                 // SAFETY: every source value read, offs[i] + run.at_src + q for q < run_len, is
-                // below `reach` <= src.len(), and every g value, gs[i] + run.at_g + q, below
-                // (n - 1) · ldg + g_end <= g.len(); the level runs on this CPU.
-                unsafe { run_dot(level, g, &gs[..nj], src, &offs[..nk], (block, run_len), &mut sums) };
+                // below `reach` <= src.len(); the panel holds positions x nj values; the level
+                // runs on this CPU (DotPanels::new capped it).
+                unsafe { run_dot(level, panel, src, &offs[..nk], (block, run_len), &mut sums) };
                 for jj in 0..jn {
                     for rr in 0..rn {
-                        let d = &mut dst[(j0 + jj) * ldd + r0 - rows.start + rr];
-                        let v = sums[jj * nk + rr];
+                        let d = &mut dst[(p * nj + jj) * ldd + r0 - rows.start + rr];
+                        let v = sums[rr * nj + jj];
                         *d = if add { *d + v } else { v };
                     }
                 }
@@ -215,71 +275,55 @@ pub fn shifted_dot(
 /// Outputs and rows of [`shifted_dot`]'s register tile at `level`.
 fn dot_tile_of(level: Isa) -> (usize, usize) {
     match level {
-        Isa::Avx512 if cfg!(target_arch = "x86_64") => (4, 6),
-        Isa::Avx2 if cfg!(target_arch = "x86_64") => (3, 4),
-        _ => (2, 2),
+        Isa::Avx512 if cfg!(target_arch = "x86_64") => (64, 6),
+        Isa::Avx2 if cfg!(target_arch = "x86_64") => (16, 6),
+        _ => (8, 4),
     }
 }
 
 /// # Safety
 ///
-/// `g[gs[i] + run.at_g + q]` and `src[offs[i] + run.at_src + q]` in bounds for `q < run_len`;
-/// `level` runs on this CPU.
+/// `src[offs[i] + run.at_src + q]` in bounds for `q < run_len`; `panel` holds the block's
+/// positions times the tile's outputs; `level` runs on this CPU.
 unsafe fn run_dot(
     level: Isa,
-    g: &[f32],
-    gs: &[usize],
+    panel: &[f32],
     src: &[f32],
     offs: &[usize],
     runs: (&[Run], usize),
-    sums: &mut [f32; 64],
+    sums: &mut [f32; 384],
 ) {
     #[cfg(target_arch = "x86_64")]
     {
         if level == Isa::Avx512 {
             // SAFETY: the caller's bounds; AVX-512F is present.
-            return unsafe { x86::dot_avx512(g.as_ptr(), gs, src.as_ptr(), offs, runs, sums) };
+            return unsafe { x86::dot_avx512(panel.as_ptr(), src.as_ptr(), offs, runs, sums) };
         }
         if level == Isa::Avx2 {
             // SAFETY: as above, with AVX2 and FMA.
-            return unsafe { x86::dot_avx2(g.as_ptr(), gs, src.as_ptr(), offs, runs, sums) };
+            return unsafe { x86::dot_avx2(panel.as_ptr(), src.as_ptr(), offs, runs, sums) };
         }
     }
     let _ = level;
-    portable_dot(g, gs, src, offs, runs, sums);
-}
-
-/// The dot tile on any CPU: 2 outputs by 2 rows, 8 lanes of partial sums each (a run's last
-/// positions in lanes of their own).
-fn portable_dot(
-    g: &[f32],
-    gs: &[usize],
-    src: &[f32],
-    offs: &[usize],
-    (runs, len): (&[Run], usize),
-    sums: &mut [f32; 64],
-) {
-    const L: usize = 8;
-    let (nj, nk) = (gs.len(), offs.len());
-    let mut acc = [[[0f32; L]; 2]; 2];
-    for run in runs {
-        for q in (0..len).step_by(L) {
-            let m = L.min(len - q);
-            for (j, acc) in acc.iter_mut().enumerate().take(nj) {
-                let gv = &g[gs[j] + run.at_g + q..][..m];
-                for (r, acc) in acc.iter_mut().enumerate().take(nk) {
-                    let sv = &src[offs[r] + run.at_src + q..][..m];
-                    for ((a, &x), &y) in acc.iter_mut().zip(gv).zip(sv) {
-                        *a += x * y;
-                    }
+    // The portable tile: 8 outputs by 4 rows, in local accumulators the compiler keeps in
+    // registers.
+    let mut acc = [[0f32; 8]; 4];
+    let mut at = 0;
+    for run in runs.0 {
+        let rows: [&[f32]; 4] = std::array::from_fn(|r| &src[offs[r] + run.at_src..][..runs.1]);
+        for q in 0..runs.1 {
+            let gv: &[f32; 8] = panel[at * 8..at * 8 + 8].try_into().expect("a panel of 8 outputs");
+            for (a, row) in acc.iter_mut().zip(&rows) {
+                let x = row[q];
+                for (s, &gj) in a.iter_mut().zip(gv) {
+                    *s += gj * x;
                 }
             }
+            at += 1;
         }
     }
-    for j in 0..nj {
-        for r in 0..nk {
-            sums[j * nk + r] = acc[j][r].iter().sum::<f32>();
-        }
+    for (r, a) in acc.iter().enumerate() {
+        sums[r * 8..r * 8 + 8].copy_from_slice(a);
     }
 }
 
@@ -384,100 +428,85 @@ mod x86 {
         merge::<MR>(&sums, unsafe { std::slice::from_raw_parts_mut(dst, (t.cols - 1) * t.ldd + t.rows) }, t);
     }
 
-    /// [`super::shifted_dot`]'s tile: 4 outputs by 6 rows, 16 lanes each; a run's last
-    /// positions through masked loads (zeros past its end).
+    /// [`super::shifted_dot`]'s tile: 64 outputs (4 vectors) by 6 rows, each source value
+    /// broadcast against a position's panel of outputs.
     ///
     /// # Safety
     ///
-    /// AVX-512F; `g + gs[i] + run.at_g` and `src + offs[i] + run.at_src` valid for `len` reads.
+    /// AVX-512F; `panel` valid for 64 reads per position of the runs, `src + offs[i] +
+    /// run.at_src` for `len` reads; `offs` holds 6 offsets.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn dot_avx512(
-        g: *const f32,
-        gs: &[usize],
+        panel: *const f32,
         src: *const f32,
         offs: &[usize],
         (runs, len): (&[Run], usize),
-        sums: &mut [f32; 64],
+        sums: &mut [f32; 384],
     ) {
         const NJ: usize = 4;
         const NK: usize = 6;
         let mut acc = [_mm512_setzero_ps(); NJ * NK];
+        let mut p = panel;
         for run in runs {
-            let (ga, sa) = (g.wrapping_add(run.at_g), src.wrapping_add(run.at_src));
-            for q in (0..len).step_by(16) {
-                let mask = if q + 16 <= len { 0xffff } else { ((1u32 << (len - q)) - 1) as __mmask16 };
-                // SAFETY: the lanes the mask keeps, q..min(q + 16, len), are inside every row.
+            let s: [*const f32; NK] = std::array::from_fn(|r| src.wrapping_add(offs[r] + run.at_src));
+            for q in 0..len {
+                // SAFETY: the caller's bounds: 64 panel values per position, q < len in every
+                // source row.
                 unsafe {
-                    let gv: [__m512; NJ] = std::array::from_fn(|j| _mm512_maskz_loadu_ps(mask, ga.add(gs[j] + q)));
+                    let gv: [__m512; NJ] = std::array::from_fn(|j| _mm512_loadu_ps(p.add(16 * j)));
                     for r in 0..NK {
-                        let sv = _mm512_maskz_loadu_ps(mask, sa.add(offs[r] + q));
+                        let x = _mm512_set1_ps(*s[r].add(q));
                         for j in 0..NJ {
-                            acc[j * NK + r] = _mm512_fmadd_ps(gv[j], sv, acc[j * NK + r]);
+                            acc[r * NJ + j] = _mm512_fmadd_ps(gv[j], x, acc[r * NJ + j]);
                         }
                     }
+                    p = p.add(64);
                 }
             }
         }
-        for (s, &v) in sums.iter_mut().zip(&acc) {
-            *s = _mm512_reduce_add_ps(v);
+        for (c, &v) in acc.iter().enumerate() {
+            // SAFETY: 16 values at c · 16 < 384.
+            unsafe { _mm512_storeu_ps(sums.as_mut_ptr().add(c * 16), v) };
         }
     }
 
-    /// [`super::shifted_dot`]'s tile: 3 outputs by 4 rows, 8 lanes each; a run's last
-    /// positions through masked loads (zeros past its end).
+    /// [`super::shifted_dot`]'s tile: 16 outputs (2 vectors) by 6 rows.
     ///
     /// # Safety
     ///
-    /// AVX2 and FMA; `g + gs[i] + run.at_g` valid for `len` reads, `src + offs[i] + run.at_src`
-    /// for `len` rounded up to 8.
+    /// AVX2 and FMA; `panel` valid for 16 reads per position of the runs, `src + offs[i] +
+    /// run.at_src` for `len` reads; `offs` holds 6 offsets.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dot_avx2(
-        g: *const f32,
-        gs: &[usize],
+        panel: *const f32,
         src: *const f32,
         offs: &[usize],
         (runs, len): (&[Run], usize),
-        sums: &mut [f32; 64],
+        sums: &mut [f32; 384],
     ) {
-        const NJ: usize = 3;
-        const NK: usize = 4;
+        const NJ: usize = 2;
+        const NK: usize = 6;
         let mut acc = [_mm256_setzero_ps(); NJ * NK];
-        let full = len / 8 * 8;
-        let lanes: [i32; 8] = std::array::from_fn(|i| if full + i < len { -1 } else { 0 });
-        // SAFETY: eight values.
-        let tail = unsafe { _mm256_loadu_si256(lanes.as_ptr().cast()) };
-        // One step of 8 positions at q, each row of g read by `$load`: a plain load, or for a
-        // run's last positions a masked one (zeros past the run), whose products are then zero
-        // whatever the source holds there (its slack). vmaskmovps is slower than a load on AMD's
-        // cores, so only g's tail takes it.
-        macro_rules! step {
-            ($ga:expr, $sa:expr, $q:expr, $load:expr) => {{
-                let gv: [__m256; NJ] = std::array::from_fn(|j| $load($ga.add(gs[j] + $q)));
-                for r in 0..NK {
-                    let sv = _mm256_loadu_ps($sa.add(offs[r] + $q));
-                    for j in 0..NJ {
-                        acc[j * NK + r] = _mm256_fmadd_ps(gv[j], sv, acc[j * NK + r]);
-                    }
-                }
-            }};
-        }
+        let mut p = panel;
         for run in runs {
-            let (ga, sa) = (g.wrapping_add(run.at_g), src.wrapping_add(run.at_src));
-            for q in (0..full).step_by(8) {
-                // SAFETY: q + 8 <= len: inside every row.
-                unsafe { step!(ga, sa, q, |p| _mm256_loadu_ps(p)) };
-            }
-            if full < len {
-                // SAFETY: the mask keeps g's lanes full..len, inside its rows; the source's rows
-                // are read 8 values from `full`, inside their slack (the caller's bound).
-                unsafe { step!(ga, sa, full, |p| _mm256_maskload_ps(p, tail)) };
+            let s: [*const f32; NK] = std::array::from_fn(|r| src.wrapping_add(offs[r] + run.at_src));
+            for q in 0..len {
+                // SAFETY: the caller's bounds: 16 panel values per position, q < len in every
+                // source row.
+                unsafe {
+                    let (g0, g1) = (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)));
+                    for r in 0..NK {
+                        let x = _mm256_broadcast_ss(&*s[r].add(q));
+                        acc[2 * r] = _mm256_fmadd_ps(g0, x, acc[2 * r]);
+                        acc[2 * r + 1] = _mm256_fmadd_ps(g1, x, acc[2 * r + 1]);
+                    }
+                    p = p.add(16);
+                }
             }
         }
-        for (s, &v) in sums.iter_mut().zip(&acc) {
-            let mut lanes = [0f32; 8];
-            // SAFETY: 8 values into `lanes`.
-            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
-            *s = lanes.iter().sum::<f32>();
+        for (c, &v) in acc.iter().enumerate() {
+            // SAFETY: 8 values at c · 8 < 96.
+            unsafe { _mm256_storeu_ps(sums.as_mut_ptr().add(c * 8), v) };
         }
     }
 
@@ -575,7 +604,9 @@ mod tests {
         assert!(runs.len() * run_len > 2 * DOT_BLOCK);
         for level in Isa::ALL.into_iter().filter(|l| l.runs()) {
             let mut dst = vec![1f32; n * k];
-            shifted_dot(level, (&g, ldg), n, &src, &offsets, (&runs, run_len), 0..k, (&mut dst, k), true);
+            let mut panels = DotPanels::new(level, n, (&runs, run_len));
+            let panels = panels.pack((&g, ldg));
+            shifted_dot(panels, &src, &offsets, 0..k, (&mut dst, k), true);
             for j in 0..n {
                 for r in 0..k {
                     let want: f64 = 1.0
@@ -591,9 +622,16 @@ mod tests {
             let mut split = vec![1f32; n * k];
             for rows in [0..5, 5..6, 6..k] {
                 let at = rows.start;
-                shifted_dot(level, (&g, ldg), n, &src, &offsets, (&runs, run_len), rows, (&mut split[at..], k), true);
+                shifted_dot(panels, &src, &offsets, rows, (&mut split[at..], k), true);
             }
             assert_eq!(dst, split, "{level}: splitting the rows changed bits");
+            // The source is read at the runs' positions only: cut right after the last one,
+            // the same bits.
+            let reach = offsets.iter().max().unwrap() + runs.iter().map(|r| r.at_src).max().unwrap() + run_len;
+            let mut exact = vec![1f32; n * k];
+            let cut = &src[..reach];
+            shifted_dot(panels, cut, &offsets, 0..k, (&mut exact, k), true);
+            assert_eq!(dst, exact, "{level}: a source without slack changed bits");
         }
     }
 

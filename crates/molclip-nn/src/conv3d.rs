@@ -901,10 +901,7 @@ impl CustomOp2 for Conv3dGradWeight {
         let z = ConvSizes::new(self.window, dims, o, [ot, oh, ow]);
         let c = z.c;
         let [kt, kh, kw] = self.window.kernel;
-        // The grid's weight gradient pays with AVX-512's masked loads (a line's last
-        // positions); at other levels the window matrix and the GEMM ran faster.
-        let wide = molclip_cpu::isa() == molclip_cpu::Isa::Avx512;
-        if let Some(grid) = shifted_grid(self.window, z.b, c, z.input).filter(|_| wide) {
+        if let Some(grid) = shifted_grid(self.window, z.b, c, z.input) {
             return Ok((CpuStorage::F32(grid.weight_grad(x, gy, o)), Shape::from(vec![o, c, kt, kh, kw])));
         }
         let xs = phase_split(x, dims[4], self.window.stride[2]);

@@ -5,7 +5,7 @@
 //! its channels swapped.
 
 use molclip_cpu::shifted::MAX_TILE;
-use molclip_cpu::{shifted_dot, shifted_gemm, Run, Shared, ShiftedWeights};
+use molclip_cpu::{shifted_dot, shifted_gemm, DotPanels, Run, Shared, ShiftedWeights};
 use rayon::prelude::*;
 
 use super::Window3d;
@@ -86,7 +86,7 @@ impl PaddedGrid {
 
     /// The videos `[B, C, T, H, W]` zero-padded and split into phases, `[B, C · phases, Tp,
     /// Hp, Wp]` (phases time-major), with the slack the products' last vectors read past the
-    /// end ([`MAX_TILE`] values, more than `shifted_dot`'s).
+    /// end ([`MAX_TILE`] values; `shifted_dot` reads none).
     fn pad_input(&self, x: &[f32]) -> Vec<f32> {
         let [t, h, w] = self.input;
         let [_, hp, wp] = self.phased;
@@ -186,22 +186,20 @@ impl PaddedGrid {
             (0..to * ho).map(|l| Run { at_g: l * wo, at_src: ((l / ho) * hp + l % ho) * wp }).collect();
         let level = molclip_cpu::isa();
         let per_task = k.div_ceil(2 * rayon::current_num_threads()).next_multiple_of(12);
-        let parts: Vec<(usize, Vec<f32>)> = (0..k)
-            .step_by(per_task)
-            .collect::<Vec<_>>()
-            .into_par_iter()
-            .map(|r0| {
+        let starts: Vec<usize> = (0..k).step_by(per_task).collect();
+        let mut parts: Vec<Vec<f32>> = starts.iter().map(|&r0| vec![0f32; o * (per_task.min(k - r0))]).collect();
+        let mut panels = DotPanels::new(level, o, (&runs, wo));
+        for bi in 0..self.b {
+            // The video's output gradient, packed once for every task's rows.
+            let panels = panels.pack((&gy[bi * o * n..], n));
+            let src = &xp[bi * video..];
+            parts.par_iter_mut().zip(&starts).for_each(|(part, &r0)| {
                 let rows = r0..(r0 + per_task).min(k);
-                let mut part = vec![0f32; o * rows.len()];
                 let width = rows.len();
-                for bi in 0..self.b {
-                    let (g, src) = (&gy[bi * o * n..], &xp[bi * video..]);
-                    let runs = (&runs[..], wo);
-                    shifted_dot(level, (g, n), o, src, &offsets, runs, rows.clone(), (&mut part, width), bi > 0);
-                }
-                (r0, part)
-            })
-            .collect();
+                shifted_dot(panels, src, &offsets, rows, (part, width), bi > 0);
+            });
+        }
+        let parts = starts.into_iter().zip(parts);
         let mut gw = vec![0f32; o * k];
         for (r0, part) in parts {
             let width = part.len() / o.max(1);
