@@ -657,6 +657,32 @@ mod tests {
         }
     }
 
+    /// A product that does not accumulate sets every value of its destination and reads none,
+    /// at every level and shape (the `gemm` crate's kernels and molclip's own, a reduction of
+    /// length 0, threaded or not): callers hand it memory that was never initialised. A
+    /// destination of NaN would show any value read.
+    #[test]
+    fn a_destination_not_read_stays_unseen() {
+        for (m, n, k) in [(1, 1, 1), (3, 5, 7), (17, 33, 9), (5, 4, 0), (64, 48, 130), (129, 7, 257), (200, 96, 300)] {
+            let (a, b) = (values(m * k, 11), values(k * n, 12));
+            let plain = naive(m, n, k, &a, &b);
+            let (a32, b32): (Vec<f32>, Vec<f32>) =
+                (a.iter().map(|&v| v as f32).collect(), b.iter().map(|&v| v as f32).collect());
+            for level in Isa::ALL.into_iter().filter(|l| l.runs()) {
+                for parallelism in [Parallelism::None, Parallelism::Rayon(2)] {
+                    let mut dst = vec![f32::NAN; m * n];
+                    let (d, l, r) = (dst.as_mut_ptr(), a32.as_ptr(), b32.as_ptr());
+                    let (k_, n_) = (k as isize, n as isize);
+                    // SAFETY: the buffers hold exactly the row-major views the sizes describe.
+                    unsafe { gemm_f32(level, m, n, k, d, 1, n_, false, l, 1, k_, r, 1, n_, 0.0, 1.0, parallelism) };
+                    for (got, want) in dst.iter().zip(&plain) {
+                        assert!((*got as f64 - want).abs() <= 1e-5 * (1.0 + k as f64), "{level} {m}x{n}x{k}: {got}");
+                    }
+                }
+            }
+        }
+    }
+
     /// molclip's own AVX2 kernel (both sides of the destination 64 or more): the products
     /// agree with the plain ones for shapes around its blocks (16 x 6 tiles, 128 x 192
     /// blocks, reductions in blocks of at most 256), both orders of both operands, three

@@ -1247,6 +1247,8 @@ mod tests {
             // Strided: the stem's window, and a stage's first convolution (odd width).
             (Window3d::new([5, 7, 7], [1, 2, 2], [2, 3, 3]), [4, 60, 59], 1, 14),
             (Window3d::new([3, 3, 3], [2, 2, 2], [1, 1, 1]), [6, 28, 27], 3, 5),
+            // 7 x 7 frames: 77 % of their grid is outputs.
+            (Window3d::new([3, 3, 3], [1, 1, 1], [1, 1, 1]), [4, 7, 7], 6, 5),
         ]
         .into_iter()
         .enumerate()
@@ -1267,6 +1269,15 @@ mod tests {
             let direct = grid.weight_grad(&flat(x.as_tensor()), &flat(&probe), o);
             let direct = Tensor::from_vec(direct, gw.shape(), &Device::Cpu).unwrap();
             assert!(max_abs_diff(&direct, &gw) < 1e-5 * scale, "grid weight gradient {win:?}");
+            // Lines that share their padding give every output the same sum, to the bit, as
+            // lines padded on both sides: a tap past a line's end reads zeros either way.
+            let both = grid.padded_on_both_sides();
+            let (xf, wf) = (flat(x.as_tensor()), flat(wt.as_tensor()));
+            let packed = ShiftedWeights::new(molclip_cpu::isa(), &wf, o, c * win.taps());
+            let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+            assert_eq!(bits(grid.convolve(&xf, &packed)), bits(both.convolve(&xf, &packed)), "forward {win:?}");
+            let shared = grid.weight_grad(&xf, &flat(&probe), o);
+            assert_eq!(bits(shared), bits(both.weight_grad(&xf, &flat(&probe), o)), "weight gradient {win:?}");
         }
         // The deep layers' sparse grids (4 x 4 frames padded to 6 x 6) keep the window matrix.
         assert!(shifted_grid(Window3d::new([3, 3, 3], [1, 1, 1], [1, 1, 1]), 8, 512, [4, 4, 4]).is_none());

@@ -46,6 +46,58 @@ pub(crate) fn gemm_f32(
     gemm_f32_strided(m, n, k, (dst, dst_strides), accumulate, (lhs, lhs_strides), (rhs, rhs_strides), threads);
 }
 
+/// [`gemm_f32`] into values not yet initialised (`dst`, row-major `[m × n]`), not
+/// accumulating: the product sets every value of `dst` and reads none, so that a new output
+/// need not be zeroed first (a `vec![0.0; len]` is a pass over memory as long as the output).
+/// That the kernels of every level leave an unread destination unseen is tested in
+/// `molclip_cpu` (destinations of NaN).
+pub(crate) fn gemm_f32_uninit(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [std::mem::MaybeUninit<f32>],
+    (lhs, lhs_strides): Strided<&[f32]>,
+    (rhs, rhs_strides): Strided<&[f32]>,
+) {
+    assert!(
+        dst.len() == m * n && lhs.len() >= extent(m, k, lhs_strides) && rhs.len() >= extent(k, n, rhs_strides),
+        "GEMM {m}x{n}x{k}: an operand is smaller than its strided view"
+    );
+    // SAFETY: the assertion checks that every slice covers its view; `dst` is borrowed mutably
+    // so it overlaps neither operand, and a product that does not accumulate only writes it
+    // (MaybeUninit<f32> has f32's layout).
+    unsafe {
+        gemm_raw(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr().cast(),
+            (1, n as isize),
+            false,
+            lhs.as_ptr(),
+            lhs_strides,
+            rhs.as_ptr(),
+            rhs_strides,
+            1.0,
+            rayon::current_num_threads(),
+        );
+    }
+}
+
+/// A vector of `len` values that `write` sets, every one (its spare capacity, handed to
+/// `write`, is then taken as initialised).
+///
+/// # Safety
+///
+/// `write` must initialise all `len` values it is given.
+pub(crate) unsafe fn written_by(len: usize, write: impl FnOnce(&mut [std::mem::MaybeUninit<f32>])) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len);
+    write(&mut v.spare_capacity_mut()[..len]);
+    // SAFETY: the caller's promise: `write` initialised the `len` values.
+    unsafe { v.set_len(len) };
+    v
+}
+
 /// An operand of [`gemm_f32_strided`]: its elements and (column stride, row stride).
 pub(crate) type Strided<T> = (T, (isize, isize));
 

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::{f32_slice, gemm_f32};
+use super::cpu::{f32_slice, gemm_f32, gemm_f32_uninit, written_by};
 use crate::error::Result;
 
 pub(crate) fn on_cpu_f32(t: &Tensor) -> bool {
@@ -61,12 +61,17 @@ fn linear_fwd(
     if k != k_w {
         candle_core::bail!("linear: inputs of width {k} against weights of width {k_w}");
     }
-    let mut y = vec![0f32; rows * o];
-    if let Some(b) = b {
-        y.par_chunks_mut(o).for_each(|row| row.copy_from_slice(b));
-    }
     // wᵀ: element (k, o) sits at o·K + k.
-    gemm_f32(rows, o, k, &mut y, b.is_some(), x, (1, k as isize), w, (k as isize, 1));
+    let (lhs, rhs) = ((x, (1, k as isize)), (w, (k as isize, 1)));
+    let y = match b {
+        Some(b) => {
+            let mut y = b.repeat(rows);
+            gemm_f32(rows, o, k, &mut y, true, lhs.0, lhs.1, rhs.0, rhs.1);
+            y
+        }
+        // SAFETY: the product sets all rows x o values.
+        None => unsafe { written_by(rows * o, |y| gemm_f32_uninit(rows, o, k, y, lhs, rhs)) },
+    };
     let mut dims = l1.shape().dims().to_vec();
     *dims.last_mut().unwrap() = o;
     Ok((CpuStorage::F32(y), Shape::from(dims)))
@@ -177,14 +182,17 @@ impl CustomOp3 for LinearGrad {
             candle_core::bail!("linear-grad: {} output gradients for {n} rows of {o}", dy.len());
         }
         let dx_len = if self.dx { n * k } else { 0 };
-        let mut out = vec![0f32; dx_len + o * k];
-        let (dx, dw) = out.split_at_mut(dx_len);
-        if self.dx {
-            // dx[N × K] = dy[N × O] · w[O × K]
-            gemm_f32(n, k, o, dx, false, dy, (1, o as isize), w, (1, k as isize));
-        }
-        // dw[O × K] = dyᵀ[O × N] · x[N × K]: dyᵀ's element (o, n) sits at n·O + o.
-        gemm_f32(o, k, n, dw, false, dy, (o as isize, 1), x, (1, k as isize));
+        let write = |out: &mut [std::mem::MaybeUninit<f32>]| {
+            let (dx, dw) = out.split_at_mut(dx_len);
+            if self.dx {
+                // dx[N × K] = dy[N × O] · w[O × K]
+                gemm_f32_uninit(n, k, o, dx, (dy, (1, o as isize)), (w, (1, k as isize)));
+            }
+            // dw[O × K] = dyᵀ[O × N] · x[N × K]: dyᵀ's element (o, n) sits at n·O + o.
+            gemm_f32_uninit(o, k, n, dw, (dy, (o as isize, 1)), (x, (1, k as isize)));
+        };
+        // SAFETY: the products set dx's n x k values (when asked for) and dw's o x k.
+        let out = unsafe { written_by(dx_len + o * k, write) };
         Ok((CpuStorage::F32(out), Shape::from(dx_len + o * k)))
     }
 }
