@@ -764,6 +764,33 @@ mod tests {
                 }
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&run(0, m, Parallelism::Rayon(3))), bits(&one), "{what}: threads");
+                // The product as given and as its transpose (dstᵀ = rhsᵀ · lhsᵀ), which the
+                // kernel runs instead where it packs less: the same bits.
+                for transpose in [false, true] {
+                    let mut t = start.clone();
+                    let product = Product {
+                        m,
+                        n,
+                        k,
+                        dst: t.as_mut_ptr(),
+                        dst_cs: cs as isize,
+                        dst_rs: rs as isize,
+                        read_dst: read,
+                        lhs: a32.as_ptr(),
+                        lhs_cs: lhs_s.0,
+                        lhs_rs: lhs_s.1,
+                        rhs: b32.as_ptr(),
+                        rhs_cs: rhs_s.0,
+                        rhs_rs: rhs_s.1,
+                        alpha: 0.5,
+                        beta: 2.0,
+                        parallelism: Parallelism::None,
+                    };
+                    let product = if transpose { sgemm_avx2::transposed(product) } else { product };
+                    // SAFETY: the views of `run`'s whole product, read transposed or not.
+                    unsafe { sgemm_avx2::sgemm_as_given(product) };
+                    assert_eq!(bits(&t), bits(&one), "{what}: transposed {transpose}");
+                }
                 if m >= 37 + 70 {
                     let part = run(37, 70, Parallelism::None);
                     let rows = |v: &[f32]| {

@@ -68,6 +68,17 @@ pub(crate) fn takes(m: usize, n: usize) -> bool {
 ///
 /// As [`crate::gemm_f32`]; the CPU must have AVX2 and FMA.
 pub(crate) unsafe fn sgemm(product: Product<f32>) {
+    let swapped = transposed(product);
+    // SAFETY: the caller's guarantees, for the product or its transpose, the same views.
+    unsafe { sgemm_as_given(if overhead(&swapped) < overhead(&product) { swapped } else { product }) }
+}
+
+/// [`sgemm`] with the operands as given, never transposed.
+///
+/// # Safety
+///
+/// As [`sgemm`].
+pub(crate) unsafe fn sgemm_as_given(product: Product<f32>) {
     let Product {
         m,
         n,
@@ -152,6 +163,42 @@ pub(crate) unsafe fn sgemm(product: Product<f32>) {
         }
     }
     BUFFERS.with(|b| b.set((packed_lhs, packed_rhs)));
+}
+
+/// The same product as its transpose, `dstᵀ = rhsᵀ · lhsᵀ`: each element the same products
+/// (a multiply-add's two factors commute, bit for bit) summed in the same order, so the bits
+/// do not change; only which operand is packed into which panels, and how the tiles meet the
+/// destination, do.
+pub(crate) fn transposed(p: Product<f32>) -> Product<f32> {
+    Product {
+        m: p.n,
+        n: p.m,
+        dst_cs: p.dst_rs,
+        dst_rs: p.dst_cs,
+        lhs: p.rhs,
+        lhs_cs: p.rhs_rs,
+        lhs_rs: p.rhs_cs,
+        rhs: p.lhs,
+        rhs_cs: p.lhs_rs,
+        rhs_rs: p.lhs_cs,
+        ..p
+    }
+}
+
+/// What a product costs besides its multiply-adds, in value moves weighted by their speed:
+/// packing the left operand (a copy where a micro-panel's rows are contiguous, a transposing
+/// gather four times as slow where not), packing the right one (nothing where it is read in
+/// place) and, where a tile's columns are not contiguous in the destination, merging each
+/// block's sums value by value. A linear layer's forward pass (`x · wᵀ`, both operands
+/// contiguous along the reduction) gathers all of `x` and merges value by value; as its
+/// transpose (`w · xᵀ`) it gathers the weights alone, reads `x` in place and stores whole
+/// vectors.
+fn overhead(p: &Product<f32>) -> usize {
+    let pack = |len: usize, contiguous: bool| len * if contiguous { 1 } else { 4 };
+    let lhs = pack(p.m * p.k, p.lhs_rs == 1);
+    let rhs = if p.rhs_rs == 1 { 0 } else { pack(p.n * p.k, p.rhs_cs == 1) };
+    let merge = if p.dst_rs == 1 { 0 } else { 4 * p.m * p.n * p.k.div_ceil(KC) };
+    lhs + rhs + merge
 }
 
 /// Micro-panels per packing task.
