@@ -172,6 +172,7 @@ impl DotPanels {
         let (nj, _) = dot_tile_of(self.level);
         let per_block = Self::runs_per_block(run_len);
         let block_values = (n.div_ceil(nj) * per_block * run_len * nj).max(1);
+        let level = self.level;
         self.packed.par_chunks_mut(block_values).zip(self.runs.par_chunks(per_block)).for_each(|(to, block)| {
             let positions = block.len() * run_len;
             // A run at a time, so that the values it writes (run_len x nj) stay in cache; the
@@ -182,7 +183,22 @@ impl DotPanels {
                         crate::prefetch(&g[j * ldg + next.at_g..][..run_len]);
                     }
                 }
-                for j in 0..n {
+                // Rows j0..j0 + 8 (of one panel: nj is a multiple of 8) by 8 positions at a
+                // time, transposed in registers where the CPU has AVX2; the rest one value at a
+                // time. Each value lands where the loop below would put it.
+                let mut j0 = 0;
+                #[cfg(target_arch = "x86_64")]
+                if level >= Isa::Avx2 {
+                    while j0 + 8 <= n {
+                        let (panel, jj) = (j0 / nj, j0 % nj);
+                        let to = &mut to[(panel * positions + i * run_len) * nj..][..run_len * nj];
+                        let rows: [&[f32]; 8] = std::array::from_fn(|r| &g[(j0 + r) * ldg + run.at_g..][..run_len]);
+                        // SAFETY: AVX2 runs on this CPU (the level was capped at detection).
+                        unsafe { x86::transpose_rows(rows, &mut to[jj..], nj) };
+                        j0 += 8;
+                    }
+                }
+                for j in j0..n {
                     let (panel, jj) = (j / nj, j % nj);
                     let to = &mut to[(panel * positions + i * run_len) * nj..][..run_len * nj];
                     for (at, &v) in to.chunks_exact_mut(nj).zip(&g[j * ldg + run.at_g..][..run_len]) {
@@ -428,6 +444,62 @@ mod x86 {
         merge::<MR>(&sums, unsafe { std::slice::from_raw_parts_mut(dst, (t.cols - 1) * t.ldd + t.rows) }, t);
     }
 
+    /// `to[q · stride + r] = rows[r][q]` for the 8 rows and every position `q` of their
+    /// (equal) length: 8 positions at a time through an 8 x 8 transpose in registers, the last
+    /// ones value by value.
+    ///
+    /// # Safety
+    ///
+    /// AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn transpose_rows(rows: [&[f32]; 8], to: &mut [f32], stride: usize) {
+        let len = rows[0].len();
+        assert!(rows.iter().all(|r| r.len() == len), "rows of one length");
+        assert!(len == 0 || to.len() >= (len - 1) * stride + 8, "destination of {} values", to.len());
+        let whole = len / 8 * 8;
+        for q0 in (0..whole).step_by(8) {
+            // SAFETY: q0 + 8 <= len values in each row; the 8 stores at (q0 + i) · stride, 8
+            // values each, end at most at (len - 1) · stride + 8 <= to.len() (asserted above).
+            unsafe {
+                let r: [__m256; 8] = std::array::from_fn(|k| _mm256_loadu_ps(rows[k].as_ptr().add(q0)));
+                let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+                let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+                let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+                let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+                let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+                let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+                let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+                let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+                let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+                let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+                let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+                let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+                let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+                let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+                let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+                let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+                let columns = [
+                    _mm256_permute2f128_ps::<0x20>(u0, u4),
+                    _mm256_permute2f128_ps::<0x20>(u1, u5),
+                    _mm256_permute2f128_ps::<0x20>(u2, u6),
+                    _mm256_permute2f128_ps::<0x20>(u3, u7),
+                    _mm256_permute2f128_ps::<0x31>(u0, u4),
+                    _mm256_permute2f128_ps::<0x31>(u1, u5),
+                    _mm256_permute2f128_ps::<0x31>(u2, u6),
+                    _mm256_permute2f128_ps::<0x31>(u3, u7),
+                ];
+                for (i, c) in columns.into_iter().enumerate() {
+                    _mm256_storeu_ps(to.as_mut_ptr().add((q0 + i) * stride), c);
+                }
+            }
+        }
+        for q in whole..len {
+            for (r, row) in rows.iter().enumerate() {
+                to[q * stride + r] = row[q];
+            }
+        }
+    }
+
     /// [`super::shifted_dot`]'s tile: 64 outputs (4 vectors) by 6 rows, each source value
     /// broadcast against a position's panel of outputs.
     ///
@@ -588,10 +660,17 @@ mod tests {
 
     /// The dot product against float64 sums at every level, with row and output edges, runs
     /// that end inside a vector, several blocks of runs, and the same bits whatever rows a
-    /// call takes.
+    /// call takes; output counts below, past and across the packing's 8-row transposes and
+    /// the tile's panels.
     #[test]
     fn dot_matches_the_definition_at_every_level() {
-        let (n, k, run_len, ldg) = (7, 29, 45, 3000);
+        for n in [7, 19, 70] {
+            dot_matches_the_definition_for(n);
+        }
+    }
+
+    fn dot_matches_the_definition_for(n: usize) {
+        let (k, run_len, ldg) = (29, 45, 3000);
         let mut state = 5u64;
         let mut next = move || {
             state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);

@@ -481,18 +481,21 @@ fn sum_transposed(partial: &[f32], o: usize, ck: usize) -> Vec<f32> {
         });
         Cow::Owned(sum)
     };
-    let mut gw = vec![0f32; size];
-    gw.par_chunks_mut(TILE * ck).enumerate().for_each(|(tile, rows)| {
-        let (o0, height) = (tile * TILE, rows.len() / ck);
-        for j0 in (0..ck).step_by(TILE) {
-            for j in j0..(j0 + TILE).min(ck) {
-                for (r, &v) in sum[j * o + o0..][..height].iter().enumerate() {
-                    rows[r * ck + j] = v;
+    let transpose = |gw: &mut [std::mem::MaybeUninit<f32>]| {
+        gw.par_chunks_mut(TILE * ck).enumerate().for_each(|(tile, rows)| {
+            let (o0, height) = (tile * TILE, rows.len() / ck);
+            for j0 in (0..ck).step_by(TILE) {
+                for j in j0..(j0 + TILE).min(ck) {
+                    for (r, &v) in sum[j * o + o0..][..height].iter().enumerate() {
+                        rows[r * ck + j].write(v);
+                    }
                 }
             }
-        }
-    });
-    gw
+        });
+    };
+    // SAFETY: the tiles of rows cover the `[O, CK]` result, and each sets every column of its
+    // rows: all O·CK values.
+    unsafe { super::cpu::written_by(size, transpose) }
 }
 
 /// Sizes shared by the forward and both backward kernels of one convolution.
@@ -1279,7 +1282,7 @@ mod tests {
             let shared = grid.weight_grad(&xf, &flat(&probe), o);
             assert_eq!(bits(shared), bits(both.weight_grad(&xf, &flat(&probe), o)), "weight gradient {win:?}");
         }
-        // The deep layers' sparse grids (4 x 4 frames padded to 6 x 6) keep the window matrix.
+        // The deepest layers' sparse grids (4 x 4 frames on 5 x 5: 64 % outputs) keep the window matrix.
         assert!(shifted_grid(Window3d::new([3, 3, 3], [1, 1, 1], [1, 1, 1]), 8, 512, [4, 4, 4]).is_none());
     }
 

@@ -166,36 +166,39 @@ impl PaddedGrid {
         let per_task = positions_per_task(o);
         let tasks: Vec<(usize, usize)> =
             (0..self.b).flat_map(|bi| (0..span).step_by(per_task).map(move |q0| (bi, q0))).collect();
-        let mut y = vec![0f32; self.b * o * n];
-        let dst = Shared(y.as_mut_ptr());
-        tasks.into_par_iter().for_each_init(
-            || vec![0f32; o * per_task],
-            |tile, (bi, q0)| {
-                let len = per_task.min(span - q0);
-                shifted_gemm(w, &xp[bi * video + q0..], &offsets, len, tile, per_task);
-                // The grid's lines (ot, oh) this block of positions meets; of each, the outputs
-                // ow < Wo inside the block.
-                for line in q0 / wp..=(q0 + len - 1) / wp {
-                    let (ot, oh) = (line / hp, line % hp);
-                    let (lo, hi) = ((line * wp).max(q0), (line * wp + wo).min(q0 + len));
-                    if ot >= to || oh >= ho || lo >= hi {
-                        continue;
-                    }
-                    let first = (ot * ho + oh) * wo + lo - line * wp;
-                    for oi in 0..o {
-                        let from = &tile[oi * per_task + lo - q0..oi * per_task + hi - q0];
-                        // SAFETY: y holds B·O·N values; this task writes, for video bi, the
-                        // outputs of the lines its block of grid positions covers, and the
-                        // blocks of a video are disjoint: no other task writes these values.
-                        unsafe {
-                            let to_ptr = dst.get().add((bi * o + oi) * n + first);
-                            std::ptr::copy_nonoverlapping(from.as_ptr(), to_ptr, from.len());
+        let write = |y: &mut [std::mem::MaybeUninit<f32>]| {
+            let dst = Shared(y.as_mut_ptr().cast::<f32>());
+            tasks.into_par_iter().for_each_init(
+                || vec![0f32; o * per_task],
+                |tile, (bi, q0)| {
+                    let len = per_task.min(span - q0);
+                    shifted_gemm(w, &xp[bi * video + q0..], &offsets, len, tile, per_task);
+                    // The grid's lines (ot, oh) this block of positions meets; of each, the outputs
+                    // ow < Wo inside the block.
+                    for line in q0 / wp..=(q0 + len - 1) / wp {
+                        let (ot, oh) = (line / hp, line % hp);
+                        let (lo, hi) = ((line * wp).max(q0), (line * wp + wo).min(q0 + len));
+                        if ot >= to || oh >= ho || lo >= hi {
+                            continue;
+                        }
+                        let first = (ot * ho + oh) * wo + lo - line * wp;
+                        for oi in 0..o {
+                            let from = &tile[oi * per_task + lo - q0..oi * per_task + hi - q0];
+                            // SAFETY: y holds B·O·N values; this task writes, for video bi, the
+                            // outputs of the lines its block of grid positions covers, and the
+                            // blocks of a video are disjoint: no other task writes these values.
+                            unsafe {
+                                let to_ptr = dst.get().add((bi * o + oi) * n + first);
+                                std::ptr::copy_nonoverlapping(from.as_ptr(), to_ptr, from.len());
+                            }
                         }
                     }
-                }
-            },
-        );
-        y
+                },
+            );
+        };
+        // SAFETY: the tasks' blocks of positions tile each video's grid through its last
+        // output, and each block writes the outputs of every line it meets: all B·O·N values.
+        unsafe { crate::cpu::written_by(self.b * o * n, write) }
     }
 
     /// The weight gradient `[O, C · taps]` of the convolution of the videos `x` whose output
