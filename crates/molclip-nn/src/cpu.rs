@@ -56,29 +56,22 @@ pub(crate) fn gemm_f32_uninit(
     n: usize,
     k: usize,
     dst: &mut [std::mem::MaybeUninit<f32>],
-    (lhs, lhs_strides): Strided<&[f32]>,
-    (rhs, rhs_strides): Strided<&[f32]>,
+    lhs: Strided<&[f32]>,
+    rhs: Strided<&[f32]>,
 ) {
-    assert!(
-        dst.len() == m * n && lhs.len() >= extent(m, k, lhs_strides) && rhs.len() >= extent(k, n, rhs_strides),
-        "GEMM {m}x{n}x{k}: an operand is smaller than its strided view"
-    );
-    // SAFETY: the assertion checks that every slice covers its view; `dst` is borrowed mutably
-    // so it overlaps neither operand, and a product that does not accumulate only writes it
-    // (MaybeUninit<f32> has f32's layout).
+    assert_eq!(dst.len(), m * n, "GEMM {m}x{n}x{k}: a destination of {} values", dst.len());
+    // SAFETY: `dst` is borrowed mutably, so it overlaps neither operand and is valid for its
+    // m·n values (MaybeUninit<f32> has f32's layout); a product that does not accumulate only
+    // writes it.
     unsafe {
-        gemm_raw(
+        gemm_checked(
             m,
             n,
             k,
-            dst.as_mut_ptr().cast(),
-            (1, n as isize),
+            (dst.as_mut_ptr().cast(), dst.len(), (1, n as isize)),
             false,
-            lhs.as_ptr(),
-            lhs_strides,
-            rhs.as_ptr(),
-            rhs_strides,
-            1.0,
+            lhs,
+            rhs,
             rayon::current_num_threads(),
         );
     }
@@ -120,24 +113,46 @@ pub(crate) fn gemm_f32_strided(
     k: usize,
     (dst, dst_strides): Strided<&mut [f32]>,
     accumulate: bool,
+    lhs: Strided<&[f32]>,
+    rhs: Strided<&[f32]>,
+    threads: usize,
+) {
+    // SAFETY: `dst` is borrowed mutably, so it overlaps neither operand, and holds its values.
+    unsafe { gemm_checked(m, n, k, (dst.as_mut_ptr(), dst.len(), dst_strides), accumulate, lhs, rhs, threads) }
+}
+
+/// [`gemm_raw`] once every operand is checked to cover its strided view (`dst` given by its
+/// first value and its length).
+///
+/// # Safety
+///
+/// `dst` must be valid for `dst_len` values (written, and read when accumulating) and
+/// overlap neither operand.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_checked(
+    m: usize,
+    n: usize,
+    k: usize,
+    (dst, dst_len, dst_strides): (*mut f32, usize, (isize, isize)),
+    accumulate: bool,
     (lhs, lhs_strides): Strided<&[f32]>,
     (rhs, rhs_strides): Strided<&[f32]>,
     threads: usize,
 ) {
     assert!(
-        dst.len() >= extent(m, n, dst_strides)
+        dst_len >= extent(m, n, dst_strides)
             && lhs.len() >= extent(m, k, lhs_strides)
             && rhs.len() >= extent(k, n, rhs_strides),
         "GEMM {m}x{n}x{k}: an operand is smaller than its strided view"
     );
-    // SAFETY: the assertion above checks that every slice covers its strided view, and `dst`
-    // is borrowed mutably so it overlaps neither operand.
+    // SAFETY: the assertion checks that every operand covers its strided view; the caller
+    // vouches for `dst` and for its not overlapping either operand.
     unsafe {
         gemm_raw(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             dst_strides,
             accumulate,
             lhs.as_ptr(),
