@@ -1,16 +1,17 @@
 //! A product whose left operand's rows are shifted views of one array:
 //!
-//! `dst[j, q] = Σ_k src[offsets[k] + q] · w[j, k]`, for positions `q` in `0..len` and outputs
-//! `j` in `0..n`.
+//! `dst[q, j] = Σ_k src[bases[q] + offsets[k]] · w[j, k]`, for the positions `q` (each named by
+//! where it starts in `src`) and the outputs `j` in `0..n`.
 //!
 //! A convolution of stride 1 is one of these when it is computed on the grid of its
-//! zero-padded input: output position `q` of the grid reads the padded input at `q` plus a
-//! fixed offset per input channel and tap, so every row of the window matrix is the padded
-//! input itself, shifted. The product reads those rows in place, a register tile of positions
-//! at a time, and the window matrix is never built (the grid's positions that are not outputs,
-//! those that fall past a line or a plane, are computed and dropped by the caller).
+//! zero-padded input: output position `q` of the grid reads the padded input at its own place
+//! plus a fixed offset per input channel and tap, so every row of the window matrix is the
+//! padded input itself, shifted. The product reads those values in place, a register tile of
+//! positions at a time, and the window matrix is never built. The positions are any the caller
+//! names, the outputs alone (none past a line or a plane is computed): the tile broadcasts
+//! each position's value and multiplies it by a vector of outputs' weights.
 //!
-//! The weights are packed once ([`ShiftedWeights`]) into panels of the register tile's width
+//! The weights are packed once ([`ShiftedWeights`]) into panels of the register tile's outputs
 //! and reused by every block of positions. Every element is the sum over `k` in order, in
 //! blocks of at most [`KC`] (the blocks depend on `k` alone), each block's sum one chain of
 //! multiply-adds from zero, added to the destination: the bits of an element depend neither on
@@ -20,9 +21,9 @@ use crate::Isa;
 
 /// The longest block of the reduction.
 pub const KC: usize = 256;
-/// The most positions one register tile covers at any level: callers leave this many values
-/// of slack past the last position they ask for (see [`shifted_gemm`]).
-pub const MAX_TILE: usize = 48;
+/// The most positions one register tile covers at any level, a multiple of every level's: a
+/// block of a multiple of it splits into whole tiles.
+pub const MAX_TILE: usize = 20;
 
 /// The weights `[n, k]` (row-major) of a [`shifted_gemm`], packed for one instruction set:
 /// for each block of the reduction, each panel of `nr` outputs as `[kc][nr]` (zero past `n`).
@@ -37,9 +38,9 @@ pub struct ShiftedWeights {
 /// Positions and outputs of the register tile at `level`.
 fn tile_of(level: Isa) -> (usize, usize) {
     match level {
-        Isa::Avx512 if cfg!(target_arch = "x86_64") => (48, 8),
-        Isa::Avx2 if cfg!(target_arch = "x86_64") => (16, 6),
-        _ => (8, 4),
+        Isa::Avx512 if cfg!(target_arch = "x86_64") => (10, 32),
+        Isa::Avx2 if cfg!(target_arch = "x86_64") => (5, 16),
+        _ => (4, 8),
     }
 }
 
@@ -79,44 +80,67 @@ impl ShiftedWeights {
     pub fn reduction(&self) -> usize {
         self.k
     }
+
+    /// Outputs per panel: a [`shifted_gemm`] takes a range of outputs that starts at a
+    /// multiple of it.
+    pub fn panel_width(&self) -> usize {
+        tile_of(self.level).1
+    }
 }
 
-/// `dst[j · ldd + q] = Σ_k src[offsets[k] + q] · w[j, k]` for `q < len`, `j < w.outputs()`,
-/// on the calling thread. `src` must hold [`MAX_TILE`] values of slack past the last position
-/// read (`max(offsets) + len - 1`): a register tile reads whole, and what it computes past
-/// `len` is not written.
-pub fn shifted_gemm(w: &ShiftedWeights, src: &[f32], offsets: &[usize], len: usize, dst: &mut [f32], ldd: usize) {
-    let (n, k) = (w.n, w.k);
+/// `dst[q · ldd + j - j0] = Σ_k src[bases[q] + offsets[k]] · w[j, k]` for the positions `q <
+/// bases.len()` and the outputs `j` in `j0..j1` (`j0` a multiple of
+/// [`ShiftedWeights::panel_width`]), on the calling thread: a row of outputs per position (the
+/// transpose of a convolution's `[O, positions]`). `src` is read at those sums' values only.
+pub fn shifted_gemm(
+    w: &ShiftedWeights,
+    src: &[f32],
+    (offsets, bases): (&[usize], &[usize]),
+    outputs: std::ops::Range<usize>,
+    (dst, ldd): (&mut [f32], usize),
+) {
+    let (k, len) = (w.k, bases.len());
+    let (mr, nr) = tile_of(w.level);
+    assert!(
+        outputs.start.is_multiple_of(nr) && outputs.start <= outputs.end && outputs.end <= w.n,
+        "outputs {outputs:?} of {}: a range from a multiple of {nr}",
+        w.n
+    );
+    let n = outputs.len();
     assert_eq!(offsets.len(), k, "one offset per row of the reduction");
     if n == 0 || len == 0 {
         return;
     }
-    assert!(ldd >= len && dst.len() >= (n - 1) * ldd + len, "destination smaller than {n} x {len} (row stride {ldd})");
+    assert!(ldd >= n && dst.len() >= (len - 1) * ldd + n, "destination smaller than {len} x {n} (row stride {ldd})");
     if k == 0 {
-        for j in 0..n {
-            dst[j * ldd..j * ldd + len].fill(0.0);
+        for q in 0..len {
+            dst[q * ldd..q * ldd + n].fill(0.0);
         }
         return;
     }
-    let reach = offsets.iter().max().copied().unwrap_or(0) + len.next_multiple_of(MAX_TILE);
+    let reach = offsets.iter().max().copied().unwrap_or(0) + bases.iter().max().copied().unwrap_or(0) + 1;
     assert!(src.len() >= reach, "source of {} values, the positions read reach {reach}", src.len());
-    let (mr, nr) = tile_of(w.level);
+    let panels = w.n.div_ceil(nr);
     let mut packed = &w.panels[..];
     for k0 in (0..k).step_by(KC) {
         let kc = KC.min(k - k0);
         let offs = &offsets[k0..k0 + kc];
+        let (block, rest) = packed.split_at(panels * kc * nr);
+        packed = rest;
         for p in 0..n.div_ceil(nr) {
-            let (panel, rest) = packed.split_at(kc * nr);
-            packed = rest;
+            let panel = &block[(outputs.start / nr + p) * kc * nr..][..kc * nr];
             let cols = nr.min(n - p * nr);
             for q0 in (0..len).step_by(mr) {
-                let tile = Tile { rows: mr.min(len - q0), cols, add: k0 > 0, ldd };
-                let out = &mut dst[p * nr * ldd + q0..];
-                // SAFETY: every position read, offs[i] + q0 + r for r < mr, is below `reach`
-                // <= src.len() (q0 + mr <= len rounded up to MAX_TILE); the panel holds kc x nr
-                // values; the tile writes rows < cols and positions < rows of `out`, inside
-                // dst by the assertion above; the level is one this CPU runs.
-                unsafe { run_tile(w.level, &src[q0..], offs, panel, out, tile) };
+                let rows = mr.min(len - q0);
+                // Positions past the last read the last one again; their sums are not written.
+                let at: [usize; MAX_TILE] = std::array::from_fn(|i| bases[q0 + i.min(rows - 1)]);
+                let tile = Tile { rows, cols, add: k0 > 0, ldd };
+                let out = &mut dst[q0 * ldd + p * nr..];
+                // SAFETY: every value read, src[at[i] + offs[j]], is below `reach` <= src.len();
+                // the panel holds kc x nr values; the tile writes positions < rows and outputs <
+                // cols of `out`, inside dst by the assertion above; the level is one this CPU
+                // runs.
+                unsafe { run_tile(w.level, src, offs, &at[..mr], panel, out, tile) };
             }
         }
     }
@@ -348,8 +372,8 @@ unsafe fn run_dot(
     }
 }
 
-/// What one register tile writes: the first `rows` positions of its first `cols` outputs
-/// (row stride `ldd`), set (the reduction's first block) or added to.
+/// What one register tile writes: the first `cols` outputs of its first `rows` positions (row
+/// stride `ldd`), set (the reduction's first block) or added to.
 #[derive(Clone, Copy)]
 struct Tile {
     rows: usize,
@@ -360,52 +384,51 @@ struct Tile {
 
 /// # Safety
 ///
-/// As [`shifted_gemm`] checks: `src` valid for `offs[i] + tile width` reads, `panel` for
-/// `offs.len() · nr`, `dst` for the tile's writes; `level` runs on this CPU.
-unsafe fn run_tile(level: Isa, src: &[f32], offs: &[usize], panel: &[f32], dst: &mut [f32], t: Tile) {
+/// As [`shifted_gemm`] checks: `src` valid at `at[q] + offs[i]`, `panel` for `offs.len()`
+/// times the tile's outputs, `dst` for the tile's writes; `level` runs on this CPU.
+unsafe fn run_tile(level: Isa, src: &[f32], offs: &[usize], at: &[usize], panel: &[f32], dst: &mut [f32], t: Tile) {
     #[cfg(target_arch = "x86_64")]
     {
         if level == Isa::Avx512 {
             // SAFETY: the caller's guarantees; AVX-512F is present (the level runs).
-            return unsafe { x86::tile_avx512(src.as_ptr(), offs, panel.as_ptr(), dst.as_mut_ptr(), t) };
+            return unsafe { x86::tile_avx512(src.as_ptr(), offs, at, panel.as_ptr(), dst.as_mut_ptr(), t) };
         }
         if level == Isa::Avx2 {
             // SAFETY: as above, with AVX2 and FMA.
-            return unsafe { x86::tile_avx2(src.as_ptr(), offs, panel.as_ptr(), dst.as_mut_ptr(), t) };
+            return unsafe { x86::tile_avx2(src.as_ptr(), offs, at, panel.as_ptr(), dst.as_mut_ptr(), t) };
         }
     }
     let _ = level;
-    portable_tile(src, offs, panel, dst, t);
+    portable_tile(src, offs, at, panel, dst, t);
 }
 
-/// Writes `sums` (output `c`'s `MR` positions at `c · MR`) into the tile's destination.
+/// Writes `sums` (position `q`'s outputs in row `q`) into the tile's destination.
 #[inline(always)]
-fn merge<const MR: usize>(sums: &[f32], dst: &mut [f32], t: Tile) {
-    for c in 0..t.cols {
-        let to = &mut dst[c * t.ldd..c * t.ldd + t.rows];
-        let from = &sums[c * MR..c * MR + t.rows];
+fn merge<const NR: usize>(sums: &[[f32; NR]], dst: &mut [f32], t: Tile) {
+    for (q, from) in sums.iter().enumerate().take(t.rows) {
+        let to = &mut dst[q * t.ldd..q * t.ldd + t.cols];
         if t.add {
             to.iter_mut().zip(from).for_each(|(d, s)| *d += s);
         } else {
-            to.copy_from_slice(from);
+            to.copy_from_slice(&from[..t.cols]);
         }
     }
 }
 
-/// The tile on any CPU: 8 positions by 4 outputs, a multiply and an add per step.
-fn portable_tile(src: &[f32], offs: &[usize], panel: &[f32], dst: &mut [f32], t: Tile) {
-    const MR: usize = 8;
-    const NR: usize = 4;
-    let mut acc = [[0f32; MR]; NR];
-    for (&o, b) in offs.iter().zip(panel.chunks_exact(NR)) {
-        let a: &[f32; MR] = src[o..o + MR].try_into().expect("eight values");
-        for (acc, &b) in acc.iter_mut().zip(b) {
-            for (s, &a) in acc.iter_mut().zip(a) {
-                *s += a * b;
+/// The tile on any CPU: 4 positions by 8 outputs, a multiply and an add per step.
+fn portable_tile(src: &[f32], offs: &[usize], at: &[usize], panel: &[f32], dst: &mut [f32], t: Tile) {
+    const MR: usize = 4;
+    const NR: usize = 8;
+    let mut acc = [[0f32; NR]; MR];
+    for (&o, w) in offs.iter().zip(panel.chunks_exact(NR)) {
+        for (acc, &base) in acc.iter_mut().zip(at) {
+            let x = src[base + o];
+            for (s, &w) in acc.iter_mut().zip(w) {
+                *s += x * w;
             }
         }
     }
-    merge::<MR>(acc.as_flattened(), dst, t);
+    merge::<NR>(&acc, dst, t);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -414,39 +437,65 @@ mod x86 {
 
     use super::{merge, Run, Tile, DOT_TILE};
 
-    /// 48 positions by 8 outputs: 24 accumulators of 16 (8 outputs divide the channel counts
-    /// of convolutions, 64 and its multiples, with no panel part-empty).
+    /// 10 positions by 32 outputs: 20 accumulators of 16 (32 outputs divide the channel counts
+    /// of convolutions, 64 and its multiples, with no panel part-empty); per step of the
+    /// reduction, two vectors of weights and ten broadcast values of the source, each loaded
+    /// into the one register it is used from (at 11 positions or more, the compiler keeps
+    /// accumulators on the stack: 110 to 128 GFLOP/s on one core of a Xeon that runs this
+    /// tile at 180 to 186).
     ///
     /// # Safety
     ///
-    /// AVX-512F; `src + offs[i]` valid for 48 reads, `panel` for `offs.len() · 8`, `dst` for
-    /// the tile's writes.
+    /// AVX-512F; `src + at[q] + offs[i]` valid for reads, `panel` for `offs.len() · 32`, `dst`
+    /// for the tile's writes.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn tile_avx512(src: *const f32, offs: &[usize], panel: *const f32, dst: *mut f32, t: Tile) {
-        const MR: usize = 48;
-        const NR: usize = 8;
-        let mut acc = [_mm512_setzero_ps(); 3 * NR];
+    pub(super) unsafe fn tile_avx512(
+        src: *const f32,
+        offs: &[usize],
+        at: &[usize],
+        panel: *const f32,
+        dst: *mut f32,
+        t: Tile,
+    ) {
+        const MR: usize = 10;
+        const NR: usize = 32;
+        // SAFETY: the caller's bounds: every pointer is read at offs[i] past it.
+        let x: [*const f32; MR] = std::array::from_fn(|q| unsafe { src.add(at[q]) });
+        let mut acc = [_mm512_setzero_ps(); 2 * MR];
         for (i, &o) in offs.iter().enumerate() {
-            // SAFETY: the caller's bounds: 48 values at src + o, 8 at panel + 8 i.
+            // SAFETY: the caller's bounds: 32 values at panel + 32 i, one at x[q] + o.
             unsafe {
-                let a = src.add(o);
-                let (a0, a1, a2) = (_mm512_loadu_ps(a), _mm512_loadu_ps(a.add(16)), _mm512_loadu_ps(a.add(32)));
-                let b = panel.add(i * NR);
-                for c in 0..NR {
-                    let bc = _mm512_set1_ps(*b.add(c));
-                    acc[3 * c] = _mm512_fmadd_ps(a0, bc, acc[3 * c]);
-                    acc[3 * c + 1] = _mm512_fmadd_ps(a1, bc, acc[3 * c + 1]);
-                    acc[3 * c + 2] = _mm512_fmadd_ps(a2, bc, acc[3 * c + 2]);
+                let w = panel.add(i * NR);
+                let (w0, w1) = (_mm512_loadu_ps(w), _mm512_loadu_ps(w.add(16)));
+                for q in 0..MR {
+                    let v = _mm512_set1_ps(*x[q].add(o));
+                    acc[2 * q] = _mm512_fmadd_ps(v, w0, acc[2 * q]);
+                    acc[2 * q + 1] = _mm512_fmadd_ps(v, w1, acc[2 * q + 1]);
                 }
             }
         }
-        let mut sums = [0f32; MR * NR];
-        for (c, &v) in acc.iter().enumerate() {
-            // SAFETY: 16 values at c · 16 < 384.
-            unsafe { _mm512_storeu_ps(sums.as_mut_ptr().add(c * 16), v) };
+        let masks: [__mmask16; 2] = [lanes(t.cols), lanes(t.cols.saturating_sub(16))];
+        for q in 0..t.rows {
+            for (h, &m) in masks.iter().enumerate() {
+                // SAFETY: the caller's bounds for the tile's writes: outputs h·16 + lane <
+                // cols of position q; masked-off lanes are neither read nor written.
+                unsafe {
+                    let d = dst.add(q * t.ldd + 16 * h);
+                    let v = acc[2 * q + h];
+                    let v = if t.add { _mm512_add_ps(_mm512_maskz_loadu_ps(m, d), v) } else { v };
+                    _mm512_mask_storeu_ps(d, m, v);
+                }
+            }
         }
-        // SAFETY: the caller's bounds for the tile's writes.
-        merge::<MR>(&sums, unsafe { std::slice::from_raw_parts_mut(dst, (t.cols - 1) * t.ldd + t.rows) }, t);
+    }
+
+    /// The first `n` of 16 lanes.
+    fn lanes(n: usize) -> __mmask16 {
+        if n >= 16 {
+            0xffff
+        } else {
+            (1u16 << n) - 1
+        }
     }
 
     /// `to[q · stride + r] = rows[r][q]` for the 8 rows and every position `q` of their
@@ -592,37 +641,64 @@ mod x86 {
         }
     }
 
-    /// 16 positions by 6 outputs: 12 accumulators of 8.
+    /// 5 positions by 16 outputs: 10 accumulators of 8; per step of the reduction, two
+    /// vectors of weights and five broadcast values of the source (at 6 positions, the
+    /// compiler keeps accumulators on the stack).
     ///
     /// # Safety
     ///
-    /// AVX2 and FMA; `src + offs[i]` valid for 16 reads, `panel` for `offs.len() · 6`, `dst`
-    /// for the tile's writes.
+    /// AVX2 and FMA; `src + at[q] + offs[i]` valid for reads, `panel` for `offs.len() · 16`,
+    /// `dst` for the tile's writes.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tile_avx2(src: *const f32, offs: &[usize], panel: *const f32, dst: *mut f32, t: Tile) {
-        const MR: usize = 16;
-        const NR: usize = 6;
-        let mut acc = [_mm256_setzero_ps(); 2 * NR];
+    pub(super) unsafe fn tile_avx2(
+        src: *const f32,
+        offs: &[usize],
+        at: &[usize],
+        panel: *const f32,
+        dst: *mut f32,
+        t: Tile,
+    ) {
+        const MR: usize = 5;
+        const NR: usize = 16;
+        // SAFETY: the caller's bounds: every pointer is read at offs[i] past it.
+        let x: [*const f32; MR] = std::array::from_fn(|q| unsafe { src.add(at[q]) });
+        let mut acc = [_mm256_setzero_ps(); 2 * MR];
         for (i, &o) in offs.iter().enumerate() {
-            // SAFETY: the caller's bounds: 16 values at src + o, 6 at panel + 6 i.
+            // SAFETY: the caller's bounds: 16 values at panel + 16 i, one at x[q] + o.
             unsafe {
-                let a = src.add(o);
-                let (a0, a1) = (_mm256_loadu_ps(a), _mm256_loadu_ps(a.add(8)));
-                let b = panel.add(i * NR);
-                for c in 0..NR {
-                    let bc = _mm256_broadcast_ss(&*b.add(c));
-                    acc[2 * c] = _mm256_fmadd_ps(a0, bc, acc[2 * c]);
-                    acc[2 * c + 1] = _mm256_fmadd_ps(a1, bc, acc[2 * c + 1]);
+                let w = panel.add(i * NR);
+                let (w0, w1) = (_mm256_loadu_ps(w), _mm256_loadu_ps(w.add(8)));
+                for q in 0..MR {
+                    let v = _mm256_broadcast_ss(&*x[q].add(o));
+                    acc[2 * q] = _mm256_fmadd_ps(v, w0, acc[2 * q]);
+                    acc[2 * q + 1] = _mm256_fmadd_ps(v, w1, acc[2 * q + 1]);
                 }
             }
         }
-        let mut sums = [0f32; MR * NR];
-        for (c, &v) in acc.iter().enumerate() {
-            // SAFETY: 8 values at c · 8 < 96.
-            unsafe { _mm256_storeu_ps(sums.as_mut_ptr().add(c * 8), v) };
+        if t.cols == NR {
+            for q in 0..t.rows {
+                for h in 0..2 {
+                    // SAFETY: the caller's bounds for the tile's writes: all 16 outputs of
+                    // position q.
+                    unsafe {
+                        let d = dst.add(q * t.ldd + 8 * h);
+                        let v = acc[2 * q + h];
+                        _mm256_storeu_ps(d, if t.add { _mm256_add_ps(_mm256_loadu_ps(d), v) } else { v });
+                    }
+                }
+            }
+            return;
+        }
+        let mut sums = [[0f32; NR]; MR];
+        for (q, row) in sums.iter_mut().enumerate() {
+            // SAFETY: 8 values at 0 and at 8 of a row of 16.
+            unsafe {
+                _mm256_storeu_ps(row.as_mut_ptr(), acc[2 * q]);
+                _mm256_storeu_ps(row.as_mut_ptr().add(8), acc[2 * q + 1]);
+            }
         }
         // SAFETY: the caller's bounds for the tile's writes.
-        merge::<MR>(&sums, unsafe { std::slice::from_raw_parts_mut(dst, (t.cols - 1) * t.ldd + t.rows) }, t);
+        merge::<NR>(&sums, unsafe { std::slice::from_raw_parts_mut(dst, (t.rows - 1) * t.ldd + t.cols) }, t);
     }
 }
 
@@ -631,8 +707,9 @@ mod tests {
     use super::*;
 
     /// The product against a plain triple loop in float64, at every level this CPU runs, with
-    /// edges on both sides (positions and outputs not multiples of the tile) and a reduction
-    /// longer than one block; and the same bits whichever blocks of positions it is split into.
+    /// edges on both sides (positions and outputs not multiples of the tile), positions that
+    /// are not consecutive and a reduction longer than one block; and the same bits whichever
+    /// blocks of positions it is split into.
     #[test]
     fn matches_the_definition_at_every_level() {
         let (n, k, len) = (27, 600, 77);
@@ -644,27 +721,42 @@ mod tests {
         let src: Vec<f32> = (0..4000).map(|_| next()).collect();
         let w: Vec<f32> = (0..n * k).map(|_| next()).collect();
         let offsets: Vec<usize> = (0..k).map(|i| (i * 37) % 3800 + (i % 3)).collect();
-        let ldd = 80;
+        // Runs of consecutive positions with gaps between them, and one position read twice.
+        let bases: Vec<usize> = (0..len).map(|q| q + q / 10 * 3).chain([5]).collect();
+        let len = bases.len();
+        let ldd = 30;
         for level in Isa::ALL.into_iter().filter(|l| l.runs()) {
             let packed = ShiftedWeights::new(level, &w, n, k);
-            let mut dst = vec![f32::NAN; n * ldd];
-            shifted_gemm(&packed, &src, &offsets, len, &mut dst, ldd);
-            for j in 0..n {
-                for q in 0..len {
-                    let want: f64 = (0..k).map(|i| src[offsets[i] + q] as f64 * w[j * k + i] as f64).sum();
-                    let got = dst[j * ldd + q] as f64;
-                    assert!((got - want).abs() < 1e-4, "{level}: ({j}, {q}) {got} against {want}");
+            let mut dst = vec![f32::NAN; len * ldd];
+            shifted_gemm(&packed, &src, (&offsets, &bases), 0..n, (&mut dst, ldd));
+            for (q, &base) in bases.iter().enumerate() {
+                for j in 0..n {
+                    let want: f64 = (0..k).map(|i| src[base + offsets[i]] as f64 * w[j * k + i] as f64).sum();
+                    let got = dst[q * ldd + j] as f64;
+                    assert!((got - want).abs() < 1e-4, "{level}: ({q}, {j}) {got} against {want}");
                 }
-                assert!(dst[j * ldd + len..(j + 1) * ldd].iter().all(|v| v.is_nan()), "{level}: wrote past len");
+                assert!(dst[q * ldd + n..(q + 1) * ldd].iter().all(|v| v.is_nan()), "{level}: wrote past n");
             }
-            // Split into blocks of positions, each from its own place in src: the same bits.
-            let mut split = vec![f32::NAN; n * ldd];
+            // Split into blocks of positions: the same bits.
+            let mut split = vec![f32::NAN; len * ldd];
             for (q0, q1) in [(0, 5), (5, 40), (40, len)] {
-                shifted_gemm(&packed, &src[q0..], &offsets, q1 - q0, &mut split[q0..], ldd);
+                shifted_gemm(&packed, &src, (&offsets, &bases[q0..q1]), 0..n, (&mut split[q0 * ldd..], ldd));
             }
-            for j in 0..n {
-                assert_eq!(&dst[j * ldd..j * ldd + len], &split[j * ldd..j * ldd + len], "{level}: split changed bits");
+            // And into ranges of outputs, each panel's own.
+            let width = packed.panel_width();
+            let mut parts = vec![f32::NAN; len * ldd];
+            for j0 in (0..n).step_by(width) {
+                let j1 = (j0 + width).min(n);
+                shifted_gemm(&packed, &src, (&offsets, &bases), j0..j1, (&mut parts[j0..], ldd));
             }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&dst), bits(&split), "{level}: split changed bits");
+            assert_eq!(bits(&dst), bits(&parts), "{level}: ranges of outputs changed bits");
+            // The source is read at the sums' values only: cut right after the last one.
+            let reach = offsets.iter().max().unwrap() + bases.iter().max().unwrap() + 1;
+            let mut exact = vec![f32::NAN; len * ldd];
+            shifted_gemm(&packed, &src[..reach], (&offsets, &bases), 0..n, (&mut exact, ldd));
+            assert_eq!(bits(&dst), bits(&exact), "{level}: a source without slack changed bits");
         }
     }
 
@@ -726,9 +818,9 @@ mod tests {
 
     #[test]
     #[should_panic(expected = "positions read reach")]
-    fn refuses_a_source_without_slack() {
+    fn refuses_a_source_too_short() {
         let packed = ShiftedWeights::new(Isa::Scalar, &[1.0; 4], 2, 2);
         let mut dst = vec![0f32; 20];
-        shifted_gemm(&packed, &[0.0; 12], &[0, 2], 10, &mut dst, 10);
+        shifted_gemm(&packed, &[0.0; 12], (&[0, 2], &[0, 10]), 0..2, (&mut dst, 2));
     }
 }

@@ -951,42 +951,73 @@ fn pool_step(best: &mut [f32], best_at: &mut [u32], v: &[f32], at: &[u32]) {
     }
 }
 
-/// For each output element, the flat index (within its channel) of the first maximum of its
-/// window, scanning time, then height, then width, as PyTorch does (a NaN wins, the last one
-/// seen); [`NO_TAP`] if the window holds only padding.
+/// For each output element, its window's first maximum and that maximum's flat index (within
+/// its channel), scanning time, then height, then width, as PyTorch does (a NaN wins, the last
+/// one seen); -inf and [`NO_TAP`] if the window holds only padding. Returns the values and
+/// the indices.
 ///
 /// The window is scanned one axis at a time: each input line's width windows first, then
 /// those results' height windows, then time. The first maximum of a window is the first
 /// maximum among its lines' first maxima, taken in scan order (and the last NaN the last
 /// among theirs), so this is the tap-by-tap scan's answer, with each step a loop over a row
-/// of outputs that the compiler vectorises.
+/// of outputs that the compiler vectorises for the instruction set it runs on.
 fn pool_argmax(
     x: &[f32],
     planes: usize,
     dims: [usize; 3],
     window: Window3d,
     out: [usize; 3],
-) -> candle_core::Result<Vec<u32>> {
-    let [t, h, w] = dims;
-    let [ot, oh, ow] = out;
-    let [kt, kh, kw] = window.kernel;
-    let (sw, pw) = (window.stride[2], window.padding[2]);
-    let vol = t * h * w;
+) -> candle_core::Result<(Vec<f32>, Vec<u32>)> {
+    let [t, h, _] = dims;
+    let [_, oh, ow] = out;
+    let vol = dims.iter().product::<usize>();
     if vol >= NO_TAP as usize {
         candle_core::bail!("max-pool3d: {vol} values per channel, more than the 2^32 - 1 it indexes");
     }
-    let n = ot * oh * ow;
+    let n = out.iter().product::<usize>();
     let mut arg = vec![NO_TAP; planes * n];
+    let mut best = vec![f32::NEG_INFINITY; planes * n];
     if n == 0 || vol == 0 {
-        return Ok(arg);
+        return Ok((best, arg));
     }
-    let scratch = || {
-        let lines = (vec![0f32; t * h * ow], vec![0u32; t * h * ow]);
-        let taps = (vec![0f32; ow], vec![0u32; ow]);
-        (lines, taps, (vec![0f32; t * oh * ow], vec![0u32; t * oh * ow]), vec![0f32; n])
+    let scratch = || PoolScratch {
+        width: (vec![0f32; t * h * ow], vec![0u32; t * h * ow]),
+        taps: (vec![0f32; ow], vec![0u32; ow]),
+        height: (vec![0f32; t * oh * ow], vec![0u32; t * oh * ow]),
     };
-    arg.par_chunks_mut(n).enumerate().for_each_init(scratch, |((vw, aw), (tv, ta), (vh, ah), vt), (p, dst)| {
+    let isa = molclip_cpu::isa();
+    best.par_chunks_mut(n).zip(arg.par_chunks_mut(n)).enumerate().for_each_init(scratch, |scratch, (p, dst)| {
         let src = &x[p * vol..(p + 1) * vol];
+        molclip_cpu::vectorize(isa, PoolPlane { src, dst, scratch, dims, window, out });
+    });
+    Ok((best, arg))
+}
+
+/// One task's rows of a plane's width and height scans ([`pool_argmax`]).
+struct PoolScratch {
+    width: (Vec<f32>, Vec<u32>),
+    taps: (Vec<f32>, Vec<u32>),
+    height: (Vec<f32>, Vec<u32>),
+}
+
+/// The scan of one plane `src` into its outputs' maxima and their indices `dst`.
+struct PoolPlane<'a> {
+    src: &'a [f32],
+    dst: (&'a mut [f32], &'a mut [u32]),
+    scratch: &'a mut PoolScratch,
+    dims: [usize; 3],
+    window: Window3d,
+    out: [usize; 3],
+}
+
+impl molclip_cpu::Vectorized for PoolPlane<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let Self { src, dst: (vt, dst), scratch, dims: [t, h, w], window, out: [ot, oh, ow] } = self;
+        let PoolScratch { width: (vw, aw), taps: (tv, ta), height: (vh, ah) } = scratch;
+        let [kt, kh, kw] = window.kernel;
+        let (sw, pw) = (window.stride[2], window.padding[2]);
         // Width: every input line (it, ih), to [T, H, Wo]; each tap's values are gathered
         // first, so that the scan runs over contiguous rows.
         vw.fill(f32::NEG_INFINITY);
@@ -1018,7 +1049,6 @@ fn pool_argmax(
         }
         // Time: to [To, Ho, Wo], the output.
         let plane = oh * ow;
-        vt.fill(f32::NEG_INFINITY);
         for o in 0..ot {
             let (best, best_at) = (&mut vt[o * plane..(o + 1) * plane], &mut dst[o * plane..(o + 1) * plane]);
             for it in (0..kt).filter_map(|k| window.tap_input(0, o, k, t)) {
@@ -1026,8 +1056,7 @@ fn pool_argmax(
                 pool_step(best, best_at, &vh[from..from + plane], &ah[from..from + plane]);
             }
         }
-    });
-    Ok(arg)
+    }
 }
 
 impl CustomOp1 for MaxPool3dOp {
@@ -1039,13 +1068,7 @@ impl CustomOp1 for MaxPool3dOp {
         let x = f32_slice(s, l)?;
         let [b, c, t, h, w] = dims5(l)?;
         let out = self.window.out_dims([t, h, w]).map_err(candle_core::Error::wrap)?;
-        let n = out.iter().product::<usize>();
-        let vol = t * h * w;
-        let arg = pool_argmax(x, b * c, [t, h, w], self.window, out)?;
-        let mut y = Vec::with_capacity(arg.len());
-        for (arg, x) in arg.chunks(n.max(1)).zip(x.chunks(vol.max(1))) {
-            y.extend(arg.iter().map(|&a| if a == NO_TAP { f32::NEG_INFINITY } else { x[a as usize] }));
-        }
+        let (y, arg) = pool_argmax(x, b * c, [t, h, w], self.window, out)?;
         // A second forward pass of this op (none is made) would keep the first argmax, and
         // the backward pass recomputes it when the input's shape says it is not this one.
         let _ = self.argmax.set(std::sync::Arc::new(arg));
@@ -1101,7 +1124,7 @@ impl CustomOp2 for MaxPool3dGrad {
         let (n, vol) = (ot * oh * ow, t * h * w);
         let arg = match &self.argmax {
             Some(a) => a.clone(),
-            None => std::sync::Arc::new(pool_argmax(x, b * c, [t, h, w], self.window, [ot, oh, ow])?),
+            None => std::sync::Arc::new(pool_argmax(x, b * c, [t, h, w], self.window, [ot, oh, ow])?.1),
         };
         let mut gx = vec![0f32; b * c * vol];
         gx.par_chunks_mut(vol).enumerate().for_each(|(p, dst)| {
@@ -1252,6 +1275,7 @@ mod tests {
             (Window3d::new([3, 3, 3], [2, 2, 2], [1, 1, 1]), [6, 28, 27], 3, 5),
             // 7 x 7 frames: 77 % of their grid is outputs.
             (Window3d::new([3, 3, 3], [1, 1, 1], [1, 1, 1]), [4, 7, 7], 6, 5),
+            (Window3d::new([3, 3, 3], [1, 2, 2], [1, 1, 1]), [4, 14, 13], 6, 40),
         ]
         .into_iter()
         .enumerate()
@@ -1365,12 +1389,12 @@ mod tests {
             Window3d::new([1, 1, 1], [1, 1, 1], [0, 0, 0]),
         ] {
             let out = win.out_dims(dims).unwrap();
-            let got = pool_argmax(&x, 1, dims, win, out).unwrap();
+            let got = pool_argmax(&x, 1, dims, win, out).unwrap().1;
             assert_eq!(got, naive_argmax(&x, dims, win, out), "{win:?}");
         }
         // A window of padding only.
         let win = Window3d::new([1, 1, 1], [1, 2, 2], [0, 1, 1]);
-        let got = pool_argmax(&x, 1, dims, win, win.out_dims(dims).unwrap()).unwrap();
+        let got = pool_argmax(&x, 1, dims, win, win.out_dims(dims).unwrap()).unwrap().1;
         assert_eq!(got[0], NO_TAP);
     }
 }
