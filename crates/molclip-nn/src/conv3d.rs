@@ -768,6 +768,47 @@ impl ConvSizes {
     }
 }
 
+/// A 1×1×1 window with a stride and no padding reads one input value per output: it is the
+/// 1×1×1 window of stride 1 on the input subsampled by the stride ([`subsample`]), which reads
+/// an eighth of the input (stride 2) instead of phase-splitting all of it for a window matrix.
+/// Its products are the same, on the same values, so its bits are too.
+fn subsampled(window: Window3d) -> Option<Window3d> {
+    let strided = window.kernel == [1, 1, 1] && window.padding == [0, 0, 0] && window.stride != [1, 1, 1];
+    strided.then(|| Window3d::new([1, 1, 1], [1, 1, 1], [0, 0, 0]))
+}
+
+/// The videos `[B, C, T, H, W]` at every `stride`-th value of each axis from the first:
+/// `[B, C, out]`.
+fn subsample(x: &[f32], [b, c, t, h, w]: [usize; 5], stride: [usize; 3], out: [usize; 3]) -> Vec<f32> {
+    let [ot, oh, ow] = out;
+    let mut xs = vec![0f32; b * c * ot * oh * ow];
+    xs.par_chunks_mut((ot * oh * ow).max(1)).zip(x.par_chunks((t * h * w).max(1))).for_each(|(dst, src)| {
+        for (l, line) in dst.chunks_exact_mut(ow.max(1)).enumerate() {
+            let from = &src[((l / oh) * stride[0] * h + (l % oh) * stride[1]) * w..][..w];
+            for (i, v) in line.iter_mut().enumerate() {
+                *v = from[i * stride[2]];
+            }
+        }
+    });
+    xs
+}
+
+/// [`subsample`] transposed: the gradient of the subsampled videos `[B, C, out]` in place in
+/// zeros of the videos' dims `[B, C, T, H, W]`.
+fn unsubsample(gs: &[f32], [b, c, t, h, w]: [usize; 5], stride: [usize; 3], out: [usize; 3]) -> Vec<f32> {
+    let [ot, oh, ow] = out;
+    let mut gx = vec![0f32; b * c * t * h * w];
+    gx.par_chunks_mut((t * h * w).max(1)).zip(gs.par_chunks((ot * oh * ow).max(1))).for_each(|(dst, src)| {
+        for (l, line) in src.chunks_exact(ow.max(1)).enumerate() {
+            let to = &mut dst[((l / oh) * stride[0] * h + (l % oh) * stride[1]) * w..][..w];
+            for (i, &v) in line.iter().enumerate() {
+                to[i * stride[2]] = v;
+            }
+        }
+    });
+    gx
+}
+
 /// `conv3d` as one op: vol2col and GEMM on the CPU, cuDNN on CUDA.
 struct Conv3dOp {
     window: Window3d,
@@ -788,6 +829,16 @@ impl CustomOp2 for Conv3dOp {
         let (x, wt) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
         let dims = dims5(l1)?;
         let out = self.window.out_dims([dims[2], dims[3], dims[4]]).map_err(candle_core::Error::wrap)?;
+        if let Some(unit) = subsampled(self.window) {
+            let xs = subsample(x, dims, self.window.stride, out);
+            let [b, c, ..] = dims;
+            let z = ConvSizes::new(unit, [b, c, out[0], out[1], out[2]], l2.shape().dims()[0], out);
+            let y = match z.tile() {
+                Some(tile) => z.forward_tiled(unit, &xs, wt, tile),
+                None => z.forward_grouped(unit, &xs, wt),
+            };
+            return Ok((CpuStorage::F32(y), Shape::from(vec![b, z.o, out[0], out[1], out[2]])));
+        }
         let z = ConvSizes::new(self.window, dims, l2.shape().dims()[0], out);
         let o = z.o;
         if let Some(grid) = shifted_grid(self.window, z.b, z.c, z.input) {
@@ -853,7 +904,18 @@ impl CustomOp2 for Conv3dGradInput {
         let (gy, wt) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
         let [b, o, ot, oh, ow] = dims5(l1)?;
         let [t, h, w] = self.input;
-        let z = ConvSizes::new(self.window, [b, l2.shape().dims()[1], t, h, w], o, [ot, oh, ow]);
+        let c = l2.shape().dims()[1];
+        if let Some(unit) = subsampled(self.window) {
+            let out = [ot, oh, ow];
+            let z = ConvSizes::new(unit, [b, c, ot, oh, ow], o, out);
+            let gs = match z.tile() {
+                Some(tile) => z.input_grad_tiled(unit, gy, wt, tile),
+                None => z.input_grad_grouped(unit, gy, wt),
+            };
+            let gx = unsubsample(&gs, [b, c, t, h, w], self.window.stride, out);
+            return Ok((CpuStorage::F32(gx), Shape::from(vec![b, c, t, h, w])));
+        }
+        let z = ConvSizes::new(self.window, [b, c, t, h, w], o, [ot, oh, ow]);
         if let Some(grid) = shifted_grid(self.window, b, z.c, [t, h, w])
             .and_then(|_| shifted::PaddedGrid::for_input_grad(b, o, [ot, oh, ow], self.window))
             .filter(|g| g.dense())
@@ -901,6 +963,16 @@ impl CustomOp2 for Conv3dGradWeight {
         let (x, gy) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
         let dims = dims5(l1)?;
         let [_, o, ot, oh, ow] = dims5(l2)?;
+        if let Some(unit) = subsampled(self.window) {
+            let (out, [b, c, ..]) = ([ot, oh, ow], dims);
+            let xs = subsample(x, dims, self.window.stride, out);
+            let z = ConvSizes::new(unit, [b, c, ot, oh, ow], o, out);
+            let gw = match z.tile() {
+                Some(tile) => z.weight_grad_tiled(unit, &xs, gy, tile),
+                None => z.weight_grad_grouped(unit, &xs, gy),
+            };
+            return Ok((CpuStorage::F32(gw), Shape::from(vec![o, c, 1, 1, 1])));
+        }
         let z = ConvSizes::new(self.window, dims, o, [ot, oh, ow]);
         let c = z.c;
         let [kt, kh, kw] = self.window.kernel;
