@@ -777,6 +777,23 @@ fn subsampled(window: Window3d) -> Option<Window3d> {
     strided.then(|| Window3d::new([1, 1, 1], [1, 1, 1], [0, 0, 0]))
 }
 
+/// The window, videos and dims an op runs on: a [`subsampled`] window's 1×1×1 window of stride
+/// 1 on the videos `x` (`dims`) subsampled to the outputs' dims `out`; any other window on `x`.
+fn on_subsampled(
+    window: Window3d,
+    x: &[f32],
+    dims: [usize; 5],
+    out: [usize; 3],
+) -> (Window3d, Cow<'_, [f32]>, [usize; 5]) {
+    match subsampled(window) {
+        Some(unit) => {
+            let [b, c, ..] = dims;
+            (unit, Cow::Owned(subsample(x, dims, window.stride, out)), [b, c, out[0], out[1], out[2]])
+        }
+        None => (window, Cow::Borrowed(x), dims),
+    }
+}
+
 /// The videos `[B, C, T, H, W]` at every `stride`-th value of each axis from the first:
 /// `[B, C, out]`.
 fn subsample(x: &[f32], [b, c, t, h, w]: [usize; 5], stride: [usize; 3], out: [usize; 3]) -> Vec<f32> {
@@ -829,26 +846,20 @@ impl CustomOp2 for Conv3dOp {
         let (x, wt) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
         let dims = dims5(l1)?;
         let out = self.window.out_dims([dims[2], dims[3], dims[4]]).map_err(candle_core::Error::wrap)?;
-        if let Some(unit) = subsampled(self.window) {
-            let xs = subsample(x, dims, self.window.stride, out);
-            let [b, c, ..] = dims;
-            let z = ConvSizes::new(unit, [b, c, out[0], out[1], out[2]], l2.shape().dims()[0], out);
-            let y = match z.tile() {
-                Some(tile) => z.forward_tiled(unit, &xs, wt, tile),
-                None => z.forward_grouped(unit, &xs, wt),
-            };
-            return Ok((CpuStorage::F32(y), Shape::from(vec![b, z.o, out[0], out[1], out[2]])));
-        }
-        let z = ConvSizes::new(self.window, dims, l2.shape().dims()[0], out);
+        let (window, x, dims) = on_subsampled(self.window, x, dims, out);
+        let z = ConvSizes::new(window, dims, l2.shape().dims()[0], out);
         let o = z.o;
-        if let Some(grid) = shifted_grid(self.window, z.b, z.c, z.input) {
+        if let Some(grid) = shifted_grid(window, z.b, z.c, z.input) {
             let packed = ShiftedWeights::new(molclip_cpu::isa(), wt, o, z.ck);
-            return Ok((CpuStorage::F32(grid.convolve(x, &packed)), Shape::from(vec![z.b, o, out[0], out[1], out[2]])));
+            return Ok((
+                CpuStorage::F32(grid.convolve(&x, &packed)),
+                Shape::from(vec![z.b, o, out[0], out[1], out[2]]),
+            ));
         }
-        let xs = phase_split(x, dims[4], self.window.stride[2]);
+        let xs = phase_split(&x, dims[4], window.stride[2]);
         let y = match z.tile() {
-            Some(tile) => z.forward_tiled(self.window, &xs, wt, tile),
-            None => z.forward_grouped(self.window, &xs, wt),
+            Some(tile) => z.forward_tiled(window, &xs, wt, tile),
+            None => z.forward_grouped(window, &xs, wt),
         };
         Ok((CpuStorage::F32(y), Shape::from(vec![z.b, o, out[0], out[1], out[2]])))
     }
@@ -905,31 +916,34 @@ impl CustomOp2 for Conv3dGradInput {
         let [b, o, ot, oh, ow] = dims5(l1)?;
         let [t, h, w] = self.input;
         let c = l2.shape().dims()[1];
-        if let Some(unit) = subsampled(self.window) {
-            let out = [ot, oh, ow];
-            let z = ConvSizes::new(unit, [b, c, ot, oh, ow], o, out);
-            let gs = match z.tile() {
-                Some(tile) => z.input_grad_tiled(unit, gy, wt, tile),
-                None => z.input_grad_grouped(unit, gy, wt),
-            };
-            let gx = unsubsample(&gs, [b, c, t, h, w], self.window.stride, out);
-            return Ok((CpuStorage::F32(gx), Shape::from(vec![b, c, t, h, w])));
-        }
-        let z = ConvSizes::new(self.window, [b, c, t, h, w], o, [ot, oh, ow]);
-        if let Some(grid) = shifted_grid(self.window, b, z.c, [t, h, w])
-            .and_then(|_| shifted::PaddedGrid::for_input_grad(b, o, [ot, oh, ow], self.window))
+        let out = [ot, oh, ow];
+        // A subsampled window's gradient is that of its subsample, put back in place.
+        let (window, [t, h, w]) = match subsampled(self.window) {
+            Some(unit) => (unit, out),
+            None => (self.window, [t, h, w]),
+        };
+        let z = ConvSizes::new(window, [b, c, t, h, w], o, out);
+        let gx = match shifted_grid(window, b, z.c, [t, h, w])
+            .and_then(|_| shifted::PaddedGrid::for_input_grad(b, o, out, window))
             .filter(|g| g.dense())
         {
-            let taps = self.window.taps();
-            let packed = ShiftedWeights::new(molclip_cpu::isa(), &shifted::flipped(wt, o, z.c, taps), z.c, o * taps);
-            debug_assert_eq!(grid.out(), [t, h, w]);
-            return Ok((CpuStorage::F32(grid.convolve(gy, &packed)), Shape::from(vec![b, z.c, t, h, w])));
-        }
-        let gx = match z.tile() {
-            Some(tile) => z.input_grad_tiled(self.window, gy, wt, tile),
-            None => z.input_grad_grouped(self.window, gy, wt),
+            Some(grid) => {
+                let taps = window.taps();
+                let packed = ShiftedWeights::new(molclip_cpu::isa(), &shifted::flipped(wt, o, c, taps), c, o * taps);
+                debug_assert_eq!(grid.out(), [t, h, w]);
+                grid.convolve(gy, &packed)
+            }
+            None => match z.tile() {
+                Some(tile) => z.input_grad_tiled(window, gy, wt, tile),
+                None => z.input_grad_grouped(window, gy, wt),
+            },
         };
-        Ok((CpuStorage::F32(gx), Shape::from(vec![b, z.c, t, h, w])))
+        let [t, h, w] = self.input;
+        let gx = match subsampled(self.window) {
+            Some(_) => unsubsample(&gx, [b, c, t, h, w], self.window.stride, out),
+            None => gx,
+        };
+        Ok((CpuStorage::F32(gx), Shape::from(vec![b, c, t, h, w])))
     }
 
     #[cfg(feature = "cudnn")]
@@ -961,28 +975,18 @@ impl CustomOp2 for Conv3dGradWeight {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, gy) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
-        let dims = dims5(l1)?;
         let [_, o, ot, oh, ow] = dims5(l2)?;
-        if let Some(unit) = subsampled(self.window) {
-            let (out, [b, c, ..]) = ([ot, oh, ow], dims);
-            let xs = subsample(x, dims, self.window.stride, out);
-            let z = ConvSizes::new(unit, [b, c, ot, oh, ow], o, out);
-            let gw = match z.tile() {
-                Some(tile) => z.weight_grad_tiled(unit, &xs, gy, tile),
-                None => z.weight_grad_grouped(unit, &xs, gy),
-            };
-            return Ok((CpuStorage::F32(gw), Shape::from(vec![o, c, 1, 1, 1])));
-        }
-        let z = ConvSizes::new(self.window, dims, o, [ot, oh, ow]);
+        let (window, x, dims) = on_subsampled(self.window, x, dims5(l1)?, [ot, oh, ow]);
+        let z = ConvSizes::new(window, dims, o, [ot, oh, ow]);
         let c = z.c;
-        let [kt, kh, kw] = self.window.kernel;
-        if let Some(grid) = shifted_grid(self.window, z.b, c, z.input) {
-            return Ok((CpuStorage::F32(grid.weight_grad(x, gy, o)), Shape::from(vec![o, c, kt, kh, kw])));
+        let [kt, kh, kw] = window.kernel;
+        if let Some(grid) = shifted_grid(window, z.b, c, z.input) {
+            return Ok((CpuStorage::F32(grid.weight_grad(&x, gy, o)), Shape::from(vec![o, c, kt, kh, kw])));
         }
-        let xs = phase_split(x, dims[4], self.window.stride[2]);
+        let xs = phase_split(&x, dims[4], window.stride[2]);
         let gw = match z.tile() {
-            Some(tile) => z.weight_grad_tiled(self.window, &xs, gy, tile),
-            None => z.weight_grad_grouped(self.window, &xs, gy),
+            Some(tile) => z.weight_grad_tiled(window, &xs, gy, tile),
+            None => z.weight_grad_grouped(window, &xs, gy),
         };
         Ok((CpuStorage::F32(gw), Shape::from(vec![o, c, kt, kh, kw])))
     }
