@@ -91,6 +91,15 @@ pub(crate) unsafe fn written_by(len: usize, write: impl FnOnce(&mut [std::mem::M
     v
 }
 
+/// Copies `src` into the values `dst` (of the same length), initialising them
+/// (`MaybeUninit::write_copy_of_slice`, stable after this crate's minimum Rust).
+pub(crate) fn write_copy(dst: &mut [std::mem::MaybeUninit<f32>], src: &[f32]) {
+    assert_eq!(dst.len(), src.len(), "write_copy: {} values into {}", src.len(), dst.len());
+    for (d, &s) in dst.iter_mut().zip(src) {
+        d.write(s);
+    }
+}
+
 /// An operand of [`gemm_f32_strided`]: its elements and (column stride, row stride).
 pub(crate) type Strided<T> = (T, (isize, isize));
 

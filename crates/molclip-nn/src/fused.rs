@@ -7,12 +7,13 @@
 //! reduction of a broadcast). Fused, each is one forward and one backward pass. Other devices
 //! use the composed versions; `tests` check that both agree, values and gradients.
 
+use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::{f32_slice, gemm_f32, gemm_f32_uninit, written_by};
+use super::cpu::{f32_slice, gemm_f32, gemm_f32_uninit, write_copy, written_by};
 use crate::error::Result;
 
 pub(crate) fn on_cpu_f32(t: &Tensor) -> bool {
@@ -65,7 +66,7 @@ fn linear_fwd(
     let (lhs, rhs) = ((x, (1, k as isize)), (w, (k as isize, 1)));
     let y = match b {
         Some(b) => {
-            let mut y = b.repeat(rows);
+            let mut y = bias_rows(b, rows);
             gemm_f32(rows, o, k, &mut y, true, lhs.0, lhs.1, rhs.0, rhs.1);
             y
         }
@@ -75,6 +76,21 @@ fn linear_fwd(
     let mut dims = l1.shape().dims().to_vec();
     *dims.last_mut().unwrap() = o;
     Ok((CpuStorage::F32(y), Shape::from(dims)))
+}
+
+/// `rows` copies of the bias `b`, one after the other, written in parallel: the start of a
+/// linear layer's output, onto which its product accumulates.
+fn bias_rows(b: &[f32], rows: usize) -> Vec<f32> {
+    let per_task = (ELEMENTWISE_CHUNK / b.len().max(1)).max(1) * b.len();
+    let write = |y: &mut [MaybeUninit<f32>]| {
+        y.par_chunks_mut(per_task.max(1)).for_each(|rows| {
+            for row in rows.chunks_mut(b.len()) {
+                write_copy(row, b);
+            }
+        })
+    };
+    // SAFETY: the tasks' rows tile y, rows · b.len() values, and each row is a copy of b.
+    unsafe { written_by(rows * b.len(), write) }
 }
 
 /// The gradients of x · wᵀ: (dx = dy · w, shaped as x, or `None` when nothing before x needs
@@ -182,7 +198,7 @@ impl CustomOp3 for LinearGrad {
             candle_core::bail!("linear-grad: {} output gradients for {n} rows of {o}", dy.len());
         }
         let dx_len = if self.dx { n * k } else { 0 };
-        let write = |out: &mut [std::mem::MaybeUninit<f32>]| {
+        let write = |out: &mut [MaybeUninit<f32>]| {
             let (dx, dw) = out.split_at_mut(dx_len);
             if self.dx {
                 // dx[N × K] = dy[N × O] · w[O × K]
@@ -262,7 +278,7 @@ fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
 
 /// Layer norm of rows of `x` into `y`, one task's rows.
 struct LayerNormRows<'a> {
-    y: &'a mut [f32],
+    y: &'a mut [MaybeUninit<f32>],
     x: &'a [f32],
     w: &'a [f32],
     b: &'a [f32],
@@ -280,7 +296,7 @@ impl molclip_cpu::Vectorized for LayerNormRows<'_> {
             // Indexed, as in `map_par`.
             #[allow(clippy::needless_range_loop)]
             for i in 0..d {
-                yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
+                yr[i].write((xr[i] - mean) * rstd * w[i] + b[i]);
             }
         }
     }
@@ -289,7 +305,7 @@ impl molclip_cpu::Vectorized for LayerNormRows<'_> {
 /// Layer norm's backward pass over one task's rows: their input gradient, and the task's
 /// partial sums of the weight and bias gradients.
 struct LayerNormGradRows<'a> {
-    dx: &'a mut [f32],
+    dx: &'a mut [MaybeUninit<f32>],
     x: &'a [f32],
     dy: &'a [f32],
     w: &'a [f32],
@@ -319,7 +335,7 @@ impl molclip_cpu::Vectorized for LayerNormGradRows<'_> {
                 let xh = (xr[i] - mean) * rstd;
                 dw[i] += dyr[i] * xh;
                 db[i] += dyr[i];
-                dxr[i] = rstd * (g[i] - mg - xh * mgx);
+                dxr[i].write(rstd * (g[i] - mg - xh * mgx));
             }
         }
         (dw, db)
@@ -342,10 +358,15 @@ impl CustomOp3 for LayerNormCpu {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, w, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
         let (n, d) = rows_and_width(l1);
-        let (mut y, rows, isa) = (vec![0f32; n * d], rows_per_task(n, d) * d, molclip_cpu::isa());
-        y.par_chunks_mut(rows).zip(x.par_chunks(rows)).for_each(|(y, x)| {
-            molclip_cpu::vectorize(isa, LayerNormRows { y, x, w: &w[..d], b, eps: self.eps });
-        });
+        let (rows, isa) = (rows_per_task(n, d) * d, molclip_cpu::isa());
+        let write = |y: &mut [MaybeUninit<f32>]| {
+            y.par_chunks_mut(rows).zip(x.par_chunks(rows)).for_each(|(y, x)| {
+                molclip_cpu::vectorize(isa, LayerNormRows { y, x, w: &w[..d], b, eps: self.eps });
+            })
+        };
+        // SAFETY: the tasks' rows tile the n rows of d values, and each task writes every
+        // value of its rows.
+        let y = unsafe { written_by(n * d, write) };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -390,20 +411,23 @@ impl CustomOp3 for LayerNormGrad {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, w, dy) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
         let (n, d) = rows_and_width(l1);
-        let mut out = vec![0f32; n * d + 2 * d];
-        let (dx, _) = out.split_at_mut(n * d);
         let (rows, isa) = (rows_per_task(n, d) * d, molclip_cpu::isa());
-        let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
-            .par_chunks_mut(rows)
-            .zip(x.par_chunks(rows).zip(dy.par_chunks(rows)))
-            .map(|(dx, (x, dy))| {
-                molclip_cpu::vectorize(isa, LayerNormGradRows { dx, x, dy, w: &w[..d], eps: self.eps })
-            })
-            .collect();
-        let (dws, dbs): (Vec<_>, Vec<_>) = partial.into_iter().unzip();
-        let (dw, db) = (sum_in_order(dws, d), sum_in_order(dbs, d));
-        out[n * d..n * d + d].copy_from_slice(&dw);
-        out[n * d + d..].copy_from_slice(&db);
+        let write = |out: &mut [MaybeUninit<f32>]| {
+            let (dx, sums) = out.split_at_mut(n * d);
+            let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
+                .par_chunks_mut(rows)
+                .zip(x.par_chunks(rows).zip(dy.par_chunks(rows)))
+                .map(|(dx, (x, dy))| {
+                    molclip_cpu::vectorize(isa, LayerNormGradRows { dx, x, dy, w: &w[..d], eps: self.eps })
+                })
+                .collect();
+            let (dws, dbs): (Vec<_>, Vec<_>) = partial.into_iter().unzip();
+            write_copy(&mut sums[..d], &sum_in_order(dws, d));
+            write_copy(&mut sums[d..], &sum_in_order(dbs, d));
+        };
+        // SAFETY: the tasks' rows tile dx (n rows of d values), each task writes every value of
+        // its rows, and the 2·d values after dx take dw and db.
+        let out = unsafe { written_by(n * d + 2 * d, write) };
         Ok((CpuStorage::F32(out), Shape::from(n * d + 2 * d)))
     }
 }
@@ -488,15 +512,19 @@ fn batch_norm_fwd(
     let moments = channel_moments(x, b, c, m);
     let scale: Vec<f32> = moments.iter().zip(w).map(|((_, var), w)| w / (var + eps).sqrt()).collect();
     let shift: Vec<f32> = moments.iter().zip(&scale).zip(bias).map(|(((mean, _), s), bb)| bb - mean * s).collect();
-    let (isa, mut y) = (molclip_cpu::isa(), vec![0f32; b * c * m]);
-    y.par_chunks_mut(m).zip(x.par_chunks(m)).enumerate().for_each(|(bc, (y, x))| {
-        // The row's own part of the shortcut.
-        let epilogue = match epilogue {
-            Epilogue::AddRelu(sc) => Epilogue::AddRelu(&sc[bc * m..][..m]),
-            other => other,
-        };
-        molclip_cpu::vectorize(isa, AffineRow { y, x, scale: scale[bc % c], shift: shift[bc % c], epilogue })
-    });
+    let isa = molclip_cpu::isa();
+    let write = |y: &mut [MaybeUninit<f32>]| {
+        y.par_chunks_mut(m).zip(x.par_chunks(m)).enumerate().for_each(|(bc, (y, x))| {
+            // The row's own part of the shortcut.
+            let epilogue = match epilogue {
+                Epilogue::AddRelu(sc) => Epilogue::AddRelu(&sc[bc * m..][..m]),
+                other => other,
+            };
+            molclip_cpu::vectorize(isa, AffineRow { y, x, scale: scale[bc % c], shift: shift[bc % c], epilogue })
+        })
+    };
+    // SAFETY: the B·C rows of M values tile y, and each row's loop writes all of its values.
+    let y = unsafe { written_by(b * c * m, write) };
     *stats.lock().unwrap_or_else(|e| e.into_inner()) =
         moments.iter().map(|m| m.0).chain(moments.iter().map(|m| m.1)).collect();
     y
@@ -531,7 +559,7 @@ fn channel_moments(x: &[f32], b: usize, c: usize, m: usize) -> Vec<(f32, f32)> {
 /// One row of batch norm's output: `x · scale + shift`, then the epilogue (its shortcut that
 /// row's part).
 struct AffineRow<'a> {
-    y: &'a mut [f32],
+    y: &'a mut [MaybeUninit<f32>],
     x: &'a [f32],
     scale: f32,
     shift: f32,
@@ -550,17 +578,17 @@ impl molclip_cpu::Vectorized for AffineRow<'_> {
             Epilogue::AddRelu(sc) => {
                 let sc = &sc[..y.len()];
                 for i in 0..y.len() {
-                    y[i] = (x[i] * s + t + sc[i]).max(0.0);
+                    y[i].write((x[i] * s + t + sc[i]).max(0.0));
                 }
             }
             Epilogue::Relu => {
                 for i in 0..y.len() {
-                    y[i] = (x[i] * s + t).max(0.0);
+                    y[i].write((x[i] * s + t).max(0.0));
                 }
             }
             Epilogue::Nothing => {
                 for i in 0..y.len() {
-                    y[i] = x[i] * s + t;
+                    y[i].write(x[i] * s + t);
                 }
             }
         }
@@ -760,15 +788,21 @@ impl CustomOp3 for BatchNormGrad {
             .collect();
         let n = b * c * m;
         let count = (b * m) as f32;
-        let mut out = vec![0f32; n + 2 * c];
-        out[..n].par_chunks_mut(m).enumerate().for_each(|(bc, dx)| {
-            let (x, dy) = (&x[bc * m..][..m], &dy[bc * m..][..m]);
-            molclip_cpu::vectorize(isa, GradRow { dx, x, dy, ch: channel(bc % c), sums: sums[bc % c], count })
-        });
-        for ci in 0..c {
-            out[n + ci] = sums[ci].1;
-            out[n + c + ci] = sums[ci].0;
-        }
+        let write = |out: &mut [MaybeUninit<f32>]| {
+            let (dx, params) = out.split_at_mut(n);
+            dx.par_chunks_mut(m).enumerate().for_each(|(bc, dx)| {
+                let (x, dy) = (&x[bc * m..][..m], &dy[bc * m..][..m]);
+                molclip_cpu::vectorize(isa, GradRow { dx, x, dy, ch: channel(bc % c), sums: sums[bc % c], count })
+            });
+            let (dw, db) = params.split_at_mut(c);
+            for (ci, &(sum_g, sum_gx)) in sums.iter().enumerate() {
+                dw[ci].write(sum_gx);
+                db[ci].write(sum_g);
+            }
+        };
+        // SAFETY: the B·C rows of M values tile dx, each row's loop writes all of its values,
+        // and the 2·C values after dx take dw and db.
+        let out = unsafe { written_by(n + 2 * c, write) };
         Ok((CpuStorage::F32(out), Shape::from(n + 2 * c)))
     }
 }
@@ -832,7 +866,7 @@ impl molclip_cpu::Vectorized for GradSums<'_> {
 
 /// One row of batch norm's input gradient.
 struct GradRow<'a> {
-    dx: &'a mut [f32],
+    dx: &'a mut [MaybeUninit<f32>],
     x: &'a [f32],
     dy: &'a [f32],
     ch: Channel,
@@ -852,7 +886,7 @@ impl molclip_cpu::Vectorized for GradRow<'_> {
         // Indexed, as in `map_par`.
         #[allow(clippy::needless_range_loop)]
         for i in 0..dx.len() {
-            dx[i] = k * (ch.grad(x[i], dy[i]) - sg / count - ch.normalised(x[i]) * sgx / count);
+            dx[i].write(k * (ch.grad(x[i], dy[i]) - sg / count - ch.normalised(x[i]) * sgx / count));
         }
     }
 }
@@ -863,7 +897,7 @@ impl molclip_cpu::Vectorized for GradRow<'_> {
 /// instruction set `molclip_cpu::isa` allows. Give a function marked `#[inline(always)]`
 /// (or a small closure) for the loop to vectorise.
 fn map_par<F: Fn(f32) -> f32 + Sync>(x: &[f32], f: F) -> Vec<f32> {
-    struct Map<'a, F>(&'a mut [f32], &'a [f32], &'a F);
+    struct Map<'a, F>(&'a mut [MaybeUninit<f32>], &'a [f32], &'a F);
     impl<F: Fn(f32) -> f32> molclip_cpu::Vectorized for Map<'_, F> {
         type Output = ();
         #[inline(always)]
@@ -874,20 +908,24 @@ fn map_par<F: Fn(f32) -> f32 + Sync>(x: &[f32], f: F) -> Vec<f32> {
             // compiler may leave outside this one and so compile for the baseline ISA.
             #[allow(clippy::needless_range_loop)]
             for i in 0..y.len() {
-                y[i] = f(x[i]);
+                y[i].write(f(x[i]));
             }
         }
     }
-    let (isa, mut y) = (molclip_cpu::isa(), vec![0f32; x.len()]);
-    y.par_chunks_mut(1 << 14)
-        .zip(x.par_chunks(1 << 14))
-        .for_each(|(yc, xc)| molclip_cpu::vectorize(isa, Map(yc, xc, &f)));
-    y
+    let isa = molclip_cpu::isa();
+    let write = |y: &mut [MaybeUninit<f32>]| {
+        y.par_chunks_mut(ELEMENTWISE_CHUNK)
+            .zip(x.par_chunks(ELEMENTWISE_CHUNK))
+            .for_each(|(yc, xc)| molclip_cpu::vectorize(isa, Map(yc, xc, &f)))
+    };
+    // SAFETY: the chunks of y and x pair up one to one, and each chunk's loop writes all of
+    // its values.
+    unsafe { written_by(x.len(), write) }
 }
 
 /// [`map_par`] over two tensors of one shape.
 fn zip_par<F: Fn(f32, f32) -> f32 + Sync>(a: &[f32], b: &[f32], f: F) -> Vec<f32> {
-    struct Zip<'a, F>(&'a mut [f32], &'a [f32], &'a [f32], &'a F);
+    struct Zip<'a, F>(&'a mut [MaybeUninit<f32>], &'a [f32], &'a [f32], &'a F);
     impl<F: Fn(f32, f32) -> f32> molclip_cpu::Vectorized for Zip<'_, F> {
         type Output = ();
         #[inline(always)]
@@ -897,16 +935,24 @@ fn zip_par<F: Fn(f32, f32) -> f32 + Sync>(a: &[f32], b: &[f32], f: F) -> Vec<f32
             // Indexed, as in `map_par`.
             #[allow(clippy::needless_range_loop)]
             for i in 0..y.len() {
-                y[i] = f(a[i], b[i]);
+                y[i].write(f(a[i], b[i]));
             }
         }
     }
-    let (isa, mut y) = (molclip_cpu::isa(), vec![0f32; a.len()]);
-    y.par_chunks_mut(1 << 14)
-        .zip(a.par_chunks(1 << 14).zip(b.par_chunks(1 << 14)))
-        .for_each(|(yc, (ac, bc))| molclip_cpu::vectorize(isa, Zip(yc, ac, bc, &f)));
-    y
+    assert_eq!(a.len(), b.len(), "zip_par: operands of {} and {} values", a.len(), b.len());
+    let isa = molclip_cpu::isa();
+    let write = |y: &mut [MaybeUninit<f32>]| {
+        y.par_chunks_mut(ELEMENTWISE_CHUNK)
+            .zip(a.par_chunks(ELEMENTWISE_CHUNK).zip(b.par_chunks(ELEMENTWISE_CHUNK)))
+            .for_each(|(yc, (ac, bc))| molclip_cpu::vectorize(isa, Zip(yc, ac, bc, &f)))
+    };
+    // SAFETY: the chunks of y, a and b (of one length) pair up one to one, and each chunk's
+    // loop writes all of its values.
+    unsafe { written_by(a.len(), write) }
 }
+
+/// The values per task of [`map_par`] and [`zip_par`].
+const ELEMENTWISE_CHUNK: usize = 1 << 14;
 
 /// GELU, exact (erf) form, as `F.gelu`.
 #[inline(always)]
@@ -1325,32 +1371,36 @@ impl CustomOp1 for AttentionCpu {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let qkv = f32_slice(s, l)?;
         let g = Heads::new(l.shape(), self.heads, self.queries)?;
-        let mut out = vec![0f32; g.b * g.nq * g.d];
-        let dst = molclip_cpu::Shared(out.as_mut_ptr());
-        (0..g.b * g.heads).into_par_iter().for_each_init(
-            || vec![0f32; g.nq * g.n],
-            |p, bh| {
-                let (_, _, v, o) = g.offsets(bh);
-                // SAFETY: each (video, head) pair writes its own columns of the output.
-                unsafe {
-                    g.probabilities(qkv.as_ptr(), bh, p);
-                    super::cpu::gemm_raw(
-                        g.nq,
-                        g.dh,
-                        g.n,
-                        dst.get().add(o),
-                        (1, g.d as isize),
-                        false,
-                        p.as_ptr(),
-                        (1, g.n as isize),
-                        qkv.as_ptr().add(v),
-                        (1, 3 * g.d as isize),
-                        1.0,
-                        1,
-                    );
-                }
-            },
-        );
+        let write = |out: &mut [MaybeUninit<f32>]| {
+            let dst = molclip_cpu::Shared(out.as_mut_ptr().cast::<f32>());
+            (0..g.b * g.heads).into_par_iter().for_each_init(
+                || vec![0f32; g.nq * g.n],
+                |p, bh| {
+                    let (_, _, v, o) = g.offsets(bh);
+                    // SAFETY: each (video, head) pair writes its own columns of the output.
+                    unsafe {
+                        g.probabilities(qkv.as_ptr(), bh, p);
+                        super::cpu::gemm_raw(
+                            g.nq,
+                            g.dh,
+                            g.n,
+                            dst.get().add(o),
+                            (1, g.d as isize),
+                            false,
+                            p.as_ptr(),
+                            (1, g.n as isize),
+                            qkv.as_ptr().add(v),
+                            (1, 3 * g.d as isize),
+                            1.0,
+                            1,
+                        );
+                    }
+                },
+            );
+        };
+        // SAFETY: the (video, head) pairs' products, which read no destination, write the
+        // output's columns of their heads, all of it together.
+        let out = unsafe { written_by(g.b * g.nq * g.d, write) };
         Ok((CpuStorage::F32(out), Shape::from((g.b, g.nq, g.d))))
     }
 
@@ -1380,85 +1430,96 @@ impl CustomOp2 for AttentionGrad {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (qkv, dout) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
         let g = Heads::new(l1.shape(), self.heads, self.queries)?;
-        let mut dqkv = vec![0f32; qkv.len()];
-        let dst = molclip_cpu::Shared(dqkv.as_mut_ptr());
         let (n, nq, dh) = (g.n, g.nq, g.dh);
         let (row3, row) = (3 * g.d as isize, g.d as isize);
-        (0..g.b * g.heads).into_par_iter().for_each_init(
-            || (vec![0f32; nq * n], vec![0f32; nq * n]),
-            |(p, dp), bh| {
-                let (q, k, v, o) = g.offsets(bh);
-                let (x, d) = (qkv.as_ptr(), dout.as_ptr());
-                // SAFETY: each (video, head) pair writes its own q, k and v columns of dqkv.
-                unsafe {
-                    g.probabilities(x, bh, p);
-                    // dV = Pᵀ dO
-                    super::cpu::gemm_raw(
-                        n,
-                        dh,
-                        nq,
-                        dst.get().add(v),
-                        (1, row3),
-                        false,
-                        p.as_ptr(),
-                        (n as isize, 1),
-                        d.add(o),
-                        (1, row),
-                        1.0,
-                        1,
-                    );
-                    // dP = dO Vᵀ
-                    super::cpu::gemm_raw(
-                        nq,
-                        n,
-                        dh,
-                        dp.as_mut_ptr(),
-                        (1, n as isize),
-                        false,
-                        d.add(o),
-                        (1, row),
-                        x.add(v),
-                        (row3, 1),
-                        1.0,
-                        1,
-                    );
-                    // dS = P ∘ (dP − rowsum(dP ∘ P))
-                    for (pr, dr) in p.chunks(n).zip(dp.chunks_mut(n)) {
-                        let dot: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
-                        dr.iter_mut().zip(pr).for_each(|(dv, pv)| *dv = pv * (*dv - dot));
+        let write = |dqkv: *mut f32| {
+            let dst = molclip_cpu::Shared(dqkv);
+            (0..g.b * g.heads).into_par_iter().for_each_init(
+                || (vec![0f32; nq * n], vec![0f32; nq * n]),
+                |(p, dp), bh| {
+                    let (q, k, v, o) = g.offsets(bh);
+                    let (x, d) = (qkv.as_ptr(), dout.as_ptr());
+                    // SAFETY: each (video, head) pair writes its own q, k and v columns of dqkv.
+                    unsafe {
+                        g.probabilities(x, bh, p);
+                        // dV = Pᵀ dO
+                        super::cpu::gemm_raw(
+                            n,
+                            dh,
+                            nq,
+                            dst.get().add(v),
+                            (1, row3),
+                            false,
+                            p.as_ptr(),
+                            (n as isize, 1),
+                            d.add(o),
+                            (1, row),
+                            1.0,
+                            1,
+                        );
+                        // dP = dO Vᵀ
+                        super::cpu::gemm_raw(
+                            nq,
+                            n,
+                            dh,
+                            dp.as_mut_ptr(),
+                            (1, n as isize),
+                            false,
+                            d.add(o),
+                            (1, row),
+                            x.add(v),
+                            (row3, 1),
+                            1.0,
+                            1,
+                        );
+                        // dS = P ∘ (dP − rowsum(dP ∘ P))
+                        for (pr, dr) in p.chunks(n).zip(dp.chunks_mut(n)) {
+                            let dot: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
+                            dr.iter_mut().zip(pr).for_each(|(dv, pv)| *dv = pv * (*dv - dot));
+                        }
+                        // dQ = scale · dS K ; dK = scale · dSᵀ Q
+                        super::cpu::gemm_raw(
+                            nq,
+                            dh,
+                            n,
+                            dst.get().add(q),
+                            (1, row3),
+                            false,
+                            dp.as_ptr(),
+                            (1, n as isize),
+                            x.add(k),
+                            (1, row3),
+                            g.scale,
+                            1,
+                        );
+                        super::cpu::gemm_raw(
+                            n,
+                            dh,
+                            nq,
+                            dst.get().add(k),
+                            (1, row3),
+                            false,
+                            dp.as_ptr(),
+                            (n as isize, 1),
+                            x.add(q),
+                            (1, row3),
+                            g.scale,
+                            1,
+                        );
                     }
-                    // dQ = scale · dS K ; dK = scale · dSᵀ Q
-                    super::cpu::gemm_raw(
-                        nq,
-                        dh,
-                        n,
-                        dst.get().add(q),
-                        (1, row3),
-                        false,
-                        dp.as_ptr(),
-                        (1, n as isize),
-                        x.add(k),
-                        (1, row3),
-                        g.scale,
-                        1,
-                    );
-                    super::cpu::gemm_raw(
-                        n,
-                        dh,
-                        nq,
-                        dst.get().add(k),
-                        (1, row3),
-                        false,
-                        dp.as_ptr(),
-                        (n as isize, 1),
-                        x.add(q),
-                        (1, row3),
-                        g.scale,
-                        1,
-                    );
-                }
-            },
-        );
+                },
+            );
+        };
+        let dqkv = if nq == n {
+            // SAFETY: the (video, head) pairs' products, which read no destination, write the
+            // q, k and v columns of their heads for every token, all of dqkv together.
+            unsafe { written_by(qkv.len(), |dqkv| write(dqkv.as_mut_ptr().cast())) }
+        } else {
+            // The queries of the tokens past the first nq have no gradient: zeros.
+            let mut dqkv = vec![0f32; qkv.len()];
+            write(dqkv.as_mut_ptr());
+            dqkv
+        };
         Ok((CpuStorage::F32(dqkv), l1.shape().clone()))
     }
 }
@@ -1641,10 +1702,19 @@ mod tests {
         let levels = molclip_cpu::Isa::ALL.into_iter().filter(|l| l.runs());
         let by_level: Vec<_> = levels
             .map(|level| {
-                let (mut y, mut dx) = (vec![0f32; n * d], vec![0f32; n * d]);
-                molclip_cpu::vectorize(level, LayerNormRows { y: &mut y, x: &x, w: &w, b: &b, eps: 1e-6 });
-                let (dw, db) =
-                    molclip_cpu::vectorize(level, LayerNormGradRows { dx: &mut dx, x: &x, dy: &dy, w: &w, eps: 1e-6 });
+                let forward = |y: &mut [MaybeUninit<f32>]| {
+                    molclip_cpu::vectorize(level, LayerNormRows { y, x: &x, w: &w, b: &b, eps: 1e-6 })
+                };
+                // SAFETY: one task's rows are all n rows, and it writes every value.
+                let y = unsafe { written_by(n * d, forward) };
+                let mut sums = None;
+                let backward = |dx: &mut [MaybeUninit<f32>]| {
+                    sums =
+                        Some(molclip_cpu::vectorize(level, LayerNormGradRows { dx, x: &x, dy: &dy, w: &w, eps: 1e-6 }));
+                };
+                // SAFETY: as for y.
+                let dx = unsafe { written_by(n * d, backward) };
+                let (dw, db) = sums.unwrap();
                 [y, dx, dw, db].map(|v| bits(&v))
             })
             .collect();

@@ -4,6 +4,8 @@
 //! then the same convolution of the zero-padded output gradient with the kernel flipped and
 //! its channels swapped.
 
+use std::mem::MaybeUninit;
+
 use molclip_cpu::shifted::MAX_TILE;
 use molclip_cpu::{shifted_dot, shifted_gemm, DotPanels, Run, Shared, ShiftedWeights};
 use rayon::prelude::*;
@@ -135,23 +137,33 @@ impl PaddedGrid {
         let planes = self.phases() * vol;
         let video = self.c * planes;
         let last_read = offsets.iter().max().map_or(0, |m| m + self.span());
-        let mut xp = vec![0f32; self.b.saturating_sub(1) * video + video.max(last_read)];
-        xp[..self.b * self.c * planes].par_chunks_mut(planes).zip(x.par_chunks(t * h * w)).for_each(|(dst, src)| {
-            for (l, line) in src.chunks_exact(w).enumerate() {
-                let (it, ih) = (l / h + pt, l % h + ph);
-                let row = ((it % st) * sh + ih % sh) * sw;
-                let at = ((it / st) * hp + ih / sh) * wp;
-                if sw == 1 {
-                    dst[row * vol + at + pw..][..w].copy_from_slice(line);
-                } else {
-                    for (iw, &v) in line.iter().enumerate() {
-                        let iw = iw + pw;
-                        dst[(row + iw % sw) * vol + at + iw / sw] = v;
+        let len = self.b.saturating_sub(1) * video + video.max(last_read);
+        let zero = MaybeUninit::new(0f32);
+        let write = |xp: &mut [MaybeUninit<f32>]| {
+            let (videos, tail) = xp.split_at_mut(self.b * self.c * planes);
+            tail.fill(zero);
+            // Each plane set zeroed, then its lines written, by one task: the zeros it keeps
+            // are the padding.
+            videos.par_chunks_mut(planes).zip(x.par_chunks(t * h * w)).for_each(|(dst, src)| {
+                dst.fill(zero);
+                for (l, line) in src.chunks_exact(w).enumerate() {
+                    let (it, ih) = (l / h + pt, l % h + ph);
+                    let row = ((it % st) * sh + ih % sh) * sw;
+                    let at = ((it / st) * hp + ih / sh) * wp;
+                    if sw == 1 {
+                        crate::cpu::write_copy(&mut dst[row * vol + at + pw..][..w], line);
+                    } else {
+                        for (iw, &v) in line.iter().enumerate() {
+                            let iw = iw + pw;
+                            dst[(row + iw % sw) * vol + at + iw / sw].write(v);
+                        }
                     }
                 }
-            }
-        });
-        xp
+            })
+        };
+        // SAFETY: every value is zeroed, the tail past the videos at once and each channel's
+        // planes by its task, before the task writes the channel's values over some of them.
+        unsafe { crate::cpu::written_by(len, write) }
     }
 
     /// Where row `ci · taps + tap` of the (never built) window matrix starts in a video of
