@@ -1208,17 +1208,11 @@ fn softmax_rows(x: &mut [f32], n: usize) {
             // Indexed loops, as in `map_par`.
             #[allow(clippy::needless_range_loop)]
             for r in self.0.chunks_mut(self.1) {
-                let mut max = f32::NEG_INFINITY;
-                for i in 0..r.len() {
-                    max = max.max(r[i]);
-                }
+                let max = lane_max(r);
                 for i in 0..r.len() {
                     r[i] = exp(r[i] - max);
                 }
-                let mut sum = 0f32;
-                for i in 0..r.len() {
-                    sum += r[i];
-                }
+                let sum = lane_sum(r);
                 for i in 0..r.len() {
                     r[i] /= sum;
                 }
@@ -1228,6 +1222,58 @@ fn softmax_rows(x: &mut [f32], n: usize) {
     if n > 0 {
         molclip_cpu::vectorize(molclip_cpu::isa(), Rows(x, n));
     }
+}
+
+/// Lanes of the running sums and maxima of [`lane_sum`], [`lane_dot`] and [`lane_max`].
+const LANES: usize = 8;
+
+/// Σ f(a[i], b[i]) in [`LANES`] running sums, value i going to sum `i % LANES`, added in a
+/// fixed tree at the end (as [`LaneSums`], in f32): unlike one running sum, whose every add
+/// waits for the last, the loop vectorises, and the result is the same on every instruction
+/// set.
+#[inline(always)]
+fn lane_fold(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let b = &b[..a.len()];
+    let mut s = [0f32; LANES];
+    let (mut ca, mut cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    for (ca, cb) in (&mut ca).zip(&mut cb) {
+        for l in 0..LANES {
+            s[l] += f(ca[l], cb[l]);
+        }
+    }
+    for (l, (&x, &y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
+        s[l] += f(x, y);
+    }
+    ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))
+}
+
+/// Σ a[i], as [`lane_fold`] adds.
+#[inline(always)]
+fn lane_sum(a: &[f32]) -> f32 {
+    lane_fold(a, a, |x, _| x)
+}
+
+/// Σ a[i] · b[i], as [`lane_fold`] adds.
+#[inline(always)]
+fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
+    lane_fold(a, b, |x, y| x * y)
+}
+
+/// The largest of `a` (NaNs skipped, as `f32::max` does; -inf when empty): in lanes, and
+/// exactly the running maximum's value, as a maximum does not depend on the order.
+#[inline(always)]
+fn lane_max(a: &[f32]) -> f32 {
+    let mut m = [f32::NEG_INFINITY; LANES];
+    let mut chunks = a.chunks_exact(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            m[l] = m[l].max(c[l]);
+        }
+    }
+    for (l, &x) in chunks.remainder().iter().enumerate() {
+        m[l] = m[l].max(x);
+    }
+    m.into_iter().fold(f32::NEG_INFINITY, f32::max)
 }
 
 /// Softmax over the last dimension.
@@ -1410,6 +1456,29 @@ impl CustomOp1 for AttentionCpu {
     }
 }
 
+/// Softmax's input gradient, in place of the output gradient `dp`, row by row (`n` values
+/// per row): dS = P ∘ (dP − rowsum(dP ∘ P)).
+struct SoftmaxGradRows<'a> {
+    p: &'a [f32],
+    dp: &'a mut [f32],
+    n: usize,
+}
+
+impl molclip_cpu::Vectorized for SoftmaxGradRows<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        for (pr, dr) in self.p.chunks_exact(self.n).zip(self.dp.chunks_exact_mut(self.n)) {
+            let dot = lane_dot(pr, dr);
+            // Indexed, as in `map_par`.
+            #[allow(clippy::needless_range_loop)]
+            for i in 0..dr.len() {
+                dr[i] = pr[i] * (dr[i] - dot);
+            }
+        }
+    }
+}
+
 /// (qkv, dO) to dqkv (zero for the queries of tokens past the first `queries`).
 struct AttentionGrad {
     heads: usize,
@@ -1430,7 +1499,7 @@ impl CustomOp2 for AttentionGrad {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (qkv, dout) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
         let g = Heads::new(l1.shape(), self.heads, self.queries)?;
-        let (n, nq, dh) = (g.n, g.nq, g.dh);
+        let (n, nq, dh, isa) = (g.n, g.nq, g.dh, molclip_cpu::isa());
         let (row3, row) = (3 * g.d as isize, g.d as isize);
         let write = |dqkv: *mut f32| {
             let dst = molclip_cpu::Shared(dqkv);
@@ -1473,10 +1542,7 @@ impl CustomOp2 for AttentionGrad {
                             1,
                         );
                         // dS = P ∘ (dP − rowsum(dP ∘ P))
-                        for (pr, dr) in p.chunks(n).zip(dp.chunks_mut(n)) {
-                            let dot: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
-                            dr.iter_mut().zip(pr).for_each(|(dv, pv)| *dv = pv * (*dv - dot));
-                        }
+                        molclip_cpu::vectorize(isa, SoftmaxGradRows { p: &p[..], dp: &mut dp[..], n });
                         // dQ = scale · dS K ; dK = scale · dSᵀ Q
                         super::cpu::gemm_raw(
                             nq,
@@ -1528,6 +1594,26 @@ impl CustomOp2 for AttentionGrad {
 mod tests {
     use super::*;
     use candle_core::Var;
+
+    /// The lane folds: the maximum is exactly the running one (NaNs skipped), the sums are
+    /// within rounding of float64 sums, at every length around the lanes' multiples.
+    #[test]
+    fn lane_folds_match_running_and_float64_results() {
+        for n in [0, 1, 7, 8, 9, 16, 50, 63] {
+            let a: Vec<f32> = (0..n).map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.37).collect();
+            let mut b: Vec<f32> = (0..n).map(|i| ((i * 11 % 17) as f32 - 8.0) * 0.21).collect();
+            assert_eq!(lane_max(&a), a.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)), "max of {n}");
+            if n > 3 {
+                b[2] = f32::NAN;
+                assert_eq!(lane_max(&b), b.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)), "max of {n}, a NaN");
+                b[2] = 0.5;
+            }
+            let sum: f64 = a.iter().map(|&v| v as f64).sum();
+            let dot: f64 = a.iter().zip(&b).map(|(&x, &y)| x as f64 * y as f64).sum();
+            assert!((lane_sum(&a) as f64 - sum).abs() <= 1e-5 * (1.0 + sum.abs()), "sum of {n}");
+            assert!((lane_dot(&a, &b) as f64 - dot).abs() <= 1e-5 * (1.0 + dot.abs()), "dot of {n}");
+        }
+    }
 
     fn rand(shape: &[usize], seed: u64) -> Var {
         use rand::{Rng, SeedableRng};
