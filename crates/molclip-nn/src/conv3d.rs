@@ -1202,14 +1202,20 @@ impl CustomOp2 for MaxPool3dGrad {
             Some(a) => a.clone(),
             None => std::sync::Arc::new(pool_argmax(x, b * c, [t, h, w], self.window, [ot, oh, ow])?.1),
         };
-        let mut gx = vec![0f32; b * c * vol];
-        gx.par_chunks_mut(vol).enumerate().for_each(|(p, dst)| {
-            for (&a, &g) in arg[p * n..(p + 1) * n].iter().zip(&gy[p * n..(p + 1) * n]) {
-                if a != NO_TAP {
-                    dst[a as usize] += g;
+        let scatter = |gx: &mut [std::mem::MaybeUninit<f32>]| {
+            gx.par_chunks_mut(vol.max(1)).enumerate().for_each(|(p, dst)| {
+                // Each plane zeroed by its own task (in parallel, and in its cache), then the
+                // gradients added at their windows' maxima.
+                let dst = crate::cpu::zeroed(dst);
+                for (&a, &g) in arg[p * n..(p + 1) * n].iter().zip(&gy[p * n..(p + 1) * n]) {
+                    if a != NO_TAP {
+                        dst[a as usize] += g;
+                    }
                 }
-            }
-        });
+            })
+        };
+        // SAFETY: the B·C planes of vol values tile gx, and each is zeroed whole.
+        let gx = unsafe { crate::cpu::written_by(b * c * vol, scatter) };
         Ok((CpuStorage::F32(gx), Shape::from(vec![b, c, t, h, w])))
     }
 

@@ -100,6 +100,13 @@ pub(crate) fn write_copy(dst: &mut [std::mem::MaybeUninit<f32>], src: &[f32]) {
     }
 }
 
+/// `values` set to zero, and then seen as initialised.
+pub(crate) fn zeroed(values: &mut [std::mem::MaybeUninit<f32>]) -> &mut [f32] {
+    values.fill(std::mem::MaybeUninit::new(0.0));
+    // SAFETY: every value was just written; MaybeUninit<f32> has f32's layout.
+    unsafe { &mut *(values as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) }
+}
+
 /// An operand of [`gemm_f32_strided`]: its elements and (column stride, row stride).
 pub(crate) type Strided<T> = (T, (isize, isize));
 

@@ -257,7 +257,8 @@ impl PaddedGrid {
         let level = molclip_cpu::isa();
         let per_task = k.div_ceil(2 * rayon::current_num_threads()).next_multiple_of(12);
         let starts: Vec<usize> = (0..k).step_by(per_task).collect();
-        let mut parts: Vec<Vec<f32>> = starts.iter().map(|&r0| vec![0f32; o * (per_task.min(k - r0))]).collect();
+        // Zeroed by the tasks, in parallel (the first video's dot products set them).
+        let mut parts: Vec<Vec<f32>> = starts.par_iter().map(|&r0| vec![0f32; o * (per_task.min(k - r0))]).collect();
         let mut panels = DotPanels::new(level, o, (&runs, wo));
         for bi in 0..self.b {
             // The video's output gradient, packed once for every task's rows.
@@ -269,28 +270,34 @@ impl PaddedGrid {
                 shifted_dot(panels, src, &offsets, rows, (part, width), bi > 0);
             });
         }
-        let parts = starts.into_iter().zip(parts);
-        let mut gw = vec![0f32; o * k];
-        for (r0, part) in parts {
-            let width = part.len() / o.max(1);
-            for (oi, row) in part.chunks_exact(width.max(1)).enumerate() {
-                gw[oi * k + r0..oi * k + r0 + width].copy_from_slice(row);
-            }
-        }
-        gw
+        // Each output's row of gw gathered from the parts, the rows in parallel.
+        let gather = |gw: &mut [MaybeUninit<f32>]| {
+            gw.par_chunks_mut(k.max(1)).enumerate().for_each(|(oi, row)| {
+                for (&r0, part) in starts.iter().zip(&parts) {
+                    let width = part.len() / o.max(1);
+                    crate::cpu::write_copy(&mut row[r0..r0 + width], &part[oi * width..(oi + 1) * width]);
+                }
+            })
+        };
+        // SAFETY: the parts' rows r0..r0 + width tile 0..k, so each output's row of k values is
+        // written whole.
+        unsafe { crate::cpu::written_by(o * k, gather) }
     }
 }
 
 /// The weights `[O, C, taps]` as the input gradient's convolution takes them, `[C, O · taps]`,
 /// with the taps reversed (the kernel flipped along every axis).
 pub(super) fn flipped(w: &[f32], o: usize, c: usize, taps: usize) -> Vec<f32> {
-    let mut f = vec![0f32; w.len()];
-    f.par_chunks_mut(o * taps).enumerate().for_each(|(ci, row)| {
-        for oi in 0..o {
-            for t in 0..taps {
-                row[oi * taps + t] = w[(oi * c + ci) * taps + taps - 1 - t];
+    assert_eq!(w.len(), o * c * taps, "flipped: {} weights for {o} x {c} x {taps}", w.len());
+    let flip = |f: &mut [MaybeUninit<f32>]| {
+        f.par_chunks_mut((o * taps).max(1)).enumerate().for_each(|(ci, row)| {
+            for oi in 0..o {
+                for t in 0..taps {
+                    row[oi * taps + t].write(w[(oi * c + ci) * taps + taps - 1 - t]);
+                }
             }
-        }
-    });
-    f
+        })
+    };
+    // SAFETY: w holds O·C·taps values; each of the C rows of O·taps is written whole.
+    unsafe { crate::cpu::written_by(w.len(), flip) }
 }
