@@ -230,6 +230,10 @@ impl<P: Copy> Shared<P> {
     }
 }
 
+/// The larger dimension from which [`split_output`] splits a GEMM whose reduction is no
+/// longer.
+const SPLIT_WITH_SHORT_REDUCTION: usize = 2048;
+
 /// Where a threaded GEMM runs faster as one single-threaded GEMM per thread, each on a block
 /// of the destination's larger dimension, than threaded inside the `gemm` crate: the `(first,
 /// length)` of each block. So runs a GEMM with a long reduction (`k > max(m, n)`: a weight
@@ -239,10 +243,6 @@ impl<P: Copy> Shared<P> {
 /// AVX-512, 1.03 to 1.06x at AVX2). The blocks are multiples of 16 long and the last keeps more than
 /// 64, so that every block takes the kernel path, and with it the reduction blocks of the
 /// whole (they depend on `k` alone there): every element gets the same sums, bit for bit.
-/// The larger dimension from which [`split_output`] splits a GEMM whose reduction is no
-/// longer.
-const SPLIT_WITH_SHORT_REDUCTION: usize = 2048;
-
 fn split_output(m: usize, n: usize, k: usize, parallelism: Parallelism) -> Option<Vec<(usize, usize)>> {
     let Parallelism::Rayon(threads) = parallelism else { return None };
     let threads = if threads == 0 { rayon::current_num_threads() } else { threads };

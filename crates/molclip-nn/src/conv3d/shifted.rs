@@ -138,24 +138,23 @@ impl PaddedGrid {
         let video = self.c * planes;
         let last_read = offsets.iter().max().map_or(0, |m| m + self.span());
         let len = self.b.saturating_sub(1) * video + video.max(last_read);
-        let zero = MaybeUninit::new(0f32);
         let write = |xp: &mut [MaybeUninit<f32>]| {
             let (videos, tail) = xp.split_at_mut(self.b * self.c * planes);
-            tail.fill(zero);
+            crate::cpu::zeroed(tail);
             // Each plane set zeroed, then its lines written, by one task: the zeros it keeps
             // are the padding.
             videos.par_chunks_mut(planes).zip(x.par_chunks(t * h * w)).for_each(|(dst, src)| {
-                dst.fill(zero);
+                let dst = crate::cpu::zeroed(dst);
                 for (l, line) in src.chunks_exact(w).enumerate() {
                     let (it, ih) = (l / h + pt, l % h + ph);
                     let row = ((it % st) * sh + ih % sh) * sw;
                     let at = ((it / st) * hp + ih / sh) * wp;
                     if sw == 1 {
-                        crate::cpu::write_copy(&mut dst[row * vol + at + pw..][..w], line);
+                        dst[row * vol + at + pw..][..w].copy_from_slice(line);
                     } else {
                         for (iw, &v) in line.iter().enumerate() {
                             let iw = iw + pw;
-                            dst[(row + iw % sw) * vol + at + iw / sw].write(v);
+                            dst[(row + iw % sw) * vol + at + iw / sw] = v;
                         }
                     }
                 }
