@@ -22,7 +22,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Device, Layout, Shape, Tenso
 use molclip_cpu::{Shared, ShiftedWeights};
 use rayon::prelude::*;
 
-use super::cpu::{f32_slice, gemm_f32, gemm_f32_strided, gemm_raw};
+use super::cpu::{f32_slice, gemm_f32, gemm_f32_strided, gemm_f32_uninit, gemm_raw, written_by, Scratch};
 use crate::error::Result;
 
 /// Kernel, stride and padding of a 3D window, as (time, height, width).
@@ -397,26 +397,95 @@ fn unwindow_row(
     }
 }
 
+/// The runs of one video's output positions (numbered `(ot · Ho + oh) · Wo + ow`) at which
+/// tap `tap` of the window reads inside the input, one per line of outputs, in order: `[first
+/// position, input index of its first read, length]`, the index given by `index(it, ih, first
+/// ow, the tap's offset along the line)`. The same for every channel and video: a whole
+/// window matrix or its gradient is then copies and sums of runs, with no per-line
+/// arithmetic (the deep layers' lines are 4 to 14 outputs long).
+fn tap_runs(
+    window: Window3d,
+    dims: [usize; 3],
+    out: [usize; 3],
+    tap: usize,
+    index: impl Fn(usize, usize, usize, isize) -> usize,
+) -> Vec<[usize; 3]> {
+    let lines = TapLines::new(window, dims, out, tap);
+    if lines.lo >= lines.hi {
+        return Vec::new();
+    }
+    let mut runs = Vec::with_capacity(out[0] * out[1]);
+    for ot in 0..out[0] {
+        for oh in 0..out[1] {
+            if let Some((it, ih)) = lines.input_line(window, dims, ot, oh) {
+                let first = (ot * out[1] + oh) * out[2] + lines.lo;
+                runs.push([first, index(it, ih, lines.lo, lines.shift), lines.hi - lines.lo]);
+            }
+        }
+    }
+    runs
+}
+
 /// Fills `col` (`[C·taps, G·N]`, N = To·Ho·Wo) with the window contents of `g` consecutive videos
-/// of `c` channels (phase-split by [`phase_split`]); video `i` fills columns `i·N..(i+1)·N`.
+/// of `c` channels (phase-split by [`phase_split`]); video `i` fills columns `i·N..(i+1)·N`:
+/// [`window_row`]'s values, from each tap's [`tap_runs`], zeros between them.
 #[allow(clippy::too_many_arguments)]
 fn vol2col(xs: &[f32], g: usize, c: usize, dims: [usize; 3], window: Window3d, out: [usize; 3], col: &mut [f32]) {
     let n = out.iter().product::<usize>();
-    col.par_chunks_mut(g * n).enumerate().for_each(|(row, dst)| window_row(xs, c, dims, window, out, row, 0, dst));
+    let [t, h, w] = dims;
+    let sw = window.stride[2];
+    let wp = w.div_ceil(sw);
+    let channel = t * h * sw * wp;
+    // Output ow reads input ow·sw + shift = (ow + q)·sw + phase: in that phase, at ow + q.
+    let at = |it: usize, ih: usize, lo: usize, shift: isize| {
+        let (q, phase) = (shift.div_euclid(sw as isize), shift.rem_euclid(sw as isize) as usize);
+        (it * h + ih) * sw * wp + phase * wp + (lo as isize + q) as usize
+    };
+    let taps = window.taps();
+    let runs: Vec<_> = (0..taps).map(|tap| tap_runs(window, dims, out, tap, at)).collect();
+    col.par_chunks_mut(g * n).enumerate().for_each(|(row, dst)| {
+        let (ci, runs) = (row / taps, &runs[row % taps]);
+        for (gi, dst) in dst.chunks_exact_mut(n).enumerate() {
+            let src = &xs[(gi * c + ci) * channel..][..channel];
+            let mut next = 0;
+            for &[first, from, len] in runs {
+                dst[next..first].fill(0.0);
+                dst[first..first + len].copy_from_slice(&src[from..from + len]);
+                next = first + len;
+            }
+            dst[next..].fill(0.0);
+        }
+    });
 }
 
 /// Adds the window contents `col` (`[C·taps, G·N]`) back into the gradient of `g` videos
-/// `[G, C, T, H, W]`.
+/// `[G, C, T, H, W]`: [`unwindow_row`]'s sums, in its order, from each tap's [`tap_runs`].
 fn col2vol(col: &[f32], g: usize, dims: [usize; 3], window: Window3d, out: [usize; 3], gx: &mut [f32]) {
     let n = out.iter().product::<usize>();
+    let [_, h, w] = dims;
+    let sw = window.stride[2];
     let taps = window.taps();
     let plane = dims.iter().product::<usize>();
     let c = gx.len() / (g * plane);
+    // Output ow read input ow·sw + shift, inside the line for the run's outputs.
+    let at =
+        |it: usize, ih: usize, lo: usize, shift: isize| ((it * h + ih) * w) + ((lo * sw) as isize + shift) as usize;
+    let runs: Vec<_> = (0..taps).map(|tap| tap_runs(window, dims, out, tap, at)).collect();
     gx.par_chunks_mut(plane).enumerate().for_each(|(p, dst)| {
         let (gi, ci) = (p / c, p % c);
         // The plane is the gradient of one channel: its rows are the taps alone.
-        for tap in 0..taps {
-            unwindow_row(dst, dims, window, out, tap, 0, &col[(ci * taps + tap) * g * n + gi * n..][..n]);
+        for (tap, runs) in runs.iter().enumerate() {
+            let src = &col[(ci * taps + tap) * g * n + gi * n..][..n];
+            for &[first, from, len] in runs {
+                let seg = &src[first..first + len];
+                if sw == 1 {
+                    dst[from..from + len].iter_mut().zip(seg).for_each(|(d, g)| *d += g);
+                } else {
+                    for (k, g) in seg.iter().enumerate() {
+                        dst[from + k * sw] += g;
+                    }
+                }
+            }
         }
     });
 }
@@ -459,12 +528,11 @@ fn regroup(src: &[f32], dst: &mut [f32], o: usize, g: usize, n: usize, to_videos
 }
 
 /// `[O, CK]` from partial sums `[parts, CK, O]`, summed in order (each element the first
-/// part's value, then every later one added: what `Iterator::sum` gives). The weight gradient's
-/// GEMM writes the transpose: with both of its operands position-major, it runs about twice as
-/// fast into a column-major result. The parts are summed in their own order, a run of values at
-/// a time, and the sum transposed by square tiles that stay in the L1 cache: an element-by-
-/// element transposed walk touched a new cache line at every read (the deep layers' gradients
-/// are tens of MB).
+/// part's value, then every later one added: what `Iterator::sum` gives). The tiled weight
+/// gradient's GEMMs write the transpose: with both of their operands position-major, they ran
+/// about twice as fast into a column-major result. The parts are summed in their own order, a
+/// run of values at a time, and the sum transposed by square tiles that stay in the L1 cache:
+/// an element-by-element transposed walk touched a new cache line at every read.
 fn sum_transposed(partial: &[f32], o: usize, ck: usize) -> Vec<f32> {
     /// Values per task of the sum; output rows and columns per tile of the transpose.
     const RUN: usize = 1 << 14;
@@ -708,36 +776,38 @@ impl ConvSizes {
         sum_transposed(&partial, o, ck)
     }
 
-    /// The weight gradient `[O, CK]` (phase-split videos `xs`), by groups of videos.
+    /// The weight gradient `[O, CK]` (phase-split videos `xs`), by groups of videos: the first
+    /// group's product sets it, the others add to it. Written `[O, CK]` directly: through
+    /// molclip's GEMM this is no slower than the transpose, and it saves [`sum_transposed`]'s
+    /// pass (on `layer4`'s 3 x 3 x 3 convolution, backward 127 to 117 ms at AVX2 and 89 to 77 ms
+    /// at AVX-512, on a Xeon).
     fn weight_grad_grouped(&self, window: Window3d, xs: &[f32], gy: &[f32]) -> Vec<f32> {
         let (o, n, ck, pvol) = (self.o, self.n, self.ck, self.pvol);
         let threads = rayon::current_num_threads();
-        let mut gwt = vec![0f32; o * ck];
+        let mut gw: Option<Vec<f32>> = None;
         let (mut col, mut tmp) = self.buffers();
         for (b0, gs) in self.groups() {
             let m = gs * n;
             let col_ref = self.window_matrix(window, &xs[b0 * pvol..(b0 + gs) * pvol], gs, &mut col);
             let lhs = self.output_matrix(&gy[b0 * o * n..(b0 + gs) * o * n], gs, &mut tmp);
-            // gwᵀ `[CK, O]` (column-major dst) += dY · colᵀ, colᵀ's element (m, ck) at ck·M + m.
-            gemm_f32_strided(
-                o,
-                ck,
-                m,
-                (&mut gwt, (o as isize, 1)),
-                b0 > 0,
-                (lhs, (1, m as isize)),
-                (col_ref, (m as isize, 1)),
-                threads,
-            );
+            // gw `[O, CK]` (+)= dY · colᵀ, colᵀ's element (m, ck) at ck·M + m.
+            let (lhs, rhs) = ((lhs, (1, m as isize)), (col_ref, (m as isize, 1)));
+            match gw.as_mut() {
+                // SAFETY: a product that does not accumulate sets every value of its destination.
+                None => gw = Some(unsafe { written_by(o * ck, |dst| gemm_f32_uninit(o, ck, m, dst, lhs, rhs)) }),
+                Some(gw) => gemm_f32_strided(o, ck, m, (gw, (1, ck as isize)), true, lhs, rhs, threads),
+            }
         }
-        sum_transposed(&gwt, o, ck)
+        gw.unwrap_or_else(|| vec![0f32; o * ck])
     }
 
-    /// Scratch buffers: the window matrix of a group, and the regrouped output of a group.
-    fn buffers(&self) -> (Vec<f32>, Vec<f32>) {
+    /// Scratch buffers: the window matrix of a group, and the regrouped output of a group
+    /// (each written whole before it is read: by [`vol2col`] or a GEMM, and by [`regroup`] or
+    /// a GEMM).
+    fn buffers(&self) -> (Scratch, Scratch) {
         let col = if self.direct { 0 } else { self.ck * self.g * self.n };
         let tmp = if self.g > 1 { self.o * self.g * self.n } else { 0 };
-        (vec![0f32; col], vec![0f32; tmp])
+        (Scratch::take(col), Scratch::take(tmp))
     }
 
     /// First video and size of each group.
@@ -1014,29 +1084,35 @@ struct MaxPool3dOp {
 /// An output element whose window holds only padding.
 const NO_TAP: u32 = u32::MAX;
 
-/// One step of the first-maximum scan, over a row of candidates at once: candidate `o`
-/// (value `v[o]`, input index `at[o]`, [`NO_TAP`] with value -inf for padding) replaces the
-/// best so far when that is none yet, when it is larger, or when it is NaN (PyTorch's rule).
-/// Branch-free, so that it vectorises: which candidate wins is data.
+/// One step of the maximum's scan, over a row of candidates at once: candidate `o` (value
+/// `v[o]`, input index `at(o)`) replaces the best so far where it ranks above it. The ranking
+/// is PyTorch's scan (time, then height, then width: the first maximum wins, and a NaN wins,
+/// the last one seen) stated so that it does not depend on the order candidates come in, the
+/// input index being the scan's order: a NaN ranks above every number, and of two NaNs the
+/// later; of two numbers the larger, and of equal ones the earlier. An empty best (-inf,
+/// [`NO_TAP`]) ranks below every candidate. Branch-free, so that it vectorises: which
+/// candidate wins is data.
 #[inline(always)]
-fn pool_step(best: &mut [f32], best_at: &mut [u32], v: &[f32], at: &[u32]) {
-    for (((b, ba), &v), &a) in best.iter_mut().zip(best_at.iter_mut()).zip(v).zip(at) {
-        let take = v > *b || v.is_nan() || *ba == NO_TAP;
+fn pool_step(best: &mut [f32], best_at: &mut [u32], v: &[f32], at: impl Fn(usize) -> u32) {
+    for (o, ((b, ba), &v)) in best.iter_mut().zip(best_at.iter_mut()).zip(v).enumerate() {
+        let a = at(o);
+        let (v_nan, b_nan) = (v.is_nan(), b.is_nan());
+        let take = (v_nan & !(b_nan & (*ba > a))) | (!v_nan & ((v > *b) | ((v == *b) & (a < *ba))));
         *b = if take { v } else { *b };
         *ba = if take { a } else { *ba };
     }
 }
 
-/// For each output element, its window's first maximum and that maximum's flat index (within
-/// its channel), scanning time, then height, then width, as PyTorch does (a NaN wins, the last
-/// one seen); -inf and [`NO_TAP`] if the window holds only padding. Returns the values and
-/// the indices.
+/// For each output element, its window's maximum as [`pool_step`] ranks them (PyTorch's
+/// answer: the first maximum in scan order, or the last NaN) and that maximum's flat index
+/// (within its channel); -inf and [`NO_TAP`] if the window holds only padding. Returns the
+/// values and the indices.
 ///
-/// The window is scanned one axis at a time: each input line's width windows first, then
-/// those results' height windows, then time. The first maximum of a window is the first
-/// maximum among its lines' first maxima, taken in scan order (and the last NaN the last
-/// among theirs), so this is the tap-by-tap scan's answer, with each step a loop over a row
-/// of outputs that the compiler vectorises for the instruction set it runs on.
+/// The window is reduced one axis at a time, which the ranking allows in any order: time
+/// first, over whole planes, then height, over whole lines, so that both run over contiguous
+/// rows and leave a quarter of the input (for a stride of 2 in each) to the width's gather.
+/// Each step is a loop over a row of outputs that the compiler vectorises for the instruction
+/// set it runs on.
 fn pool_argmax(
     x: &[f32],
     planes: usize,
@@ -1044,8 +1120,8 @@ fn pool_argmax(
     window: Window3d,
     out: [usize; 3],
 ) -> candle_core::Result<(Vec<f32>, Vec<u32>)> {
-    let [t, h, _] = dims;
-    let [_, oh, ow] = out;
+    let [_, h, w] = dims;
+    let [ot, oh, ow] = out;
     let vol = dims.iter().product::<usize>();
     if vol >= NO_TAP as usize {
         candle_core::bail!("max-pool3d: {vol} values per channel, more than the 2^32 - 1 it indexes");
@@ -1057,9 +1133,9 @@ fn pool_argmax(
         return Ok((best, arg));
     }
     let scratch = || PoolScratch {
-        width: (vec![0f32; t * h * ow], vec![0u32; t * h * ow]),
+        time: (vec![0f32; ot * h * w], vec![0u32; ot * h * w]),
+        height: (vec![0f32; ot * oh * w], vec![0u32; ot * oh * w]),
         taps: (vec![0f32; ow], vec![0u32; ow]),
-        height: (vec![0f32; t * oh * ow], vec![0u32; t * oh * ow]),
     };
     let isa = molclip_cpu::isa();
     best.par_chunks_mut(n).zip(arg.par_chunks_mut(n)).enumerate().for_each_init(scratch, |scratch, (p, dst)| {
@@ -1069,11 +1145,12 @@ fn pool_argmax(
     Ok((best, arg))
 }
 
-/// One task's rows of a plane's width and height scans ([`pool_argmax`]).
+/// One task's rows of a plane's time and height reductions, and of one width tap's gather
+/// ([`pool_argmax`]).
 struct PoolScratch {
-    width: (Vec<f32>, Vec<u32>),
-    taps: (Vec<f32>, Vec<u32>),
+    time: (Vec<f32>, Vec<u32>),
     height: (Vec<f32>, Vec<u32>),
+    taps: (Vec<f32>, Vec<u32>),
 }
 
 /// The scan of one plane `src` into its outputs' maxima and their indices `dst`.
@@ -1090,46 +1167,49 @@ impl molclip_cpu::Vectorized for PoolPlane<'_> {
     type Output = ();
     #[inline(always)]
     fn run(self) {
-        let Self { src, dst: (vt, dst), scratch, dims: [t, h, w], window, out: [ot, oh, ow] } = self;
-        let PoolScratch { width: (vw, aw), taps: (tv, ta), height: (vh, ah) } = scratch;
+        let Self { src, dst: (vd, ad), scratch, dims: [t, h, w], window, out: [ot, oh, ow] } = self;
+        let PoolScratch { time: (vt, at), height: (vh, ah), taps: (tv, ta) } = scratch;
         let [kt, kh, kw] = window.kernel;
         let (sw, pw) = (window.stride[2], window.padding[2]);
-        // Width: every input line (it, ih), to [T, H, Wo]; each tap's values are gathered
-        // first, so that the scan runs over contiguous rows.
-        vw.fill(f32::NEG_INFINITY);
-        aw.fill(NO_TAP);
-        for (r, line) in src.chunks_exact(w).enumerate() {
-            let (best, best_at) = (&mut vw[r * ow..(r + 1) * ow], &mut aw[r * ow..(r + 1) * ow]);
+        // Time: whole planes of H x W, to [To, H, W].
+        let plane = h * w;
+        vt.fill(f32::NEG_INFINITY);
+        at.fill(NO_TAP);
+        for o in 0..ot {
+            let (best, best_at) = (&mut vt[o * plane..(o + 1) * plane], &mut at[o * plane..(o + 1) * plane]);
+            for it in (0..kt).filter_map(|k| window.tap_input(0, o, k, t)) {
+                let from = it * plane;
+                pool_step(best, best_at, &src[from..from + plane], |j| (from + j) as u32);
+            }
+        }
+        // Height: whole lines of W, to [To, Ho, W].
+        vh.fill(f32::NEG_INFINITY);
+        ah.fill(NO_TAP);
+        for o in 0..ot {
+            for oi in 0..oh {
+                let row = (o * oh + oi) * w;
+                let (best, best_at) = (&mut vh[row..row + w], &mut ah[row..row + w]);
+                for ih in (0..kh).filter_map(|k| window.tap_input(1, oi, k, h)) {
+                    let from = (o * h + ih) * w;
+                    let idx = &at[from..from + w];
+                    pool_step(best, best_at, &vt[from..from + w], |j| idx[j]);
+                }
+            }
+        }
+        // Width: each line's taps gathered into a contiguous row, to [To, Ho, Wo], the output.
+        vd.fill(f32::NEG_INFINITY);
+        ad.fill(NO_TAP);
+        for (r, (line, idx)) in vh.chunks_exact(w).zip(ah.chunks_exact(w)).enumerate() {
+            let (best, best_at) = (&mut vd[r * ow..(r + 1) * ow], &mut ad[r * ow..(r + 1) * ow]);
             for k in 0..kw {
                 let (lo, hi) = valid_range(ow, k, sw, pw, w);
                 // Outputs lo..hi read inside the line at this tap, so o·sw + k >= pw.
                 for o in lo..hi {
                     let i = o * sw + k - pw;
-                    (tv[o], ta[o]) = (line[i], (r * w + i) as u32);
+                    (tv[o], ta[o]) = (line[i], idx[i]);
                 }
-                pool_step(&mut best[lo..hi], &mut best_at[lo..hi], &tv[lo..hi], &ta[lo..hi]);
-            }
-        }
-        // Height: to [T, Ho, Wo].
-        vh.fill(f32::NEG_INFINITY);
-        ah.fill(NO_TAP);
-        for it in 0..t {
-            for o in 0..oh {
-                let row = (it * oh + o) * ow;
-                let (best, best_at) = (&mut vh[row..row + ow], &mut ah[row..row + ow]);
-                for ih in (0..kh).filter_map(|k| window.tap_input(1, o, k, h)) {
-                    let from = (it * h + ih) * ow;
-                    pool_step(best, best_at, &vw[from..from + ow], &aw[from..from + ow]);
-                }
-            }
-        }
-        // Time: to [To, Ho, Wo], the output.
-        let plane = oh * ow;
-        for o in 0..ot {
-            let (best, best_at) = (&mut vt[o * plane..(o + 1) * plane], &mut dst[o * plane..(o + 1) * plane]);
-            for it in (0..kt).filter_map(|k| window.tap_input(0, o, k, t)) {
-                let from = it * plane;
-                pool_step(best, best_at, &vh[from..from + plane], &ah[from..from + plane]);
+                let taps = &ta[lo..hi];
+                pool_step(&mut best[lo..hi], &mut best_at[lo..hi], &tv[lo..hi], |j| taps[j]);
             }
         }
     }

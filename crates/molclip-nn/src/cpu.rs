@@ -107,6 +107,69 @@ pub(crate) fn zeroed(values: &mut [std::mem::MaybeUninit<f32>]) -> &mut [f32] {
     unsafe { &mut *(values as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) }
 }
 
+/// Scratch buffers kept per thread for the next [`Scratch::take`]: at most this many.
+const SCRATCH_KEPT: usize = 4;
+
+thread_local! {
+    /// Buffers given back by [`Scratch`]es dropped on this thread.
+    static SCRATCH: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A scratch buffer whose values the caller writes before it reads them (a convolution's
+/// window matrix, say), reused from one call to the next on a thread: a fresh `vec![0.0;
+/// len]` would zero it first, on one thread, a pass over tens of MB at every step. Its values
+/// start as whatever the last user left (zeros in a new one): never read one not written.
+/// Given back to the thread's pool when dropped.
+pub(crate) struct Scratch {
+    values: Vec<f32>,
+    len: usize,
+}
+
+impl Scratch {
+    /// `len` values: the shortest buffer the thread has kept that holds them, else its
+    /// longest, grown.
+    pub(crate) fn take(len: usize) -> Self {
+        let mut values = SCRATCH.with(|pool| {
+            let mut pool = pool.borrow_mut();
+            let fits = (0..pool.len()).filter(|&i| pool[i].len() >= len).min_by_key(|&i| pool[i].len());
+            let pick = fits.or_else(|| (0..pool.len()).max_by_key(|&i| pool[i].len()));
+            pick.map(|i| pool.swap_remove(i)).unwrap_or_default()
+        });
+        if values.len() < len {
+            values.resize(len, 0.0);
+        }
+        Self { values, len }
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.values[..self.len]
+    }
+}
+
+impl std::ops::DerefMut for Scratch {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.values[..self.len]
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let values = std::mem::take(&mut self.values);
+        SCRATCH.with(|pool| {
+            let mut pool = pool.borrow_mut();
+            pool.push(values);
+            if pool.len() > SCRATCH_KEPT {
+                // The smallest goes: the next take reuses the largest.
+                let smallest = (0..pool.len()).min_by_key(|&i| pool[i].len()).expect("a buffer was just pushed");
+                pool.swap_remove(smallest);
+            }
+        });
+    }
+}
+
 /// An operand of [`gemm_f32_strided`]: its elements and (column stride, row stride).
 pub(crate) type Strided<T> = (T, (isize, isize));
 
