@@ -1403,6 +1403,36 @@ mod tests {
         }
     }
 
+    /// The deeper layers' shapes run by groups of videos: several groups (the weight
+    /// gradient set by the first and added to by the others), scratch buffers reused from one
+    /// call to the next with other values in them, and each tap's runs over lines that start
+    /// and end in the padding, under width strides of 1 and 2.
+    #[test]
+    fn grouped_kernels_match_composed_ops() {
+        for (i, (win, input)) in [
+            (Window3d::new([3, 3, 3], [1, 1, 1], [1, 1, 1]), [24, 32, 2]),
+            (Window3d::new([3, 3, 3], [1, 2, 1], [1, 1, 1]), [24, 40, 3]),
+            (Window3d::new([1, 3, 3], [1, 1, 2], [0, 1, 1]), [16, 30, 6]),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let [t, h, w] = input;
+            let x = Var::from_tensor(&rand(&[3, 2, t, h, w], 70 + i as u64)).unwrap();
+            let wt =
+                Var::from_tensor(&rand(&[3, 2, win.kernel[0], win.kernel[1], win.kernel[2]], 80 + i as u64)).unwrap();
+            let out = win.out_dims(input).unwrap();
+            let z = ConvSizes::new(win, [3, 2, t, h, w], 3, out);
+            let grouped = z.tile().is_none() && shifted_grid(win, 3, 2, input).is_none();
+            assert!(grouped && z.groups().count() > 1, "{win:?}: several groups of the window matrix");
+            let probe = rand(&[3, 3, out[0], out[1], out[2]], 90 + i as u64);
+            // Twice: the second run's buffers hold the first's values.
+            for _ in 0..2 {
+                matches_composed(&x, &wt, &probe, win);
+            }
+        }
+    }
+
     /// `conv3d` against `conv3d_composed` on `x` and `wt`: the forward pass and both gradients
     /// of `Σ y · probe`. The weight gradient, a sum over thousands of positions, is compared
     /// relative to its size: returned with that size (the composed one's largest magnitude).
