@@ -343,8 +343,7 @@ fn window_row(
     let [t, h, w] = dims;
     let sw = window.stride[2];
     let tap = TapLines::new(window, dims, out, row);
-    // Output ow reads input ow·sw + shift = (ow + q)·sw + phase: in that phase, at ow + q.
-    let (q, phase) = (tap.shift.div_euclid(sw as isize), tap.shift.rem_euclid(sw as isize) as usize);
+    let (q, phase) = phase_of(tap.shift, sw);
     let wp = w.div_ceil(sw);
     for (i, len, gi, ot, oh, ow0) in line_runs(out, p0, dst.len()) {
         let seg = &mut dst[i..i + len];
@@ -363,6 +362,25 @@ fn window_row(
         head.fill(0.0);
         body.copy_from_slice(&line[from..from + (hh - l)]);
         tail.fill(0.0);
+    }
+}
+
+/// Where output `ow` of a tap at offset `shift` along a line reads, under a width stride `sw`:
+/// input `ow·sw + shift = (ow + q)·sw + phase`, so in that phase of the line ([`phase_split`]),
+/// at `ow + q`. Returns `(q, phase)`.
+fn phase_of(shift: isize, sw: usize) -> (isize, usize) {
+    (shift.div_euclid(sw as isize), shift.rem_euclid(sw as isize) as usize)
+}
+
+/// Adds `seg` into `line` at `first`, `first + sw`, ...: the gradient of outputs that read
+/// one line at a width stride `sw`.
+fn add_strided(line: &mut [f32], first: usize, sw: usize, seg: &[f32]) {
+    if sw == 1 {
+        line[first..][..seg.len()].iter_mut().zip(seg).for_each(|(d, g)| *d += g);
+    } else {
+        for (k, g) in seg.iter().enumerate() {
+            line[first + k * sw] += g;
+        }
     }
 }
 
@@ -386,14 +404,7 @@ fn unwindow_row(
         let (lo, hi) = (tap.lo.clamp(ow0, ow0 + len), tap.hi.clamp(ow0, ow0 + len));
         let seg = &src[i + lo - ow0..i + hi - ow0];
         // Output ow read input ow·sw + shift, inside the line for lo <= ow < hi.
-        let first = (lo * sw) as isize + tap.shift;
-        if sw == 1 {
-            line[first as usize..][..seg.len()].iter_mut().zip(seg).for_each(|(d, g)| *d += g);
-        } else {
-            for (k, g) in seg.iter().enumerate() {
-                line[first as usize + k * sw] += g;
-            }
-        }
+        add_strided(line, ((lo * sw) as isize + tap.shift) as usize, sw, seg);
     }
 }
 
@@ -436,9 +447,8 @@ fn vol2col(xs: &[f32], g: usize, c: usize, dims: [usize; 3], window: Window3d, o
     let sw = window.stride[2];
     let wp = w.div_ceil(sw);
     let channel = t * h * sw * wp;
-    // Output ow reads input ow·sw + shift = (ow + q)·sw + phase: in that phase, at ow + q.
     let at = |it: usize, ih: usize, lo: usize, shift: isize| {
-        let (q, phase) = (shift.div_euclid(sw as isize), shift.rem_euclid(sw as isize) as usize);
+        let (q, phase) = phase_of(shift, sw);
         (it * h + ih) * sw * wp + phase * wp + (lo as isize + q) as usize
     };
     let taps = window.taps();
@@ -477,14 +487,7 @@ fn col2vol(col: &[f32], g: usize, dims: [usize; 3], window: Window3d, out: [usiz
         for (tap, runs) in runs.iter().enumerate() {
             let src = &col[(ci * taps + tap) * g * n + gi * n..][..n];
             for &[first, from, len] in runs {
-                let seg = &src[first..first + len];
-                if sw == 1 {
-                    dst[from..from + len].iter_mut().zip(seg).for_each(|(d, g)| *d += g);
-                } else {
-                    for (k, g) in seg.iter().enumerate() {
-                        dst[from + k * sw] += g;
-                    }
-                }
+                add_strided(dst, from, sw, &src[first..first + len]);
             }
         }
     });
@@ -1196,9 +1199,8 @@ impl molclip_cpu::Vectorized for PoolPlane<'_> {
                 }
             }
         }
-        // Width: each line's taps gathered into a contiguous row, to [To, Ho, Wo], the output.
-        vd.fill(f32::NEG_INFINITY);
-        ad.fill(NO_TAP);
+        // Width: each line's taps gathered into a contiguous row, to [To, Ho, Wo], the output
+        // (which pool_argmax made empty: -inf, NO_TAP).
         for (r, (line, idx)) in vh.chunks_exact(w).zip(ah.chunks_exact(w)).enumerate() {
             let (best, best_at) = (&mut vd[r * ow..(r + 1) * ow], &mut ad[r * ow..(r + 1) * ow]);
             for k in 0..kw {
@@ -1391,14 +1393,10 @@ mod tests {
         .enumerate()
         {
             let [t, h, w] = input;
-            let x = Var::from_tensor(&rand(&[2, 2, t, h, w], 40 + i as u64)).unwrap();
-            let wt =
-                Var::from_tensor(&rand(&[3, 2, win.kernel[0], win.kernel[1], win.kernel[2]], 50 + i as u64)).unwrap();
-            let out = win.out_dims(input).unwrap();
-            let z = ConvSizes::new(win, [2, 2, t, h, w], 3, out);
+            let z = ConvSizes::new(win, [2, 2, t, h, w], 3, win.out_dims(input).unwrap());
             let tile = z.tile().expect("a tiled shape");
             assert!(!z.n.is_multiple_of(tile) && z.tiles(tile).len() > 2, "{win:?}: tiles end inside a video");
-            let probe = rand(&[2, 3, out[0], out[1], out[2]], 60 + i as u64);
+            let (x, wt, probe) = case(win, [2, 2, 3], input, 40 + i as u64);
             matches_composed(&x, &wt, &probe, win);
         }
     }
@@ -1418,19 +1416,26 @@ mod tests {
         .enumerate()
         {
             let [t, h, w] = input;
-            let x = Var::from_tensor(&rand(&[3, 2, t, h, w], 70 + i as u64)).unwrap();
-            let wt =
-                Var::from_tensor(&rand(&[3, 2, win.kernel[0], win.kernel[1], win.kernel[2]], 80 + i as u64)).unwrap();
-            let out = win.out_dims(input).unwrap();
-            let z = ConvSizes::new(win, [3, 2, t, h, w], 3, out);
+            let z = ConvSizes::new(win, [3, 2, t, h, w], 3, win.out_dims(input).unwrap());
             let grouped = z.tile().is_none() && shifted_grid(win, 3, 2, input).is_none();
             assert!(grouped && z.groups().count() > 1, "{win:?}: several groups of the window matrix");
-            let probe = rand(&[3, 3, out[0], out[1], out[2]], 90 + i as u64);
+            let (x, wt, probe) = case(win, [3, 2, 3], input, 70 + i as u64);
             // Twice: the second run's buffers hold the first's values.
             for _ in 0..2 {
                 matches_composed(&x, &wt, &probe, win);
             }
         }
+    }
+
+    /// A convolution's random operands for [`matches_composed`]: `b` videos of `c` channels
+    /// of `input` dims (seed `seed`), `o` output channels' weights (`seed + 10`), and the probe
+    /// of the outputs' gradient (`seed + 20`).
+    fn case(win: Window3d, [b, c, o]: [usize; 3], [t, h, w]: [usize; 3], seed: u64) -> (Var, Var, Tensor) {
+        let [kt, kh, kw] = win.kernel;
+        let out = win.out_dims([t, h, w]).unwrap();
+        let x = Var::from_tensor(&rand(&[b, c, t, h, w], seed)).unwrap();
+        let wt = Var::from_tensor(&rand(&[o, c, kt, kh, kw], seed + 10)).unwrap();
+        (x, wt, rand(&[b, o, out[0], out[1], out[2]], seed + 20))
     }
 
     /// `conv3d` against `conv3d_composed` on `x` and `wt`: the forward pass and both gradients
@@ -1472,16 +1477,11 @@ mod tests {
         .into_iter()
         .enumerate()
         {
-            let [t, h, w] = input;
             let grid = shifted_grid(win, 2, c, input).expect("a dense grid");
             let n = grid.out().iter().product::<usize>();
             assert_eq!(grid.out(), win.out_dims(input).unwrap());
             assert!(n > 2 * MAX_TILE, "{win:?}: several register tiles of positions per video");
-            let x = Var::from_tensor(&rand(&[2, c, t, h, w], 70 + i as u64)).unwrap();
-            let wt =
-                Var::from_tensor(&rand(&[o, c, win.kernel[0], win.kernel[1], win.kernel[2]], 80 + i as u64)).unwrap();
-            let out = grid.out();
-            let probe = rand(&[2, o, out[0], out[1], out[2]], 90 + i as u64);
+            let (x, wt, probe) = case(win, [2, c, o], input, 70 + i as u64);
             let (gw, scale) = matches_composed(&x, &wt, &probe, win);
             // The grid's weight gradient itself, which the op takes at AVX-512 only.
             let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();

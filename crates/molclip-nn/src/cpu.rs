@@ -162,7 +162,7 @@ impl Drop for Scratch {
             let mut pool = pool.borrow_mut();
             pool.push(values);
             if pool.len() > SCRATCH_KEPT {
-                // The smallest goes: the next take reuses the largest.
+                // The shortest goes: a longer one serves every request it would.
                 let smallest = (0..pool.len()).min_by_key(|&i| pool[i].len()).expect("a buffer was just pushed");
                 pool.swap_remove(smallest);
             }
