@@ -578,7 +578,7 @@ fn model_once(
     let x = molclip::candle_core::Tensor::from_vec(x, (batch, frames, 1, size, size), &device)?;
     let labels: Vec<u32> = (0..batch as u32).map(|i| i / 2 % 4).collect();
     let mut times = Vec::new();
-    let mut loss_value = 0f32;
+    let (mut loss_value, mut forward_flops) = (0f32, 0);
     // The timed steps, then as many again split into forward (with the loss), backward and
     // update by a synchronisation after each (which the timed steps do without).
     let mut phases = [Vec::new(), Vec::new(), Vec::new()];
@@ -592,12 +592,14 @@ fn model_once(
             }
             Ok(())
         };
-        let loss = {
+        let (loss, flops) = molclip::nn::flops::count_flops(|| -> Result<_> {
             let _autocast = molclip::nn::autocast(precision.autocast());
             let out = net.forward_t(&x, true)?;
             let logits = out.drug_logits.as_ref().context("no classifier")?;
-            (cross_entropy(logits, &labels, 0.1)? + batch_hard_triplet(&out.feature, &labels, 0.3)?)?
-        };
+            Ok((cross_entropy(logits, &labels, 0.1)? + batch_hard_triplet(&out.feature, &labels, 0.3)?)?)
+        });
+        let loss = loss?;
+        forward_flops = flops;
         mark(&mut marks)?;
         let grads = loss.backward()?;
         mark(&mut marks)?;
@@ -619,11 +621,21 @@ fn model_once(
         v[v.len() / 2]
     };
     let [forward, backward, update] = phases.map(median);
+    // The GPU's dense peak for the step's arithmetic: FMA units in float32, tensor cores else.
+    let peak = molclip::nn::flops::Peak::of(&device).map(|p| {
+        let rate = match precision {
+            Precision::F32 => p.f32,
+            Precision::Tf32 => p.tf32,
+            Precision::Bf16 => p.bf16,
+        };
+        serde_json::json!({"name": p.name, "sms": p.sms, "clock_mhz": p.clock_mhz, "tflops": rate / 1e12})
+    });
     println!(
         "{}",
         serde_json::json!({"median_ms": median(times), "peak_rss_mib": peak_rss_mib(), "loss": loss_value,
                            "params": store.num_trainable(), "isa": molclip_cpu::isa().name(),
-                           "forward_ms": forward, "backward_ms": backward, "update_ms": update})
+                           "forward_ms": forward, "backward_ms": backward, "update_ms": update,
+                           "forward_flops": forward_flops, "gpu_peak": peak})
     );
     Ok(())
 }
@@ -688,8 +700,8 @@ fn bench_model(
         cudnn_algorithms(device, false)
     );
     println!(
-        "{:<14} {:<40} {:>15} {:>10} {:>11} {:>12}",
-        "model", "implementation (ISA)", "ms/step", "peak MiB", "params", "throughput"
+        "{:<14} {:<40} {:>15} {:>10} {:>11} {:>12} {:>16}",
+        "model", "implementation (ISA)", "ms/step", "peak MiB", "params", "throughput", "TFLOP/s"
     );
     let dims = [batch.to_string(), frames.to_string(), size.to_string(), steps.to_string()];
     let num = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
@@ -733,6 +745,17 @@ fn bench_model(
         let references: Vec<serde_json::Value> = paired.iter().flatten().cloned().collect();
         let (ref_ms, our_ms) = (times(&references), times(&ours));
         let cell = |ms: &[f64]| format!("{:.0} / {:.0}", median(ms.to_vec()), fastest(ms));
+        // A step as three times its forward pass's products; on a GPU whose peak is known,
+        // the share of it reached at the median step.
+        let step_flops = 3.0 * num(&ours[0], "forward_flops");
+        let gpu_peak = &ours[0]["gpu_peak"];
+        let rate = |ms: &[f64]| {
+            let tflops = step_flops / (median(ms.to_vec()) / 1e3) / 1e12;
+            match gpu_peak["tflops"].as_f64() {
+                Some(peak) => format!("{tflops:.1} ({:.0} %)", 100.0 * tflops / peak),
+                None => format!("{tflops:.2}"),
+            }
+        };
         if let Some(r) = references.first() {
             let label = format!(
                 "PyTorch {} ({})",
@@ -740,13 +763,14 @@ fn bench_model(
                 r["isa"].as_str().unwrap_or("?")
             );
             println!(
-                "{:<14} {:<40} {:>15} {:>10.0} {:>11} {:>12}",
+                "{:<14} {:<40} {:>15} {:>10.0} {:>11} {:>12} {:>16}",
                 model,
                 label,
                 cell(&ref_ms),
                 peak(&references),
                 "",
-                "1.00x"
+                "1.00x",
+                rate(&ref_ms)
             );
         }
         // Each round's ratio pairs runs a few seconds apart, in the rounds where PyTorch ran.
@@ -754,13 +778,14 @@ fn bench_model(
             paired.iter().zip(&our_ms).filter_map(|(r, o)| r.as_ref().map(|r| num(r, "median_ms") / o)).collect();
         let ratio = if ratios.is_empty() { "-".to_string() } else { format!("{:.2}x", median(ratios)) };
         println!(
-            "{:<14} {:<40} {:>15} {:>10.0} {:>11} {:>12}",
+            "{:<14} {:<40} {:>15} {:>10.0} {:>11} {:>12} {:>16}",
             model,
             format!("molclip ({})", ours[0]["isa"].as_str().unwrap_or("?")),
             cell(&our_ms),
             peak(&ours),
             ours[0]["params"],
-            ratio
+            ratio,
+            rate(&our_ms)
         );
         let phase = |k: &str| median(ours.iter().map(|r| num(r, k)).collect());
         println!(
@@ -769,6 +794,16 @@ fn bench_model(
             "  forward / backward / update, ms",
             format!("{:.1} / {:.1} / {:.1}", phase("forward_ms"), phase("backward_ms"), phase("update_ms"))
         );
+        let share = match gpu_peak["name"].as_str() {
+            Some(gpu) => format!(
+                "; {gpu}'s dense {precision} peak {:.0} TFLOP/s ({} SMs at {} MHz)",
+                gpu_peak["tflops"].as_f64().unwrap_or(f64::NAN),
+                gpu_peak["sms"],
+                gpu_peak["clock_mhz"]
+            ),
+            None => String::new(),
+        };
+        println!("{:<14}   step's products: 3 x {:.1} GFLOP (the forward pass's){share}", "", step_flops / 3e9);
     }
     Ok(())
 }

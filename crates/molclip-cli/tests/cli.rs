@@ -217,6 +217,13 @@ fn bench_model_prints_a_row_per_model() {
         .collect();
     assert_eq!(phases.len(), 2, "{out}");
     assert!(phases.iter().all(|p| p.len() == 3 && p.iter().all(|&v| v > 0.0)), "{out}");
+    // And the arithmetic of its products, counted as they ran (a positive count per model).
+    let counted: Vec<f64> = out
+        .lines()
+        .filter_map(|l| l.split("step's products: 3 x ").nth(1))
+        .map(|l| l.split(" GFLOP").next().unwrap().parse().unwrap())
+        .collect();
+    assert!(counted.len() == 2 && counted.iter().all(|&g| g > 0.0), "{out}");
     let o = molclip(&["bench", "model", "--models", "frame-vit", "--precision", "tf32", "--no-reference"]);
     assert!(
         !o.status.success() && text(&o).contains("--precision tf32: a mode of CUDA's tensor cores"),

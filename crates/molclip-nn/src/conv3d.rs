@@ -83,8 +83,8 @@ impl Window3d {
 /// `F.conv3d(x, weight, stride, padding)` without bias: x `[B, C, T, H, W]`, weight
 /// `[O, C, kt, kh, kw]`.
 pub fn conv3d(x: &Tensor, weight: &Tensor, window: Window3d) -> Result<Tensor> {
-    let (_, c, t, h, w) = x.dims5()?;
-    let (_, wc, kt, kh, kw) = weight.dims5()?;
+    let (b, c, t, h, w) = x.dims5()?;
+    let (o, wc, kt, kh, kw) = weight.dims5()?;
     if wc != c || [kt, kh, kw] != window.kernel {
         return Err(crate::error::NnError::Shape(format!(
             "conv3d: input has {c} channels, weight {:?} with window {:?}",
@@ -92,7 +92,8 @@ pub fn conv3d(x: &Tensor, weight: &Tensor, window: Window3d) -> Result<Tensor> {
             window.kernel
         )));
     }
-    window.out_dims([t, h, w])?;
+    let [to, ho, wo] = window.out_dims([t, h, w])?;
+    crate::flops::add_multiply_adds(b * o * to * ho * wo * c * window.taps());
     crate::precision::cast_product(x, weight, |x, w| {
         if kernels_serve(x) {
             Ok(x.contiguous()?.apply_op2(&w.contiguous()?, Conv3dOp { window })?)

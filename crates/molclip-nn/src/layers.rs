@@ -35,6 +35,7 @@ impl Linear {
 
     /// `x · wᵀ + b` over the last dimension (fused on the CPU).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        crate::flops::add_multiply_adds(x.elem_count() * self.weight.dim(0)?);
         if on_cpu_f32(x) {
             return cast_product(x, &self.weight, |x, w| match &self.bias {
                 Some(b) => fused::linear(x, w, b),
@@ -252,6 +253,7 @@ impl Embedding {
 /// [`crate::autocast`] says (the losses' products). On the CPU through `molclip_cpu`'s GEMM, and
 /// so under `MOLCLIP_CPU`, as every product of training is.
 pub fn matmul_t(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    crate::flops::add_multiply_adds(a.elem_count() * b.dim(0)?);
     if on_cpu_f32(a) {
         return fused::matmul_t(a, b);
     }
@@ -325,6 +327,9 @@ pub fn attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
 /// queries against the keys and values of all `N` tokens (a class-token readout needs one).
 /// The same values as [`attention`]'s first rows, for `queries / N` of its work.
 pub fn attention_of_first(qkv: &Tensor, heads: usize, queries: usize) -> Result<Tensor> {
+    // Scores and weighted sum: each query against every token, over all heads' dimensions.
+    let (b, n, d3) = qkv.dims3()?;
+    crate::flops::add_multiply_adds(2 * b * queries * n * (d3 / 3));
     if on_cpu_f32(qkv) && compute_dtype().is_none() {
         return fused::attention(qkv, heads, queries);
     }

@@ -9,6 +9,7 @@ mod cpu;
 #[cfg(feature = "cudnn")]
 mod cudnn;
 mod error;
+pub mod flops;
 pub(crate) mod fused;
 #[cfg(feature = "cuda")]
 mod kernels;
