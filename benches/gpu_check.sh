@@ -9,8 +9,10 @@
 # ../shared/data/launched_drugs.tsv; a copy travels where ../shared does not). Run from the repository root, on a machine with an NVIDIA GPU, python3 with a CUDA
 # build of PyTorch (the reference side), and the CUDA libraries molclip loads at run time
 # (cuBLAS, cuRAND, NVRTC, cuDNN): the lib folders of PyTorch's nvidia-* wheels are put on the library
-# path. Each step has its own time limit (40 + 3 x 65 + 2 x 70 + 20 + 80 s): the whole script
-# ends within 8 minutes, whatever the machine. MOLCLIP_CUDNN_BENCHMARK=1 picks molclip's cuDNN
+# path. Each step has its own time limit (40 + 3 x 65 + 2 x 70 + 20 + 80 s), and Nsight Compute
+# profiles of i3d-resnet50 in TF32 and i3d-resnet18 in bf16 take what is left of 470 s (each
+# only with a minute or more left): the whole script ends within 8 minutes, whatever the
+# machine. MOLCLIP_CUDNN_BENCHMARK=1 picks molclip's cuDNN
 # algorithms by measurement, and the PyTorch references set cudnn.benchmark alike.
 set -uo pipefail
 bin="${1:?usage: benches/gpu_check.sh BIN OUT [DRUGS]}"
@@ -53,5 +55,15 @@ step() { # step SECONDS TITLE COMMAND...: one section of the table, within SECON
     step 80 "An epoch's first steps, end to end (MitoReID's recipe, measured algorithms on both sides)" \
         env MOLCLIP_CUDNN_BENCHMARK=1 "$bin" bench train --device cuda --data "$out/bench" \
         --config configs/mitoreid.toml --steps 12 --quiet
+    # Where the like-for-like steps' GPU time goes, in whatever is left of the 8 minutes
+    # (steps seldom use their whole limits): gpu_profile.sh under the time that remains.
+    for profile in "i3d-resnet50 tf32" "i3d-resnet18 bf16"; do
+        left=$((470 - SECONDS))
+        if [ "$left" -gt 60 ]; then
+            # shellcheck disable=SC2086 # the model and the precision, two words
+            step "$left" "Where the step's GPU time goes: $profile, measured algorithms" \
+                env MOLCLIP_CUDNN_BENCHMARK=1 benches/gpu_profile.sh "$bin" "$out" $profile
+        fi
+    done
 } | tee "$table"
 rm -rf "$out/bench"
