@@ -621,21 +621,33 @@ fn model_once(
         v[v.len() / 2]
     };
     let [forward, backward, update] = phases.map(median);
-    // The GPU's dense peak for the step's arithmetic: FMA units in float32, tensor cores else.
-    let peak = molclip::nn::flops::Peak::of(&device).map(|p| {
-        let rate = match precision {
-            Precision::F32 => p.f32,
-            Precision::Tf32 => p.tf32,
-            Precision::Bf16 => p.bf16,
-        };
-        serde_json::json!({"name": p.name, "sms": p.sms, "clock_mhz": p.clock_mhz, "tflops": rate / 1e12})
-    });
+    // The peak the step's arithmetic is a share of: a GPU's dense peak for its precision (FMA
+    // units in float32, tensor cores else), or the CPU threads' FMA peak at the ISA used
+    // (bf16 runs float32 products there), measured.
+    let peak = match molclip::nn::flops::Peak::of(&device) {
+        Some(p) => {
+            let (rate, units) = match precision {
+                Precision::F32 => (p.f32, "FP32"),
+                Precision::Tf32 => (p.tf32, "TF32"),
+                Precision::Bf16 => (p.bf16, "bf16"),
+            };
+            let what = format!("{}'s dense {units} peak ({} SMs at {} MHz)", p.name, p.sms, p.clock_mhz);
+            Some((what, rate))
+        }
+        None if device.is_cpu() => molclip_cpu::fma_peak(molclip_cpu::isa()).map(|rate| {
+            let what =
+                format!("{} threads' {} FMA peak, measured", rayon::current_num_threads(), molclip_cpu::isa().name());
+            (what, rate)
+        }),
+        None => None,
+    }
+    .map(|(what, rate)| serde_json::json!({"what": what, "tflops": rate / 1e12}));
     println!(
         "{}",
         serde_json::json!({"median_ms": median(times), "peak_rss_mib": peak_rss_mib(), "loss": loss_value,
                            "params": store.num_trainable(), "isa": molclip_cpu::isa().name(),
                            "forward_ms": forward, "backward_ms": backward, "update_ms": update,
-                           "forward_flops": forward_flops, "gpu_peak": peak})
+                           "forward_flops": forward_flops, "peak": peak})
     );
     Ok(())
 }
@@ -745,15 +757,16 @@ fn bench_model(
         let references: Vec<serde_json::Value> = paired.iter().flatten().cloned().collect();
         let (ref_ms, our_ms) = (times(&references), times(&ours));
         let cell = |ms: &[f64]| format!("{:.0} / {:.0}", median(ms.to_vec()), fastest(ms));
-        // A step as three times its forward pass's products; on a GPU whose peak is known,
-        // the share of it reached at the median step.
+        // A step as three times its forward pass's products, and where a peak is known, the
+        // share of it reached at the median step.
         let step_flops = 3.0 * num(&ours[0], "forward_flops");
-        let gpu_peak = &ours[0]["gpu_peak"];
+        let step_peak = &ours[0]["peak"];
         let rate = |ms: &[f64]| {
             let tflops = step_flops / (median(ms.to_vec()) / 1e3) / 1e12;
-            match gpu_peak["tflops"].as_f64() {
-                Some(peak) => format!("{tflops:.1} ({:.0} %)", 100.0 * tflops / peak),
-                None => format!("{tflops:.2}"),
+            let digits = if tflops < 10.0 { 2 } else { 1 };
+            match step_peak["tflops"].as_f64() {
+                Some(peak) => format!("{tflops:.digits$} ({:.0} %)", 100.0 * tflops / peak),
+                None => format!("{tflops:.digits$}"),
             }
         };
         if let Some(r) = references.first() {
@@ -794,14 +807,9 @@ fn bench_model(
             "  forward / backward / update, ms",
             format!("{:.1} / {:.1} / {:.1}", phase("forward_ms"), phase("backward_ms"), phase("update_ms"))
         );
-        let share = match gpu_peak["name"].as_str() {
-            Some(gpu) => format!(
-                "; {gpu}'s dense {precision} peak {:.0} TFLOP/s ({} SMs at {} MHz)",
-                gpu_peak["tflops"].as_f64().unwrap_or(f64::NAN),
-                gpu_peak["sms"],
-                gpu_peak["clock_mhz"]
-            ),
-            None => String::new(),
+        let share = match (step_peak["what"].as_str(), step_peak["tflops"].as_f64()) {
+            (Some(what), Some(tflops)) => format!("; {what}: {tflops:.2} TFLOP/s"),
+            _ => String::new(),
         };
         println!("{:<14}   step's products: 3 x {:.1} GFLOP (the forward pass's){share}", "", step_flops / 3e9);
     }

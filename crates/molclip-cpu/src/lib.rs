@@ -16,12 +16,14 @@
 
 use std::sync::OnceLock;
 
+mod peak;
 #[cfg(target_arch = "x86_64")]
 mod sgemm_avx2;
 pub mod shifted;
 
 use gemm_common::gemm::gemm_basic_generic;
 pub use gemm_common::Parallelism;
+pub use peak::fma_peak;
 pub use shifted::{shifted_dot, shifted_gemm, DotPanels, Run, ShiftedWeights};
 
 /// An instruction-set level of the CPU kernels, narrowest first.
