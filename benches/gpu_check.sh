@@ -56,13 +56,15 @@ step() { # step SECONDS TITLE COMMAND...: one section of the table, within SECON
         env MOLCLIP_CUDNN_BENCHMARK=1 "$bin" bench train --device cuda --data "$out/bench" \
         --config configs/mitoreid.toml --steps 12 --quiet
     # Where the like-for-like steps' GPU time goes, in whatever is left of the 8 minutes
-    # (steps seldom use their whole limits): gpu_profile.sh under the time that remains.
+    # (steps seldom use their whole limits): gpu_profile.sh under the time that remains. Its
+    # own limit on Nsight Compute leaves 10 s for its summary: a `timeout` inside another
+    # starts a process group of its own, which the outer one's kill would not reach.
     for profile in "i3d-resnet50 tf32" "i3d-resnet18 bf16"; do
         left=$((470 - SECONDS))
         if [ "$left" -gt 60 ]; then
             # shellcheck disable=SC2086 # the model and the precision, two words
             step "$left" "Where the step's GPU time goes: $profile, measured algorithms" \
-                env MOLCLIP_CUDNN_BENCHMARK=1 benches/gpu_profile.sh "$bin" "$out" $profile
+                env MOLCLIP_CUDNN_BENCHMARK=1 benches/gpu_profile.sh "$bin" "$out" $profile $((left - 10))
         fi
     done
 } | tee "$table"
