@@ -48,6 +48,10 @@ thread_local! {
 enum Merge {
     /// `dst = beta · sum` (the first block, the destination not read).
     Set,
+    /// `dst = fma(sum, beta, bias[i])` for the destination's row `i` (the first block, the
+    /// destination not read): the bits that [`Merge::Add`] with `alpha` 1 gives onto a
+    /// destination holding the bias, without the passes that write it there and read it back.
+    Bias(*const f32),
     /// `dst = fma(sum, beta, scale · dst)`: the first block, read (`scale` is alpha), or a
     /// later one (`scale` is 1, exact).
     Add(f32),
@@ -70,15 +74,16 @@ pub(crate) fn takes(m: usize, n: usize) -> bool {
 pub(crate) unsafe fn sgemm(product: Product<f32>) {
     let swapped = transposed(product);
     // SAFETY: the caller's guarantees, for the product or its transpose, the same views.
-    unsafe { sgemm_as_given(if overhead(&swapped) < overhead(&product) { swapped } else { product }) }
+    unsafe { sgemm_as_given(if overhead(&swapped) < overhead(&product) { swapped } else { product }, None) }
 }
 
-/// [`sgemm`] with the operands as given, never transposed.
+/// [`sgemm`] with the operands as given, never transposed; with `bias`, the first block's
+/// sums are set onto `bias[i]` for row `i` (`read_dst` must be false).
 ///
 /// # Safety
 ///
-/// As [`sgemm`].
-pub(crate) unsafe fn sgemm_as_given(product: Product<f32>) {
+/// As [`sgemm`]; `bias` valid for `m` reads.
+pub(crate) unsafe fn sgemm_as_given(product: Product<f32>, bias: Option<*const f32>) {
     let Product {
         m,
         n,
@@ -117,19 +122,21 @@ pub(crate) unsafe fn sgemm_as_given(product: Product<f32>) {
     let (m_panels, n_panels) = (m.div_ceil(MR), n.div_ceil(NR));
     let blocks = k.div_ceil(KC);
     let kc_max = k.div_ceil(blocks);
-    packed_lhs.resize(m_panels * MR * kc_max, 0.0);
     // A right operand whose columns are contiguous along the reduction (the transposed
     // activations of a linear layer's forward pass, say) is read in place: six columns side
     // by side are what a packed panel would hold, and packing them would cost a pass over it.
     let direct = rhs_rs == 1;
-    packed_rhs.resize(if direct { 0 } else { n_panels * NR * kc_max }, 0.0);
+    let (lhs_len, rhs_len) = (m_panels * MR * kc_max, if direct { 0 } else { n_panels * NR * kc_max });
+    let (a_first, b_first) = (cache_aligned(&mut packed_lhs, lhs_len), cache_aligned(&mut packed_rhs, rhs_len));
     let tiles: Vec<(usize, usize)> =
         (0..n.div_ceil(NC)).flat_map(|jc| (0..m.div_ceil(MC)).map(move |ic| (ic * MC, jc * NC))).collect();
     let ops = Shared((dst, rhs));
     for block in 0..blocks {
         let (pc, kc) = (block * kc_max, kc_max.min(k - block * kc_max));
-        let (a, b) =
-            (&mut packed_lhs[..m_panels * MR * kc], &mut packed_rhs[..if direct { 0 } else { n_panels * NR * kc }]);
+        let (a, b) = (
+            &mut packed_lhs[a_first..][..m_panels * MR * kc],
+            &mut packed_rhs[b_first..][..if direct { 0 } else { n_panels * NR * kc }],
+        );
         // SAFETY: the panels read rows < m of lhs and columns < n of rhs at reduction indices
         // pc..pc + kc < k, inside the caller's views.
         unsafe {
@@ -140,13 +147,14 @@ pub(crate) unsafe fn sgemm_as_given(product: Product<f32>) {
             }
         }
         let merge = match (block, read_dst) {
-            (0, false) => Merge::Set,
+            (0, false) => bias.map_or(Merge::Set, Merge::Bias),
             (0, true) => Merge::Add(alpha),
             _ => Merge::Add(1.0),
         };
         let (a, b) = (&*a, &*b);
+        let merge = Shared(merge);
         let tile = |&(i0, j0): &(usize, usize)| {
-            let (dst, rhs) = ops.get();
+            let ((dst, rhs), merge) = (ops.get(), merge.get());
             let shape = Tile { m, n, kc, i0, j0, dst_cs, dst_rs, beta, merge };
             // Read in place, the right operand's columns start at the block's reduction index
             // (its row stride is 1).
@@ -163,6 +171,16 @@ pub(crate) unsafe fn sgemm_as_given(product: Product<f32>) {
         }
     }
     BUFFERS.with(|b| b.set((packed_lhs, packed_rhs)));
+}
+
+/// Sizes `buf` for `len` values from a 64-byte boundary on, and returns where they start: a
+/// micro-panel's 16 values of one reduction index then fill one cache line, and no load of
+/// the kernel's straddles two (a large allocation starts 16 bytes past a page).
+fn cache_aligned(buf: &mut Vec<f32>, len: usize) -> usize {
+    buf.resize(len + 15, 0.0);
+    let first = buf.as_ptr().align_offset(64);
+    assert!(first < 16, "a float buffer starts on a 4-byte boundary");
+    first
 }
 
 /// The same product as its transpose, `dstᵀ = rhsᵀ · lhsᵀ`: each element the same products
@@ -206,9 +224,8 @@ const GROUP: usize = 16;
 
 /// Packs an operand of `len` rows (or columns) into micro-panels of `W`, zeros past `len`,
 /// for reduction indices `0..kc`: `buf[(q * kc + p) * W + r] = src[(q * W + r) * along + p *
-/// down]` (`strides`: `(along, down)`). Groups of [`GROUP`] panels are packed by one task;
-/// where the `W` values of one reduction index are contiguous (`along` 1), a group walks the
-/// source a reduction index at a time, reading it in order.
+/// down]` (`strides`: `(along, down)`). Groups of [`GROUP`] panels are packed by one task,
+/// a panel after another.
 ///
 /// # Safety
 ///
@@ -230,20 +247,23 @@ unsafe fn pack_all<const W: usize>(
             }
         }
         if along == 1 {
-            for p in 0..kc {
-                let from = src.wrapping_offset(p as isize * down);
-                for (q, panel) in chunk.chunks_mut(W * kc).enumerate() {
-                    let rows = W.min(len - first(q));
-                    let to = &mut panel[p * W..p * W + W];
+            // A panel at a time, written in order: walking the source a reduction index at a
+            // time instead writes GROUP panels side by side, each a stream of its own, whose
+            // strides (W · kc values) put them in few sets of the level-1 cache (a quarter
+            // less time measured packing a weight gradient's operands this way).
+            for (q, panel) in chunk.chunks_mut(W * kc).enumerate() {
+                let rows = W.min(len - first(q));
+                for (p, to) in panel.chunks_exact_mut(W).enumerate() {
+                    let from = src.wrapping_offset(p as isize * down).wrapping_add(first(q));
                     if rows == W {
                         // SAFETY: rows first(q)..first(q) + W <= len at reduction index p < kc,
                         // contiguous (along 1): inside the view. A copy of a constant length,
                         // which the compiler inlines.
-                        to.copy_from_slice(unsafe { &*from.add(first(q)).cast::<[f32; W]>() });
+                        to.copy_from_slice(unsafe { &*from.cast::<[f32; W]>() });
                     } else {
                         for (r, to) in to[..rows].iter_mut().enumerate() {
                             // SAFETY: as above, for the rows first(q) + r < len.
-                            *to = unsafe { *from.add(first(q) + r) };
+                            *to = unsafe { *from.add(r) };
                         }
                     }
                 }
@@ -324,6 +344,8 @@ unsafe fn macro_tile(a: &[f32], b: Right<'_>, dst: *mut f32, t: Tile) {
                         unsafe {
                             let v = match t.merge {
                                 Merge::Set => _mm256_mul_ps(sum, beta),
+                                // SAFETY: rows i + 8 · half.. + 8 <= m of the bias.
+                                Merge::Bias(b) => _mm256_fmadd_ps(sum, beta, _mm256_loadu_ps(b.add(i + 8 * half))),
                                 Merge::Add(s) => {
                                     _mm256_fmadd_ps(sum, beta, _mm256_mul_ps(_mm256_set1_ps(s), _mm256_loadu_ps(p)))
                                 }
@@ -346,6 +368,8 @@ unsafe fn macro_tile(a: &[f32], b: Right<'_>, dst: *mut f32, t: Tile) {
                         unsafe {
                             *p = match t.merge {
                                 Merge::Set => sum * t.beta,
+                                // SAFETY: row i + r < m of the bias.
+                                Merge::Bias(b) => sum.mul_add(t.beta, *b.add(i + r)),
                                 Merge::Add(s) => sum.mul_add(t.beta, s * *p),
                             }
                         };

@@ -77,6 +77,52 @@ pub(crate) fn gemm_f32_uninit(
     }
 }
 
+/// A linear layer's forward pass into values not yet initialised: `y[rows × o] = x[rows × k]
+/// · wᵀ + b` (row-major; `molclip_cpu::linear_f32`, the bias added as each sum leaves the
+/// kernel where it can be), on every thread.
+pub(crate) fn linear_uninit(
+    rows: usize,
+    o: usize,
+    k: usize,
+    y: &mut [std::mem::MaybeUninit<f32>],
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+) {
+    assert!(
+        y.len() == rows * o && x.len() == rows * k && w.len() == o * k && b.len() == o,
+        "linear {rows}x{o}x{k}: {} outputs, {} inputs, {} weights, {} biases",
+        y.len(),
+        x.len(),
+        w.len(),
+        b.len()
+    );
+    // SAFETY: every operand holds what the assertion checks; `y` is borrowed mutably, so it
+    // overlaps none, and the layer only writes it; isa() never names more than the CPU has.
+    unsafe {
+        molclip_cpu::linear_f32(
+            molclip_cpu::isa(),
+            rows,
+            o,
+            k,
+            y.as_mut_ptr().cast(),
+            x.as_ptr(),
+            w.as_ptr(),
+            b.as_ptr(),
+            parallelism(rayon::current_num_threads(), rows * o * k),
+        )
+    }
+}
+
+/// How a product of `multiply_adds` runs on up to `threads` threads: on one below 2^16.
+fn parallelism(threads: usize, multiply_adds: usize) -> molclip_cpu::Parallelism {
+    if threads > 1 && multiply_adds > 1 << 16 {
+        molclip_cpu::Parallelism::Rayon(threads)
+    } else {
+        molclip_cpu::Parallelism::None
+    }
+}
+
 /// A vector of `len` values that `write` sets, every one (its spare capacity, handed to
 /// `write`, is then taken as initialised).
 ///
@@ -265,11 +311,7 @@ pub(crate) unsafe fn gemm_raw(
     alpha: f32,
     threads: usize,
 ) {
-    let par = if threads > 1 && m * n * k > 1 << 16 {
-        molclip_cpu::Parallelism::Rayon(threads)
-    } else {
-        molclip_cpu::Parallelism::None
-    };
+    let par = parallelism(threads, m * n * k);
     // SAFETY: the caller guarantees the strided views are valid and `dst` is not aliased,
     // which is what the GEMM requires; isa() never names more than the CPU has.
     unsafe {

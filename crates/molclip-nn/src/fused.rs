@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::{f32_slice, gemm_f32, gemm_f32_uninit, write_copy, written_by};
+use super::cpu::{f32_slice, gemm_f32_uninit, linear_uninit, write_copy, written_by};
 use crate::error::Result;
 
 pub(crate) fn on_cpu_f32(t: &Tensor) -> bool {
@@ -66,9 +66,11 @@ fn linear_fwd(
     let (lhs, rhs) = ((x, (1, k as isize)), (w, (k as isize, 1)));
     let y = match b {
         Some(b) => {
-            let mut y = bias_rows(b, rows);
-            gemm_f32(rows, o, k, &mut y, true, lhs.0, lhs.1, rhs.0, rhs.1);
-            y
+            if b.len() != o {
+                candle_core::bail!("linear: {} biases for {o} outputs", b.len());
+            }
+            // SAFETY: the layer sets all rows x o values.
+            unsafe { written_by(rows * o, |y| linear_uninit(rows, o, k, y, x, w, b)) }
         }
         // SAFETY: the product sets all rows x o values.
         None => unsafe { written_by(rows * o, |y| gemm_f32_uninit(rows, o, k, y, lhs, rhs)) },
@@ -76,21 +78,6 @@ fn linear_fwd(
     let mut dims = l1.shape().dims().to_vec();
     *dims.last_mut().unwrap() = o;
     Ok((CpuStorage::F32(y), Shape::from(dims)))
-}
-
-/// `rows` copies of the bias `b`, one after the other, written in parallel: the start of a
-/// linear layer's output, onto which its product accumulates.
-fn bias_rows(b: &[f32], rows: usize) -> Vec<f32> {
-    let per_task = (ELEMENTWISE_CHUNK / b.len().max(1)).max(1) * b.len();
-    let write = |y: &mut [MaybeUninit<f32>]| {
-        y.par_chunks_mut(per_task.max(1)).for_each(|rows| {
-            for row in rows.chunks_mut(b.len()) {
-                write_copy(row, b);
-            }
-        })
-    };
-    // SAFETY: the tasks' rows tile y, rows · b.len() values, and each row is a copy of b.
-    unsafe { written_by(rows * b.len(), write) }
 }
 
 /// The gradients of x · wᵀ: (dx = dy · w, shaped as x, or `None` when nothing before x needs
