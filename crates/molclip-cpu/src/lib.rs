@@ -20,6 +20,8 @@ mod peak;
 #[cfg(target_arch = "x86_64")]
 mod sgemm_avx2;
 pub mod shifted;
+#[cfg(target_arch = "x86_64")]
+mod small;
 
 use gemm_common::gemm::gemm_basic_generic;
 pub use gemm_common::Parallelism;
@@ -516,6 +518,57 @@ impl OwnKernels for f32 {
 gemm_for!(gemm_f32, f32, gemm_f32, "Single-precision GEMM with the kernels of `level` (callers pass [`isa`]).");
 gemm_for!(gemm_f64, f64, gemm_f64, "Double-precision GEMM with the kernels of `level` (callers pass [`isa`]).");
 
+/// A product small enough to run on one thread (the attention's, one head at a time),
+/// `dst[m × n] = alpha · lhs[m × k] · rhs[k × n]` (`dst` not read), strides as [`gemm_f32`]
+/// takes them: at AVX2, molclip's kernel for products too small to pack (`small`); at other
+/// levels, [`gemm_f32`] on one thread.
+///
+/// # Safety
+///
+/// As [`gemm_f32`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_f32_small(
+    level: Isa,
+    m: usize,
+    n: usize,
+    k: usize,
+    (dst, dst_cs, dst_rs): (*mut f32, isize, isize),
+    (lhs, lhs_cs, lhs_rs): (*const f32, isize, isize),
+    (rhs, rhs_cs, rhs_rs): (*const f32, isize, isize),
+    alpha: f32,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if level == Isa::Avx2 {
+        // SAFETY: the caller's views, and AVX2 and FMA (`level` is at most what the CPU has).
+        unsafe {
+            small::sgemm_small(m, n, k, (dst, dst_cs, dst_rs), (lhs, lhs_cs, lhs_rs), (rhs, rhs_cs, rhs_rs), alpha)
+        };
+        return;
+    }
+    // SAFETY: the caller's views.
+    unsafe {
+        gemm_f32(
+            level,
+            m,
+            n,
+            k,
+            dst,
+            dst_cs,
+            dst_rs,
+            false,
+            lhs,
+            lhs_cs,
+            lhs_rs,
+            rhs,
+            rhs_cs,
+            rhs_rs,
+            0.0,
+            alpha,
+            Parallelism::None,
+        )
+    }
+}
+
 /// A linear layer's forward pass, `y[rows × o] = x[rows × k] · wᵀ + b` (`w`: `[o × k]`; all
 /// row-major, `y` not read), the bits of [`gemm_f32`] accumulating onto rows of the bias with
 /// `alpha` and `beta` 1.
@@ -782,6 +835,76 @@ mod tests {
                     unsafe { gemm_f32(level, m, n, k, d, 1, n_, false, l, 1, k_, r, 1, n_, 0.0, 1.0, parallelism) };
                     for (got, want) in dst.iter().zip(&plain) {
                         assert!((*got as f64 - want).abs() <= 1e-5 * (1.0 + k as f64), "{level} {m}x{n}x{k}: {got}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Products too small to pack, at every level: within rounding of the plain sums for
+    /// the attention's shapes and around the tile (2 rows x 32 columns, the last vector
+    /// masked), right operands along memory or across it, destinations with a unit column
+    /// stride or not (neither read: NaN there stays unseen); and an element's bits do not
+    /// depend on the rows and columns computed with it.
+    #[test]
+    fn small_products_match_the_plain_sums_in_every_layout() {
+        for (m, n, k) in [(50, 50, 64), (50, 64, 50), (1, 1, 1), (3, 7, 5), (17, 33, 9), (2, 40, 0), (5, 65, 17)] {
+            let (a, b) = (values(m * k, 31), values(k * n, 32));
+            let plain = naive(m, n, k, &a, &b);
+            for level in Isa::ALL.into_iter().filter(|l| l.runs()) {
+                for (rhs_across, dst_across) in [(false, false), (true, false), (false, true), (true, true)] {
+                    // lhs row-major; rhs row-major or column-major; dst row-major or column-major.
+                    let lhs: Vec<f32> = a.iter().map(|&v| v as f32).collect();
+                    let rhs: Vec<f32> = if rhs_across {
+                        (0..k * n).map(|x| b[(x % k) * n + x / k] as f32).collect()
+                    } else {
+                        b.iter().map(|&v| v as f32).collect()
+                    };
+                    let rhs_strides = if rhs_across { (k as isize, 1) } else { (1, n as isize) };
+                    let dst_strides = if dst_across { (m as isize, 1) } else { (1, n as isize) };
+                    let mut dst = vec![f32::NAN; m * n];
+                    // SAFETY: buffers of exactly the views the sizes and strides describe.
+                    unsafe {
+                        gemm_f32_small(
+                            level,
+                            m,
+                            n,
+                            k,
+                            (dst.as_mut_ptr(), dst_strides.0, dst_strides.1),
+                            (lhs.as_ptr(), 1, k as isize),
+                            (rhs.as_ptr(), rhs_strides.0, rhs_strides.1),
+                            0.5,
+                        )
+                    };
+                    for i in 0..m {
+                        for j in 0..n {
+                            let got = dst[(i as isize * dst_strides.1 + j as isize * dst_strides.0) as usize] as f64;
+                            let want = 0.5 * plain[i * n + j];
+                            assert!(
+                                (got - want).abs() <= 1e-5 * (1.0 + k as f64),
+                                "{level} {m}x{n}x{k} ({i}, {j}): {got} against {want}"
+                            );
+                        }
+                    }
+                    if level == Isa::Avx2 && m > 1 && n > 1 {
+                        // The last row and column alone: the same bits.
+                        let mut corner = [f32::NAN];
+                        let (i, j) = (m - 1, n - 1);
+                        // SAFETY: one element of each operand's view, as above.
+                        unsafe {
+                            gemm_f32_small(
+                                level,
+                                1,
+                                1,
+                                k,
+                                (corner.as_mut_ptr(), 1, 1),
+                                (lhs.as_ptr().add(i * k), 1, k as isize),
+                                (rhs.as_ptr().offset(j as isize * rhs_strides.0), rhs_strides.0, rhs_strides.1),
+                                0.5,
+                            )
+                        };
+                        let whole = dst[(i as isize * dst_strides.1 + j as isize * dst_strides.0) as usize];
+                        assert_eq!(corner[0].to_bits(), whole.to_bits(), "{m}x{n}x{k}");
                     }
                 }
             }

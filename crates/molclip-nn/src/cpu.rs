@@ -290,6 +290,40 @@ unsafe fn gemm_checked(
     }
 }
 
+/// A product small enough for one thread (the attention's, one head at a time) on raw
+/// pointers with arbitrary strides (column stride, row stride), not accumulating: dst =
+/// alpha · lhs · rhs (`molclip_cpu::gemm_f32_small`, with the kernels of `molclip_cpu::isa`).
+///
+/// # Safety
+/// As [`gemm_raw`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_small(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_strides: (isize, isize),
+    lhs: *const f32,
+    lhs_strides: (isize, isize),
+    rhs: *const f32,
+    rhs_strides: (isize, isize),
+    alpha: f32,
+) {
+    // SAFETY: the caller's views; isa() never names more than the CPU has.
+    unsafe {
+        molclip_cpu::gemm_f32_small(
+            molclip_cpu::isa(),
+            m,
+            n,
+            k,
+            (dst, dst_strides.0, dst_strides.1),
+            (lhs, lhs_strides.0, lhs_strides.1),
+            (rhs, rhs_strides.0, rhs_strides.1),
+            alpha,
+        )
+    }
+}
+
 /// GEMM on raw pointers with arbitrary strides (column stride, row stride), on up to
 /// `threads` threads (the split is over `dst`'s blocks, never over `k`, so the numbers do not
 /// depend on it): dst = (accumulate ? dst : 0) + alpha · lhs · rhs.

@@ -1377,19 +1377,17 @@ impl Heads {
         // caller vouches for; each view is nq or n rows of dh values at row stride 3·d, and `p`
         // (nq × n, written at row stride n) is this task's own buffer.
         unsafe {
-            super::cpu::gemm_raw(
+            super::cpu::gemm_small(
                 nq,
                 n,
                 self.dh,
                 p.as_mut_ptr(),
                 (1, n as isize),
-                false,
                 qkv.add(q),
                 (1, row),
                 qkv.add(k),
                 (row, 1),
                 self.scale,
-                1,
             );
         }
         softmax_rows(&mut p[..nq * n], n);
@@ -1413,19 +1411,17 @@ impl CustomOp1 for AttentionCpu {
                     // SAFETY: each (video, head) pair writes its own columns of the output.
                     unsafe {
                         g.probabilities(qkv.as_ptr(), bh, p);
-                        super::cpu::gemm_raw(
+                        super::cpu::gemm_small(
                             g.nq,
                             g.dh,
                             g.n,
                             dst.get().add(o),
                             (1, g.d as isize),
-                            false,
                             p.as_ptr(),
                             (1, g.n as isize),
                             qkv.as_ptr().add(v),
                             (1, 3 * g.d as isize),
                             1.0,
-                            1,
                         );
                     }
                 },
@@ -1499,65 +1495,57 @@ impl CustomOp2 for AttentionGrad {
                     unsafe {
                         g.probabilities(x, bh, p);
                         // dV = Pᵀ dO
-                        super::cpu::gemm_raw(
+                        super::cpu::gemm_small(
                             n,
                             dh,
                             nq,
                             dst.get().add(v),
                             (1, row3),
-                            false,
                             p.as_ptr(),
                             (n as isize, 1),
                             d.add(o),
                             (1, row),
                             1.0,
-                            1,
                         );
                         // dP = dO Vᵀ
-                        super::cpu::gemm_raw(
+                        super::cpu::gemm_small(
                             nq,
                             n,
                             dh,
                             dp.as_mut_ptr(),
                             (1, n as isize),
-                            false,
                             d.add(o),
                             (1, row),
                             x.add(v),
                             (row3, 1),
                             1.0,
-                            1,
                         );
                         // dS = P ∘ (dP − rowsum(dP ∘ P))
                         molclip_cpu::vectorize(isa, SoftmaxGradRows { p: &p[..], dp: &mut dp[..], n });
                         // dQ = scale · dS K ; dK = scale · dSᵀ Q
-                        super::cpu::gemm_raw(
+                        super::cpu::gemm_small(
                             nq,
                             dh,
                             n,
                             dst.get().add(q),
                             (1, row3),
-                            false,
                             dp.as_ptr(),
                             (1, n as isize),
                             x.add(k),
                             (1, row3),
                             g.scale,
-                            1,
                         );
-                        super::cpu::gemm_raw(
+                        super::cpu::gemm_small(
                             n,
                             dh,
                             nq,
                             dst.get().add(k),
                             (1, row3),
-                            false,
                             dp.as_ptr(),
                             (n as isize, 1),
                             x.add(q),
                             (1, row3),
                             g.scale,
-                            1,
                         );
                     }
                 },
