@@ -344,15 +344,28 @@ macro_rules! gemm_for {
                 rhs = rhs.wrapping_offset((k - 1) as isize * rhs_rs);
                 rhs_rs = -rhs_rs;
             }
+            let whole = Product {
+                m,
+                n,
+                k,
+                dst,
+                dst_cs,
+                dst_rs,
+                read_dst,
+                lhs,
+                lhs_cs,
+                lhs_rs,
+                rhs,
+                rhs_cs,
+                rhs_rs,
+                alpha,
+                beta,
+                parallelism,
+            };
             // The product of an m x n block of dst from its lhs rows and rhs columns, in one call
-            // to the kernels of `level`, every other operand as the caller gave it: the whole,
-            // or each part of a split.
-            let product = |m: usize,
-                           n: usize,
-                           dst: *mut $t,
-                           lhs: *const $t,
-                           rhs: *const $t,
-                           parallelism: Parallelism| {
+            // to the kernels of `level`: the whole, or each part of a split.
+            let product = |p: Product<$t>| {
+                let Product { m, n, dst, lhs, rhs, parallelism, .. } = p;
                 macro_rules! run {
                     ($simd:expr, $ukr:path, $lanes:expr) => {{
                         use $ukr as u;
@@ -409,26 +422,7 @@ macro_rules! gemm_for {
                     Isa::Avx2 => {
                         // SAFETY: as for `run!`: the caller's views, or disjoint parts of them, and
                         // a level this CPU has.
-                        let own = unsafe {
-                            <$t as OwnKernels>::avx2(Product {
-                                m,
-                                n,
-                                k,
-                                dst,
-                                dst_cs,
-                                dst_rs,
-                                read_dst,
-                                lhs,
-                                lhs_cs,
-                                lhs_rs,
-                                rhs,
-                                rhs_cs,
-                                rhs_rs,
-                                alpha,
-                                beta,
-                                parallelism,
-                            })
-                        };
+                        let own = unsafe { <$t as OwnKernels>::avx2(p) };
                         if !own {
                             let simd = gemm_common::simd::V3::try_new().expect("AVX2 and FMA detected");
                             run!(simd, $krate::microkernel::fma::$t, 32 / std::mem::size_of::<$t>())
@@ -442,21 +436,10 @@ macro_rules! gemm_for {
                 }
             };
             if let Some(parts) = split_output(m, n, k, parallelism) {
-                let whole = Shared((dst, lhs, rhs));
-                in_parts(parts, |first, len| {
-                    let (dst, lhs, rhs) = whole.get();
-                    let (first, (pm, pn)) = (first as isize, if m >= n { (len, n) } else { (m, len) });
-                    // The part's rows (m >= n) or columns of dst, and the lhs rows or rhs
-                    // columns they are made of; the other operand whole.
-                    let (dst, lhs, rhs) = if m >= n {
-                        (dst.wrapping_offset(first * dst_rs), lhs.wrapping_offset(first * lhs_rs), rhs)
-                    } else {
-                        (dst.wrapping_offset(first * dst_cs), lhs, rhs.wrapping_offset(first * rhs_cs))
-                    };
-                    product(pm, pn, dst, lhs, rhs, Parallelism::None)
-                });
+                let whole = Shared(whole);
+                in_parts(parts, |first, len| product(whole.get().part(first, len)));
             } else {
-                product(m, n, dst, lhs, rhs, parallelism)
+                product(whole)
             }
         }
     };
@@ -482,6 +465,32 @@ pub(crate) struct Product<T> {
     pub(crate) alpha: T,
     pub(crate) beta: T,
     pub(crate) parallelism: Parallelism,
+}
+
+impl<T> Product<T> {
+    /// The part `first..first + len` of a split product ([`split_output`]), on one thread:
+    /// those rows of dst (where `m >= n`) or columns, with the lhs rows or rhs columns they are
+    /// made of; the other operand whole.
+    fn part(self, first: usize, len: usize) -> Self {
+        let first = first as isize;
+        if self.m >= self.n {
+            Self {
+                m: len,
+                dst: self.dst.wrapping_offset(first * self.dst_rs),
+                lhs: self.lhs.wrapping_offset(first * self.lhs_rs),
+                parallelism: Parallelism::None,
+                ..self
+            }
+        } else {
+            Self {
+                n: len,
+                dst: self.dst.wrapping_offset(first * self.dst_cs),
+                rhs: self.rhs.wrapping_offset(first * self.rhs_cs),
+                parallelism: Parallelism::None,
+                ..self
+            }
+        }
+    }
 }
 
 /// GEMM kernels of molclip's own, where they beat the `gemm` crate's.
@@ -602,46 +611,39 @@ pub unsafe fn linear_f32(
         // As gemm_f32 runs it: the transpose, yᵀ[o × rows] = w · xᵀ, whose rows (the outputs)
         // are contiguous in y; split as gemm_f32 would split it (parts of more than 64, so
         // each takes the kernel too).
-        let product =
-            |m: usize, n: usize, (y, x, w, b): (*mut f32, *const f32, *const f32, *const f32), parallelism| {
-                let product = Product {
-                    m,
-                    n,
-                    k,
-                    dst: y,
-                    dst_cs: o as isize,
-                    dst_rs: 1,
-                    read_dst: false,
-                    lhs: w,
-                    lhs_cs: 1,
-                    lhs_rs: k as isize,
-                    rhs: x,
-                    rhs_cs: k as isize,
-                    rhs_rs: 1,
-                    alpha: 0.0,
-                    beta: 1.0,
-                    parallelism,
-                };
-                // SAFETY: the caller's views, or parts of them (a block of outputs and their
-                // weights and biases, or a block of rows of x and y); AVX2 and FMA, as `level`
-                // is at most what the CPU has.
-                unsafe { sgemm_avx2::sgemm_as_given(product, Some(b)) }
-            };
-        let whole = Shared((y, x, w, b));
-        let part = |first: usize, len: usize| {
-            let ((y, x, w, b), first) = (whole.get(), first as isize);
-            let (o_, k_) = (o as isize, k as isize);
-            if o >= rows {
-                let ptrs = (y.wrapping_offset(first), x, w.wrapping_offset(first * k_), b.wrapping_offset(first));
-                product(len, rows, ptrs, Parallelism::None)
-            } else {
-                let ptrs = (y.wrapping_offset(first * o_), x.wrapping_offset(first * k_), w, b);
-                product(o, len, ptrs, Parallelism::None)
-            }
+        let whole = Product {
+            m: o,
+            n: rows,
+            k,
+            dst: y,
+            dst_cs: o as isize,
+            dst_rs: 1,
+            read_dst: false,
+            lhs: w,
+            lhs_cs: 1,
+            lhs_rs: k as isize,
+            rhs: x,
+            rhs_cs: k as isize,
+            rhs_rs: 1,
+            alpha: 0.0,
+            beta: 1.0,
+            parallelism,
         };
+        // SAFETY: the caller's views, or parts of them (a block of outputs with their weights
+        // and biases, or a block of rows of x and y); AVX2 and FMA, as `level` is at most what
+        // the CPU has.
+        let run = |p: Product<f32>, b: *const f32| unsafe { sgemm_avx2::sgemm_as_given(p, Some(b)) };
         match split_output(o, rows, k, parallelism) {
-            Some(parts) => in_parts(parts, part),
-            None => product(o, rows, (y, x, w, b), parallelism),
+            Some(parts) => {
+                let shared = Shared((whole, b));
+                in_parts(parts, |first, len| {
+                    let (whole, b) = shared.get();
+                    // A part of the outputs takes their biases.
+                    let b = if whole.m >= whole.n { b.wrapping_add(first) } else { b };
+                    run(whole.part(first, len), b)
+                });
+            }
+            None => run(whole, b),
         }
         return;
     }
