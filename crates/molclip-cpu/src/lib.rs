@@ -212,6 +212,46 @@ pub fn prefetch<T>(data: &[T]) {
     let _ = data;
 }
 
+/// Sizes `buf` for `len` values from a 64-byte boundary on, and returns where they start: a
+/// packed panel's 16 values of one reduction index then fill one cache line, and no 32-byte
+/// load of a kernel straddles two (a large allocation starts 16 bytes past a page, so that
+/// without this every other load of a 64-byte row would).
+pub(crate) fn cache_aligned(buf: &mut Vec<f32>, len: usize) -> usize {
+    buf.resize(len + 15, 0.0);
+    let first = buf.as_ptr().align_offset(64);
+    assert!(first < 16, "a float buffer starts on a 4-byte boundary");
+    first
+}
+
+/// Packed panels that start on a cache line ([`cache_aligned`]), zeros when made.
+#[derive(Clone, Debug)]
+pub(crate) struct CacheAligned {
+    buf: Vec<f32>,
+    first: usize,
+    len: usize,
+}
+
+impl CacheAligned {
+    pub(crate) fn zeros(len: usize) -> Self {
+        let mut buf = Vec::new();
+        let first = cache_aligned(&mut buf, len);
+        Self { buf, first, len }
+    }
+}
+
+impl std::ops::Deref for CacheAligned {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.buf[self.first..][..self.len]
+    }
+}
+
+impl std::ops::DerefMut for CacheAligned {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.buf[self.first..][..self.len]
+    }
+}
+
 /// Raw pointers handed to parallel tasks: the operands of one GEMM (to the threads that
 /// compute the parts of a split product, or `sgemm_avx2`'s packing and tiles), or the
 /// destination of a parallel loop in molclip's other kernels.

@@ -21,7 +21,7 @@ use std::cell::Cell;
 
 use rayon::prelude::*;
 
-use crate::{Parallelism, Product, Shared};
+use crate::{cache_aligned, Parallelism, Product, Shared};
 
 /// Rows of the register tile (two vectors of eight).
 const MR: usize = 16;
@@ -171,16 +171,6 @@ pub(crate) unsafe fn sgemm_as_given(product: Product<f32>, bias: Option<*const f
         }
     }
     BUFFERS.with(|b| b.set((packed_lhs, packed_rhs)));
-}
-
-/// Sizes `buf` for `len` values from a 64-byte boundary on, and returns where they start: a
-/// micro-panel's 16 values of one reduction index then fill one cache line, and no load of
-/// the kernel's straddles two (a large allocation starts 16 bytes past a page).
-fn cache_aligned(buf: &mut Vec<f32>, len: usize) -> usize {
-    buf.resize(len + 15, 0.0);
-    let first = buf.as_ptr().align_offset(64);
-    assert!(first < 16, "a float buffer starts on a 4-byte boundary");
-    first
 }
 
 /// The same product as its transpose, `dstᵀ = rhsᵀ · lhsᵀ`: each element the same products

@@ -17,7 +17,7 @@
 //! multiply-adds from zero, added to the destination: the bits of an element depend neither on
 //! which block of positions it falls in nor on how the caller splits the work among threads.
 
-use crate::Isa;
+use crate::{CacheAligned, Isa};
 
 /// The longest block of the reduction.
 pub const KC: usize = 256;
@@ -32,7 +32,7 @@ pub struct ShiftedWeights {
     level: Isa,
     n: usize,
     k: usize,
-    panels: Vec<f32>,
+    panels: CacheAligned,
 }
 
 /// Positions and outputs of the register tile at `level`.
@@ -52,7 +52,7 @@ impl ShiftedWeights {
         let level = level.min(Isa::detected());
         let (_, nr) = tile_of(level);
         let panels_n = n.div_ceil(nr);
-        let mut panels = vec![0f32; panels_n * nr * k];
+        let mut panels = CacheAligned::zeros(panels_n * nr * k);
         let mut at = 0;
         for k0 in (0..k).step_by(KC) {
             let kc = KC.min(k - k0);
@@ -171,7 +171,7 @@ pub struct DotPanels {
     n: usize,
     runs: Vec<Run>,
     run_len: usize,
-    packed: Vec<f32>,
+    packed: CacheAligned,
 }
 
 impl DotPanels {
@@ -180,7 +180,7 @@ impl DotPanels {
     pub fn new(level: Isa, n: usize, (runs, run_len): (&[Run], usize)) -> Self {
         let level = level.min(Isa::detected());
         let (nj, _) = dot_tile_of(level);
-        let packed = vec![0f32; n.div_ceil(nj) * runs.len() * run_len * nj];
+        let packed = CacheAligned::zeros(n.div_ceil(nj) * runs.len() * run_len * nj);
         Self { level, n, runs: runs.to_vec(), run_len, packed }
     }
 
@@ -232,6 +232,12 @@ impl DotPanels {
             }
         });
         self
+    }
+
+    /// Rows of the source per register tile of [`shifted_dot`]: a split of the rows among
+    /// callers in multiples of it leaves no tile part-empty but the last.
+    pub fn rows_per_tile(&self) -> usize {
+        dot_tile_of(self.level).1
     }
 
     /// Whole runs per block: about [`DOT_BLOCK`] positions, at least one run.
@@ -705,6 +711,38 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Both kinds of packed panels start on a cache line, also where the allocator hands out
+    /// a buffer that does not (a large one starts 16 bytes past a page), and hold what the
+    /// packing put there: the weights' first panel is their first `nr` rows at each
+    /// reduction index; every output gradient value lands once.
+    #[test]
+    fn packed_panels_start_on_a_cache_line() {
+        for level in Isa::ALL.into_iter().filter(|l| l.runs()) {
+            for (n, k) in [(3, 5), (64, 1728), (512, 4608)] {
+                let w: Vec<f32> = (0..n * k).map(|i| i as f32).collect();
+                let packed = ShiftedWeights::new(level, &w, n, k);
+                assert_eq!(packed.panels.as_ptr().align_offset(64), 0, "{level:?} weights {n} x {k}");
+                let nr = packed.panel_width();
+                assert_eq!(packed.panels.len(), n.div_ceil(nr) * nr * k);
+                for kk in 0..KC.min(k) {
+                    for r in 0..nr {
+                        let want = if r < n { w[r * k + kk] } else { 0.0 };
+                        assert_eq!(packed.panels[kk * nr + r], want, "{level:?} weights {n} x {k}");
+                    }
+                }
+            }
+            let (n, run_len) = (64, 56);
+            let runs: Vec<Run> = (0..896).map(|l| Run { at_g: l * run_len, at_src: 0 }).collect();
+            let g: Vec<f32> = (0..n * runs.len() * run_len).map(|i| i as f32 + 1.0).collect();
+            let mut panels = DotPanels::new(level, n, (&runs, run_len));
+            let packed = &panels.pack((&g, runs.len() * run_len)).packed;
+            assert_eq!(packed.as_ptr().align_offset(64), 0, "{level:?} output gradient");
+            let mut seen: Vec<f32> = packed.iter().copied().filter(|&v| v != 0.0).collect();
+            seen.sort_by(f32::total_cmp);
+            assert_eq!(seen, g, "{level:?} output gradient");
+        }
+    }
 
     /// The product against a plain triple loop in float64, at every level this CPU runs, with
     /// edges on both sides (positions and outputs not multiples of the tile), positions that

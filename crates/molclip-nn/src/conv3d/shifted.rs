@@ -253,12 +253,14 @@ impl PaddedGrid {
         let (n, video, k) = (to * ho * wo, self.c * self.phases() * self.volume(), offsets.len());
         let runs: Vec<Run> =
             (0..to * ho).map(|l| Run { at_g: l * wo, at_src: ((l / ho) * hp + l % ho) * wp }).collect();
-        let level = molclip_cpu::isa();
-        let per_task = k.div_ceil(2 * rayon::current_num_threads()).next_multiple_of(12);
+        let mut panels = DotPanels::new(molclip_cpu::isa(), o, (&runs, wo));
+        // One part of the rows per thread, whole tiles of rows each, as even as they come:
+        // each part streams the video's packed gradient once, so more parts read it more.
+        let tile = panels.rows_per_tile();
+        let per_task = k.div_ceil(tile).div_ceil(rayon::current_num_threads()).max(1) * tile;
         let starts: Vec<usize> = (0..k).step_by(per_task).collect();
         // Zeroed by the tasks, in parallel (the first video's dot products set them).
         let mut parts: Vec<Vec<f32>> = starts.par_iter().map(|&r0| vec![0f32; o * (per_task.min(k - r0))]).collect();
-        let mut panels = DotPanels::new(level, o, (&runs, wo));
         for bi in 0..self.b {
             // The video's output gradient, packed once for every task's rows.
             let panels = panels.pack((&gy[bi * o * n..], n));
