@@ -540,7 +540,10 @@ fn batch_norm_bwd(
 /// (two passes: the mean, then the squared deviations from it).
 fn channel_moments(x: &[f32], b: usize, c: usize, m: usize) -> Vec<(f32, f32)> {
     let isa = molclip_cpu::isa();
-    (0..c).into_par_iter().map(|ci| molclip_cpu::vectorize(isa, Moments { x, bcm: (b, c, m), ci })).collect()
+    (0..c)
+        .into_par_iter()
+        .map(|ci| molclip_cpu::vectorize(isa, Moments { x, bcm: (b, c, m), ci, level: isa }))
+        .collect()
 }
 
 /// One row of batch norm's output: `x · scale + shift`, then the epilogue (its shortcut that
@@ -587,6 +590,8 @@ struct Moments<'a> {
     x: &'a [f32],
     bcm: (usize, usize, usize),
     ci: usize,
+    /// The level the sums run at (the one `vectorize` compiles them for).
+    level: molclip_cpu::Isa,
 }
 
 impl molclip_cpu::Vectorized for Moments<'_> {
@@ -598,12 +603,12 @@ impl molclip_cpu::Vectorized for Moments<'_> {
         let rows = |bi: usize| channel_row(self.x, self.bcm, bi, self.ci);
         let mut sum = LaneSums::default();
         for bi in 0..b {
-            sum.add(rows(bi), rows(bi), |v, _| [v as f64]);
+            sum.add_values(self.level, rows(bi));
         }
         let mean = sum.total()[0] / n;
         let mut sq = LaneSums::default();
         for bi in 0..b {
-            sq.add(rows(bi), rows(bi), |v, _| [(v as f64 - mean) * (v as f64 - mean)]);
+            sq.add_squared_deviations(self.level, rows(bi), mean);
         }
         (mean as f32, (sq.total()[0] / n) as f32)
     }
@@ -654,6 +659,149 @@ impl<const K: usize> LaneSums<K> {
     /// The `K` sums.
     fn total(&self) -> [f64; K] {
         self.0.map(|s| ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7])))
+    }
+}
+
+impl LaneSums<1> {
+    /// `add(a, a, |v, _| [v as f64])`: the same sums, widened by hand at AVX2 and above (the
+    /// compiler's vectorisation of the closure widens two values at a time).
+    #[inline(always)]
+    fn add_values(&mut self, level: molclip_cpu::Isa, a: &[f32]) {
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if level >= molclip_cpu::Isa::Avx2 {
+            // SAFETY: the level runs on this CPU (isa() caps it at what was detected).
+            done = unsafe { lanes_x86::values(&mut self.0[0], a) };
+        }
+        let _ = level;
+        self.add(&a[done..], &a[done..], |v, _| [v as f64]);
+    }
+
+    /// `add(a, a, |v, _| [(v as f64 - mean) * (v as f64 - mean)])`, widened by hand at AVX2
+    /// and above (a multiply, then an add: no FMA).
+    #[inline(always)]
+    fn add_squared_deviations(&mut self, level: molclip_cpu::Isa, a: &[f32], mean: f64) {
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if level >= molclip_cpu::Isa::Avx2 {
+            // SAFETY: as in add_values.
+            done = unsafe { lanes_x86::squared_deviations(&mut self.0[0], a, mean) };
+        }
+        let _ = level;
+        self.add(&a[done..], &a[done..], |v, _| [(v as f64 - mean) * (v as f64 - mean)]);
+    }
+}
+
+impl LaneSums<2> {
+    /// `add(a, b, |x, y| [x as f64, x as f64 * y as f64])`, widened by hand at AVX2 and
+    /// above.
+    #[inline(always)]
+    fn add_with_products(&mut self, level: molclip_cpu::Isa, a: &[f32], b: &[f32]) {
+        let b = &b[..a.len()];
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if level >= molclip_cpu::Isa::Avx2 {
+            // SAFETY: as in add_values.
+            done = unsafe { lanes_x86::with_products(&mut self.0, a, b) };
+        }
+        let _ = level;
+        self.add(&a[done..], &b[done..], |x, y| [x as f64, x as f64 * y as f64]);
+    }
+}
+
+/// [`LaneSums`]' sums over whole runs of eight values, value `i` of a run in lane `i % 8` as
+/// there: each returns how many values it added (the rest, under eight, are the caller's).
+#[cfg(target_arch = "x86_64")]
+mod lanes_x86 {
+    use std::arch::x86_64::*;
+
+    /// Eight values widened to float64, as two vectors of four lanes.
+    ///
+    /// # Safety
+    ///
+    /// AVX2; `p` valid for eight reads.
+    #[inline(always)]
+    unsafe fn widened(p: *const f32) -> (__m256d, __m256d) {
+        // SAFETY: the caller's bounds.
+        unsafe { (_mm256_cvtps_pd(_mm_loadu_ps(p)), _mm256_cvtps_pd(_mm_loadu_ps(p.add(4)))) }
+    }
+
+    /// The eight lanes as two vectors, and back.
+    #[inline(always)]
+    unsafe fn load(s: &[f64; 8]) -> (__m256d, __m256d) {
+        // SAFETY: eight values.
+        unsafe { (_mm256_loadu_pd(s.as_ptr()), _mm256_loadu_pd(s.as_ptr().add(4))) }
+    }
+
+    #[inline(always)]
+    unsafe fn store(s: &mut [f64; 8], (lo, hi): (__m256d, __m256d)) {
+        // SAFETY: eight values.
+        unsafe {
+            _mm256_storeu_pd(s.as_mut_ptr(), lo);
+            _mm256_storeu_pd(s.as_mut_ptr().add(4), hi);
+        }
+    }
+
+    /// # Safety
+    ///
+    /// AVX2.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn values(s: &mut [f64; 8], a: &[f32]) -> usize {
+        let whole = a.len() / 8 * 8;
+        // SAFETY: eight lanes; eight values at each i < whole.
+        unsafe {
+            let (mut lo, mut hi) = load(s);
+            for i in (0..whole).step_by(8) {
+                let (x0, x1) = widened(a.as_ptr().add(i));
+                (lo, hi) = (_mm256_add_pd(lo, x0), _mm256_add_pd(hi, x1));
+            }
+            store(s, (lo, hi));
+        }
+        whole
+    }
+
+    /// # Safety
+    ///
+    /// AVX2.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn squared_deviations(s: &mut [f64; 8], a: &[f32], mean: f64) -> usize {
+        let whole = a.len() / 8 * 8;
+        let m = _mm256_set1_pd(mean);
+        // SAFETY: as in `values`.
+        unsafe {
+            let (mut lo, mut hi) = load(s);
+            for i in (0..whole).step_by(8) {
+                let (x0, x1) = widened(a.as_ptr().add(i));
+                let (d0, d1) = (_mm256_sub_pd(x0, m), _mm256_sub_pd(x1, m));
+                lo = _mm256_add_pd(lo, _mm256_mul_pd(d0, d0));
+                hi = _mm256_add_pd(hi, _mm256_mul_pd(d1, d1));
+            }
+            store(s, (lo, hi));
+        }
+        whole
+    }
+
+    /// # Safety
+    ///
+    /// AVX2; `b` at least as long as `a`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn with_products(s: &mut [[f64; 8]; 2], a: &[f32], b: &[f32]) -> usize {
+        assert!(b.len() >= a.len(), "with_products: {} values against {}", b.len(), a.len());
+        let whole = a.len() / 8 * 8;
+        // SAFETY: as in `values`, for both runs.
+        unsafe {
+            let ((mut lo, mut hi), (mut plo, mut phi)) = (load(&s[0]), load(&s[1]));
+            for i in (0..whole).step_by(8) {
+                let (x0, x1) = widened(a.as_ptr().add(i));
+                let (y0, y1) = widened(b.as_ptr().add(i));
+                (lo, hi) = (_mm256_add_pd(lo, x0), _mm256_add_pd(hi, x1));
+                plo = _mm256_add_pd(plo, _mm256_mul_pd(x0, y0));
+                phi = _mm256_add_pd(phi, _mm256_mul_pd(x1, y1));
+            }
+            store(&mut s[0], (lo, hi));
+            store(&mut s[1], (plo, phi));
+        }
+        whole
     }
 }
 
@@ -771,7 +919,7 @@ impl CustomOp3 for BatchNormGrad {
         let channel = |ci: usize| Channel { mean: mean[ci], rstd: rstd[ci], w: w[ci], bias: bias[ci], relu: self.relu };
         let sums: Vec<(f32, f32)> = (0..c)
             .into_par_iter()
-            .map(|ci| molclip_cpu::vectorize(isa, GradSums { x, dy, bcm: (b, c, m), ci, ch: channel(ci) }))
+            .map(|ci| molclip_cpu::vectorize(isa, GradSums { x, dy, bcm: (b, c, m), ci, ch: channel(ci), level: isa }))
             .collect();
         let n = b * c * m;
         let count = (b * m) as f32;
@@ -831,6 +979,8 @@ struct GradSums<'a> {
     bcm: (usize, usize, usize),
     ci: usize,
     ch: Channel,
+    /// As [`Moments::level`].
+    level: molclip_cpu::Isa,
 }
 
 impl molclip_cpu::Vectorized for GradSums<'_> {
@@ -839,12 +989,22 @@ impl molclip_cpu::Vectorized for GradSums<'_> {
     fn run(self) -> (f32, f32) {
         let ((b, _, _), ch) = (self.bcm, self.ch);
         let mut sums = LaneSums::default();
+        // A row's gradients and normalised inputs a piece at a time (whole runs of eight, so
+        // that each value keeps its lane), then their sums and products' sums.
+        const PIECE: usize = 512;
+        let (mut g, mut xh) = ([0f32; PIECE], [0f32; PIECE]);
         for bi in 0..b {
             let row = |values| channel_row(values, self.bcm, bi, self.ci);
-            sums.add(row(self.x), row(self.dy), |x, d| {
-                let g = ch.grad(x, d) as f64;
-                [g, g * ch.normalised(x) as f64]
-            });
+            for (x, d) in row(self.x).chunks(PIECE).zip(row(self.dy).chunks(PIECE)) {
+                let len = x.len();
+                // Indexed, as in `map_par`.
+                #[allow(clippy::needless_range_loop)]
+                for i in 0..len {
+                    g[i] = ch.grad(x[i], d[i]);
+                    xh[i] = ch.normalised(x[i]);
+                }
+                sums.add_with_products(self.level, &g[..len], &xh[..len]);
+            }
         }
         let [sg, sgx] = sums.total();
         (sg as f32, sgx as f32)
@@ -1868,27 +2028,58 @@ mod tests {
         }
     }
 
+    /// The same sums by the methods widened by hand ([`LaneSums::add_with_products`]), and
+    /// the values' sum and squared deviations from `mean` ([`LaneSums::add_values`],
+    /// [`LaneSums::add_squared_deviations`]), at `level`.
+    struct WidenedSums<'a>(&'a [f32], &'a [f32], f64, molclip_cpu::Isa);
+
+    impl molclip_cpu::Vectorized for WidenedSums<'_> {
+        type Output = [[u64; 8]; 4];
+        #[inline(always)]
+        fn run(self) -> [[u64; 8]; 4] {
+            let (level, third) = (self.3, self.0.len() / 3);
+            let (mut sums, mut values, mut squares) = (LaneSums::default(), LaneSums::default(), LaneSums::default());
+            for (a, b) in [(&self.0[..third], &self.1[..third]), (&self.0[third..], &self.1[third..])] {
+                sums.add_with_products(level, a, b);
+                values.add_values(level, a);
+                squares.add_squared_deviations(level, a, self.2);
+            }
+            // The lanes themselves: a difference in one can vanish in their total.
+            [sums.0[0], sums.0[1], values.0[0], squares.0[0]].map(|lanes| lanes.map(f64::to_bits))
+        }
+    }
+
     #[test]
     fn lane_sums_add_in_the_documented_order_on_every_instruction_set() {
-        // Values of very different sizes, so that another order of the additions gives other bits.
-        for n in [1usize, 7, 8, 9, 23, 64, 1001] {
-            let a: Vec<f32> =
-                (0..n).map(|i| ((i * 7919 % 613) as f32 - 300.0) * 10f32.powi((i % 9) as i32 - 4)).collect();
+        // Values of very different sizes, so that another order of the additions gives other
+        // bits; and values of one size, whose squared deviations a fused multiply-add would
+        // round otherwise.
+        let spread: fn(usize) -> f32 = |i| ((i * 7919 % 613) as f32 - 300.0) * 10f32.powi((i % 9) as i32 - 4);
+        let alike: fn(usize) -> f32 = |i| 1.0 + (i * 7919 % 1000) as f32 * 1e-3;
+        for (n, value) in [1usize, 7, 8, 9, 23, 64, 1001].map(|n| (n, spread)).into_iter().chain([(1001, alike)]) {
+            let a: Vec<f32> = (0..n).map(value).collect();
             let b: Vec<f32> = (0..n).map(|i| ((i * 104_729 % 331) as f32 - 160.0) / 17.0).collect();
             // The order by hand: value i of a run into lane i % 8, each run from lane 0, then
             // ((0 + 1) + (2 + 3)) + ((4 + 5) + (6 + 7)).
-            let mut lanes = [[0f64; 8]; 2];
-            let third = n / 3;
+            let mut lanes = [[0f64; 8]; 3];
+            let (third, mean) = (n / 3, 0.37);
             for (run, run_b) in [(&a[..third], &b[..third]), (&a[third..], &b[third..])] {
                 for (i, (&x, &y)) in run.iter().zip(run_b).enumerate() {
                     lanes[0][i % 8] += x as f64;
                     lanes[1][i % 8] += x as f64 * y as f64;
+                    lanes[2][i % 8] += (x as f64 - mean) * (x as f64 - mean);
                 }
             }
             let tree = |l: [f64; 8]| (((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]))).to_bits();
             let expected = [tree(lanes[0]), tree(lanes[1])];
             for level in molclip_cpu::Isa::ALL.into_iter().filter(|l| l.runs()) {
                 assert_eq!(molclip_cpu::vectorize(level, Sums(&a, &b)), expected, "{level}, n = {n}");
+                let widened = [lanes[0], lanes[1], lanes[0], lanes[2]].map(|l| l.map(f64::to_bits));
+                assert_eq!(
+                    molclip_cpu::vectorize(level, WidenedSums(&a, &b, mean, level)),
+                    widened,
+                    "{level}, n = {n}"
+                );
             }
         }
     }
