@@ -540,10 +540,7 @@ fn batch_norm_bwd(
 /// (two passes: the mean, then the squared deviations from it).
 fn channel_moments(x: &[f32], b: usize, c: usize, m: usize) -> Vec<(f32, f32)> {
     let isa = molclip_cpu::isa();
-    (0..c)
-        .into_par_iter()
-        .map(|ci| molclip_cpu::vectorize(isa, Moments { x, bcm: (b, c, m), ci, level: isa }))
-        .collect()
+    (0..c).into_par_iter().map(|ci| molclip_cpu::vectorize(isa, Moments { x, bcm: (b, c, m), ci })).collect()
 }
 
 /// One row of batch norm's output: `x · scale + shift`, then the epilogue (its shortcut that
@@ -590,25 +587,23 @@ struct Moments<'a> {
     x: &'a [f32],
     bcm: (usize, usize, usize),
     ci: usize,
-    /// The level the sums run at (the one `vectorize` compiles them for).
-    level: molclip_cpu::Isa,
 }
 
 impl molclip_cpu::Vectorized for Moments<'_> {
     type Output = (f32, f32);
     #[inline(always)]
     fn run(self) -> (f32, f32) {
-        let (b, _, m) = self.bcm;
+        let ((b, _, m), level) = (self.bcm, molclip_cpu::isa());
         let n = (b * m) as f64;
         let rows = |bi: usize| channel_row(self.x, self.bcm, bi, self.ci);
         let mut sum = LaneSums::default();
         for bi in 0..b {
-            sum.add_values(self.level, rows(bi));
+            sum.add_values(level, rows(bi));
         }
         let mean = sum.total()[0] / n;
         let mut sq = LaneSums::default();
         for bi in 0..b {
-            sq.add_squared_deviations(self.level, rows(bi), mean);
+            sq.add_squared_deviations(level, rows(bi), mean);
         }
         (mean as f32, (sq.total()[0] / n) as f32)
     }
@@ -919,7 +914,7 @@ impl CustomOp3 for BatchNormGrad {
         let channel = |ci: usize| Channel { mean: mean[ci], rstd: rstd[ci], w: w[ci], bias: bias[ci], relu: self.relu };
         let sums: Vec<(f32, f32)> = (0..c)
             .into_par_iter()
-            .map(|ci| molclip_cpu::vectorize(isa, GradSums { x, dy, bcm: (b, c, m), ci, ch: channel(ci), level: isa }))
+            .map(|ci| molclip_cpu::vectorize(isa, GradSums { x, dy, bcm: (b, c, m), ci, ch: channel(ci) }))
             .collect();
         let n = b * c * m;
         let count = (b * m) as f32;
@@ -979,15 +974,13 @@ struct GradSums<'a> {
     bcm: (usize, usize, usize),
     ci: usize,
     ch: Channel,
-    /// As [`Moments::level`].
-    level: molclip_cpu::Isa,
 }
 
 impl molclip_cpu::Vectorized for GradSums<'_> {
     type Output = (f32, f32);
     #[inline(always)]
     fn run(self) -> (f32, f32) {
-        let ((b, _, _), ch) = (self.bcm, self.ch);
+        let ((b, _, _), ch, level) = (self.bcm, self.ch, molclip_cpu::isa());
         let mut sums = LaneSums::default();
         // A row's gradients and normalised inputs a piece at a time (whole runs of eight, so
         // that each value keeps its lane), then their sums and products' sums.
@@ -1003,7 +996,7 @@ impl molclip_cpu::Vectorized for GradSums<'_> {
                     g[i] = ch.grad(x[i], d[i]);
                     xh[i] = ch.normalised(x[i]);
                 }
-                sums.add_with_products(self.level, &g[..len], &xh[..len]);
+                sums.add_with_products(level, &g[..len], &xh[..len]);
             }
         }
         let [sg, sgx] = sums.total();
