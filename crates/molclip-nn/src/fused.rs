@@ -8,7 +8,7 @@
 //! use the composed versions; `tests` check that both agree, values and gradients.
 
 use std::mem::MaybeUninit;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -1474,14 +1474,18 @@ impl CustomOp2 for SoftmaxGrad {
 /// Multi-head self-attention from a fused projection `qkv` `[B, N, 3D]` (per token: q, k, v,
 /// each `heads × dh`) to `[B, Q, D]`: softmax(q·kᵀ/√dh)·v per head, for the queries of the
 /// first `Q = queries` tokens against the keys and values of all `N` (`Q = N`: every token's
-/// output). The backward pass recomputes the attention matrix instead of keeping it.
+/// output). The attention matrices (`Q x N` per video and head: at 50 tokens, a quarter of
+/// `qkv`'s size) are kept for the backward pass, which would otherwise compute them again (a
+/// product and a softmax per video and head).
 pub(crate) fn attention(qkv: &Tensor, heads: usize, queries: usize) -> Result<Tensor> {
-    Ok(qkv.contiguous()?.apply_op1(AttentionCpu { heads, queries })?)
+    Ok(qkv.contiguous()?.apply_op1(AttentionCpu { heads, queries, probabilities: OnceLock::new() })?)
 }
 
 struct AttentionCpu {
     heads: usize,
     queries: usize,
+    /// The forward pass's attention matrices, `[B · heads, Q, N]`.
+    probabilities: OnceLock<Arc<Vec<f32>>>,
 }
 
 /// Geometry of one (video, head) pair inside `qkv` and the output.
@@ -1518,14 +1522,14 @@ impl Heads {
         (base, base + self.d, base + 2 * self.d, bi * self.nq * self.d + h * self.dh)
     }
 
-    /// softmax(scale · q kᵀ) into `p` (`[Q, N]`).
+    /// softmax(scale · q kᵀ) into `p` (`[Q, N]`, every value set), returned initialised.
     ///
     /// # Safety
-    /// `qkv` must point at a `[b, n, 3·d]` array of this geometry, and `p` hold `nq × n` values.
-    unsafe fn probabilities(&self, qkv: *const f32, bh: usize, p: &mut [f32]) {
+    /// `qkv` must point at a `[b, n, 3·d]` array of this geometry.
+    unsafe fn probabilities<'a>(&self, qkv: *const f32, bh: usize, p: &'a mut [MaybeUninit<f32>]) -> &'a [f32] {
         let (q, k, _, _) = self.offsets(bh);
         let (n, nq, row) = (self.n, self.nq, 3 * self.d as isize);
-        debug_assert!(p.len() >= nq * n);
+        assert_eq!(p.len(), nq * n, "attention: a matrix of {} values for {nq} x {n}", p.len());
         // SAFETY: `offsets` places q and k of pair `bh` inside the `[b, n, 3·d]` array the
         // caller vouches for; each view is nq or n rows of dh values at row stride 3·d, and `p`
         // (nq × n, written at row stride n) is this task's own buffer.
@@ -1534,7 +1538,7 @@ impl Heads {
                 nq,
                 n,
                 self.dh,
-                p.as_mut_ptr(),
+                p.as_mut_ptr().cast(),
                 (1, n as isize),
                 qkv.add(q),
                 (1, row),
@@ -1543,7 +1547,11 @@ impl Heads {
                 self.scale,
             );
         }
-        softmax_rows(&mut p[..nq * n], n);
+        // SAFETY: the product set all nq × n values (it reads no destination); MaybeUninit<f32>
+        // has f32's layout.
+        let p = unsafe { &mut *(p as *mut [MaybeUninit<f32>] as *mut [f32]) };
+        softmax_rows(p, n);
+        p
     }
 }
 
@@ -1555,39 +1563,47 @@ impl CustomOp1 for AttentionCpu {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let qkv = f32_slice(s, l)?;
         let g = Heads::new(l.shape(), self.heads, self.queries)?;
+        let size = g.nq * g.n;
+        let mut probabilities = Vec::with_capacity(g.b * g.heads * size);
+        let kept = &mut probabilities.spare_capacity_mut()[..g.b * g.heads * size];
         let write = |out: &mut [MaybeUninit<f32>]| {
             let dst = molclip_cpu::Shared(out.as_mut_ptr().cast::<f32>());
-            (0..g.b * g.heads).into_par_iter().for_each_init(
-                || vec![0f32; g.nq * g.n],
-                |p, bh| {
-                    let (_, _, v, o) = g.offsets(bh);
-                    // SAFETY: each (video, head) pair writes its own columns of the output.
-                    unsafe {
-                        g.probabilities(qkv.as_ptr(), bh, p);
-                        super::cpu::gemm_small(
-                            g.nq,
-                            g.dh,
-                            g.n,
-                            dst.get().add(o),
-                            (1, g.d as isize),
-                            p.as_ptr(),
-                            (1, g.n as isize),
-                            qkv.as_ptr().add(v),
-                            (1, 3 * g.d as isize),
-                            1.0,
-                        );
-                    }
-                },
-            );
+            kept.par_chunks_mut(size.max(1)).enumerate().for_each(|(bh, p)| {
+                let (_, _, v, o) = g.offsets(bh);
+                // SAFETY: each (video, head) pair writes its own attention matrix and its own
+                // columns of the output.
+                unsafe {
+                    let p = g.probabilities(qkv.as_ptr(), bh, p);
+                    super::cpu::gemm_small(
+                        g.nq,
+                        g.dh,
+                        g.n,
+                        dst.get().add(o),
+                        (1, g.d as isize),
+                        p.as_ptr(),
+                        (1, g.n as isize),
+                        qkv.as_ptr().add(v),
+                        (1, 3 * g.d as isize),
+                        1.0,
+                    );
+                }
+            });
         };
         // SAFETY: the (video, head) pairs' products, which read no destination, write the
         // output's columns of their heads, all of it together.
         let out = unsafe { written_by(g.b * g.nq * g.d, write) };
+        // SAFETY: every pair's matrix was set whole, by its product and softmax.
+        unsafe { probabilities.set_len(g.b * g.heads * size) };
+        // A second forward pass of this op (none is made) would keep the first's.
+        let _ = self.probabilities.set(Arc::new(probabilities));
         Ok((CpuStorage::F32(out), Shape::from((g.b, g.nq, g.d))))
     }
 
     fn bwd(&self, qkv: &Tensor, _res: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let grad = AttentionGrad { heads: self.heads, queries: self.queries };
+        let Some(probabilities) = self.probabilities.get().cloned() else {
+            candle_core::bail!("attention: no attention matrices kept from a forward pass on the CPU");
+        };
+        let grad = AttentionGrad { heads: self.heads, queries: self.queries, probabilities };
         Ok(Some(qkv.apply_op2_no_bwd(&dy.contiguous()?, &grad)?))
     }
 }
@@ -1615,10 +1631,12 @@ impl molclip_cpu::Vectorized for SoftmaxGradRows<'_> {
     }
 }
 
-/// (qkv, dO) to dqkv (zero for the queries of tokens past the first `queries`).
+/// (qkv, dO) to dqkv (zero for the queries of tokens past the first `queries`), from the
+/// forward pass's attention matrices.
 struct AttentionGrad {
     heads: usize,
     queries: usize,
+    probabilities: Arc<Vec<f32>>,
 }
 
 impl CustomOp2 for AttentionGrad {
@@ -1637,16 +1655,23 @@ impl CustomOp2 for AttentionGrad {
         let g = Heads::new(l1.shape(), self.heads, self.queries)?;
         let (n, nq, dh, isa) = (g.n, g.nq, g.dh, molclip_cpu::isa());
         let (row3, row) = (3 * g.d as isize, g.d as isize);
+        if self.probabilities.len() != g.b * g.heads * nq * n {
+            candle_core::bail!(
+                "attention-grad: {} kept attention weights for {} x {nq} x {n}",
+                self.probabilities.len(),
+                g.b * g.heads
+            );
+        }
         let write = |dqkv: *mut f32| {
             let dst = molclip_cpu::Shared(dqkv);
             (0..g.b * g.heads).into_par_iter().for_each_init(
-                || (vec![0f32; nq * n], vec![0f32; nq * n]),
-                |(p, dp), bh| {
+                || vec![0f32; nq * n],
+                |dp, bh| {
                     let (q, k, v, o) = g.offsets(bh);
                     let (x, d) = (qkv.as_ptr(), dout.as_ptr());
+                    let p = &self.probabilities[bh * nq * n..(bh + 1) * nq * n];
                     // SAFETY: each (video, head) pair writes its own q, k and v columns of dqkv.
                     unsafe {
-                        g.probabilities(x, bh, p);
                         // dV = Pᵀ dO
                         super::cpu::gemm_small(
                             n,
@@ -1674,7 +1699,7 @@ impl CustomOp2 for AttentionGrad {
                             1.0,
                         );
                         // dS = P ∘ (dP − rowsum(dP ∘ P))
-                        molclip_cpu::vectorize(isa, SoftmaxGradRows { p: &p[..], dp: &mut dp[..], n });
+                        molclip_cpu::vectorize(isa, SoftmaxGradRows { p, dp: &mut dp[..], n });
                         // dQ = scale · dS K ; dK = scale · dSᵀ Q
                         super::cpu::gemm_small(
                             nq,
