@@ -141,9 +141,22 @@ impl PaddedGrid {
         let write = |xp: &mut [MaybeUninit<f32>]| {
             let (videos, tail) = xp.split_at_mut(self.b * self.c * planes);
             crate::cpu::zeroed(tail);
-            // Each plane set zeroed, then its lines written, by one task: the zeros it keeps
-            // are the padding.
             videos.par_chunks_mut(planes).zip(x.par_chunks(t * h * w)).for_each(|(dst, src)| {
+                if [st, sh, sw] == [1, 1, 1] {
+                    // One plane, its lines in order: each written after the zeros before it
+                    // (the padding), each value once.
+                    let mut next = 0;
+                    for (l, line) in src.chunks_exact(w).enumerate() {
+                        let at = ((l / h + pt) * hp + l % h + ph) * wp + pw;
+                        crate::cpu::zeroed(&mut dst[next..at]);
+                        crate::cpu::write_copy(&mut dst[at..at + w], line);
+                        next = at + w;
+                    }
+                    crate::cpu::zeroed(&mut dst[next..]);
+                    return;
+                }
+                // Each plane set zeroed, then its lines written, by one task: the zeros it
+                // keeps are the padding.
                 let dst = crate::cpu::zeroed(dst);
                 for (l, line) in src.chunks_exact(w).enumerate() {
                     let (it, ih) = (l / h + pt, l % h + ph);
@@ -160,8 +173,9 @@ impl PaddedGrid {
                 }
             })
         };
-        // SAFETY: every value is zeroed, the tail past the videos at once and each channel's
-        // planes by its task, before the task writes the channel's values over some of them.
+        // SAFETY: every value is set: the tail past the videos zeroed at once, and each
+        // channel's planes by its task, either line by line (zeros up to each line, the line,
+        // zeros past the last) or zeroed whole before the lines are written over some of them.
         unsafe { crate::cpu::written_by(len, write) }
     }
 
