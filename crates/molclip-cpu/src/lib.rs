@@ -26,7 +26,7 @@ mod small;
 use gemm_common::gemm::gemm_basic_generic;
 pub use gemm_common::Parallelism;
 pub use peak::fma_peak;
-pub use shifted::{shifted_dot, shifted_gemm, DotPanels, Run, ShiftedWeights};
+pub use shifted::{shifted_dot, shifted_gemm, transpose_rows_into, DotPanels, Run, ShiftedWeights};
 
 /// An instruction-set level of the CPU kernels, narrowest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -217,8 +217,12 @@ impl DotPanels {
                         let (panel, jj) = (j0 / nj, j0 % nj);
                         let to = &mut to[(panel * positions + i * run_len) * nj..][..run_len * nj];
                         let rows: [&[f32]; 8] = std::array::from_fn(|r| &g[(j0 + r) * ldg + run.at_g..][..run_len]);
-                        // SAFETY: AVX2 runs on this CPU (the level was capped at detection).
-                        unsafe { x86::transpose_rows(rows, &mut to[jj..], nj) };
+                        let to = &mut to[jj..];
+                        assert!(to.len() >= (run_len - 1) * nj + 8, "a panel of {} values", to.len());
+                        // SAFETY: AVX2 runs on this CPU (the level was capped at detection); the
+                        // 8 values at q · nj past `to` for q < run_len lie inside it (checked
+                        // above), borrowed mutably here.
+                        unsafe { x86::transpose_rows(rows, to.as_mut_ptr(), nj) };
                         j0 += 8;
                     }
                 }
@@ -314,6 +318,33 @@ pub fn shifted_dot(
     if runs.is_empty() && !accumulate {
         for j in 0..n {
             dst[j * ldd..j * ldd + width].fill(0.0);
+        }
+    }
+}
+
+/// `to[q · stride + r] = rows[r][q]` for the 8 `rows` (of one length) and every position `q`
+/// along them: a block of 8 rows written as columns, the way a convolution's outputs computed
+/// position-major (a row of outputs per position) go to their channels' planes. At AVX2 and
+/// above, 8 positions at a time through an 8 x 8 transpose in registers (8 vector stores where
+/// the values one at a time are 64 scalar ones), the rest value by value.
+///
+/// # Safety
+///
+/// `to` valid for writes at `q · stride + r` for `q` below the rows' length and `r < 8`, which
+/// no one else reads or writes meanwhile; `level` runs on this CPU.
+pub unsafe fn transpose_rows_into(level: Isa, rows: [&[f32]; 8], to: *mut f32, stride: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if level >= Isa::Avx2 {
+        // SAFETY: the caller's writes; AVX2 runs on this CPU.
+        return unsafe { x86::transpose_rows(rows, to, stride) };
+    }
+    let _ = level;
+    let len = rows[0].len();
+    assert!(rows.iter().all(|r| r.len() == len), "rows of one length");
+    for q in 0..len {
+        for (r, row) in rows.iter().enumerate() {
+            // SAFETY: the caller's writes, at q · stride + r.
+            unsafe { *to.add(q * stride + r) = row[q] };
         }
     }
 }
@@ -510,16 +541,15 @@ mod x86 {
     ///
     /// # Safety
     ///
-    /// AVX2.
+    /// AVX2; `to` valid for writes of the 8 values at `q · stride` for every `q`.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn transpose_rows(rows: [&[f32]; 8], to: &mut [f32], stride: usize) {
+    pub(super) unsafe fn transpose_rows(rows: [&[f32]; 8], to: *mut f32, stride: usize) {
         let len = rows[0].len();
         assert!(rows.iter().all(|r| r.len() == len), "rows of one length");
-        assert!(len == 0 || to.len() >= (len - 1) * stride + 8, "destination of {} values", to.len());
         let whole = len / 8 * 8;
         for q0 in (0..whole).step_by(8) {
-            // SAFETY: q0 + 8 <= len values in each row; the 8 stores at (q0 + i) · stride, 8
-            // values each, end at most at (len - 1) · stride + 8 <= to.len() (asserted above).
+            // SAFETY: q0 + 8 <= len values in each row; the 8 stores of 8 values at (q0 + i) ·
+            // stride are the caller's to write.
             unsafe {
                 let r: [__m256; 8] = std::array::from_fn(|k| _mm256_loadu_ps(rows[k].as_ptr().add(q0)));
                 let t0 = _mm256_unpacklo_ps(r[0], r[1]);
@@ -549,13 +579,14 @@ mod x86 {
                     _mm256_permute2f128_ps::<0x31>(u3, u7),
                 ];
                 for (i, c) in columns.into_iter().enumerate() {
-                    _mm256_storeu_ps(to.as_mut_ptr().add((q0 + i) * stride), c);
+                    _mm256_storeu_ps(to.add((q0 + i) * stride), c);
                 }
             }
         }
         for q in whole..len {
             for (r, row) in rows.iter().enumerate() {
-                to[q * stride + r] = row[q];
+                // SAFETY: the caller's writes, at q · stride + r.
+                unsafe { *to.add(q * stride + r) = row[q] };
             }
         }
     }
@@ -711,6 +742,30 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Eight rows written as columns, at every level: each value where the definition puts
+    /// it, whatever the rows' length against the 8 x 8 transposes (none, some, some and a
+    /// rest), and nothing written between the columns.
+    #[test]
+    fn rows_transposed_into_columns_land_where_the_definition_says() {
+        for level in Isa::ALL.into_iter().filter(|l| l.runs()) {
+            for (len, stride) in [(0, 9), (5, 8), (8, 11), (13, 9), (21, 16)] {
+                let rows: Vec<Vec<f32>> = (0..8).map(|r| (0..len).map(|q| (100 * r + q) as f32).collect()).collect();
+                let mut to = vec![f32::NAN; len.max(1) * stride + 8];
+                let refs: [&[f32]; 8] = std::array::from_fn(|r| &rows[r][..]);
+                // SAFETY: `to` holds (len - 1) · stride + 8 values and more; the level runs.
+                unsafe { transpose_rows_into(level, refs, to.as_mut_ptr(), stride) };
+                for (i, v) in to.iter().enumerate() {
+                    let (q, r) = (i / stride, i % stride);
+                    if q < len && r < 8 {
+                        assert_eq!(*v, rows[r][q], "{level:?} len {len} stride {stride}: to[{i}]");
+                    } else {
+                        assert!(v.is_nan(), "{level:?} len {len} stride {stride}: to[{i}] written");
+                    }
+                }
+            }
+        }
+    }
 
     /// Both kinds of packed panels start on a cache line, also where the allocator hands out
     /// a buffer that does not (a large one starts 16 bytes past a page), and hold what the

@@ -207,6 +207,7 @@ impl PaddedGrid {
         let (n, video) = (self.out.iter().product::<usize>(), self.c * self.phases() * self.volume());
         let total = self.b * n;
         let (group, per_task) = split_product(w, total, xp.len());
+        let isa = molclip_cpu::isa();
         // Where output f (video-major) starts on the grid.
         let base = |f: usize| {
             let (bi, i) = (f / n, f % n);
@@ -225,21 +226,34 @@ impl PaddedGrid {
                     bases.extend((f0..f0 + len).map(base));
                     shifted_gemm(w, &xp, (&offsets, bases), j0..j0 + width, (tile, width));
                     // Output f of the block goes to y[(bi · O + j) · N + i], a run of the
-                    // block's positions per video and output.
+                    // block's positions per video and output: 8 positions at a time as a
+                    // transpose of their rows of outputs, the rest value by value.
                     let mut f = f0;
                     while f < f0 + len {
                         let (bi, i0) = (f / n, f % n);
                         let run = (n - i0).min(f0 + len - f);
                         let rows = &tile[(f - f0) * width..(f - f0 + run) * width];
-                        for j in 0..width {
-                            // SAFETY: y holds B·O·N values; this task writes, for video bi
-                            // and output j0 + j, the positions i0..i0 + run < N of its own
-                            // block of outputs and group of outputs, and the tasks' blocks
-                            // and groups are disjoint: no other task writes these values.
-                            unsafe {
-                                let to = dst.get().add((bi * o + j0 + j) * n + i0);
-                                for (r, row) in rows.chunks_exact(width).enumerate() {
-                                    *to.add(r) = row[j];
+                        // SAFETY: y holds B·O·N values; this task writes, for video bi and the
+                        // outputs j0..j0 + width, the positions i0..i0 + run < N of its own
+                        // block of positions and group of outputs, and the tasks' blocks and
+                        // groups are disjoint: no other task writes these values. The level
+                        // is molclip_cpu's, which runs here.
+                        unsafe {
+                            let to = dst.get().add((bi * o + j0) * n + i0);
+                            let (whole, outputs) = (run / 8 * 8, width / 8 * 8);
+                            // Eight outputs' planes at a time: eight streams of stores, which
+                            // the level-1 cache holds even where the planes are a multiple of
+                            // 4 KiB apart (the stem's: 49 x 4 KiB) and so share its sets.
+                            for j in (0..outputs).step_by(8) {
+                                for r0 in (0..whole).step_by(8) {
+                                    let eight = std::array::from_fn(|k| &rows[(r0 + k) * width + j..][..8]);
+                                    molclip_cpu::transpose_rows_into(isa, eight, to.add(j * n + r0), n);
+                                }
+                            }
+                            for (r, row) in rows.chunks_exact(width).enumerate() {
+                                let from = if r < whole { outputs } else { 0 };
+                                for (j, &v) in row.iter().enumerate().skip(from) {
+                                    *to.add(j * n + r) = v;
                                 }
                             }
                         }
