@@ -218,7 +218,7 @@ impl DotPanels {
                         let to = &mut to[(panel * positions + i * run_len) * nj..][..run_len * nj];
                         let rows: [&[f32]; 8] = std::array::from_fn(|r| &g[(j0 + r) * ldg + run.at_g..][..run_len]);
                         let to = &mut to[jj..];
-                        assert!(to.len() >= (run_len - 1) * nj + 8, "a panel of {} values", to.len());
+                        assert!(run_len == 0 || to.len() >= (run_len - 1) * nj + 8, "a panel of {} values", to.len());
                         // SAFETY: AVX2 runs on this CPU (the level was capped at detection); the
                         // 8 values at q · nj past `to` for q < run_len lie inside it (checked
                         // above), borrowed mutably here.
