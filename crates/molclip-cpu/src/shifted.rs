@@ -219,10 +219,10 @@ impl DotPanels {
                         let rows: [&[f32]; 8] = std::array::from_fn(|r| &g[(j0 + r) * ldg + run.at_g..][..run_len]);
                         let to = &mut to[jj..];
                         assert!(run_len == 0 || to.len() >= (run_len - 1) * nj + 8, "a panel of {} values", to.len());
-                        // SAFETY: AVX2 runs on this CPU (the level was capped at detection); the
-                        // 8 values at q · nj past `to` for q < run_len lie inside it (checked
-                        // above), borrowed mutably here.
-                        unsafe { x86::transpose_rows(rows, to.as_mut_ptr(), nj) };
+                        // SAFETY: the level runs on this CPU (capped at detection); the 8 values
+                        // at q · nj past `to` for q < run_len lie inside it (checked above),
+                        // borrowed mutably here.
+                        unsafe { transpose_rows_into(level, rows, to.as_mut_ptr(), nj) };
                         j0 += 8;
                     }
                 }
@@ -333,15 +333,17 @@ pub fn shifted_dot(
 /// `to` valid for writes at `q · stride + r` for `q` below the rows' length and `r < 8`, which
 /// no one else reads or writes meanwhile; `level` runs on this CPU.
 pub unsafe fn transpose_rows_into(level: Isa, rows: [&[f32]; 8], to: *mut f32, stride: usize) {
+    let len = rows[0].len();
+    assert!(rows.iter().all(|r| r.len() == len), "rows of one length");
+    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if level >= Isa::Avx2 {
         // SAFETY: the caller's writes; AVX2 runs on this CPU.
-        return unsafe { x86::transpose_rows(rows, to, stride) };
+        unsafe { x86::transpose_blocks(rows, to, stride) };
+        done = len / 8 * 8;
     }
     let _ = level;
-    let len = rows[0].len();
-    assert!(rows.iter().all(|r| r.len() == len), "rows of one length");
-    for q in 0..len {
+    for q in done..len {
         for (r, row) in rows.iter().enumerate() {
             // SAFETY: the caller's writes, at q · stride + r.
             unsafe { *to.add(q * stride + r) = row[q] };
@@ -535,18 +537,17 @@ mod x86 {
         }
     }
 
-    /// `to[q · stride + r] = rows[r][q]` for the 8 rows and every position `q` of their
-    /// (equal) length: 8 positions at a time through an 8 x 8 transpose in registers, the last
-    /// ones value by value.
+    /// [`super::transpose_rows_into`] for the positions of the whole blocks of 8 (the first
+    /// `len / 8 · 8` of the rows' length `len`, taken from the first row), each through an 8 x 8
+    /// transpose in registers.
     ///
     /// # Safety
     ///
-    /// AVX2; `to` valid for writes of the 8 values at `q · stride` for every `q`.
+    /// AVX2; every row at least as long as the first; `to` valid for writes of the 8 values at
+    /// `q · stride` for every such `q`.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn transpose_rows(rows: [&[f32]; 8], to: *mut f32, stride: usize) {
-        let len = rows[0].len();
-        assert!(rows.iter().all(|r| r.len() == len), "rows of one length");
-        let whole = len / 8 * 8;
+    pub(super) unsafe fn transpose_blocks(rows: [&[f32]; 8], to: *mut f32, stride: usize) {
+        let whole = rows[0].len() / 8 * 8;
         for q0 in (0..whole).step_by(8) {
             // SAFETY: q0 + 8 <= len values in each row; the 8 stores of 8 values at (q0 + i) ·
             // stride are the caller's to write.
@@ -581,12 +582,6 @@ mod x86 {
                 for (i, c) in columns.into_iter().enumerate() {
                     _mm256_storeu_ps(to.add((q0 + i) * stride), c);
                 }
-            }
-        }
-        for q in whole..len {
-            for (r, row) in rows.iter().enumerate() {
-                // SAFETY: the caller's writes, at q · stride + r.
-                unsafe { *to.add(q * stride + r) = row[q] };
             }
         }
     }
