@@ -21,6 +21,10 @@ use molclip_core::write_atomic;
 use molclip_data::Split;
 use molclip_experiment::{open_dataset, Progress};
 
+/// The allocator: mimalloc, freed memory kept for the rest of the job ([`molclip_cpu::allocator`]).
+#[global_allocator]
+static ALLOCATOR: molclip_cpu::allocator::Allocator = molclip_cpu::allocator::Allocator;
+
 #[derive(Parser)]
 #[command(
     name = "molclip",
@@ -219,19 +223,6 @@ struct FeaturizeArgs {
     fragments: FragmentPolicy,
 }
 
-/// Training allocates and frees tensors of tens of megabytes at every step. glibc serves
-/// those with fresh `mmap`s, so each step pays page faults to zero new pages (measured: 40% of
-/// an I3D step). Keeping freed memory in the heap makes the next step reuse it.
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator thresholds; called before any other thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_MAX, 0);
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-    }
-}
-
 /// A count that must be at least 1 (`--top`, `--novel-k`), refused when parsed.
 fn at_least_one(text: &str) -> std::result::Result<usize, String> {
     match text.parse::<usize>() {
@@ -242,7 +233,7 @@ fn at_least_one(text: &str) -> std::result::Result<usize, String> {
 }
 
 fn main() {
-    keep_freed_memory();
+    molclip_cpu::allocator::keep_freed_memory(molclip_cpu::allocator::KeepFreed::UntilExit);
     // Ctrl-C and SIGTERM: staging folders go before the process does (a run folder's
     // checkpoint needs nothing: it is swapped in atomically and resumes).
     let _ = ctrlc::set_handler(|| {

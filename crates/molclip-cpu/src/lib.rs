@@ -16,6 +16,7 @@
 
 use std::sync::OnceLock;
 
+pub mod allocator;
 mod peak;
 #[cfg(target_arch = "x86_64")]
 mod sgemm_avx2;

@@ -41,9 +41,15 @@ fn toml_from_json(json: &str) -> PyResult<String> {
     toml::to_string(&value).map_err(|e| py_msg(format!("config: {e}")))
 }
 
+/// The allocator of the module's Rust side (mimalloc; see [`molclip_cpu::allocator`]).
+#[global_allocator]
+static ALLOCATOR: molclip_cpu::allocator::Allocator = molclip_cpu::allocator::Allocator;
+
 /// The native module.
 #[pymodule]
 fn _molclip(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // Long enough for a training step to reuse the memory of the one before.
+    molclip_cpu::allocator::keep_freed_memory(molclip_cpu::allocator::KeepFreed::For(10_000));
     // A typo in MOLCLIP_CPU fails the import instead of running at full width unnoticed.
     molclip_cpu::check_cap().map_err(py_err)?;
     m.add("MolclipError", m.py().get_type::<MolclipError>())?;

@@ -231,39 +231,6 @@ impl Run {
     }
 }
 
-/// While alive, glibc serves large allocations from the heap instead of fresh `mmap`s, so
-/// that each training step reuses the memory the previous one freed instead of paying page
-/// faults to zero new pages (the CLI sets this for its whole process: 40 % of an I3D step).
-/// In a notebook's process it lasts only for the training: dropping it restores glibc's
-/// default and gives the freed heap back to the system.
-struct KeepFreedMemory;
-
-impl KeepFreedMemory {
-    fn new() -> Self {
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: mallopt changes an allocator threshold under glibc's own arena lock; it reads
-        // and writes no memory of ours.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_MAX, 0);
-        }
-        Self
-    }
-}
-
-impl Drop for KeepFreedMemory {
-    fn drop(&mut self) {
-        /// glibc's default M_MMAP_MAX.
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        const DEFAULT_MMAP_MAX: i32 = 65536;
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: as in `new`; malloc_trim releases free heap pages under the same locks.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_MAX, DEFAULT_MMAP_MAX);
-            libc::malloc_trim(0);
-        }
-    }
-}
-
 /// Trains into `out` as `molclip train` does (config from `config_path`, or `config_json`,
 /// a config as JSON; with `resume`, the run's own), and returns the outcome. Ctrl-C stops
 /// at the end of the current step, leaves a checkpoint there and raises KeyboardInterrupt;
@@ -301,7 +268,6 @@ pub fn train<'py>(
     let device = molclip::parse_device(device).map_err(py_err)?;
     let progress = PyProgress::new(progress);
     let mut interrupt: Option<PyErr> = None;
-    let _heap = KeepFreedMemory::new();
     let outcome = py.detach(|| {
         let index = molclip_experiment::open_dataset(&data, &progress)?;
         let training =
