@@ -2,6 +2,7 @@
 //! float64, either byte order, C or Fortran order, read row-major in the file's precision;
 //! float32 written.
 
+use std::io::Read;
 use std::path::Path;
 
 use npyz::WriterBuilder;
@@ -87,7 +88,7 @@ const READ_CHUNK: usize = 1 << 20;
 
 /// A matrix from `reader`, a `.npy` file of `len` bytes in all (the shape is checked against
 /// it before anything is allocated for the data).
-fn read_matrix(reader: impl std::io::Read, len: usize) -> Result<Matrix, NpyError> {
+fn read_matrix(reader: impl Read, len: usize) -> Result<Matrix, NpyError> {
     let file = npyz::NpyFile::new(reader)?;
     let (rows, cols) = match file.shape() {
         [r, c] => (*r as usize, *c as usize),
@@ -125,38 +126,25 @@ fn read_matrix(reader: impl std::io::Read, len: usize) -> Result<Matrix, NpyErro
 /// The values of the next `need` bytes of `reader`, `N` bytes each, read [`READ_CHUNK`] bytes
 /// at a time.
 fn decode<const N: usize, T>(
-    reader: &mut impl std::io::Read,
+    reader: &mut impl Read,
     need: usize,
     value: impl Fn([u8; N]) -> T,
 ) -> Result<Vec<T>, NpyError> {
     let mut values = Vec::with_capacity(need / N);
-    let mut chunk = vec![0u8; READ_CHUNK.min(need)];
+    let mut chunk = Vec::with_capacity(READ_CHUNK.min(need));
     let mut done = 0;
     while done < need {
         let want = (need - done).min(READ_CHUNK);
-        let got = read_up_to(reader, &mut chunk[..want])?;
+        chunk.clear();
+        let got = reader.by_ref().take(want as u64).read_to_end(&mut chunk)?;
         if got < want {
             let reason = format!("the data ends after {} of the {need} bytes the shape needs", done + got);
             return Err(NpyError::Format(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, reason)));
         }
-        values.extend(chunk[..want].chunks_exact(N).map(|b| value(b.try_into().expect("chunks of N bytes"))));
+        values.extend(chunk.chunks_exact(N).map(|b| value(b.try_into().expect("chunks of N bytes"))));
         done += want;
     }
     Ok(values)
-}
-
-/// Reads into `buf` until it is full or the reader ends; the bytes read.
-fn read_up_to(reader: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match reader.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }
 
 /// Column-major `[rows, cols]` values, row-major.
