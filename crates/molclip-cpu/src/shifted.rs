@@ -335,14 +335,20 @@ pub fn shifted_dot(
 pub unsafe fn transpose_rows_into(level: Isa, rows: [&[f32]; 8], to: *mut f32, stride: usize) {
     let len = rows[0].len();
     assert!(rows.iter().all(|r| r.len() == len), "rows of one length");
-    let mut done = 0;
+    // The positions written through the level's 8 x 8 transposes, where it has them.
     #[cfg(target_arch = "x86_64")]
-    if level >= Isa::Avx2 {
+    let done = if level >= Isa::Avx2 {
         // SAFETY: the caller's writes; AVX2 runs on this CPU.
         unsafe { x86::transpose_blocks(rows, to, stride) };
-        done = len / 8 * 8;
-    }
-    let _ = level;
+        len / 8 * 8
+    } else {
+        0
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = {
+        let _ = level;
+        0
+    };
     for q in done..len {
         for (r, row) in rows.iter().enumerate() {
             // SAFETY: the caller's writes, at q · stride + r.
