@@ -162,12 +162,14 @@ impl PaddedGrid {
                     let (it, ih) = (l / h + pt, l % h + ph);
                     let row = ((it % st) * sh + ih % sh) * sw;
                     let at = ((it / st) * hp + ih / sh) * wp;
-                    if sw == 1 {
-                        dst[row * vol + at + pw..][..w].copy_from_slice(line);
-                    } else {
-                        for (iw, &v) in line.iter().enumerate() {
-                            let iw = iw + pw;
-                            dst[(row + iw % sw) * vol + at + iw / sw] = v;
+                    // Each phase of the width in turn: the line's values every `sw` from the
+                    // first that falls in it (padded value `iw + pw` in phase `(iw + pw) mod
+                    // sw`, at `(iw + pw) div sw`), a contiguous run of the phase's plane.
+                    for phase in 0..sw {
+                        let first = (phase + sw - pw % sw) % sw;
+                        let to = &mut dst[(row + phase) * vol + at + (first + pw) / sw..];
+                        for (d, &v) in to.iter_mut().zip(line.iter().skip(first).step_by(sw)) {
+                            *d = v;
                         }
                     }
                 }
