@@ -1086,7 +1086,7 @@ struct MaxPool3dOp {
 }
 
 /// An output element whose window holds only padding.
-const NO_TAP: u32 = u32::MAX;
+pub(crate) const NO_TAP: u32 = u32::MAX;
 
 /// One step of the maximum's scan, over a row of candidates at once: candidate `o` (value
 /// `v[o]`, input index `at(o)`) replaces the best so far where it ranks above it. The ranking
@@ -1124,6 +1124,21 @@ fn pool_argmax(
     window: Window3d,
     out: [usize; 3],
 ) -> candle_core::Result<(Vec<f32>, Vec<u32>)> {
+    pool_argmax_mapped(x, planes, dims, window, out, None::<fn(usize, &[f32], &mut [f32])>)
+}
+
+/// [`pool_argmax`] of `map(x)`, where `map` is given: `map(p, plane, to)` writes plane `p` of
+/// `x` (all `dims` of its values) mapped into `to`, which the plane's scan then reads, while
+/// it is in cache. A map applied to the whole input first gives the same values and indices
+/// (the scan's own input is the only change), without the mapped input in memory.
+pub(crate) fn pool_argmax_mapped(
+    x: &[f32],
+    planes: usize,
+    dims: [usize; 3],
+    window: Window3d,
+    out: [usize; 3],
+    map: Option<impl Fn(usize, &[f32], &mut [f32]) + Sync>,
+) -> candle_core::Result<(Vec<f32>, Vec<u32>)> {
     let [_, h, w] = dims;
     let [ot, oh, ow] = out;
     let vol = dims.iter().product::<usize>();
@@ -1136,16 +1151,26 @@ fn pool_argmax(
     if n == 0 || vol == 0 {
         return Ok((best, arg));
     }
-    let scratch = || PoolScratch {
-        time: (vec![0f32; ot * h * w], vec![0u32; ot * h * w]),
-        height: (vec![0f32; ot * oh * w], vec![0u32; ot * oh * w]),
-        taps: (vec![0f32; ow], vec![0u32; ow]),
+    let scratch = || {
+        let pool = PoolScratch {
+            time: (vec![0f32; ot * h * w], vec![0u32; ot * h * w]),
+            height: (vec![0f32; ot * oh * w], vec![0u32; ot * oh * w]),
+            taps: (vec![0f32; ow], vec![0u32; ow]),
+        };
+        (pool, vec![0f32; if map.is_some() { vol } else { 0 }])
     };
     let isa = molclip_cpu::isa();
-    best.par_chunks_mut(n).zip(arg.par_chunks_mut(n)).enumerate().for_each_init(scratch, |scratch, (p, dst)| {
-        let src = &x[p * vol..(p + 1) * vol];
-        molclip_cpu::vectorize(isa, PoolPlane { src, dst, scratch, dims, window, out });
-    });
+    best.par_chunks_mut(n).zip(arg.par_chunks_mut(n)).enumerate().for_each_init(
+        scratch,
+        |(scratch, mapped), (p, dst)| {
+            let mut src = &x[p * vol..(p + 1) * vol];
+            if let Some(map) = &map {
+                map(p, src, mapped);
+                src = mapped;
+            }
+            molclip_cpu::vectorize(isa, PoolPlane { src, dst, scratch, dims, window, out });
+        },
+    );
     Ok((best, arg))
 }
 

@@ -455,9 +455,33 @@ pub(crate) fn batch_norm_train(
             x.apply_op3(&Tensor::cat(&[w, b], 0)?, &shortcut.contiguous()?, op)?
         }
     };
-    let s = stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let c = w.dim(0)?;
-    Ok((y, s[..c].to_vec(), s[c..].to_vec()))
+    let (mean, var) = batch_stats(&stats);
+    Ok((y, mean, var))
+}
+
+/// The mean and biased variance per channel that a forward pass stored in `stats`.
+fn batch_stats(stats: &Mutex<Vec<f32>>) -> (Vec<f32>, Vec<f32>) {
+    let s = stats.lock().unwrap_or_else(|e| e.into_inner());
+    let (mean, var) = s.split_at(s.len() / 2);
+    (mean.to_vec(), var.to_vec())
+}
+
+/// max_pool3d(relu(batch_norm(x)), window) with batch statistics (training), over
+/// `[B, C, T, H, W]`, as one op: the pool scans each plane of batch norm's output as soon as
+/// it is written, in cache, and the output is not kept; the pool's argmax is. Returns the
+/// pooled output and the batch mean and biased variance per channel.
+pub(crate) fn batch_norm_relu_max_pool_train(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    eps: f64,
+    window: crate::Window3d,
+) -> Result<(Tensor, Vec<f32>, Vec<f32>)> {
+    let stats = Arc::new(Mutex::new(Vec::new()));
+    let op = BatchNormReluMaxPoolCpu { eps: eps as f32, window, stats: stats.clone(), argmax: OnceLock::new() };
+    let y = x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, op)?;
+    let (mean, var) = batch_stats(&stats);
+    Ok((y, mean, var))
 }
 
 struct BatchNormCpu {
@@ -496,9 +520,7 @@ fn batch_norm_fwd(
     epilogue: Epilogue,
     stats: &Mutex<Vec<f32>>,
 ) -> Vec<f32> {
-    let moments = channel_moments(x, b, c, m);
-    let scale: Vec<f32> = moments.iter().zip(w).map(|((_, var), w)| w / (var + eps).sqrt()).collect();
-    let shift: Vec<f32> = moments.iter().zip(&scale).zip(bias).map(|(((mean, _), s), bb)| bb - mean * s).collect();
+    let (scale, shift) = batch_norm_affine(x, w, bias, (b, c, m), eps, stats);
     let isa = molclip_cpu::isa();
     let write = |y: &mut [MaybeUninit<f32>]| {
         y.par_chunks_mut(m).zip(x.par_chunks(m)).enumerate().for_each(|(bc, (y, x))| {
@@ -511,10 +533,25 @@ fn batch_norm_fwd(
         })
     };
     // SAFETY: the B·C rows of M values tile y, and each row's loop writes all of its values.
-    let y = unsafe { written_by(b * c * m, write) };
+    unsafe { written_by(b * c * m, write) }
+}
+
+/// Batch norm's affine map per channel over `[B, C, M]` from the batch statistics, `(scale,
+/// shift)`; stores the mean and biased variance per channel in `stats`.
+fn batch_norm_affine(
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    (b, c, m): (usize, usize, usize),
+    eps: f32,
+    stats: &Mutex<Vec<f32>>,
+) -> (Vec<f32>, Vec<f32>) {
+    let moments = channel_moments(x, b, c, m);
+    let scale: Vec<f32> = moments.iter().zip(w).map(|((_, var), w)| w / (var + eps).sqrt()).collect();
+    let shift: Vec<f32> = moments.iter().zip(&scale).zip(bias).map(|(((mean, _), s), bb)| bb - mean * s).collect();
     *stats.lock().unwrap_or_else(|e| e.into_inner()) =
         moments.iter().map(|m| m.0).chain(moments.iter().map(|m| m.1)).collect();
-    y
+    (scale, shift)
 }
 
 /// Batch norm's gradients from the gradient `dy` at its affine output, with the statistics of
@@ -833,7 +870,7 @@ impl CustomOp3 for BatchNormCpu {
         _res: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = BatchNormGrad { eps: self.eps, relu: self.relu };
+        let grad = BatchNormGrad { eps: self.eps, relu: self.relu, pooled: None };
         let (dx, dwb) = batch_norm_bwd(x, w, bias, &self.stats, dy, grad)?;
         let c = w.dim(0)?;
         Ok((Some(dx), Some(dwb.narrow(0, 0, c)?), Some(dwb.narrow(0, c, c)?)))
@@ -881,8 +918,73 @@ impl CustomOp3 for BatchNormAddReluCpu {
         let g = res.apply_op2_no_bwd(&dy.contiguous()?, &ElementwiseGrad::Relu)?;
         let c = x.dim(1)?;
         let (w, bias) = (wb.narrow(0, 0, c)?, wb.narrow(0, c, c)?);
-        let (dx, dwb) = batch_norm_bwd(x, &w, &bias, &self.stats, &g, BatchNormGrad { eps: self.eps, relu: false })?;
+        let (dx, dwb) =
+            batch_norm_bwd(x, &w, &bias, &self.stats, &g, BatchNormGrad { eps: self.eps, relu: false, pooled: None })?;
         Ok((Some(dx), Some(dwb), Some(g)))
+    }
+}
+
+/// max_pool3d(relu(batch_norm(x))): (x `[B, C, T, H, W]`, w, b).
+struct BatchNormReluMaxPoolCpu {
+    eps: f32,
+    window: crate::Window3d,
+    /// As [`BatchNormCpu::stats`].
+    stats: Arc<Mutex<Vec<f32>>>,
+    /// The pool's argmax within each plane, kept for the backward pass.
+    argmax: OnceLock<Arc<Vec<u32>>>,
+}
+
+impl CustomOp3 for BatchNormReluMaxPoolCpu {
+    fn name(&self) -> &'static str {
+        "batch-norm-relu-max-pool"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w, bias) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let [b, c, t, h, wd] = crate::conv3d::dims5(l1)?;
+        let out = self.window.out_dims([t, h, wd]).map_err(candle_core::Error::wrap)?;
+        let (scale, shift) = batch_norm_affine(x, w, bias, (b, c, t * h * wd), self.eps, &self.stats);
+        let isa = molclip_cpu::isa();
+        // Plane p's batch norm and ReLU, as BatchNormCpu writes them.
+        let map = |p: usize, x: &[f32], to: &mut [f32]| {
+            // SAFETY: the same memory seen as possibly uninitialised values, to which AffineRow
+            // only writes initialised ones (each of them once), so `to` stays initialised.
+            let y = unsafe { &mut *(std::ptr::from_mut(to) as *mut [MaybeUninit<f32>]) };
+            molclip_cpu::vectorize(
+                isa,
+                AffineRow { y, x, scale: scale[p % c], shift: shift[p % c], epilogue: Epilogue::Relu },
+            )
+        };
+        let (y, arg) = crate::conv3d::pool_argmax_mapped(x, b * c, [t, h, wd], self.window, out, Some(map))?;
+        let _ = self.argmax.set(Arc::new(arg));
+        Ok((CpuStorage::F32(y), Shape::from(vec![b, c, out[0], out[1], out[2]])))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let pooled = self
+            .argmax
+            .get()
+            .cloned()
+            .ok_or_else(|| candle_core::Error::Msg("batch-norm-relu-max-pool: backward before forward".into()))?;
+        let (b, c) = (x.dim(0)?, x.dim(1)?);
+        let grad = BatchNormGrad { eps: self.eps, relu: true, pooled: Some(pooled) };
+        let (dx, dwb) = batch_norm_bwd(&x.reshape((b, c, ()))?, w, bias, &self.stats, &dy.reshape((b, c, ()))?, grad)?;
+        Ok((Some(dx.reshape(x.dims())?), Some(dwb.narrow(0, 0, c)?), Some(dwb.narrow(0, c, c)?)))
     }
 }
 
@@ -890,6 +992,30 @@ impl CustomOp3 for BatchNormAddReluCpu {
 struct BatchNormGrad {
     eps: f32,
     relu: bool,
+    /// Where the gradient `dy` is a max pool's (`[B, C, N]`, N pooled values per plane), each
+    /// pooled value's argmax within its plane: `dy` at batch norm's output is then that
+    /// gradient added at those places (the pool's backward scatter, a plane at a time, in
+    /// cache).
+    pooled: Option<Arc<Vec<u32>>>,
+}
+
+impl BatchNormGrad {
+    /// Row `bc` (of `m` values) of the gradient at batch norm's output, `dy` holding `n` values
+    /// per row: `dy`'s own row, or the pool's gradient scattered into `scratch` at its argmax,
+    /// as the pool's backward pass adds it (in order, onto zeros).
+    fn row<'a>(&self, dy: &'a [f32], bc: usize, (m, n): (usize, usize), scratch: &'a mut Vec<f32>) -> &'a [f32] {
+        let Some(argmax) = &self.pooled else {
+            return &dy[bc * m..][..m];
+        };
+        scratch.clear();
+        scratch.resize(m, 0.0);
+        for (&a, &g) in argmax[bc * n..][..n].iter().zip(&dy[bc * n..][..n]) {
+            if a != crate::conv3d::NO_TAP {
+                scratch[a as usize] += g;
+            }
+        }
+        scratch
+    }
 }
 
 impl CustomOp3 for BatchNormGrad {
@@ -912,16 +1038,21 @@ impl CustomOp3 for BatchNormGrad {
         let rstd: Vec<f32> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
         let isa = molclip_cpu::isa();
         let channel = |ci: usize| Channel { mean: mean[ci], rstd: rstd[ci], w: w[ci], bias: bias[ci], relu: self.relu };
+        // Values of dy per row: m, or the pool's outputs per plane.
+        let per_row = dy.len() / (b * c).max(1);
         let sums: Vec<(f32, f32)> = (0..c)
             .into_par_iter()
-            .map(|ci| molclip_cpu::vectorize(isa, GradSums { x, dy, bcm: (b, c, m), ci, ch: channel(ci) }))
+            .map(|ci| {
+                let sums = GradSums { x, dy: (self, dy, per_row), bcm: (b, c, m), ci, ch: channel(ci) };
+                molclip_cpu::vectorize(isa, sums)
+            })
             .collect();
         let n = b * c * m;
         let count = (b * m) as f32;
         let write = |out: &mut [MaybeUninit<f32>]| {
             let (dx, params) = out.split_at_mut(n);
-            dx.par_chunks_mut(m).enumerate().for_each(|(bc, dx)| {
-                let (x, dy) = (&x[bc * m..][..m], &dy[bc * m..][..m]);
+            dx.par_chunks_mut(m.max(1)).enumerate().for_each_init(Vec::new, |scratch, (bc, dx)| {
+                let (x, dy) = (&x[bc * m..][..m], self.row(dy, bc, (m, per_row), scratch));
                 molclip_cpu::vectorize(isa, GradRow { dx, x, dy, ch: channel(bc % c), sums: sums[bc % c], count })
             });
             let (dw, db) = params.split_at_mut(c);
@@ -970,7 +1101,8 @@ impl Channel {
 /// normalised input (the bias's and the weight's gradients), over `[B, C, M]`.
 struct GradSums<'a> {
     x: &'a [f32],
-    dy: &'a [f32],
+    /// The op, its `dy` and the values of `dy` per row ([`BatchNormGrad::row`]).
+    dy: (&'a BatchNormGrad, &'a [f32], usize),
     bcm: (usize, usize, usize),
     ci: usize,
     ch: Channel,
@@ -980,15 +1112,17 @@ impl molclip_cpu::Vectorized for GradSums<'_> {
     type Output = (f32, f32);
     #[inline(always)]
     fn run(self) -> (f32, f32) {
-        let ((b, _, _), ch, level) = (self.bcm, self.ch, molclip_cpu::isa());
+        let ((b, c, m), ch, level) = (self.bcm, self.ch, molclip_cpu::isa());
+        let (op, dy, per_row) = self.dy;
+        let mut scratch = Vec::new();
         let mut sums = LaneSums::default();
         // A row's gradients and normalised inputs a piece at a time (whole runs of eight, so
         // that each value keeps its lane), then their sums and products' sums.
         const PIECE: usize = 512;
         let (mut g, mut xh) = ([0f32; PIECE], [0f32; PIECE]);
         for bi in 0..b {
-            let row = |values| channel_row(values, self.bcm, bi, self.ci);
-            for (x, d) in row(self.x).chunks(PIECE).zip(row(self.dy).chunks(PIECE)) {
+            let dy = op.row(dy, bi * c + self.ci, (m, per_row), &mut scratch);
+            for (x, d) in channel_row(self.x, self.bcm, bi, self.ci).chunks(PIECE).zip(dy.chunks(PIECE)) {
                 let len = x.len();
                 // Indexed, as in `map_par`.
                 #[allow(clippy::needless_range_loop)]
@@ -1971,6 +2105,43 @@ mod tests {
             })
             .into();
         assert_eq!(by_threads[0], by_threads[1], "the bits differ between thread counts");
+    }
+
+    /// The stem's fused batch norm, ReLU and max pool gives the bits of the ops apart (batch
+    /// norm + ReLU, then the pool): output, batch statistics and every input's gradient, for
+    /// the stem's pool (overlapping windows, padded) and a window that pools width alone.
+    /// The first channel's bias puts most of its outputs below zero, so that ReLU cuts whole
+    /// windows (their maximum 0, and the gradient at it cut too); overlapping windows share
+    /// maxima, whose gradients add up.
+    #[test]
+    fn batch_norm_relu_max_pool_gives_the_bits_of_the_ops_apart() {
+        use crate::Window3d;
+        let bits = |t: &Tensor| {
+            t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        };
+        let windows = [Window3d::new([3, 3, 3], [2, 2, 2], [1, 1, 1]), Window3d::new([1, 1, 3], [1, 1, 2], [0, 0, 0])];
+        for (i, window) in windows.into_iter().enumerate() {
+            let (x, w) = (rand(&[2, 3, 5, 9, 10], 20 + i as u64), rand(&[3], 21));
+            // The first channel's outputs mostly below zero.
+            let b = Var::new(&[-3f32, 0.3, -0.2], &Device::Cpu).unwrap();
+            let (fused, mean, var) =
+                batch_norm_relu_max_pool_train(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5, window).unwrap();
+            let x3 = x.as_tensor().reshape((2, 3, 450)).unwrap();
+            let (y, mean_apart, var_apart) =
+                batch_norm_train(&x3, w.as_tensor(), b.as_tensor(), 1e-5, After::Relu).unwrap();
+            let apart = crate::max_pool3d(&y.reshape((2, 3, 5, 9, 10)).unwrap(), window).unwrap();
+            assert_eq!(bits(&fused), bits(&apart), "{window:?}: output");
+            assert_eq!((mean, var), (mean_apart, var_apart), "{window:?}: batch statistics");
+            let cut = apart.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().filter(|&&v| v == 0.0).count();
+            assert!(cut > 0 && cut < apart.elem_count() / 2, "{window:?}: {cut} windows cut by ReLU");
+            let probe = rand(fused.dims(), 23);
+            let grads = |out: &Tensor| (out * probe.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+            let (gf, ga) = (grads(&fused), grads(&apart));
+            for v in [&x, &w, &b] {
+                let (f, a) = (gf.get(v.as_tensor()).unwrap(), ga.get(v.as_tensor()).unwrap());
+                assert_eq!(bits(f), bits(a), "{window:?}: gradient of an input of shape {:?}", v.dims());
+            }
+        }
     }
 
     #[test]

@@ -154,6 +154,28 @@ impl BatchNorm {
         self.apply(x, train, After::AddRelu(shortcut))
     }
 
+    /// max_pool3d(relu(batch_norm(x)), window), `x` `[B, C, T, H, W]` (a stem's output). Fused
+    /// on the CPU in training: the pool scans each plane of batch norm's output while it is in
+    /// cache, the output itself is never kept, and the backward pass goes from the pool's
+    /// gradient to batch norm's input in two passes over `x`. The same bits as the ops apart.
+    pub fn forward_relu_max_pool_t(&self, x: &Tensor, train: bool, window: crate::Window3d) -> Result<Tensor> {
+        if train && on_cpu_f32(x) && x.rank() == 5 {
+            let (y, mean, var) = fused::batch_norm_relu_max_pool_train(x, &self.weight, &self.bias, self.eps, window)?;
+            let m: usize = x.dims()[2..].iter().product();
+            self.record_batch(mean, var, x.dim(0)? * m, x.device())?;
+            return Ok(y);
+        }
+        crate::max_pool3d(&self.forward_relu_t(x, train)?, window)
+    }
+
+    /// The running statistics updated from a batch's mean and biased variance over `count`
+    /// values per channel.
+    fn record_batch(&self, mean: Vec<f32>, var: Vec<f32>, count: usize, device: &candle_core::Device) -> Result<()> {
+        let (c, n) = (mean.len(), count as f32);
+        let unbiased: Vec<f32> = var.iter().map(|v| if n > 1.0 { v * n / (n - 1.0) } else { *v }).collect();
+        self.update_running(&Tensor::from_vec(mean, c, device)?, &Tensor::from_vec(unbiased, c, device)?)
+    }
+
     fn apply(&self, x: &Tensor, train: bool, after: After) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let (b, c) = (dims[0], dims[1]);
@@ -169,9 +191,7 @@ impl BatchNorm {
                 other => other,
             };
             let (y, mean, var) = fused::batch_norm_train(&x3, &self.weight, &self.bias, self.eps, after)?;
-            let n = (b * m) as f32;
-            let unbiased: Vec<f32> = var.iter().map(|v| if n > 1.0 { v * n / (n - 1.0) } else { *v }).collect();
-            self.update_running(&Tensor::from_vec(mean, c, x.device())?, &Tensor::from_vec(unbiased, c, x.device())?)?;
+            self.record_batch(mean, var, b * m, x.device())?;
             return Ok(y.reshape(dims)?);
         }
         #[cfg(feature = "cudnn")]

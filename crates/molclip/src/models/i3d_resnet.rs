@@ -19,7 +19,7 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
-use crate::nn::{conv3d, max_pool3d, BatchNorm, Init, Vb, Window3d};
+use crate::nn::{conv3d, BatchNorm, Init, Vb, Window3d};
 
 /// Where time is downsampled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -173,6 +173,12 @@ impl ConvBn {
         }
     }
 
+    /// max_pool3d(relu(conv + batch norm)), the stem and its pool, in one op after the
+    /// convolution.
+    fn forward_max_pool_t(&self, x: &Tensor, train: bool, pool: Window3d) -> Result<Tensor> {
+        Ok(self.bn.forward_relu_max_pool_t(&conv3d(x, &self.weight, self.window)?, train, pool)?)
+    }
+
     /// relu(conv + batch norm + shortcut), the end of a residual block, in one op after the
     /// convolution.
     fn forward_add_relu_t(&self, x: &Tensor, shortcut: &Tensor, train: bool) -> Result<Tensor> {
@@ -272,7 +278,7 @@ impl I3dResNet {
 
     /// `x`: `[B, C, T, H, W]`. Returns `[B, T', D]`: the feature map averaged over space.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut y = max_pool3d(&self.stem.forward_t(x, train, true)?, self.pool)?;
+        let mut y = self.stem.forward_max_pool_t(x, train, self.pool)?;
         for layer in &self.layers {
             for block in layer {
                 y = block.forward_t(&y, train)?;
