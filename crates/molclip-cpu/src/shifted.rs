@@ -16,6 +16,8 @@
 //! blocks of at most [`KC`] (the blocks depend on `k` alone), each block's sum one chain of
 //! multiply-adds from zero, added to the destination: the bits of an element depend neither on
 //! which block of positions it falls in nor on how the caller splits the work among threads.
+//! Weights packed without some rows of the reduction ([`ShiftedWeights::keeping`]: the taps
+//! that read a convolution's padding) keep the full reduction's blocks, less those rows.
 
 use crate::{CacheAligned, Isa};
 
@@ -32,6 +34,9 @@ pub struct ShiftedWeights {
     level: Isa,
     n: usize,
     k: usize,
+    /// The rows of the reduction kept in each block of [`KC`] of the full one, in order (all
+    /// of them, or those [`ShiftedWeights::keeping`] kept; a block may keep none).
+    blocks: Vec<usize>,
     panels: CacheAligned,
 }
 
@@ -51,44 +56,70 @@ impl ShiftedWeights {
     /// megabytes (512 x 13,824 values), and packed value by value on one thread they took
     /// 19 ms, as long as half the product they serve.
     pub fn new(level: Isa, w: &[f32], n: usize, k: usize) -> Self {
+        Self::keeping(level, w, n, k, |_| true)
+    }
+
+    /// Packs the rows `i` of the reduction for which `keep(i)` holds, in order, each block of
+    /// [`KC`] of the full reduction a block of its own (of the rows it keeps): a product whose
+    /// left operand is zero at the other rows (a convolution's taps that read its padding)
+    /// skips them, and each output's block sums are those of the full product, less terms
+    /// that are exactly zero: the same bits, except where a weight is infinite or NaN (a
+    /// zero times it is NaN) and for the sign of an output that is exactly zero.
+    /// [`ShiftedWeights::reduction`] is then the rows kept, and a [`shifted_gemm`] takes their
+    /// offsets alone.
+    pub fn keeping(level: Isa, w: &[f32], n: usize, k: usize, keep: impl Fn(usize) -> bool) -> Self {
         use rayon::prelude::*;
         assert_eq!(w.len(), n * k, "weights: expected {n} x {k} values, got {}", w.len());
         let level = level.min(Isa::detected());
         let (_, nr) = tile_of(level);
         let panels_n = n.div_ceil(nr);
-        let mut panels = CacheAligned::zeros(panels_n * nr * k);
+        let kept: Vec<Vec<usize>> =
+            (0..k).step_by(KC).map(|k0| (k0..k.min(k0 + KC)).filter(|&i| keep(i)).collect()).collect();
+        let blocks: Vec<usize> = kept.iter().map(Vec::len).collect();
+        let total: usize = blocks.iter().sum();
+        let mut panels = CacheAligned::zeros(panels_n * nr * total);
         // Each block of the reduction, then each of its panels: `[kc][nr]` values, the panel's
-        // outputs in order at each reduction index (zero past `n`, as allocated).
-        let mut chunks = Vec::with_capacity(k.div_ceil(KC) * panels_n);
+        // outputs in order at each kept row (zero past `n`, as allocated).
+        let mut chunks = Vec::with_capacity(kept.len() * panels_n);
         let mut rest = &mut panels[..];
-        for k0 in (0..k).step_by(KC) {
-            let kc = KC.min(k - k0);
+        for rows in &kept {
             for p in 0..panels_n {
-                let (panel, tail) = rest.split_at_mut(kc * nr);
-                chunks.push((k0, p, panel));
+                let (panel, tail) = rest.split_at_mut(rows.len() * nr);
+                chunks.push((&rows[..], p, panel));
                 rest = tail;
             }
         }
-        chunks.into_par_iter().for_each(|(k0, p, panel)| {
-            let kc = panel.len() / nr;
-            let rows = nr.min(n - p * nr);
-            let row = |r: usize| &w[(p * nr + r) * k + k0..][..kc];
-            for r0 in (0..rows / 8 * 8).step_by(8) {
+        chunks.into_par_iter().filter(|(rows, ..)| !rows.is_empty()).for_each(|(rows, p, panel)| {
+            let kc = rows.len();
+            let outputs = nr.min(n - p * nr);
+            // Output r's kept weights, in order: a run of w's row where the rows kept are (the
+            // whole block, as `new` keeps), gathered otherwise.
+            let whole = rows[kc - 1] - rows[0] + 1 == kc;
+            let mut gathered = vec![0f32; if whole { 0 } else { kc * 8 }];
+            for r0 in (0..outputs / 8 * 8).step_by(8) {
+                let eight: [&[f32]; 8] = if whole {
+                    std::array::from_fn(|i| &w[(p * nr + r0 + i) * k + rows[0]..][..kc])
+                } else {
+                    for (i, to) in gathered.chunks_exact_mut(kc).enumerate() {
+                        let row = &w[(p * nr + r0 + i) * k..][..k];
+                        to.iter_mut().zip(rows).for_each(|(t, &j)| *t = row[j]);
+                    }
+                    std::array::from_fn(|i| &gathered[i * kc..][..kc])
+                };
                 assert!(panel.len() >= (kc - 1) * nr + r0 + 8, "a panel of {} values", panel.len());
                 // SAFETY: the 8 values at kk · nr + r0 past the panel's start for kk < kc lie
                 // inside it (checked above), borrowed mutably here; the level runs on this CPU
                 // (capped at detection).
-                unsafe {
-                    transpose_rows_into(level, std::array::from_fn(|i| row(r0 + i)), panel[r0..].as_mut_ptr(), nr)
-                };
+                unsafe { transpose_rows_into(level, eight, panel[r0..].as_mut_ptr(), nr) };
             }
-            for r in rows / 8 * 8..rows {
-                for (to, &v) in panel[r..].iter_mut().step_by(nr).zip(row(r)) {
-                    *to = v;
+            for r in outputs / 8 * 8..outputs {
+                let row = &w[(p * nr + r) * k..][..k];
+                for (to, &j) in panel[r..].iter_mut().step_by(nr).zip(rows) {
+                    *to = row[j];
                 }
             }
         });
-        Self { level, n, k, panels }
+        Self { level, n, k: total, blocks, panels }
     }
 
     /// Outputs (rows of the destination).
@@ -142,11 +173,14 @@ pub fn shifted_gemm(
     assert!(src.len() >= reach, "source of {} values, the positions read reach {reach}", src.len());
     let panels = w.n.div_ceil(nr);
     let mut packed = &w.panels[..];
-    for k0 in (0..k).step_by(KC) {
-        let kc = KC.min(k - k0);
+    let mut k0 = 0;
+    for &kc in w.blocks.iter().filter(|&&kc| kc > 0) {
         let offs = &offsets[k0..k0 + kc];
         let (block, rest) = packed.split_at(panels * kc * nr);
         packed = rest;
+        // The first block kept sets the destination, the others add to it.
+        let add = k0 > 0;
+        k0 += kc;
         for p in 0..n.div_ceil(nr) {
             let panel = &block[(outputs.start / nr + p) * kc * nr..][..kc * nr];
             let cols = nr.min(n - p * nr);
@@ -154,7 +188,7 @@ pub fn shifted_gemm(
                 let rows = mr.min(len - q0);
                 // Positions past the last read the last one again; their sums are not written.
                 let at: [usize; MAX_TILE] = std::array::from_fn(|i| bases[q0 + i.min(rows - 1)]);
-                let tile = Tile { rows, cols, add: k0 > 0, ldd };
+                let tile = Tile { rows, cols, add, ldd };
                 let out = &mut dst[q0 * ldd + p * nr..];
                 // SAFETY: every value read, src[at[i] + offs[j]], is below `reach` <= src.len();
                 // the panel holds kc x nr values; the tile writes positions < rows and outputs <
@@ -871,6 +905,37 @@ mod tests {
             let mut exact = vec![f32::NAN; len * ldd];
             shifted_gemm(&packed, &src[..reach], (&offsets, &bases), 0..n, (&mut exact, ldd));
             assert_eq!(bits(&dst), bits(&exact), "{level}: a source without slack changed bits");
+        }
+    }
+
+    /// A product that keeps some rows of the reduction gives the full product's bits where
+    /// the rows it drops read zeros: whole blocks dropped (the first one, so that the next
+    /// sets the destination), and rows dropped here and there in the others.
+    #[test]
+    fn dropping_rows_that_read_zeros_keeps_the_bits() {
+        let (n, k, len) = (37, 600, 23);
+        let mut state = 3u64;
+        let mut next = move || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        // Values past 2000 are zeros: the rows dropped read there.
+        let src: Vec<f32> = (0..4000).map(|i| if i < 2000 { next() } else { 0.0 }).collect();
+        let w: Vec<f32> = (0..n * k).map(|_| next()).collect();
+        let dropped = |i: usize| i < KC || i.is_multiple_of(3);
+        let offsets: Vec<usize> = (0..k).map(|i| if dropped(i) { 2000 + i % 50 } else { (i * 37) % 1900 }).collect();
+        let bases: Vec<usize> = (0..len).map(|q| q * 3).collect();
+        let kept: Vec<usize> = offsets.iter().enumerate().filter(|&(i, _)| !dropped(i)).map(|(_, &o)| o).collect();
+        for level in Isa::ALL.into_iter().filter(|l| l.runs()) {
+            let full = ShiftedWeights::new(level, &w, n, k);
+            let some = ShiftedWeights::keeping(level, &w, n, k, |i| !dropped(i));
+            assert_eq!(some.reduction(), kept.len());
+            let (mut a, mut b) = (vec![f32::NAN; len * n], vec![f32::NAN; len * n]);
+            shifted_gemm(&full, &src, (&offsets, &bases), 0..n, (&mut a, n));
+            shifted_gemm(&some, &src, (&kept, &bases), 0..n, (&mut b, n));
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a), bits(&b), "{level}");
+            assert!(a.iter().all(|v| v.is_finite()));
         }
     }
 

@@ -19,7 +19,7 @@ mod shifted;
 use std::borrow::Cow;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Device, Layout, Shape, Tensor};
-use molclip_cpu::{Shared, ShiftedWeights};
+use molclip_cpu::Shared;
 use rayon::prelude::*;
 
 use super::cpu::{f32_slice, gemm_f32, gemm_f32_strided, gemm_f32_uninit, gemm_raw, written_by, Scratch};
@@ -924,9 +924,8 @@ impl CustomOp2 for Conv3dOp {
         let z = ConvSizes::new(window, dims, l2.shape().dims()[0], out);
         let o = z.o;
         if let Some(grid) = shifted_grid(window, z.b, z.c, z.input) {
-            let packed = ShiftedWeights::new(molclip_cpu::isa(), wt, o, z.ck);
             return Ok((
-                CpuStorage::F32(grid.convolve(&x, &packed)),
+                CpuStorage::F32(grid.convolve(&x, (wt, o))),
                 Shape::from(vec![z.b, o, out[0], out[1], out[2]]),
             ));
         }
@@ -1003,9 +1002,8 @@ impl CustomOp2 for Conv3dGradInput {
         {
             Some(grid) => {
                 let taps = window.taps();
-                let packed = ShiftedWeights::new(molclip_cpu::isa(), &shifted::flipped(wt, o, c, taps), c, o * taps);
                 debug_assert_eq!(grid.out(), [t, h, w]);
-                grid.convolve(gy, &packed)
+                grid.convolve(gy, (&shifted::flipped(wt, o, c, taps), c))
             }
             None => match z.tile() {
                 Some(tile) => z.input_grad_tiled(window, gy, wt, tile),
@@ -1518,9 +1516,12 @@ mod tests {
             // lines padded on both sides: a tap past a line's end reads zeros either way.
             let both = grid.padded_on_both_sides();
             let (xf, wf) = (flat(x.as_tensor()), flat(wt.as_tensor()));
-            let packed = ShiftedWeights::new(molclip_cpu::isa(), &wf, o, c * win.taps());
             let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
-            assert_eq!(bits(grid.convolve(&xf, &packed)), bits(both.convolve(&xf, &packed)), "forward {win:?}");
+            let y = bits(grid.convolve(&xf, (&wf, o)));
+            assert_eq!(y, bits(both.convolve(&xf, (&wf, o))), "forward {win:?}");
+            // The first and last output times skip the taps of time that read padding: the
+            // same bits as every tap read.
+            assert_eq!(y, bits(grid.reading_every_tap().convolve(&xf, (&wf, o))), "forward {win:?}, every tap");
             let shared = grid.weight_grad(&xf, &flat(&probe), o);
             assert_eq!(bits(shared), bits(both.weight_grad(&xf, &flat(&probe), o)), "weight gradient {win:?}");
         }

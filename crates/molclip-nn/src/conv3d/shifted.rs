@@ -12,8 +12,8 @@ use rayon::prelude::*;
 
 use super::Window3d;
 
-/// How the forward product of `total` positions by the weights `w` splits into tasks, for a
-/// padded input of `input` values: the outputs in groups (outputs per group, a whole number
+/// How the forward product of `total` positions by `outputs` x `reduction` weights (in panels
+/// of `panel` outputs) splits into tasks, for a padded input of `input` values: the outputs in groups (outputs per group, a whole number
 /// of panels) and the positions in blocks (positions per block, a multiple of [`MAX_TILE`]).
 ///
 /// Each task streams its group's weights once and its block's part of the input once. Where
@@ -22,11 +22,11 @@ use super::Window3d;
 /// weights are read about once in all; elsewhere the positions alone are split. A block's
 /// outputs, `[positions, group]`, stay in the level-2 cache, and the tasks come in a multiple
 /// of the threads, of about one size.
-fn split_product(w: &ShiftedWeights, total: usize, input: usize) -> (usize, usize) {
+fn split_product((outputs, reduction, panel): (usize, usize, usize), total: usize, input: usize) -> (usize, usize) {
     let threads = rayon::current_num_threads();
-    let panels = w.outputs().div_ceil(w.panel_width());
-    let groups = if w.outputs() * w.reduction() > input { panels.min(2 * threads) } else { 1 };
-    let group = panels.div_ceil(groups) * w.panel_width();
+    let panels = outputs.div_ceil(panel);
+    let groups = if outputs * reduction > input { panels.min(2 * threads) } else { 1 };
+    let group = panels.div_ceil(groups) * panel;
     let most = (65536 / group.max(1)).clamp(64, 1024) / MAX_TILE * MAX_TILE;
     let blocks = total.div_ceil(most);
     let blocks = if groups == 1 { blocks.next_multiple_of(threads) } else { blocks };
@@ -57,6 +57,10 @@ pub(super) struct PaddedGrid {
     /// The dims of one phase's plane, and the outputs'.
     phased: [usize; 3],
     out: [usize; 3],
+    /// Whether every output reads every tap, padding included, as the products ran before
+    /// [`PaddedGrid::time_classes`]: for tests, which compare the bits.
+    #[cfg(test)]
+    every_tap: bool,
 }
 
 impl PaddedGrid {
@@ -68,7 +72,16 @@ impl PaddedGrid {
             1 if padding[i] < kernel[i] => input[i] + padding[i],
             s => (input[i] + 2 * padding[i]).div_ceil(s),
         });
-        Some(Self { b, c, input, window, phased, out })
+        Some(Self {
+            b,
+            c,
+            input,
+            window,
+            phased,
+            out,
+            #[cfg(test)]
+            every_tap: false,
+        })
     }
 
     /// The grid for the input gradient of a stride-1 `window` whose output gradient has
@@ -89,6 +102,13 @@ impl PaddedGrid {
     pub(super) fn padded_on_both_sides(mut self) -> Self {
         let Window3d { stride, padding, .. } = self.window;
         self.phased = std::array::from_fn(|i| (self.input[i] + 2 * padding[i]).div_ceil(stride[i]));
+        self
+    }
+
+    /// The same grid with every output reading every tap (the padding's included).
+    #[cfg(test)]
+    pub(super) fn reading_every_tap(mut self) -> Self {
+        self.every_tap = true;
         self
     }
 
@@ -196,20 +216,58 @@ impl PaddedGrid {
             .collect()
     }
 
+    /// The output times in runs that read the same taps of time inside the input (the others
+    /// read its zero padding): `(first time, times, whether each tap of time is read)`. The
+    /// first and last times of a padded window skip a tap or more.
+    fn time_classes(&self) -> Vec<(usize, usize, Vec<bool>)> {
+        let (kt, st, pt, t) = (self.window.kernel[0], self.window.stride[0], self.window.padding[0], self.input[0]);
+        let reads = |ot: usize| -> Vec<bool> { (0..kt).map(|k| (pt..pt + t).contains(&(ot * st + k))).collect() };
+        #[cfg(test)]
+        let reads = |ot: usize| if self.every_tap { vec![true; kt] } else { reads(ot) };
+        let mut classes: Vec<(usize, usize, Vec<bool>)> = Vec::new();
+        for ot in 0..self.out[0] {
+            let taps = reads(ot);
+            match classes.last_mut() {
+                Some((_, times, last)) if *last == taps => *times += 1,
+                _ => classes.push((ot, 1, taps)),
+            }
+        }
+        classes
+    }
+
     /// `y [B, O, To, Ho, Wo]`: the videos `x` (`[B, C, T, H, W]`) convolved with `w`
-    /// (`[O, C · taps]`, taps time-major, packed): the outputs alone, each where its window
-    /// starts on the grid, in blocks of positions across the videos; each block's product,
-    /// position-major, transposed into place.
-    pub(super) fn convolve(&self, x: &[f32], w: &ShiftedWeights) -> Vec<f32> {
-        let o = w.outputs();
+    /// (`[O, C · taps]`, taps time-major): the outputs alone, each where its window starts on
+    /// the grid, in blocks of positions across the videos; each block's product,
+    /// position-major, transposed into place. The output times whose windows reach into the
+    /// padding of time (the first and last) skip the taps that read it: their weights are
+    /// packed apart without those taps ([`ShiftedWeights::keeping`]), the same sums but for
+    /// terms that are exactly zero (19 % of an i3d-resnet18's multiply-adds read padding,
+    /// most of them in height and width, which the grid's blocks of positions do not
+    /// separate).
+    pub(super) fn convolve(&self, x: &[f32], (w, o): (&[f32], usize)) -> Vec<f32> {
         let offsets = self.offsets();
         let xp = self.pad_input(x, &offsets);
         let [_, ho, wo] = self.out;
         let [_, hp, wp] = self.phased;
         let (n, video) = (self.out.iter().product::<usize>(), self.c * self.phases() * self.volume());
         let total = self.b * n;
-        let (group, per_task) = split_product(w, total, xp.len());
         let isa = molclip_cpu::isa();
+        let k = offsets.len();
+        let per_tap = self.window.kernel[1] * self.window.kernel[2];
+        let taps = self.window.kernel[0] * per_tap;
+        // Each class of output times: its packed weights, its taps' offsets, and its runs of
+        // positions (a run per video).
+        let classes: Vec<(ShiftedWeights, Vec<usize>, usize, usize)> = self
+            .time_classes()
+            .into_iter()
+            .map(|(first, times, reads)| {
+                let keep = |i: usize| reads[i % taps / per_tap];
+                let packed = ShiftedWeights::keeping(isa, w, o, k, keep);
+                let offs = offsets.iter().enumerate().filter(|&(i, _)| keep(i)).map(|(_, &v)| v).collect();
+                (packed, offs, first * ho * wo, times * ho * wo)
+            })
+            .collect();
+        let (group, per_task) = split_product((o, k, classes[0].0.panel_width()), total, xp.len());
         // Where output f (video-major) starts on the grid.
         let base = |f: usize| {
             let (bi, i) = (f / n, f % n);
@@ -218,23 +276,38 @@ impl PaddedGrid {
         };
         let write = |y: &mut [std::mem::MaybeUninit<f32>]| {
             let dst = Shared(y.as_mut_ptr().cast::<f32>());
-            let tasks: Vec<(usize, usize)> =
-                (0..total).step_by(per_task).flat_map(|f0| (0..o).step_by(group).map(move |j0| (f0, j0))).collect();
+            // A class's positions are its run in each video, one after the other: position
+            // q is output f(q). Blocks of at most per_task of them (across videos), by
+            // groups of outputs.
+            let f_of = |ci: usize, q: usize| {
+                let (start, len) = (classes[ci].2, classes[ci].3);
+                q / len * n + start + q % len
+            };
+            let tasks: Vec<(usize, usize, usize, usize)> = (0..classes.len())
+                .flat_map(|ci| {
+                    let all = self.b * classes[ci].3;
+                    (0..all)
+                        .step_by(per_task)
+                        .flat_map(move |q0| (0..o).step_by(group).map(move |j0| (ci, q0, per_task.min(all - q0), j0)))
+                })
+                .collect();
             tasks.into_par_iter().for_each_init(
                 || (vec![0f32; per_task * group], Vec::with_capacity(per_task)),
-                |(tile, bases), (f0, j0)| {
-                    let (len, width) = (per_task.min(total - f0), group.min(o - j0));
+                |(tile, bases), (ci, q0, len, j0)| {
+                    let width = group.min(o - j0);
+                    let (w, offsets, class_len) = (&classes[ci].0, &classes[ci].1, classes[ci].3);
                     bases.clear();
-                    bases.extend((f0..f0 + len).map(base));
-                    shifted_gemm(w, &xp, (&offsets, bases), j0..j0 + width, (tile, width));
+                    bases.extend((q0..q0 + len).map(|q| base(f_of(ci, q))));
+                    shifted_gemm(w, &xp, (offsets, bases), j0..j0 + width, (tile, width));
                     // Output f of the block goes to y[(bi · O + j) · N + i], a run of the
                     // block's positions per video and output: 8 positions at a time as a
                     // transpose of their rows of outputs, the rest value by value.
-                    let mut f = f0;
-                    while f < f0 + len {
+                    let mut q = q0;
+                    while q < q0 + len {
+                        let f = f_of(ci, q);
                         let (bi, i0) = (f / n, f % n);
-                        let run = (n - i0).min(f0 + len - f);
-                        let rows = &tile[(f - f0) * width..(f - f0 + run) * width];
+                        let run = (class_len - q % class_len).min(q0 + len - q);
+                        let rows = &tile[(q - q0) * width..(q - q0 + run) * width];
                         // SAFETY: y holds B·O·N values; this task writes, for video bi and the
                         // outputs j0..j0 + width, the positions i0..i0 + run < N of its own
                         // block of positions and group of outputs, and the tasks' blocks and
@@ -259,14 +332,14 @@ impl PaddedGrid {
                                 }
                             }
                         }
-                        f += run;
+                        q += run;
                     }
                 },
             );
         };
-        // SAFETY: the tasks' blocks of positions tile the B·N outputs and their groups the O
-        // channels, and each task writes every output of its positions in its group: all
-        // B·O·N values.
+        // SAFETY: the classes' runs tile each video's N outputs, the tasks' blocks of a class's
+        // positions tile its runs in every video, their groups the O channels, and each task
+        // writes every output of its positions in its group: all B·O·N values.
         unsafe { crate::cpu::written_by(self.b * o * n, write) }
     }
 
