@@ -13,8 +13,9 @@ use rayon::prelude::*;
 use super::Window3d;
 
 /// How the forward product of `total` positions by `outputs` x `reduction` weights (in panels
-/// of `panel` outputs) splits into tasks, for a padded input of `input` values: the outputs in groups (outputs per group, a whole number
-/// of panels) and the positions in blocks (positions per block, a multiple of [`MAX_TILE`]).
+/// of `panel` outputs) splits into tasks, for a padded input of `input` values: the outputs in
+/// groups (outputs per group, a whole number of panels) and the positions in blocks
+/// (positions per block, a multiple of [`MAX_TILE`]).
 ///
 /// Each task streams its group's weights once and its block's part of the input once. Where
 /// the weights are the larger (the deep layers: many channels, few positions), the outputs
