@@ -1084,7 +1084,17 @@ struct MaxPool3dOp {
 }
 
 /// An output element whose window holds only padding.
-pub(crate) const NO_TAP: u32 = u32::MAX;
+const NO_TAP: u32 = u32::MAX;
+
+/// A plane's max-pool backward pass: each pooled gradient `grad[o]` added to `plane` at its
+/// window's maximum `argmax[o]` (none where the window held only padding), in order.
+pub(crate) fn add_at_maxima(plane: &mut [f32], argmax: &[u32], grad: &[f32]) {
+    for (&a, &g) in argmax.iter().zip(grad) {
+        if a != NO_TAP {
+            plane[a as usize] += g;
+        }
+    }
+}
 
 /// One step of the maximum's scan, over a row of candidates at once: candidate `o` (value
 /// `v[o]`, input index `at(o)`) replaces the best so far where it ranks above it. The ranking
@@ -1313,11 +1323,7 @@ impl CustomOp2 for MaxPool3dGrad {
                 // Each plane zeroed by its own task (in parallel, and in its cache), then the
                 // gradients added at their windows' maxima.
                 let dst = crate::cpu::zeroed(dst);
-                for (&a, &g) in arg[p * n..(p + 1) * n].iter().zip(&gy[p * n..(p + 1) * n]) {
-                    if a != NO_TAP {
-                        dst[a as usize] += g;
-                    }
-                }
+                add_at_maxima(dst, &arg[p * n..(p + 1) * n], &gy[p * n..(p + 1) * n]);
             })
         };
         // SAFETY: the B·C planes of vol values tile gx, and each is zeroed whole.

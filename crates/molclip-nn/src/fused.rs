@@ -573,6 +573,13 @@ fn batch_norm_bwd(
     Ok((packed.narrow(0, 0, n)?.reshape((b, c, m))?, packed.narrow(0, n, 2 * c)?.force_contiguous()?))
 }
 
+/// The gradients of (x, w, b) from [`batch_norm_bwd`]'s `dx` and packed `[dw, db]`.
+type InputWeightBias = (Option<Tensor>, Option<Tensor>, Option<Tensor>);
+fn input_weight_bias(dx: Tensor, dwb: &Tensor) -> candle_core::Result<InputWeightBias> {
+    let c = dwb.dim(0)? / 2;
+    Ok((Some(dx), Some(dwb.narrow(0, 0, c)?), Some(dwb.narrow(0, c, c)?)))
+}
+
 /// Mean and biased variance of each channel of `[B, C, M]`, each a sum in [`LaneSums`]'s order
 /// (two passes: the mean, then the squared deviations from it).
 fn channel_moments(x: &[f32], b: usize, c: usize, m: usize) -> Vec<(f32, f32)> {
@@ -872,8 +879,7 @@ impl CustomOp3 for BatchNormCpu {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = BatchNormGrad { eps: self.eps, relu: self.relu, pooled: None };
         let (dx, dwb) = batch_norm_bwd(x, w, bias, &self.stats, dy, grad)?;
-        let c = w.dim(0)?;
-        Ok((Some(dx), Some(dwb.narrow(0, 0, c)?), Some(dwb.narrow(0, c, c)?)))
+        input_weight_bias(dx, &dwb)
     }
 }
 
@@ -984,7 +990,7 @@ impl CustomOp3 for BatchNormReluMaxPoolCpu {
         let (b, c) = (x.dim(0)?, x.dim(1)?);
         let grad = BatchNormGrad { eps: self.eps, relu: true, pooled: Some(pooled) };
         let (dx, dwb) = batch_norm_bwd(&x.reshape((b, c, ()))?, w, bias, &self.stats, &dy.reshape((b, c, ()))?, grad)?;
-        Ok((Some(dx.reshape(x.dims())?), Some(dwb.narrow(0, 0, c)?), Some(dwb.narrow(0, c, c)?)))
+        input_weight_bias(dx.reshape(x.dims())?, &dwb)
     }
 }
 
@@ -1009,11 +1015,7 @@ impl BatchNormGrad {
         };
         scratch.clear();
         scratch.resize(m, 0.0);
-        for (&a, &g) in argmax[bc * n..][..n].iter().zip(&dy[bc * n..][..n]) {
-            if a != crate::conv3d::NO_TAP {
-                scratch[a as usize] += g;
-            }
-        }
+        crate::conv3d::add_at_maxima(scratch, &argmax[bc * n..][..n], &dy[bc * n..][..n]);
         scratch
     }
 }

@@ -221,8 +221,10 @@ impl PaddedGrid {
     /// read its zero padding): `(first time, times, whether each tap of time is read)`. The
     /// first and last times of a padded window skip a tap or more.
     fn time_classes(&self) -> Vec<(usize, usize, Vec<bool>)> {
-        let (kt, st, pt, t) = (self.window.kernel[0], self.window.stride[0], self.window.padding[0], self.input[0]);
-        let reads = |ot: usize| -> Vec<bool> { (0..kt).map(|k| (pt..pt + t).contains(&(ot * st + k))).collect() };
+        let kt = self.window.kernel[0];
+        let reads = |ot: usize| -> Vec<bool> {
+            (0..kt).map(|k| self.window.tap_input(0, ot, k, self.input[0]).is_some()).collect()
+        };
         #[cfg(test)]
         let reads = |ot: usize| if self.every_tap { vec![true; kt] } else { reads(ot) };
         let mut classes: Vec<(usize, usize, Vec<bool>)> = Vec::new();
