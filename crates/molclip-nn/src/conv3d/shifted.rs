@@ -258,19 +258,21 @@ impl PaddedGrid {
         let k = offsets.len();
         let per_tap = self.window.kernel[1] * self.window.kernel[2];
         let taps = self.window.kernel[0] * per_tap;
-        // Each class of output times: its packed weights, its taps' offsets, and its runs of
-        // positions (a run per video).
-        let classes: Vec<(ShiftedWeights, Vec<usize>, usize, usize)> = self
+        // Each class of output times: its packed weights (None: all of them), its taps'
+        // offsets, and its runs of positions (a run per video). The weights are packed once,
+        // and a class that skips taps drops their rows from that packing.
+        let full = ShiftedWeights::new(isa, w, o, k);
+        let classes: Vec<(Option<ShiftedWeights>, Vec<usize>, usize, usize)> = self
             .time_classes()
             .into_iter()
             .map(|(first, times, reads)| {
                 let keep = |i: usize| reads[i % taps / per_tap];
-                let packed = ShiftedWeights::keeping(isa, w, o, k, keep);
+                let packed = (!reads.iter().all(|&r| r)).then(|| full.dropping(keep));
                 let offs = offsets.iter().enumerate().filter(|&(i, _)| keep(i)).map(|(_, &v)| v).collect();
                 (packed, offs, first * ho * wo, times * ho * wo)
             })
             .collect();
-        let (group, per_task) = split_product((o, k, classes[0].0.panel_width()), total, xp.len());
+        let (group, per_task) = split_product((o, k, full.panel_width()), total, xp.len());
         // Where output f (video-major) starts on the grid.
         let base = |f: usize| {
             let (bi, i) = (f / n, f % n);
@@ -298,7 +300,8 @@ impl PaddedGrid {
                 || (vec![0f32; per_task * group], Vec::with_capacity(per_task)),
                 |(tile, bases), (ci, q0, len, j0)| {
                     let width = group.min(o - j0);
-                    let (w, offsets, class_len) = (&classes[ci].0, &classes[ci].1, classes[ci].3);
+                    let (w, offsets, class_len) =
+                        (classes[ci].0.as_ref().unwrap_or(&full), &classes[ci].1, classes[ci].3);
                     bases.clear();
                     bases.extend((q0..q0 + len).map(|q| base(f_of(ci, q))));
                     shifted_gemm(w, &xp, (offsets, bases), j0..j0 + width, (tile, width));
