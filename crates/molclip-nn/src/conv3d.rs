@@ -6,7 +6,10 @@
 //! window matrix, or its gradient, one tile of positions at a time, in cache, and multiply or
 //! add back each tile at once; the deeper ones build it for a group of videos and run one
 //! GEMM over the group. Width strides read a copy of the input split into phases, so that the
-//! window matrix is made of contiguous copies.
+//! window matrix is made of contiguous copies. Most convolutions run on the grid of their
+//! padded input instead, without a window matrix (module `shifted`), and windows of which much
+//! reads the padding as one product per tap over the outputs where it reads inside (module
+//! `per_tap`).
 //! candle's own CPU conv2d and its transpose are direct loops, several times slower.
 //!
 //! On CUDA, with the `cudnn` feature, the same ops run cuDNN's convolution and pooling, forward
@@ -14,6 +17,7 @@
 //! (one conv2d per temporal tap, or strided slices, stack and matmul), so autograd comes for
 //! free; the tests check that the paths agree with each other and with PyTorch.
 
+mod per_tap;
 mod shifted;
 
 use std::borrow::Cow;
@@ -438,6 +442,24 @@ fn tap_runs(
     runs
 }
 
+/// Tap `tap`'s runs ([`tap_runs`]) with each run's input index in the videos phase-split by
+/// [`phase_split`] (`split`: a contiguous run of the tap's phase), or in the videos themselves
+/// (the run's first input; the others follow at the width stride).
+fn tap_runs_in(window: Window3d, dims: [usize; 3], out: [usize; 3], tap: usize, split: bool) -> Vec<[usize; 3]> {
+    let [_, h, w] = dims;
+    let sw = window.stride[2];
+    if split {
+        let wp = w.div_ceil(sw);
+        tap_runs(window, dims, out, tap, |it, ih, lo, shift| {
+            let (q, phase) = phase_of(shift, sw);
+            (it * h + ih) * sw * wp + phase * wp + (lo as isize + q) as usize
+        })
+    } else {
+        // Output ow read input ow·sw + shift, inside the line for the run's outputs.
+        tap_runs(window, dims, out, tap, |it, ih, lo, shift| (it * h + ih) * w + ((lo * sw) as isize + shift) as usize)
+    }
+}
+
 /// Fills `col` (`[C·taps, G·N]`, N = To·Ho·Wo) with the window contents of `g` consecutive videos
 /// of `c` channels (phase-split by [`phase_split`]); video `i` fills columns `i·N..(i+1)·N`:
 /// [`window_row`]'s values, from each tap's [`tap_runs`], zeros between them.
@@ -446,14 +468,9 @@ fn vol2col(xs: &[f32], g: usize, c: usize, dims: [usize; 3], window: Window3d, o
     let n = out.iter().product::<usize>();
     let [t, h, w] = dims;
     let sw = window.stride[2];
-    let wp = w.div_ceil(sw);
-    let channel = t * h * sw * wp;
-    let at = |it: usize, ih: usize, lo: usize, shift: isize| {
-        let (q, phase) = phase_of(shift, sw);
-        (it * h + ih) * sw * wp + phase * wp + (lo as isize + q) as usize
-    };
+    let channel = t * h * sw * w.div_ceil(sw);
     let taps = window.taps();
-    let runs: Vec<_> = (0..taps).map(|tap| tap_runs(window, dims, out, tap, at)).collect();
+    let runs: Vec<_> = (0..taps).map(|tap| tap_runs_in(window, dims, out, tap, true)).collect();
     col.par_chunks_mut(g * n).enumerate().for_each(|(row, dst)| {
         let (ci, runs) = (row / taps, &runs[row % taps]);
         for (gi, dst) in dst.chunks_exact_mut(n).enumerate() {
@@ -473,15 +490,11 @@ fn vol2col(xs: &[f32], g: usize, c: usize, dims: [usize; 3], window: Window3d, o
 /// `[G, C, T, H, W]`: [`unwindow_row`]'s sums, in its order, from each tap's [`tap_runs`].
 fn col2vol(col: &[f32], g: usize, dims: [usize; 3], window: Window3d, out: [usize; 3], gx: &mut [f32]) {
     let n = out.iter().product::<usize>();
-    let [_, h, w] = dims;
     let sw = window.stride[2];
     let taps = window.taps();
     let plane = dims.iter().product::<usize>();
     let c = gx.len() / (g * plane);
-    // Output ow read input ow·sw + shift, inside the line for the run's outputs.
-    let at =
-        |it: usize, ih: usize, lo: usize, shift: isize| ((it * h + ih) * w) + ((lo * sw) as isize + shift) as usize;
-    let runs: Vec<_> = (0..taps).map(|tap| tap_runs(window, dims, out, tap, at)).collect();
+    let runs: Vec<_> = (0..taps).map(|tap| tap_runs_in(window, dims, out, tap, false)).collect();
     gx.par_chunks_mut(plane).enumerate().for_each(|(p, dst)| {
         let (gi, ci) = (p / c, p % c);
         // The plane is the gradient of one channel: its rows are the taps alone.
@@ -923,18 +936,20 @@ impl CustomOp2 for Conv3dOp {
         let (window, x, dims) = on_subsampled(self.window, x, dims, out);
         let z = ConvSizes::new(window, dims, l2.shape().dims()[0], out);
         let o = z.o;
+        let shape = Shape::from(vec![z.b, o, out[0], out[1], out[2]]);
         if let Some(grid) = shifted_grid(window, z.b, z.c, z.input) {
-            return Ok((
-                CpuStorage::F32(grid.convolve(&x, (wt, o))),
-                Shape::from(vec![z.b, o, out[0], out[1], out[2]]),
-            ));
+            return Ok((CpuStorage::F32(grid.convolve(&x, (wt, o))), shape));
+        }
+        let taps = per_tap::TapProducts::new(window, dims, o, out);
+        if taps.serves() {
+            return Ok((CpuStorage::F32(taps.forward(&x, wt)), shape));
         }
         let xs = phase_split(&x, dims[4], window.stride[2]);
         let y = match z.tile() {
             Some(tile) => z.forward_tiled(window, &xs, wt, tile),
             None => z.forward_grouped(window, &xs, wt),
         };
-        Ok((CpuStorage::F32(y), Shape::from(vec![z.b, o, out[0], out[1], out[2]])))
+        Ok((CpuStorage::F32(y), shape))
     }
 
     #[cfg(feature = "cudnn")]
@@ -1005,10 +1020,14 @@ impl CustomOp2 for Conv3dGradInput {
                 debug_assert_eq!(grid.out(), [t, h, w]);
                 grid.convolve(gy, (&shifted::flipped(wt, o, c, taps), c))
             }
-            None => match z.tile() {
-                Some(tile) => z.input_grad_tiled(window, gy, wt, tile),
-                None => z.input_grad_grouped(window, gy, wt),
-            },
+            None => {
+                let taps = per_tap::TapProducts::new(window, [b, c, t, h, w], o, out);
+                match z.tile() {
+                    _ if taps.serves() => taps.input_grad(gy, wt),
+                    Some(tile) => z.input_grad_tiled(window, gy, wt, tile),
+                    None => z.input_grad_grouped(window, gy, wt),
+                }
+            }
         };
         let [t, h, w] = self.input;
         let gx = match subsampled(self.window) {
@@ -1054,6 +1073,10 @@ impl CustomOp2 for Conv3dGradWeight {
         let [kt, kh, kw] = window.kernel;
         if let Some(grid) = shifted_grid(window, z.b, c, z.input) {
             return Ok((CpuStorage::F32(grid.weight_grad(&x, gy, o)), Shape::from(vec![o, c, kt, kh, kw])));
+        }
+        let taps = per_tap::TapProducts::new(window, dims, o, [ot, oh, ow]);
+        if taps.serves() {
+            return Ok((CpuStorage::F32(taps.weight_grad(&x, gy)), Shape::from(vec![o, c, kt, kh, kw])));
         }
         let xs = phase_split(&x, dims[4], window.stride[2]);
         let gw = match z.tile() {
@@ -1438,7 +1461,7 @@ mod tests {
     #[test]
     fn grouped_kernels_match_composed_ops() {
         for (i, (win, input)) in [
-            (Window3d::new([3, 3, 3], [1, 1, 1], [1, 1, 1]), [24, 32, 2]),
+            (Window3d::new([3, 3, 3], [1, 1, 1], [1, 1, 1]), [24, 20, 3]),
             (Window3d::new([3, 3, 3], [1, 2, 1], [1, 1, 1]), [24, 40, 3]),
             (Window3d::new([1, 3, 3], [1, 1, 2], [0, 1, 1]), [16, 30, 6]),
         ]
@@ -1447,13 +1470,36 @@ mod tests {
         {
             let [t, h, w] = input;
             let z = ConvSizes::new(win, [3, 2, t, h, w], 3, win.out_dims(input).unwrap());
-            let grouped = z.tile().is_none() && shifted_grid(win, 3, 2, input).is_none();
+            let by_taps = per_tap::TapProducts::new(win, [3, 2, t, h, w], 3, z.out).serves();
+            let grouped = z.tile().is_none() && shifted_grid(win, 3, 2, input).is_none() && !by_taps;
             assert!(grouped && z.groups().count() > 1, "{win:?}: several groups of the window matrix");
             let (x, wt, probe) = case(win, [3, 2, 3], input, 70 + i as u64);
             // Twice: the second run's buffers hold the first's values.
             for _ in 0..2 {
                 matches_composed(&x, &wt, &probe, win);
             }
+        }
+    }
+
+    /// Windows of which more than a third reads the padding run tap by tap ([`per_tap`]):
+    /// `layer4`'s 3 x 3 x 3 window on its 4 x 4 x 4 frames, and others on small frames,
+    /// strided (an odd width included) and not, against the composed ops.
+    #[test]
+    fn per_tap_kernels_match_composed_ops() {
+        for (i, (win, input, c, o)) in [
+            (Window3d::new([3, 3, 3], [1, 1, 1], [1, 1, 1]), [4, 4, 4], 6, 5),
+            (Window3d::new([1, 3, 3], [1, 1, 1], [0, 1, 1]), [4, 3, 3], 7, 9),
+            (Window3d::new([3, 3, 3], [1, 2, 2], [1, 1, 1]), [3, 5, 5], 6, 5),
+            (Window3d::new([3, 3, 3], [2, 2, 2], [1, 1, 1]), [5, 8, 7], 3, 4),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let out = win.out_dims(input).unwrap();
+            let [t, h, w] = input;
+            assert!(per_tap::TapProducts::new(win, [3, c, t, h, w], o, out).serves(), "{win:?}");
+            let (x, wt, probe) = case(win, [3, c, o], input, 90 + i as u64);
+            matches_composed(&x, &wt, &probe, win);
         }
     }
 
