@@ -1497,7 +1497,8 @@ mod tests {
         {
             let out = win.out_dims(input).unwrap();
             let [t, h, w] = input;
-            assert!(per_tap::TapProducts::new(win, [3, c, t, h, w], o, out).serves(), "{win:?}");
+            let by_taps = per_tap::TapProducts::new(win, [3, c, t, h, w], o, out).serves();
+            assert!(by_taps && shifted_grid(win, 3, c, input).is_none(), "{win:?}: tap by tap");
             let (x, wt, probe) = case(win, [3, c, o], input, 90 + i as u64);
             matches_composed(&x, &wt, &probe, win);
         }
