@@ -1562,9 +1562,12 @@ mod tests {
             let (gw, scale) = matches_composed(&x, &wt, &probe, win);
             // The grid's weight gradient itself, which the op takes at AVX-512 only.
             let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let direct = grid.weight_grad(&flat(x.as_tensor()), &flat(&probe), o);
-            let direct = Tensor::from_vec(direct, gw.shape(), &Device::Cpu).unwrap();
-            assert!(max_abs_diff(&direct, &gw) < 1e-5 * scale, "grid weight gradient {win:?}");
+            // Summed by parts of the videos (these small gradients' way) and by rows.
+            for grid in [grid, grid.summing_by_rows()] {
+                let direct = grid.weight_grad(&flat(x.as_tensor()), &flat(&probe), o);
+                let direct = Tensor::from_vec(direct, gw.shape(), &Device::Cpu).unwrap();
+                assert!(max_abs_diff(&direct, &gw) < 1e-5 * scale, "grid weight gradient {win:?}");
+            }
             // Lines that share their padding give every output the same sum, to the bit, as
             // lines padded on both sides: a tap past a line's end reads zeros either way.
             let both = grid.padded_on_both_sides();
@@ -1580,6 +1583,24 @@ mod tests {
         }
         // The deepest layers' sparse grids (4 x 4 frames on 5 x 5: 64 % outputs) keep the window matrix.
         assert!(shifted_grid(Window3d::new([3, 3, 3], [1, 1, 1], [1, 1, 1]), 8, 512, [4, 4, 4]).is_none());
+    }
+
+    /// A grid's weight gradient summed by parts of the videos, with parts of one and of two
+    /// videos (11 videos in 8 parts), against the same summed by rows (the videos in order).
+    #[test]
+    fn weight_gradient_by_parts_of_videos_matches_by_rows() {
+        let win = Window3d::new([3, 3, 3], [1, 2, 2], [1, 1, 1]);
+        let (b, c, o, input) = (11, 3, 20, [4, 14, 13]);
+        let grid = shifted_grid(win, b, c, input).expect("a dense grid");
+        let out = grid.out();
+        let flat = |shape: &[usize], seed| rand(shape, seed).flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let x = flat(&[b, c, input[0], input[1], input[2]], 5);
+        let gy = flat(&[b, o, out[0], out[1], out[2]], 6);
+        let parts = grid.weight_grad(&x, &gy, o);
+        let rows = grid.summing_by_rows().weight_grad(&x, &gy, o);
+        let scale = rows.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let worst = parts.iter().zip(&rows).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(worst < 1e-5 * scale, "by parts of the videos: {worst} of {scale}");
     }
 
     /// The partial sums of a weight gradient, summed and transposed: each element the sum of
