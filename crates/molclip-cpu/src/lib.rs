@@ -570,10 +570,10 @@ gemm_for!(gemm_f64, f64, gemm_f64, "Double-precision GEMM with the kernels of `l
 
 /// A product small enough to run on one thread (the attention's, one head at a time),
 /// `dst[m × n] = alpha · lhs[m × k] · rhs[k × n]` (`dst` not read), strides as [`gemm_f32`]
-/// takes them: at AVX2 and AVX-512, molclip's AVX2 kernel for products too small to pack
-/// (`small`; on an AVX-512 machine it ran a frame-vit step's attention faster than the `gemm`
-/// crate's AVX-512 kernel, 306-318 against 323-340 ms a step); at other levels, [`gemm_f32`]
-/// on one thread.
+/// takes them: at AVX2 and AVX-512, molclip's kernels for products too small to pack
+/// (`small`, on vectors of the level: the same bits at both; on an AVX-512 machine even its
+/// AVX2 tile ran a frame-vit step's attention faster than the `gemm` crate's AVX-512 kernel,
+/// 306-318 against 323-340 ms a step); at other levels, [`gemm_f32`] on one thread.
 ///
 /// # Safety
 ///
@@ -594,7 +594,16 @@ pub unsafe fn gemm_f32_small(
         // SAFETY: the caller's views, and AVX2 and FMA (`level` is at most what the CPU has,
         // and every CPU with AVX-512F has both).
         unsafe {
-            small::sgemm_small(m, n, k, (dst, dst_cs, dst_rs), (lhs, lhs_cs, lhs_rs), (rhs, rhs_cs, rhs_rs), alpha)
+            small::sgemm_small(
+                level >= Isa::Avx512,
+                m,
+                n,
+                k,
+                (dst, dst_cs, dst_rs),
+                (lhs, lhs_cs, lhs_rs),
+                (rhs, rhs_cs, rhs_rs),
+                alpha,
+            )
         };
         return;
     }
@@ -888,17 +897,33 @@ mod tests {
     }
 
     /// Products too small to pack, at every level: within rounding of the plain sums for
-    /// the attention's shapes and around the tile (2 rows x 32 columns, the last vector
-    /// masked), right operands along memory or across it, destinations with a unit column
-    /// stride or not (neither read: NaN there stays unseen); and an element's bits do not
-    /// depend on the rows and columns computed with it.
+    /// the attention's shapes and around the tiles (3 rows x 32 columns at AVX2, 5 x 64 at
+    /// AVX-512, the last vector masked; right operands across memory copied through 8 x 8
+    /// transposes and the columns past them), right operands along memory or across it,
+    /// destinations with a unit column stride or not (neither read: NaN there stays unseen);
+    /// an element's bits do not depend on the rows and columns computed with it, and are the
+    /// same at AVX2 and AVX-512.
     #[test]
     fn small_products_match_the_plain_sums_in_every_layout() {
-        for (m, n, k) in [(50, 50, 64), (50, 64, 50), (1, 1, 1), (3, 7, 5), (17, 33, 9), (2, 40, 0), (5, 65, 17)] {
+        for (m, n, k) in [
+            (50, 50, 64),
+            (50, 64, 50),
+            (1, 1, 1),
+            (3, 7, 5),
+            (17, 33, 9),
+            (2, 40, 0),
+            (5, 65, 17),
+            (11, 129, 3),
+            (6, 24, 70),
+        ] {
+            // Each layout's destination at AVX2, to compare the wider vectors' bits with.
+            let mut at_avx2: Vec<Vec<f32>> = Vec::new();
             let (a, b) = (values(m * k, 31), values(k * n, 32));
             let plain = naive(m, n, k, &a, &b);
             for level in Isa::ALL.into_iter().filter(|l| l.runs()) {
-                for (rhs_across, dst_across) in [(false, false), (true, false), (false, true), (true, true)] {
+                for (layout, (rhs_across, dst_across)) in
+                    [(false, false), (true, false), (false, true), (true, true)].into_iter().enumerate()
+                {
                     // lhs row-major; rhs row-major or column-major; dst row-major or column-major.
                     let lhs: Vec<f32> = a.iter().map(|&v| v as f32).collect();
                     let rhs: Vec<f32> = if rhs_across {
@@ -922,6 +947,16 @@ mod tests {
                             0.5,
                         )
                     };
+                    if level == Isa::Avx2 {
+                        at_avx2.push(dst.clone());
+                    } else if level == Isa::Avx512 {
+                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(
+                            bits(&dst),
+                            bits(&at_avx2[layout]),
+                            "{m}x{n}x{k}, layout {layout}: AVX-512 against AVX2"
+                        );
+                    }
                     for i in 0..m {
                         for j in 0..n {
                             let got = dst[(i as isize * dst_strides.1 + j as isize * dst_strides.0) as usize] as f64;
