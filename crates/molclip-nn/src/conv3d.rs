@@ -544,6 +544,21 @@ fn regroup(src: &[f32], dst: &mut [f32], o: usize, g: usize, n: usize, to_videos
     });
 }
 
+/// The element-wise sum of `parts` (of one length) in order, `((parts[0] + parts[1]) +
+/// parts[2]) + ...`, in parallel over runs of the values: bits that depend on the parts alone.
+fn sum_in_order(parts: &[&[f32]]) -> Vec<f32> {
+    /// Values per task.
+    const RUN: usize = 1 << 14;
+    let Some((first, rest)) = parts.split_first() else { return Vec::new() };
+    let mut sum = first.to_vec();
+    sum.par_chunks_mut(RUN).enumerate().for_each(|(r, acc)| {
+        for part in rest {
+            acc.iter_mut().zip(&part[r * RUN..]).for_each(|(a, p)| *a += p);
+        }
+    });
+    sum
+}
+
 /// `[O, CK]` from partial sums `[parts, CK, O]`, summed in order (each element the first
 /// part's value, then every later one added: what `Iterator::sum` gives). The tiled weight
 /// gradient's GEMMs write the transpose: with both of their operands position-major, they ran
@@ -551,20 +566,13 @@ fn regroup(src: &[f32], dst: &mut [f32], o: usize, g: usize, n: usize, to_videos
 /// run of values at a time, and the sum transposed by square tiles that stay in the L1 cache:
 /// an element-by-element transposed walk touched a new cache line at every read.
 fn sum_transposed(partial: &[f32], o: usize, ck: usize) -> Vec<f32> {
-    /// Values per task of the sum; output rows and columns per tile of the transpose.
-    const RUN: usize = 1 << 14;
+    /// Output rows and columns per tile of the transpose.
     const TILE: usize = 32;
     let size = o * ck;
     let sum: Cow<'_, [f32]> = if partial.len() == size {
         Cow::Borrowed(partial)
     } else {
-        let mut sum = partial[..size].to_vec();
-        sum.par_chunks_mut(RUN).enumerate().for_each(|(r, acc)| {
-            for part in partial.chunks(size).skip(1) {
-                acc.iter_mut().zip(&part[r * RUN..]).for_each(|(a, p)| *a += p);
-            }
-        });
-        Cow::Owned(sum)
+        Cow::Owned(sum_in_order(&partial.chunks(size).collect::<Vec<_>>()))
     };
     let transpose = |gw: &mut [std::mem::MaybeUninit<f32>]| {
         gw.par_chunks_mut(TILE * ck).enumerate().for_each(|(tile, rows)| {

@@ -29,7 +29,7 @@ use rayon::prelude::*;
 use super::{phase_split, tap_runs_in, Window3d};
 use crate::cpu::{gemm_f32, gemm_f32_strided, Scratch};
 
-/// One convolution's sizes.
+/// One convolution's sizes, and each tap's runs.
 pub(super) struct TapProducts {
     window: Window3d,
     /// Videos, input channels, output channels.
@@ -38,6 +38,8 @@ pub(super) struct TapProducts {
     o: usize,
     input: [usize; 3],
     out: [usize; 3],
+    /// Each tap's runs, each run's input index in the phase-split videos ([`phase_split`]).
+    runs: Vec<Vec<[usize; 3]>>,
 }
 
 /// Which index of a run ([`super::tap_runs`]) a gather or a scatter goes by: the run's first
@@ -50,7 +52,8 @@ enum Side {
 
 impl TapProducts {
     pub(super) fn new(window: Window3d, [b, c, t, h, w]: [usize; 5], o: usize, out: [usize; 3]) -> Self {
-        Self { window, b, c, o, input: [t, h, w], out }
+        let runs = (0..window.taps()).map(|tap| tap_runs_in(window, [t, h, w], out, tap, true)).collect();
+        Self { window, b, c, o, input: [t, h, w], out, runs }
     }
 
     /// Whether a convolution of these sizes runs tap by tap: a window of several taps of
@@ -61,18 +64,13 @@ impl TapProducts {
     /// grid, or on tiles of the window matrix.
     pub(super) fn serves(&self) -> bool {
         let taps = self.window.taps();
-        let inside: usize = (0..taps).map(|tap| columns(&self.runs(tap))).sum();
+        let inside: usize = self.runs.iter().map(|runs| columns(runs)).sum();
         taps > 1 && inside * 3 < taps * self.positions() * 2
     }
 
     /// Output positions per video.
     fn positions(&self) -> usize {
         self.out.iter().product()
-    }
-
-    /// Tap `tap`'s runs, each run's input index in the phase-split videos ([`phase_split`]).
-    fn runs(&self, tap: usize) -> Vec<[usize; 3]> {
-        tap_runs_in(self.window, self.input, self.out, tap, true)
     }
 
     /// Values per channel of a phase-split video.
@@ -83,12 +81,8 @@ impl TapProducts {
     }
 
     /// Each tap, its runs, and its columns (its outputs across the videos).
-    fn each_tap(&self) -> impl Iterator<Item = (usize, Vec<[usize; 3]>, usize)> + '_ {
-        (0..self.window.taps()).map(|tap| {
-            let runs = self.runs(tap);
-            let m = self.b * columns(&runs);
-            (tap, runs, m)
-        })
+    fn each_tap(&self) -> impl Iterator<Item = (usize, &[[usize; 3]], usize)> + '_ {
+        self.runs.iter().enumerate().map(|(tap, runs)| (tap, runs.as_slice(), self.b * columns(runs)))
     }
 
     /// The most columns of any tap.
@@ -114,9 +108,9 @@ impl TapProducts {
         let mut y = vec![0f32; b * o * n];
         for (tap, runs, m) in self.each_tap().filter(|&(.., m)| m > 0) {
             let (cols, prod) = (&mut cols[..c * m], &mut prod[..o * m]);
-            gather(&xs, (self.channel(), b), &runs, Side::Input, cols);
+            gather(&xs, (self.channel(), b), runs, Side::Input, cols);
             gemm_f32(o, m, c, prod, false, &wt[tap * c..], (1, (taps * c) as isize), cols, (1, m as isize));
-            scatter_add(prod, (n, b), &runs, Side::Output, &mut y);
+            scatter_add(prod, (n, b), runs, Side::Output, &mut y);
         }
         videos_outer(&y, b)
     }
@@ -132,13 +126,13 @@ impl TapProducts {
         let mut gx = vec![0f32; c * self.channel() * b];
         for (tap, runs, m) in self.each_tap().filter(|&(.., m)| m > 0) {
             let (grads, prod) = (&mut grads[..o * m], &mut prod[..c * m]);
-            gather(&gy, (n, b), &runs, Side::Output, grads);
+            gather(&gy, (n, b), runs, Side::Output, grads);
             // The tap's weights transposed: element (ci, oi) at oi · taps · C + ci.
             gemm_f32(c, m, o, prod, false, &wt[tap * c..], ((taps * c) as isize, 1), grads, (1, m as isize));
-            scatter_add(prod, (self.channel(), b), &runs, Side::Input, &mut gx);
+            scatter_add(prod, (self.channel(), b), runs, Side::Input, &mut gx);
         }
         let [_, _, width] = self.input;
-        phase_merged(&videos_outer(&gx, b), width, self.window.stride[2])
+        phase_merged(videos_outer(&gx, b), width, self.window.stride[2])
     }
 
     /// The weight gradient `[O, C, taps]` of the videos `x` whose output gradient is `gy`.
@@ -158,8 +152,8 @@ impl TapProducts {
             }
             let dst = (&mut gt[tap * c..], (1, (taps * c) as isize));
             let (cols, grads) = (&mut cols[..c * m], &mut grads[..o * m]);
-            gather(&xs, (self.channel(), b), &runs, Side::Input, cols);
-            gather(&gy, (n, b), &runs, Side::Output, grads);
+            gather(&xs, (self.channel(), b), runs, Side::Input, cols);
+            gather(&gy, (n, b), runs, Side::Output, grads);
             // dY_t · colsᵀ: colsᵀ's element (position, ci) at ci · m + position.
             let m_ = m as isize;
             gemm_f32_strided(o, c, m, dst, false, (grads, (1, m_)), (cols, (m_, 1)), rayon::current_num_threads());
@@ -201,9 +195,9 @@ fn videos_outer(src: &[f32], b: usize) -> Vec<f32> {
 }
 
 /// [`phase_split`] undone: lines of `sw` phases of `⌈w / sw⌉` values to lines of `w`.
-fn phase_merged(xs: &[f32], w: usize, sw: usize) -> Vec<f32> {
+fn phase_merged(xs: Vec<f32>, w: usize, sw: usize) -> Vec<f32> {
     if sw == 1 {
-        return xs.to_vec();
+        return xs;
     }
     let wp = w.div_ceil(sw);
     let mut x = vec![0f32; xs.len() / (sw * wp) * w];

@@ -456,16 +456,7 @@ impl PaddedGrid {
                 sum
             })
             .collect();
-        let add = |gw: &mut [MaybeUninit<f32>]| {
-            gw.par_chunks_mut(1 << 14).enumerate().for_each(|(i, chunk)| {
-                for (j, v) in chunk.iter_mut().enumerate() {
-                    let at = (i << 14) + j;
-                    v.write(sums.iter().skip(1).fold(sums[0][at], |acc, s| acc + s[at]));
-                }
-            })
-        };
-        // SAFETY: the chunks tile the O·k values, each of which is written.
-        unsafe { crate::cpu::written_by(o * k, add) }
+        super::sum_in_order(&sums.iter().map(Vec::as_slice).collect::<Vec<_>>())
     }
 }
 
