@@ -897,7 +897,7 @@ mod tests {
     }
 
     /// Products too small to pack, at every level: within rounding of the plain sums for
-    /// the attention's shapes and around the tiles (3 rows x 32 columns at AVX2, 5 x 64 at
+    /// the attention's shapes and around the tiles (2 rows x 32 columns at AVX2, 5 x 64 at
     /// AVX-512, the last vector masked; right operands across memory copied through 8 x 8
     /// transposes and the columns past them), right operands along memory or across it,
     /// destinations with a unit column stride or not (neither read: NaN there stays unseen);

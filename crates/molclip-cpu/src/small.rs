@@ -5,7 +5,7 @@
 //! values and keys of a fused projection do), and copied once into a row-major scratch
 //! where not (kᵀ of q · kᵀ, eight columns at a time through a transpose in registers); the
 //! left operand's values are broadcast from wherever they are. A register tile of 4 vectors
-//! of columns (32 at AVX2, 64 at AVX-512) by 3 rows at AVX2 or 5 at AVX-512 keeps 12 or 20
+//! of columns (32 at AVX2, 64 at AVX-512) by 2 rows at AVX2 or 5 at AVX-512 keeps 8 or 20
 //! sums; a last column block narrower than a vector is read and written through a mask. The
 //! `gemm` crate ran these products at about a quarter of the cores' FMA peak: its packing and
 //! blocking are sized for large ones. At AVX-512, the 16-lane tile took a frame-vit step's
@@ -100,10 +100,11 @@ trait Lanes: Copy {
     fn mul(a: Self, b: Self) -> Self;
 }
 
-/// AVX2: 3 rows of 4 vectors (12 sums, 3 values and 1 vector: the 16 registers).
+/// AVX2: 2 rows of 4 vectors (8 sums, 2 values and 1 vector of the 16 registers; 3 rows ran a
+/// frame-vit step's attention no faster).
 impl Lanes for __m256 {
     const LANES: usize = 8;
-    const ROWS: usize = 3;
+    const ROWS: usize = 2;
     type Mask = __m256i;
     #[inline(always)]
     fn mask(lanes: usize) -> __m256i {
@@ -323,8 +324,8 @@ unsafe fn blocks<S: Lanes>(
             // vouches for (the masked lanes of a tail among them), and its instructions are
             // the caller's.
             unsafe {
-                if S::ROWS == 3 {
-                    dispatch!(1, 2, 3)
+                if S::ROWS == 2 {
+                    dispatch!(1, 2)
                 } else {
                     dispatch!(1, 2, 3, 4, 5)
                 }
