@@ -48,7 +48,10 @@ pub(crate) unsafe fn sgemm_small(
     }
     if rhs_cs == 1 {
         // SAFETY: the caller's views; rows of rhs run along memory.
-        unsafe { product(wide, m, n, k, (dst, dst_cs, dst_rs), (lhs, lhs_cs, lhs_rs), (rhs, rhs_rs), alpha) };
+        unsafe {
+            let (dst, lhs, rhs) = ((dst, dst_cs, dst_rs), (lhs, lhs_cs, lhs_rs), (rhs, rhs_rs));
+            product(wide, Operands { m, n, k, dst, lhs, rhs, alpha })
+        };
         return;
     }
     let mut scratch = SCRATCH.with(|s| s.take());
@@ -73,7 +76,8 @@ pub(crate) unsafe fn sgemm_small(
     }
     // SAFETY: the caller's views for dst and lhs; scratch holds k rows of n values.
     unsafe {
-        product(wide, m, n, k, (dst, dst_cs, dst_rs), (lhs, lhs_cs, lhs_rs), (scratch.as_ptr(), n as isize), alpha)
+        let (dst, lhs, rhs) = ((dst, dst_cs, dst_rs), (lhs, lhs_cs, lhs_rs), (scratch.as_ptr(), n as isize));
+        product(wide, Operands { m, n, k, dst, lhs, rhs, alpha })
     };
     SCRATCH.with(|s| s.set(scratch));
 }
@@ -100,163 +104,122 @@ trait Lanes: Copy {
     fn mul(a: Self, b: Self) -> Self;
 }
 
-/// AVX2: 2 rows of 4 vectors (8 sums, 2 values and 1 vector of the 16 registers; 3 rows ran a
-/// frame-vit step's attention no faster).
-impl Lanes for __m256 {
-    const LANES: usize = 8;
-    const ROWS: usize = 2;
-    type Mask = __m256i;
-    #[inline(always)]
-    fn mask(lanes: usize) -> __m256i {
-        // SAFETY: every CPU these kernels run on has AVX2 (the entry point requires it).
-        unsafe { _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)) }
-    }
-    #[inline(always)]
-    fn zero() -> Self {
-        // SAFETY: AVX, as above.
-        unsafe { _mm256_setzero_ps() }
-    }
-    #[inline(always)]
-    fn splat(value: f32) -> Self {
-        // SAFETY: AVX, as above.
-        unsafe { _mm256_set1_ps(value) }
-    }
-    #[inline(always)]
-    unsafe fn load(at: *const f32, mask: Option<__m256i>) -> Self {
-        // SAFETY: the caller's bounds; AVX2, as above.
-        unsafe {
-            match mask {
-                Some(mask) => _mm256_maskload_ps(at, mask),
-                None => _mm256_loadu_ps(at),
+/// The methods of [`Lanes`] for one vector type, from its instructions: `$load(at)` and
+/// `$store(at, v)` unmasked, `$masked_load(at, mask)` and `$masked_store(at, mask, v)`.
+macro_rules! lanes_of {
+    (
+        $t:ty, lanes: $lanes:expr, rows: $rows:expr, mask: $mask:ty = $make_mask:expr,
+        $zero:ident, $splat:ident, $fmadd:ident, $mul:ident, $load:ident, $store:ident,
+        $masked_load:expr, $masked_store:ident
+    ) => {
+        impl Lanes for $t {
+            const LANES: usize = $lanes;
+            const ROWS: usize = $rows;
+            type Mask = $mask;
+            #[inline(always)]
+            fn mask(lanes: usize) -> $mask {
+                // SAFETY: these kernels run only where the CPU has the vector type's
+                // instructions (the entry points of `product` require them).
+                unsafe { $make_mask(lanes) }
+            }
+            #[inline(always)]
+            fn zero() -> Self {
+                // SAFETY: as for `mask`.
+                unsafe { $zero() }
+            }
+            #[inline(always)]
+            fn splat(value: f32) -> Self {
+                // SAFETY: as for `mask`.
+                unsafe { $splat(value) }
+            }
+            #[inline(always)]
+            unsafe fn load(at: *const f32, mask: Option<$mask>) -> Self {
+                // SAFETY: the caller's bounds (a masked load reads no lane outside the mask);
+                // the instructions, as for `mask`.
+                unsafe {
+                    match mask {
+                        Some(mask) => $masked_load(at, mask),
+                        None => $load(at),
+                    }
+                }
+            }
+            #[inline(always)]
+            unsafe fn store(self, at: *mut f32, mask: Option<$mask>) {
+                // SAFETY: the caller's bounds (a masked store writes no lane outside the
+                // mask); the instructions, as for `mask`.
+                unsafe {
+                    match mask {
+                        Some(mask) => $masked_store(at, mask, self),
+                        None => $store(at, self),
+                    }
+                }
+            }
+            #[inline(always)]
+            fn fmadd(a: Self, b: Self, c: Self) -> Self {
+                // SAFETY: as for `mask`.
+                unsafe { $fmadd(a, b, c) }
+            }
+            #[inline(always)]
+            fn mul(a: Self, b: Self) -> Self {
+                // SAFETY: as for `mask`.
+                unsafe { $mul(a, b) }
             }
         }
-    }
-    #[inline(always)]
-    unsafe fn store(self, at: *mut f32, mask: Option<__m256i>) {
-        // SAFETY: the caller's bounds; AVX2, as above.
-        unsafe {
-            match mask {
-                Some(mask) => _mm256_maskstore_ps(at, mask, self),
-                None => _mm256_storeu_ps(at, self),
-            }
-        }
-    }
-    #[inline(always)]
-    fn fmadd(a: Self, b: Self, c: Self) -> Self {
-        // SAFETY: FMA, as above.
-        unsafe { _mm256_fmadd_ps(a, b, c) }
-    }
-    #[inline(always)]
-    fn mul(a: Self, b: Self) -> Self {
-        // SAFETY: AVX, as above.
-        unsafe { _mm256_mul_ps(a, b) }
-    }
+    };
 }
 
-/// AVX-512: 5 rows of 4 vectors (20 sums, 5 values and 1 vector of the 32 registers; a
-/// 50-token matrix is 10 tiles of rows).
-impl Lanes for __m512 {
-    const LANES: usize = 16;
-    const ROWS: usize = 5;
-    type Mask = __mmask16;
-    #[inline(always)]
-    fn mask(lanes: usize) -> __mmask16 {
-        ((1u32 << lanes.min(16)) - 1) as __mmask16
-    }
-    #[inline(always)]
-    fn zero() -> Self {
-        // SAFETY: these kernels run at AVX-512 only where the CPU has AVX-512F (the entry point
-        // requires it).
-        unsafe { _mm512_setzero_ps() }
-    }
-    #[inline(always)]
-    fn splat(value: f32) -> Self {
-        // SAFETY: AVX-512F, as above.
-        unsafe { _mm512_set1_ps(value) }
-    }
-    #[inline(always)]
-    unsafe fn load(at: *const f32, mask: Option<__mmask16>) -> Self {
-        // SAFETY: the caller's bounds (a masked load reads no lane outside the mask); AVX-512F.
-        unsafe {
-            match mask {
-                Some(mask) => _mm512_maskz_loadu_ps(mask, at),
-                None => _mm512_loadu_ps(at),
-            }
-        }
-    }
-    #[inline(always)]
-    unsafe fn store(self, at: *mut f32, mask: Option<__mmask16>) {
-        // SAFETY: the caller's bounds (a masked store writes no lane outside the mask); AVX-512F.
-        unsafe {
-            match mask {
-                Some(mask) => _mm512_mask_storeu_ps(at, mask, self),
-                None => _mm512_storeu_ps(at, self),
-            }
-        }
-    }
-    #[inline(always)]
-    fn fmadd(a: Self, b: Self, c: Self) -> Self {
-        // SAFETY: AVX-512F, as above.
-        unsafe { _mm512_fmadd_ps(a, b, c) }
-    }
-    #[inline(always)]
-    fn mul(a: Self, b: Self) -> Self {
-        // SAFETY: AVX-512F, as above.
-        unsafe { _mm512_mul_ps(a, b) }
-    }
+// AVX2: 2 rows of 4 vectors (8 sums, 2 values and 1 vector of the 16 registers; 3 rows ran a
+// frame-vit step's attention no faster).
+lanes_of!(
+    __m256, lanes: 8, rows: 2,
+    mask: __m256i = |lanes: usize| _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)),
+    _mm256_setzero_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_mul_ps, _mm256_loadu_ps, _mm256_storeu_ps,
+    |at, mask| _mm256_maskload_ps(at, mask), _mm256_maskstore_ps
+);
+
+// AVX-512: 5 rows of 4 vectors (20 sums, 5 values and 1 vector of the 32 registers; a
+// 50-token matrix is 10 tiles of rows).
+lanes_of!(
+    __m512, lanes: 16, rows: 5,
+    mask: __mmask16 = |lanes: usize| _cvtu32_mask16((1u32 << lanes.min(16)) - 1),
+    _mm512_setzero_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_mul_ps, _mm512_loadu_ps, _mm512_storeu_ps,
+    |at, mask| _mm512_maskz_loadu_ps(mask, at), _mm512_mask_storeu_ps
+);
+
+/// One product of [`sgemm_small`] with rows of `rhs` along memory (row stride `rhs.1`).
+#[derive(Clone, Copy)]
+struct Operands {
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: View<*mut f32>,
+    lhs: View<*const f32>,
+    rhs: (*const f32, isize),
+    alpha: f32,
 }
 
-/// [`sgemm_small`] with rows of `rhs` along memory (row stride `rhs_rs`), on the vectors of
-/// the widest level allowed.
+/// Runs `p` on the vectors of the widest level allowed.
 ///
 /// # Safety
 ///
 /// As [`sgemm_small`], and AVX-512F with `wide`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn product(
-    wide: bool,
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: (*mut f32, isize, isize),
-    lhs: (*const f32, isize, isize),
-    rhs: (*const f32, isize),
-    alpha: f32,
-) {
+unsafe fn product(wide: bool, p: Operands) {
     #[target_feature(enable = "avx512f,avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn avx512(
-        m: usize,
-        n: usize,
-        k: usize,
-        dst: View<*mut f32>,
-        lhs: View<*const f32>,
-        rhs: (*const f32, isize),
-        alpha: f32,
-    ) {
+    unsafe fn avx512(p: Operands) {
         // SAFETY: the caller's views, and AVX-512F.
-        unsafe { blocks::<__m512>(m, n, k, dst, lhs, rhs, alpha) }
+        unsafe { blocks::<__m512>(p) }
     }
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn avx2(
-        m: usize,
-        n: usize,
-        k: usize,
-        dst: View<*mut f32>,
-        lhs: View<*const f32>,
-        rhs: (*const f32, isize),
-        alpha: f32,
-    ) {
+    unsafe fn avx2(p: Operands) {
         // SAFETY: the caller's views, and AVX2 and FMA.
-        unsafe { blocks::<__m256>(m, n, k, dst, lhs, rhs, alpha) }
+        unsafe { blocks::<__m256>(p) }
     }
     // SAFETY: the caller's views and instruction sets.
     unsafe {
         if wide {
-            avx512(m, n, k, dst, lhs, rhs, alpha)
+            avx512(p)
         } else {
-            avx2(m, n, k, dst, lhs, rhs, alpha)
+            avx2(p)
         }
     }
 }
@@ -275,16 +238,8 @@ const VECTORS: usize = 4;
 /// As [`product`]; the instructions of `S` available (inlined into a function that enables
 /// them).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn blocks<S: Lanes>(
-    m: usize,
-    n: usize,
-    k: usize,
-    (dst, dst_cs, dst_rs): View<*mut f32>,
-    (lhs, lhs_cs, lhs_rs): View<*const f32>,
-    (rhs, rhs_rs): (*const f32, isize),
-    alpha: f32,
-) {
+unsafe fn blocks<S: Lanes>(p: Operands) {
+    let Operands { m, n, k, dst: (dst, dst_cs, dst_rs), lhs: (lhs, lhs_cs, lhs_rs), rhs: (rhs, rhs_rs), alpha } = p;
     for j in (0..n).step_by(S::LANES * VECTORS) {
         let width = (n - j).min(S::LANES * VECTORS);
         let (vectors, tail) = (width.div_ceil(S::LANES), width % S::LANES);
