@@ -443,18 +443,23 @@ impl PaddedGrid {
     ) -> Vec<f32> {
         let (k, wo) = (offsets.len(), self.out[2]);
         let parts = self.b.clamp(1, VIDEO_PARTS);
+        // A panel buffer per job of rayon's, not per part: the packing overwrites it whole
+        // (but for lanes past the last output, which stay zero), and zeroing a new one for
+        // each part (the stem's takes 13 MB) is a pass through memory.
         let sums: Vec<Vec<f32>> = (0..parts)
             .into_par_iter()
-            .map(|p| {
-                let mut panels = DotPanels::new(molclip_cpu::isa(), o, (runs, wo));
-                let mut sum = vec![0f32; o * k];
-                let videos = p * self.b / parts..(p + 1) * self.b / parts;
-                for bi in videos.clone() {
-                    let panels = panels.pack((&gy[bi * o * n..], n));
-                    shifted_dot(panels, &xp[bi * video..], offsets, 0..k, (&mut sum, k), bi > videos.start);
-                }
-                sum
-            })
+            .map_init(
+                || DotPanels::new(molclip_cpu::isa(), o, (runs, wo)),
+                |panels, p| {
+                    let mut sum = vec![0f32; o * k];
+                    let videos = p * self.b / parts..(p + 1) * self.b / parts;
+                    for bi in videos.clone() {
+                        let panels = panels.pack((&gy[bi * o * n..], n));
+                        shifted_dot(panels, &xp[bi * video..], offsets, 0..k, (&mut sum, k), bi > videos.start);
+                    }
+                    sum
+                },
+            )
             .collect();
         super::sum_in_order(&sums.iter().map(Vec::as_slice).collect::<Vec<_>>())
     }
