@@ -26,8 +26,10 @@
 
 use rayon::prelude::*;
 
+use std::mem::MaybeUninit;
+
 use super::{phase_split, tap_runs_in, Window3d};
-use crate::cpu::{gemm_f32, gemm_f32_strided, Scratch};
+use crate::cpu::{gemm_f32, gemm_f32_strided, written_by, Scratch};
 
 /// One convolution's sizes, and each tap's runs.
 pub(super) struct TapProducts {
@@ -170,28 +172,33 @@ fn columns(runs: &[[usize; 3]]) -> usize {
 /// `[B, X]` as `[X, B]`.
 fn videos_inner(src: &[f32], b: usize) -> Vec<f32> {
     let x = src.len() / b.max(1);
-    let mut dst = vec![0f32; src.len()];
-    dst.par_chunks_mut((b * 1024).max(1)).enumerate().for_each(|(k, to)| {
-        for (i, vals) in to.chunks_exact_mut(b).enumerate() {
-            let at = k * 1024 + i;
-            for (bi, v) in vals.iter_mut().enumerate() {
-                *v = src[bi * x + at];
+    let write = |dst: &mut [MaybeUninit<f32>]| {
+        dst.par_chunks_mut((b * 1024).max(1)).enumerate().for_each(|(k, to)| {
+            for (i, vals) in to.chunks_exact_mut(b).enumerate() {
+                let at = k * 1024 + i;
+                for (bi, v) in vals.iter_mut().enumerate() {
+                    v.write(src[bi * x + at]);
+                }
             }
-        }
-    });
-    dst
+        })
+    };
+    // SAFETY: the chunks of whole `[B]` rows tile the destination (of src's length, a
+    // multiple of b), and each sets every value of its rows.
+    unsafe { written_by(src.len(), write) }
 }
 
 /// `[X, B]` as `[B, X]`.
 fn videos_outer(src: &[f32], b: usize) -> Vec<f32> {
     let x = src.len() / b.max(1);
-    let mut dst = vec![0f32; src.len()];
-    dst.par_chunks_mut(x.max(1)).enumerate().for_each(|(bi, to)| {
-        for (i, v) in to.iter_mut().enumerate() {
-            *v = src[i * b + bi];
-        }
-    });
-    dst
+    let write = |dst: &mut [MaybeUninit<f32>]| {
+        dst.par_chunks_mut(x.max(1)).enumerate().for_each(|(bi, to)| {
+            for (i, v) in to.iter_mut().enumerate() {
+                v.write(src[i * b + bi]);
+            }
+        })
+    };
+    // SAFETY: the chunks, one per video, tile the destination, and each sets all its values.
+    unsafe { written_by(src.len(), write) }
 }
 
 /// [`phase_split`] undone: lines of `sw` phases of `⌈w / sw⌉` values to lines of `w`.
@@ -244,29 +251,30 @@ fn scatter_add(src: &[f32], (len, b): (usize, usize), runs: &[[usize; 3]], side:
 /// row stride of taps · C.
 fn taps_inside(w: &[f32], c: usize, taps: usize) -> Scratch {
     let mut wt = Scratch::take(w.len());
-    transpose_each(w, (c, taps), &mut wt);
+    // SAFETY: f32 and MaybeUninit<f32> share a layout, and the transpose writes only values.
+    let to = unsafe { &mut *(&mut wt[..] as *mut [f32] as *mut [MaybeUninit<f32>]) };
+    transpose_each(w, (c, taps), to);
     wt
 }
 
 /// [`taps_inside`] undone: `[O, taps, C]` to `[O, C, taps]`.
 fn taps_outside(wt: &[f32], c: usize, taps: usize) -> Vec<f32> {
-    let mut w = vec![0f32; wt.len()];
-    transpose_each(wt, (taps, c), &mut w);
-    w
+    // SAFETY: the transpose sets every value of every matrix.
+    unsafe { written_by(wt.len(), |w| transpose_each(wt, (taps, c), w)) }
 }
 
 /// Each `[rows, cols]` matrix of `src`, one after the other, transposed into `dst`, in
 /// parallel: sixteen rows at a time, so that each column's sixteen values are written as one
 /// cache line (a value at a time, the columns' lines a few KB apart would share the level-1
 /// cache's sets: `layer4`'s 28 MB of weights took 11 ms).
-fn transpose_each(src: &[f32], (rows, cols): (usize, usize), dst: &mut [f32]) {
+fn transpose_each(src: &[f32], (rows, cols): (usize, usize), dst: &mut [MaybeUninit<f32>]) {
     let size = (rows * cols).max(1);
     dst.par_chunks_mut(size).zip(src.par_chunks(size)).for_each(|(to, from)| {
         for r0 in (0..rows).step_by(16) {
             let r1 = (r0 + 16).min(rows);
             for col in 0..cols {
                 for r in r0..r1 {
-                    to[col * rows + r] = from[r * cols + col];
+                    to[col * rows + r].write(from[r * cols + col]);
                 }
             }
         }
