@@ -1875,15 +1875,20 @@ impl CustomOp2 for AttentionGrad {
                 },
             );
         };
-        let dqkv = if nq == n {
-            // SAFETY: the (video, head) pairs' products, which read no destination, write the
-            // q, k and v columns of their heads for every token, all of dqkv together.
-            unsafe { written_by(qkv.len(), |dqkv| write(dqkv.as_mut_ptr().cast())) }
-        } else {
-            // The queries of the tokens past the first nq have no gradient: zeros.
-            let mut dqkv = vec![0f32; qkv.len()];
-            write(dqkv.as_mut_ptr());
-            dqkv
+        let d = g.d;
+        // SAFETY: the (video, head) pairs' products, which read no destination, write the k and
+        // v columns of their heads for every token and the q columns for the first nq; the
+        // queries of the tokens past those have no gradient, and are zeroed here: all of dqkv
+        // together.
+        let dqkv = unsafe {
+            written_by(qkv.len(), |dqkv| {
+                if nq < n {
+                    dqkv.par_chunks_mut(3 * d).enumerate().filter(|(t, _)| t % n >= nq).for_each(|(_, row)| {
+                        row[..d].fill(MaybeUninit::new(0.0));
+                    });
+                }
+                write(dqkv.as_mut_ptr().cast())
+            })
         };
         Ok((CpuStorage::F32(dqkv), l1.shape().clone()))
     }
