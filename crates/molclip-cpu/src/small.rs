@@ -243,6 +243,7 @@ unsafe fn blocks<S: Lanes>(p: Operands) {
     for j in (0..n).step_by(S::LANES * VECTORS) {
         let width = (n - j).min(S::LANES * VECTORS);
         let (vectors, tail) = (width.div_ceil(S::LANES), width % S::LANES);
+        let mask = S::mask(tail);
         for i in (0..m).step_by(S::ROWS) {
             let t = Tile {
                 k,
@@ -255,7 +256,7 @@ unsafe fn blocks<S: Lanes>(p: Operands) {
                 dst_cs,
                 dst_rs,
                 alpha,
-                mask: S::mask(tail),
+                mask,
                 tail,
             };
             macro_rules! dispatch {
