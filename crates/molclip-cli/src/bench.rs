@@ -1005,7 +1005,73 @@ fn device_check(device: &str) -> Result<()> {
             start.elapsed().as_secs_f64() * 1e3
         );
     }
-    device_check_update(&device)
+    device_check_update(&device)?;
+    device_check_staging(&device)
+}
+
+/// Batches through the feed's staging (pinned memory on a GPU): five batches of two lengths
+/// through two buffers, all queued before any is read back, so that a buffer written again
+/// before the GPU had finished reading it would show in an earlier batch. Then, on a device
+/// other than the CPU, one batch of 64 Mi values copied from pageable memory
+/// (`Tensor::from_slice`) and staged, each timed to the end of its copy (best of three).
+fn device_check_staging(device: &molclip::candle_core::Device) -> Result<()> {
+    use molclip::candle_core::Tensor;
+    use molclip::nn::staging::Staging;
+    let staging = Staging::new(device, 2);
+    let batch = |k: usize, n: usize| -> Vec<f32> { (0..n).map(|i| (i * 31 + k * 1_000_003) as f32).collect() };
+    let lengths = [1 << 20, 1 << 20, 3 << 19, 1 << 20, 1 << 20];
+    let start = Instant::now();
+    let tensors = lengths
+        .iter()
+        .enumerate()
+        .map(|(k, &n)| Ok(staging.stage(batch(k, n), &[n])?.into_tensor(device)?))
+        .collect::<Result<Vec<Tensor>>>()?;
+    let mut differing = 0;
+    for (k, t) in tensors.iter().enumerate() {
+        differing +=
+            t.to_vec1::<f32>()?.iter().zip(batch(k, lengths[k])).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+    }
+    println!(
+        "{:<14} {} batches through {}, values differing after the copies: {differing}, {:.0} ms",
+        "staging",
+        lengths.len(),
+        if staging.is_pinned() { "2 pinned buffers" } else { "no pinned memory" },
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    if matches!(device, molclip::candle_core::Device::Cpu) {
+        return Ok(());
+    }
+    let n = 64 << 20;
+    let values = batch(7, n);
+    let (mut pageable, mut write, mut queue, mut copy) = (f64::INFINITY, f64::INFINITY, f64::INFINITY, f64::INFINITY);
+    let ms = |from: Instant, to: Instant| to.duration_since(from).as_secs_f64() * 1e3;
+    for _ in 0..3 {
+        device.synchronize()?;
+        let start = Instant::now();
+        let t = Tensor::from_slice(&values, n, device)?;
+        device.synchronize()?;
+        pageable = pageable.min(ms(start, Instant::now()));
+        drop(t);
+        let v = values.clone();
+        let start = Instant::now();
+        let staged = staging.stage(v, &[n])?;
+        let written = Instant::now();
+        let t = staged.into_tensor(device)?;
+        let queued = Instant::now();
+        device.synchronize()?;
+        let (w, q, c) = (ms(start, written), ms(written, queued), ms(written, Instant::now()));
+        (write, queue, copy) = (write.min(w), queue.min(q), copy.min(c));
+        drop(t);
+    }
+    let gb = (n * 4) as f64 / 1e9;
+    println!(
+        "{:<14} 256 MiB to {device:?}: from pageable memory {pageable:.1} ms ({:.1} GB/s); staged: written \
+         {write:.1} ms (the feed's thread), queued {queue:.2} ms (the step), copied {copy:.1} ms ({:.1} GB/s)",
+        "upload",
+        gb / pageable * 1e3,
+        gb / copy * 1e3
+    );
+    Ok(())
 }
 
 /// One AdamW update (its third step) of random float32 tensors of 2^20 values, in place where

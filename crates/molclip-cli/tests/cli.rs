@@ -546,7 +546,7 @@ fn raw_fields_are_simulated_extracted_and_read_as_a_dataset() {
 }
 
 /// `bench device-check` against the CPU itself: every model's features and gradients, and the
-/// AdamW update, are the same bits twice (a difference would be nondeterminism or a check
+/// AdamW update, are the same bits twice, and staged batches arrive unchanged (a difference would be nondeterminism or a check
 /// comparing the wrong tensors), one line each.
 #[test]
 fn device_check_on_the_cpu_finds_no_difference() {
@@ -559,4 +559,9 @@ fn device_check_on_the_cpu_finds_no_difference() {
         assert!(line.starts_with(name), "{out}");
         assert!(line.contains("CPU vs Cpu: 0.0e0 "), "{out}");
     }
+    // The batches staged for the device arrive whole (no pinned memory on the CPU).
+    assert!(
+        out.contains("staging        5 batches through no pinned memory, values differing after the copies: 0,"),
+        "{out}"
+    );
 }

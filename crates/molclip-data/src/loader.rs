@@ -334,6 +334,11 @@ impl Loader {
         });
         Self { source: Source::Ahead(rx) }
     }
+
+    /// Whether batches are built ahead of the consumer (`prefetch` ≥ 1).
+    pub fn builds_ahead(&self) -> bool {
+        matches!(self.source, Source::Ahead(_))
+    }
 }
 
 impl Iterator for Loader {

@@ -162,12 +162,16 @@ fn loader_yields_pk_batches_of_tensors_deterministically() {
     assert_eq!(one.len(), batches.len());
     assert_eq!(one, run(3), "thread count changed the batches");
     // The prefetching loader hands out the same batches, in order.
-    let loaded: Vec<Vec<f32>> = Loader::start(ds.clone(), batches.clone(), mode).map(|b| b.unwrap().data).collect();
+    let ahead = Loader::start(ds.clone(), batches.clone(), mode);
+    assert!(ahead.builds_ahead());
+    let loaded: Vec<Vec<f32>> = ahead.map(|b| b.unwrap().data).collect();
     assert_eq!(loaded, one);
     // So does one that builds each batch when asked (prefetch = 0).
     let inline = DataConfig { prefetch: 0, ..ds.config().clone() };
     let inline = Arc::new(VideoDataset::new(ds.cells.clone(), inline).unwrap());
-    let built: Vec<Vec<f32>> = Loader::start(inline, batches.clone(), mode).map(|b| b.unwrap().data).collect();
+    let asked = Loader::start(inline, batches.clone(), mode);
+    assert!(!asked.builds_ahead());
+    let built: Vec<Vec<f32>> = asked.map(|b| b.unwrap().data).collect();
     assert_eq!(built, one);
     let b = ds.batch(&batches[0], Mode::Train { seed: 1, epoch: 0 }).unwrap();
     assert_eq!(b.shape, [12, 16, 1, 112, 112]);

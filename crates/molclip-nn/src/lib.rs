@@ -16,6 +16,7 @@ mod kernels;
 pub mod layers;
 pub mod params;
 pub mod precision;
+pub mod staging;
 pub mod update;
 
 pub use conv3d::{conv3d, cudnn_benchmark, max_pool3d, set_cudnn_benchmark, Window3d};

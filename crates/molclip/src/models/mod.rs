@@ -18,4 +18,4 @@ pub use molclip::{MolClip, MolClipConfig};
 pub use molecule::{drug_molecule, parse_smiles, MoleculeConfig, MoleculeEncoder, MoleculeEncoderKind, MoleculeInput};
 pub use morgan_mlp::{MorganMlp, MorganMlpConfig};
 pub use projection::Projection;
-pub use video::{batch_tensor, VideoConfig, VideoEncoder, VideoEncoderKind, VideoModel, VideoOutput};
+pub use video::{VideoConfig, VideoEncoder, VideoEncoderKind, VideoModel, VideoOutput};

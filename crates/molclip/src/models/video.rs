@@ -4,8 +4,7 @@
 //! Re-identification", CVPRW 2019): metric losses see the feature before the batch norm,
 //! classifiers and retrieval the feature after it.
 
-use candle_core::{Device, Tensor};
-use molclip_data::loader::Batch;
+use candle_core::Tensor;
 use molclip_data::Identity;
 use serde::{Deserialize, Serialize};
 
@@ -139,11 +138,6 @@ impl VideoOutput {
             Identity::Moa => self.moa_logits.as_ref(),
         }
     }
-}
-
-/// A loader's batch as the video models' input: `[B, T, C, H, W]` on `device`.
-pub fn batch_tensor(batch: &Batch, device: &Device) -> Result<Tensor> {
-    Ok(Tensor::from_slice(&batch.data, batch.shape.as_slice(), device)?)
 }
 
 /// The video branch: encoder, temporal pooling, BNNeck and classifiers.

@@ -9,11 +9,12 @@ use molclip_data::{CellVideo, Video};
 use rayon::prelude::*;
 
 use super::config::TrainConfig;
+use super::feed::Feed;
 use super::trainer::TrainModel;
 use crate::error::{ModelError, Result};
 use molclip_chem::Molecule;
 
-use crate::models::{batch_tensor, parse_smiles, MolClip, MoleculeInput, VideoModel};
+use crate::models::{parse_smiles, MolClip, MoleculeInput, VideoModel};
 use crate::nn::{read_safetensors, ParamStore};
 
 /// A trained model with its config, ready to embed videos and molecules.
@@ -176,11 +177,12 @@ fn for_each_batch(
     // Each video is read once: a cache would only hold memory until the end.
     let dataset = Arc::new(VideoDataset::new(cells, DataConfig { cache: false, ..cfg.data.clone() })?);
     let batches = (0..n).step_by(batch.max(1)).map(|start| (start..(start + batch).min(n)).collect()).collect();
-    // Built ahead as `data.prefetch` says, so that reading overlaps the model.
-    for b in Loader::start(dataset, batches, Mode::Eval) {
-        let b = b?;
-        f(&batch_tensor(&b, device)?)?;
-        on_batch(b.indices.len());
+    // Built ahead as `data.prefetch` says, so that reading overlaps the model, and staged
+    // for the device (pinned memory on a GPU).
+    for fed in Feed::new(Loader::start(dataset, batches, Mode::Eval), device) {
+        let fed = fed?;
+        f(&fed.input.into_tensor(device)?)?;
+        on_batch(fed.batch.indices.len());
     }
     Ok(())
 }

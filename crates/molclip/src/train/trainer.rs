@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
 use molclip_chem::Molecule;
-use molclip_data::loader::{Batch, Loader, Mode, VideoDataset};
+use molclip_data::loader::{Loader, Mode, VideoDataset};
 use molclip_data::sampler::PkSampler;
 use molclip_data::{DatasetIndex, Split};
 
@@ -17,10 +17,11 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::{load_checkpoint, save_checkpoint};
 use super::config::StageConfig;
 use super::config::{Identity, ModelKind, Precision, TrainConfig};
+use super::feed::{Fed, Feed};
 use super::schedule::{Decay, LrSchedule, Plateau};
 use crate::error::{ModelError, Result};
 use crate::losses::{inverse_temperature, ClipInputs, Criterion, LossTerm, MetricInputs};
-use crate::models::{batch_tensor, drug_molecule, MolClip, MoleculeInput, VideoModel};
+use crate::models::{drug_molecule, MolClip, MoleculeInput, VideoModel};
 use crate::nn::ParamStore;
 use crate::optim::{clip_grad_norm, Optimizer, OptimizerConfig, OptimizerKind};
 
@@ -491,16 +492,18 @@ impl Trainer {
                     let epoch = state.epoch;
                     let mode = Mode::Train { seed: self.cfg.seed ^ ((si as u64) << 32), epoch: epoch as u64 };
                     let batches = sampler.epoch(epoch as u64);
-                    // The rest of the epoch's batches, built ahead as `data.prefetch` says.
-                    let mut loader = Loader::start(self.train.clone(), batches[state.batch..].to_vec(), mode);
+                    // The rest of the epoch's batches, built ahead as `data.prefetch` says and
+                    // staged for the device (pinned memory on a GPU) one ahead of its step.
+                    let loader = Loader::start(self.train.clone(), batches[state.batch..].to_vec(), mode);
+                    let mut feed = Feed::new(loader, &self.device);
                     while state.batch < batches.len() {
                         let lr = schedule.lr(epoch * steps_per_epoch + state.batch)
                             * state.plateau.factor(&self.cfg.schedule);
                         let at = StepAt { stage: si, identity: stage.identity, epoch, step: state.step, lr };
                         let started = Instant::now();
-                        let batch = loader.next().expect("the loader holds the rest of the epoch's batches")?;
+                        let fed = feed.next().expect("the feed holds the rest of the epoch's batches")?;
                         let waited = started.elapsed();
-                        let record = self.step(at, &batch, &criterion, &mut optimizer, centres.as_mut())?;
+                        let record = self.step(at, fed, &criterion, &mut optimizer, centres.as_mut())?;
                         self.times.steps += 1;
                         self.times.data_wait += waited;
                         self.times.total += started.elapsed();
@@ -604,7 +607,7 @@ impl Trainer {
     fn step(
         &self,
         at: StepAt,
-        batch: &Batch,
+        fed: Fed,
         criterion: &Criterion,
         optimizer: &mut Optimizer,
         centres: Option<&mut CentreSgd>,
@@ -612,8 +615,8 @@ impl Trainer {
         let StepAt { stage, identity, epoch, step: global_step, lr } = at;
         // Forward and losses under the run's precision (float32 outside autocast).
         let _autocast = crate::nn::autocast(self.cfg.precision.autocast());
-        let indices = &batch.indices;
-        let x = batch_tensor(batch, &self.device)?;
+        let indices = &fed.batch.indices;
+        let x = fed.input.into_tensor(&self.device)?;
         // The stage's sampler draws labelled videos only.
         let labels: Vec<u32> = indices.iter().map(|&i| self.label(identity, i).expect("sampled in the task")).collect();
         let video_drugs: Vec<u32> = indices.iter().map(|&i| self.drugs[i]).collect();
