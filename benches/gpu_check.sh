@@ -10,8 +10,9 @@
 # build of PyTorch (the reference side), and the CUDA libraries molclip loads at run time
 # (cuBLAS, cuRAND, NVRTC, cuDNN): the lib folders of PyTorch's nvidia-* wheels are put on the library
 # path. Each step has its own time limit (40 + 3 x 65 + 2 x 70 + 20 + 80 s), and Nsight Compute
-# profiles of i3d-resnet50 in TF32 and i3d-resnet18 in bf16 take what is left of 470 s (each
-# only with a minute or more left): the whole script ends within 8 minutes, whatever the
+# profiles of i3d-resnet50 in TF32, i3d-resnet18 in bf16 and frame-vit in float32 (whether
+# fused softmax and layer norm kernels would pay) take what is left of 470 s (each only with
+# a minute or more left): the whole script ends within 8 minutes, whatever the
 # machine. MOLCLIP_CUDNN_BENCHMARK=1 picks molclip's cuDNN
 # algorithms by measurement, and the PyTorch references set cudnn.benchmark alike.
 set -uo pipefail
@@ -59,7 +60,7 @@ step() { # step SECONDS TITLE COMMAND...: one section of the table, within SECON
     # (steps seldom use their whole limits): gpu_profile.sh under the time that remains. Its
     # own limit on Nsight Compute leaves 10 s for its summary: a `timeout` inside another
     # starts a process group of its own, which the outer one's kill would not reach.
-    for profile in "i3d-resnet50 tf32" "i3d-resnet18 bf16"; do
+    for profile in "i3d-resnet50 tf32" "i3d-resnet18 bf16" "frame-vit f32"; do
         left=$((470 - SECONDS))
         if [ "$left" -gt 60 ]; then
             # shellcheck disable=SC2086 # the model and the precision, two words
