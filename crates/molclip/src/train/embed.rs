@@ -179,7 +179,7 @@ fn for_each_batch(
     let batches = (0..n).step_by(batch.max(1)).map(|start| (start..(start + batch).min(n)).collect()).collect();
     // Built ahead as `data.prefetch` says, so that reading overlaps the model, and staged
     // for the device (pinned memory on a GPU).
-    for fed in Feed::new(Loader::start(dataset, batches, Mode::Eval), device) {
+    for fed in Feed::new(Loader::start(dataset, batches, Mode::Eval), &Feed::staging(device)) {
         let fed = fed?;
         f(&fed.input.into_tensor(device)?)?;
         on_batch(fed.batch.indices.len());

@@ -36,11 +36,17 @@ enum Source {
 }
 
 impl Feed {
-    /// Feeds `loader`'s batches to `device`: staged ahead on a thread where staging copies
-    /// (pinned memory on a GPU, `MOLCLIP_PINNED` not 0) and the loader builds ahead
-    /// (`prefetch` ≥ 1), else as they are asked for.
-    pub fn new(loader: Loader, device: &Device) -> Self {
-        let staging = Staging::new(device, PINNED_BUFFERS);
+    /// The staging for feeds to `device`: two pinned buffers on a GPU (`MOLCLIP_PINNED` not
+    /// 0), kept for every feed it serves, one after the other.
+    pub fn staging(device: &Device) -> Staging {
+        Staging::new(device, PINNED_BUFFERS)
+    }
+
+    /// Feeds `loader`'s batches through `staging`: staged ahead on a thread where staging
+    /// copies (pinned memory) and the loader builds ahead (`prefetch` ≥ 1), else as they are
+    /// asked for.
+    pub fn new(loader: Loader, staging: &Staging) -> Self {
+        let staging = staging.clone();
         if staging.is_pinned() && loader.builds_ahead() {
             Self::ahead(loader, staging)
         } else {

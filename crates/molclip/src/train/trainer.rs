@@ -22,6 +22,7 @@ use super::schedule::{Decay, LrSchedule, Plateau};
 use crate::error::{ModelError, Result};
 use crate::losses::{inverse_temperature, ClipInputs, Criterion, LossTerm, MetricInputs};
 use crate::models::{drug_molecule, MolClip, MoleculeInput, VideoModel};
+use crate::nn::staging::Staging;
 use crate::nn::ParamStore;
 use crate::optim::{clip_grad_norm, Optimizer, OptimizerConfig, OptimizerKind};
 
@@ -215,6 +216,8 @@ pub struct Trainer {
     resume: Option<Resume>,
     validator: Option<Validator>,
     times: StepTimes,
+    /// The batches' way to the device, kept across epochs (pinned buffers on a GPU).
+    staging: Staging,
 }
 
 /// How long the training steps of this process took, and how much of it they waited for
@@ -362,6 +365,7 @@ impl Trainer {
             resume: None,
             validator: None,
             times: StepTimes::default(),
+            staging: Feed::staging(device),
         })
     }
 
@@ -495,7 +499,7 @@ impl Trainer {
                     // The rest of the epoch's batches, built ahead as `data.prefetch` says and
                     // staged for the device (pinned memory on a GPU) one ahead of its step.
                     let loader = Loader::start(self.train.clone(), batches[state.batch..].to_vec(), mode);
-                    let mut feed = Feed::new(loader, &self.device);
+                    let mut feed = Feed::new(loader, &self.staging);
                     while state.batch < batches.len() {
                         let lr = schedule.lr(epoch * steps_per_epoch + state.batch)
                             * state.plateau.factor(&self.cfg.schedule);
