@@ -11,8 +11,8 @@ use molclip_nn::staging::{Staged, Staging};
 
 use crate::error::Result;
 
-/// Pinned buffers per feed: one the GPU reads for the current step while the next batch is
-/// written into the other.
+/// Pinned buffers per staging: one the GPU reads for the current step while the next batch
+/// is written into the other.
 const PINNED_BUFFERS: usize = 2;
 
 /// A batch ready for its step.
@@ -29,7 +29,8 @@ pub struct Feed {
 }
 
 enum Source {
-    /// Staged on the consumer's thread as it asks (the CPU, where staging moves the values).
+    /// Staged on the consumer's thread as it asks: on the CPU, where staging moves the values,
+    /// and with `prefetch = 0`.
     Inline { loader: Loader, staging: Staging, failed: bool },
     /// Staged ahead on a thread of its own (pinned memory on a GPU).
     Ahead(Receiver<Result<Fed>>),
