@@ -121,34 +121,86 @@ impl Staged {
     }
 }
 
+/// A buffer's length, in values.
+trait Length {
+    fn length(&self) -> usize;
+}
+
+/// At most `cap` buffers alive at a time, the free ones kept for reuse: what bounds the
+/// pinned memory of a staging (generic, so that the CPU tests its logic on plain vectors).
+struct BufferPool<B> {
+    cap: usize,
+    state: std::sync::Mutex<PoolState<B>>,
+    returned: std::sync::Condvar,
+}
+
+struct PoolState<B> {
+    free: Vec<B>,
+    /// Buffers alive: free, or taken and not yet given back.
+    alive: usize,
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+impl<B: Length> BufferPool<B> {
+    fn new(cap: usize) -> Self {
+        let state = PoolState { free: Vec::new(), alive: 0 };
+        Self { cap: cap.max(1), state: std::sync::Mutex::new(state), returned: std::sync::Condvar::new() }
+    }
+
+    /// A buffer of exactly `len` values: a free one of that length; else a new one from
+    /// `alloc` while fewer than `cap` are alive (a free one of another length is let go to
+    /// make room); else the next one given back, waiting for it.
+    fn take(&self, len: usize, alloc: impl FnOnce(usize) -> Result<B>) -> Result<B> {
+        let mut state = self.state.lock().expect("the buffer pool's lock");
+        loop {
+            if let Some(k) = state.free.iter().position(|b| b.length() == len) {
+                return Ok(state.free.swap_remove(k));
+            }
+            if state.alive == self.cap && state.free.pop().is_some() {
+                state.alive -= 1;
+            }
+            if state.alive < self.cap {
+                state.alive += 1;
+                drop(state);
+                let made = alloc(len);
+                if made.is_err() {
+                    self.state.lock().expect("the buffer pool's lock").alive -= 1;
+                    self.returned.notify_one();
+                }
+                return made;
+            }
+            state = self.returned.wait(state).expect("the buffer pool's lock");
+        }
+    }
+
+    /// `buffer`, taken from this pool, free again.
+    fn give_back(&self, buffer: B) {
+        self.state.lock().expect("the buffer pool's lock").free.push(buffer);
+        self.returned.notify_one();
+    }
+}
+
 #[cfg(feature = "cuda")]
 mod pinned {
     //! Page-locked buffers and their pool.
 
-    use std::sync::{Arc, Condvar, Mutex};
+    use std::sync::Arc;
 
     use candle_core::cuda::cudarc::driver::{CudaContext, PinnedHostSlice};
     use candle_core::op::BackpropOp;
     use candle_core::{CudaDevice, CudaStorage, Shape, Storage, Tensor};
 
+    use super::{BufferPool, Length};
     use crate::Result;
 
     fn driver(e: impl std::error::Error + Send + Sync + 'static) -> crate::NnError {
         crate::NnError::Candle(candle_core::Error::wrap(e))
     }
 
-    /// At most `cap` pinned buffers alive; the free ones wait in `free`.
+    /// At most `cap` pinned buffers alive (a [`BufferPool`]), made in `ctx`.
     pub(super) struct Pool {
         ctx: Arc<CudaContext>,
-        cap: usize,
-        state: Mutex<PoolState>,
-        returned: Condvar,
-    }
-
-    struct PoolState {
-        free: Vec<PinnedHostSlice<f32>>,
-        /// Buffers alive: free, being written or waiting for their copy.
-        alive: usize,
+        buffers: BufferPool<PinnedHostSlice<f32>>,
     }
 
     /// A pinned buffer holding one batch; back to its pool when dropped.
@@ -157,48 +209,26 @@ mod pinned {
         pool: Arc<Pool>,
     }
 
+    impl Length for PinnedHostSlice<f32> {
+        fn length(&self) -> usize {
+            self.len()
+        }
+    }
+
     impl Pool {
         pub(super) fn new(dev: &CudaDevice, cap: usize) -> Self {
-            let ctx = dev.cuda_stream().context().clone();
-            Self { ctx, cap, state: Mutex::new(PoolState { free: Vec::new(), alive: 0 }), returned: Condvar::new() }
+            Self { ctx: dev.cuda_stream().context().clone(), buffers: BufferPool::new(cap) }
         }
 
-        /// A buffer of exactly `values.len()` values, holding them: a free one of that
-        /// length, or a new one while fewer than `cap` are alive (a free one of another
-        /// length is let go to make room), or else the next one returned.
+        /// A buffer of exactly `values.len()` values, holding them (`BufferPool::take`).
         pub(super) fn write(self: &Arc<Self>, values: &[f32]) -> Result<Buffer> {
-            let mut slice = self.take(values.len())?;
+            // SAFETY: the buffer's values are unset; they are all overwritten below, before
+            // anything reads them.
+            let alloc = |len| unsafe { self.ctx.alloc_pinned::<f32>(len) }.map_err(driver);
+            let mut slice = self.buffers.take(values.len(), alloc)?;
             // Waits on the buffer's event: the copy that last read it has ended.
             slice.as_mut_slice().map_err(driver)?.copy_from_slice(values);
             Ok(Buffer { slice: Some(slice), pool: self.clone() })
-        }
-
-        fn take(&self, len: usize) -> Result<PinnedHostSlice<f32>> {
-            let mut state = self.state.lock().expect("the pinned pool's lock");
-            loop {
-                if let Some(k) = state.free.iter().position(|s| s.len() == len) {
-                    return Ok(state.free.swap_remove(k));
-                }
-                if state.alive == self.cap {
-                    if let Some(other) = state.free.pop() {
-                        // A free buffer of another length: freeing it makes room.
-                        state.alive -= 1;
-                        drop(other);
-                    }
-                }
-                if state.alive < self.cap {
-                    state.alive += 1;
-                    drop(state);
-                    // SAFETY: the buffer's values are unset; `write` overwrites all of them
-                    // before anything reads it.
-                    let allocated = unsafe { self.ctx.alloc_pinned::<f32>(len) };
-                    if allocated.is_err() {
-                        self.state.lock().expect("the pinned pool's lock").alive -= 1;
-                    }
-                    return allocated.map_err(driver);
-                }
-                state = self.returned.wait(state).expect("the pinned pool's lock");
-            }
         }
     }
 
@@ -224,10 +254,7 @@ mod pinned {
     impl Drop for Buffer {
         fn drop(&mut self) {
             if let Some(slice) = self.slice.take() {
-                let mut state = self.pool.state.lock().expect("the pinned pool's lock");
-                state.free.push(slice);
-                drop(state);
-                self.pool.returned.notify_one();
+                self.pool.buffers.give_back(slice);
             }
         }
     }
@@ -247,6 +274,87 @@ mod tests {
         let t = staged.into_tensor(&Device::Cpu).unwrap();
         assert_eq!(t.dims(), &[2, 3, 4]);
         assert_eq!(t.flatten_all().unwrap().to_vec1::<f32>().unwrap(), values);
+    }
+
+    /// A buffer that counts the buffers alive.
+    struct Counted {
+        len: usize,
+        live: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Length for Counted {
+        fn length(&self) -> usize {
+            self.len
+        }
+    }
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.live.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    type Count = std::sync::Arc<std::sync::atomic::AtomicUsize>;
+
+    /// Makes counted buffers, counting what it made.
+    fn maker(live: &Count, made: &Count) -> impl Fn(usize) -> Result<Counted> {
+        let (live, made) = (live.clone(), made.clone());
+        move |len| {
+            made.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(Counted { len, live: live.clone() })
+        }
+    }
+
+    #[test]
+    fn the_pool_reuses_a_free_buffer_of_the_length_and_keeps_at_most_cap_alive() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (live, made): (Count, Count) = Default::default();
+        let pool = BufferPool::new(2);
+        let (a, b) = (pool.take(4, maker(&live, &made)).unwrap(), pool.take(4, maker(&live, &made)).unwrap());
+        assert_eq!((a.len, b.len, made.load(SeqCst), live.load(SeqCst)), (4, 4, 2, 2));
+        pool.give_back(a);
+        pool.give_back(b);
+        let a = pool.take(4, maker(&live, &made)).unwrap();
+        assert_eq!(made.load(SeqCst), 2, "a free buffer of the length serves");
+        // Another length, two alive: the free one of length 4 goes, a new one comes.
+        let c = pool.take(6, maker(&live, &made)).unwrap();
+        assert_eq!((c.len, made.load(SeqCst), live.load(SeqCst)), (6, 3, 2));
+        pool.give_back(a);
+        pool.give_back(c);
+        let c = pool.take(6, maker(&live, &made)).unwrap();
+        assert_eq!((c.len, made.load(SeqCst), live.load(SeqCst)), (6, 3, 2));
+    }
+
+    #[test]
+    fn a_taker_waits_while_cap_buffers_are_out_and_a_failed_allocation_frees_its_place() {
+        use std::sync::atomic::Ordering::SeqCst;
+        use std::time::Duration;
+        let (live, made): (Count, Count) = Default::default();
+        let pool = std::sync::Arc::new(BufferPool::new(1));
+        let held = pool.take(3, maker(&live, &made)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let pool = pool.clone();
+            std::thread::spawn(move || {
+                let fail = |_| -> Result<Counted> { panic!("the one buffer comes back; none is made") };
+                let got = pool.take(3, fail).unwrap();
+                tx.send(got.len).unwrap();
+                pool.give_back(got);
+            })
+        };
+        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err(), "the taker waits: the only buffer is out");
+        pool.give_back(held);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), 3);
+        waiter.join().unwrap();
+        assert_eq!((made.load(SeqCst), live.load(SeqCst)), (1, 1));
+        // A buffer of another length: the free one goes, and the allocation fails; its
+        // place is free again, so the next allocation is allowed.
+        let failed = pool.take(5, |_| Err(crate::NnError::Shape("out of pinned memory".into())));
+        assert!(failed.is_err());
+        assert_eq!(live.load(SeqCst), 0);
+        let ok = pool.take(5, maker(&live, &made)).unwrap();
+        assert_eq!((ok.len, made.load(SeqCst), live.load(SeqCst)), (5, 2, 1));
     }
 
     #[test]
