@@ -127,7 +127,8 @@ trait Length {
 }
 
 /// At most `cap` buffers alive at a time, the free ones kept for reuse: what bounds the
-/// pinned memory of a staging (generic, so that the CPU tests its logic on plain vectors).
+/// pinned memory of a staging (generic over the buffer, so that its logic is tested on the
+/// CPU).
 struct BufferPool<B> {
     cap: usize,
     state: std::sync::Mutex<PoolState<B>>,
