@@ -1010,14 +1010,14 @@ fn device_check(device: &str) -> Result<()> {
 }
 
 /// Batches through the feed's staging (pinned memory on a GPU): five batches of two lengths
-/// through two buffers, all queued before any is read back, so that a buffer written again
+/// through its buffers, all queued before any is read back, so that a buffer written again
 /// before the GPU had finished reading it would show in an earlier batch. Then, on a device
 /// other than the CPU, one batch of 64 Mi values copied from pageable memory
 /// (`Tensor::from_slice`) and staged, each timed to the end of its copy (best of three).
 fn device_check_staging(device: &molclip::candle_core::Device) -> Result<()> {
     use molclip::candle_core::Tensor;
-    use molclip::nn::staging::Staging;
-    let staging = Staging::new(device, 2);
+    use molclip::train::feed::{Feed, PINNED_BUFFERS};
+    let staging = Feed::staging(device);
     let batch = |k: usize, n: usize| -> Vec<f32> { (0..n).map(|i| (i * 31 + k * 1_000_003) as f32).collect() };
     let lengths = [1 << 20, 1 << 20, 3 << 19, 1 << 20, 1 << 20];
     let start = Instant::now();
@@ -1035,7 +1035,7 @@ fn device_check_staging(device: &molclip::candle_core::Device) -> Result<()> {
         "{:<14} {} batches through {}, values differing after the copies: {differing}, {:.0} ms",
         "staging",
         lengths.len(),
-        if staging.is_pinned() { "2 pinned buffers" } else { "no pinned memory" },
+        if staging.is_pinned() { format!("{PINNED_BUFFERS} pinned buffers") } else { "no pinned memory".into() },
         start.elapsed().as_secs_f64() * 1e3
     );
     if matches!(device, molclip::candle_core::Device::Cpu) {

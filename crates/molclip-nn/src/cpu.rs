@@ -146,6 +146,17 @@ pub(crate) fn write_copy(dst: &mut [std::mem::MaybeUninit<f32>], src: &[f32]) {
     }
 }
 
+/// Initialised values seen as possibly uninitialised, for a writer that takes those.
+///
+/// # Safety
+///
+/// Only initialised values may be written through the view (`MaybeUninit::write`), so that
+/// `values` stay initialised.
+pub(crate) unsafe fn as_uninit(values: &mut [f32]) -> &mut [std::mem::MaybeUninit<f32>] {
+    // SAFETY: MaybeUninit<f32> has f32's layout; the caller writes only initialised values.
+    unsafe { &mut *(std::ptr::from_mut(values) as *mut [std::mem::MaybeUninit<f32>]) }
+}
+
 /// `values` set to zero, and then seen as initialised.
 pub(crate) fn zeroed(values: &mut [std::mem::MaybeUninit<f32>]) -> &mut [f32] {
     values.fill(std::mem::MaybeUninit::new(0.0));

@@ -961,9 +961,8 @@ impl CustomOp3 for BatchNormReluMaxPoolCpu {
         let isa = molclip_cpu::isa();
         // Plane p's batch norm and ReLU, as BatchNormCpu writes them.
         let map = |p: usize, x: &[f32], to: &mut [f32]| {
-            // SAFETY: the same memory seen as possibly uninitialised values, to which AffineRow
-            // only writes initialised ones (each of them once), so `to` stays initialised.
-            let y = unsafe { &mut *(std::ptr::from_mut(to) as *mut [MaybeUninit<f32>]) };
+            // SAFETY: AffineRow writes only initialised values (each of them once).
+            let y = unsafe { crate::cpu::as_uninit(to) };
             molclip_cpu::vectorize(
                 isa,
                 AffineRow { y, x, scale: scale[p % c], shift: shift[p % c], epilogue: Epilogue::Relu },

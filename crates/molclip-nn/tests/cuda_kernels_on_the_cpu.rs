@@ -178,19 +178,17 @@ fn on_the_cpu(x: &Tensor, window: Window3d, dy: &Tensor) -> Vec<f32> {
 /// Values from `levels` distinct ones (ties), or in [-1, 1) with `levels` 0; a NaN every
 /// `nan_every` values (0: none).
 fn values(shape: &[usize], seed: u64, levels: u64, nan_every: usize) -> Tensor {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let n = shape.iter().product::<usize>();
     let v: Vec<f32> = (0..n)
         .map(|i| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
             if nan_every > 0 && i % nan_every == nan_every - 1 {
                 f32::NAN
             } else if levels > 0 {
-                (s % levels) as f32
+                rng.random_range(0..levels) as f32
             } else {
-                (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+                rng.random_range(-1.0f32..1.0)
             }
         })
         .collect();

@@ -29,7 +29,7 @@ use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 use super::{phase_split, tap_runs_in, Window3d};
-use crate::cpu::{gemm_f32, gemm_f32_strided, written_by, Scratch};
+use crate::cpu::{as_uninit, gemm_f32, gemm_f32_strided, written_by, Scratch};
 
 /// One convolution's sizes, and each tap's runs.
 pub(super) struct TapProducts {
@@ -251,9 +251,8 @@ fn scatter_add(src: &[f32], (len, b): (usize, usize), runs: &[[usize; 3]], side:
 /// row stride of taps · C.
 fn taps_inside(w: &[f32], c: usize, taps: usize) -> Scratch {
     let mut wt = Scratch::take(w.len());
-    // SAFETY: f32 and MaybeUninit<f32> share a layout, and the transpose writes only values.
-    let to = unsafe { &mut *(&mut wt[..] as *mut [f32] as *mut [MaybeUninit<f32>]) };
-    transpose_each(w, (c, taps), to);
+    // SAFETY: the transpose writes only values.
+    transpose_each(w, (c, taps), unsafe { as_uninit(&mut wt) });
     wt
 }
 

@@ -13,7 +13,7 @@ use crate::error::Result;
 
 /// Pinned buffers per staging: one the GPU reads for the current step while the next batch
 /// is written into the other.
-const PINNED_BUFFERS: usize = 2;
+pub const PINNED_BUFFERS: usize = 2;
 
 /// A batch ready for its step.
 pub struct Fed {
