@@ -1011,28 +1011,43 @@ fn device_check(device: &str) -> Result<()> {
 
 /// Batches through the feed's staging (pinned memory on a GPU): five batches of two lengths
 /// through its buffers, all queued before any is read back, so that a buffer written again
-/// before the GPU had finished reading it would show in an earlier batch. Then, on a device
+/// before the GPU had finished reading it would show in an earlier batch. On a GPU the copies
+/// are queued behind some 24 products of 4096 x 4096 matrices, so that they are still
+/// waiting when the host writes the buffers again (a missing wait shows). Then, on a device
 /// other than the CPU, one batch of 64 Mi values copied from pageable memory
 /// (`Tensor::from_slice`) and staged, each timed to the end of its copy (best of three).
 fn device_check_staging(device: &molclip::candle_core::Device) -> Result<()> {
-    use molclip::candle_core::Tensor;
+    use molclip::candle_core::{DType, Tensor};
     use molclip::train::feed::{Feed, PINNED_BUFFERS};
     let staging = Feed::staging(device);
     let batch = |k: usize, n: usize| -> Vec<f32> { (0..n).map(|i| (i * 31 + k * 1_000_003) as f32).collect() };
     let lengths = [1 << 20, 1 << 20, 3 << 19, 1 << 20, 1 << 20];
+    let busy = if device.is_cpu() {
+        None
+    } else {
+        let a = Tensor::ones((4096, 4096), DType::F32, device)?;
+        let mut b = a.clone();
+        for _ in 0..24 {
+            b = (b.matmul(&a)? * (1.0 / 4096.0))?;
+        }
+        Some(b)
+    };
     let start = Instant::now();
     let tensors = lengths
         .iter()
         .enumerate()
         .map(|(k, &n)| Ok(staging.stage(batch(k, n), &[n])?.into_tensor(device)?))
         .collect::<Result<Vec<Tensor>>>()?;
+    let queued = start.elapsed().as_secs_f64() * 1e3;
+    drop(busy);
     let mut differing = 0;
     for (k, t) in tensors.iter().enumerate() {
         differing +=
             t.to_vec1::<f32>()?.iter().zip(batch(k, lengths[k])).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
     }
     println!(
-        "{:<14} {} batches through {}, values differing after the copies: {differing}, {:.0} ms",
+        "{:<14} {} batches through {}, values differing after the copies: {differing}, {queued:.0} ms to \
+         queue, {:.0} ms in all",
         "staging",
         lengths.len(),
         if staging.is_pinned() { format!("{PINNED_BUFFERS} pinned buffers") } else { "no pinned memory".into() },
@@ -1074,25 +1089,47 @@ fn device_check_staging(device: &molclip::candle_core::Device) -> Result<()> {
     Ok(())
 }
 
-/// One AdamW update (its third step) of random float32 tensors of 2^20 values, in place where
-/// the device has the kernels and composed elsewhere, on the CPU and on `device`: the largest
-/// difference of the parameter and the moments, relative to each one's largest value.
+/// One AdamW update (its third step) of 2^20 random float32 values in some 220 tensors of
+/// lengths from 1 to 20,011 (the kernel takes 64 per launch), in place where the device has
+/// the kernels and composed elsewhere, on the CPU and on `device`: the largest difference of
+/// the parameters and the moments, relative to each one's largest value.
 fn device_check_update(device: &molclip::candle_core::Device) -> Result<()> {
     use molclip::candle_core::{Device, Tensor};
-    use molclip::nn::{adamw_in_place, AdamWStep};
+    use molclip::nn::{adamw_in_place_all, AdamWSlot, AdamWStep};
     let n = 1 << 20;
     let values = |seed: u64, scale: f32| -> Vec<f32> {
         (0..n as u64).map(|i| ((i * 2654435761 + seed * 40503) % 2001) as f32 / 1000.0 * scale - scale).collect()
     };
     let (p, g, m, v) = (values(1, 1.0), values(2, 1e-2), values(3, 1e-3), values(4, 1e-2));
     let v: Vec<f32> = v.iter().map(|x| x * x).collect();
+    let mut bounds = vec![0];
+    while let Some(&last) = bounds.last().filter(|&&b| b < n) {
+        bounds.push((last + [1, 255, 257, 3000, 20011][bounds.len() % 5]).min(n));
+    }
+    let parts = bounds.len() - 1;
     let step = AdamWStep { beta1: 0.9, beta2: 0.999, eps: 1e-8, lr: 1e-3, weight_decay: 0.05, step: 3 };
     let update = |dev: &Device| -> Result<[Vec<f32>; 3]> {
-        let t = |x: &[f32]| Tensor::from_slice(x, n, dev);
-        let (p, g, m, v) = (t(&p)?, t(&g)?, t(&m)?, t(&v)?);
-        let (p, m, v) =
-            if adamw_in_place(&p, &g, &m, &v, &step)? { (p, m, v) } else { step.composed(&p, &g, Some(m), Some(v))? };
-        Ok([p.to_vec1()?, m.to_vec1()?, v.to_vec1()?])
+        let tensors = bounds
+            .windows(2)
+            .map(|w| {
+                let t = |x: &[f32]| Tensor::from_slice(&x[w[0]..w[1]], w[1] - w[0], dev);
+                Ok([t(&p)?, t(&g)?, t(&m)?, t(&v)?])
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let slots: Vec<AdamWSlot> = tensors.iter().map(|[p, g, m, v]| AdamWSlot { param: p, grad: g, m, v }).collect();
+        let done = adamw_in_place_all(&slots, &step)?;
+        let mut out: [Vec<f32>; 3] = Default::default();
+        for ([p, g, m, v], done) in tensors.iter().zip(done) {
+            let (p, m, v) = if done {
+                (p.clone(), m.clone(), v.clone())
+            } else {
+                step.composed(p, g, Some(m.clone()), Some(v.clone()))?
+            };
+            for (o, t) in out.iter_mut().zip([p, m, v]) {
+                o.extend(t.to_vec1::<f32>()?);
+            }
+        }
+        Ok(out)
     };
     let start = Instant::now();
     let (cpu, dev) = (update(&Device::Cpu)?, update(device)?);
@@ -1106,7 +1143,8 @@ fn device_check_update(device: &molclip::candle_core::Device) -> Result<()> {
         .map(|(name, (a, b))| (rel(a, b), name))
         .fold((0f32, "weight"), |w, x| if x.0 > w.0 { x } else { w });
     println!(
-        "{:<14} AdamW, {n} values, worst relative difference CPU vs {device:?}: {:.1e} ({}), {:.0} ms",
+        "{:<14} AdamW, {n} values in {parts} tensors, worst relative difference CPU vs {device:?}: {:.1e} ({}), \
+         {:.0} ms",
         "update",
         worst.0,
         worst.1,

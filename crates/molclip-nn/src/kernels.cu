@@ -5,18 +5,44 @@
 #define EACH(i, n) for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < (n); \
                         i += (unsigned long long)blockDim.x * gridDim.x)
 
-extern "C" __global__ void adamw_moment(float* x, const float* g, unsigned long long n, float keep, float take, int square) {
-    EACH(i, n) {
-        float gi = square ? g[i] * g[i] : g[i];
-        x[i] = (x[i] * keep + 0.0f) + (gi * take + 0.0f);
-    }
-}
+/* One AdamW update of up to ADAMW_LIST tensors in one launch: tensor t's parameter p[t],
+   gradient g[t] and moments m[t], v[t] hold the values start[t] to start[t + 1] of the
+   launch's flat index, start[count] values in all (update.rs fills it). */
+#define ADAMW_LIST 64
+struct AdamWList {
+    float* p[ADAMW_LIST];
+    const float* g[ADAMW_LIST];
+    float* m[ADAMW_LIST];
+    float* v[ADAMW_LIST];
+    unsigned long long start[ADAMW_LIST + 1];
+    unsigned int count;
+};
 
-extern "C" __global__ void adamw_step(float* p, const float* m, const float* v, unsigned long long n,
-                                      float unbias, float eps, float decay, float rate) {
-    EACH(i, n) {
-        float denom = (sqrtf(v[i]) * unbias + 0.0f) * 1.0f + eps;
-        p[i] = (p[i] * decay + 0.0f) - ((m[i] / denom) * rate + 0.0f);
+/* The step's constants in float32: each moment's keep and take, then unbias (1 / sqrt of the
+   second moment's bias correction), eps, decay (1 - lr * wd) and rate (lr / the first's). */
+struct AdamWConstants {
+    float keep1, take1, keep2, take2, unbias, eps, decay, rate;
+};
+
+/* Per value, what the CPU's three passes do (update.rs), in the same order: both moments
+   m = (m * keep + 0) + (g * take + 0), g squared for v, then
+   p = (p * decay + 0) - ((m / ((sqrt(v) * unbias + 0) * 1 + eps)) * rate + 0). */
+extern "C" __global__ void adamw(AdamWList list, AdamWConstants c) {
+    EACH(i, list.start[list.count]) {
+        /* The last tensor starting at or before i: the one holding it (empty ones skipped). */
+        unsigned int t = 0, hi = list.count - 1;
+        while (t < hi) {
+            unsigned int mid = (t + hi + 1) / 2;
+            if (list.start[mid] <= i) t = mid; else hi = mid - 1;
+        }
+        unsigned long long j = i - list.start[t];
+        float g = list.g[t][j], gg = g * g;
+        float m = (list.m[t][j] * c.keep1 + 0.0f) + (g * c.take1 + 0.0f);
+        float v = (list.v[t][j] * c.keep2 + 0.0f) + (gg * c.take2 + 0.0f);
+        float denom = (sqrtf(v) * c.unbias + 0.0f) * 1.0f + c.eps;
+        list.m[t][j] = m;
+        list.v[t][j] = v;
+        list.p[t][j] = (list.p[t][j] * c.decay + 0.0f) - ((m / denom) * c.rate + 0.0f);
     }
 }
 

@@ -83,6 +83,92 @@ pub(crate) fn max_pool3d_grad(
     Ok((dx, Shape::from(vec![b, c, t, h, w])))
 }
 
+/// Tensors per launch of the `adamw` kernel (`ADAMW_LIST` in kernels.cu): the list travels
+/// as the kernel's parameter, 2.6 KB of CUDA's 4 KB.
+const ADAMW_LIST: usize = 64;
+
+/// Up to [`ADAMW_LIST`] tensors of one AdamW update, as the kernels' `struct AdamWList` reads
+/// it: device addresses, and where each tensor starts in the launch's flat index.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct AdamWList {
+    p: [u64; ADAMW_LIST],
+    g: [u64; ADAMW_LIST],
+    m: [u64; ADAMW_LIST],
+    v: [u64; ADAMW_LIST],
+    start: [u64; ADAMW_LIST + 1],
+    count: u32,
+}
+
+// SAFETY: a `repr(C)` struct of `u64` arrays (device addresses, 64-bit as CUDA's pointers,
+// and offsets) and a `u32`, laid out as the kernels' `struct AdamWList` (the PTX's parameter
+// size is checked against it in a test).
+unsafe impl DeviceRepr for AdamWList {}
+
+// SAFETY: a `repr(C)` struct of eight `f32`s, laid out as the kernels' `struct AdamWConstants`.
+unsafe impl DeviceRepr for crate::update::AdamWConstants {}
+
+/// AdamW's update of `slots` in place, on their CUDA device: every tensor float32, contiguous
+/// and of its parameter's shape (`AdamWSlot::in_place`), one launch per [`ADAMW_LIST`] slots.
+pub(crate) fn adamw(
+    slots: &[crate::update::AdamWSlot<'_>],
+    c: &crate::update::AdamWConstants,
+) -> candle_core::Result<()> {
+    use candle_core::cuda::cudarc::driver::DevicePtr;
+    use candle_core::Storage;
+    for group in slots.chunks(ADAMW_LIST) {
+        let dev = match group[0].param.device() {
+            candle_core::Device::Cuda(dev) => dev.clone(),
+            _ => candle_core::bail!("AdamW's kernel: a parameter off the GPU"),
+        };
+        let stream = dev.cuda_stream();
+        // Read locks: the kernel writes the parameters and moments on the stream, in stream
+        // order, as candle's in-place ops do after their write lock is released.
+        let held: Vec<_> = group.iter().map(|s| [s.param, s.grad, s.m, s.v].map(|t| t.storage_and_layout())).collect();
+        let mut list = AdamWList {
+            p: [0; ADAMW_LIST],
+            g: [0; ADAMW_LIST],
+            m: [0; ADAMW_LIST],
+            v: [0; ADAMW_LIST],
+            start: [0; ADAMW_LIST + 1],
+            count: group.len() as u32,
+        };
+        let mut syncs = Vec::with_capacity(4 * group.len());
+        for (k, tensors) in held.iter().enumerate() {
+            for (column, (storage, layout)) in
+                [&mut list.p, &mut list.g, &mut list.m, &mut list.v].into_iter().zip(tensors)
+            {
+                let Storage::Cuda(cuda) = &**storage else {
+                    candle_core::bail!("AdamW's kernel: a tensor off the GPU");
+                };
+                if !std::sync::Arc::ptr_eq(cuda.device.cuda_stream().context(), stream.context()) {
+                    candle_core::bail!("AdamW's kernel: tensors on two devices");
+                }
+                let slice = cuda.as_cuda_slice::<f32>()?;
+                let (address, sync) = slice.device_ptr(&stream);
+                column[k] = address + (layout.start_offset() * std::mem::size_of::<f32>()) as u64;
+                syncs.push(sync);
+            }
+            list.start[k + 1] = list.start[k] + tensors[0].1.shape().elem_count() as u64;
+        }
+        let total = list.start[group.len()] as usize;
+        if total == 0 {
+            continue;
+        }
+        let f = function(&dev, "adamw")?;
+        let mut b = stream.launch_builder(&f);
+        b.arg(&list).arg(c);
+        // SAFETY: each of the list's addresses holds its tensor's values from the tensor's
+        // offset, start[k + 1] - start[k] float32 values for tensor k (contiguous, of the
+        // parameter's shape, as `AdamWSlot::in_place` checked), in memory that the read locks
+        // and `syncs` keep alive until the launch is queued (a free is queued behind it); the
+        // kernel touches tensor k's values below that count only.
+        unsafe { b.launch(launch(total)) }.map_err(candle_core::Error::wrap)?;
+        drop(syncs);
+    }
+    Ok(())
+}
+
 /// The kernel `name`, compiled on the first use in the process and loaded on `dev`.
 pub(crate) fn function(dev: &CudaDevice, name: &str) -> candle_core::Result<CudaFunction> {
     static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
@@ -118,10 +204,16 @@ mod tests {
     fn the_kernels_compile() {
         let ptx = super::nvrtc::compile_ptx(super::SOURCE).unwrap_or_else(|e| panic!("{e:?}"));
         let src = ptx.to_src();
-        for name in
-            ["adamw_moment", "adamw_step", "relu", "add_relu", "relu_grad", "bn_running", "pool_argmax", "pool_grad"]
-        {
+        for name in ["adamw", "relu", "add_relu", "relu_grad", "bn_running", "pool_argmax", "pool_grad"] {
             assert!(src.contains(&format!(".entry {name}(")), "{name} missing from the PTX");
+        }
+        // The structs the kernels take by value are laid out as their Rust twins.
+        for (param, size) in [
+            ("adamw_param_0", std::mem::size_of::<super::AdamWList>()),
+            ("adamw_param_1", std::mem::size_of::<crate::update::AdamWConstants>()),
+            ("pool_argmax_param_3", std::mem::size_of::<super::Pool>()),
+        ] {
+            assert!(src.contains(&format!("{param}[{size}]")), "{param}: {size} bytes expected in the PTX");
         }
     }
 }

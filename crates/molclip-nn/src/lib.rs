@@ -8,6 +8,7 @@ pub mod conv3d;
 mod cpu;
 #[cfg(feature = "cudnn")]
 mod cudnn;
+pub mod device;
 mod error;
 pub mod flops;
 pub(crate) mod fused;
@@ -27,4 +28,4 @@ pub use layers::{
 };
 pub use params::{read_safetensors, read_weights, write_safetensors, Init, ParamStore, Vb};
 pub use precision::{autocast, Autocast};
-pub use update::{adamw_in_place, AdamWStep};
+pub use update::{adamw_in_place, adamw_in_place_all, AdamWSlot, AdamWStep};

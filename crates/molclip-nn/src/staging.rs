@@ -187,7 +187,8 @@ mod pinned {
 
     use std::sync::Arc;
 
-    use candle_core::cuda::cudarc::driver::{CudaContext, PinnedHostSlice};
+    use candle_core::cuda::cudarc::driver::sys::CUevent_flags;
+    use candle_core::cuda::cudarc::driver::{CudaContext, CudaEvent, PinnedHostSlice};
     use candle_core::op::BackpropOp;
     use candle_core::{CudaDevice, CudaStorage, Shape, Storage, Tensor};
 
@@ -201,19 +202,37 @@ mod pinned {
     /// At most `cap` pinned buffers alive (a [`BufferPool`]), made in `ctx`.
     pub(super) struct Pool {
         ctx: Arc<CudaContext>,
-        buffers: BufferPool<PinnedHostSlice<f32>>,
+        buffers: BufferPool<Pinned>,
+    }
+
+    /// A page-locked buffer and the event recorded behind the last copy that read it.
+    ///
+    /// The event is molclip's own, recorded explicitly: the one cudarc keeps in a
+    /// `PinnedHostSlice` is recorded behind a copy only in cudarc's multi-stream mode, and
+    /// candle's device runs on one stream (the per-thread default stream), so that event
+    /// never is, and waiting on it would not wait for the copy.
+    pub(super) struct Pinned {
+        slice: PinnedHostSlice<f32>,
+        read: CudaEvent,
+    }
+
+    impl Length for Pinned {
+        fn length(&self) -> usize {
+            self.slice.len()
+        }
+    }
+
+    impl Drop for Pinned {
+        /// Freed only once the last copy from it has ended.
+        fn drop(&mut self) {
+            let _ = self.read.synchronize();
+        }
     }
 
     /// A pinned buffer holding one batch; back to its pool when dropped.
     pub(super) struct Buffer {
-        slice: Option<PinnedHostSlice<f32>>,
+        pinned: Option<Pinned>,
         pool: Arc<Pool>,
-    }
-
-    impl Length for PinnedHostSlice<f32> {
-        fn length(&self) -> usize {
-            self.len()
-        }
     }
 
     impl Pool {
@@ -221,41 +240,49 @@ mod pinned {
             Self { ctx: dev.cuda_stream().context().clone(), buffers: BufferPool::new(cap) }
         }
 
-        /// A buffer of exactly `values.len()` values, holding them (`BufferPool::take`).
+        /// A buffer of exactly `values.len()` values, holding them (`BufferPool::take`), once
+        /// the copy that last read it has ended.
         pub(super) fn write(self: &Arc<Self>, values: &[f32]) -> Result<Buffer> {
-            // SAFETY: the buffer's values are unset; they are all overwritten below, before
-            // anything reads them.
-            let alloc = |len| unsafe { self.ctx.alloc_pinned::<f32>(len) }.map_err(driver);
-            let mut slice = self.buffers.take(values.len(), alloc)?;
-            // Waits on the buffer's event: the copy that last read it has ended.
-            slice.as_mut_slice().map_err(driver)?.copy_from_slice(values);
-            Ok(Buffer { slice: Some(slice), pool: self.clone() })
+            let alloc = |len| -> Result<Pinned> {
+                // SAFETY: the buffer's values are unset; they are all overwritten below,
+                // before anything reads them.
+                let slice = unsafe { self.ctx.alloc_pinned::<f32>(len) }.map_err(driver)?;
+                // Blocking: the stager's thread sleeps while it waits, leaving its core to the
+                // loader.
+                let read = self.ctx.new_event(Some(CUevent_flags::CU_EVENT_BLOCKING_SYNC)).map_err(driver)?;
+                Ok(Pinned { slice, read })
+            };
+            let mut pinned = self.buffers.take(values.len(), alloc)?;
+            pinned.read.synchronize().map_err(driver)?;
+            pinned.slice.as_mut_slice().map_err(driver)?.copy_from_slice(values);
+            Ok(Buffer { pinned: Some(pinned), pool: self.clone() })
         }
     }
 
     impl Buffer {
         /// The batch on the GPU: a new device buffer, and the copy into it queued on the
-        /// device's stream, after everything queued there before (the host does not wait).
+        /// device's stream, after everything queued there before (the host does not wait);
+        /// the buffer's event is recorded behind the copy.
         pub(super) fn upload(self, dev: &CudaDevice, shape: Shape) -> Result<Tensor> {
             let stream = dev.cuda_stream();
-            let slice = self.slice.as_ref().expect("a buffer holds its slice until dropped");
-            // Queues the copy, then records the buffer's event behind it on the stream.
-            let on_device = stream.clone_htod(slice).map_err(driver)?;
+            let pinned = self.pinned.as_ref().expect("a buffer holds its pinned memory until dropped");
+            let on_device = stream.clone_htod(&pinned.slice).map_err(driver)?;
+            pinned.read.record(&stream).map_err(driver)?;
             let storage = CudaStorage::wrap_cuda_slice(on_device, dev.clone());
             Ok(Tensor::from_storage(Storage::Cuda(storage), shape, BackpropOp::none(), false))
         }
 
         /// The values, read back on the host (a device other than the pool's).
         pub(super) fn read(&self) -> Result<Vec<f32>> {
-            let slice = self.slice.as_ref().expect("a buffer holds its slice until dropped");
-            Ok(slice.as_slice().map_err(driver)?.to_vec())
+            let pinned = self.pinned.as_ref().expect("a buffer holds its pinned memory until dropped");
+            Ok(pinned.slice.as_slice().map_err(driver)?.to_vec())
         }
     }
 
     impl Drop for Buffer {
         fn drop(&mut self) {
-            if let Some(slice) = self.slice.take() {
-                self.pool.buffers.give_back(slice);
+            if let Some(pinned) = self.pinned.take() {
+                self.pool.buffers.give_back(pinned);
             }
         }
     }

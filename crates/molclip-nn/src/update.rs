@@ -1,8 +1,9 @@
 //! Optimiser updates in place: AdamW's moments and parameter step, each one pass over its
 //! tensor, with the same float32 operations in the same order as the update composed of candle
-//! ops, so that on the CPU both give the same bits. On CUDA devices (feature `cuda`) each pass
-//! is one kernel, compiled once by NVRTC: three launches per tensor instead of the composed
-//! update's twelve.
+//! ops, so that on the CPU both give the same bits. On CUDA devices (feature `cuda`) one
+//! kernel, compiled once by NVRTC, updates up to 64 tensors per launch, all three passes in
+//! one: a launch or three for a whole model's step instead of the composed update's twelve per
+//! tensor.
 
 use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Tensor};
 use rayon::prelude::*;
@@ -60,6 +61,62 @@ impl AdamWStep {
     }
 }
 
+/// One parameter's tensors for [`adamw_in_place_all`]: the parameter, its gradient and its
+/// two moments.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWSlot<'a> {
+    /// The parameter, updated in place.
+    pub param: &'a Tensor,
+    /// Its gradient.
+    pub grad: &'a Tensor,
+    /// The first moment (`exp_avg`), updated in place.
+    pub m: &'a Tensor,
+    /// The second moment (`exp_avg_sq`), updated in place.
+    pub v: &'a Tensor,
+}
+
+impl AdamWSlot<'_> {
+    /// Whether the update can be done in place: float32, contiguous, of the parameter's
+    /// shape, on the CPU or on a CUDA device with molclip's kernels.
+    fn in_place(&self) -> bool {
+        let all = [self.param, self.grad, self.m, self.v];
+        let here = |t: &Tensor| on_cpu_f32(t) || (t.dtype() == DType::F32 && on_cuda_with_kernels(t));
+        all.iter().all(|t| here(t) && t.is_contiguous() && t.shape() == self.param.shape())
+    }
+}
+
+/// The step's constants in float32, as the passes (and the CUDA kernel's `AdamWConstants`)
+/// take them: each moment's keep and take, then unbias, eps, decay and rate.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AdamWConstants {
+    keep1: f32,
+    take1: f32,
+    keep2: f32,
+    take2: f32,
+    unbias: f32,
+    eps: f32,
+    decay: f32,
+    rate: f32,
+}
+
+impl AdamWConstants {
+    fn of(step: &AdamWStep) -> Self {
+        let (b1, b2) = (step.beta1, step.beta2);
+        let (bc1, bc2) = step.bias_corrections();
+        Self {
+            keep1: b1 as f32,
+            take1: (1.0 - b1) as f32,
+            keep2: b2 as f32,
+            take2: (1.0 - b2) as f32,
+            unbias: (1.0 / bc2.sqrt()) as f32,
+            eps: step.eps as f32,
+            decay: (1.0 - step.lr * step.weight_decay) as f32,
+            rate: (step.lr / bc1) as f32,
+        }
+    }
+}
+
 /// [`AdamWStep::composed`] in place, on float32 tensors (CPU, or CUDA with the `cuda` feature): the moments `m` and `v` (zeros
 /// for a first step) are updated from the gradient `g`, then the parameter `p` from them, one
 /// pass each. Returns false, touching nothing, where a tensor is elsewhere, of another type or
@@ -69,26 +126,32 @@ impl AdamWStep {
 /// affine map is `x · mul + add`, its `+ 0` included, which turns −0 into +0), so the bits
 /// are [`AdamWStep::composed`]'s; a test checks it.
 pub fn adamw_in_place(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, step: &AdamWStep) -> Result<bool> {
-    let all = [p, g, m, v];
-    let here = |t: &Tensor| on_cpu_f32(t) || (t.dtype() == DType::F32 && on_cuda_with_kernels(t));
-    if !all.iter().all(|t| here(t) && t.is_contiguous() && t.shape() == p.shape()) {
-        return Ok(false);
+    Ok(adamw_in_place_all(&[AdamWSlot { param: p, grad: g, m, v }], step)?[0])
+}
+
+/// [`adamw_in_place`] for many parameters at once, the same bits: whether each slot was
+/// updated (those that were not are left alone, for the caller to compose). On a CUDA device
+/// the slots go to the kernel 64 at a time, one launch each.
+pub fn adamw_in_place_all(slots: &[AdamWSlot<'_>], step: &AdamWStep) -> Result<Vec<bool>> {
+    let done: Vec<bool> = slots.iter().map(AdamWSlot::in_place).collect();
+    let c = AdamWConstants::of(step);
+    #[cfg(feature = "cuda")]
+    let mut on_cuda: Vec<AdamWSlot<'_>> = Vec::new();
+    for (slot, _) in slots.iter().zip(&done).filter(|(_, &d)| d) {
+        match slot.param.device() {
+            #[cfg(feature = "cuda")]
+            candle_core::Device::Cuda(_) => on_cuda.push(*slot),
+            _ => {
+                slot.m.inplace_op2(slot.grad, &Moment { keep: c.keep1, take: c.take1, square: false })?;
+                slot.v.inplace_op2(slot.grad, &Moment { keep: c.keep2, take: c.take2, square: true })?;
+                let pass = ParamStep { unbias: c.unbias, eps: c.eps, decay: c.decay, rate: c.rate };
+                slot.param.inplace_op3(slot.m, slot.v, &pass)?;
+            }
+        }
     }
-    let (b1, b2) = (step.beta1, step.beta2);
-    m.inplace_op2(g, &Moment { keep: b1 as f32, take: (1.0 - b1) as f32, square: false })?;
-    v.inplace_op2(g, &Moment { keep: b2 as f32, take: (1.0 - b2) as f32, square: true })?;
-    let (bc1, bc2) = step.bias_corrections();
-    p.inplace_op3(
-        m,
-        v,
-        &ParamStep {
-            unbias: (1.0 / bc2.sqrt()) as f32,
-            eps: step.eps as f32,
-            decay: (1.0 - step.lr * step.weight_decay) as f32,
-            rate: (step.lr / bc1) as f32,
-        },
-    )?;
-    Ok(true)
+    #[cfg(feature = "cuda")]
+    crate::kernels::adamw(&on_cuda, &c)?;
+    Ok(done)
 }
 
 /// Whether `t` is on a CUDA device on which molclip's kernels compiled and loaded.
@@ -147,30 +210,6 @@ impl InplaceOp2 for Moment {
             .for_each(|(x, g)| molclip_cpu::vectorize(isa, MomentChunk(self, x, g)));
         Ok(())
     }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &mut candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<()> {
-        let n = l1.shape().elem_count();
-        let dev = s1.device.clone();
-        let f = crate::kernels::function(&dev, "adamw_moment")?;
-        let g = s2.as_cuda_slice::<f32>()?.slice(l2.start_offset()..);
-        let mut x = s1.as_cuda_slice_mut::<f32>()?.slice_mut(l1.start_offset()..);
-        let stream = dev.cuda_stream();
-        let mut b = stream.launch_builder(&f);
-        use candle_core::cuda::cudarc::driver::PushKernelArg;
-        let (len, square) = (n as u64, self.square as i32);
-        b.arg(&mut x).arg(&g).arg(&len).arg(&self.keep).arg(&self.take).arg(&square);
-        // SAFETY: the kernel reads `g` and updates `x` at indices below n, which both hold
-        // (contiguous, of the parameter's shape, as `adamw_in_place` checked).
-        unsafe { b.launch(crate::kernels::launch(n)) }.map_err(candle_core::Error::wrap)?;
-        Ok(())
-    }
 }
 
 /// The parameter's step from its moments:
@@ -218,33 +257,6 @@ impl InplaceOp3 for ParamStep {
         p.par_chunks_mut(CHUNK).zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK))).for_each(|(p, (m, v))| {
             molclip_cpu::vectorize(isa, ParamChunk(self, p, m, v));
         });
-        Ok(())
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &mut candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-        s3: &candle_core::CudaStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<()> {
-        let n = l1.shape().elem_count();
-        let dev = s1.device.clone();
-        let f = crate::kernels::function(&dev, "adamw_step")?;
-        let m = s2.as_cuda_slice::<f32>()?.slice(l2.start_offset()..);
-        let v = s3.as_cuda_slice::<f32>()?.slice(l3.start_offset()..);
-        let mut p = s1.as_cuda_slice_mut::<f32>()?.slice_mut(l1.start_offset()..);
-        let stream = dev.cuda_stream();
-        let mut b = stream.launch_builder(&f);
-        use candle_core::cuda::cudarc::driver::PushKernelArg;
-        let len = n as u64;
-        b.arg(&mut p).arg(&m).arg(&v).arg(&len).arg(&self.unbias).arg(&self.eps).arg(&self.decay).arg(&self.rate);
-        // SAFETY: the kernel reads `m` and `v` and updates `p` at indices below n, which all
-        // hold (contiguous, of the parameter's shape, as `adamw_in_place` checked).
-        unsafe { b.launch(crate::kernels::launch(n)) }.map_err(candle_core::Error::wrap)?;
         Ok(())
     }
 }

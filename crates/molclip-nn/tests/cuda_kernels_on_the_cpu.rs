@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use candle_core::{Device, Tensor, Var};
-use molclip_nn::{adamw_in_place, add_relu, max_pool3d, relu, AdamWStep, Window3d};
+use molclip_nn::{adamw_in_place_all, add_relu, max_pool3d, relu, AdamWSlot, AdamWStep, Window3d};
 
 /// The kernels, with CUDA's thread indices as globals and `launch(n)` as kernels.rs
 /// configures it: ⌈n / 256⌉ blocks, between 1 and 1024, of 256 threads. Reads the pooling's
@@ -70,13 +70,25 @@ int main(int argc, char** argv) {
         launch(planes * vol, [&] { pool_grad(arg.data(), dy.data(), dx.data(), planes, p); });
         write(dx);
     } else if (kernel == "adamw") {
-        /* keep and take of each moment, then unbias, eps, decay and rate (update.rs) */
-        std::vector<float> c = floats(), p = floats(), g = floats(), m = floats(), v = floats();
-        unsigned long long n = p.size();
-        launch(n, [&] { adamw_moment(m.data(), g.data(), n, c[0], c[1], 0); });
-        launch(n, [&] { adamw_moment(v.data(), g.data(), n, c[2], c[3], 1); });
-        launch(n, [&] { adamw_step(p.data(), m.data(), v.data(), n, c[4], c[5], c[6], c[7]); });
-        write(p), write(m), write(v);
+        /* The constants, the number of tensors, then each one's p, g, m and v; ADAMW_LIST
+           tensors per launch, as kernels.rs groups them. Writes each one's p, m and v. */
+        std::vector<float> c = floats();
+        uint64_t count = 0;
+        if (fread(&count, 8, 1, stdin) != 1) return 2;
+        std::vector<std::vector<float>> p(count), g(count), m(count), v(count);
+        for (uint64_t k = 0; k < count; k++) p[k] = floats(), g[k] = floats(), m[k] = floats(), v[k] = floats();
+        AdamWConstants constants = {c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]};
+        for (uint64_t first = 0; first < count; first += ADAMW_LIST) {
+            AdamWList list = {};
+            list.count = (unsigned)std::min<uint64_t>(count - first, ADAMW_LIST);
+            for (unsigned t = 0; t < list.count; t++) {
+                uint64_t k = first + t;
+                list.p[t] = p[k].data(), list.g[t] = g[k].data(), list.m[t] = m[k].data(), list.v[t] = v[k].data();
+                list.start[t + 1] = list.start[t] + p[k].size();
+            }
+            if (list.start[list.count] > 0) launch(list.start[list.count], [&] { adamw(list, constants); });
+        }
+        for (uint64_t k = 0; k < count; k++) write(p[k]), write(m[k]), write(v[k]);
     } else if (kernel == "relu") {
         std::vector<float> x = floats(), dy = floats(), y(x.size(), NAN), dx(x.size(), NAN);
         launch(x.size(), [&] { relu(x.data(), y.data(), x.size()); });
@@ -225,18 +237,18 @@ fn max_pooling_backward_kernels_give_the_cpu_gradient_to_the_bit() {
     }
 }
 
-/// AdamW's two moment updates and its parameter step, on the kernels and on the CPU
-/// (`adamw_in_place`, whose bits are the composed candle ops'), with the constants
-/// `adamw_in_place` hands the kernels. More values than a launch has threads.
+/// AdamW's two moment updates and its parameter step, on the kernel and on the CPU
+/// (`adamw_in_place_all`, whose bits are the composed candle ops'), with the constants
+/// `adamw_in_place_all` hands the kernel: 73 tensors of many lengths, an empty one among
+/// them, in two launches of the kernel's list (64 tensors), one of more values than a launch
+/// has threads.
 #[test]
-fn adamw_kernels_give_the_cpu_update_to_the_bit() {
+fn adamw_kernel_gives_the_cpu_update_to_the_bit() {
     let dir = tempfile::tempdir().unwrap();
     let drivers = compile(dir.path());
-    let n = 300_007;
     let step = AdamWStep { beta1: 0.9, beta2: 0.999, eps: 1e-8, lr: 3e-4, weight_decay: 0.05, step: 7 };
-    let (p, g, m, v) = (values(&[n], 1, 0, 0), values(&[n], 2, 0, 0), values(&[n], 3, 0, 0), values(&[n], 4, 0, 0));
-    let v = (v.sqr().unwrap() * 1e-3).unwrap();
-    let m = (m * 1e-2).unwrap();
+    let lengths: Vec<usize> =
+        (0..70).map(|k| [1, 7, 255, 256, 257, 1000, 4096][k % 7] + k).chain([0, 300_007, 3]).collect();
     let (bc1, bc2) = (1.0 - step.beta1.powi(step.step), 1.0 - step.beta2.powi(step.step));
     let constants = [
         step.beta1 as f32,
@@ -250,13 +262,22 @@ fn adamw_kernels_give_the_cpu_update_to_the_bit() {
     ];
     let mut input = Vec::new();
     put(&mut input, &constants);
-    for t in [&p, &g, &m, &v] {
-        put(&mut input, &flat(t));
+    input.extend((lengths.len() as u64).to_le_bytes());
+    let mut tensors = Vec::new();
+    for (k, &n) in lengths.iter().enumerate() {
+        let seed = 4 * k as u64;
+        let (p, g) = (values(&[n], seed, 0, 0), values(&[n], seed + 1, 0, 0));
+        let m = (values(&[n], seed + 2, 0, 0) * 1e-2).unwrap();
+        let v = (values(&[n], seed + 3, 0, 0).sqr().unwrap() * 1e-3).unwrap();
+        for t in [&p, &g, &m, &v] {
+            put(&mut input, &flat(t));
+        }
+        tensors.push([p, g, m, v]);
     }
-    let copy = |t: &Tensor| Tensor::from_vec(flat(t), t.shape(), &Device::Cpu).unwrap();
-    let (cp, cm, cv) = (copy(&p), copy(&m), copy(&v));
-    assert!(adamw_in_place(&cp, &g, &cm, &cv, &step).unwrap(), "the CPU updates in place");
-    let cpu = [flat(&cp), flat(&cm), flat(&cv)].concat();
+    let slots: Vec<AdamWSlot> = tensors.iter().map(|[p, g, m, v]| AdamWSlot { param: p, grad: g, m, v }).collect();
+    let done = adamw_in_place_all(&slots, &step).unwrap();
+    assert!(done.iter().all(|&d| d), "the CPU updates in place");
+    let cpu: Vec<f32> = tensors.iter().flat_map(|[p, _, m, v]| [flat(p), flat(m), flat(v)].concat()).collect();
     for (rounding, exe) in &drivers {
         same_bits(&format!("AdamW, {rounding}"), &cpu, &run(exe, "adamw", &input));
     }

@@ -29,7 +29,7 @@ pub fn parse_device(name: &str) -> Result<candle_core::Device> {
                     format!("`{name}`: this molclip was built without CUDA (rebuild with `--features cuda`)"),
                 ));
             }
-            Ok(candle_core::Device::new_cuda(ordinal)?)
+            Ok(molclip_nn::device::cuda(ordinal)?)
         }
     }
 }

@@ -9,7 +9,7 @@ use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
-use crate::nn::{adamw_in_place, AdamWStep};
+use crate::nn::{adamw_in_place_all, AdamWSlot, AdamWStep};
 
 /// Which optimiser.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -113,55 +113,76 @@ impl Optimizer {
     /// gradient (unused this step) are left alone, as in PyTorch.
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         self.steps += 1;
-        let t = self.steps as i32;
+        match self.cfg.kind {
+            OptimizerKind::AdamW => self.adamw(grads, lr),
+            OptimizerKind::Sgd => self.sgd(grads, lr),
+        }
+    }
+
+    /// AdamW, all parameters in one call: in place on the CPU and on CUDA devices (there a
+    /// few kernel launches for the whole model), composed elsewhere (on the CPU, the same
+    /// bits). The moments start from zeros.
+    fn adamw(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         let c = &self.cfg;
-        for ((_, var), (s1, s2)) in self.params.iter().zip(self.state.iter_mut()) {
+        let step = AdamWStep {
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            lr,
+            weight_decay: c.weight_decay,
+            step: self.steps as i32,
+        };
+        // Each parameter with a gradient: its index, the parameter and gradient (detached,
+        // so that the moments never hold on to a computation graph) and its moments.
+        let mut todo = Vec::new();
+        for (k, ((_, var), (s1, s2))) in self.params.iter().zip(self.state.iter_mut()).enumerate() {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
-            // Detached, so that the moments never hold on to a computation graph.
+            let p = var.as_tensor().detach();
+            let (m, v) = match (s1.take(), s2.take()) {
+                (Some(m), Some(v)) => (m, v),
+                _ => (p.zeros_like()?, p.zeros_like()?),
+            };
+            todo.push((k, p, g.detach(), m, v));
+        }
+        let slots: Vec<AdamWSlot<'_>> = todo
+            .iter()
+            .map(|(k, _, g, m, v)| AdamWSlot { param: self.params[*k].1.as_tensor(), grad: g, m, v })
+            .collect();
+        let done = adamw_in_place_all(&slots, &step)?;
+        drop(slots);
+        for ((k, p, g, m, v), done) in todo.into_iter().zip(done) {
+            let (m, v) = if done {
+                (m, v)
+            } else {
+                let (new, m, v) = step.composed(&p, &g, Some(m), Some(v))?;
+                self.params[k].1.set(&new)?;
+                (m, v)
+            };
+            self.state[k] = (Some(m), Some(v));
+        }
+        Ok(())
+    }
+
+    /// SGD with momentum (and Nesterov), composed.
+    fn sgd(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        let c = &self.cfg;
+        for ((_, var), (s1, _)) in self.params.iter().zip(self.state.iter_mut()) {
+            let Some(g) = grads.get(var.as_tensor()) else { continue };
             let g = &g.detach();
             let p = &var.as_tensor().detach();
-            match c.kind {
-                OptimizerKind::AdamW => {
-                    let step = AdamWStep {
-                        beta1: c.beta1,
-                        beta2: c.beta2,
-                        eps: c.eps,
-                        lr,
-                        weight_decay: c.weight_decay,
-                        step: t,
-                    };
-                    // The moments start from zeros; in place on the CPU and on CUDA devices,
-                    // composed elsewhere (on the CPU, the same bits).
-                    let (m, v) = match (s1.take(), s2.take()) {
-                        (Some(m), Some(v)) => (m, v),
-                        _ => (p.zeros_like()?, p.zeros_like()?),
-                    };
-                    let (m, v) = if adamw_in_place(var.as_tensor(), g, &m, &v, &step)? {
-                        (m, v)
-                    } else {
-                        let (new, m, v) = step.composed(p, g, Some(m), Some(v))?;
-                        var.set(&new)?;
-                        (m, v)
-                    };
-                    *s1 = Some(m);
-                    *s2 = Some(v);
-                }
-                OptimizerKind::Sgd => {
-                    let g = if c.weight_decay > 0.0 { (g + (p * c.weight_decay)?)? } else { g.clone() };
-                    let direction = if c.momentum > 0.0 {
-                        let buf = match s1.take() {
-                            Some(b) => ((b * c.momentum)? + &g)?,
-                            None => g.clone(),
-                        };
-                        let d = if c.nesterov { (&g + (&buf * c.momentum)?)? } else { buf.clone() };
-                        *s1 = Some(buf);
-                        d
-                    } else {
-                        g
-                    };
-                    var.set(&(p - (direction * lr)?)?)?;
-                }
-            }
+            let g = if c.weight_decay > 0.0 { (g + (p * c.weight_decay)?)? } else { g.clone() };
+            let direction = if c.momentum > 0.0 {
+                let buf = match s1.take() {
+                    Some(b) => ((b * c.momentum)? + &g)?,
+                    None => g.clone(),
+                };
+                let d = if c.nesterov { (&g + (&buf * c.momentum)?)? } else { buf.clone() };
+                *s1 = Some(buf);
+                d
+            } else {
+                g
+            };
+            var.set(&(p - (direction * lr)?)?)?;
         }
         Ok(())
     }
