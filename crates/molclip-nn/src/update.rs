@@ -2,7 +2,7 @@
 //! tensor, with the same float32 operations in the same order as the update composed of candle
 //! ops, so that on the CPU both give the same bits. On CUDA devices (feature `cuda`) one
 //! kernel, compiled once by NVRTC, updates up to 64 tensors per launch, all three passes in
-//! one: a launch or three for a whole model's step instead of the composed update's twelve per
+//! one: two or three launches for a whole I3D step instead of the composed update's twelve per
 //! tensor.
 
 use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Tensor};
