@@ -1012,7 +1012,7 @@ fn device_check(device: &str) -> Result<()> {
 /// Batches through the feed's staging (pinned memory on a GPU): five batches of two lengths
 /// through its buffers, all queued before any is read back, so that a buffer written again
 /// before the GPU had finished reading it would show in an earlier batch. On a GPU the copies
-/// are queued behind some 24 products of 4096 x 4096 matrices, so that they are still
+/// are queued behind 24 products of 4096 x 4096 matrices, so that they are still
 /// waiting when the host writes the buffers again (a missing wait shows). Then, on a device
 /// other than the CPU, one batch of 64 Mi values copied from pageable memory
 /// (`Tensor::from_slice`) and staged, each timed to the end of its copy (best of three).
@@ -1053,7 +1053,7 @@ fn device_check_staging(device: &molclip::candle_core::Device) -> Result<()> {
         if staging.is_pinned() { format!("{PINNED_BUFFERS} pinned buffers") } else { "no pinned memory".into() },
         start.elapsed().as_secs_f64() * 1e3
     );
-    if matches!(device, molclip::candle_core::Device::Cpu) {
+    if device.is_cpu() {
         return Ok(());
     }
     let n = 64 << 20;

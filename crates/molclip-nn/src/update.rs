@@ -86,22 +86,31 @@ impl AdamWSlot<'_> {
 }
 
 /// The step's constants in float32, as the passes (and the CUDA kernel's `AdamWConstants`)
-/// take them: each moment's keep and take, then unbias, eps, decay and rate.
+/// take them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct AdamWConstants {
-    keep1: f32,
-    take1: f32,
-    keep2: f32,
-    take2: f32,
-    unbias: f32,
-    eps: f32,
-    decay: f32,
-    rate: f32,
+pub struct AdamWConstants {
+    /// β1, what the first moment keeps.
+    pub keep1: f32,
+    /// 1 − β1, what it takes of the gradient.
+    pub take1: f32,
+    /// β2.
+    pub keep2: f32,
+    /// 1 − β2, what the second moment takes of the squared gradient.
+    pub take2: f32,
+    /// 1 / √(1 − β2^step).
+    pub unbias: f32,
+    /// eps.
+    pub eps: f32,
+    /// 1 − lr · weight decay.
+    pub decay: f32,
+    /// lr / (1 − β1^step).
+    pub rate: f32,
 }
 
 impl AdamWConstants {
-    fn of(step: &AdamWStep) -> Self {
+    /// `step`'s constants, each rounded to float32 from its float64 value.
+    pub fn of(step: &AdamWStep) -> Self {
         let (b1, b2) = (step.beta1, step.beta2);
         let (bc1, bc2) = step.bias_corrections();
         Self {

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use candle_core::{Device, Tensor, Var};
+use molclip_nn::update::AdamWConstants;
 use molclip_nn::{adamw_in_place_all, add_relu, max_pool3d, relu, AdamWSlot, AdamWStep, Window3d};
 
 /// The kernels, with CUDA's thread indices as globals and `launch(n)` as kernels.rs
@@ -249,17 +250,8 @@ fn adamw_kernel_gives_the_cpu_update_to_the_bit() {
     let step = AdamWStep { beta1: 0.9, beta2: 0.999, eps: 1e-8, lr: 3e-4, weight_decay: 0.05, step: 7 };
     let lengths: Vec<usize> =
         (0..70).map(|k| [1, 7, 255, 256, 257, 1000, 4096][k % 7] + k).chain([0, 300_007, 3]).collect();
-    let (bc1, bc2) = (1.0 - step.beta1.powi(step.step), 1.0 - step.beta2.powi(step.step));
-    let constants = [
-        step.beta1 as f32,
-        (1.0 - step.beta1) as f32,
-        step.beta2 as f32,
-        (1.0 - step.beta2) as f32,
-        (1.0 / bc2.sqrt()) as f32,
-        step.eps as f32,
-        (1.0 - step.lr * step.weight_decay) as f32,
-        (step.lr / bc1) as f32,
-    ];
+    let c = AdamWConstants::of(&step);
+    let constants = [c.keep1, c.take1, c.keep2, c.take2, c.unbias, c.eps, c.decay, c.rate];
     let mut input = Vec::new();
     put(&mut input, &constants);
     input.extend((lengths.len() as u64).to_le_bytes());

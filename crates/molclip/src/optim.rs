@@ -144,10 +144,10 @@ impl Optimizer {
             };
             todo.push((k, p, g.detach(), m, v));
         }
-        let slots: Vec<AdamWSlot<'_>> = todo
-            .iter()
-            .map(|(k, _, g, m, v)| AdamWSlot { param: self.params[*k].1.as_tensor(), grad: g, m, v })
-            .collect();
+        // The detached parameter shares the variable's storage: updated in place, it is the
+        // variable's.
+        let slots: Vec<AdamWSlot<'_>> =
+            todo.iter().map(|(_, p, g, m, v)| AdamWSlot { param: p, grad: g, m, v }).collect();
         let done = adamw_in_place_all(&slots, &step)?;
         drop(slots);
         for ((k, p, g, m, v), done) in todo.into_iter().zip(done) {
