@@ -1006,7 +1006,58 @@ fn device_check(device: &str) -> Result<()> {
         );
     }
     device_check_update(&device)?;
-    device_check_staging(&device)
+    device_check_staging(&device)?;
+    device_check_threads(&device)
+}
+
+/// `count` products of `n x n` matrices of ones, each scaled by `1/n` (all ones again, exactly),
+/// queued on `device`: work that keeps a GPU busy for a while (24 of 4096 x 4096: tens of
+/// milliseconds), ending in a tensor whose every value is 1.
+fn queued_products(
+    device: &molclip::candle_core::Device,
+    n: usize,
+    count: usize,
+) -> Result<molclip::candle_core::Tensor> {
+    let a = molclip::candle_core::Tensor::ones((n, n), molclip::candle_core::DType::F32, device)?;
+    let mut b = a.clone();
+    for _ in 0..count {
+        b = (b.matmul(&a)? * (1.0 / n as f64))?;
+    }
+    Ok(b)
+}
+
+/// A tensor queued on one thread and read on another: the second thread sums the products
+/// that the first has just queued (on a GPU, 24 of 4096 x 4096 matrices) and reads the sum
+/// back at once. A device whose work went to a stream of each thread's own (CUDA's per-thread
+/// default stream) would let the second thread read before the products had ended; on the
+/// device's one stream it waits for them. The product is then dropped on the second thread
+/// while the first thread's work on it may still be queued.
+fn device_check_threads(device: &molclip::candle_core::Device) -> Result<()> {
+    let n = if device.is_cpu() { 64 } else { 4096 };
+    let ones = queued_products(device, n, 24)?;
+    let twice = (&ones + &ones)?;
+    let sum = std::thread::scope(|s| {
+        s.spawn(move || -> Result<f32> {
+            let sum = ones.sum_all()?.to_scalar::<f32>()?;
+            drop(ones);
+            Ok(sum)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("device-check: the second thread panicked"))?
+    })?;
+    let twice = twice.sum_all()?.to_scalar::<f32>()?;
+    let expected = (n * n) as f32;
+    println!(
+        "{:<14} products queued on one thread, summed on another: {sum} ({expected} expected), and on the first \
+         after the second dropped them: {twice} ({} expected)",
+        "threads",
+        2.0 * expected
+    );
+    anyhow::ensure!(
+        sum == expected && twice == 2.0 * expected,
+        "device-check: a tensor read on another thread than the one that queued it differs"
+    );
+    Ok(())
 }
 
 /// Batches through the feed's staging (pinned memory on a GPU): five batches of two lengths
@@ -1017,21 +1068,12 @@ fn device_check(device: &str) -> Result<()> {
 /// other than the CPU, one batch of 64 Mi values copied from pageable memory
 /// (`Tensor::from_slice`) and staged, each timed to the end of its copy (best of three).
 fn device_check_staging(device: &molclip::candle_core::Device) -> Result<()> {
-    use molclip::candle_core::{DType, Tensor};
+    use molclip::candle_core::Tensor;
     use molclip::train::feed::{Feed, PINNED_BUFFERS};
     let staging = Feed::staging(device);
     let batch = |k: usize, n: usize| -> Vec<f32> { (0..n).map(|i| (i * 31 + k * 1_000_003) as f32).collect() };
     let lengths = [1 << 20, 1 << 20, 3 << 19, 1 << 20, 1 << 20];
-    let busy = if device.is_cpu() {
-        None
-    } else {
-        let a = Tensor::ones((4096, 4096), DType::F32, device)?;
-        let mut b = a.clone();
-        for _ in 0..24 {
-            b = (b.matmul(&a)? * (1.0 / 4096.0))?;
-        }
-        Some(b)
-    };
+    let busy = if device.is_cpu() { None } else { Some(queued_products(device, 4096, 24)?) };
     let start = Instant::now();
     let tensors = lengths
         .iter()

@@ -546,7 +546,8 @@ fn raw_fields_are_simulated_extracted_and_read_as_a_dataset() {
 }
 
 /// `bench device-check` against the CPU itself: every model's features and gradients, and the
-/// AdamW update, are the same bits twice, and staged batches arrive unchanged (a difference would be nondeterminism or a check
+/// AdamW update, are the same bits twice, staged batches arrive unchanged and a tensor queued
+/// on one thread reads the same on another (a difference would be nondeterminism or a check
 /// comparing the wrong tensors), one line each.
 #[test]
 fn device_check_on_the_cpu_finds_no_difference() {
@@ -562,6 +563,14 @@ fn device_check_on_the_cpu_finds_no_difference() {
     // The batches staged for the device arrive whole (no pinned memory on the CPU).
     assert!(
         out.contains("staging        5 batches through no pinned memory, values differing after the copies: 0,"),
+        "{out}"
+    );
+    // A tensor queued on one thread reads the same on another (64 x 64 ones on the CPU).
+    assert!(
+        out.contains(
+            "threads        products queued on one thread, summed on another: 4096 (4096 expected), and on \
+                      the first after the second dropped them: 8192 (8192 expected)"
+        ),
         "{out}"
     );
 }

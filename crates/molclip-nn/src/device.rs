@@ -4,23 +4,29 @@ use candle_core::Device;
 
 use crate::Result;
 
-/// CUDA device `ordinal`, as candle makes it, with cudarc's event tracking off.
+/// CUDA device `ordinal`, on a stream of its own, with cudarc's event tracking off.
 ///
-/// With tracking on, cudarc creates two events with every allocation (and destroys them with
-/// it), but records and waits on them only in its multi-stream mode, which a context enters
-/// when `CudaContext::new_stream` makes a stream. candle's device queues its work on CUDA's
-/// per-thread default stream, which cudarc does not make that way, so the events were never
-/// used: four driver calls per tensor, thousands per training step, for nothing. Off,
-/// allocations make none. (Where molclip waits on the GPU itself, as before a pinned buffer
-/// is written again, it records an event of its own.)
+/// **One stream for every thread.** candle's `Device::new_cuda` queues work on CUDA's
+/// per-thread default stream, which is a different stream on each host thread: a tensor made
+/// on one thread and read, written or freed on another (a Python thread pool sharing a run, or
+/// the garbage collector dropping a model on a thread of its own) would not wait for the work
+/// queued on the first. On a stream of its own (`Device::new_cuda_with_stream`), the device's
+/// work is in one order whichever thread queues it, as on PyTorch's default stream. cuBLAS,
+/// cuRAND, molclip's cuDNN handles and its kernels all queue on that stream.
+///
+/// **Tracking off.** With tracking on (cudarc's default), cudarc creates two events with every
+/// allocation, destroys them with it, records one behind every kernel that reads or writes the
+/// allocation and makes the stream wait on them: work that orders allocations across streams,
+/// and a device with one stream needs none of it (four to six driver calls per tensor,
+/// thousands per training step). Off, allocations make no events. (Where molclip waits on the
+/// GPU itself, as before a pinned buffer is written again, it records an event of its own.)
 pub fn cuda(ordinal: usize) -> Result<Device> {
-    let device = Device::new_cuda(ordinal)?;
+    let device = Device::new_cuda_with_stream(ordinal)?;
     #[cfg(feature = "cuda")]
     if let Device::Cuda(dev) = &device {
-        // SAFETY: cudarc asks the caller to synchronise work across streams once tracking is
-        // off. It did no such synchronisation on this context before either (not in
-        // multi-stream mode, above), and molclip makes no stream of its own: the order of
-        // work is the stream's, as it was.
+        // SAFETY: with tracking off, cudarc asks the caller to order work across streams. All
+        // of this device's work, whichever thread queues it, goes to its one stream, which
+        // orders it; molclip makes no other stream on the device's context.
         unsafe { dev.disable_event_tracking() };
     }
     Ok(device)

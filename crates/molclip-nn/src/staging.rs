@@ -208,9 +208,9 @@ mod pinned {
     /// A page-locked buffer and the event recorded behind the last copy that read it.
     ///
     /// The event is molclip's own, recorded explicitly: the one cudarc keeps in a
-    /// `PinnedHostSlice` is recorded behind a copy only in cudarc's multi-stream mode, and
-    /// candle's device runs on one stream (the per-thread default stream), so that event
-    /// never is, and waiting on it would not wait for the copy.
+    /// `PinnedHostSlice` is recorded behind a copy only while cudarc tracks events, which
+    /// molclip's devices turn off ([`crate::device::cuda`]), so that event never is, and
+    /// waiting on it would not wait for the copy.
     pub(super) struct Pinned {
         slice: PinnedHostSlice<f32>,
         read: CudaEvent,
