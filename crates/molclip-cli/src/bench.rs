@@ -1018,7 +1018,8 @@ fn queued_products(
     n: usize,
     count: usize,
 ) -> Result<molclip::candle_core::Tensor> {
-    let a = molclip::candle_core::Tensor::ones((n, n), molclip::candle_core::DType::F32, device)?;
+    use molclip::candle_core::{DType, Tensor};
+    let a = Tensor::ones((n, n), DType::F32, device)?;
     let mut b = a.clone();
     for _ in 0..count {
         b = (b.matmul(&a)? * (1.0 / n as f64))?;

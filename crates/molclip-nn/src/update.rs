@@ -144,6 +144,10 @@ pub fn adamw_in_place(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, step: &Ada
 pub fn adamw_in_place_all(slots: &[AdamWSlot<'_>], step: &AdamWStep) -> Result<Vec<bool>> {
     let done: Vec<bool> = slots.iter().map(AdamWSlot::in_place).collect();
     let c = AdamWConstants::of(step);
+    // The CPU's three passes, one tensor at a time.
+    let first = Moment { keep: c.keep1, take: c.take1, square: false };
+    let second = Moment { keep: c.keep2, take: c.take2, square: true };
+    let param = ParamStep { unbias: c.unbias, eps: c.eps, decay: c.decay, rate: c.rate };
     #[cfg(feature = "cuda")]
     let mut on_cuda: Vec<AdamWSlot<'_>> = Vec::new();
     for (slot, _) in slots.iter().zip(&done).filter(|(_, &d)| d) {
@@ -151,10 +155,9 @@ pub fn adamw_in_place_all(slots: &[AdamWSlot<'_>], step: &AdamWStep) -> Result<V
             #[cfg(feature = "cuda")]
             candle_core::Device::Cuda(_) => on_cuda.push(*slot),
             _ => {
-                slot.m.inplace_op2(slot.grad, &Moment { keep: c.keep1, take: c.take1, square: false })?;
-                slot.v.inplace_op2(slot.grad, &Moment { keep: c.keep2, take: c.take2, square: true })?;
-                let pass = ParamStep { unbias: c.unbias, eps: c.eps, decay: c.decay, rate: c.rate };
-                slot.param.inplace_op3(slot.m, slot.v, &pass)?;
+                slot.m.inplace_op2(slot.grad, &first)?;
+                slot.v.inplace_op2(slot.grad, &second)?;
+                slot.param.inplace_op3(slot.m, slot.v, &param)?;
             }
         }
     }
