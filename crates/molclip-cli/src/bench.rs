@@ -851,15 +851,13 @@ fn bench_train(
     let index = molclip_data::DatasetIndex::open(&data)?;
     let dev = molclip::parse_device(device)?;
     let mut trainer = Trainer::new(&cfg, &index, &dev)?;
-    let (stage, stage_steps) = trainer
-        .steps_per_stage()?
+    let plan = trainer
+        .plan()?
         .into_iter()
-        .enumerate()
-        .find(|s| s.1 > 0)
+        .find(|s| s.steps() > 0)
         .context("no stage of the config has a step on this dataset")?;
-    let per_epoch = stage_steps / cfg.stages[stage].epochs;
+    let (per_epoch, identity) = (plan.steps_per_epoch, plan.identity);
     let n = steps.unwrap_or(per_epoch).clamp(1, per_epoch);
-    let identity = cfg.stages[stage].identity;
     // The stage's training videos and their labels, numbered as the trainer's classifiers
     // number them, for the reference.
     let train: Vec<_> = index.split(molclip_data::Split::Train).collect();

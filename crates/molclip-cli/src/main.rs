@@ -10,6 +10,10 @@ mod progress;
 mod report;
 mod train;
 
+#[cfg(test)]
+#[path = "../tests/common/readme.rs"]
+mod readme;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -685,4 +689,49 @@ fn import_i3d(args: &ImportI3dArgs) -> Result<()> {
         i3d.in_channels
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::readme::{bash_blocks, molclip_args, readme};
+    use super::Cli;
+
+    /// Every `molclip` command in the README's shell examples parses as this binary's
+    /// arguments: no example names a flag or subcommand that is not there.
+    #[test]
+    fn every_readme_command_parses() {
+        let readme = readme();
+        let mut parsed = Vec::new();
+        let mut failures = Vec::new();
+        for block in bash_blocks(&readme) {
+            for (line, words) in &block.commands {
+                let Some(args) = molclip_args(words) else { continue };
+                match Cli::try_parse_from(std::iter::once("molclip".to_string()).chain(args.iter().cloned())) {
+                    Ok(_) => parsed.push(args.join(" ")),
+                    Err(e) => failures.push(format!(
+                        "README line {line} ({}): molclip {}\n{e}",
+                        block.heading,
+                        args.join(" ")
+                    )),
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+        // The reading itself: examples from a block with a continuation, a `&&`, an
+        // environment variable and `cargo run` are all there.
+        for expected in [
+            "demo",
+            "train --config configs/mitoreid.toml --data data/Mito --out runs/smoke --epochs 1",
+            "extract --raw raw --masks raw/ground_truth --out truth",
+            "bench evaluate --sizes 2000 --dim 128",
+        ] {
+            assert!(
+                parsed.iter().any(|p| p.starts_with(expected)),
+                "no README command starts with `molclip {expected}`"
+            );
+        }
+        assert!(parsed.len() > 60, "{} commands read from the README", parsed.len());
+    }
 }

@@ -45,6 +45,10 @@ pub struct TrainArgs {
     /// run on a corrupt file before its first step).
     #[arg(long)]
     skip_check: bool,
+    /// Check everything a run checks before its first step (the frames, the run folder, the
+    /// config, --init's weights, every stage's batches), print the stages, and write nothing.
+    #[arg(long)]
+    dry_run: bool,
     /// (testing) kill this process with SIGKILL after this many steps.
     #[arg(long, hide = true)]
     kill_after_steps: Option<u64>,
@@ -76,6 +80,12 @@ pub fn train(args: TrainArgs, quiet: bool) -> Result<()> {
         resume: args.resume,
         check_frames: !args.skip_check,
     };
+    if args.dry_run {
+        let plan = training.plan(&progress)?;
+        println!("{}", plan.summary(&run, &cfg));
+        println!("checked; nothing written (--dry-run)");
+        return Ok(());
+    }
     let outcome = training.run(&progress, &mut |state| {
         if args.kill_after_steps == Some(state.step) {
             kill_self();

@@ -299,6 +299,20 @@ fn tiny_and_small_config() -> (tempfile::TempDir, std::path::PathBuf, std::path:
     (tmp, data, cfg)
 }
 
+/// Every file under `dir` and its bytes.
+fn files(dir: &std::path::Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files(&path));
+        } else {
+            out.insert(path.clone(), std::fs::read(&path).unwrap());
+        }
+    }
+    out
+}
+
 /// A run killed with SIGKILL mid-epoch and resumed ends with the same weights and metrics as
 /// a run that was never interrupted.
 #[test]
@@ -331,6 +345,18 @@ fn train_killed_and_resumed_equals_an_uninterrupted_run() {
     // The time up to the last checkpoint (step 4) survives the kill, and the resumed run adds to it.
     let killed: f64 = std::fs::read_to_string(b.join("train_seconds.txt")).unwrap().trim().parse().unwrap();
     assert!(killed > 0.0);
+    // A dry run says where each run stands, and writes nothing.
+    let before = files(&b);
+    let o = train(&b, &["--resume", "--dry-run"]);
+    assert!(o.status.success() && text(&o).contains("resuming after step 4"), "{}", text(&o));
+    let o = train(&a, &["--resume", "--dry-run"]);
+    assert!(o.status.success() && text(&o).contains("nothing is left to train"), "{}", text(&o));
+    assert!(files(&b) == before, "the dry run changed the run folder");
+    // A stage that cannot fill its batches stops the run before anything is written.
+    let c = tmp.path().join("c");
+    let o = train(&c, &["--set", "data.sampler.p=7"]);
+    assert!(!o.status.success() && text(&o).contains("stage 2 (moa)"), "{}", text(&o));
+    assert!(!c.exists(), "nothing is written");
     // Without --resume an existing run is not overwritten.
     let o = train(&b, &[]);
     assert!(!o.status.success() && text(&o).contains("--resume"), "{}", text(&o));

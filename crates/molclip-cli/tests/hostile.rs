@@ -39,8 +39,20 @@ fn a_second_writer_of_a_dataset_a_run_or_a_demo_is_refused_naming_the_holders_pi
     std::fs::create_dir_all(&run).unwrap();
     let held = OutputLock::acquire(&run.join(".lock"), &run, "into this run folder", false).unwrap();
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/video-only.toml");
-    let o =
-        molclip(&["train", "--config", s(&config), "--data", s(&data), "--out", s(&run), "--epochs", "1", "--quiet"]);
+    let o = molclip(&[
+        "train",
+        "--config",
+        s(&config),
+        "--data",
+        s(&data),
+        "--out",
+        s(&run),
+        "--epochs",
+        "1",
+        "--set",
+        "data.sampler.p=4",
+        "--quiet",
+    ]);
     assert!(!o.status.success() && text(&o).contains(&holder), "{}", text(&o));
     assert!(!run.join("run.toml").exists());
     drop(held);

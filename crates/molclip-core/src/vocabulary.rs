@@ -102,6 +102,14 @@ impl Identity {
         }
     }
 
+    /// Its classes, counted in a sentence ("11 drugs", "6 MoAs").
+    pub fn plural(self) -> &'static str {
+        match self {
+            Identity::Drug => "drugs",
+            Identity::Moa => "MoAs",
+        }
+    }
+
     /// The task scored on this identity, for tables.
     pub fn task(self) -> &'static str {
         match self {

@@ -22,4 +22,4 @@ pub use predict::{predict, Query};
 pub use progress::{Progress, Silent};
 pub use reference::{Prediction, Reference, ZeroShot};
 pub use run_dir::{read_config, RunDir};
-pub use training::{resolve_config, Overrides, TrainOutcome, Training};
+pub use training::{resolve_config, Overrides, TrainOutcome, TrainPlan, Training};

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use molclip::candle_core::Device;
 use molclip::models::VideoModel;
-use molclip::train::{embed_cells, RunState, StepRecord, StepTimes, TrainConfig, Trainer, Validator};
+use molclip::train::{embed_cells, RunState, StagePlan, StepRecord, StepTimes, TrainConfig, Trainer, Validator};
 use molclip::ModelError;
 use molclip_data::{DatasetIndex, Split};
 
@@ -49,6 +49,61 @@ impl TrainOutcome {
                 "; CLIP term on the {with} of {all} training drugs with a molecule, metric losses on all"
             ))
         )
+    }
+}
+
+/// What a training would do ([`Training::plan`]), found without training or writing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainPlan {
+    /// Each stage, in order.
+    pub stages: Vec<StagePlan>,
+    /// Videos in the training split.
+    pub videos: usize,
+    /// Steps already done (a resumed run).
+    pub done: u64,
+    /// Whether the run being resumed has already finished (it has nothing left to train).
+    pub finished: bool,
+}
+
+impl TrainPlan {
+    /// Steps over every stage, epoch 1's count taken for every epoch (the P x K sampler's
+    /// count varies a little by epoch; with `patience`, a stage may stop earlier).
+    pub fn steps(&self) -> usize {
+        self.stages.iter().map(StagePlan::steps).sum()
+    }
+
+    /// A line for the run, then one per stage.
+    pub fn summary(&self, run: &RunDir, cfg: &TrainConfig) -> String {
+        let sampler = &cfg.data.sampler;
+        let at = match (self.finished, self.done) {
+            (true, done) => format!("; the run finished at step {done}: nothing is left to train"),
+            (false, 0) => String::new(),
+            (false, done) => format!("; resuming after step {done}"),
+        };
+        let mut out = format!(
+            "{}: {} training videos, batches of P x K = {} x {}, about {} steps{at}",
+            run.root().display(),
+            self.videos,
+            sampler.p,
+            sampler.k,
+            self.steps()
+        );
+        for (i, stage) in self.stages.iter().enumerate() {
+            out += &format!("\n  stage {} ({}): ", i + 1, stage.identity.task());
+            out += &if stage.epochs == 0 {
+                "skipped (0 epochs)".to_string()
+            } else {
+                format!(
+                    "{} {} over {} videos, {} epochs of about {} steps",
+                    stage.classes,
+                    stage.identity.plural(),
+                    stage.videos,
+                    stage.epochs,
+                    stage.steps_per_epoch
+                )
+            };
+        }
+        out
     }
 }
 
@@ -162,19 +217,38 @@ pub struct Training<'a> {
 }
 
 impl Training<'_> {
-    /// Trains; `on_step` sees the run state after every step and returns false to stop there
-    /// (a checkpoint of that step is written and the run can resume; the outcome's state is
-    /// not `finished` and no final weights are written).
-    pub fn run(&self, progress: &dyn Progress, on_step: &mut dyn FnMut(&RunState) -> bool) -> Result<TrainOutcome> {
-        let Training { cfg, data, index, run, device, resume, check_frames } = *self;
-        // Before anything is written (the lock file included).
-        if check_frames {
-            progress.start("checking frames", index.cells.len() as u64);
-            let checked = index.verify_frames_with_progress(&cfg.data.frames, &crate::progress::scan(progress));
-            progress.finish();
-            checked?;
+    /// What [`Training::run`] would do, checked as it checks before its first step: every
+    /// frame (with `check_frames`), the run folder (a checkpoint to resume, or none to
+    /// overwrite; resuming, the run's own dataset), the config, the initial weights and every
+    /// stage's P x K batches. Nothing is written.
+    pub fn plan(&self, progress: &dyn Progress) -> Result<TrainPlan> {
+        self.check_frames(progress)?;
+        self.check_run_folder()?;
+        let trainer = self.trainer()?;
+        Ok(TrainPlan {
+            stages: trainer.plan()?,
+            videos: self.index.split(Split::Train).count(),
+            done: trainer.resumed_at().map_or(0, |s| s.step),
+            finished: trainer.resumed_at().is_some_and(|s| s.is_complete(&self.cfg.stages)),
+        })
+    }
+
+    /// Decodes every frame of the dataset (`check_frames`), so that a corrupt file stops the
+    /// run before anything is written.
+    fn check_frames(&self, progress: &dyn Progress) -> Result<()> {
+        if !self.check_frames {
+            return Ok(());
         }
-        let _lock = run.lock()?;
+        progress.start("checking frames", self.index.cells.len() as u64);
+        let checked = self.index.verify_frames_with_progress(&self.cfg.data.frames, &crate::progress::scan(progress));
+        progress.finish();
+        Ok(checked?)
+    }
+
+    /// The run folder holds a checkpoint to resume (and, resuming, the run's own dataset is
+    /// given), or none to overwrite.
+    fn check_run_folder(&self) -> Result<()> {
+        let Training { data, index, run, resume, .. } = *self;
         let has_checkpoint = run.has_checkpoint();
         if resume && !has_checkpoint {
             return Err(ExperimentError::Input(format!(
@@ -191,19 +265,47 @@ impl Training<'_> {
         if resume {
             run.check_dataset(data, index)?;
         }
+        Ok(())
+    }
+
+    /// The trainer: a new one, or one from the run's last checkpoint.
+    fn trainer(&self) -> Result<Trainer> {
+        Ok(if self.resume {
+            Trainer::resume(self.cfg, self.index, self.device, &self.run.outputs().checkpoint)?
+        } else {
+            Trainer::new(self.cfg, self.index, self.device)?
+        })
+    }
+
+    /// Trains; `on_step` sees the run state after every step and returns false to stop there
+    /// (a checkpoint of that step is written and the run can resume; the outcome's state is
+    /// not `finished` and no final weights are written).
+    pub fn run(&self, progress: &dyn Progress, on_step: &mut dyn FnMut(&RunState) -> bool) -> Result<TrainOutcome> {
+        let Training { cfg, data, index, run, device, resume, .. } = *self;
+        // Before anything is written (the lock file included): the frames, and a new run's
+        // model and batches.
+        self.check_frames(progress)?;
+        let fresh = if resume {
+            None
+        } else {
+            self.check_run_folder()?;
+            Some(self.trainer()?)
+        };
+        let _lock = run.lock()?;
+        // Again, now that no other training writes the folder.
+        self.check_run_folder()?;
         run.create()?;
         run.write_config(cfg)?;
         run.record_dataset(data, index)?;
         let outputs = run.outputs();
-        let mut trainer = if resume {
-            Trainer::resume(cfg, index, device, &outputs.checkpoint)?
-        } else {
-            Trainer::new(cfg, index, device)?
+        let mut trainer = match fresh {
+            Some(trainer) => trainer,
+            None => self.trainer()?,
         };
         if let Some(v) = validator(cfg, index, device) {
             trainer.set_validator(v);
         }
-        let total: usize = trainer.steps_per_stage()?.iter().sum();
+        let total: usize = trainer.plan()?.iter().map(StagePlan::steps).sum();
         progress.start("training", total as u64);
         let start = Instant::now();
         // The time of earlier sessions, up to their last checkpoint.

@@ -9,7 +9,9 @@ use molclip::train::{TrainConfig, TrainedRun};
 use molclip_core::error_text;
 use molclip_data::{SampleDepth, Split, Video};
 use molclip_experiment::embedding::EMBED_BATCH;
-use molclip_experiment::{embed_dataset, read_config, resolve_config, Overrides, Progress, Query, RunDir, Training};
+use molclip_experiment::{
+    embed_dataset, read_config, resolve_config, Overrides, Progress, Query, RunDir, TrainPlan, Training,
+};
 use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray2, PyReadonlyArray4, PyUntypedArrayMethods};
 use pyo3::prelude::*;
@@ -234,10 +236,11 @@ impl Run {
 /// Trains into `out` as `molclip train` does (config from `config_path`, or `config_json`,
 /// a config as JSON; with `resume`, the run's own), and returns the outcome. Ctrl-C stops
 /// at the end of the current step, leaves a checkpoint there and raises KeyboardInterrupt;
-/// `resume=True` continues from it.
+/// `resume=True` continues from it. With `dry_run`, checks what a run checks before its
+/// first step and returns the plan (`molclip train --dry-run`), writing nothing.
 #[pyfunction]
 #[pyo3(signature = (data, out, config_path=None, config_json=None, resume=false, epochs=None, sets=Vec::new(),
-                    init=None, device="cpu", check_frames=true, progress=None))]
+                    init=None, device="cpu", check_frames=true, progress=None, dry_run=false))]
 #[allow(clippy::too_many_arguments)]
 pub fn train<'py>(
     py: Python<'py>,
@@ -252,6 +255,7 @@ pub fn train<'py>(
     device: &str,
     check_frames: bool,
     progress: Option<Py<PyAny>>,
+    dry_run: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let given = match (&config_path, &config_json) {
         (Some(path), _) => Some((path.display().to_string(), read_config(path).map_err(py_err)?)),
@@ -272,12 +276,20 @@ pub fn train<'py>(
         let index = molclip_experiment::open_dataset(&data, &progress)?;
         let training =
             Training { cfg: &cfg, data: &data, index: &index, run: &run, device: &device, resume, check_frames };
-        training.run(&progress, &mut |_| {
-            interrupt = progress.interrupt();
-            interrupt.is_none()
-        })
+        if dry_run {
+            return training.plan(&progress).map(Done::Planned);
+        }
+        training
+            .run(&progress, &mut |_| {
+                interrupt = progress.interrupt();
+                interrupt.is_none()
+            })
+            .map(Done::Trained)
     });
-    let outcome = outcome.map_err(py_err)?;
+    let outcome = match outcome.map_err(py_err)? {
+        Done::Trained(outcome) => outcome,
+        Done::Planned(plan) => return plan_dict(py, &plan, &run, &cfg),
+    };
     if let Some(e) = interrupt {
         progress.note(&format!(
             "stopped at step {}: the checkpoint is in {}; train(..., resume=True) continues",
@@ -292,5 +304,37 @@ pub fn train<'py>(
     d.set_item("seconds", outcome.seconds)?;
     d.set_item("finished", outcome.state.finished)?;
     d.set_item("summary", outcome.summary(&run))?;
+    Ok(d)
+}
+
+/// What [`train`] did: trained, or (a dry run) planned.
+enum Done {
+    Trained(molclip_experiment::TrainOutcome),
+    Planned(TrainPlan),
+}
+
+/// A [`TrainPlan`] as `train(dry_run=True)` returns it.
+fn plan_dict<'py>(py: Python<'py>, plan: &TrainPlan, run: &RunDir, cfg: &TrainConfig) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("path", run.root())?;
+    d.set_item("videos", plan.videos)?;
+    d.set_item("steps", plan.steps())?;
+    d.set_item("done", plan.done)?;
+    d.set_item("finished", plan.finished)?;
+    let stages = plan
+        .stages
+        .iter()
+        .map(|s| {
+            let stage = PyDict::new(py);
+            stage.set_item("identity", s.identity.name())?;
+            stage.set_item("classes", s.classes)?;
+            stage.set_item("videos", s.videos)?;
+            stage.set_item("epochs", s.epochs)?;
+            stage.set_item("steps_per_epoch", s.steps_per_epoch)?;
+            Ok(stage)
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    d.set_item("stages", stages)?;
+    d.set_item("summary", plan.summary(run, cfg))?;
     Ok(d)
 }

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 import molclip
-from conftest import TINY_RUN, cli
+from conftest import REPO, TINY_RUN, cli
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +118,19 @@ def test_ctrl_c_leaves_a_checkpoint_and_resume_finishes_the_same_run(
     assert (out / "model.safetensors").read_bytes() == (run_dir / "model.safetensors").read_bytes()
     with pytest.raises(molclip.MolclipError, match="differs"):
         molclip.train(config, tiny, out, resume=True, set={"seed": 5}, progress=False)
+
+
+def test_train_plan_is_the_cli_dry_run_and_writes_nothing(tiny: Path, run_dir: Path, tmp_path: Path) -> None:
+    config, out = REPO / "configs" / "video-only.toml", tmp_path / "planned"
+    # The shipped recipe's P = 8 does not fit tiny's 6 MoAs: refused, naming the stage.
+    with pytest.raises(molclip.MolclipError, match=r"stage 2 \(moa\).*data\.sampler\.p=6"):
+        molclip.train_plan(config, tiny, out, progress=False)
+    plan = molclip.train_plan(config, tiny, out, set={"data.sampler.p": 4}, progress=False)
+    assert [(s["identity"], s["epochs"]) for s in plan["stages"]] == [("drug", 16), ("moa", 8)]
+    assert plan["stages"][1]["classes"] == 6 and not plan["finished"] and plan["done"] == 0
+    assert plan["steps"] == sum(s["epochs"] * s["steps_per_epoch"] for s in plan["stages"])
+    printed = cli("train", "--config", str(config), "--data", str(tiny), "--out", str(out), "--set", "data.sampler.p=4",
+                  "--dry-run")
+    assert printed == plan["summary"] + "\nchecked; nothing written (--dry-run)\n"
+    assert not out.exists()
+    assert molclip.train_plan(None, tiny, run_dir, resume=True, progress=False)["finished"]

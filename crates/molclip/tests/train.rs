@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use molclip::train::{ModelKind, StepRecord, TrainConfig, TrainOutputs, Trainer};
+use molclip::train::{Identity, ModelKind, StepRecord, TrainConfig, TrainOutputs, Trainer};
 use molclip_data::DatasetIndex;
 
 fn tiny_dataset(dir: &Path) -> DatasetIndex {
@@ -182,12 +182,51 @@ fn a_resumed_run_ends_exactly_like_an_uninterrupted_one() {
         let err = Trainer::resume(&other, &index, &Device::Cpu, &b.checkpoint).err().unwrap().to_string();
         assert!(err.contains("differs"), "{err}");
         let mut resumed = Trainer::resume(&cfg, &index, &Device::Cpu, &b.checkpoint).unwrap();
+        let at = resumed.resumed_at().expect("a resumed trainer");
+        assert!(at.step == stop_at && !at.is_complete(&cfg.stages), "stopped at step {stop_at}");
         let end = resumed.train(Some(&b), &mut |_, _| true).unwrap();
         assert!(end.finished);
         assert_eq!(end.records, full.records, "stopped at step {stop_at}");
         let wa = molclip::nn::read_safetensors(&a.checkpoint.join("model.safetensors")).unwrap();
         assert_same_weights(&wa, &resumed.store.tensors(), &format!("stopped at step {stop_at}"));
     }
+}
+
+/// The plan counts each stage's classes, videos and first-epoch batches as the training then
+/// takes them; a stage with fewer classes than P is refused when the trainer is made, naming
+/// the stage and the P that would fit; a resumed trainer knows where it stands.
+#[test]
+fn the_plan_is_what_the_training_takes_and_an_unfillable_stage_is_refused_up_front() {
+    let tmp = tempfile::tempdir().unwrap();
+    let index = tiny_dataset(&tmp.path().join("tiny"));
+    let mut cfg = small("video-only");
+    cfg.stages = TrainConfig::default().stages;
+    (cfg.stages[0].epochs, cfg.stages[1].epochs) = (1, 1);
+    let train = index.split(molclip_data::Split::Train).count();
+    let mut trainer = Trainer::new(&cfg, &index, &Device::Cpu).unwrap();
+    assert!(trainer.resumed_at().is_none());
+    let plan = trainer.plan().unwrap();
+    // The tiny preset: 11 training drugs and 5 MoAs + DMSO, every training video in both tasks.
+    let counted: Vec<_> = plan.iter().map(|s| (s.identity, s.classes, s.videos, s.epochs)).collect();
+    assert_eq!(counted, [(Identity::Drug, 11, train, 1), (Identity::Moa, 6, train, 1)]);
+    let out = outputs(&tmp.path().join("run"));
+    let state = trainer.train(Some(&out), &mut |_, _| true).unwrap();
+    for (si, stage) in plan.iter().enumerate() {
+        let taken = state.records.iter().filter(|r| r.stage == si).count();
+        assert_eq!(taken, stage.steps_per_epoch, "stage {}", si + 1);
+    }
+    let resumed = Trainer::resume(&cfg, &index, &Device::Cpu, &out.checkpoint).unwrap();
+    assert!(resumed.resumed_at().unwrap().is_complete(&cfg.stages), "the last epoch's checkpoint is complete");
+    // A skipped stage plans nothing.
+    cfg.stages[1].epochs = 0;
+    let skipped = Trainer::new(&cfg, &index, &Device::Cpu).unwrap().plan().unwrap()[1];
+    assert_eq!((skipped.videos, skipped.steps()), (0, 0));
+    // P = 7: the drug stage could draw it, the MoA stage cannot.
+    cfg.stages[1].epochs = 1;
+    cfg.data.sampler.p = 7;
+    let err = Trainer::new(&cfg, &index, &Device::Cpu).err().expect("6 MoAs cannot fill P = 7").to_string();
+    assert!(err.contains("`data.sampler.p`: stage 2 (moa): the training videos hold 6 MoAs"), "{err}");
+    assert!(err.contains("--set data.sampler.p=6"), "{err}");
 }
 
 /// Validation runs every `validate_every` epochs; with `patience`, a stage whose mAP stops

@@ -43,6 +43,7 @@ __all__ = [
     "simulate",
     "extract",
     "train",
+    "train_plan",
     "tsne",
 ]
 
@@ -529,13 +530,55 @@ def train(
     step and leaves a checkpoint there; ``resume=True`` continues, with the same numbers as
     an uninterrupted run.
     """
+    _train(config, data, out, resume, epochs, set, init, device, check_frames, progress, dry_run=False)
+    return Run(out, device=device)
+
+
+def train_plan(
+    config: Union[PathLike, Mapping[str, Any], None],
+    data: PathLike,
+    out: PathLike,
+    resume: bool = False,
+    *,
+    epochs: Optional[int] = None,
+    set: Optional[Mapping[str, Any]] = None,
+    init: Optional[PathLike] = None,
+    device: str = "cpu",
+    check_frames: bool = True,
+    progress: Any = True,
+) -> Dict[str, Any]:
+    """What :func:`train` with the same arguments would do, checked as it checks before its
+    first step (every frame, the run folder, the config, ``init``'s weights, every stage's
+    P x K batches), with nothing written: ``molclip train --dry-run``.
+
+    Returns a dict: ``videos`` (training videos), ``steps`` (about: the first epoch's count
+    for every epoch), ``done`` and ``finished`` (a resumed run), ``stages`` (each with
+    ``identity``, ``classes``, ``videos``, ``epochs``, ``steps_per_epoch``) and ``summary``
+    (the CLI's text). A config that cannot train raises :class:`MolclipError`.
+    """
+    return _train(config, data, out, resume, epochs, set, init, device, check_frames, progress, dry_run=True)
+
+
+def _train(
+    config: Union[PathLike, Mapping[str, Any], None],
+    data: PathLike,
+    out: PathLike,
+    resume: bool,
+    epochs: Optional[int],
+    set: Optional[Mapping[str, Any]],
+    init: Optional[PathLike],
+    device: str,
+    check_frames: bool,
+    progress: Any,
+    dry_run: bool,
+) -> Dict[str, Any]:
     config_path = config_json = None
     if isinstance(config, Mapping):
         config_json = json.dumps(config)
     elif config is not None:
         config_path = os.fspath(config)
     sets = [(str(k), _toml_value(v)) for k, v in (set or {}).items()]
-    _molclip.train(
+    return _molclip.train(
         os.fspath(data),
         os.fspath(out),
         config_path=config_path,
@@ -547,5 +590,5 @@ def train(
         device=device,
         check_frames=check_frames,
         progress=sink(progress),
+        dry_run=dry_run,
     )
-    return Run(out, device=device)

@@ -117,4 +117,5 @@ def train(
     device: str = "cpu",
     check_frames: bool = True,
     progress: Any = None,
+    dry_run: bool = False,
 ) -> Dict[str, Any]: ...

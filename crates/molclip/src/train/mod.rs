@@ -12,4 +12,6 @@ pub use config::{Identity, ModelKind, Precision, StageConfig, TrainConfig};
 pub use embed::{embed_cells, TrainedRun, VideoEmbeddings};
 pub use feed::{Fed, Feed};
 pub use schedule::{Decay, LrSchedule, Plateau, ScheduleConfig};
-pub use trainer::{Resume, RunState, StepRecord, StepTimes, TrainModel, TrainOutputs, Trainer, Validator, ENCODER};
+pub use trainer::{
+    Resume, RunState, StagePlan, StepRecord, StepTimes, TrainModel, TrainOutputs, Trainer, Validator, ENCODER,
+};

@@ -149,6 +149,21 @@ pub struct RunState {
     pub config: String,
 }
 
+impl RunState {
+    /// Whether nothing is left to train under `stages`: finished, or at the end of the last
+    /// stage that has epochs (where the last epoch's checkpoint is).
+    pub fn is_complete(&self, stages: &[StageConfig]) -> bool {
+        self.finished
+            || stages.iter().enumerate().skip(self.stage).all(|(i, s)| {
+                if i == self.stage {
+                    self.epoch >= s.epochs
+                } else {
+                    s.epochs == 0
+                }
+            })
+    }
+}
+
 /// Validation: the video model to (drug mAP, MoA mAP) on held-out videos.
 pub type Validator = Box<dyn FnMut(&VideoModel) -> Result<(f64, f64)>>;
 
@@ -240,6 +255,31 @@ impl StepTimes {
         } else {
             self.data_wait.as_secs_f64() / self.total.as_secs_f64()
         }
+    }
+}
+
+/// One stage of a run as [`Trainer::plan`] sees it before training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StagePlan {
+    /// The stage's task.
+    pub identity: Identity,
+    /// Classes of the task among the training videos (drugs, or MoAs).
+    pub classes: usize,
+    /// Training videos the stage's batches draw from (those with a label in its task; 0 for
+    /// a skipped stage).
+    pub videos: usize,
+    /// Epochs (0: skipped).
+    pub epochs: usize,
+    /// P x K batches in the stage's first epoch (the sampler's count varies a little by
+    /// epoch).
+    pub steps_per_epoch: usize,
+}
+
+impl StagePlan {
+    /// Steps of the whole stage, the first epoch's count taken for every epoch (with
+    /// `patience`, the stage may stop earlier).
+    pub fn steps(&self) -> usize {
+        self.steps_per_epoch * self.epochs
     }
 }
 
@@ -352,7 +392,7 @@ impl Trainer {
         let store = ParamStore::with_tensors(cfg.seed, weights, device);
         let model = TrainModel::build(&store, cfg, n_drugs, n_moas)?;
         let train = Arc::new(VideoDataset::new(cells, cfg.data.clone())?);
-        Ok(Self {
+        let trainer = Self {
             cfg: cfg.clone(),
             device: device.clone(),
             store,
@@ -366,7 +406,16 @@ impl Trainer {
             validator: None,
             times: StepTimes::default(),
             staging: Feed::staging(device),
-        })
+        };
+        // Every stage can draw its batches: found now, not when the stage begins.
+        trainer.plan()?;
+        Ok(trainer)
+    }
+
+    /// Where a trainer made by [`Trainer::resume`] continues from (`None` for a new run, or
+    /// once it has begun).
+    pub fn resumed_at(&self) -> Option<&RunState> {
+        self.resume.as_ref().map(|r| &r.state)
     }
 
     /// Training drugs with a molecule (which the CLIP term learns from), and all training
@@ -406,18 +455,34 @@ impl Trainer {
         self.times
     }
 
-    /// Steps per epoch of each stage (0 for a skipped stage), for progress bars.
-    pub fn steps_per_stage(&self) -> Result<Vec<usize>> {
+    /// What each stage will train: its task's classes and videos, and its steps (0 for a
+    /// skipped stage). Fails, naming the stage, when a stage cannot draw its P x K batches.
+    pub fn plan(&self) -> Result<Vec<StagePlan>> {
         self.cfg
             .stages
             .iter()
             .enumerate()
             .map(|(si, st)| {
-                Ok(if st.epochs == 0 { 0 } else { self.sampler(si, st.identity)?.epoch(0).len() * st.epochs })
+                let (sampler, steps_per_epoch) = if st.epochs == 0 {
+                    (None, 0)
+                } else {
+                    let sampler = self.sampler(si, st.identity)?;
+                    let steps = sampler.epoch(0).len();
+                    (Some(sampler), steps)
+                };
+                Ok(StagePlan {
+                    identity: st.identity,
+                    classes: self.classes(st.identity),
+                    videos: sampler.map_or(0, |s| s.members.len()),
+                    epochs: st.epochs,
+                    steps_per_epoch,
+                })
             })
             .collect()
     }
 
+    /// The P x K sampler of stage `si` (0-based), over the training videos with a label in
+    /// its task.
     fn sampler(&self, si: usize, identity: Identity) -> Result<StageSampler> {
         let labelled: Vec<(usize, usize)> =
             (0..self.drugs.len()).filter_map(|i| Some((i, self.label(identity, i)? as usize))).collect();
@@ -425,8 +490,22 @@ impl Trainer {
         let classes: Vec<usize> = labelled.iter().map(|m| m.1).collect();
         let replicates: Vec<usize> = members.iter().map(|&i| self.replicates[i]).collect();
         let seed = self.cfg.seed ^ (si as u64 + 1);
-        let sampler = PkSampler::new(&classes, &replicates, self.cfg.data.sampler.clone(), seed)
-            .map_err(super::config::data_error)?;
+        let sampler = PkSampler::new(&classes, &replicates, self.cfg.data.sampler.clone(), seed).map_err(|e| {
+            let (available, p) = (self.classes(identity), self.cfg.data.sampler.p);
+            match super::config::data_error(e) {
+                // Too few classes for P: which stage, and what P would do.
+                ModelError::Config { field, .. } if field == "data.sampler.p" && available > 0 => ModelError::config(
+                    field,
+                    format!(
+                        "stage {} ({identity}): the training videos hold {available} {}, but a batch needs P = \
+                             {p} different ones; set P to at most {available} (--set data.sampler.p={available})",
+                        si + 1,
+                        identity.plural()
+                    ),
+                ),
+                other => other,
+            }
+        })?;
         Ok(StageSampler { sampler, members })
     }
 
