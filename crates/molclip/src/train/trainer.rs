@@ -484,28 +484,27 @@ impl Trainer {
     /// The P x K sampler of stage `si` (0-based), over the training videos with a label in
     /// its task.
     fn sampler(&self, si: usize, identity: Identity) -> Result<StageSampler> {
+        // Too few classes for P: which stage, and what P would do.
+        let (available, p) = (self.classes(identity), self.cfg.data.sampler.p);
+        if available > 0 && available < p {
+            return Err(ModelError::config(
+                "data.sampler.p",
+                format!(
+                    "stage {} ({identity}): the training videos hold {available} {}, but a batch needs P = {p} \
+                     different ones; set P to at most {available} (--set data.sampler.p={available})",
+                    si + 1,
+                    identity.plural()
+                ),
+            ));
+        }
         let labelled: Vec<(usize, usize)> =
             (0..self.drugs.len()).filter_map(|i| Some((i, self.label(identity, i)? as usize))).collect();
         let members: Vec<usize> = labelled.iter().map(|m| m.0).collect();
         let classes: Vec<usize> = labelled.iter().map(|m| m.1).collect();
         let replicates: Vec<usize> = members.iter().map(|&i| self.replicates[i]).collect();
         let seed = self.cfg.seed ^ (si as u64 + 1);
-        let sampler = PkSampler::new(&classes, &replicates, self.cfg.data.sampler.clone(), seed).map_err(|e| {
-            let (available, p) = (self.classes(identity), self.cfg.data.sampler.p);
-            match super::config::data_error(e) {
-                // Too few classes for P: which stage, and what P would do.
-                ModelError::Config { field, .. } if field == "data.sampler.p" && available > 0 => ModelError::config(
-                    field,
-                    format!(
-                        "stage {} ({identity}): the training videos hold {available} {}, but a batch needs P = \
-                             {p} different ones; set P to at most {available} (--set data.sampler.p={available})",
-                        si + 1,
-                        identity.plural()
-                    ),
-                ),
-                other => other,
-            }
-        })?;
+        let sampler = PkSampler::new(&classes, &replicates, self.cfg.data.sampler.clone(), seed)
+            .map_err(super::config::data_error)?;
         Ok(StageSampler { sampler, members })
     }
 
