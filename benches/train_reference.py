@@ -1,7 +1,7 @@
 """PyTorch reference for `molclip bench train`: the first steps of a training epoch, end to
 end, the usual PyTorch way. A DataLoader with one worker process per thread reads and
-augments the same frame files with PIL (resize, rotation, flips, random crop, jitter,
-normalisation, as the config says), batches of P x K videos drawn at random per step;
+augments the same frame files with PIL (resize, rotation, rescaling, flips, blur, random
+crop, jitter, normalisation, as the config says), batches of P x K videos drawn at random per step;
 the same network (python/torch_reference.py), the config's losses (cross-entropy with label
 smoothing, batch-hard triplet, centre loss with its own SGD) and optimiser.
 
@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageFilter
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
 import torch_reference as R  # noqa: E402
@@ -46,6 +46,10 @@ class Videos(torch.utils.data.Dataset):
         a = data["augment"]
         self.resize, self.crop = a["resize"], a["crop"]
         self.rotation, self.hflip, self.vflip = a["max_rotation"], a["hflip"], a["vflip"]
+        self.rotation_rate = a.get("rotation_rate", 1.0)
+        self.rescale, self.rescale_rate = a.get("rescale", 0.0), a.get("rescale_rate", 1.0)
+        self.crop_range = a.get("crop_range", 1.0)
+        self.blur_rate, self.blur_sigma = a.get("blur_rate", 0.0), a.get("blur_sigma", [1.0, 3.0])
         self.brightness, self.contrast = a["brightness"], a["contrast"]
         channels = 3 if self.rgb else 1
         per = lambda v: np.asarray(v if isinstance(v, list) else [v] * channels, dtype=np.float32)
@@ -60,20 +64,31 @@ class Videos(torch.utils.data.Dataset):
         rng = random.Random(self.seed * 1_000_003 + i)
         files = frame_files(folder)
         picks = np.linspace(0, len(files) - 1, self.frames).round().astype(int)
-        angle = rng.uniform(-self.rotation, self.rotation) if self.rotation > 0 else 0.0
+        rotated = self.rotation > 0 and rng.random() < self.rotation_rate
+        angle = rng.uniform(-self.rotation, self.rotation) if rotated else 0.0
         hflip = self.hflip and rng.random() < 0.5
         vflip = self.vflip and rng.random() < 0.5
-        x0, y0 = rng.randint(0, self.resize - self.crop), rng.randint(0, self.resize - self.crop)
+        side = self.resize
+        if self.rescale > 0 and rng.random() < self.rescale_rate:
+            side = int(self.resize * rng.uniform(1 - self.rescale, 1 + self.rescale))
+        room = side - self.crop
+        low, high = sorted(round(room * f) for f in (0.5 - self.crop_range / 2, 0.5 + self.crop_range / 2))
+        x0, y0 = rng.randint(low, high), rng.randint(low, high)
+        sigma = rng.uniform(*self.blur_sigma) if self.blur_rate > 0 else 0.0
         out = []
         for k in picks:
             img = Image.open(files[k]).convert("RGB" if self.rgb else "L")
             img = img.resize((self.resize, self.resize), Image.BILINEAR)
             if angle:
                 img = img.rotate(angle, resample=Image.BILINEAR)
+            if side != self.resize:
+                img = img.resize((side, side), Image.BILINEAR)
             if hflip:
                 img = img.transpose(Image.FLIP_LEFT_RIGHT)
             if vflip:
                 img = img.transpose(Image.FLIP_TOP_BOTTOM)
+            if sigma and rng.random() < self.blur_rate:
+                img = img.filter(ImageFilter.GaussianBlur(sigma))
             img = img.crop((x0, y0, x0 + self.crop, y0 + self.crop))
             a = np.asarray(img, dtype=np.float32) / 255.0
             out.append(a.transpose(2, 0, 1) if self.rgb else a[None])

@@ -273,6 +273,9 @@ fn the_published_layout_is_read_trained_on_evaluated_and_predicted_with() {
     assert_eq!(recorded["init"].as_str(), Some(s(&init)));
     assert_eq!(recorded["data"]["sampler"]["p"].as_integer(), Some(4));
     assert_eq!(recorded["data"]["frames"]["channels"].as_str(), Some("rgb"));
+    // MitoReID's augmentation, rescaling and blur included, is what the run trained with.
+    let augment = &recorded["data"]["augment"];
+    assert_eq!((augment["rescale"].as_float(), augment["blur_rate"].as_float()), (Some(0.2), Some(0.01)), "{run_toml}");
     let stages = recorded["stages"].as_array().unwrap();
     assert!(stages.iter().all(|s| s["epochs"].as_integer() == Some(1)), "{run_toml}");
 

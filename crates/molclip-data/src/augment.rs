@@ -1,16 +1,19 @@
-//! MitoReID's video augmentation: resize to 128, random rotation and flips,
-//! random 112 crop, brightness and contrast jitter; centre crop at test.
-//! One spatial transform per video, applied to every frame, so motion
-//! between frames is preserved. Resize, rotation, flip and crop are
-//! composed into a single bilinear resampling.
+//! MitoReID's video augmentation: resize to 128, random rotation, rescaling and flips, a
+//! random 112 crop, a rare Gaussian blur, brightness and contrast jitter; centre crop at
+//! test. One spatial transform per video, applied to every frame, so motion between frames
+//! is preserved (only the blur picks frames). Rotation, flips and crop are composed into a
+//! single bilinear resampling of the resized frame (of the rescaled one, when rescaled).
 
+use image::{ImageBuffer, Luma};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::frames::Video;
+use crate::resize::resize_plane;
 
-/// Random transforms of training videos (the same for every frame of a video).
+/// Random transforms of training videos (the same for every frame of a video, but for the
+/// blur's choice of frames).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AugmentConfig {
@@ -20,10 +23,28 @@ pub struct AugmentConfig {
     pub crop: usize,
     /// Random rotation up to this many degrees either way (0: none).
     pub max_rotation: f32,
+    /// Share of the videos rotated (MitoReID's `RandomRotate`: half); the others are not.
+    pub rotation_rate: f32,
+    /// Rescale the resized frame by a factor drawn from [1 - r, 1 + r] before the crop
+    /// (MitoReID's `RandomResize`: 0.2); 0: never. A frame rescaled below the crop leaves a
+    /// black border, as PIL's crop past an edge does.
+    pub rescale: f32,
+    /// Share of the videos rescaled (MitoReID: half).
+    pub rescale_rate: f32,
     /// Flip left-right at random.
     pub hflip: bool,
     /// Flip top-bottom at random.
     pub vflip: bool,
+    /// The crop's offset is drawn from this centred share of the room around it: 1 from
+    /// anywhere, 0.5 from a quarter to three quarters of it (MitoReID's `RandomCrop`), 0
+    /// always the centre.
+    pub crop_range: f32,
+    /// Share of the frames blurred (MitoReID's `GaussianBlur`: 1 in 100), each drawn on its
+    /// own; 0: never.
+    pub blur_rate: f32,
+    /// The blur's Gaussian sigma in pixels of the crop, drawn per video from [low, high]
+    /// (MitoReID's radius: 1 to 3).
+    pub blur_sigma: [f32; 2],
     /// Brightness factor drawn from [1 - b, 1 + b].
     pub brightness: f32,
     /// Contrast factor drawn from [1 - c, 1 + c].
@@ -32,7 +53,50 @@ pub struct AugmentConfig {
 
 impl Default for AugmentConfig {
     fn default() -> Self {
-        Self { resize: 128, crop: 112, max_rotation: 180.0, hflip: true, vflip: true, brightness: 0.2, contrast: 0.2 }
+        Self {
+            resize: 128,
+            crop: 112,
+            max_rotation: 180.0,
+            rotation_rate: 1.0,
+            rescale: 0.0,
+            rescale_rate: 1.0,
+            hflip: true,
+            vflip: true,
+            crop_range: 1.0,
+            blur_rate: 0.0,
+            blur_sigma: [1.0, 3.0],
+            brightness: 0.2,
+            contrast: 0.2,
+        }
+    }
+}
+
+impl AugmentConfig {
+    /// The field (under `augment.`) and what is wrong with it, for a value that cannot work.
+    pub(crate) fn invalid(&self) -> Option<(&'static str, String)> {
+        if self.crop == 0 || self.crop > self.resize {
+            return Some(("crop", format!("{}: expected 1 <= crop <= resize ({})", self.crop, self.resize)));
+        }
+        let shares = [
+            ("rotation_rate", self.rotation_rate),
+            ("rescale_rate", self.rescale_rate),
+            ("crop_range", self.crop_range),
+            ("blur_rate", self.blur_rate),
+        ];
+        if let Some((field, v)) = shares.into_iter().find(|(_, v)| !(0.0..=1.0).contains(v)) {
+            return Some((field, format!("{v}: expected a share, from 0 to 1")));
+        }
+        if !(0.0..1.0).contains(&self.rescale) {
+            return Some((
+                "rescale",
+                format!("{}: expected 0 <= rescale < 1 (factors from 1 - r to 1 + r)", self.rescale),
+            ));
+        }
+        let [low, high] = self.blur_sigma;
+        if self.blur_rate > 0.0 && !(low > 0.0 && low <= high && high.is_finite()) {
+            return Some(("blur_sigma", format!("[{low}, {high}]: expected [low, high] with 0 < low <= high")));
+        }
+        None
     }
 }
 
@@ -45,40 +109,73 @@ pub struct VideoTransform {
     pub hflip: bool,
     /// Top-bottom flip.
     pub vflip: bool,
-    /// Crop origin in the resized frame.
-    pub x0: usize,
+    /// Side of the rescaled frame the crop is cut from (`resize` where not rescaled).
+    pub scaled: usize,
+    /// Crop origin in the rescaled frame: negative where that frame is smaller than the
+    /// crop (the crop then holds black beyond its edges).
+    pub x0: i64,
     /// Crop's top row.
-    pub y0: usize,
+    pub y0: i64,
     /// Added brightness.
     pub brightness: f32,
     /// Contrast factor.
     pub contrast: f32,
+    /// The blur's sigma, for the frames it blurs (0: none).
+    pub blur_sigma: f32,
+    /// Seeds the choice of the frames blurred, each with probability `blur_rate`.
+    pub blur_seed: u64,
 }
 
 impl VideoTransform {
     /// Test time: centre crop, nothing random.
     pub fn centre(config: &AugmentConfig) -> Self {
-        let off = config.resize.saturating_sub(config.crop) / 2;
-        Self { angle_degrees: 0.0, hflip: false, vflip: false, x0: off, y0: off, brightness: 1.0, contrast: 1.0 }
+        let off = (config.resize.saturating_sub(config.crop) / 2) as i64;
+        Self {
+            angle_degrees: 0.0,
+            hflip: false,
+            vflip: false,
+            scaled: config.resize,
+            x0: off,
+            y0: off,
+            brightness: 1.0,
+            contrast: 1.0,
+            blur_sigma: 0.0,
+            blur_seed: 0,
+        }
     }
 
-    /// A random transform, as `config` allows.
+    /// A random transform, as `config` allows. A feature that is off draws nothing, so the
+    /// draws of the others do not depend on it.
     pub fn random(config: &AugmentConfig, rng: &mut ChaCha8Rng) -> Self {
-        let slack = config.resize.saturating_sub(config.crop);
         let factor = |rng: &mut ChaCha8Rng, j: f32| if j > 0.0 { rng.random_range(1.0 - j..=1.0 + j) } else { 1.0 };
-        Self {
-            angle_degrees: if config.max_rotation > 0.0 {
-                rng.random_range(-config.max_rotation..=config.max_rotation)
-            } else {
-                0.0
-            },
-            hflip: config.hflip && rng.random_bool(0.5),
-            vflip: config.vflip && rng.random_bool(0.5),
-            x0: rng.random_range(0..=slack),
-            y0: rng.random_range(0..=slack),
-            brightness: factor(rng, config.brightness),
-            contrast: factor(rng, config.contrast),
-        }
+        let chosen = |rng: &mut ChaCha8Rng, rate: f32| rate >= 1.0 || (rate > 0.0 && rng.random_bool(f64::from(rate)));
+        let angle_degrees = if config.max_rotation > 0.0 && chosen(rng, config.rotation_rate) {
+            rng.random_range(-config.max_rotation..=config.max_rotation)
+        } else {
+            0.0
+        };
+        let hflip = config.hflip && rng.random_bool(0.5);
+        let vflip = config.vflip && rng.random_bool(0.5);
+        let scaled = if config.rescale > 0.0 && chosen(rng, config.rescale_rate) {
+            // PIL's `int(size * factor)`.
+            ((config.resize as f32 * factor(rng, config.rescale)) as usize).max(1)
+        } else {
+            config.resize
+        };
+        // The offset's range: the centred `crop_range` share of the room around the crop.
+        let room = scaled as f32 - config.crop as f32;
+        let ends = [0.5 - config.crop_range / 2.0, 0.5 + config.crop_range / 2.0].map(|f| (room * f).round() as i64);
+        let (low, high) = (ends[0].min(ends[1]), ends[0].max(ends[1]));
+        let offset = |rng: &mut ChaCha8Rng| low + rng.random_range(0..=(high - low) as usize) as i64;
+        let (x0, y0) = (offset(rng), offset(rng));
+        let brightness = factor(rng, config.brightness);
+        let contrast = factor(rng, config.contrast);
+        let (blur_sigma, blur_seed) = if config.blur_rate > 0.0 {
+            (rng.random_range(config.blur_sigma[0]..=config.blur_sigma[1]), rng.random())
+        } else {
+            (0.0, 0)
+        };
+        Self { angle_degrees, hflip, vflip, scaled, x0, y0, brightness, contrast, blur_sigma, blur_seed }
     }
 
     /// Seeded per (seed, epoch, video), so a batch is the same whatever the
@@ -96,17 +193,18 @@ struct Resampler {
 }
 
 impl Resampler {
-    fn new(width: usize, height: usize, config: &AugmentConfig, t: &VideoTransform) -> Self {
-        let (r, crop) = (config.resize as f32, config.crop);
+    /// For `width` x `height` planes shown as a `side` x `side` frame.
+    fn new(width: usize, height: usize, side: usize, crop: usize, t: &VideoTransform) -> Self {
+        let r = side as f32;
         let c = r / 2.0;
         let (sin, cos) = (-t.angle_degrees.to_radians()).sin_cos();
         let (sx, sy) = (width as f32 / r, height as f32 / r);
         let mut taps = Vec::with_capacity(crop * crop);
         for v in 0..crop {
             for u in 0..crop {
-                // Output pixel centre in the resized frame, flipped, rotated back.
-                let mut x = (u + t.x0) as f32 + 0.5;
-                let mut y = (v + t.y0) as f32 + 0.5;
+                // Output pixel centre in the frame, flipped, rotated back.
+                let mut x = (u as i64 + t.x0) as f32 + 0.5;
+                let mut y = (v as i64 + t.y0) as f32 + 0.5;
                 if t.hflip {
                     x = r - x;
                 }
@@ -159,14 +257,33 @@ pub fn transform_video(
     std: &[f32],
     out: &mut Vec<f32>,
 ) {
-    let resampler = Resampler::new(video.width, video.height, config, t);
     let n = config.crop * config.crop;
     let plane = video.width * video.height;
     let start = out.len();
     out.resize(start + video.frames.len() * video.channels * n, 0.0);
     let planes = video.frames.iter().flat_map(|f| f.chunks_exact(plane));
+    // Rescaled: each plane is resized again first, antialiased as PIL's resize is (a rotation
+    // commutes with it), then rotated, flipped and cropped in the one resampling.
+    let rescaled = t.scaled != config.resize;
+    let (width, height, side) =
+        if rescaled { (t.scaled, t.scaled, t.scaled) } else { (video.width, video.height, config.resize) };
+    let resampler = Resampler::new(width, height, side, config.crop, t);
     for (frame, o) in planes.zip(out[start..].chunks_exact_mut(n)) {
-        resampler.apply(frame, o);
+        if rescaled {
+            resampler.apply(&resize_plane(frame, video.width, video.height, t.scaled), o);
+        } else {
+            resampler.apply(frame, o);
+        }
+    }
+    if t.blur_sigma > 0.0 && config.blur_rate > 0.0 {
+        let mut pick = ChaCha8Rng::seed_from_u64(t.blur_seed);
+        for frame in out[start..].chunks_exact_mut(video.channels.max(1) * n) {
+            if pick.random_bool(f64::from(config.blur_rate.min(1.0))) {
+                for plane in frame.chunks_exact_mut(n) {
+                    blur(plane, config.crop, t.blur_sigma);
+                }
+            }
+        }
     }
     let frames = &mut out[start..];
     if t.brightness != 1.0 || t.contrast != 1.0 {
@@ -184,6 +301,20 @@ pub fn transform_video(
             *x = (*x - m) * inv;
         }
     }
+}
+
+/// A `side` x `side` plane blurred in place by a Gaussian of standard deviation `sigma`, its
+/// kernel cut at 3 sigma, edges extended (`imageproc`'s separable filter): what PIL's
+/// `GaussianBlur(radius = sigma)` approximates with box blurs.
+fn blur(plane: &mut [f32], side: usize, sigma: f32) {
+    let Some(image) = ImageBuffer::<Luma<f32>, Vec<f32>>::from_raw(side as u32, side as u32, plane.to_vec()) else {
+        return;
+    };
+    let radius = (3.0 * sigma).ceil() as i32;
+    let mut kernel: Vec<f32> = (-radius..=radius).map(|x| (-0.5 * (x as f32 / sigma).powi(2)).exp()).collect();
+    let total: f32 = kernel.iter().sum();
+    kernel.iter_mut().for_each(|w| *w /= total);
+    plane.copy_from_slice(imageproc::filter::separable_filter_equal(&image, &kernel).as_raw());
 }
 
 #[cfg(test)]
@@ -271,5 +402,193 @@ mod tests {
         for (a, b) in out.iter().zip(expected) {
             assert!((a - b).abs() < 1e-5, "{out:?}");
         }
+    }
+
+    /// `VideoTransform` with the defaults for the features a config leaves off.
+    fn drawn(
+        angle_degrees: f32,
+        hflip: bool,
+        vflip: bool,
+        x0: i64,
+        y0: i64,
+        brightness: f32,
+        contrast: f32,
+    ) -> VideoTransform {
+        VideoTransform {
+            angle_degrees,
+            hflip,
+            vflip,
+            scaled: 128,
+            x0,
+            y0,
+            brightness,
+            contrast,
+            blur_sigma: 0.0,
+            blur_seed: 0,
+        }
+    }
+
+    #[test]
+    fn configs_without_the_mitoreid_extras_draw_what_they_drew_before_them() {
+        // Drawn by the code before rotation_rate, rescale, crop_range and blur existed: a
+        // feature left off draws nothing, so seeds give the same videos as before.
+        let mito = AugmentConfig {
+            max_rotation: 90.0,
+            vflip: false,
+            brightness: 0.0,
+            contrast: 0.0,
+            ..AugmentConfig::default()
+        };
+        let cases = [
+            (AugmentConfig::default(), (7, 3, 11), drawn(109.19025, false, false, 15, 0, 0.8128341, 0.80168027)),
+            (AugmentConfig::default(), (0, 0, 5), drawn(-105.59205, true, false, 16, 14, 1.1071923, 1.1220553)),
+            (AugmentConfig::default(), (0, 0, 8), drawn(65.30145, true, true, 3, 6, 1.1794882, 1.183647)),
+            (mito.clone(), (1, 2, 3), drawn(15.469673, false, false, 5, 16, 1.0, 1.0)),
+            (mito, (0, 0, 5), drawn(-52.796024, true, false, 7, 15, 1.0, 1.0)),
+        ];
+        for (config, (seed, epoch, video), expected) in cases {
+            assert_eq!(VideoTransform::seeded(&config, seed, epoch, video), expected);
+        }
+    }
+
+    /// A frame whose values are their column (`rows: false`) or row index, over 8.
+    fn ramp(side: usize, rows: bool) -> Video {
+        let values = (0..side * side).map(|i| if rows { i / side } else { i % side } as f32 / 8.0).collect();
+        Video { frames: vec![values], ..video(side, side, 1) }
+    }
+
+    #[test]
+    fn rescaling_moves_pixels_where_the_geometry_says() {
+        // Resized side r = 8. Output pixel u of a crop at x0 in the frame rescaled to side S
+        // samples the resized frame at (u + x0 + 0.5) r / S - 0.5 (pixel indices), which
+        // the resizing and bilinear sampling of a ramp return away from its edges (exactly
+        // when enlarging; within 0.02 px when shrinking, where the antialiasing filter's taps
+        // are not centred); flipped, at (S - u - x0 - 0.5) r / S - 0.5.
+        let check = |scaled: usize, crop: usize, x0: i64, hflip: bool, vflip: bool| {
+            let cfg = AugmentConfig { resize: 8, crop, ..AugmentConfig::default() };
+            let t = VideoTransform { scaled, x0, y0: x0, hflip, vflip, ..VideoTransform::centre(&cfg) };
+            for (rows, flip) in [(false, hflip), (true, vflip)] {
+                let mut out = Vec::new();
+                transform_video(&ramp(8, rows), &cfg, &t, &[0.0], &[1.0], &mut out);
+                for v in 0..crop {
+                    for u in 0..crop {
+                        let along = if rows { v } else { u } as f32;
+                        let centre = along + x0 as f32 + 0.5;
+                        let at = if flip { scaled as f32 - centre } else { centre };
+                        let expected = (at * 8.0 / scaled as f32 - 0.5) / 8.0;
+                        let got = out[v * crop + u];
+                        let tolerance = if scaled < 8 { 0.02 / 8.0 } else { 1e-5 };
+                        assert!(
+                            (got - expected).abs() < tolerance,
+                            "S {scaled} x0 {x0} flip {flip}: {got} at ({u}, {v}), expected {expected}"
+                        );
+                    }
+                }
+            }
+        };
+        check(16, 8, 4, false, false); // twice the size, the centre crop
+        check(16, 8, 3, true, false);
+        check(6, 4, 1, false, true); // three quarters
+        check(8, 6, 1, false, false); // not rescaled: as before
+    }
+
+    #[test]
+    fn a_frame_rescaled_below_the_crop_leaves_a_black_border() {
+        // Side 8 rescaled to 4 under a centred 8 x 8 crop (x0 = y0 = -2): the frame covers
+        // the middle 4 x 4 output pixels, the rest is black.
+        let cfg = AugmentConfig { resize: 8, crop: 8, ..AugmentConfig::default() };
+        let ones = Video { frames: vec![vec![1.0; 64]], ..video(8, 8, 1) };
+        let t = VideoTransform { scaled: 4, x0: -2, y0: -2, ..VideoTransform::centre(&cfg) };
+        let mut out = Vec::new();
+        transform_video(&ones, &cfg, &t, &[0.0], &[1.0], &mut out);
+        for (i, &x) in out.iter().enumerate() {
+            let inside = (2..6).contains(&(i % 8)) && (2..6).contains(&(i / 8));
+            assert_eq!(x, if inside { 1.0 } else { 0.0 }, "pixel ({}, {})", i % 8, i / 8);
+        }
+    }
+
+    #[test]
+    fn mitoreids_draws_rotate_and_rescale_half_the_videos_and_crop_near_the_centre() {
+        let cfg = AugmentConfig {
+            max_rotation: 90.0,
+            rotation_rate: 0.5,
+            rescale: 0.2,
+            rescale_rate: 0.5,
+            crop_range: 0.5,
+            ..AugmentConfig::default()
+        };
+        let draws: Vec<VideoTransform> = (0..4000).map(|v| VideoTransform::seeded(&cfg, 3, 1, v)).collect();
+        let share = |f: &dyn Fn(&VideoTransform) -> bool| draws.iter().filter(|t| f(t)).count() as f64 / 4000.0;
+        assert!((share(&|t| t.angle_degrees != 0.0) - 0.5).abs() < 0.03);
+        assert!((share(&|t| t.scaled != 128) - 0.5).abs() < 0.03);
+        // PIL's int(128 * f) for f in [0.8, 1.2], both ends reached.
+        let sides = draws.iter().map(|t| t.scaled);
+        assert_eq!((sides.clone().min(), sides.max()), (Some(102), Some(153)));
+        for t in &draws {
+            // The offset stays within the middle half of the room, which is negative below 112.
+            let room = t.scaled as f32 - 112.0;
+            let (a, b) = ((room * 0.25).round() as i64, (room * 0.75).round() as i64);
+            for x in [t.x0, t.y0] {
+                assert!((a.min(b)..=a.max(b)).contains(&x), "{t:?}");
+            }
+        }
+        // At 128: from 4 to 12, both ends reached.
+        let at_128: Vec<i64> = draws.iter().filter(|t| t.scaled == 128).map(|t| t.x0).collect();
+        assert_eq!((at_128.iter().min(), at_128.iter().max()), (Some(&4), Some(&12)));
+        // crop_range 0: always the centre.
+        let centred = AugmentConfig { crop_range: 0.0, ..AugmentConfig::default() };
+        assert!((0..100).all(|v| VideoTransform::seeded(&centred, 0, 0, v).x0 == 8));
+    }
+
+    #[test]
+    fn the_blur_keeps_the_mean_and_spreads_a_point_by_sigma() {
+        for sigma in [1.0f32, 2.0, 3.0] {
+            let side = 41;
+            let mut plane = vec![0.0f32; side * side];
+            plane[20 * side + 20] = 1.0;
+            blur(&mut plane, side, sigma);
+            let total: f32 = plane.iter().sum();
+            assert!((total - 1.0).abs() < 1e-4, "sigma {sigma}: sum {total}");
+            let moment = |p: u32| -> f32 {
+                plane.iter().enumerate().map(|(i, w)| w * ((i % side) as f32 - 20.0).powi(p as i32)).sum::<f32>()
+            };
+            // Centred, and spread as a Gaussian of that sigma (PIL's blur comes within 1 %).
+            assert!(moment(1).abs() < 1e-3, "sigma {sigma}: off centre by {}", moment(1));
+            let ratio = moment(2) / (sigma * sigma);
+            assert!((0.98..1.01).contains(&ratio), "sigma {sigma}: variance {} of {}", moment(2), sigma * sigma);
+        }
+    }
+
+    #[test]
+    fn the_blur_picks_frames_at_its_rate_the_same_way_every_time() {
+        let mut cfg = AugmentConfig { resize: 16, crop: 16, blur_rate: 0.25, ..AugmentConfig::default() };
+        let mut frame = vec![0.0f32; 256];
+        frame[8 * 16 + 8] = 1.0;
+        let v = Video { frames: vec![frame.clone(); 400], ..video(16, 16, 1) };
+        let t = VideoTransform { blur_sigma: 2.0, blur_seed: 9, ..VideoTransform::centre(&cfg) };
+        let blurred = |cfg: &AugmentConfig| {
+            let mut out = Vec::new();
+            transform_video(&v, cfg, &t, &[0.0], &[1.0], &mut out);
+            out.chunks_exact(256).map(|f| f != frame.as_slice()).collect::<Vec<bool>>()
+        };
+        let picks = blurred(&cfg);
+        let share = picks.iter().filter(|&&b| b).count() as f64 / 400.0;
+        assert!((share - 0.25).abs() < 0.06, "{share}");
+        assert_eq!(picks, blurred(&cfg));
+        cfg.blur_rate = 0.0;
+        assert!(blurred(&cfg).iter().all(|&b| !b));
+    }
+
+    #[test]
+    fn values_that_cannot_work_are_refused_naming_the_field() {
+        let bad = |c: AugmentConfig| c.invalid().map(|(field, _)| field);
+        let base = AugmentConfig::default();
+        assert_eq!(bad(base.clone()), None);
+        assert_eq!(bad(AugmentConfig { crop: 129, ..base.clone() }), Some("crop"));
+        assert_eq!(bad(AugmentConfig { rotation_rate: 1.5, ..base.clone() }), Some("rotation_rate"));
+        assert_eq!(bad(AugmentConfig { crop_range: -0.1, ..base.clone() }), Some("crop_range"));
+        assert_eq!(bad(AugmentConfig { rescale: 1.0, ..base.clone() }), Some("rescale"));
+        assert_eq!(bad(AugmentConfig { blur_rate: 0.1, blur_sigma: [2.0, 1.0], ..base.clone() }), Some("blur_sigma"));
+        assert_eq!(bad(AugmentConfig { blur_rate: f32::NAN, ..base }), Some("blur_rate"));
     }
 }

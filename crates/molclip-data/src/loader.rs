@@ -102,12 +102,8 @@ impl Default for DataConfig {
 impl DataConfig {
     /// Refuses values that cannot work, naming the field.
     pub fn validate(&self) -> Result<(), DataError> {
-        let a = &self.augment;
-        if a.crop == 0 || a.crop > a.resize {
-            return Err(DataError::config(
-                "augment.crop",
-                format!("{}: expected 1 <= crop <= resize ({})", a.crop, a.resize),
-            ));
+        if let Some((field, problem)) = self.augment.invalid() {
+            return Err(DataError::config(format!("augment.{field}"), problem));
         }
         self.frames.channels.validate()?;
         let channels = self.frames.channels.count();
