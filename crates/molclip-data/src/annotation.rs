@@ -45,6 +45,12 @@ impl DrugRecord {
     pub fn moa_task_id(&self) -> Option<usize> {
         self.moa_id.filter(|_| self.moa_choose)
     }
+
+    /// Whether the drug is the vehicle control: its folder is `dmso` (MitoReID's table) or
+    /// its name is DMSO (molclip's simulated tables).
+    pub fn is_control(&self) -> bool {
+        self.index.eq_ignore_ascii_case("dmso") || self.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case("dmso"))
+    }
 }
 
 /// Drugs by folder name.
@@ -430,6 +436,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t["dmso"].drug_id, 0);
+        assert!(t["dmso"].is_control() && !t["1"].is_control());
         assert_eq!((t["1"].drug_id, t["1"].moa_id, t["1"].moa_task_id()), (1, Some(4), Some(4)));
         assert_eq!(t["1"].moa.as_deref(), Some("COX inhibitor"));
         assert_eq!((t["2"].moa_id, t["dmso"].moa_id), (None, None));

@@ -317,6 +317,7 @@ mod tests {
             temperature: None,
             grad_norm: f64::NAN,
             validation: Some((12.5, 40.0)),
+            left_out: 0,
         };
         run.write_metrics(std::slice::from_ref(&record)).unwrap();
         let text = std::fs::read_to_string(run.metrics_path()).unwrap();

@@ -28,8 +28,8 @@ pub struct TrainOutcome {
 }
 
 impl TrainOutcome {
-    /// One line: steps, time, final loss, the last validation, and the share of the steps
-    /// spent waiting for data.
+    /// One line: steps, time, final loss, the last validation, the videos left out of the
+    /// loss by `loss.control_mislabels`, and the share of the steps spent waiting for data.
     pub fn summary(&self, run: &RunDir) -> String {
         let last = self.state.records.last();
         let validated = self.state.records.iter().rev().find_map(|r| r.validation);
@@ -38,8 +38,17 @@ impl TrainOutcome {
         } else {
             String::new()
         };
+        let left_out: usize = self.state.records.iter().map(|r| r.left_out).sum();
+        let left_out = if left_out > 0 {
+            format!(
+                "; {left_out} videos of treated drugs that the classifier called the control left out of the loss \
+                 (loss.control_mislabels)"
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "{}: {} steps in {:.1} s, final loss {}{}{}{waited}",
+            "{}: {} steps in {:.1} s, final loss {}{}{}{left_out}{waited}",
             run.root().display(),
             self.state.step,
             self.seconds,

@@ -70,6 +70,25 @@ fn cross_entropy_with_label_smoothing_by_hand() {
     assert_eq!(accuracy(&t2(&[&[0.0, 1.0], &[2.0, 1.0]]), &[1, 1]).unwrap(), 0.5);
 }
 
+#[test]
+fn mitoreids_control_mislabels_rule_by_hand() {
+    use molclip::losses::without_control_mislabels;
+    // Control class 0. Rows 1 and 3 are treated drugs the classifier calls the control; row 0
+    // is the control itself, called so rightly; row 4, a treated drug, is called another drug.
+    let predicted = [0, 0, 2, 0, 1, 2];
+    let labels = [0, 1, 2, 3, 2, 2];
+    assert_eq!(without_control_mislabels(&predicted, &labels, 0, 5), Some(vec![0, 2, 4, 5]));
+    assert_eq!(without_control_mislabels(&predicted, &labels, 0, 3), Some(vec![0, 2, 4, 5]));
+    // MitoReID leaves them out only when fewer than the limit: two is not fewer than two.
+    assert_eq!(without_control_mislabels(&predicted, &labels, 0, 2), None);
+    // None called the control wrongly: every row stays.
+    assert_eq!(without_control_mislabels(&[0, 1, 2], &[0, 1, 2], 0, 5), None);
+    // What would be left holds a single identity (no negatives for the triplet): every row stays.
+    assert_eq!(without_control_mislabels(&[0, 0, 2, 2], &[1, 1, 2, 2], 0, 5), None);
+    // Another class as the control (the MoA stage numbers its classes its own way).
+    assert_eq!(without_control_mislabels(&[3, 3, 1], &[1, 3, 2], 3, 5), Some(vec![1, 2]));
+}
+
 fn step_once(kind: OptimizerKind, steps: usize) -> Vec<f32> {
     let p = Var::from_tensor(&Tensor::new(&[1.0f32, -2.0], &Device::Cpu).unwrap()).unwrap();
     let cfg = OptimizerConfig { kind, lr: 0.1, weight_decay: 0.01, ..OptimizerConfig::default() };

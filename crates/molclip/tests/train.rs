@@ -129,6 +129,38 @@ fn prefetching_batches_changes_no_number() {
     assert_same_weights(&inline.1, &ahead.1, "prefetch 0 against 3");
 }
 
+/// MitoReID's `num_mislabel` (`loss.control_mislabels`): after the stage's hold, the videos of
+/// treated drugs that the classifier calls DMSO are left out of the loss; before it, and
+/// without the rule, nothing changes.
+#[test]
+fn videos_called_the_control_leave_the_loss_only_after_the_hold() {
+    let tmp = tempfile::tempdir().unwrap();
+    let index = tiny_dataset(&tmp.path().join("tiny"));
+    let mut cfg = small("video-only");
+    (cfg.stages[0].epochs, cfg.stages[0].hold_epochs) = (3, 1);
+    let run = |limit: usize| {
+        let mut cfg = cfg.clone();
+        cfg.loss.control_mislabels = limit;
+        Trainer::new(&cfg, &index, &Device::Cpu).unwrap().train(None, &mut |_, _| true).unwrap().records
+    };
+    let (without, with) = (run(0), run(100));
+    assert!(without.iter().all(|r| r.left_out == 0));
+    // The hold (epochs 0 and 1): the same run to the bit.
+    let held = without.iter().take_while(|r| r.epoch <= 1).count();
+    assert_eq!(without[..held], with[..held]);
+    // After it, the same until the first step that leaves a video out, then another run.
+    let first = with.iter().position(|r| r.left_out > 0).expect("a video of a treated drug called DMSO after the hold");
+    assert!(first >= held, "left out at step {first}, within the hold");
+    assert_eq!(without[..first], with[..first]);
+    assert_ne!(without[first].loss, with[first].loss);
+    assert!(with[first].left_out < 100);
+    // MolCLIP's CLIP term leaves the same videos out.
+    let mut cfg = small("molclip");
+    (cfg.stages[0].epochs, cfg.stages[0].hold_epochs, cfg.loss.control_mislabels) = (2, 0, 100);
+    let records = Trainer::new(&cfg, &index, &Device::Cpu).unwrap().train(None, &mut |_, _| true).unwrap().records;
+    assert!(records.iter().any(|r| r.left_out > 0) && records.iter().all(|r| r.loss.is_finite()));
+}
+
 /// bf16 autocast starts where the float32 run starts (the same weights, the products' operands
 /// rounded) and trains as it does, without being the same run; TF32 needs a CUDA device.
 #[test]

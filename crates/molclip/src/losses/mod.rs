@@ -37,11 +37,24 @@ pub struct LossConfig {
     /// plain SGD at this rate, on the centre loss's gradient before its weight (MitoReID:
     /// 0.05).
     pub center_lr: f64,
+    /// MitoReID's `num_mislabel`: after a stage's `hold_epochs`, a batch's videos of a
+    /// treated drug that the classifier calls the control (DMSO) are left out of every term
+    /// of its loss, when there are fewer than this many (MitoReID: 5); 0 (default): never.
+    pub control_mislabels: usize,
 }
 
 impl Default for LossConfig {
     fn default() -> Self {
-        Self { clip: 1.0, triplet: 1.0, margin: 0.3, ce: 1.0, label_smoothing: 0.1, center: 0.0, center_lr: 0.0 }
+        Self {
+            clip: 1.0,
+            triplet: 1.0,
+            margin: 0.3,
+            ce: 1.0,
+            label_smoothing: 0.1,
+            center: 0.0,
+            center_lr: 0.0,
+            control_mislabels: 0,
+        }
     }
 }
 
@@ -94,6 +107,21 @@ pub struct MetricInputs<'a> {
     pub logits: Option<&'a Tensor>,
     /// The identity being learned (drug or MoA) of each video.
     pub labels: &'a [u32],
+}
+
+/// MitoReID's rule for `control_mislabels` (its `num_mislabel`): the rows of a batch to keep
+/// when the classifier calls fewer than `limit` videos of a treated drug the `control` class
+/// (`predicted`: its argmax per video), which it leaves out; `None` keeps every row: none
+/// called so, `limit` or more, or the rest would hold a single identity (no negatives).
+pub fn without_control_mislabels(predicted: &[u32], labels: &[u32], control: u32, limit: usize) -> Option<Vec<u32>> {
+    let mislabelled = |k: usize| predicted[k] == control && labels[k] != control;
+    let left_out = (0..labels.len()).filter(|&k| mislabelled(k)).count();
+    if left_out == 0 || left_out >= limit {
+        return None;
+    }
+    let kept: Vec<u32> = (0..labels.len()).filter(|&k| !mislabelled(k)).map(|k| k as u32).collect();
+    let first = labels[*kept.first()? as usize];
+    kept.iter().any(|&k| labels[k as usize] != first).then_some(kept)
 }
 
 /// The terms of the loss: the names logs, `metrics.csv` and checkpoints use.

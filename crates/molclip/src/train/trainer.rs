@@ -20,7 +20,7 @@ use super::config::{Identity, ModelKind, Precision, TrainConfig};
 use super::feed::{Fed, Feed};
 use super::schedule::{Decay, LrSchedule, Plateau};
 use crate::error::{ModelError, Result};
-use crate::losses::{inverse_temperature, ClipInputs, Criterion, LossTerm, MetricInputs};
+use crate::losses::{inverse_temperature, without_control_mislabels, ClipInputs, Criterion, LossTerm, MetricInputs};
 use crate::models::{drug_molecule, MolClip, MoleculeInput, VideoModel};
 use crate::nn::staging::Staging;
 use crate::nn::ParamStore;
@@ -79,6 +79,10 @@ pub struct StepRecord {
     /// Validation mAP (drug, MoA) when the run was validated after this step.
     #[serde(default)]
     pub validation: Option<(f64, f64)>,
+    /// Videos left out of the step's loss by `loss.control_mislabels` (MitoReID's
+    /// `num_mislabel`).
+    #[serde(default)]
+    pub left_out: usize,
 }
 
 /// Where a trainer writes: its last checkpoint (a folder) and the weights at the best
@@ -117,6 +121,8 @@ struct StepAt {
     epoch: usize,
     step: u64,
     lr: f64,
+    /// `loss.control_mislabels` once the stage's hold is over, else 0.
+    control_mislabels: usize,
 }
 
 /// Where a run is: saved in every checkpoint, so that a resumed run continues exactly.
@@ -227,6 +233,8 @@ pub struct Trainer {
     replicates: Vec<usize>,
     /// Parsed molecule of each drug class (MolCLIP only).
     molecules: Vec<Option<Molecule>>,
+    /// A training video of the vehicle control (DMSO), whose classes are the control's.
+    control: Option<usize>,
     /// Set by [`Trainer::resume`]: where to continue from.
     resume: Option<Resume>,
     validator: Option<Validator>,
@@ -389,6 +397,9 @@ impl Trainer {
                 )));
             }
         }
+        let control = cells
+            .iter()
+            .position(|c| index.annotation.lookup_in(c.split, &c.drug_folder).is_some_and(|d| d.is_control()));
         let store = ParamStore::with_tensors(cfg.seed, weights, device);
         let model = TrainModel::build(&store, cfg, n_drugs, n_moas)?;
         let train = Arc::new(VideoDataset::new(cells, cfg.data.clone())?);
@@ -402,6 +413,7 @@ impl Trainer {
             moas,
             replicates,
             molecules,
+            control,
             resume: None,
             validator: None,
             times: StepTimes::default(),
@@ -581,7 +593,16 @@ impl Trainer {
                     while state.batch < batches.len() {
                         let lr = schedule.lr(epoch * steps_per_epoch + state.batch)
                             * state.plateau.factor(&self.cfg.schedule);
-                        let at = StepAt { stage: si, identity: stage.identity, epoch, step: state.step, lr };
+                        // MitoReID applies `num_mislabel` after the stage's `warmup_epoch`.
+                        let control_mislabels = if epoch > stage.hold_epochs { loss_cfg.control_mislabels } else { 0 };
+                        let at = StepAt {
+                            stage: si,
+                            identity: stage.identity,
+                            epoch,
+                            step: state.step,
+                            lr,
+                            control_mislabels,
+                        };
                         let started = Instant::now();
                         let fed = feed.next().expect("the feed holds the rest of the epoch's batches")?;
                         let waited = started.elapsed();
@@ -694,18 +715,43 @@ impl Trainer {
         optimizer: &mut Optimizer,
         centres: Option<&mut CentreSgd>,
     ) -> Result<StepRecord> {
-        let StepAt { stage, identity, epoch, step: global_step, lr } = at;
+        let StepAt { stage, identity, epoch, step: global_step, lr, control_mislabels } = at;
         // Forward and losses under the run's precision (float32 outside autocast).
         let _autocast = crate::nn::autocast(self.cfg.precision.autocast());
         let indices = &fed.batch.indices;
         let x = fed.input.into_tensor(&self.device)?;
-        // The stage's sampler draws labelled videos only.
-        let labels: Vec<u32> = indices.iter().map(|&i| self.label(identity, i).expect("sampled in the task")).collect();
-        let video_drugs: Vec<u32> = indices.iter().map(|&i| self.drugs[i]).collect();
-        let (terms, temperature) = match &self.model {
+        let (out, mut video_embeddings) = match &self.model {
             TrainModel::MolClip(m) => {
                 let (out, emb) = m.encode_videos(&x, true)?;
-                let metric = MetricInputs { feature: &out.feature, logits: out.logits(identity), labels: &labels };
+                (out, Some(emb))
+            }
+            TrainModel::Video(v) => (v.forward_t(&x, true)?, None),
+        };
+        // The stage's sampler draws labelled videos only.
+        let mut labels: Vec<u32> =
+            indices.iter().map(|&i| self.label(identity, i).expect("sampled in the task")).collect();
+        let mut video_drugs: Vec<u32> = indices.iter().map(|&i| self.drugs[i]).collect();
+        let mut logits = out.logits(identity).cloned();
+        let mut feature = out.feature.clone();
+        // MitoReID's `num_mislabel`: the videos of treated drugs called the control, out.
+        let control = self.control.and_then(|i| self.label(identity, i));
+        let mut left_out = 0;
+        if let (Some(l), Some(control), true) = (&logits, control, control_mislabels > 0) {
+            let predicted: Vec<u32> = l.argmax(1)?.to_vec1()?;
+            if let Some(kept) = without_control_mislabels(&predicted, &labels, control, control_mislabels) {
+                left_out = labels.len() - kept.len();
+                let rows = Tensor::new(kept.as_slice(), &self.device)?;
+                let keep = |t: &Tensor| t.index_select(&rows, 0);
+                feature = keep(&feature)?;
+                logits = Some(keep(l)?);
+                video_embeddings = video_embeddings.map(|e| keep(&e)).transpose()?;
+                labels = kept.iter().map(|&k| labels[k as usize]).collect();
+                video_drugs = kept.iter().map(|&k| video_drugs[k as usize]).collect();
+            }
+        }
+        let metric = MetricInputs { feature: &feature, logits: logits.as_ref(), labels: &labels };
+        let (terms, temperature) = match (&self.model, video_embeddings) {
+            (TrainModel::MolClip(m), Some(emb)) => {
                 let t = inverse_temperature(m.logit_scale(), m.max_logit_scale())?.to_scalar::<f32>()?;
                 // The CLIP term on the batch's videos whose drug has a molecule.
                 let with: Vec<u32> = (0..video_drugs.len() as u32)
@@ -736,11 +782,7 @@ impl Trainer {
                     (criterion.forward(&metric, Some(&clip))?, Some(t))
                 }
             }
-            TrainModel::Video(v) => {
-                let out = v.forward_t(&x, true)?;
-                let metric = MetricInputs { feature: &out.feature, logits: out.logits(identity), labels: &labels };
-                (criterion.forward(&metric, None)?, None)
-            }
+            _ => (criterion.forward(&metric, None)?, None),
         };
         let mut values = Vec::new();
         for (name, t) in &terms.terms {
@@ -779,6 +821,7 @@ impl Trainer {
             temperature,
             grad_norm,
             validation: None,
+            left_out,
         })
     }
 }
