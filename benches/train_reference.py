@@ -47,6 +47,7 @@ class Videos(torch.utils.data.Dataset):
         self.resize, self.crop = a["resize"], a["crop"]
         self.rotation, self.hflip, self.vflip = a["max_rotation"], a["hflip"], a["vflip"]
         self.rotation_rate = a.get("rotation_rate", 1.0)
+        self.darkest_fill = a.get("rotation_fill", "black") == "darkest"
         self.rescale, self.rescale_rate = a.get("rescale", 0.0), a.get("rescale_rate", 1.0)
         self.crop_range = a.get("crop_range", 1.0)
         self.blur_rate, self.blur_sigma = a.get("blur_rate", 0.0), a.get("blur_sigma", [1.0, 3.0])
@@ -80,7 +81,8 @@ class Videos(torch.utils.data.Dataset):
             img = Image.open(files[k]).convert("RGB" if self.rgb else "L")
             img = img.resize((self.resize, self.resize), Image.BILINEAR)
             if angle:
-                img = img.rotate(angle, resample=Image.BILINEAR)
+                fill = int(np.min(np.asarray(img))) if self.darkest_fill else 0
+                img = img.rotate(angle, resample=Image.BILINEAR, fillcolor=fill if not self.rgb else (fill,) * 3)
             if side != self.resize:
                 img = img.resize((side, side), Image.BILINEAR)
             if hflip:

@@ -25,6 +25,9 @@ pub struct AugmentConfig {
     pub max_rotation: f32,
     /// Share of the videos rotated (MitoReID's `RandomRotate`: half); the others are not.
     pub rotation_rate: f32,
+    /// What the corners a rotation uncovers hold: black, or each frame's darkest value
+    /// (MitoReID's `RandomRotate`).
+    pub rotation_fill: RotationFill,
     /// Rescale the resized frame by a factor drawn from [1 - r, 1 + r] before the crop
     /// (MitoReID's `RandomResize`: 0.2); 0: never. A frame rescaled below the crop leaves a
     /// black border, as PIL's crop past an edge does.
@@ -58,6 +61,7 @@ impl Default for AugmentConfig {
             crop: 112,
             max_rotation: 180.0,
             rotation_rate: 1.0,
+            rotation_fill: RotationFill::Black,
             rescale: 0.0,
             rescale_rate: 1.0,
             hflip: true,
@@ -69,6 +73,16 @@ impl Default for AugmentConfig {
             contrast: 0.2,
         }
     }
+}
+
+/// What the corners a rotation uncovers hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RotationFill {
+    /// Zero.
+    Black,
+    /// The frame's darkest value, over all its channels (PIL's `rotate(fillcolor=min)`).
+    Darkest,
 }
 
 impl AugmentConfig {
@@ -190,6 +204,9 @@ impl VideoTransform {
 /// taps outside the frame are zero: the rotated corners are black).
 struct Resampler {
     taps: Vec<([u32; 4], [f32; 4])>,
+    /// Per output pixel inside the frame, the weight its taps lose outside the rotated
+    /// source: what the rotation fill gets (0 past the frame's edge, which stays black).
+    gaps: Vec<f32>,
 }
 
 impl Resampler {
@@ -200,6 +217,7 @@ impl Resampler {
         let (sin, cos) = (-t.angle_degrees.to_radians()).sin_cos();
         let (sx, sy) = (width as f32 / r, height as f32 / r);
         let mut taps = Vec::with_capacity(crop * crop);
+        let mut gaps = Vec::with_capacity(crop * crop);
         for v in 0..crop {
             for u in 0..crop {
                 // Output pixel centre in the frame, flipped, rotated back.
@@ -230,18 +248,32 @@ impl Resampler {
                         w[k] = wk;
                     }
                 }
+                // Past the frame's edge (a frame rescaled below the crop), black whatever the
+                // rotation brings there: PIL rotates within the frame, then pads the crop.
+                let inside = (0.0..r).contains(&x) && (0.0..r).contains(&y);
+                if !inside {
+                    w = [0.0; 4];
+                }
+                let gap = 1.0 - w.iter().sum::<f32>();
+                gaps.push(if inside && gap > 1e-6 { gap } else { 0.0 });
                 taps.push((idx, w));
             }
         }
-        Self { taps }
+        Self { taps, gaps }
     }
 
-    fn apply(&self, frame: &[f32], out: &mut [f32]) {
+    /// `fill`: what the corners a rotation uncovers hold.
+    fn apply(&self, frame: &[f32], fill: f32, out: &mut [f32]) {
         for (o, (idx, w)) in out.iter_mut().zip(&self.taps) {
             *o = w[0] * frame[idx[0] as usize]
                 + w[1] * frame[idx[1] as usize]
                 + w[2] * frame[idx[2] as usize]
                 + w[3] * frame[idx[3] as usize];
+        }
+        if fill != 0.0 {
+            for (o, gap) in out.iter_mut().zip(&self.gaps) {
+                *o += gap * fill;
+            }
         }
     }
 }
@@ -268,11 +300,22 @@ pub fn transform_video(
     let (width, height, side) =
         if rescaled { (t.scaled, t.scaled, t.scaled) } else { (video.width, video.height, config.resize) };
     let resampler = Resampler::new(width, height, side, config.crop, t);
-    for (frame, o) in planes.zip(out[start..].chunks_exact_mut(n)) {
+    // Each frame's rotation fill (MitoReID takes the darkest value before it rescales).
+    let fills: Vec<f32> = video
+        .frames
+        .iter()
+        .map(|f| match config.rotation_fill {
+            RotationFill::Darkest if t.angle_degrees != 0.0 => f.iter().copied().fold(f32::INFINITY, f32::min),
+            _ => 0.0,
+        })
+        .collect();
+    let channels = video.channels.max(1);
+    for (k, (frame, o)) in planes.zip(out[start..].chunks_exact_mut(n)).enumerate() {
+        let fill = fills[k / channels];
         if rescaled {
-            resampler.apply(&resize_plane(frame, video.width, video.height, t.scaled), o);
+            resampler.apply(&resize_plane(frame, video.width, video.height, t.scaled), fill, o);
         } else {
-            resampler.apply(frame, o);
+            resampler.apply(frame, fill, o);
         }
     }
     if t.blur_sigma > 0.0 && config.blur_rate > 0.0 {
@@ -590,5 +633,36 @@ mod tests {
         assert_eq!(bad(AugmentConfig { rescale: 1.0, ..base.clone() }), Some("rescale"));
         assert_eq!(bad(AugmentConfig { blur_rate: 0.1, blur_sigma: [2.0, 1.0], ..base.clone() }), Some("blur_sigma"));
         assert_eq!(bad(AugmentConfig { blur_rate: f32::NAN, ..base }), Some("blur_rate"));
+    }
+
+    #[test]
+    fn a_rotation_uncovers_black_or_the_frames_darkest_value_and_the_crop_past_the_edge_stays_black() {
+        // Two channels, flat at 0.3 and 0.5: the darkest value of the frame is 0.3.
+        let flat = Video { channels: 2, frames: vec![[vec![0.3f32; 64], vec![0.5; 64]].concat()], ..video(8, 8, 1) };
+        let run = |fill: RotationFill, t: VideoTransform| {
+            let cfg = AugmentConfig { resize: 8, crop: 8, rotation_fill: fill, ..AugmentConfig::default() };
+            let mut out = Vec::new();
+            transform_video(&flat, &cfg, &t, &[0.0], &[1.0], &mut out);
+            out
+        };
+        let cfg = AugmentConfig { resize: 8, crop: 8, ..AugmentConfig::default() };
+        let turned = VideoTransform { angle_degrees: 45.0, ..VideoTransform::centre(&cfg) };
+        // Black: the corner pixels of both channels are uncovered.
+        let black = run(RotationFill::Black, turned);
+        assert_eq!((black[0], black[64]), (0.0, 0.0));
+        // Darkest: uncovered parts hold 0.3 in both channels, so the first channel is flat.
+        let darkest = run(RotationFill::Darkest, turned);
+        assert!(darkest[..64].iter().all(|&x| (x - 0.3).abs() < 1e-5), "{:?}", &darkest[..64]);
+        assert!((darkest[64] - 0.3).abs() < 1e-5 && (darkest[64 + 3 * 8 + 4] - 0.5).abs() < 1e-5);
+        // Rescaled to 4 under the 8 x 8 crop: past the rescaled frame's edge PIL's crop pads
+        // black, whatever the rotation's fill.
+        let small = run(RotationFill::Darkest, VideoTransform { scaled: 4, x0: -2, y0: -2, ..turned });
+        for (i, &x) in small[..64].iter().enumerate() {
+            let inside = (2..6).contains(&(i % 8)) && (2..6).contains(&(i / 8));
+            assert!(if inside { (x - 0.3).abs() < 1e-5 } else { x == 0.0 }, "pixel ({}, {}): {x}", i % 8, i / 8);
+        }
+        // Not rotated: nothing is uncovered, the same to the bit as black.
+        let straight = VideoTransform::centre(&cfg);
+        assert_eq!(run(RotationFill::Darkest, straight), run(RotationFill::Black, straight));
     }
 }
