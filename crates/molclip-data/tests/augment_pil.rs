@@ -6,7 +6,7 @@
 //! - `GaussianBlur(radius)`: PIL's box blurs against molclip's Gaussian of that sigma: within
 //!   two grey levels away from the edges, which the two pad differently.
 
-use std::process::Command;
+mod common;
 
 use molclip_data::augment::{transform_video, AugmentConfig, VideoTransform};
 use molclip_data::{SampleDepth, Video};
@@ -30,18 +30,7 @@ fn test_frame() -> Vec<u8> {
 
 /// What PIL makes of the test frame with `ops` (Python statements on `img`).
 fn pil(ops: &str) -> Vec<u8> {
-    let tmp = tempfile::tempdir().unwrap();
-    let (input, output) = (tmp.path().join("in.png"), tmp.path().join("out.png"));
-    image::GrayImage::from_raw(SIDE as u32, SIDE as u32, test_frame()).unwrap().save(&input).unwrap();
-    let script = format!(
-        "import sys\nfrom PIL import Image, ImageFilter\nimg = Image.open(sys.argv[1])\n{ops}\nimg.save(sys.argv[2])"
-    );
-    let run = Command::new("python3")
-        .args(["-c", &script, input.to_str().unwrap(), output.to_str().unwrap()])
-        .output()
-        .expect("python3 runs (the reference needs Pillow: python3 -m pip install pillow)");
-    assert!(run.status.success(), "PIL failed: {}", String::from_utf8_lossy(&run.stderr));
-    image::open(&output).unwrap().to_luma8().into_raw()
+    common::pil(&test_frame(), SIDE, SIDE, ops)
 }
 
 /// molclip's transform of the test frame (already at the resized side), in grey levels.

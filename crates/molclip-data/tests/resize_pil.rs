@@ -2,7 +2,7 @@
 //! `Scale(128)` calls), antialiasing included, within one grey level: PIL itself, run by
 //! `python3` on the same 8-bit image, is the oracle.
 
-use std::process::Command;
+mod common;
 
 use molclip_data::resize::resize_video;
 use molclip_data::{SampleDepth, Video};
@@ -25,17 +25,7 @@ fn test_image(w: usize, h: usize) -> Vec<u8> {
 
 /// `pixels` resized by PIL to `side` x `side`.
 fn pil_resize(pixels: &[u8], w: usize, h: usize, side: usize) -> Vec<u8> {
-    let tmp = tempfile::tempdir().unwrap();
-    let (input, output) = (tmp.path().join("in.png"), tmp.path().join("out.png"));
-    image::GrayImage::from_raw(w as u32, h as u32, pixels.to_vec()).unwrap().save(&input).unwrap();
-    let script = "import sys\nfrom PIL import Image\n\
-                  Image.open(sys.argv[1]).resize((int(sys.argv[3]),) * 2, Image.BILINEAR).save(sys.argv[2])";
-    let run = Command::new("python3")
-        .args(["-c", script, input.to_str().unwrap(), output.to_str().unwrap(), &side.to_string()])
-        .output()
-        .expect("python3 runs (the reference needs Pillow: python3 -m pip install pillow)");
-    assert!(run.status.success(), "PIL failed: {}", String::from_utf8_lossy(&run.stderr));
-    image::open(&output).unwrap().to_luma8().into_raw()
+    common::pil(pixels, w, h, &format!("img = img.resize(({side}, {side}), Image.BILINEAR)"))
 }
 
 #[test]
