@@ -41,6 +41,10 @@ pub enum BenchCommand {
         /// Videos to read.
         #[arg(long, default_value_t = 300)]
         videos: usize,
+        /// A training config whose `[data]` section (frames, augmentation, normalisation) both
+        /// sides apply, e.g. configs/mitoreid.toml; default: the defaults of `[data]`.
+        #[arg(long)]
+        config: Option<PathBuf>,
         #[arg(long, default_value = "benches/data_reference.py")]
         script: PathBuf,
     },
@@ -183,7 +187,7 @@ pub fn run(cmd: BenchCommand, quiet: bool) -> Result<()> {
         BenchCommand::Evaluate { sizes, dim, reference_max, script } => {
             bench_evaluate(&sizes, dim, reference_max, &script)
         }
-        BenchCommand::Data { videos, script } => bench_data(videos, &script),
+        BenchCommand::Data { videos, config, script } => bench_data(videos, config.as_deref(), &script),
         BenchCommand::Cache { data, config, batch } => bench_cache(&data, &config, batch),
         BenchCommand::EvaluateOnce { embeddings, metadata } => evaluate_once(&embeddings, &metadata),
         BenchCommand::Model { models, batch, frames, size, steps, rounds, device, precision, no_reference, script } => {
@@ -456,24 +460,31 @@ fn bench_evaluate(sizes: &[usize], dim: usize, reference_max: usize, script: &Pa
     Ok(())
 }
 
-fn bench_data(videos: usize, script: &Path) -> Result<()> {
+fn bench_data(videos: usize, config: Option<&Path>, script: &Path) -> Result<()> {
     use molclip_data::loader::{DataConfig, Mode, VideoDataset};
+    let data = match config {
+        Some(path) => crate::read_train_config(path)?.data,
+        None => DataConfig::default(),
+    };
+    // Every video decoded and augmented each time, as without a cache.
+    let data = DataConfig { cache: false, ..data };
     // A slice of the bench preset: every MoA, two drugs each, 112 x 112.
-    let mut config = SimConfig::preset("bench")?;
-    config.library.drugs_per_moa = 2;
-    config.layout.train_cells = 4;
-    (config.layout.query_cells, config.layout.gallery_cells) = (1, 1);
-    let plan = DatasetPlan::new(config, Path::new("."))?;
+    let mut sim = SimConfig::preset("bench")?;
+    sim.library.drugs_per_moa = 2;
+    sim.layout.train_cells = 4;
+    (sim.layout.query_cells, sim.layout.gallery_cells) = (1, 1);
+    let plan = DatasetPlan::new(sim, Path::new("."))?;
     let dir = tempfile::tempdir()?;
     let root = dir.path().join("bench");
     mitosim::generate(&plan, &root, false, &|| {})?;
     let index = molclip_data::DatasetIndex::scan(&root)?;
     let cells: Vec<_> = index.split(molclip_data::Split::Train).take(videos).cloned().collect();
     let n = cells.len();
-    let list = dir.path().join("cells.txt");
-    std::fs::write(&list, cells.iter().map(|c| format!("{}\n", c.dir.display())).collect::<String>())?;
-    let ds = VideoDataset::new(cells, DataConfig { cache: false, ..DataConfig::default() })?;
-    let frames = 16.0 * n as f64;
+    let job = dir.path().join("job.json");
+    let folders: Vec<_> = cells.iter().map(|c| c.dir.clone()).collect();
+    std::fs::write(&job, serde_json::to_vec(&serde_json::json!({"data": &data, "folders": folders}))?)?;
+    let ds = VideoDataset::new(cells, data.clone())?;
+    let frames = (data.frames.frames * n) as f64;
     let time_with = |threads: usize| -> Result<f64> {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
         let start = Instant::now();
@@ -489,8 +500,42 @@ fn bench_data(videos: usize, script: &Path) -> Result<()> {
     time_with(rayon::current_num_threads())?;
     let one = time_with(1)?;
     let all = time_with(rayon::current_num_threads())?;
-    let reference = python_number(python_reference().arg(script).arg(&list));
-    println!("decode + augment (resize 128, rotate, flip, crop 112, jitter, normalise), {n} videos x 16 frames of 112 x 112 PNG");
+    let reference = python_number(python_reference().arg(script).arg(&job));
+    let a = &data.augment;
+    let on = |rate: f32| if rate >= 1.0 { "all".to_string() } else { format!("{:.0} %", rate * 100.0) };
+    let rotation = if a.max_rotation > 0.0 {
+        format!(
+            "rotate {} from {} to {} deg{} ({} fill)",
+            on(a.rotation_rate),
+            a.min_rotation.unwrap_or(-a.max_rotation),
+            a.max_rotation,
+            if a.whole_degrees { " whole" } else { "" },
+            serde_json::to_value(a.rotation_fill)?.as_str().unwrap_or("?")
+        )
+    } else {
+        "no rotation".to_string()
+    };
+    let rescale = if a.rescale > 0.0 {
+        format!(
+            ", rescale {} by {}-{} {}",
+            on(a.rescale_rate),
+            1.0 - a.rescale,
+            1.0 + a.rescale,
+            serde_json::to_value(a.rescale_filter)?.as_str().unwrap_or("?")
+        )
+    } else {
+        String::new()
+    };
+    let blur = if a.blur_rate > 0.0 { format!(", blur {} of frames", on(a.blur_rate)) } else { String::new() };
+    println!(
+        "decode + augment with {} (resize {}, {rotation}{rescale}, flips, crop {}{blur}, jitter, normalise), \
+         {n} videos x {} frames ({} channel(s)) of 112 x 112 PNG",
+        config.map_or("the [data] defaults".to_string(), |p| p.display().to_string()),
+        a.resize,
+        a.crop,
+        data.frames.frames,
+        data.frames.channels.count(),
+    );
     println!("{:<34} {:>12} {:>16}", "implementation", "frames/s", "vs Python/core");
     let ratio = |fps: f64, cores: f64| reference.map_or("-".into(), |r| format!("{:.1}x", fps / cores / r));
     if let Some(r) = reference {
@@ -504,8 +549,7 @@ fn bench_data(videos: usize, script: &Path) -> Result<()> {
 
 fn bench_cache(data: &Path, config: &Path, batch: usize) -> Result<()> {
     use molclip_data::loader::{Loader, Mode, VideoDataset};
-    let text = std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
-    let cfg = molclip::train::TrainConfig::from_toml(&text).with_context(|| config.display().to_string())?;
+    let cfg = crate::read_train_config(config)?;
     let index = molclip_data::DatasetIndex::open(data)?;
     let cells: Vec<_> = index.split(molclip_data::Split::Train).cloned().collect();
     let n = cells.len();

@@ -652,9 +652,14 @@ fn weights(cmd: WeightsCommand) -> Result<()> {
     Ok(())
 }
 
+/// A training config read from `path`, its errors naming the file.
+fn read_train_config(path: &Path) -> Result<molclip::train::TrainConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    molclip::train::TrainConfig::from_toml(&text).with_context(|| path.display().to_string())
+}
+
 fn import_i3d(args: &ImportI3dArgs) -> Result<()> {
-    let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
-    let cfg = molclip::train::TrainConfig::from_toml(&text).with_context(|| args.config.display().to_string())?;
+    let cfg = read_train_config(&args.config)?;
     anyhow::ensure!(
         cfg.model.video.encoder != molclip::models::VideoEncoderKind::FrameVit,
         "{}: the config's video encoder is frame-vit; import-i3d is for the I3D ResNets",

@@ -10,7 +10,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::frames::Video;
-use crate::resize::resize_plane;
+use crate::resize::{resize_plane, ResizeFilter};
 
 /// Random transforms of training videos (the same for every frame of a video, but for the
 /// blur's choice of frames).
@@ -21,8 +21,16 @@ pub struct AugmentConfig {
     pub resize: usize,
     /// Side of the crop the model sees.
     pub crop: usize,
-    /// Random rotation up to this many degrees either way (0: none).
+    /// Random rotation up to this many degrees (0: none), counter-clockwise as PIL's
+    /// `rotate` turns a positive angle.
     pub max_rotation: f32,
+    /// The lowest angle drawn, in degrees: -`max_rotation` when not set (either way);
+    /// MitoReID's `RandomRotate`: 0, one way only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_rotation: Option<f32>,
+    /// Angles drawn as whole numbers of degrees (MitoReID's `randint`), not from the
+    /// continuous range.
+    pub whole_degrees: bool,
     /// Share of the videos rotated (MitoReID's `RandomRotate`: half); the others are not.
     pub rotation_rate: f32,
     /// What the corners a rotation uncovers hold: black, or each frame's darkest value
@@ -34,6 +42,9 @@ pub struct AugmentConfig {
     pub rescale: f32,
     /// Share of the videos rescaled (MitoReID: half).
     pub rescale_rate: f32,
+    /// The rescaling's filter: bilinear, as every other resize, or bicubic (MitoReID's
+    /// `RandomResize` leaves PIL's default, bicubic).
+    pub rescale_filter: ResizeFilter,
     /// Flip left-right at random.
     pub hflip: bool,
     /// Flip top-bottom at random.
@@ -60,10 +71,13 @@ impl Default for AugmentConfig {
             resize: 128,
             crop: 112,
             max_rotation: 180.0,
+            min_rotation: None,
+            whole_degrees: false,
             rotation_rate: 1.0,
             rotation_fill: RotationFill::Black,
             rescale: 0.0,
             rescale_rate: 1.0,
+            rescale_filter: ResizeFilter::Bilinear,
             hflip: true,
             vflip: true,
             crop_range: 1.0,
@@ -100,6 +114,16 @@ impl AugmentConfig {
         if let Some((field, v)) = shares.into_iter().find(|(_, v)| !(0.0..=1.0).contains(v)) {
             return Some((field, format!("{v}: expected a share, from 0 to 1")));
         }
+        let (low, high) = (self.min_rotation.unwrap_or(-self.max_rotation), self.max_rotation);
+        if self.max_rotation > 0.0 && !(low.is_finite() && low <= high) {
+            return Some(("min_rotation", format!("{low}: expected min_rotation <= max_rotation ({high})")));
+        }
+        if self.max_rotation > 0.0 && self.whole_degrees && low.ceil() > high.floor() {
+            return Some((
+                "whole_degrees",
+                format!("no whole number of degrees from {low} to {high}: widen the range or set it false"),
+            ));
+        }
         if !(0.0..1.0).contains(&self.rescale) {
             return Some((
                 "rescale",
@@ -117,7 +141,8 @@ impl AugmentConfig {
 /// One video's draw of the random transform.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct VideoTransform {
-    /// Rotation.
+    /// Rotation in degrees, counter-clockwise on screen for a positive angle, as PIL's
+    /// `rotate` turns.
     pub angle_degrees: f32,
     /// Left-right flip.
     pub hflip: bool,
@@ -164,7 +189,14 @@ impl VideoTransform {
         let factor = |rng: &mut ChaCha8Rng, j: f32| if j > 0.0 { rng.random_range(1.0 - j..=1.0 + j) } else { 1.0 };
         let chosen = |rng: &mut ChaCha8Rng, rate: f32| rate >= 1.0 || (rate > 0.0 && rng.random_bool(f64::from(rate)));
         let angle_degrees = if config.max_rotation > 0.0 && chosen(rng, config.rotation_rate) {
-            rng.random_range(-config.max_rotation..=config.max_rotation)
+            // Uniform on [low, high], drawn as minus a draw on [-high, -low]: the turns the
+            // seeds gave before angles turned counter-clockwise (when they were the mirror).
+            let (low, high) = (config.min_rotation.unwrap_or(-config.max_rotation), config.max_rotation);
+            if config.whole_degrees {
+                -(rng.random_range(-high.floor() as i64..=-low.ceil() as i64) as f32)
+            } else {
+                -rng.random_range(-high..=-low)
+            }
         } else {
             0.0
         };
@@ -209,20 +241,51 @@ struct Resampler {
     gaps: Vec<f32>,
 }
 
+/// The square of the transformed frame a resampling fills: the crop, or the crop with a
+/// margin for the blur.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    /// Its top-left pixel in the rescaled frame.
+    x0: i64,
+    y0: i64,
+    /// Its side.
+    side: usize,
+    /// Past the frame's edge: its nearest edge pixel (what a blur of the whole frame pads
+    /// with), or black (what a crop pads with).
+    extend_edges: bool,
+}
+
+impl Window {
+    /// The transform's crop.
+    fn crop(side: usize, t: &VideoTransform) -> Self {
+        Self { x0: t.x0, y0: t.y0, side, extend_edges: false }
+    }
+
+    /// The crop widened by `margin` on every side, the frame's edges extended.
+    fn around(crop: Window, margin: usize) -> Self {
+        let m = margin as i64;
+        Self { x0: crop.x0 - m, y0: crop.y0 - m, side: crop.side + 2 * margin, extend_edges: true }
+    }
+}
+
 impl Resampler {
-    /// For `width` x `height` planes shown as a `side` x `side` frame.
-    fn new(width: usize, height: usize, side: usize, crop: usize, t: &VideoTransform) -> Self {
+    /// For `width` x `height` planes shown as a `side` x `side` frame, over `window`.
+    fn new(width: usize, height: usize, side: usize, window: Window, t: &VideoTransform) -> Self {
         let r = side as f32;
         let c = r / 2.0;
-        let (sin, cos) = (-t.angle_degrees.to_radians()).sin_cos();
+        let (sin, cos) = t.angle_degrees.to_radians().sin_cos();
         let (sx, sy) = (width as f32 / r, height as f32 / r);
-        let mut taps = Vec::with_capacity(crop * crop);
-        let mut gaps = Vec::with_capacity(crop * crop);
-        for v in 0..crop {
-            for u in 0..crop {
+        let n = window.side;
+        let mut taps = Vec::with_capacity(n * n);
+        let mut gaps = Vec::with_capacity(n * n);
+        for v in 0..n {
+            for u in 0..n {
                 // Output pixel centre in the frame, flipped, rotated back.
-                let mut x = (u as i64 + t.x0) as f32 + 0.5;
-                let mut y = (v as i64 + t.y0) as f32 + 0.5;
+                let mut x = (u as i64 + window.x0) as f32 + 0.5;
+                let mut y = (v as i64 + window.y0) as f32 + 0.5;
+                if window.extend_edges {
+                    (x, y) = (x.clamp(0.5, r - 0.5), y.clamp(0.5, r - 0.5));
+                }
                 if t.hflip {
                     x = r - x;
                 }
@@ -294,12 +357,25 @@ pub fn transform_video(
     let start = out.len();
     out.resize(start + video.frames.len() * video.channels * n, 0.0);
     let planes = video.frames.iter().flat_map(|f| f.chunks_exact(plane));
-    // Rescaled: each plane is resized again first, antialiased as PIL's resize is (a rotation
-    // commutes with it), then rotated, flipped and cropped in the one resampling.
+    // Rescaled: each plane is resized again first with the rescaling's filter, antialiased as
+    // PIL's resize is (a rotation commutes with it), then rotated, flipped and cropped in the
+    // one resampling.
     let rescaled = t.scaled != config.resize;
     let (width, height, side) =
         if rescaled { (t.scaled, t.scaled, t.scaled) } else { (video.width, video.height, config.resize) };
-    let resampler = Resampler::new(width, height, side, config.crop, t);
+    let crop = Window::crop(config.crop, t);
+    let resampler = Resampler::new(width, height, side, crop, t);
+    // The frames blurred, each on its own draw. MitoReID blurs the whole frame before the
+    // crop: a blurred frame is resampled over the crop and a margin of the kernel's radius,
+    // the frame's edges extended as the blur of the whole frame extends them, blurred, and
+    // cropped, black past the frame's edge.
+    let blurring = t.blur_sigma > 0.0 && config.blur_rate > 0.0;
+    let mut pick = ChaCha8Rng::seed_from_u64(t.blur_seed);
+    let blurred: Vec<bool> =
+        (0..video.frames.len()).map(|_| blurring && pick.random_bool(f64::from(config.blur_rate.min(1.0)))).collect();
+    let margin = blur_radius(t.blur_sigma);
+    let wide = blurred.contains(&true).then(|| Resampler::new(width, height, side, Window::around(crop, margin), t));
+    let mut scratch = Vec::new();
     // Each frame's rotation fill (MitoReID takes the darkest value before it rescales).
     let fills: Vec<f32> = video
         .frames
@@ -310,22 +386,31 @@ pub fn transform_video(
         })
         .collect();
     let channels = video.channels.max(1);
+    let in_frame = |p: i64| (0..side as i64).contains(&p);
     for (k, (frame, o)) in planes.zip(out[start..].chunks_exact_mut(n)).enumerate() {
         let fill = fills[k / channels];
-        if rescaled {
-            resampler.apply(&resize_plane(frame, video.width, video.height, t.scaled), fill, o);
+        let scaled;
+        let source = if rescaled {
+            scaled = resize_plane(frame, video.width, video.height, t.scaled, config.rescale_filter);
+            &scaled[..]
         } else {
-            resampler.apply(frame, fill, o);
-        }
-    }
-    if t.blur_sigma > 0.0 && config.blur_rate > 0.0 {
-        let mut pick = ChaCha8Rng::seed_from_u64(t.blur_seed);
-        for frame in out[start..].chunks_exact_mut(video.channels.max(1) * n) {
-            if pick.random_bool(f64::from(config.blur_rate.min(1.0))) {
-                for plane in frame.chunks_exact_mut(n) {
-                    blur(plane, config.crop, t.blur_sigma);
+            frame
+        };
+        match &wide {
+            Some(wide) if blurred[k / channels] => {
+                let w = config.crop + 2 * margin;
+                scratch.resize(w * w, 0.0);
+                wide.apply(source, fill, &mut scratch);
+                blur(&mut scratch, w, t.blur_sigma);
+                for (v, row) in o.chunks_exact_mut(config.crop).enumerate() {
+                    let y_in = in_frame(v as i64 + t.y0);
+                    for (u, x) in row.iter_mut().enumerate() {
+                        let inside = y_in && in_frame(u as i64 + t.x0);
+                        *x = if inside { scratch[(v + margin) * w + u + margin] } else { 0.0 };
+                    }
                 }
             }
+            _ => resampler.apply(source, fill, o),
         }
     }
     let frames = &mut out[start..];
@@ -353,11 +438,16 @@ fn blur(plane: &mut [f32], side: usize, sigma: f32) {
     let Some(image) = ImageBuffer::<Luma<f32>, Vec<f32>>::from_raw(side as u32, side as u32, plane.to_vec()) else {
         return;
     };
-    let radius = (3.0 * sigma).ceil() as i32;
+    let radius = blur_radius(sigma) as i32;
     let mut kernel: Vec<f32> = (-radius..=radius).map(|x| (-0.5 * (x as f32 / sigma).powi(2)).exp()).collect();
     let total: f32 = kernel.iter().sum();
     kernel.iter_mut().for_each(|w| *w /= total);
     plane.copy_from_slice(imageproc::filter::separable_filter_equal(&image, &kernel).as_raw());
+}
+
+/// The blur's kernel radius in pixels: 3 sigma, rounded up (0 for no blur).
+fn blur_radius(sigma: f32) -> usize {
+    (3.0 * sigma.max(0.0)).ceil() as usize
 }
 
 #[cfg(test)]
@@ -399,9 +489,10 @@ mod tests {
         let base = VideoTransform::centre(&cfg);
         assert_eq!(run(VideoTransform { hflip: true, ..base }), Some(2));
         assert_eq!(run(VideoTransform { vflip: true, ..base }), Some(3 * 4 + 1));
-        // +90 degrees turns the frame clockwise on screen (y down): (row 0, col 1) -> (row 1, col 3).
-        assert_eq!(run(VideoTransform { angle_degrees: 90.0, ..base }), Some(4 + 3));
-        assert_eq!(run(VideoTransform { angle_degrees: -90.0, ..base }), Some(2 * 4));
+        // +90 degrees turns the frame counter-clockwise on screen (y down), as PIL's rotate:
+        // (row 0, col 1) -> (row 2, col 0).
+        assert_eq!(run(VideoTransform { angle_degrees: 90.0, ..base }), Some(2 * 4));
+        assert_eq!(run(VideoTransform { angle_degrees: -90.0, ..base }), Some(4 + 3));
         // A crop offset shifts the content.
         let cfg2 = AugmentConfig { resize: 4, crop: 2, ..cfg.clone() };
         let mut out = Vec::new();
@@ -474,7 +565,8 @@ mod tests {
     #[test]
     fn configs_without_the_mitoreid_extras_draw_what_they_drew_before_them() {
         // Drawn by the code before rotation_rate, rescale, crop_range and blur existed: a
-        // feature left off draws nothing, so seeds give the same videos as before.
+        // feature left off draws nothing, so seeds give the same videos as before. That code
+        // turned clockwise: its angles are negated here, the same turns.
         let mito = AugmentConfig {
             max_rotation: 90.0,
             vflip: false,
@@ -483,11 +575,11 @@ mod tests {
             ..AugmentConfig::default()
         };
         let cases = [
-            (AugmentConfig::default(), (7, 3, 11), drawn(109.19025, false, false, 15, 0, 0.8128341, 0.80168027)),
-            (AugmentConfig::default(), (0, 0, 5), drawn(-105.59205, true, false, 16, 14, 1.1071923, 1.1220553)),
-            (AugmentConfig::default(), (0, 0, 8), drawn(65.30145, true, true, 3, 6, 1.1794882, 1.183647)),
-            (mito.clone(), (1, 2, 3), drawn(15.469673, false, false, 5, 16, 1.0, 1.0)),
-            (mito, (0, 0, 5), drawn(-52.796024, true, false, 7, 15, 1.0, 1.0)),
+            (AugmentConfig::default(), (7, 3, 11), drawn(-109.19025, false, false, 15, 0, 0.8128341, 0.80168027)),
+            (AugmentConfig::default(), (0, 0, 5), drawn(105.59205, true, false, 16, 14, 1.1071923, 1.1220553)),
+            (AugmentConfig::default(), (0, 0, 8), drawn(-65.30145, true, true, 3, 6, 1.1794882, 1.183647)),
+            (mito.clone(), (1, 2, 3), drawn(-15.469673, false, false, 5, 16, 1.0, 1.0)),
+            (mito, (0, 0, 5), drawn(52.796024, true, false, 7, 15, 1.0, 1.0)),
         ];
         for (config, (seed, epoch, video), expected) in cases {
             assert_eq!(VideoTransform::seeded(&config, seed, epoch, video), expected);
@@ -584,6 +676,26 @@ mod tests {
     }
 
     #[test]
+    fn mitoreids_angles_are_whole_degrees_from_0_to_90_each_about_as_often() {
+        let cfg =
+            AugmentConfig { min_rotation: Some(0.0), max_rotation: 90.0, whole_degrees: true, ..Default::default() };
+        let mut counts = [0usize; 91];
+        for v in 0..9100 {
+            let a = VideoTransform::seeded(&cfg, 5, 0, v).angle_degrees;
+            assert!(a.fract() == 0.0 && (0.0..=90.0).contains(&a), "{a}");
+            counts[a as usize] += 1;
+        }
+        // 100 expected per angle, both ends included.
+        assert!(counts.iter().all(|&c| (55..=150).contains(&c)), "{counts:?}");
+        // A continuous range from 0 to 90: one way only, not whole.
+        let one_way = AugmentConfig { whole_degrees: false, ..cfg.clone() };
+        let angles: Vec<f32> = (0..1000).map(|v| VideoTransform::seeded(&one_way, 5, 0, v).angle_degrees).collect();
+        assert!(angles.iter().all(|a| (0.0..=90.0).contains(a)) && angles.iter().any(|a| a.fract() != 0.0));
+        let mean = angles.iter().sum::<f32>() / 1000.0;
+        assert!((mean - 45.0).abs() < 3.0, "{mean}");
+    }
+
+    #[test]
     fn the_blur_keeps_the_mean_and_spreads_a_point_by_sigma() {
         for sigma in [1.0f32, 2.0, 3.0] {
             let side = 41;
@@ -632,6 +744,17 @@ mod tests {
         assert_eq!(bad(AugmentConfig { crop_range: -0.1, ..base.clone() }), Some("crop_range"));
         assert_eq!(bad(AugmentConfig { rescale: 1.0, ..base.clone() }), Some("rescale"));
         assert_eq!(bad(AugmentConfig { blur_rate: 0.1, blur_sigma: [2.0, 1.0], ..base.clone() }), Some("blur_sigma"));
+        assert_eq!(
+            bad(AugmentConfig { min_rotation: Some(91.0), max_rotation: 90.0, ..base.clone() }),
+            Some("min_rotation")
+        );
+        let no_whole =
+            AugmentConfig { min_rotation: Some(0.2), max_rotation: 0.8, whole_degrees: true, ..base.clone() };
+        assert_eq!(bad(no_whole), Some("whole_degrees"));
+        assert_eq!(
+            bad(AugmentConfig { min_rotation: Some(0.0), max_rotation: 90.0, whole_degrees: true, ..base.clone() }),
+            None
+        );
         assert_eq!(bad(AugmentConfig { blur_rate: f32::NAN, ..base }), Some("blur_rate"));
     }
 

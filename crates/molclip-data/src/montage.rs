@@ -12,7 +12,7 @@ use image::ImageEncoder;
 use crate::error::DataError;
 use crate::frames::{read_video_with, Channels, FrameOptions, NamedChannels, Video};
 use crate::index::{CellVideo, DatasetIndex};
-use crate::resize::resize_plane;
+use crate::resize::{resize_plane, ResizeFilter};
 
 const LABEL_WIDTH: usize = 8 * 30 + 8;
 const HEADER: usize = 14;
@@ -123,8 +123,13 @@ pub fn montage_png(index: &DatasetIndex) -> Result<Vec<u8>, DataError> {
             let lo = all[all.len() / 100];
             let hi = all[all.len() * 998 / 1000].max(lo + 1e-6);
             for (k, &f) in shown.iter().enumerate() {
-                let frame =
-                    resize_plane(&video.frames[f - 1][c * plane..(c + 1) * plane], video.width, video.height, side);
+                let frame = resize_plane(
+                    &video.frames[f - 1][c * plane..(c + 1) * plane],
+                    video.width,
+                    video.height,
+                    side,
+                    ResizeFilter::Bilinear,
+                );
                 let x0 = LABEL_WIDTH + k * (tw + GAP);
                 for y in 0..th {
                     for x in 0..tw {

@@ -1,9 +1,16 @@
 //! The first step of the augmentation, done once per video: every frame resized to the
 //! square side the random transforms start from, antialiased as PIL's `BILINEAR` resize is
-//! (a triangle filter widened by the downscale factor, `image`'s `Triangle`), and kept at
-//! the source's depth (u8 or u16): what the decoded-frame cache holds.
+//! (a triangle filter widened by the downscale factor), and kept at the source's depth (u8
+//! or u16): what the decoded-frame cache holds. The resampling is `fast_image_resize`'s
+//! convolution, Pillow's algorithm, with the SIMD level of molclip's kernels.
 
-use image::{imageops, ImageBuffer, Luma};
+use std::cell::RefCell;
+
+use fast_image_resize::images::{TypedImage, TypedImageRef};
+use fast_image_resize::pixels::F32;
+use fast_image_resize::{CpuExtensions, FilterType, ResizeAlg, ResizeOptions, Resizer};
+use molclip_cpu::Isa;
+use serde::{Deserialize, Serialize};
 
 use crate::frames::{SampleDepth, Video};
 
@@ -52,14 +59,92 @@ impl ResizedVideo {
     }
 }
 
-/// One plane resized to `side × side` (PIL's bilinear with antialiasing when shrinking).
-pub fn resize_plane(plane: &[f32], width: usize, height: usize, side: usize) -> Vec<f32> {
-    if width == side && height == side {
+/// The filter of a resize, as PIL names them. Both are antialiased when they shrink (their
+/// support widened by the factor), as PIL's `resize` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResizeFilter {
+    /// PIL's `BILINEAR`: a triangle filter.
+    #[default]
+    Bilinear,
+    /// PIL's `BICUBIC` (its `resize`'s default since Pillow 7): the cubic convolution with
+    /// a = -0.5 (Catmull-Rom). It overshoots at edges; values are clamped to [0, 1], as PIL
+    /// clamps to its depth's range.
+    Bicubic,
+}
+
+impl ResizeFilter {
+    fn algorithm(self) -> ResizeAlg {
+        ResizeAlg::Convolution(match self {
+            ResizeFilter::Bilinear => FilterType::Bilinear,
+            ResizeFilter::Bicubic => FilterType::CatmullRom,
+        })
+    }
+}
+
+/// The SIMD level of `fast_image_resize` that matches molclip's `isa` (which `MOLCLIP_CPU`
+/// caps): AVX2 for AVX2 and AVX-512 (it has no wider one for float32), none for scalar. A
+/// level gives the same values on every CPU that runs it.
+fn extensions(isa: Isa) -> CpuExtensions {
+    #[cfg(target_arch = "x86_64")]
+    if matches!(isa, Isa::Avx2 | Isa::Avx512) {
+        return CpuExtensions::Avx2;
+    }
+    #[cfg(target_arch = "aarch64")]
+    if isa == Isa::Neon {
+        return CpuExtensions::Neon;
+    }
+    let _ = isa;
+    CpuExtensions::None
+}
+
+thread_local! {
+    /// One resizer per thread: it keeps its scratch buffers between planes.
+    static RESIZER: RefCell<Resizer> = RefCell::new({
+        let mut resizer = Resizer::new();
+        let ext = extensions(molclip_cpu::isa());
+        if ext.is_supported() {
+            // SAFETY: `set_cpu_extensions` is unsafe only because a level the CPU lacks would
+            // run instructions it cannot; `is_supported` has just checked this CPU has it.
+            unsafe { resizer.set_cpu_extensions(ext) };
+        }
+        resizer
+    });
+}
+
+/// One plane of values in [0, 1] resized to `side × side` with `filter` (antialiased when
+/// shrinking, as PIL's resize is), in [0, 1]. Bicubic resizes rows first, clamps, then
+/// columns, as PIL does through its 8-bit intermediate image: the rows' overshoot is cut
+/// before the columns see it.
+pub fn resize_plane(plane: &[f32], width: usize, height: usize, side: usize, filter: ResizeFilter) -> Vec<f32> {
+    match filter {
+        _ if width == side && height == side => plane.to_vec(),
+        ResizeFilter::Bilinear => resize_rect(plane, [width, height], [side, side], filter),
+        ResizeFilter::Bicubic => {
+            let rows = resize_rect(plane, [width, height], [side, height], filter);
+            resize_rect(&rows, [side, height], [side, side], filter)
+        }
+    }
+}
+
+/// `plane` (`from` = [width, height]) resized to `to`, clamped to [0, 1] where the filter
+/// overshoots.
+fn resize_rect(plane: &[f32], from: [usize; 2], to: [usize; 2], filter: ResizeFilter) -> Vec<f32> {
+    if from == to {
         return plane.to_vec();
     }
-    let img: ImageBuffer<Luma<f32>, Vec<f32>> =
-        ImageBuffer::from_raw(width as u32, height as u32, plane.to_vec()).expect("plane of width x height");
-    imageops::resize(&img, side as u32, side as u32, imageops::FilterType::Triangle).into_raw()
+    let mut out = vec![0.0f32; to[0] * to[1]];
+    let src = TypedImageRef::<F32>::new(from[0] as u32, from[1] as u32, bytemuck::cast_slice(plane))
+        .expect("a plane of width x height values");
+    let mut dst = TypedImage::<F32>::from_pixels_slice(to[0] as u32, to[1] as u32, bytemuck::cast_slice_mut(&mut out))
+        .expect("a destination of the size asked for");
+    RESIZER
+        .with_borrow_mut(|r| r.resize_typed(&src, &mut dst, &ResizeOptions::new().resize_alg(filter.algorithm())))
+        .expect("a resize between two non-empty planes of one pixel type");
+    if filter == ResizeFilter::Bicubic {
+        out.iter_mut().for_each(|x| *x = x.clamp(0.0, 1.0));
+    }
+    out
 }
 
 /// Every frame and channel of `video` resized to `side × side` and quantised to its depth.
@@ -75,7 +160,7 @@ pub fn resize_video(video: &Video, side: usize) -> ResizedVideo {
         }
         out
     }
-    let resized = planes().map(|p| resize_plane(p, video.width, video.height, side));
+    let resized = planes().map(|p| resize_plane(p, video.width, video.height, side, ResizeFilter::Bilinear));
     let samples = match video.depth {
         SampleDepth::Eight => Samples::Eight(quantised(total, resized, |x| (x * 255.0).round() as u8)),
         SampleDepth::Sixteen => Samples::Sixteen(quantised(total, resized, |x| (x * 65535.0).round() as u16)),
@@ -109,11 +194,11 @@ mod tests {
     #[test]
     fn a_flat_field_stays_flat_and_a_fine_pattern_is_averaged_not_aliased() {
         let flat = vec![0.25f32; 64 * 64];
-        assert!(resize_plane(&flat, 64, 64, 16).iter().all(|&x| (x - 0.25).abs() < 1e-5));
+        assert!(resize_plane(&flat, 64, 64, 16, ResizeFilter::Bilinear).iter().all(|&x| (x - 0.25).abs() < 1e-5));
         // A one-pixel checkerboard shrunk by 4 is grey everywhere with antialiasing; point
         // sampling would give all black or all white.
         let checker: Vec<f32> = (0..64 * 64).map(|i| ((i % 64 + i / 64) % 2) as f32).collect();
-        let out = resize_plane(&checker, 64, 64, 16);
+        let out = resize_plane(&checker, 64, 64, 16, ResizeFilter::Bilinear);
         assert!(out[16 * 4 + 4..16 * 12].iter().all(|&x| (x - 0.5).abs() < 0.05), "{out:?}");
     }
 }

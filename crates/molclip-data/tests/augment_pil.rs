@@ -8,7 +8,7 @@
 
 mod common;
 
-use molclip_data::augment::{transform_video, AugmentConfig, VideoTransform};
+use molclip_data::augment::{transform_video, AugmentConfig, RotationFill, VideoTransform};
 use molclip_data::{SampleDepth, Video};
 
 const SIDE: usize = 64;
@@ -82,5 +82,68 @@ fn the_blur_matches_pils_gaussian_blur_within_two_grey_levels_inside_the_frame()
         assert!(w <= 2.0, "sigma {sigma}: {w} grey levels from PIL inside the frame");
         let mean = o.iter().zip(&theirs).map(|(a, &b)| (a.round() - b as f32).abs()).sum::<f32>() / o.len() as f32;
         assert!(mean < 0.6, "sigma {sigma}: {mean} grey levels from PIL on average");
+    }
+}
+
+#[test]
+fn rotation_turns_as_pils_rotate_with_its_darkest_fill_within_one_grey_level_off_the_edges() {
+    // MitoReID's RandomRotate: `img.rotate(angle, resample=BILINEAR, fillcolor=min)` with a
+    // whole number of degrees from 0 to 90, counter-clockwise.
+    let config =
+        AugmentConfig { resize: SIDE, crop: SIDE, rotation_fill: RotationFill::Darkest, ..AugmentConfig::default() };
+    let darkest = *test_frame().iter().min().unwrap();
+    for angle in [17.0f32, 30.0, 90.0] {
+        let t = VideoTransform { angle_degrees: angle, ..VideoTransform::centre(&config) };
+        let theirs = pil(&format!("img = img.rotate({angle}, resample=Image.BILINEAR, fillcolor={darkest})"));
+        let o = ours(&config, &t);
+        // Off the rotated frame's edges, where a pixel mixes frame and fill and the two round
+        // the fraction of the frame it covers differently.
+        let (c, (sin, cos)) = (SIDE as f32 / 2.0, angle.to_radians().sin_cos());
+        let off_edge = |i: &usize| {
+            let (x, y) = ((i % SIDE) as f32 + 0.5 - c, (i / SIDE) as f32 + 0.5 - c);
+            let (u, v) = (cos * x - sin * y, sin * x + cos * y);
+            (u.abs().max(v.abs()) - c).abs() > 1.5
+        };
+        let w = (0..SIDE * SIDE).filter(off_edge).map(|i| (o[i].round() - theirs[i] as f32).abs()).fold(0.0, f32::max);
+        assert!(w <= 1.0, "{angle} degrees: {w} grey levels from PIL");
+        // Turning the other way is far off: the test tells the directions apart.
+        let wrong = ours(&config, &VideoTransform { angle_degrees: -angle, ..t });
+        let w = (0..SIDE * SIDE).map(|i| (wrong[i].round() - theirs[i] as f32).abs()).fold(0.0, f32::max);
+        assert!(w > 20.0, "{angle} degrees: the opposite turn is within {w} grey levels of PIL");
+    }
+}
+
+#[test]
+fn the_blur_is_of_the_whole_frame_before_the_crop_as_mitoreids() {
+    // MitoReID blurs the frame, then crops it: inside the frame, the crop's own edges hold
+    // what the frame's blur puts there (blurring the crop alone would pad them with its
+    // edge pixels). Crops at the frame's corner, in its middle, and past its edge below.
+    let crop = 40;
+    let config = AugmentConfig { resize: SIDE, crop, blur_rate: 1.0, ..AugmentConfig::default() };
+    for (x0, y0, scaled) in [(2i64, 3i64, SIDE), (12, 10, SIDE), (-6, -4, 52)] {
+        let sigma = 2.0;
+        let t = VideoTransform { x0, y0, scaled, blur_sigma: sigma, blur_seed: 1, ..VideoTransform::centre(&config) };
+        let mut ops = String::new();
+        if scaled != SIDE {
+            ops += &format!("img = img.resize(({scaled}, {scaled}), Image.BILINEAR)\n");
+        }
+        ops += &format!(
+            "img = img.filter(ImageFilter.GaussianBlur({sigma}))\nimg = img.crop(({x0}, {y0}, {}, {}))",
+            x0 + crop as i64,
+            y0 + crop as i64
+        );
+        let theirs = pil(&ops);
+        let o = ours(&config, &t);
+        // Within 2 grey levels off the frame's edges (where PIL's box blurs pad otherwise),
+        // and black past them, exactly.
+        let side = scaled as i64;
+        for (i, (a, &b)) in o.iter().zip(&theirs).enumerate() {
+            let (x, y) = (i as i64 % crop as i64 + x0, i as i64 / crop as i64 + y0);
+            if !(0..side).contains(&x) || !(0..side).contains(&y) {
+                assert_eq!((*a, b), (0.0, 0), "({x0}, {y0}) pixel ({x}, {y}) past the frame's edge");
+            } else if (7..side - 7).contains(&x) && (7..side - 7).contains(&y) {
+                assert!((a.round() - b as f32).abs() <= 2.0, "({x0}, {y0}) pixel ({x}, {y}): {a} against PIL's {b}");
+            }
+        }
     }
 }

@@ -1,10 +1,11 @@
 //! The resize the augmentation starts from matches PIL's `BILINEAR` resize (what MitoReID's
-//! `Scale(128)` calls), antialiasing included, within one grey level: PIL itself, run by
+//! `Scale(128)` calls), and the bicubic rescaling PIL's `BICUBIC` (what its `RandomResize`
+//! gets by default), antialiasing included, within one grey level: PIL itself, run by
 //! `python3` on the same 8-bit image, is the oracle.
 
 mod common;
 
-use molclip_data::resize::resize_video;
+use molclip_data::resize::{resize_plane, resize_video, ResizeFilter};
 use molclip_data::{SampleDepth, Video};
 
 /// A 8-bit test image with detail finer than the output's pixels: fine stripes, a gradient,
@@ -47,5 +48,28 @@ fn downscaling_matches_pils_bilinear_within_one_grey_level() {
             .map(|(a, &b)| ((a * 255.0).round() - b as f32).abs())
             .fold(0.0f32, f32::max);
         assert!(worst <= 1.0, "{w}x{h} -> {side}: {worst} grey levels from PIL");
+    }
+}
+
+#[test]
+fn bicubic_matches_pils_bicubic_within_one_grey_level_overshoot_clamped() {
+    // Up and down by MitoReID's factors (0.8 to 1.2 of 128), and an odd shrink.
+    for (side, to) in [(128, 153), (128, 103), (64, 70), (97, 40)] {
+        let pixels = test_image(side, side);
+        let plane: Vec<f32> = pixels.iter().map(|&v| v as f32 / 255.0).collect();
+        let ours = resize_plane(&plane, side, side, to, ResizeFilter::Bicubic);
+        assert!(ours.iter().all(|v| (0.0..=1.0).contains(v)), "{side} -> {to}: a value outside [0, 1]");
+        let theirs = common::pil(&pixels, side, side, &format!("img = img.resize(({to}, {to}), Image.BICUBIC)"));
+        let worst =
+            ours.iter().zip(&theirs).map(|(a, &b)| ((a * 255.0).round() - b as f32).abs()).fold(0.0f32, f32::max);
+        assert!(worst <= 1.0, "{side} -> {to}: {worst} grey levels from PIL's bicubic");
+        // And the filter matters: the bilinear one is further off at the stripes' edges.
+        let bilinear = resize_plane(&plane, side, side, to, ResizeFilter::Bilinear);
+        let off =
+            bilinear.iter().zip(&theirs).map(|(a, &b)| ((a * 255.0).round() - b as f32).abs()).fold(0.0f32, f32::max);
+        assert!(
+            off > 2.0,
+            "{side} -> {to}: bilinear within {off} grey levels of bicubic: the test cannot tell them apart"
+        );
     }
 }
