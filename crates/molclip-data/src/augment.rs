@@ -374,7 +374,8 @@ pub fn transform_video(
     let blurred: Vec<bool> =
         (0..video.frames.len()).map(|_| blurring && pick.random_bool(f64::from(config.blur_rate.min(1.0)))).collect();
     let margin = blur_radius(t.blur_sigma);
-    let wide = blurred.contains(&true).then(|| Resampler::new(width, height, side, Window::around(crop, margin), t));
+    let widened = Window::around(crop, margin);
+    let wide = blurred.contains(&true).then(|| Resampler::new(width, height, side, widened, t));
     let mut scratch = Vec::new();
     // Each frame's rotation fill (MitoReID takes the darkest value before it rescales).
     let fills: Vec<f32> = video
@@ -398,7 +399,7 @@ pub fn transform_video(
         };
         match &wide {
             Some(wide) if blurred[k / channels] => {
-                let w = config.crop + 2 * margin;
+                let w = widened.side;
                 scratch.resize(w * w, 0.0);
                 wide.apply(source, fill, &mut scratch);
                 blur(&mut scratch, w, t.blur_sigma);

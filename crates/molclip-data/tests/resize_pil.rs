@@ -29,6 +29,12 @@ fn pil_resize(pixels: &[u8], w: usize, h: usize, side: usize) -> Vec<u8> {
     common::pil(pixels, w, h, &format!("img = img.resize(({side}, {side}), Image.BILINEAR)"))
 }
 
+/// The largest difference between values in [0, 1] and 8-bit PIL output, in grey levels.
+fn worst(ours: &[f32], theirs: &[u8]) -> f32 {
+    assert_eq!(ours.len(), theirs.len());
+    ours.iter().zip(theirs).map(|(a, &b)| ((a * 255.0).round() - b as f32).abs()).fold(0.0f32, f32::max)
+}
+
 #[test]
 fn downscaling_matches_pils_bilinear_within_one_grey_level() {
     for (w, h, side) in [(512, 512, 128), (301, 301, 128), (97, 83, 32), (64, 64, 46), (40, 40, 56)] {
@@ -42,12 +48,8 @@ fn downscaling_matches_pils_bilinear_within_one_grey_level() {
         };
         let ours = resize_video(&video, side).to_video();
         let theirs = pil_resize(&pixels, w, h, side);
-        let worst = ours.frames[0]
-            .iter()
-            .zip(&theirs)
-            .map(|(a, &b)| ((a * 255.0).round() - b as f32).abs())
-            .fold(0.0f32, f32::max);
-        assert!(worst <= 1.0, "{w}x{h} -> {side}: {worst} grey levels from PIL");
+        let off = worst(&ours.frames[0], &theirs);
+        assert!(off <= 1.0, "{w}x{h} -> {side}: {off} grey levels from PIL");
     }
 }
 
@@ -60,13 +62,11 @@ fn bicubic_matches_pils_bicubic_within_one_grey_level_overshoot_clamped() {
         let ours = resize_plane(&plane, side, side, to, ResizeFilter::Bicubic);
         assert!(ours.iter().all(|v| (0.0..=1.0).contains(v)), "{side} -> {to}: a value outside [0, 1]");
         let theirs = common::pil(&pixels, side, side, &format!("img = img.resize(({to}, {to}), Image.BICUBIC)"));
-        let worst =
-            ours.iter().zip(&theirs).map(|(a, &b)| ((a * 255.0).round() - b as f32).abs()).fold(0.0f32, f32::max);
-        assert!(worst <= 1.0, "{side} -> {to}: {worst} grey levels from PIL's bicubic");
+        let off = worst(&ours, &theirs);
+        assert!(off <= 1.0, "{side} -> {to}: {off} grey levels from PIL's bicubic");
         // And the filter matters: the bilinear one is further off at the stripes' edges.
         let bilinear = resize_plane(&plane, side, side, to, ResizeFilter::Bilinear);
-        let off =
-            bilinear.iter().zip(&theirs).map(|(a, &b)| ((a * 255.0).round() - b as f32).abs()).fold(0.0f32, f32::max);
+        let off = worst(&bilinear, &theirs);
         assert!(
             off > 2.0,
             "{side} -> {to}: bilinear within {off} grey levels of bicubic: the test cannot tell them apart"
