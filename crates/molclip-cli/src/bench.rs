@@ -127,7 +127,8 @@ pub enum BenchCommand {
     },
     /// The same training forward and backward pass on the CPU and on `--device`: the largest
     /// relative difference of the features, the weight gradients and batch norm's running
-    /// statistics, per model; then one AdamW update.
+    /// statistics, per model; then one AdamW update, a gradient norm, the feed's staging and
+    /// a tensor shared between threads.
     DeviceCheck {
         #[arg(long, default_value = "cuda")]
         device: String,
@@ -1048,6 +1049,7 @@ fn device_check(device: &str) -> Result<()> {
         );
     }
     device_check_update(&device)?;
+    device_check_norm(&device)?;
     device_check_staging(&device)?;
     device_check_threads(&device)
 }
@@ -1174,6 +1176,54 @@ fn device_check_staging(device: &molclip::candle_core::Device) -> Result<()> {
     Ok(())
 }
 
+/// The gradient norm of 2^22 float32 values in 164 tensors (an I3D-ResNet-50's count) of
+/// lengths from 1 to 80,000, on the CPU and on `device`: their difference relative to the
+/// CPU's, and on `device` the time of `square_sums` (one read back) against reading each
+/// tensor's sum of squares in turn, as clipping did before (best of three each).
+fn device_check_norm(device: &molclip::candle_core::Device) -> Result<()> {
+    use molclip::candle_core::{DType, Device, Tensor};
+    use molclip::nn::square_sums;
+    let n = 1 << 22;
+    let values: Vec<f32> = (0..n as u64).map(|i| ((i * 2654435761) % 2001) as f32 / 1000.0 - 1.0).collect();
+    let mut bounds = vec![0];
+    while bounds.len() < 164 {
+        let last = bounds[bounds.len() - 1];
+        bounds.push(last + [1, 64, 4096, 80_000][bounds.len() % 4]);
+    }
+    bounds.push(n);
+    let on = |dev: &Device| -> Result<Vec<Tensor>> {
+        Ok(bounds
+            .windows(2)
+            .map(|w| Tensor::from_slice(&values[w[0]..w[1]], w[1] - w[0], dev))
+            .collect::<Result<_, _>>()?)
+    };
+    let norm = |sums: Vec<f64>| sums.into_iter().fold(0f64, |t, s| t + s).sqrt();
+    let (cpu, dev) = (on(&Device::Cpu)?, on(device)?);
+    let want = norm(square_sums(&cpu.iter().collect::<Vec<_>>())?);
+    let (mut fused, mut apart, mut got) = (f64::INFINITY, f64::INFINITY, 0.0);
+    for _ in 0..3 {
+        device.synchronize()?;
+        let start = Instant::now();
+        got = norm(square_sums(&dev.iter().collect::<Vec<_>>())?);
+        fused = fused.min(start.elapsed().as_secs_f64() * 1e3);
+        let start = Instant::now();
+        let mut total = 0f64;
+        for t in &dev {
+            total += t.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        }
+        std::hint::black_box(total);
+        apart = apart.min(start.elapsed().as_secs_f64() * 1e3);
+    }
+    println!(
+        "{:<14} gradient norm of {n} values in {} tensors, relative difference CPU vs {device:?}: {:.1e}; \
+         {fused:.2} ms with one read back, {apart:.2} ms reading each tensor's",
+        "norm",
+        dev.len(),
+        ((got - want) / want).abs()
+    );
+    Ok(())
+}
+
 /// One AdamW update (its third step) of 2^20 random float32 values in some 220 tensors of
 /// lengths from 1 to 20,011 (the kernel takes 64 per launch), in place where the device has
 /// the kernels and composed elsewhere, on the CPU and on `device`: the largest difference of
@@ -1192,7 +1242,8 @@ fn device_check_update(device: &molclip::candle_core::Device) -> Result<()> {
         bounds.push((last + [1, 255, 257, 3000, 20011][bounds.len() % 5]).min(n));
     }
     let parts = bounds.len() - 1;
-    let step = AdamWStep { beta1: 0.9, beta2: 0.999, eps: 1e-8, lr: 1e-3, weight_decay: 0.05, step: 3 };
+    let step =
+        AdamWStep { beta1: 0.9, beta2: 0.999, eps: 1e-8, lr: 1e-3, weight_decay: 0.05, step: 3, grad_scale: 0.37 };
     let update = |dev: &Device| -> Result<[Vec<f32>; 3]> {
         let tensors = bounds
             .windows(2)

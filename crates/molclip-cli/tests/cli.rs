@@ -571,8 +571,8 @@ fn raw_fields_are_simulated_extracted_and_read_as_a_dataset() {
     assert!(!o.status.success() && text(&o).contains("random, train or novel"), "{}", text(&o));
 }
 
-/// `bench device-check` against the CPU itself: every model's features and gradients, and the
-/// AdamW update, are the same bits twice, staged batches arrive unchanged and a tensor queued
+/// `bench device-check` against the CPU itself: every model's features and gradients, the
+/// AdamW update and the gradient norm, are the same bits twice, staged batches arrive unchanged and a tensor queued
 /// on one thread reads the same on another (a difference would be nondeterminism or a check
 /// comparing the wrong tensors), one line each.
 #[test]
@@ -586,6 +586,12 @@ fn device_check_on_the_cpu_finds_no_difference() {
         assert!(line.starts_with(name), "{out}");
         assert!(line.contains("CPU vs Cpu: 0.0e0 "), "{out}");
     }
+    assert!(
+        out.contains(
+            "norm           gradient norm of 4194304 values in 164 tensors, relative difference CPU vs Cpu: 0.0e0;"
+        ),
+        "{out}"
+    );
     // The batches staged for the device arrive whole (no pinned memory on the CPU).
     assert!(
         out.contains("staging        5 batches through no pinned memory, values differing after the copies: 0,"),

@@ -19,13 +19,14 @@ struct AdamWList {
 };
 
 /* The step's constants in float32: each moment's keep and take, then unbias (1 / sqrt of the
-   second moment's bias correction), eps, decay (1 - lr * wd) and rate (lr / the first's). */
+   second moment's bias correction), eps, decay (1 - lr * wd), rate (lr / the first's) and the
+   gradients' scale (gradient clipping's coefficient, 1 without). */
 struct AdamWConstants {
-    float keep1, take1, keep2, take2, unbias, eps, decay, rate;
+    float keep1, take1, keep2, take2, unbias, eps, decay, rate, scale;
 };
 
-/* Per value, what the CPU's three passes do (update.rs), in the same order: both moments
-   m = (m * keep + 0) + (g * take + 0), g squared for v, then
+/* Per value, what the CPU's three passes do (update.rs), in the same order: the gradient
+   g = g * scale + 0, both moments m = (m * keep + 0) + (g * take + 0), g squared for v, then
    p = (p * decay + 0) - ((m / ((sqrt(v) * unbias + 0) * 1 + eps)) * rate + 0). */
 extern "C" __global__ void adamw(AdamWList list, AdamWConstants c) {
     EACH(i, list.start[list.count]) {
@@ -36,13 +37,51 @@ extern "C" __global__ void adamw(AdamWList list, AdamWConstants c) {
             if (list.start[mid] <= i) t = mid; else hi = mid - 1;
         }
         unsigned long long j = i - list.start[t];
-        float g = list.g[t][j], gg = g * g;
+        float g = list.g[t][j] * c.scale + 0.0f, gg = g * g;
         float m = (list.m[t][j] * c.keep1 + 0.0f) + (g * c.take1 + 0.0f);
         float v = (list.v[t][j] * c.keep2 + 0.0f) + (gg * c.take2 + 0.0f);
         float denom = (sqrtf(v) * c.unbias + 0.0f) * 1.0f + c.eps;
         list.m[t][j] = m;
         list.v[t][j] = v;
         list.p[t][j] = (list.p[t][j] * c.decay + 0.0f) - ((m / denom) * c.rate + 0.0f);
+    }
+}
+
+/* The sums of squares of up to ADAMW_LIST float32 tensors, in float64 and in an order fixed
+   by each tensor's length alone (whatever the launch): tensor t's len[t] values x[t] are
+   spread over the lanes start[t] to start[t + 1] of the launch's flat index (norm.rs sets how
+   many), lane k of L summing x[k]^2, x[k + L]^2, ... in turn into lane[start[t] + k]; then
+   square_totals adds each tensor's lanes in their order. A float32 value's square is exact
+   in float64, so the sums do not depend on fused multiply-adds. */
+struct SquareList {
+    const float* x[ADAMW_LIST];
+    unsigned long long len[ADAMW_LIST];
+    unsigned long long start[ADAMW_LIST + 1];
+    unsigned int count;
+};
+
+extern "C" __global__ void square_lanes(SquareList list, double* lane) {
+    EACH(i, list.start[list.count]) {
+        unsigned int t = 0, hi = list.count - 1;
+        while (t < hi) {
+            unsigned int mid = (t + hi + 1) / 2;
+            if (list.start[mid] <= i) t = mid; else hi = mid - 1;
+        }
+        unsigned long long k = i - list.start[t], lanes = list.start[t + 1] - list.start[t];
+        double sum = 0.0;
+        for (unsigned long long j = k; j < list.len[t]; j += lanes) {
+            double x = list.x[t][j];
+            sum += x * x;
+        }
+        lane[i] = sum;
+    }
+}
+
+extern "C" __global__ void square_totals(SquareList list, const double* lane, double* total) {
+    EACH(t, list.count) {
+        double sum = 0.0;
+        for (unsigned long long k = list.start[t]; k < list.start[t + 1]; k++) sum += lane[k];
+        total[t] = sum;
     }
 }
 

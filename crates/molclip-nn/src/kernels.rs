@@ -169,6 +169,85 @@ pub(crate) fn adamw(
     Ok(())
 }
 
+/// Up to [`ADAMW_LIST`] tensors of [`square_sums`], as the kernels' `struct SquareList` reads
+/// it: device addresses, lengths, and where each tensor's lanes start in the launch's flat
+/// index.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SquareList {
+    x: [u64; ADAMW_LIST],
+    len: [u64; ADAMW_LIST],
+    start: [u64; ADAMW_LIST + 1],
+    count: u32,
+}
+
+// SAFETY: a `repr(C)` struct of `u64` arrays (device addresses and counts) and a `u32`, laid
+// out as the kernels' `struct SquareList` (its size is checked against the PTX in a test).
+unsafe impl DeviceRepr for SquareList {}
+
+/// Each tensor's sum of squares in float64 (`crate::norm::square_sums`'s kernel path): every
+/// tensor float32, contiguous and on one CUDA device with the kernels. Per [`ADAMW_LIST`]
+/// tensors, `square_lanes` then `square_totals`; one read of all the totals at the end.
+pub(crate) fn square_sums(tensors: &[&candle_core::Tensor]) -> candle_core::Result<Vec<f64>> {
+    use candle_core::cuda::cudarc::driver::DevicePtr;
+    use candle_core::Storage;
+    let Some(first) = tensors.first() else { return Ok(Vec::new()) };
+    let dev = match first.device() {
+        candle_core::Device::Cuda(dev) => dev.clone(),
+        _ => candle_core::bail!("sums of squares' kernel: a tensor off the GPU"),
+    };
+    let stream = dev.cuda_stream();
+    // SAFETY: square_totals writes every one of the totals before they are read.
+    let mut totals = unsafe { stream.alloc::<f64>(tensors.len()) }.map_err(candle_core::Error::wrap)?;
+    for (g, group) in tensors.chunks(ADAMW_LIST).enumerate() {
+        let held: Vec<_> = group.iter().map(|t| t.storage_and_layout()).collect();
+        let mut list = SquareList {
+            x: [0; ADAMW_LIST],
+            len: [0; ADAMW_LIST],
+            start: [0; ADAMW_LIST + 1],
+            count: group.len() as u32,
+        };
+        let mut syncs = Vec::with_capacity(group.len());
+        for (k, (storage, layout)) in held.iter().enumerate() {
+            let Storage::Cuda(cuda) = &**storage else {
+                candle_core::bail!("sums of squares' kernel: a tensor off the GPU");
+            };
+            if !std::sync::Arc::ptr_eq(cuda.device.cuda_stream().context(), stream.context()) {
+                candle_core::bail!("sums of squares' kernel: tensors on two devices");
+            }
+            let (address, sync) = cuda.as_cuda_slice::<f32>()?.device_ptr(&stream);
+            list.x[k] = address + (layout.start_offset() * std::mem::size_of::<f32>()) as u64;
+            list.len[k] = layout.shape().elem_count() as u64;
+            list.start[k + 1] = list.start[k] + crate::norm::square_lanes(layout.shape().elem_count()) as u64;
+            syncs.push(sync);
+        }
+        let lanes = list.start[group.len()] as usize;
+        // SAFETY: square_lanes writes every one of the lanes before square_totals reads them.
+        let mut lane = unsafe { stream.alloc::<f64>(lanes) }.map_err(candle_core::Error::wrap)?;
+        {
+            let f = function(&dev, "square_lanes")?;
+            let mut b = stream.launch_builder(&f);
+            b.arg(&list).arg(&mut lane);
+            // SAFETY: each of the list's addresses holds len[k] float32 values from the
+            // tensor's offset (contiguous), kept alive by the read locks and `syncs` until the
+            // launch is queued; the kernel reads below len[k] and writes `lane` below its
+            // start[count] values.
+            unsafe { b.launch(launch(lanes)) }.map_err(candle_core::Error::wrap)?;
+        }
+        {
+            let f = function(&dev, "square_totals")?;
+            let mut out = totals.slice_mut(g * ADAMW_LIST..g * ADAMW_LIST + group.len());
+            let mut b = stream.launch_builder(&f);
+            b.arg(&list).arg(&lane).arg(&mut out);
+            // SAFETY: `lane` holds start[count] values and `out` count; the kernel reads lane
+            // below start[count] and writes out below count only.
+            unsafe { b.launch(launch(group.len())) }.map_err(candle_core::Error::wrap)?;
+        }
+        drop(syncs);
+    }
+    stream.clone_dtoh(&totals).map_err(candle_core::Error::wrap)
+}
+
 /// The kernel `name`, compiled on the first use in the process and loaded on `dev`.
 pub(crate) fn function(dev: &CudaDevice, name: &str) -> candle_core::Result<CudaFunction> {
     static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
@@ -204,13 +283,25 @@ mod tests {
     fn the_kernels_compile() {
         let ptx = super::nvrtc::compile_ptx(super::SOURCE).unwrap_or_else(|e| panic!("{e:?}"));
         let src = ptx.to_src();
-        for name in ["adamw", "relu", "add_relu", "relu_grad", "bn_running", "pool_argmax", "pool_grad"] {
+        let names = [
+            "adamw",
+            "square_lanes",
+            "square_totals",
+            "relu",
+            "add_relu",
+            "relu_grad",
+            "bn_running",
+            "pool_argmax",
+            "pool_grad",
+        ];
+        for name in names {
             assert!(src.contains(&format!(".entry {name}(")), "{name} missing from the PTX");
         }
         // The structs the kernels take by value are laid out as their Rust twins.
         for (param, size) in [
             ("adamw_param_0", std::mem::size_of::<super::AdamWList>()),
             ("adamw_param_1", std::mem::size_of::<crate::update::AdamWConstants>()),
+            ("square_lanes_param_0", std::mem::size_of::<super::SquareList>()),
             ("pool_argmax_param_3", std::mem::size_of::<super::Pool>()),
         ] {
             assert!(src.contains(&format!("{param}[{size}]")), "{param}: {size} bytes expected in the PTX");

@@ -15,6 +15,7 @@ pub(crate) mod fused;
 #[cfg(feature = "cuda")]
 mod kernels;
 pub mod layers;
+pub mod norm;
 pub mod params;
 pub mod precision;
 pub mod staging;
@@ -26,6 +27,7 @@ pub use layers::{
     add_relu, attention, attention_of_first, gelu, l2_normalize, log_softmax_last_dim, matmul_t, relu,
     softmax_last_dim, BatchNorm, Embedding, LayerNorm, Linear,
 };
+pub use norm::square_sums;
 pub use params::{read_safetensors, read_weights, write_safetensors, Init, ParamStore, Vb};
 pub use precision::{autocast, Autocast};
 pub use update::{adamw_in_place, adamw_in_place_all, AdamWSlot, AdamWStep};

@@ -27,13 +27,16 @@ pub struct AdamWStep {
     pub weight_decay: f64,
     /// The step's number, from 1 (bias correction).
     pub step: i32,
+    /// What the gradients are multiplied by first: gradient clipping's coefficient, 1 without.
+    pub grad_scale: f64,
 }
 
 impl AdamWStep {
     /// `m = β1·m + (1 − β1)·g`, `v = β2·v + (1 − β2)·g²` and
     /// `p = (1 − lr·wd)·p − lr/bc1 · m / (√v / √bc2 + eps)` (`bc = 1 − β^step`) from candle
-    /// ops, the moments starting from zero: what runs off the CPU, and the reference of
-    /// [`adamw_in_place`]. Returns the new parameter and moments.
+    /// ops, `g` the gradient times `grad_scale` (unless 1), the moments starting from zero:
+    /// what runs off the CPU, and the reference of [`adamw_in_place`]. Returns the new
+    /// parameter and moments.
     pub fn composed(
         &self,
         p: &Tensor,
@@ -41,6 +44,13 @@ impl AdamWStep {
         m: Option<Tensor>,
         v: Option<Tensor>,
     ) -> Result<(Tensor, Tensor, Tensor)> {
+        let scaled;
+        let g = if self.grad_scale == 1.0 {
+            g
+        } else {
+            scaled = (g * self.grad_scale)?;
+            &scaled
+        };
         let m = match m {
             Some(m) => ((m * self.beta1)? + (g * (1.0 - self.beta1))?)?,
             None => (g * (1.0 - self.beta1))?,
@@ -106,6 +116,8 @@ pub struct AdamWConstants {
     pub decay: f32,
     /// lr / (1 − β1^step).
     pub rate: f32,
+    /// The gradients' scale.
+    pub scale: f32,
 }
 
 impl AdamWConstants {
@@ -122,6 +134,7 @@ impl AdamWConstants {
             eps: step.eps as f32,
             decay: (1.0 - step.lr * step.weight_decay) as f32,
             rate: (step.lr / bc1) as f32,
+            scale: step.grad_scale as f32,
         }
     }
 }
@@ -145,8 +158,8 @@ pub fn adamw_in_place_all(slots: &[AdamWSlot<'_>], step: &AdamWStep) -> Result<V
     let done: Vec<bool> = slots.iter().map(AdamWSlot::in_place).collect();
     let c = AdamWConstants::of(step);
     // The CPU's three passes, one tensor at a time.
-    let first = Moment { keep: c.keep1, take: c.take1, square: false };
-    let second = Moment { keep: c.keep2, take: c.take2, square: true };
+    let first = Moment { keep: c.keep1, take: c.take1, scale: c.scale, square: false };
+    let second = Moment { keep: c.keep2, take: c.take2, scale: c.scale, square: true };
     let param = ParamStep { unbias: c.unbias, eps: c.eps, decay: c.decay, rate: c.rate };
     #[cfg(feature = "cuda")]
     let mut on_cuda: Vec<AdamWSlot<'_>> = Vec::new();
@@ -167,7 +180,7 @@ pub fn adamw_in_place_all(slots: &[AdamWSlot<'_>], step: &AdamWStep) -> Result<V
 }
 
 /// Whether `t` is on a CUDA device on which molclip's kernels compiled and loaded.
-fn on_cuda_with_kernels(t: &Tensor) -> bool {
+pub(crate) fn on_cuda_with_kernels(t: &Tensor) -> bool {
     match t.device() {
         #[cfg(feature = "cuda")]
         candle_core::Device::Cuda(dev) => crate::kernels::ready(dev),
@@ -179,10 +192,13 @@ fn on_cuda_with_kernels(t: &Tensor) -> bool {
 const CHUNK: usize = 1 << 14;
 
 /// A moment's update from the gradient: `x = (x·keep + 0) + (g·take + 0)`, `g²` for `g` with
-/// `square`.
+/// `square`, where `g` is the gradient times `scale`, plus 0 (candle's affine map, as
+/// clipping's `g * coefficient` is; with a scale of 1 the moments' bits are the unscaled
+/// gradient's, −0 turning into +0 changing neither).
 struct Moment {
     keep: f32,
     take: f32,
+    scale: f32,
     square: bool,
 }
 
@@ -193,17 +209,19 @@ impl molclip_cpu::Vectorized for MomentChunk<'_> {
     type Output = ();
     #[inline(always)]
     fn run(self) {
-        let MomentChunk(Moment { keep, take, square }, x, g) = self;
+        let MomentChunk(Moment { keep, take, scale, square }, x, g) = self;
         let g = &g[..x.len()];
         // Indexed loops, as in `map_par`; `+ 0.0` as candle's affine map adds it.
         #[allow(clippy::needless_range_loop)]
         if *square {
             for i in 0..x.len() {
-                x[i] = (x[i] * keep + 0.0) + ((g[i] * g[i]) * take + 0.0);
+                let g = g[i] * scale + 0.0;
+                x[i] = (x[i] * keep + 0.0) + ((g * g) * take + 0.0);
             }
         } else {
             for i in 0..x.len() {
-                x[i] = (x[i] * keep + 0.0) + (g[i] * take + 0.0);
+                let g = g[i] * scale + 0.0;
+                x[i] = (x[i] * keep + 0.0) + (g * take + 0.0);
             }
         }
     }
@@ -294,19 +312,19 @@ mod tests {
     }
 
     /// Three steps from zero moments (the first from none, in the composed update), with and
-    /// without weight decay, over more than one parallel chunk: the parameter and both moments
-    /// have the composed update's bits.
+    /// without weight decay and a gradient scale, over more than one parallel chunk: the
+    /// parameter and both moments have the composed update's bits.
     #[test]
     fn in_place_adamw_gives_the_composed_bits() {
         let n = 3 * CHUNK + 5;
-        for weight_decay in [0.0, 0.05] {
+        for (weight_decay, grad_scale) in [(0.0, 1.0), (0.05, 1.0), (0.05, 0.37)] {
             let start = values(n, 1, 2.0);
             let var = Var::from_tensor(&start).unwrap();
             let (mut p, mut m, mut v) = (start.copy().unwrap(), None, None);
             let (fm, fv) = (start.zeros_like().unwrap(), start.zeros_like().unwrap());
             for step in 1..=3 {
                 let g = values(n, 10 + step as u64, 0.5);
-                let hyper = AdamWStep { beta1: 0.9, beta2: 0.999, eps: 1e-8, lr: 3e-4, weight_decay, step };
+                let hyper = AdamWStep { beta1: 0.9, beta2: 0.999, eps: 1e-8, lr: 3e-4, weight_decay, step, grad_scale };
                 (p, m, v) = {
                     let (p, m, v) = hyper.composed(&p, &g, m, v).unwrap();
                     (p, Some(m), Some(v))
@@ -325,7 +343,8 @@ mod tests {
         let p = values(8, 1, 1.0);
         let g = values(8, 2, 1.0).to_dtype(candle_core::DType::F64).unwrap();
         let (m, v) = (p.zeros_like().unwrap(), p.zeros_like().unwrap());
-        let hyper = AdamWStep { beta1: 0.9, beta2: 0.999, eps: 1e-8, lr: 1e-3, weight_decay: 0.0, step: 1 };
+        let hyper =
+            AdamWStep { beta1: 0.9, beta2: 0.999, eps: 1e-8, lr: 1e-3, weight_decay: 0.0, step: 1, grad_scale: 1.0 };
         let before = bits(&p);
         assert!(!adamw_in_place(&p, &g, &m, &v, &hyper).unwrap());
         assert_eq!(bits(&p), before);

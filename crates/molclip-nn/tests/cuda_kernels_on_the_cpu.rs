@@ -4,7 +4,9 @@
 //! kernel compiled twice: every multiply and add rounded apart, and fused into FMAs where the
 //! compiler sees fit, as NVRTC does. Each must give the CPU op's values to the bit, which
 //! the kernels claim: max pooling's backward pass (`pool_argmax`, then `pool_grad`), AdamW's
-//! update, ReLU, its gradient and the residual sum with ReLU. (`bn_running` takes cuDNN's
+//! update, ReLU, its gradient and the residual sum with ReLU. The gradient norm's sums of
+//! squares (`square_lanes`, then `square_totals`) run in float64, in an order of their own:
+//! they must give that order's bits. (`bn_running` takes cuDNN's
 //! saved statistics, which the CPU does not make; `bench device-check` compares it on a GPU.)
 
 use std::io::Write;
@@ -12,8 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use candle_core::{Device, Tensor, Var};
+use molclip_nn::norm::square_lanes;
 use molclip_nn::update::AdamWConstants;
-use molclip_nn::{adamw_in_place_all, add_relu, max_pool3d, relu, AdamWSlot, AdamWStep, Window3d};
+use molclip_nn::{adamw_in_place_all, add_relu, max_pool3d, relu, square_sums, AdamWSlot, AdamWStep, Window3d};
 
 /// The kernels, with CUDA's thread indices as globals and `launch(n)` as kernels.rs
 /// configures it: ⌈n / 256⌉ blocks, between 1 and 1024, of 256 threads. Reads the pooling's
@@ -78,7 +81,7 @@ int main(int argc, char** argv) {
         if (fread(&count, 8, 1, stdin) != 1) return 2;
         std::vector<std::vector<float>> p(count), g(count), m(count), v(count);
         for (uint64_t k = 0; k < count; k++) p[k] = floats(), g[k] = floats(), m[k] = floats(), v[k] = floats();
-        AdamWConstants constants = {c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]};
+        AdamWConstants constants = {c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]};
         for (uint64_t first = 0; first < count; first += ADAMW_LIST) {
             AdamWList list = {};
             list.count = (unsigned)std::min<uint64_t>(count - first, ADAMW_LIST);
@@ -90,6 +93,30 @@ int main(int argc, char** argv) {
             if (list.start[list.count] > 0) launch(list.start[list.count], [&] { adamw(list, constants); });
         }
         for (uint64_t k = 0; k < count; k++) write(p[k]), write(m[k]), write(v[k]);
+    } else if (kernel == "squares") {
+        /* The number of tensors, then each one's lanes and values; ADAMW_LIST tensors per
+           launch, as kernels.rs groups them. Writes each one's sum of squares (float64). */
+        uint64_t count = 0;
+        if (fread(&count, 8, 1, stdin) != 1) return 2;
+        std::vector<uint64_t> lanes(count);
+        std::vector<std::vector<float>> x(count);
+        for (uint64_t k = 0; k < count; k++) {
+            if (fread(&lanes[k], 8, 1, stdin) != 1) return 2;
+            x[k] = floats();
+        }
+        std::vector<double> totals(count, NAN);
+        for (uint64_t first = 0; first < count; first += ADAMW_LIST) {
+            SquareList list = {};
+            list.count = (unsigned)std::min<uint64_t>(count - first, ADAMW_LIST);
+            for (unsigned t = 0; t < list.count; t++) {
+                list.x[t] = x[first + t].data(), list.len[t] = x[first + t].size();
+                list.start[t + 1] = list.start[t] + lanes[first + t];
+            }
+            std::vector<double> lane(list.start[list.count], NAN);
+            launch(lane.size(), [&] { square_lanes(list, lane.data()); });
+            launch(list.count, [&] { square_totals(list, lane.data(), totals.data() + first); });
+        }
+        fwrite(totals.data(), 8, totals.size(), stdout);
     } else if (kernel == "relu") {
         std::vector<float> x = floats(), dy = floats(), y(x.size(), NAN), dx(x.size(), NAN);
         launch(x.size(), [&] { relu(x.data(), y.data(), x.size()); });
@@ -148,13 +175,18 @@ fn flat(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
-/// The driver's output for `kernel` on `input`, as float32 values.
-fn run(exe: &Path, kernel: &str, input: &[u8]) -> Vec<f32> {
+/// The driver's output for `kernel` on `input`, as bytes.
+fn run_bytes(exe: &Path, kernel: &str, input: &[u8]) -> Vec<u8> {
     let mut child = Command::new(exe).arg(kernel).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
     child.stdin.take().unwrap().write_all(input).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "the driver failed on {kernel}: {:?}", out.status);
-    out.stdout.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+    out.stdout
+}
+
+/// The driver's output for `kernel` on `input`, as float32 values.
+fn run(exe: &Path, kernel: &str, input: &[u8]) -> Vec<f32> {
+    run_bytes(exe, kernel, input).chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
 }
 
 /// Asserts that `got` holds `want`'s bits.
@@ -247,11 +279,12 @@ fn max_pooling_backward_kernels_give_the_cpu_gradient_to_the_bit() {
 fn adamw_kernel_gives_the_cpu_update_to_the_bit() {
     let dir = tempfile::tempdir().unwrap();
     let drivers = compile(dir.path());
-    let step = AdamWStep { beta1: 0.9, beta2: 0.999, eps: 1e-8, lr: 3e-4, weight_decay: 0.05, step: 7 };
+    let step =
+        AdamWStep { beta1: 0.9, beta2: 0.999, eps: 1e-8, lr: 3e-4, weight_decay: 0.05, step: 7, grad_scale: 0.37 };
     let lengths: Vec<usize> =
         (0..70).map(|k| [1, 7, 255, 256, 257, 1000, 4096][k % 7] + k).chain([0, 300_007, 3]).collect();
     let c = AdamWConstants::of(&step);
-    let constants = [c.keep1, c.take1, c.keep2, c.take2, c.unbias, c.eps, c.decay, c.rate];
+    let constants = [c.keep1, c.take1, c.keep2, c.take2, c.unbias, c.eps, c.decay, c.rate, c.scale];
     let mut input = Vec::new();
     put(&mut input, &constants);
     input.extend((lengths.len() as u64).to_le_bytes());
@@ -272,6 +305,46 @@ fn adamw_kernel_gives_the_cpu_update_to_the_bit() {
     let cpu: Vec<f32> = tensors.iter().flat_map(|[p, _, m, v]| [flat(p), flat(m), flat(v)].concat()).collect();
     for (rounding, exe) in &drivers {
         same_bits(&format!("AdamW, {rounding}"), &cpu, &run(exe, "adamw", &input));
+    }
+}
+
+/// The gradient norm's sums of squares: on the kernels, each tensor's sum has the bits of
+/// float64 sums in the order `square_lanes` sets (computed here by hand, lane by lane), and
+/// agrees with the CPU's float32 sums (`square_sums`) to float32's rounding: 73 tensors in two
+/// launches, an empty one and one with more values than its most lanes cover at 256 each.
+#[test]
+fn square_sum_kernels_give_float64_sums_in_their_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let drivers = compile(dir.path());
+    let lengths: Vec<usize> =
+        (0..70).map(|k| [1, 7, 255, 256, 257, 1000, 4096][k % 7] + k).chain([0, 1_100_003, 3]).collect();
+    let mut input = Vec::new();
+    input.extend((lengths.len() as u64).to_le_bytes());
+    let (mut by_hand, mut tensors) = (Vec::new(), Vec::new());
+    for (k, &n) in lengths.iter().enumerate() {
+        let x = values(&[n], 100 + k as u64, 0, 0);
+        let lanes = square_lanes(n);
+        input.extend((lanes as u64).to_le_bytes());
+        put(&mut input, &flat(&x));
+        let v = flat(&x);
+        let lane = |l: usize| v.iter().skip(l).step_by(lanes).fold(0f64, |s, &x| s + x as f64 * x as f64);
+        by_hand.push((0..lanes).map(lane).fold(0f64, |s, l| s + l));
+        tensors.push(x);
+    }
+    assert_eq!(square_lanes(1_100_003), 4096, "the largest tensor's lanes are capped");
+    let refs: Vec<&Tensor> = tensors.iter().collect();
+    let cpu = square_sums(&refs).unwrap();
+    for (k, (a, b)) in by_hand.iter().zip(&cpu).enumerate() {
+        assert!((a - b).abs() <= 1e-5 * a.max(1e-30), "tensor {k}: {a} by hand, {b} on the CPU");
+    }
+    for (rounding, exe) in &drivers {
+        let got: Vec<f64> = run_bytes(exe, "squares", &input)
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(got.len(), by_hand.len(), "{rounding}");
+        let differing = got.iter().zip(&by_hand).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+        assert_eq!(differing, 0, "sums of squares, {rounding}: {differing} of {} differ", got.len());
     }
 }
 

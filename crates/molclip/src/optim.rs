@@ -9,7 +9,7 @@ use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
-use crate::nn::{adamw_in_place_all, AdamWSlot, AdamWStep};
+use crate::nn::{adamw_in_place_all, square_sums, AdamWSlot, AdamWStep};
 
 /// Which optimiser.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -112,17 +112,24 @@ impl Optimizer {
     /// One update with learning rate `lr` (the schedule's current value). Parameters without a
     /// gradient (unused this step) are left alone, as in PyTorch.
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        self.step_scaled(grads, lr, None)
+    }
+
+    /// [`Optimizer::step`] from the gradients times `scale` (gradient clipping's coefficient,
+    /// [`clip_coefficient`]), the same bits as scaling them first ([`clip_grad_norm`]) without
+    /// writing them: AdamW scales each value as it reads it.
+    pub fn step_scaled(&mut self, grads: &GradStore, lr: f64, scale: Option<f64>) -> Result<()> {
         self.steps += 1;
         match self.cfg.kind {
-            OptimizerKind::AdamW => self.adamw(grads, lr),
-            OptimizerKind::Sgd => self.sgd(grads, lr),
+            OptimizerKind::AdamW => self.adamw(grads, lr, scale.unwrap_or(1.0)),
+            OptimizerKind::Sgd => self.sgd(grads, lr, scale),
         }
     }
 
     /// AdamW, all parameters in one call: in place on the CPU and on CUDA devices (there a
     /// few kernel launches for the whole model), composed elsewhere (on the CPU, the same
     /// bits). The moments start from zeros.
-    fn adamw(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+    fn adamw(&mut self, grads: &GradStore, lr: f64, grad_scale: f64) -> Result<()> {
         let c = &self.cfg;
         let step = AdamWStep {
             beta1: c.beta1,
@@ -131,6 +138,7 @@ impl Optimizer {
             lr,
             weight_decay: c.weight_decay,
             step: self.steps as i32,
+            grad_scale,
         };
         // Each parameter with a gradient: its index, the parameter and gradient (detached,
         // so that the moments never hold on to a computation graph) and its moments.
@@ -164,11 +172,14 @@ impl Optimizer {
     }
 
     /// SGD with momentum (and Nesterov), composed.
-    fn sgd(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+    fn sgd(&mut self, grads: &GradStore, lr: f64, scale: Option<f64>) -> Result<()> {
         let c = &self.cfg;
         for ((_, var), (s1, _)) in self.params.iter().zip(self.state.iter_mut()) {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
-            let g = &g.detach();
+            let g = &match scale {
+                Some(s) => (g.detach() * s)?,
+                None => g.detach(),
+            };
             let p = &var.as_tensor().detach();
             let g = if c.weight_decay > 0.0 { (g + (p * c.weight_decay)?)? } else { g.clone() };
             let direction = if c.momentum > 0.0 {
@@ -242,18 +253,28 @@ impl Optimizer {
     }
 }
 
-/// Scales all gradients so that their global L2 norm is at most `max_norm`
-/// (`torch.nn.utils.clip_grad_norm_`). Returns the norm before clipping.
-pub fn clip_grad_norm(grads: &mut GradStore, params: &[(String, Var)], max_norm: f64) -> Result<f64> {
-    let mut total = 0f64;
-    for (_, v) in params {
-        if let Some(g) = grads.get(v.as_tensor()) {
-            total += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        }
-    }
-    let norm = total.sqrt();
+/// The global L2 norm of the gradients of `params` (those that have one), as
+/// `torch.nn.utils.clip_grad_norm_` measures it: each tensor's sum of squares
+/// ([`square_sums`], read back from the device at once), added in float64 in the parameters'
+/// order.
+pub fn grad_norm(grads: &GradStore, params: &[(String, Var)]) -> Result<f64> {
+    let present: Vec<&Tensor> = params.iter().filter_map(|(_, v)| grads.get(v.as_tensor())).collect();
+    Ok(square_sums(&present)?.into_iter().fold(0f64, |total, s| total + s).sqrt())
+}
+
+/// What `clip_grad_norm_` multiplies the gradients by at global norm `norm`:
+/// `max_norm / (norm + 1e-6)` where that is under 1; none otherwise.
+pub fn clip_coefficient(norm: f64, max_norm: f64) -> Option<f64> {
     let coef = max_norm / (norm + 1e-6);
-    if coef < 1.0 {
+    (coef < 1.0).then_some(coef)
+}
+
+/// Scales all gradients so that their global L2 norm is at most `max_norm`
+/// (`torch.nn.utils.clip_grad_norm_`). Returns the norm before clipping. Training folds the
+/// scale into the update instead ([`Optimizer::step_scaled`]).
+pub fn clip_grad_norm(grads: &mut GradStore, params: &[(String, Var)], max_norm: f64) -> Result<f64> {
+    let norm = grad_norm(grads, params)?;
+    if let Some(coef) = clip_coefficient(norm, max_norm) {
         for (_, v) in params {
             if let Some(g) = grads.remove(v.as_tensor()) {
                 grads.insert(v.as_tensor(), (g * coef)?);

@@ -162,3 +162,53 @@ fn gradient_clipping_bounds_the_global_norm() {
     let gb = grads.get(b.as_tensor()).unwrap().to_vec1::<f32>().unwrap()[0];
     assert!(((ga * ga + gb * gb).sqrt() - 1.0).abs() < 1e-5);
 }
+
+/// Training folds clipping's coefficient into the update (`step_scaled`): over four steps
+/// whose gradients exceed the bound and a fifth within it, both optimisers end with the bits of
+/// scaling the stored gradients first (`clip_grad_norm`, then `step`), and `grad_norm` is the
+/// norm that clipping measured.
+#[test]
+fn clipping_folded_into_the_update_gives_the_clipped_gradients_bits() {
+    use molclip::optim::{clip_coefficient, grad_norm};
+    for kind in [OptimizerKind::AdamW, OptimizerKind::Sgd] {
+        let cfg = OptimizerConfig { kind, weight_decay: 0.05, ..OptimizerConfig::default() };
+        let run = |folded: bool| -> (Vec<u32>, Vec<f64>) {
+            let start: Vec<f32> = (0..300).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+            let p = Var::from_tensor(&Tensor::new(start.as_slice(), &Device::Cpu).unwrap()).unwrap();
+            let q = Var::from_tensor(&Tensor::new(&[0.5f32, -0.25], &Device::Cpu).unwrap()).unwrap();
+            let params = vec![("p".to_string(), p.clone()), ("q".to_string(), q.clone())];
+            let mut opt = Optimizer::new(params.clone(), &cfg).unwrap();
+            let mut norms = Vec::new();
+            for step in 0..5 {
+                let weight = if step == 4 { 1e-4 } else { 1.0 };
+                let loss = ((p.as_tensor().sqr().unwrap().sum_all().unwrap() * weight).unwrap()
+                    + q.as_tensor().sum_all().unwrap())
+                .unwrap();
+                let mut grads = loss.backward().unwrap();
+                let norm = if folded {
+                    let norm = grad_norm(&grads, &params).unwrap();
+                    opt.step_scaled(&grads, 0.01, clip_coefficient(norm, 5.0)).unwrap();
+                    norm
+                } else {
+                    let norm = clip_grad_norm(&mut grads, &params, 5.0).unwrap();
+                    opt.step(&grads, 0.01).unwrap();
+                    norm
+                };
+                norms.push(norm);
+            }
+            let bits = [p.as_tensor(), q.as_tensor()]
+                .iter()
+                .flat_map(|t| t.to_vec1::<f32>().unwrap())
+                .map(f32::to_bits)
+                .collect();
+            (bits, norms)
+        };
+        let (folded, norms) = run(true);
+        assert_eq!(folded, run(false).0, "{kind:?}");
+        assert_eq!(norms, run(false).1, "{kind:?}");
+        assert!(norms[..4].iter().all(|&n| n > 5.0) && norms[4] < 5.0, "{kind:?}: {norms:?}");
+    }
+    assert_eq!(clip_coefficient(10.0, 5.0), Some(5.0 / (10.0 + 1e-6)));
+    assert_eq!(clip_coefficient(4.0, 5.0), None);
+    assert_eq!(clip_coefficient(f64::NAN, 5.0), None);
+}

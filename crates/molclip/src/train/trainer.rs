@@ -24,7 +24,7 @@ use crate::losses::{inverse_temperature, without_control_mislabels, ClipInputs, 
 use crate::models::{drug_molecule, MolClip, MoleculeInput, VideoModel};
 use crate::nn::staging::Staging;
 use crate::nn::ParamStore;
-use crate::optim::{clip_grad_norm, Optimizer, OptimizerConfig, OptimizerKind};
+use crate::optim::{clip_coefficient, grad_norm, Optimizer, OptimizerConfig, OptimizerKind};
 
 /// The model a run trains: MolCLIP, or its video branch alone (same weight names).
 pub enum TrainModel {
@@ -752,7 +752,7 @@ impl Trainer {
         let metric = MetricInputs { feature: &feature, logits: logits.as_ref(), labels: &labels };
         let (terms, temperature) = match (&self.model, video_embeddings) {
             (TrainModel::MolClip(m), Some(emb)) => {
-                let t = inverse_temperature(m.logit_scale(), m.max_logit_scale())?.to_scalar::<f32>()?;
+                let t = inverse_temperature(m.logit_scale(), m.max_logit_scale())?;
                 // The CLIP term on the batch's videos whose drug has a molecule.
                 let with: Vec<u32> = (0..video_drugs.len() as u32)
                     .filter(|&k| self.molecules[video_drugs[k as usize] as usize].is_some())
@@ -784,6 +784,10 @@ impl Trainer {
             }
             _ => (criterion.forward(&metric, None)?, None),
         };
+        // The backward pass is queued before any value is read back, so that a GPU goes on from
+        // the forward pass to it without waiting for the host; nothing is updated before the
+        // values are checked.
+        let grads = terms.total.backward()?;
         let mut values = Vec::new();
         for (name, t) in &terms.terms {
             let v = t.to_scalar::<f32>()?;
@@ -793,20 +797,22 @@ impl Trainer {
             values.push((*name, v));
         }
         let loss = terms.total.to_scalar::<f32>()?;
-        let mut grads = terms.total.backward()?;
-        let grad_norm = if self.cfg.clip_grad_norm > 0.0 {
-            clip_grad_norm(&mut grads, optimizer.params(), self.cfg.clip_grad_norm)?
+        let temperature = temperature.map(|t| t.to_scalar::<f32>()).transpose()?;
+        // Clipping's coefficient goes into the update rather than into each gradient.
+        let (grad_norm, scale) = if self.cfg.clip_grad_norm > 0.0 {
+            let norm = grad_norm(&grads, optimizer.params())?;
+            if !norm.is_finite() {
+                return Err(ModelError::NonFinite {
+                    step: global_step,
+                    term: "gradient norm".into(),
+                    value: norm as f32,
+                });
+            }
+            (norm, clip_coefficient(norm, self.cfg.clip_grad_norm))
         } else {
-            f64::NAN
+            (f64::NAN, None)
         };
-        if !grad_norm.is_nan() && !grad_norm.is_finite() {
-            return Err(ModelError::NonFinite {
-                step: global_step,
-                term: "gradient norm".into(),
-                value: grad_norm as f32,
-            });
-        }
-        optimizer.step(&grads, lr)?;
+        optimizer.step_scaled(&grads, lr, scale)?;
         if let Some(c) = centres {
             c.optimizer.step(&grads, c.rate)?;
         }
