@@ -148,8 +148,9 @@ pub fn embed_dataset(
     let metadata = EmbeddedMetadata::of(index, &cells);
     let dim = trained.video().dim();
     progress.start("embedding", cells.len() as u64);
-    let rows =
-        embed_cells(trained.video(), &trained.cfg, cells, &trained.device, batch, &mut |k| progress.advance(k as u64));
+    let rows = embed_cells(trained.video(), &trained.cfg, cells, &trained.device, trained.staging(), batch, &mut |k| {
+        progress.advance(k as u64)
+    });
     progress.finish();
     Ok(EmbeddedVideos { rows: rows?, dim, metadata })
 }

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use molclip::candle_core::Device;
 use molclip::models::VideoModel;
+use molclip::train::feed::Feed;
 use molclip::train::{embed_cells, RunState, StagePlan, StepRecord, StepTimes, TrainConfig, Trainer, Validator};
 use molclip::ModelError;
 use molclip_data::{DatasetIndex, Split};
@@ -193,9 +194,11 @@ fn validator(cfg: &TrainConfig, index: &DatasetIndex, device: &Device) -> Option
     }
     let (qm, gm) = (metadata(&query), metadata(&gallery));
     let (cfg, device) = (cfg.clone(), device.clone());
+    // One staging for every validation, its pinned buffers (on a GPU) kept between them.
+    let staging = Feed::staging(&device);
     Some(Box::new(move |model: &VideoModel| {
         let embed = |cells: &[molclip_data::CellVideo]| -> molclip::Result<molclip_eval::Embeddings> {
-            let rows = embed_cells(model, &cfg, cells.to_vec(), &device, EMBED_BATCH, &mut |_| {})?;
+            let rows = embed_cells(model, &cfg, cells.to_vec(), &device, &staging, EMBED_BATCH, &mut |_| {})?;
             embeddings(&rows, model.dim(), 0..cells.len()).map_err(|e| ModelError::Input(e.to_string()))
         };
         let (q, g) = (embed(&query)?, embed(&gallery)?);

@@ -15,6 +15,7 @@ use crate::error::{ModelError, Result};
 use molclip_chem::Molecule;
 
 use crate::models::{parse_smiles, MolClip, MoleculeInput, VideoModel};
+use crate::nn::staging::Staging;
 use crate::nn::{read_safetensors, ParamStore};
 
 /// A trained model with its config, ready to embed videos and molecules.
@@ -25,6 +26,9 @@ pub struct TrainedRun {
     pub model: TrainModel,
     /// Where it runs.
     pub device: Device,
+    /// The batches' way to the device, kept from call to call (on a GPU, pinned buffers
+    /// that each call would otherwise allocate again).
+    staging: Staging,
 }
 
 impl TrainedRun {
@@ -38,7 +42,12 @@ impl TrainedRun {
         let store = ParamStore::load(weights, device)?;
         let model = TrainModel::build(&store, &cfg, drugs, moas)?;
         store.check_all_used(weights)?;
-        Ok(Self { cfg, model, device: device.clone() })
+        Ok(Self { cfg, model, device: device.clone(), staging: Feed::staging(device) })
+    }
+
+    /// The batches' way to the device ([`embed_cells`] takes it).
+    pub fn staging(&self) -> &Staging {
+        &self.staging
     }
 
     /// The video branch.
@@ -66,14 +75,16 @@ impl TrainedRun {
         on_batch: &mut dyn FnMut(usize),
     ) -> Result<VideoEmbeddings> {
         let mut e = VideoEmbeddings { dim: self.video().dim(), ..Default::default() };
-        for_each_batch(&self.cfg, cells, &self.device, batch, on_batch, &mut |x| self.encode(x, &mut e))?;
+        let (device, staging) = (&self.device, &self.staging);
+        for_each_batch(&self.cfg, cells, device, staging, batch, on_batch, &mut |x| self.encode(x, &mut e))?;
         Ok(e)
     }
 
     /// Videos already in memory (every frame; values in [0, 1] at their source's depth; the
     /// channels the model sees), embedded as [`TrainedRun::embed_videos`] embeds the same
     /// videos read from disk: frames sampled, resized, centre-cropped and normalised as the
-    /// run's config says, `batch` at a time.
+    /// run's config says, `batch` at a time (staged as [`TrainedRun::embed_videos`] stages
+    /// them: through pinned memory on a GPU).
     pub fn embed_frames(
         &self,
         videos: &[Video],
@@ -104,7 +115,8 @@ impl TrainedRun {
                 .collect::<Result<Vec<_>>>()?;
             let (data, frames) =
                 stack(items).map_err(|e| ModelError::Input(format!("video {}: {e}", first + e.position)))?;
-            let x = Tensor::from_slice(&data, &[chunk.len(), frames, channels, crop, crop], &self.device)?;
+            let x =
+                self.staging.stage(data, &[chunk.len(), frames, channels, crop, crop])?.into_tensor(&self.device)?;
             self.encode(&x, &mut e)?;
             on_batch(chunk.len());
         }
@@ -164,11 +176,13 @@ pub struct VideoEmbeddings {
     pub shared_dim: usize,
 }
 
-/// Runs `f` on `cells` in evaluation mode (centre crop), `batch` videos at a time, in order.
+/// Runs `f` on `cells` in evaluation mode (centre crop), `batch` videos at a time, in order,
+/// each batch staged for `device` through `staging`.
 fn for_each_batch(
     cfg: &TrainConfig,
     cells: Vec<CellVideo>,
     device: &Device,
+    staging: &Staging,
     batch: usize,
     on_batch: &mut dyn FnMut(usize),
     f: &mut dyn FnMut(&Tensor) -> Result<()>,
@@ -179,7 +193,7 @@ fn for_each_batch(
     let batches = (0..n).step_by(batch.max(1)).map(|start| (start..(start + batch).min(n)).collect()).collect();
     // Built ahead as `data.prefetch` says, so that reading overlaps the model, and staged
     // for the device (pinned memory on a GPU).
-    for fed in Feed::new(Loader::start(dataset, batches, Mode::Eval), &Feed::staging(device)) {
+    for fed in Feed::new(Loader::start(dataset, batches, Mode::Eval), staging) {
         let fed = fed?;
         f(&fed.input.into_tensor(device)?)?;
         on_batch(fed.batch.indices.len());
@@ -188,16 +202,19 @@ fn for_each_batch(
 }
 
 /// The retrieval features (BNNeck) of `cells` with a video model being trained: `[N, D]` rows.
+/// Batches go to `device` through `staging` (`Feed::staging`), which a caller embedding again
+/// and again keeps, with its pinned buffers on a GPU.
 pub fn embed_cells(
     model: &VideoModel,
     cfg: &TrainConfig,
     cells: Vec<CellVideo>,
     device: &Device,
+    staging: &Staging,
     batch: usize,
     on_batch: &mut dyn FnMut(usize),
 ) -> Result<Vec<f32>> {
     let mut out = Vec::with_capacity(cells.len() * model.dim());
-    for_each_batch(cfg, cells, device, batch, on_batch, &mut |x| {
+    for_each_batch(cfg, cells, device, staging, batch, on_batch, &mut |x| {
         out.extend(rows(&model.forward_t(x, false)?.neck_feature)?);
         Ok(())
     })?;
