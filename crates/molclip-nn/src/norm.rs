@@ -1,6 +1,6 @@
 //! The sums of squares a global gradient norm is made of (gradient clipping), with one wait for
 //! the device however many tensors: each tensor's sum is queued, then all are read back at
-//! once. On a GPU, reading each tensor's sum apart costs a round trip per tensor (some 220 for
+//! once. On a GPU, reading each tensor's sum apart costs a round trip per tensor (164 for
 //! an I3D-ResNet-50), each one idling the GPU. On a CUDA device with molclip's kernels (feature
 //! `cuda`) the float32 tensors go through two launches per 64 tensors instead of three each.
 
