@@ -9,6 +9,8 @@ smoothing, batch-hard triplet, centre loss with its own SGD) and optimiser.
 JOB.json (written by molclip): {"config": the run config as JSON, "cells": [[folder, label],
 ...], "identity": "drug" or "moa", "drugs", "moas" (classes), "steps", "threads", "device",
 "seed"}.
+The config's `precision` sets PyTorch's as `bench model --precision` does (f32: PyTorch's
+defaults; tf32: TF32 matrix products too; bf16: autocast, the losses in float32).
 Prints one JSON line: {"step_seconds", "data_share", "peak_rss_mib", "params", "torch", "isa"}.
 """
 
@@ -79,6 +81,14 @@ def main():
     cfg, data, device = job["config"], job["config"]["data"], job["device"]
     threads = job["threads"]
     torch.set_num_threads(threads)
+    # The config's precision, as bench model's reference takes it: f32, PyTorch's defaults
+    # (cuDNN may use TF32, matrix products do not); tf32, TF32 products too; bf16, autocast.
+    precision = cfg.get("precision", "f32")
+    if precision == "tf32":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
+                              enabled=precision == "bf16")
     # Measured cuDNN algorithms where molclip's run measures them (config or environment).
     torch.backends.cudnn.benchmark = cfg.get("cudnn_benchmark", False) or os.environ.get("MOLCLIP_CUDNN_BENCHMARK") == "1"
     isa = R.cpu_isa() if device == "cpu" else device
@@ -119,12 +129,15 @@ def main():
         x, y = next(it)
         wait += time.perf_counter() - start
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        out = model(x)
-        loss = loss_cfg["ce"] * F.cross_entropy(out[head], y, label_smoothing=loss_cfg["label_smoothing"])
+        with autocast:
+            out = model(x)
+        # The losses in float32, as molclip's autocast keeps them.
+        logits, feature = out[head].float(), out["feature"].float()
+        loss = loss_cfg["ce"] * F.cross_entropy(logits, y, label_smoothing=loss_cfg["label_smoothing"])
         if loss_cfg["triplet"] > 0:
-            loss = loss + loss_cfg["triplet"] * R.batch_hard_triplet(out["feature"], y, loss_cfg["margin"])
+            loss = loss + loss_cfg["triplet"] * R.batch_hard_triplet(feature, y, loss_cfg["margin"])
         if centres is not None:
-            loss = loss + loss_cfg["center"] * R.center_loss(out["feature"], y, centres)
+            loss = loss + loss_cfg["center"] * R.center_loss(feature, y, centres)
         opt.zero_grad(set_to_none=True)
         if centre_opt is not None:
             centre_opt.zero_grad(set_to_none=True)

@@ -101,6 +101,11 @@ pub enum BenchCommand {
         /// `cpu`, or `cuda[:N]` (a build with `--features cuda`); PyTorch runs on the same device.
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Override a config field by its dotted path, as `train --set` does (`--set
+        /// precision=tf32`: the reference then runs as `bench model --precision` runs it);
+        /// repeatable.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
         /// Skip the PyTorch reference.
         #[arg(long)]
         no_reference: bool,
@@ -199,8 +204,9 @@ pub fn run(cmd: BenchCommand, quiet: bool) -> Result<()> {
             model_once(&model, [batch, frames, size], steps, &device, &precision)
         }
         BenchCommand::DeviceCheck { device } => device_check(&device),
-        BenchCommand::Train { data, config, steps, device, no_reference, script } => {
-            bench_train(data.as_deref(), &config, steps, &device, (!no_reference).then_some(script.as_path()), quiet)
+        BenchCommand::Train { data, config, steps, device, sets, no_reference, script } => {
+            let reference = (!no_reference).then_some(script.as_path());
+            bench_train(data.as_deref(), (&config, &sets), steps, &device, reference, quiet)
         }
         BenchCommand::Chem { oracle, script, repeats } => bench_chem(&oracle, &script, repeats),
         BenchCommand::Extract { config, field_size, no_reference, script } => {
@@ -871,16 +877,19 @@ fn simulate_bench_preset(dir: &Path, quiet: bool) -> Result<PathBuf> {
     Ok(root)
 }
 
+/// `bench train`: the first `steps` steps of an epoch of `config` with `sets` (`--set
+/// KEY=VALUE`) applied, against the PyTorch reference `script` on the same files.
 fn bench_train(
     data: Option<&Path>,
-    config: &Path,
+    (config, sets): (&Path, &[String]),
     steps: Option<usize>,
     device: &str,
     script: Option<&Path>,
     quiet: bool,
 ) -> Result<()> {
     use molclip::train::{Identity, ModelKind, Trainer};
-    let cfg = molclip_experiment::read_config(config)?;
+    let overrides = molclip_experiment::Overrides { sets: crate::parse_sets(sets)?, ..Default::default() };
+    let cfg = overrides.apply(molclip_experiment::read_config(config)?)?;
     if cfg.kind == ModelKind::Molclip && script.is_some() {
         bail!(
             "{}: the PyTorch reference trains video models only (kind = \"video-only\"); pass --no-reference \
@@ -913,12 +922,15 @@ fn bench_train(
     let batch = cfg.data.sampler.p * cfg.data.sampler.k;
     let threads = rayon::current_num_threads();
     println!(
-        "training epoch end to end, {} ({} stage): {} videos of {}, batches of {batch}, {n} of {per_epoch} steps timed, {device}{}, {threads} threads",
+        "training epoch end to end, {}{} ({} stage): {} videos of {}, batches of {batch}, {n} of {per_epoch} steps \
+         timed, {device}{}, precision {}, {threads} threads",
         config.display(),
+        sets.iter().map(|s| format!(" --set {s}")).collect::<String>(),
         format!("{identity:?}").to_lowercase(),
         cells.len(),
         data.display(),
         cudnn_algorithms(device, cfg.cudnn_benchmark),
+        serde_json::to_value(cfg.precision)?.as_str().unwrap_or("?"),
     );
     println!(
         "{:<40} {:>10} {:>12} {:>13} {:>10} {:>11} {:>11}",

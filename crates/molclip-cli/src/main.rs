@@ -653,6 +653,16 @@ fn weights(cmd: WeightsCommand) -> Result<()> {
 }
 
 /// A training config read from `path`, its errors naming the file.
+/// `--set KEY=VALUE` arguments as (key, value) pairs.
+fn parse_sets(sets: &[String]) -> Result<Vec<(String, String)>> {
+    sets.iter()
+        .map(|set| {
+            let (key, value) = set.split_once('=').with_context(|| format!("--set {set}: expected KEY=VALUE"))?;
+            Ok((key.to_string(), value.to_string()))
+        })
+        .collect()
+}
+
 fn read_train_config(path: &Path) -> Result<molclip::train::TrainConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     molclip::train::TrainConfig::from_toml(&text).with_context(|| path.display().to_string())

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use molclip_data::Split;
 use molclip_experiment::{embed_to_files, open_dataset, read_config, resolve_config, Overrides, RunDir, Training};
@@ -56,11 +56,7 @@ pub struct TrainArgs {
 
 pub fn train(args: TrainArgs, quiet: bool) -> Result<()> {
     let run = RunDir::new(&args.out);
-    let mut overrides = Overrides { epochs: args.epochs, init: args.init.clone(), ..Overrides::default() };
-    for set in &args.sets {
-        let (key, value) = set.split_once('=').with_context(|| format!("--set {set}: expected KEY=VALUE"))?;
-        overrides.sets.push((key.to_string(), value.to_string()));
-    }
+    let overrides = Overrides { sets: crate::parse_sets(&args.sets)?, epochs: args.epochs, init: args.init.clone() };
     let given = match &args.config {
         Some(path) => Some((path.display().to_string(), read_config(path)?)),
         None if !args.resume => bail!("--config is needed (except with --resume)"),

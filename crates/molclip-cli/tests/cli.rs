@@ -251,9 +251,18 @@ fn bench_train_times_the_first_steps_of_an_epoch() {
     let cols: Vec<f64> =
         row.split_whitespace().skip(2).take(5).map(|c| c.trim_end_matches('%').parse().unwrap()).collect();
     assert!(cols[0] > 0.0 && cols[1] >= 3.0 * cols[0] && (0.0..=100.0).contains(&cols[3]), "{row}");
+    assert!(out.contains(", precision f32, "), "{out}");
     // The reference trains video models only: a MolCLIP config needs --no-reference.
     let o = bench(&["--steps", "1", "--quiet"]);
     assert!(!o.status.success() && text(&o).contains("--no-reference"), "{}", text(&o));
+    // `--set` overrides the config as `train --set` does, validated alike.
+    let o = bench(&["--steps", "1", "--no-reference", "--quiet", "--set", "precision=bf16"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains(" --set precision=bf16 (drug stage)") && text(&o).contains(", precision bf16, "));
+    let o = bench(&["--steps", "1", "--no-reference", "--quiet", "--set", "precision=tf32"]);
+    assert!(!o.status.success() && text(&o).contains("tf32 is a mode of CUDA's tensor cores"), "{}", text(&o));
+    let o = bench(&["--steps", "1", "--no-reference", "--quiet", "--set", "precision"]);
+    assert!(!o.status.success() && text(&o).contains("--set precision: expected KEY=VALUE"), "{}", text(&o));
 }
 
 const SMALL_TRAIN: &str = r#"
