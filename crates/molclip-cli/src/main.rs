@@ -652,7 +652,6 @@ fn weights(cmd: WeightsCommand) -> Result<()> {
     Ok(())
 }
 
-/// A training config read from `path`, its errors naming the file.
 /// `--set KEY=VALUE` arguments as (key, value) pairs.
 fn parse_sets(sets: &[String]) -> Result<Vec<(String, String)>> {
     sets.iter()
@@ -663,6 +662,7 @@ fn parse_sets(sets: &[String]) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
+/// A training config read from `path`, its errors naming the file.
 fn read_train_config(path: &Path) -> Result<molclip::train::TrainConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     molclip::train::TrainConfig::from_toml(&text).with_context(|| path.display().to_string())
