@@ -511,11 +511,10 @@ fn bench_data(videos: usize, config: Option<&Path>, script: &Path) -> Result<()>
     let a = &data.augment;
     let on = |rate: f32| if rate >= 1.0 { "all".to_string() } else { format!("{:.0} %", rate * 100.0) };
     let rotation = if a.max_rotation > 0.0 {
+        let (low, high) = a.rotation_range();
         format!(
-            "rotate {} from {} to {} deg{} ({} fill)",
+            "rotate {} from {low} to {high} deg{} ({} fill)",
             on(a.rotation_rate),
-            a.min_rotation.unwrap_or(-a.max_rotation),
-            a.max_rotation,
             if a.whole_degrees { " whole" } else { "" },
             serde_json::to_value(a.rotation_fill)?.as_str().unwrap_or("?")
         )

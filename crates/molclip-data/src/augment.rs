@@ -100,6 +100,12 @@ pub enum RotationFill {
 }
 
 impl AugmentConfig {
+    /// The rotation's range in degrees, lowest and highest: from `min_rotation` (or
+    /// -`max_rotation` when not set) to `max_rotation`.
+    pub fn rotation_range(&self) -> (f32, f32) {
+        (self.min_rotation.unwrap_or(-self.max_rotation), self.max_rotation)
+    }
+
     /// The field (under `augment.`) and what is wrong with it, for a value that cannot work.
     pub(crate) fn invalid(&self) -> Option<(&'static str, String)> {
         if self.crop == 0 || self.crop > self.resize {
@@ -114,7 +120,7 @@ impl AugmentConfig {
         if let Some((field, v)) = shares.into_iter().find(|(_, v)| !(0.0..=1.0).contains(v)) {
             return Some((field, format!("{v}: expected a share, from 0 to 1")));
         }
-        let (low, high) = (self.min_rotation.unwrap_or(-self.max_rotation), self.max_rotation);
+        let (low, high) = self.rotation_range();
         if self.max_rotation > 0.0 && !(low.is_finite() && low <= high) {
             return Some(("min_rotation", format!("{low}: expected min_rotation <= max_rotation ({high})")));
         }
@@ -191,7 +197,7 @@ impl VideoTransform {
         let angle_degrees = if config.max_rotation > 0.0 && chosen(rng, config.rotation_rate) {
             // Uniform on [low, high], drawn as minus a draw on [-high, -low]: the turns the
             // seeds gave before angles turned counter-clockwise (when they were the mirror).
-            let (low, high) = (config.min_rotation.unwrap_or(-config.max_rotation), config.max_rotation);
+            let (low, high) = config.rotation_range();
             if config.whole_degrees {
                 -(rng.random_range(-high.floor() as i64..=-low.ceil() as i64) as f32)
             } else {

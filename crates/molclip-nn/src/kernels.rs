@@ -108,19 +108,44 @@ unsafe impl DeviceRepr for AdamWList {}
 // SAFETY: a `repr(C)` struct of eight `f32`s, laid out as the kernels' `struct AdamWConstants`.
 unsafe impl DeviceRepr for crate::update::AdamWConstants {}
 
+/// The CUDA device of `t`, for the kernel `what`'s launches.
+fn cuda_device(t: &candle_core::Tensor, what: &str) -> candle_core::Result<CudaDevice> {
+    match t.device() {
+        candle_core::Device::Cuda(dev) => Ok(dev.clone()),
+        _ => candle_core::bail!("{what}: a tensor off the GPU"),
+    }
+}
+
+/// The device address of a float32 tensor's first value (its storage's start plus the
+/// layout's offset) for a launch on `stream`, and the guard that keeps it valid until the
+/// launch is queued; an error naming the kernel `what` for a tensor off the GPU or on another
+/// device than `stream`'s.
+fn f32_address<'a>(
+    storage: &'a candle_core::Storage,
+    layout: &Layout,
+    stream: &'a std::sync::Arc<candle_core::cuda::cudarc::driver::CudaStream>,
+    what: &str,
+) -> candle_core::Result<(u64, candle_core::cuda::cudarc::driver::SyncOnDrop<'a>)> {
+    use candle_core::cuda::cudarc::driver::DevicePtr;
+    let candle_core::Storage::Cuda(cuda) = storage else {
+        candle_core::bail!("{what}: a tensor off the GPU");
+    };
+    if !std::sync::Arc::ptr_eq(cuda.device.cuda_stream().context(), stream.context()) {
+        candle_core::bail!("{what}: tensors on two devices");
+    }
+    let (address, sync) = cuda.as_cuda_slice::<f32>()?.device_ptr(stream);
+    Ok((address + (layout.start_offset() * std::mem::size_of::<f32>()) as u64, sync))
+}
+
 /// AdamW's update of `slots` in place, on their CUDA device: every tensor float32, contiguous
 /// and of its parameter's shape (`AdamWSlot::in_place`), one launch per [`ADAMW_LIST`] slots.
 pub(crate) fn adamw(
     slots: &[crate::update::AdamWSlot<'_>],
     c: &crate::update::AdamWConstants,
 ) -> candle_core::Result<()> {
-    use candle_core::cuda::cudarc::driver::DevicePtr;
-    use candle_core::Storage;
+    const WHAT: &str = "AdamW's kernel";
     for group in slots.chunks(ADAMW_LIST) {
-        let dev = match group[0].param.device() {
-            candle_core::Device::Cuda(dev) => dev.clone(),
-            _ => candle_core::bail!("AdamW's kernel: a parameter off the GPU"),
-        };
+        let dev = cuda_device(group[0].param, WHAT)?;
         let stream = dev.cuda_stream();
         // Read locks: the kernel writes the parameters and moments on the stream, in stream
         // order, as candle's in-place ops do after their write lock is released.
@@ -138,15 +163,8 @@ pub(crate) fn adamw(
             for (column, (storage, layout)) in
                 [&mut list.p, &mut list.g, &mut list.m, &mut list.v].into_iter().zip(tensors)
             {
-                let Storage::Cuda(cuda) = &**storage else {
-                    candle_core::bail!("AdamW's kernel: a tensor off the GPU");
-                };
-                if !std::sync::Arc::ptr_eq(cuda.device.cuda_stream().context(), stream.context()) {
-                    candle_core::bail!("AdamW's kernel: tensors on two devices");
-                }
-                let slice = cuda.as_cuda_slice::<f32>()?;
-                let (address, sync) = slice.device_ptr(&stream);
-                column[k] = address + (layout.start_offset() * std::mem::size_of::<f32>()) as u64;
+                let (address, sync) = f32_address(storage, layout, &stream, WHAT)?;
+                column[k] = address;
                 syncs.push(sync);
             }
             list.start[k + 1] = list.start[k] + tensors[0].1.shape().elem_count() as u64;
@@ -189,13 +207,9 @@ unsafe impl DeviceRepr for SquareList {}
 /// tensor float32, contiguous and on one CUDA device with the kernels. Per [`ADAMW_LIST`]
 /// tensors, `square_lanes` then `square_totals`; one read of all the totals at the end.
 pub(crate) fn square_sums(tensors: &[&candle_core::Tensor]) -> candle_core::Result<Vec<f64>> {
-    use candle_core::cuda::cudarc::driver::DevicePtr;
-    use candle_core::Storage;
+    const WHAT: &str = "sums of squares' kernel";
     let Some(first) = tensors.first() else { return Ok(Vec::new()) };
-    let dev = match first.device() {
-        candle_core::Device::Cuda(dev) => dev.clone(),
-        _ => candle_core::bail!("sums of squares' kernel: a tensor off the GPU"),
-    };
+    let dev = cuda_device(first, WHAT)?;
     let stream = dev.cuda_stream();
     // SAFETY: square_totals writes every one of the totals before they are read.
     let mut totals = unsafe { stream.alloc::<f64>(tensors.len()) }.map_err(candle_core::Error::wrap)?;
@@ -209,14 +223,8 @@ pub(crate) fn square_sums(tensors: &[&candle_core::Tensor]) -> candle_core::Resu
         };
         let mut syncs = Vec::with_capacity(group.len());
         for (k, (storage, layout)) in held.iter().enumerate() {
-            let Storage::Cuda(cuda) = &**storage else {
-                candle_core::bail!("sums of squares' kernel: a tensor off the GPU");
-            };
-            if !std::sync::Arc::ptr_eq(cuda.device.cuda_stream().context(), stream.context()) {
-                candle_core::bail!("sums of squares' kernel: tensors on two devices");
-            }
-            let (address, sync) = cuda.as_cuda_slice::<f32>()?.device_ptr(&stream);
-            list.x[k] = address + (layout.start_offset() * std::mem::size_of::<f32>()) as u64;
+            let (address, sync) = f32_address(storage, layout, &stream, WHAT)?;
+            list.x[k] = address;
             list.len[k] = layout.shape().elem_count() as u64;
             list.start[k + 1] = list.start[k] + crate::norm::square_lanes(layout.shape().elem_count()) as u64;
             syncs.push(sync);
