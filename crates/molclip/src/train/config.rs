@@ -377,6 +377,8 @@ mod tests {
         let stages: Vec<_> =
             reid.stages.iter().map(|s| (s.identity, s.epochs, s.hold_epochs, s.validate_every)).collect();
         assert_eq!(stages, vec![(Identity::Drug, 100, 80, Some(2)), (Identity::Moa, 300, 100, Some(4))]);
+        // MitoReID sets cudnn.benchmark on a GPU; no gradient clipping.
+        assert!(reid.cudnn_benchmark && reid.clip_grad_norm == 0.0);
         // MolCLIP on the same recipe: only the kind and the CLIP term differ.
         let mut mito = TrainConfig::from_toml(&shipped("molclip-mito.toml")).unwrap();
         assert!(mito.effective_loss().clip > 0.0);
