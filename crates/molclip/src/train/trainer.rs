@@ -361,8 +361,10 @@ impl Trainer {
             (p, true) => candle_core::cuda::set_gemm_reduced_precision_f32(p == Precision::Tf32),
             _ => {}
         }
-        if cfg.cudnn_benchmark && device.is_cuda() {
-            molclip_nn::set_cudnn_benchmark(true);
+        // The run's own setting, whatever an earlier run in this process set (the environment's
+        // MOLCLIP_CUDNN_BENCHMARK=1 still turns it on).
+        if device.is_cuda() {
+            molclip_nn::set_cudnn_benchmark(cfg.cudnn_benchmark);
         }
         let cells: Vec<_> = index.split(Split::Train).cloned().collect();
         if cells.is_empty() {
