@@ -127,8 +127,8 @@ pub struct TrainConfig {
     pub precision: Precision,
     /// On a CUDA device built with cuDNN: pick each convolution's algorithm by running
     /// cuDNN's candidates on its first shape and keeping the fastest (PyTorch's
-    /// `cudnn.benchmark`), instead of cuDNN's heuristic choice. Faster steps for a search of
-    /// a few seconds at the start; the GPU's last bits may then differ between runs.
+    /// `cudnn.benchmark`), instead of cuDNN's heuristic choice. Faster steps for a search when
+    /// each shape is first used; the GPU's last bits may then differ between runs.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub cudnn_benchmark: bool,
     /// Validation mAP every this many epochs (0: never).
