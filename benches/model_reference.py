@@ -33,12 +33,8 @@ def main():
     # products too; bf16: autocast.
     ap.add_argument("--precision", default="f32", choices=["f32", "tf32", "bf16"])
     a = ap.parse_args()
-    if a.precision == "tf32":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     # molclip's switch for measured cuDNN algorithms sets PyTorch's own, so both sides pick alike.
-    torch.backends.cudnn.benchmark = os.environ.get("MOLCLIP_CUDNN_BENCHMARK") == "1"
-    autocast = torch.autocast(device_type=torch.device(a.device).type, dtype=torch.bfloat16, enabled=a.precision == "bf16")
+    autocast = R.precision(a.precision, a.device)
     torch.set_num_threads(a.threads)
     isa = R.cpu_isa() if a.device == "cpu" else a.device
     torch.manual_seed(0)

@@ -81,16 +81,9 @@ def main():
     cfg, data, device = job["config"], job["config"]["data"], job["device"]
     threads = job["threads"]
     torch.set_num_threads(threads)
-    # The config's precision, as bench model's reference takes it: f32, PyTorch's defaults
-    # (cuDNN may use TF32, matrix products do not); tf32, TF32 products too; bf16, autocast.
-    precision = cfg.get("precision", "f32")
-    if precision == "tf32":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
-                              enabled=precision == "bf16")
-    # Measured cuDNN algorithms where molclip's run measures them (config or environment).
-    torch.backends.cudnn.benchmark = cfg.get("cudnn_benchmark", False) or os.environ.get("MOLCLIP_CUDNN_BENCHMARK") == "1"
+    # The config's precision, as bench model's reference takes it; measured cuDNN algorithms
+    # where molclip's run measures them (config or environment).
+    autocast = R.precision(cfg.get("precision", "f32"), device, cfg.get("cudnn_benchmark", False))
     isa = R.cpu_isa() if device == "cpu" else device
     torch.manual_seed(job["seed"])
     cells = [tuple(c) for c in job["cells"]]

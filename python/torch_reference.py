@@ -320,6 +320,22 @@ def center_loss(features, labels, centers):
 # --------------------------------------------------------------------------- benchmarks
 
 
+def precision(name, device, benchmark=False):
+    """Sets PyTorch up as molclip's `precision` runs, for both benchmark references, and
+    returns the autocast context for the forward pass: "f32", PyTorch's defaults (cuDNN may
+    use TF32, matrix products do not); "tf32", TF32 matrix products too; "bf16", autocast to
+    bf16 (the caller computes the losses in float32, as molclip's autocast does). cuDNN's
+    algorithms are measured (`cudnn.benchmark`) where `benchmark` says or molclip's own switch,
+    MOLCLIP_CUDNN_BENCHMARK=1, is set, so that both sides pick alike."""
+    import os
+
+    if name == "tf32":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = benchmark or os.environ.get("MOLCLIP_CUDNN_BENCHMARK") == "1"
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=name == "bf16")
+
+
 def cpu_isa():
     """The instruction sets PyTorch's CPU kernels run with: ATen's (ATEN_CPU_CAPABILITY caps it)
     and oneDNN's, which runs the convolutions and ignores ATen's cap (ONEDNN_MAX_CPU_ISA caps
