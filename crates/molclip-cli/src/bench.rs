@@ -206,7 +206,7 @@ pub fn run(cmd: BenchCommand, quiet: bool) -> Result<()> {
         BenchCommand::DeviceCheck { device } => device_check(&device),
         BenchCommand::Train { data, config, steps, device, sets, no_reference, script } => {
             let reference = (!no_reference).then_some(script.as_path());
-            bench_train(data.as_deref(), (&config, &sets), steps, &device, reference, quiet)
+            bench_train(data.as_deref(), &config, &sets, steps, &device, reference, quiet)
         }
         BenchCommand::Chem { oracle, script, repeats } => bench_chem(&oracle, &script, repeats),
         BenchCommand::Extract { config, field_size, no_reference, script } => {
@@ -880,7 +880,8 @@ fn simulate_bench_preset(dir: &Path, quiet: bool) -> Result<PathBuf> {
 /// KEY=VALUE`) applied, against the PyTorch reference `script` on the same files.
 fn bench_train(
     data: Option<&Path>,
-    (config, sets): (&Path, &[String]),
+    config: &Path,
+    sets: &[String],
     steps: Option<usize>,
     device: &str,
     script: Option<&Path>,
