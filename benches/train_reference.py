@@ -94,9 +94,10 @@ def main():
     s = data["sampler"]
     batches = pk_batches(labels, s["p"], s["k"], job["steps"], random.Random(job["seed"]))
     dataset = Videos(cells, data, job["seed"])
-    channels = 3 if dataset.rgb else 1
+    augment = dataset.augment
+    channels = 3 if augment.rgb else 1
     video = cfg["model"]["video"]
-    net = encoder(video, dataset.crop, channels, dataset.frames)
+    net = encoder(video, augment.crop, channels, augment.frames)
     model = R.VideoModel(net, pooling=video["pooling"], drugs=job["drugs"], moas=job["moas"]).to(device)
     loss_cfg, opt_cfg = cfg["loss"], cfg["optimizer"]
     params = [p for p in model.parameters() if p.requires_grad]
