@@ -24,7 +24,10 @@ def main():
     ap.add_argument("--model", required=True, choices=["frame-vit", "i3d-resnet18", "i3d-resnet50"])
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--frames", type=int, default=16)
+    ap.add_argument("--channels", type=int, default=1)
     ap.add_argument("--size", type=int, default=112)
+    # The I3Ds' blocks: inflated, or r3d (kenshohara's 3D ResNet, MitoReID's network).
+    ap.add_argument("--blocks", default="inflated", choices=["inflated", "r3d"])
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
@@ -39,12 +42,12 @@ def main():
     isa = R.cpu_isa() if a.device == "cpu" else a.device
     torch.manual_seed(0)
     if a.model == "frame-vit":
-        enc = R.FrameVit(image_size=a.size, max_frames=max(32, a.frames))
+        enc = R.FrameVit(image_size=a.size, in_channels=a.channels, max_frames=max(32, a.frames))
     else:
-        enc = R.I3dResNet(depth=50 if a.model.endswith("50") else 18)
+        enc = R.I3dResNet(depth=50 if a.model.endswith("50") else 18, in_channels=a.channels, blocks=a.blocks)
     model = R.VideoModel(enc, pooling="attention", drugs=4).to(a.device)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-4, weight_decay=0.05)
-    x = torch.randn(a.batch, a.frames, 1, a.size, a.size, device=a.device)
+    x = torch.randn(a.batch, a.frames, a.channels, a.size, a.size, device=a.device)
     labels = torch.arange(a.batch, device=a.device) // 2 % 4
     model.train()
     times = []

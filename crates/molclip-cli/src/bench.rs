@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use rayon::prelude::*;
 
 use mitosim::{DatasetPlan, SimConfig};
@@ -54,12 +54,8 @@ pub enum BenchCommand {
         /// Models to measure.
         #[arg(long, value_delimiter = ',', default_value = "frame-vit,i3d-resnet18")]
         models: Vec<String>,
-        #[arg(long, default_value_t = 8)]
-        batch: usize,
-        #[arg(long, default_value_t = 16)]
-        frames: usize,
-        #[arg(long, default_value_t = 112)]
-        size: usize,
+        #[command(flatten)]
+        shape: StepShape,
         /// Timed steps per round (each side's median step), after one warm-up step.
         #[arg(long, default_value_t = 5)]
         steps: usize,
@@ -117,12 +113,8 @@ pub enum BenchCommand {
     ModelOnce {
         #[arg(long)]
         model: String,
-        #[arg(long)]
-        batch: usize,
-        #[arg(long)]
-        frames: usize,
-        #[arg(long)]
-        size: usize,
+        #[command(flatten)]
+        shape: StepShape,
         #[arg(long)]
         steps: usize,
         #[arg(long)]
@@ -196,12 +188,12 @@ pub fn run(cmd: BenchCommand, quiet: bool) -> Result<()> {
         BenchCommand::Data { videos, config, script } => bench_data(videos, config.as_deref(), &script),
         BenchCommand::Cache { data, config, batch } => bench_cache(&data, &config, batch),
         BenchCommand::EvaluateOnce { embeddings, metadata } => evaluate_once(&embeddings, &metadata),
-        BenchCommand::Model { models, batch, frames, size, steps, rounds, device, precision, no_reference, script } => {
+        BenchCommand::Model { models, shape, steps, rounds, device, precision, no_reference, script } => {
             let reference = (!no_reference).then_some(script.as_path());
-            bench_model(&models, [batch, frames, size], [steps, rounds], [&device, &precision], reference)
+            bench_model(&models, &shape, [steps, rounds], [&device, &precision], reference)
         }
-        BenchCommand::ModelOnce { model, batch, frames, size, steps, device, precision } => {
-            model_once(&model, [batch, frames, size], steps, &device, &precision)
+        BenchCommand::ModelOnce { model, shape, steps, device, precision } => {
+            model_once(&model, &shape, steps, &device, &precision)
         }
         BenchCommand::DeviceCheck { device } => device_check(&device),
         BenchCommand::Train { data, config, steps, device, sets, no_reference, script } => {
@@ -590,27 +582,76 @@ fn bench_cache(data: &Path, config: &Path, batch: usize) -> Result<()> {
     Ok(())
 }
 
-fn video_config(model: &str, frames: usize, size: usize) -> Result<molclip::models::VideoConfig> {
-    use molclip::models::{FrameVitConfig, VideoConfig, VideoEncoderKind};
-    let encoder = match model {
-        "frame-vit" => VideoEncoderKind::FrameVit,
-        "i3d-resnet18" => VideoEncoderKind::I3dResnet18,
-        "i3d-resnet50" => VideoEncoderKind::I3dResnet50,
-        other => bail!("unknown model `{other}` (frame-vit, i3d-resnet18, i3d-resnet50)"),
-    };
-    let vit = FrameVitConfig { image_size: size, max_frames: frames.max(32), ..FrameVitConfig::default() };
-    Ok(VideoConfig { encoder, vit, ..VideoConfig::default() })
+/// The videos of `bench model`'s step and the I3Ds' blocks, as both sides take them.
+#[derive(Args, Clone, Debug)]
+pub struct StepShape {
+    /// Videos per step.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    #[arg(long, default_value_t = 16)]
+    frames: usize,
+    /// Image channels (3: RGB frames, as the published MitoDataset's).
+    #[arg(long, default_value_t = 1)]
+    channels: usize,
+    #[arg(long, default_value_t = 112)]
+    size: usize,
+    /// The I3Ds' blocks, as `[model.video.i3d] blocks`: `inflated`, or `r3d` (kenshohara's
+    /// 3D ResNet, MitoReID's network: a 7 x 7 x 7 stem, 3 x 3 x 3 convolutions in the blocks).
+    #[arg(long, default_value = "inflated", value_parser = ["inflated", "r3d"])]
+    blocks: String,
+}
+
+impl StepShape {
+    /// The arguments that give `bench model-once` and the PyTorch reference this shape.
+    fn args(&self) -> Vec<String> {
+        [
+            ("--batch", self.batch.to_string()),
+            ("--frames", self.frames.to_string()),
+            ("--channels", self.channels.to_string()),
+            ("--size", self.size.to_string()),
+            ("--blocks", self.blocks.clone()),
+        ]
+        .into_iter()
+        .flat_map(|(k, v)| [k.to_string(), v])
+        .collect()
+    }
+
+    /// A batch of videos of this shape on `device`, the same values every time (from -1 to 1).
+    fn videos(&self, device: &molclip::candle_core::Device) -> Result<molclip::candle_core::Tensor> {
+        let dims = (self.batch, self.frames, self.channels, self.size, self.size);
+        let n = dims.0 * dims.1 * dims.2 * dims.3 * dims.4;
+        let x: Vec<f32> = (0..n).map(|i| ((i as u64).wrapping_mul(2654435761) % 1000) as f32 / 500.0 - 1.0).collect();
+        Ok(molclip::candle_core::Tensor::from_vec(x, dims, device)?)
+    }
+
+    /// `model`'s config at this shape.
+    fn video_config(&self, model: &str) -> Result<molclip::models::VideoConfig> {
+        use molclip::models::{BlockStyle, FrameVitConfig, I3dConfig, VideoConfig, VideoEncoderKind};
+        let encoder = match model {
+            "frame-vit" => VideoEncoderKind::FrameVit,
+            "i3d-resnet18" => VideoEncoderKind::I3dResnet18,
+            "i3d-resnet50" => VideoEncoderKind::I3dResnet50,
+            other => bail!("unknown model `{other}` (frame-vit, i3d-resnet18, i3d-resnet50)"),
+        };
+        let blocks = match self.blocks.as_str() {
+            "inflated" => BlockStyle::Inflated,
+            "r3d" => BlockStyle::R3d,
+            other => bail!("--blocks {other}: expected inflated or r3d"),
+        };
+        if self.channels == 0 {
+            bail!("--channels must be at least 1");
+        }
+        let (frames, size, in_channels) = (self.frames, self.size, self.channels);
+        let vit =
+            FrameVitConfig { image_size: size, max_frames: frames.max(32), in_channels, ..FrameVitConfig::default() };
+        let i3d = I3dConfig { in_channels, blocks, ..I3dConfig::default() };
+        Ok(VideoConfig { encoder, vit, i3d, ..VideoConfig::default() })
+    }
 }
 
 /// Times `steps` training steps after one warm-up: CE (label smoothing 0.1) on a 4-drug
 /// classifier plus batch-hard triplet, then AdamW; prints the median and the peak memory.
-fn model_once(
-    model: &str,
-    [batch, frames, size]: [usize; 3],
-    steps: usize,
-    device: &str,
-    precision: &str,
-) -> Result<()> {
+fn model_once(model: &str, shape: &StepShape, steps: usize, device: &str, precision: &str) -> Result<()> {
     use molclip::losses::{batch_hard_triplet, cross_entropy};
     use molclip::nn::ParamStore;
     use molclip::optim::{Optimizer, OptimizerConfig};
@@ -621,12 +662,10 @@ fn model_once(
         molclip::candle_core::cuda::set_gemm_reduced_precision_f32(precision == Precision::Tf32);
     }
     let store = ParamStore::new(0, &device);
-    let net = molclip::models::VideoModel::new(&store.root(), &video_config(model, frames, size)?, 4, 0)?;
+    let net = molclip::models::VideoModel::new(&store.root(), &shape.video_config(model)?, 4, 0)?;
     let mut opt = Optimizer::new(store.trainable(), &OptimizerConfig::default())?;
-    let n = batch * frames * size * size;
-    let x: Vec<f32> = (0..n).map(|i| ((i as u64).wrapping_mul(2654435761) % 1000) as f32 / 500.0 - 1.0).collect();
-    let x = molclip::candle_core::Tensor::from_vec(x, (batch, frames, 1, size, size), &device)?;
-    let labels: Vec<u32> = (0..batch as u32).map(|i| i / 2 % 4).collect();
+    let x = shape.videos(&device)?;
+    let labels: Vec<u32> = (0..shape.batch as u32).map(|i| i / 2 % 4).collect();
     let mut times = Vec::new();
     let (mut loss_value, mut forward_flops) = (0f32, 0);
     // The timed steps, then as many again split into forward (with the loss), backward and
@@ -730,23 +769,40 @@ fn bench_precision(precision: &str, cuda: bool) -> Result<molclip::train::Precis
 fn torch_reference(
     script: &Path,
     model: &str,
-    dims: &[String; 4],
+    shape: &StepShape,
+    steps: usize,
     threads: usize,
     [device, precision]: [&str; 2],
 ) -> Option<serde_json::Value> {
     let mut cmd = python_reference();
-    cmd.arg(script).args(["--model", model, "--batch", &dims[0], "--frames", &dims[1], "--size", &dims[2]]);
-    cmd.args(["--steps", &dims[3], "--threads", &threads.to_string(), "--device", device, "--precision", precision]);
+    cmd.arg(script).args(["--model", model]).args(shape.args());
+    cmd.args([
+        "--steps",
+        &steps.to_string(),
+        "--threads",
+        &threads.to_string(),
+        "--device",
+        device,
+        "--precision",
+        precision,
+    ]);
     run_json(&mut cmd).map_err(|e| eprintln!("PyTorch reference not run: {e:#}")).ok()
+}
+
+/// "1 step", "3 steps".
+fn counted(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
 fn bench_model(
     models: &[String],
-    [batch, frames, size]: [usize; 3],
+    shape: &StepShape,
     [steps, rounds]: [usize; 2],
     [device, precision]: [&str; 2],
     script: Option<&Path>,
 ) -> Result<()> {
+    let StepShape { batch, frames, channels, size, .. } = *shape;
+    let blocks = if shape.blocks == "inflated" { String::new() } else { format!(", {} blocks", shape.blocks) };
     if batch < 4 {
         bail!("--batch {batch}: needs at least 4 videos (two drugs, two videos each) for the triplet loss");
     }
@@ -757,15 +813,16 @@ fn bench_model(
     let exe = std::env::current_exe()?;
     let threads = rayon::current_num_threads();
     println!(
-        "training step (forward + backward + AdamW), {batch} x {frames} x 1 x {size} x {size}, {device}{}, {precision}, {threads} threads, \
-         median of {steps} steps, {rounds} rounds of PyTorch then molclip (median / fastest round; ratio: median of the rounds' ratios)",
-        cudnn_algorithms(device, false)
+        "training step (forward + backward + AdamW), {batch} x {frames} x {channels} x {size} x {size}{blocks}, {device}{}, {precision}, {threads} threads, \
+         median of {}, {} of PyTorch then molclip (median / fastest round; ratio: median of the rounds' ratios)",
+        cudnn_algorithms(device, false),
+        counted(steps, "step"),
+        counted(rounds, "round"),
     );
     println!(
         "{:<14} {:<40} {:>15} {:>10} {:>11} {:>12} {:>16}",
         "model", "implementation (ISA)", "ms/step", "peak MiB", "params", "throughput", "TFLOP/s"
     );
-    let dims = [batch.to_string(), frames.to_string(), size.to_string(), steps.to_string()];
     let num = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -778,29 +835,17 @@ fn bench_model(
     };
     let fastest = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
     for model in models {
-        video_config(model, frames, size)?;
+        shape.video_config(model)?;
         // (PyTorch's step, ours) per round, PyTorch's `None` where it did not run.
         let (mut paired, mut ours) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
-            paired.push(script.and_then(|script| torch_reference(script, model, &dims, threads, [device, precision])));
-            ours.push(run_json(Command::new(&exe).args([
-                "bench",
-                "model-once",
-                "--model",
-                model,
-                "--batch",
-                &dims[0],
-                "--frames",
-                &dims[1],
-                "--size",
-                &dims[2],
-                "--steps",
-                &dims[3],
-                "--device",
-                device,
-                "--precision",
-                precision,
-            ]))?);
+            paired.push(
+                script.and_then(|script| torch_reference(script, model, shape, steps, threads, [device, precision])),
+            );
+            let mut once = Command::new(&exe);
+            once.args(["bench", "model-once", "--model", model]).args(shape.args());
+            once.args(["--steps", &steps.to_string(), "--device", device, "--precision", precision]);
+            ours.push(run_json(&mut once)?);
         }
         let times = |runs: &[serde_json::Value]| runs.iter().map(|r| num(r, "median_ms")).collect::<Vec<_>>();
         let peak = |runs: &[serde_json::Value]| runs.iter().map(|r| num(r, "peak_rss_mib")).fold(0.0, f64::max);
@@ -995,14 +1040,16 @@ fn device_check(device: &str) -> Result<()> {
     use molclip::losses::{batch_hard_triplet, cross_entropy};
     use molclip::nn::ParamStore;
     let device = molclip::parse_device(device)?;
-    let (batch, frames, size) = (4, 8, 64);
     let labels: Vec<u32> = vec![0, 0, 1, 1];
-    let n = batch * frames * size * size;
-    let x: Vec<f32> = (0..n).map(|i| ((i as u64).wrapping_mul(2654435761) % 1000) as f32 / 500.0 - 1.0).collect();
-    let x = Tensor::from_vec(x, (batch, frames, 1, size, size), &Device::Cpu)?;
-    for model in ["frame-vit", "i3d-resnet18", "i3d-resnet50"] {
-        let mut cfg = video_config(model, frames, size)?;
+    // The three models of `bench model`, then MitoReID's network: r3d blocks on RGB frames.
+    let cases = [("frame-vit", "inflated", 1), ("i3d-resnet18", "inflated", 1), ("i3d-resnet50", "inflated", 1)];
+    for (model, blocks, channels) in cases.into_iter().chain([("i3d-resnet50", "r3d", 3)]) {
+        let shape = StepShape { batch: 4, frames: 8, channels, size: 64, blocks: blocks.to_string() };
+        let mut cfg = shape.video_config(model)?;
         cfg.i3d.width = 16;
+        let x = shape.videos(&Device::Cpu)?;
+        // MitoReID's network by kenshohara's name for it (3D ResNet, `r3d`), within the column.
+        let label = if blocks == "inflated" { model.to_string() } else { model.replace("i3d", "r3d") };
         let run = |store: &ParamStore, x: &Tensor| -> Result<(Tensor, Vec<(String, Tensor)>)> {
             let net = molclip::models::VideoModel::new(&store.root(), &cfg, 2, 0)?;
             let out = net.forward_t(x, true)?;
@@ -1053,7 +1100,7 @@ fn device_check(device: &str) -> Result<()> {
             }
         }
         println!(
-            "{model:<14} {} gradients, worst relative difference CPU vs {device:?}: {:.1e} ({}), {:.0} ms",
+            "{label:<14} {} gradients, worst relative difference CPU vs {device:?}: {:.1e} ({}), {:.0} ms",
             g_cpu.len(),
             worst.0,
             worst.1,

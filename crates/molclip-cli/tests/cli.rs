@@ -209,6 +209,8 @@ fn bench_model_prints_a_row_per_model() {
     let isa = molclip_cpu::isa().name();
     assert_eq!(out.matches(&format!("molclip ({isa})")).count(), 2, "{out}");
     assert!(out.starts_with(&format!("CPU: {}", molclip_cpu::cpu_model())), "{out}");
+    // The header counts what it timed, in English: one step, two rounds.
+    assert!(out.contains("median of 1 step, 2 rounds of PyTorch"), "{out}");
     // And where its step went: three positive phase times per model.
     let phases: Vec<Vec<f64>> = out
         .lines()
@@ -590,8 +592,8 @@ fn device_check_on_the_cpu_finds_no_difference() {
     assert!(o.status.success(), "{}", text(&o));
     let out = text(&o);
     let lines: Vec<&str> = out.lines().filter(|l| l.contains("worst relative difference CPU vs Cpu: ")).collect();
-    assert_eq!(lines.len(), 4, "{out}");
-    for (line, name) in lines.iter().zip(["frame-vit", "i3d-resnet18", "i3d-resnet50", "update"]) {
+    assert_eq!(lines.len(), 5, "{out}");
+    for (line, name) in lines.iter().zip(["frame-vit", "i3d-resnet18", "i3d-resnet50", "r3d-resnet50", "update"]) {
         assert!(line.starts_with(name), "{out}");
         assert!(line.contains("CPU vs Cpu: 0.0e0 "), "{out}");
     }
