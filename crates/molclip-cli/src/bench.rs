@@ -180,29 +180,33 @@ pub fn run(cmd: BenchCommand, quiet: bool) -> Result<()> {
     if !matches!(cmd, BenchCommand::ModelOnce { .. } | BenchCommand::EvaluateOnce { .. }) {
         println!("CPU: {}", molclip_cpu::describe());
     }
+    // The reference scripts: the repository's, or the binary's own copies outside it.
+    let mut references = crate::references::References::default();
     match cmd {
         BenchCommand::Simulate { presets, cells } => bench_simulate(&presets, cells),
         BenchCommand::Evaluate { sizes, dim, reference_max, script } => {
-            bench_evaluate(&sizes, dim, reference_max, &script)
+            bench_evaluate(&sizes, dim, reference_max, &references.resolve(&script)?)
         }
-        BenchCommand::Data { videos, config, script } => bench_data(videos, config.as_deref(), &script),
+        BenchCommand::Data { videos, config, script } => {
+            bench_data(videos, config.as_deref(), &references.resolve(&script)?)
+        }
         BenchCommand::Cache { data, config, batch } => bench_cache(&data, &config, batch),
         BenchCommand::EvaluateOnce { embeddings, metadata } => evaluate_once(&embeddings, &metadata),
         BenchCommand::Model { models, shape, steps, rounds, device, precision, no_reference, script } => {
-            let reference = (!no_reference).then_some(script.as_path());
-            bench_model(&models, &shape, [steps, rounds], [&device, &precision], reference)
+            let script = references.unless(no_reference, &script)?;
+            bench_model(&models, &shape, [steps, rounds], [&device, &precision], script.as_deref())
         }
         BenchCommand::ModelOnce { model, shape, steps, device, precision } => {
             model_once(&model, &shape, steps, &device, &precision)
         }
         BenchCommand::DeviceCheck { device } => device_check(&device),
         BenchCommand::Train { data, config, steps, device, sets, no_reference, script } => {
-            let reference = (!no_reference).then_some(script.as_path());
-            bench_train(data.as_deref(), &config, &sets, steps, &device, reference, quiet)
+            let script = references.unless(no_reference, &script)?;
+            bench_train(data.as_deref(), &config, &sets, steps, &device, script.as_deref(), quiet)
         }
-        BenchCommand::Chem { oracle, script, repeats } => bench_chem(&oracle, &script, repeats),
+        BenchCommand::Chem { oracle, script, repeats } => bench_chem(&oracle, &references.resolve(&script)?, repeats),
         BenchCommand::Extract { config, field_size, no_reference, script } => {
-            bench_extract(config.as_deref(), field_size, (!no_reference).then_some(script.as_path()))
+            bench_extract(config.as_deref(), field_size, references.unless(no_reference, &script)?.as_deref())
         }
     }
 }

@@ -7,6 +7,7 @@ mod evaluate;
 mod extract;
 mod predict;
 mod progress;
+mod references;
 mod report;
 mod train;
 

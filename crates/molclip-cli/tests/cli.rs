@@ -617,3 +617,21 @@ fn device_check_on_the_cpu_finds_no_difference() {
         "{out}"
     );
 }
+
+/// `bench` outside the repository runs the references built into the binary: from a folder
+/// without `benches/`, the NumPy evaluation reference runs and agrees with molclip's mAP.
+#[test]
+fn bench_finds_its_references_outside_the_repository() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_molclip"))
+        .args(["bench", "evaluate", "--sizes", "300", "--dim", "16"])
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.lines().any(|l| l.contains("NumPy full sort")), "{out}");
+    let ours = out.lines().find(|l| l.contains("molclip-eval")).expect("molclip's row");
+    let diff: f64 = ours.split_whitespace().last().unwrap().parse().unwrap();
+    assert!(diff < 1e-9, "{out}");
+}
