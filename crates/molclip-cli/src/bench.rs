@@ -22,6 +22,10 @@ pub enum BenchCommand {
         /// At most this many cells per preset (the full-size time is projected).
         #[arg(long, default_value_t = 600)]
         cells: usize,
+        /// The drug table the bench and mito presets are simulated from (columns name, moa,
+        /// smiles), as `simulate --drugs`; default ../shared/data/launched_drugs.tsv.
+        #[arg(long)]
+        drugs: Option<PathBuf>,
     },
     /// ReID evaluation on random clustered embeddings, against a NumPy full-sort reference.
     Evaluate {
@@ -45,6 +49,10 @@ pub enum BenchCommand {
         /// sides apply, e.g. configs/mitoreid.toml; default: the defaults of `[data]`.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// The drug table the bench and mito presets are simulated from (columns name, moa,
+        /// smiles), as `simulate --drugs`; default ../shared/data/launched_drugs.tsv.
+        #[arg(long)]
+        drugs: Option<PathBuf>,
         #[arg(long, default_value = "benches/data_reference.py")]
         script: PathBuf,
     },
@@ -87,6 +95,10 @@ pub enum BenchCommand {
         /// into a temporary folder first.
         #[arg(long)]
         data: Option<PathBuf>,
+        /// Without --data: the drug table the bench preset is simulated from (columns name,
+        /// moa, smiles), as `simulate --drugs`; default ../shared/data/launched_drugs.tsv.
+        #[arg(long, conflicts_with = "data")]
+        drugs: Option<PathBuf>,
         /// The recipe (video-only configs; MitoReID's by default).
         #[arg(long, default_value = "configs/mitoreid.toml")]
         config: PathBuf,
@@ -183,12 +195,12 @@ pub fn run(cmd: BenchCommand, quiet: bool) -> Result<()> {
     // The reference scripts: the repository's, or the binary's own copies outside it.
     let mut references = crate::references::References::default();
     match cmd {
-        BenchCommand::Simulate { presets, cells } => bench_simulate(&presets, cells),
+        BenchCommand::Simulate { presets, cells, drugs } => bench_simulate(&presets, cells, drugs.as_deref()),
         BenchCommand::Evaluate { sizes, dim, reference_max, script } => {
             bench_evaluate(&sizes, dim, reference_max, &references.resolve(&script)?)
         }
-        BenchCommand::Data { videos, config, script } => {
-            bench_data(videos, config.as_deref(), &references.resolve(&script)?)
+        BenchCommand::Data { videos, config, drugs, script } => {
+            bench_data(videos, config.as_deref(), drugs.as_deref(), &references.resolve(&script)?)
         }
         BenchCommand::Cache { data, config, batch } => bench_cache(&data, &config, batch),
         BenchCommand::EvaluateOnce { embeddings, metadata } => evaluate_once(&embeddings, &metadata),
@@ -200,9 +212,15 @@ pub fn run(cmd: BenchCommand, quiet: bool) -> Result<()> {
             model_once(&model, &shape, steps, &device, &precision)
         }
         BenchCommand::DeviceCheck { device } => device_check(&device),
-        BenchCommand::Train { data, config, steps, device, sets, no_reference, script } => {
+        BenchCommand::Train { data, drugs, config, steps, device, sets, no_reference, script } => {
             let script = references.unless(no_reference, &script)?;
-            bench_train(data.as_deref(), &config, &sets, steps, &device, script.as_deref(), quiet)
+            // Without --data, the bench preset, simulated into a folder that lives for the run.
+            let simulated = tempfile::tempdir()?;
+            let data = match data {
+                Some(data) => data,
+                None => simulate_bench_preset(simulated.path(), drugs.as_deref(), quiet)?,
+            };
+            bench_train(&data, &config, &sets, steps, &device, script.as_deref(), quiet)
         }
         BenchCommand::Chem { oracle, script, repeats } => bench_chem(&oracle, &references.resolve(&script)?, repeats),
         BenchCommand::Extract { config, field_size, no_reference, script } => {
@@ -211,7 +229,17 @@ pub fn run(cmd: BenchCommand, quiet: bool) -> Result<()> {
     }
 }
 
-fn bench_simulate(presets: &[String], max_cells: usize) -> Result<()> {
+/// The preset `name`, simulated from the drug table `drugs` where one is given (as `simulate
+/// --preset NAME --drugs FILE`).
+fn preset(name: &str, drugs: Option<&Path>) -> Result<SimConfig> {
+    let mut config = SimConfig::preset(name)?;
+    if let Some(drugs) = drugs {
+        config.library.table = Some(drugs.to_path_buf());
+    }
+    Ok(config)
+}
+
+fn bench_simulate(presets: &[String], max_cells: usize, drugs: Option<&Path>) -> Result<()> {
     println!(
         "simulator throughput on {} threads (frames of the preset's size, 16 per cell)",
         rayon::current_num_threads()
@@ -221,7 +249,7 @@ fn bench_simulate(presets: &[String], max_cells: usize) -> Result<()> {
         "preset", "size", "cells", "total", "render f/s", "write f/s", "full dataset"
     );
     for name in presets {
-        let config = SimConfig::preset(name)?;
+        let config = preset(name, drugs)?;
         let mut plan = match DatasetPlan::new(config, Path::new(".")) {
             Ok(p) => p,
             Err(e) => {
@@ -463,7 +491,7 @@ fn bench_evaluate(sizes: &[usize], dim: usize, reference_max: usize, script: &Pa
     Ok(())
 }
 
-fn bench_data(videos: usize, config: Option<&Path>, script: &Path) -> Result<()> {
+fn bench_data(videos: usize, config: Option<&Path>, drugs: Option<&Path>, script: &Path) -> Result<()> {
     use molclip_data::loader::{DataConfig, Mode, VideoDataset};
     let data = match config {
         Some(path) => crate::read_train_config(path)?.data,
@@ -472,7 +500,7 @@ fn bench_data(videos: usize, config: Option<&Path>, script: &Path) -> Result<()>
     // Every video decoded and augmented each time, as without a cache.
     let data = DataConfig { cache: false, ..data };
     // A slice of the bench preset: every MoA, two drugs each, 112 x 112.
-    let mut sim = SimConfig::preset("bench")?;
+    let mut sim = preset("bench", drugs)?;
     sim.library.drugs_per_moa = 2;
     sim.layout.train_cells = 4;
     (sim.layout.query_cells, sim.layout.gallery_cells) = (1, 1);
@@ -915,9 +943,10 @@ fn bench_model(
     Ok(())
 }
 
-/// The `bench` preset simulated into `dir`: 3,900 cells at 112 x 112.
-fn simulate_bench_preset(dir: &Path, quiet: bool) -> Result<PathBuf> {
-    let plan = DatasetPlan::new(SimConfig::preset("bench")?, Path::new("."))?;
+/// The `bench` preset simulated into `dir` from the drug table `drugs` (the preset's own
+/// without it): 3,900 cells at 112 x 112.
+fn simulate_bench_preset(dir: &Path, drugs: Option<&Path>, quiet: bool) -> Result<PathBuf> {
+    let plan = DatasetPlan::new(preset("bench", drugs)?, Path::new("."))?;
     let root = dir.join("bench");
     let bar = crate::progress::bar(plan.jobs.len() as u64, "simulating the bench preset", quiet);
     mitosim::generate(&plan, &root, false, &|| bar.inc(1))?;
@@ -928,7 +957,7 @@ fn simulate_bench_preset(dir: &Path, quiet: bool) -> Result<PathBuf> {
 /// `bench train`: the first `steps` steps of an epoch of `config` with `sets` (`--set
 /// KEY=VALUE`) applied, against the PyTorch reference `script` on the same files.
 fn bench_train(
-    data: Option<&Path>,
+    data: &Path,
     config: &Path,
     sets: &[String],
     steps: Option<usize>,
@@ -946,12 +975,7 @@ fn bench_train(
             config.display()
         );
     }
-    let tmp = tempfile::tempdir()?;
-    let data = match data {
-        Some(d) => d.to_path_buf(),
-        None => simulate_bench_preset(tmp.path(), quiet)?,
-    };
-    let index = molclip_data::DatasetIndex::open(&data)?;
+    let index = molclip_data::DatasetIndex::open(data)?;
     let dev = molclip::parse_device(device)?;
     let mut trainer = Trainer::new(&cfg, &index, &dev)?;
     let plan = trainer
@@ -987,6 +1011,7 @@ fn bench_train(
     );
     let reference = match script {
         Some(script) => {
+            let tmp = tempfile::tempdir()?;
             let job = tmp.path().join("job.json");
             let value = serde_json::json!({"config": &cfg, "cells": cells, "identity": identity, "drugs": drugs,
                                            "moas": moas, "steps": n, "threads": threads, "device": device,

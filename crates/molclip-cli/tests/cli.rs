@@ -635,3 +635,26 @@ fn bench_finds_its_references_outside_the_repository() {
     let diff: f64 = ours.split_whitespace().last().unwrap().parse().unwrap();
     assert!(diff < 1e-9, "{out}");
 }
+
+/// `bench simulate --drugs` outside the repository: the bench preset, whose drug table is
+/// `../shared/data/launched_drugs.tsv` by default, is skipped there without it and measured
+/// with it.
+#[test]
+fn bench_simulates_the_bench_preset_from_a_given_drug_table() {
+    let drugs = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/launched_drugs.tsv");
+    let tmp = tempfile::tempdir().unwrap();
+    let bench = |extra: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_molclip"));
+        cmd.args(["bench", "simulate", "--presets", "bench", "--cells", "4"]).args(extra);
+        let o = cmd.current_dir(tmp.path()).output().unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        text(&o)
+    };
+    let out = bench(&[]);
+    assert!(out.contains("bench   skipped: drug table") && out.contains("pass --drugs"), "{out}");
+    let out = bench(&["--drugs", drugs]);
+    let row = out.lines().find(|l| l.starts_with("bench ")).expect("a bench row");
+    // preset, size, cells, total cells: 3,900 at 112 x 112.
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&cols[..4], ["bench", "112", "4", "3900"], "{out}");
+}
