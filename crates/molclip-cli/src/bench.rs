@@ -49,8 +49,8 @@ pub enum BenchCommand {
         /// sides apply, e.g. configs/mitoreid.toml; default: the defaults of `[data]`.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// The drug table the bench and mito presets are simulated from (columns name, moa,
-        /// smiles), as `simulate --drugs`; default ../shared/data/launched_drugs.tsv.
+        /// The drug table the bench preset is simulated from (columns name, moa, smiles), as
+        /// `simulate --drugs`; default ../shared/data/launched_drugs.tsv.
         #[arg(long)]
         drugs: Option<PathBuf>,
         #[arg(long, default_value = "benches/data_reference.py")]

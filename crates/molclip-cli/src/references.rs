@@ -33,16 +33,19 @@ impl References {
         if script.exists() || !FILES.iter().any(|(path, _)| Path::new(path) == script) {
             return Ok(script.to_path_buf());
         }
-        if self.written.is_none() {
-            let dir = tempfile::Builder::new().prefix("molclip-references").tempdir()?;
-            for (path, text) in FILES {
-                let file = dir.path().join(path);
-                std::fs::create_dir_all(file.parent().expect("a script's path has a folder"))?;
-                std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+        let dir = match &mut self.written {
+            Some(dir) => dir,
+            None => {
+                let dir = tempfile::Builder::new().prefix("molclip-references").tempdir()?;
+                for (path, text) in FILES {
+                    let file = dir.path().join(path);
+                    std::fs::create_dir_all(file.parent().expect("a script's path has a folder"))?;
+                    std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+                }
+                self.written.insert(dir)
             }
-            self.written = Some(dir);
-        }
-        Ok(self.written.as_ref().expect("written above").path().join(script))
+        };
+        Ok(dir.path().join(script))
     }
 
     /// [`Self::resolve`], unless the reference is skipped (`--no-reference`).
