@@ -234,6 +234,16 @@ fn bench_model_prints_a_row_per_model() {
     );
     let o = molclip(&["bench", "model", "--models", "resnet", "--no-reference"]);
     assert!(!o.status.success() && text(&o).contains("unknown model `resnet`"), "{}", text(&o));
+    // MitoReID's blocks on RGB frames: the header names them; blocks it does not build are
+    // refused with the ones it does.
+    let small = ["--batch", "4", "--frames", "4", "--size", "32", "--steps", "1", "--rounds", "1", "--no-reference"];
+    let o = molclip(
+        &[&["bench", "model", "--models", "i3d-resnet18", "--channels", "3", "--blocks", "r3d"], &small[..]].concat(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("4 x 4 x 3 x 32 x 32, r3d blocks, cpu"), "{}", text(&o));
+    let o = molclip(&[&["bench", "model", "--models", "i3d-resnet18", "--blocks", "r2plus1d"], &small[..]].concat());
+    assert!(!o.status.success() && text(&o).contains("[possible values: inflated, r3d]"), "{}", text(&o));
 }
 
 #[test]

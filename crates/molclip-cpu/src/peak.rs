@@ -8,9 +8,11 @@ use crate::Isa;
 const CHAINS: usize = 12;
 
 /// The float32 operations per second that every thread of the current rayon pool reaches
-/// together, each running independent FMA chains at `level` (the best of three runs of about
-/// 10 ms): the cores' peak at the clock they hold under that load, which turbo makes higher
-/// than the nominal one. `None` below AVX2 (and off x86-64), where molclip states no peak.
+/// together, each running independent FMA chains at `level` (the best of five runs of about
+/// 10 ms, since a thread that shares its core during a run, or a virtual machine's stolen
+/// time, lowers that run's rate): the cores' peak at the clock they hold under that load, which
+/// turbo makes higher than the nominal one. `None` below AVX2 (and off x86-64), where
+/// molclip states no peak.
 pub fn fma_peak(level: Isa) -> Option<f64> {
     #[cfg(target_arch = "x86_64")]
     {
@@ -20,7 +22,7 @@ pub fn fma_peak(level: Isa) -> Option<f64> {
         }
         let (lanes, iterations) = (if level == Isa::Avx512 { 16 } else { 8 }, 6_000_000);
         let mut best = f64::INFINITY;
-        for _ in 0..3 {
+        for _ in 0..5 {
             let start = std::time::Instant::now();
             rayon::broadcast(|_| {
                 // SAFETY: `level` is at most what the CPU has (Isa::detected() found the
