@@ -643,12 +643,10 @@ pub enum Blocks {
 }
 
 impl Blocks {
-    /// The name on the command line (`inflated`, `r3d`), as the PyTorch reference takes it.
-    fn name(self) -> &'static str {
-        match self {
-            Blocks::Inflated => "inflated",
-            Blocks::R3d => "r3d",
-        }
+    /// The name on the command line (`inflated`, `r3d`), as the PyTorch reference takes it:
+    /// clap's, derived from the variant.
+    fn name(self) -> String {
+        self.to_possible_value().expect("every variant is a value").get_name().to_string()
     }
 }
 
@@ -669,7 +667,7 @@ impl StepShape {
             ("--frames", self.frames.to_string()),
             ("--channels", self.channels.to_string()),
             ("--size", self.size.to_string()),
-            ("--blocks", self.blocks.name().to_string()),
+            ("--blocks", self.blocks.name()),
         ]
         .into_iter()
         .flat_map(|(k, v)| [k.to_string(), v])
@@ -973,13 +971,11 @@ fn bench_model(
 /// states one: on the CPU, anything else on the cores (another process, a virtual machine's
 /// stolen time) can only lower one round's measurement.
 fn highest_peak(rounds: &[serde_json::Value]) -> &serde_json::Value {
-    let tflops = |p: &serde_json::Value| p["tflops"].as_f64();
     rounds
         .iter()
-        .map(|r| &r["peak"])
-        .filter(|p| tflops(p).is_some())
-        .max_by(|a, b| tflops(a).unwrap_or(0.0).total_cmp(&tflops(b).unwrap_or(0.0)))
-        .unwrap_or(&serde_json::Value::Null)
+        .filter_map(|r| Some((r["peak"]["tflops"].as_f64()?, &r["peak"])))
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map_or(&serde_json::Value::Null, |(_, peak)| peak)
 }
 
 /// The `bench` preset simulated into `dir` from the drug table `drugs` (the preset's own
